@@ -1,0 +1,61 @@
+"""The one settings object, read from ``ICUWATCH_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ICUWATCH_", extra="ignore")
+
+    broker: str = "127.0.0.1:9092"
+    """Kafka bootstrap servers, ``host:port[,host:port]``."""
+    partitions: int = 4
+    """Partitions of every topic (all co-partitioned by patient id)."""
+
+    triton_url: str = "127.0.0.1:8001"
+    """Triton gRPC endpoint."""
+    triton_http_port: int = 8000
+    triton_metrics_port: int = 8002
+    triton_model: str = "early_warning"
+    triton_timeout_s: float = 2.0
+    triton_retry_s: float = 5.0
+    """After a failed call, score in-process for this long before trying Triton again."""
+
+    database_url: str = f"sqlite:///{REPO_ROOT / 'var' / 'icuwatch.db'}"
+
+    state_dir: Path = REPO_ROOT / "var"
+    """Pid files, logs and worker state of the local stack."""
+
+    worker_web_port: int = 6066
+    score_interval_s: float = 300.0
+    """Event-time cadence at which each patient is rescored (important events also trigger)."""
+    batch_max: int = 256
+    batch_wait_s: float = 0.2
+
+    deterioration_on: float = 0.5
+    deterioration_off: float = 0.3
+    sepsis_on: float = 0.5
+    sepsis_off: float = 0.3
+    alert_confirm: int = 2
+    """Consecutive scores above the 'on' threshold needed to open an alert episode."""
+    alert_clear: int = 3
+    """Consecutive scores below the 'off' threshold needed to close it."""
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

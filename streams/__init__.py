@@ -1,0 +1,1 @@
+"""Everything that flows through Kafka: schemas, topics, producers and the Faust worker."""

@@ -1,0 +1,233 @@
+"""Message schemas, version 1.
+
+Every message is JSON with ``schema_version``, ``patient_id`` and ``event_time`` (seconds since the
+Unix epoch, UTC, as a float: the time the observation was made, not when it arrived). Decoding is
+strict: a message that does not validate raises :class:`SchemaError`, and the worker sends its
+original bytes to ``icu.deadletter`` with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from icuwatch.streams import topics
+
+SCHEMA_VERSION = 1
+
+PatientId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
+EventTime = Annotated[float, Field(gt=0.0, lt=4.0e9, allow_inf_nan=False)]
+
+
+class SchemaError(ValueError):
+    """A message that cannot be accepted; ``reason`` says why in one line."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = 1
+    patient_id: PatientId
+    event_time: EventTime
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+    def key(self) -> bytes:
+        return self.patient_id.encode()
+
+
+def _finite(v: float | None) -> float | None:
+    if v is not None and not math.isfinite(v):
+        raise ValueError("must be finite")
+    return v
+
+
+class Vitals(Message):
+    """Numerics from a bedside monitor, typically once a second. Absent values are omitted."""
+
+    hr: Annotated[float, Field(ge=0, le=350)] | None = None
+    spo2: Annotated[float, Field(ge=0, le=100)] | None = None
+    rr: Annotated[float, Field(ge=0, le=120)] | None = None
+    sbp: Annotated[float, Field(ge=0, le=350)] | None = None
+    dbp: Annotated[float, Field(ge=0, le=300)] | None = None
+    map: Annotated[float, Field(ge=0, le=300)] | None = None
+    temp: Annotated[float, Field(ge=20, le=46)] | None = None
+    """Core temperature, degrees Celsius."""
+    o2_supplement: bool | None = None
+    """Whether the patient is on supplemental oxygen (NEWS2 scores it)."""
+    consciousness: Literal["A", "C", "V", "P", "U"] | None = None
+    """ACVPU: alert, new confusion, voice, pain, unresponsive."""
+
+    @model_validator(mode="after")
+    def _some_value(self) -> "Vitals":
+        if all(getattr(self, f) is None for f in VITAL_FIELDS):
+            raise ValueError("vitals message carries no value")
+        return self
+
+
+VITAL_FIELDS = ("hr", "spo2", "rr", "sbp", "dbp", "map", "temp")
+
+
+class Waveform(Message):
+    """One chunk (normally 1 s) of a sampled signal; ``event_time`` is the time of sample 0."""
+
+    signal: Literal["ecg", "ppg", "resp"]
+    fs: Annotated[float, Field(gt=0, le=2000)]
+    samples: Annotated[list[float], Field(min_length=1, max_length=20000)]
+    units: str = "mV"
+
+    @field_validator("samples")
+    @classmethod
+    def _finite_samples(cls, v: list[float]) -> list[float]:
+        if not all(math.isfinite(x) for x in v):
+            raise ValueError("samples must be finite")
+        return v
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / self.fs
+
+
+LAB_UNITS: dict[str, str] = {
+    "lactate": "mmol/L",
+    "wbc": "10^9/L",
+    "creatinine": "mg/dL",
+    "platelets": "10^9/L",
+    "bilirubin": "mg/dL",
+    "hemoglobin": "g/dL",
+    "ph": "pH",
+    "paco2": "mmHg",
+    "pao2": "mmHg",
+    "bicarbonate": "mmol/L",
+    "glucose": "mg/dL",
+    "bun": "mg/dL",
+    "potassium": "mmol/L",
+    "fio2": "fraction",
+}
+"""Analytes version 1 knows, each in the one unit the topic carries."""
+
+
+class Lab(Message):
+    """A laboratory result. ``event_time`` is the specimen collection time."""
+
+    analyte: str
+    value: Annotated[float, Field(allow_inf_nan=False)]
+    unit: str
+    result_time: EventTime
+    """When the result became available (>= collection time)."""
+
+    @model_validator(mode="after")
+    def _known_analyte(self) -> "Lab":
+        expected = LAB_UNITS.get(self.analyte)
+        if expected is None:
+            raise ValueError(f"unknown analyte {self.analyte!r}")
+        if self.unit != expected:
+            raise ValueError(f"{self.analyte} must be in {expected}, got {self.unit!r}")
+        if self.result_time < self.event_time:
+            raise ValueError("result_time before collection time")
+        return self
+
+
+class Cxr(Message):
+    """A chest X-ray. ``event_time`` is the acquisition time; the image is a base64 PNG/JPEG."""
+
+    study_id: Annotated[str, Field(min_length=1, max_length=128)]
+    arrival_time: EventTime
+    image_b64: Annotated[str, Field(min_length=16)]
+    image_format: Literal["png", "jpeg"] = "png"
+    view: Literal["AP", "PA", "LAT"] = "AP"
+    report: Annotated[str, Field(max_length=20000)] | None = None
+
+
+class Adt(Message):
+    """Admit / transfer / discharge."""
+
+    event: Literal["admit", "transfer", "discharge"]
+    unit: str | None = None
+    bed: str | None = None
+    age: Annotated[float, Field(ge=0, le=130)] | None = None
+    sex: Literal["F", "M", "U"] | None = None
+
+
+class Score(Message):
+    """A risk score for one patient at ``event_time`` (using only data with event time <= it)."""
+
+    model: str
+    source: Literal["triton", "fallback"]
+    deterioration_risk: Annotated[float, Field(ge=0, le=1)]
+    sepsis_risk: Annotated[float, Field(ge=0, le=1)]
+    news2: Annotated[int, Field(ge=0, le=20)]
+    qsofa: Annotated[int, Field(ge=0, le=3)]
+    staleness_s: dict[str, float | None]
+    """Per modality: seconds between ``event_time`` and the modality's last message (None: never)."""
+    scored_at: EventTime
+    """Wall-clock time the score was computed."""
+    trigger: str = "cadence"
+
+
+class Alert(Message):
+    """An alert episode opening. ``alert_id`` is unique per patient, kind and episode."""
+
+    alert_id: Annotated[str, Field(min_length=1, max_length=200)]
+    kind: Literal["deterioration", "sepsis"]
+    risk: Annotated[float, Field(ge=0, le=1)]
+    news2: Annotated[int, Field(ge=0, le=20)]
+    qsofa: Annotated[int, Field(ge=0, le=3)]
+    model: str
+    source: Literal["triton", "fallback"]
+    episode_start: EventTime
+    raised_at: EventTime
+    """Wall-clock time the alert was raised."""
+
+
+class DeadLetter(Message):
+    """A message that could not be accepted. ``patient_id`` is the original key, or 'unknown'."""
+
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+    original_b64: str
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    topics.VITALS: Vitals,
+    topics.WAVEFORMS: Waveform,
+    topics.LABS: Lab,
+    topics.CXR: Cxr,
+    topics.ADT: Adt,
+    topics.SCORES: Score,
+    topics.ALERTS: Alert,
+    topics.DEADLETTER: DeadLetter,
+}
+
+InputMessage = Union[Vitals, Waveform, Lab, Cxr, Adt]
+
+
+def decode(topic: str, raw: bytes | None, key: bytes | None = None) -> Message:
+    """Parse and validate one message from ``topic``; raise :class:`SchemaError` on anything wrong.
+
+    The message key, when given, must equal the payload's patient id (the topics are partitioned by
+    it, so a mismatch would put the patient's state on the wrong worker).
+    """
+    model = MESSAGE_TYPES.get(topic)
+    if model is None:
+        raise SchemaError(f"no schema for topic {topic!r}")
+    if not raw:
+        raise SchemaError("empty message")
+    try:
+        msg = model.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "message"
+        raise SchemaError(f"{topic} v1: {where}: {first.get('msg', 'invalid')}") from None
+    if key is not None and key != msg.key():
+        raise SchemaError("message key does not match patient_id")
+    return msg
