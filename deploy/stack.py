@@ -1,0 +1,39 @@
+"""``icuwatch stack up|down|status``: broker, tritonserver and the database schema."""
+
+from __future__ import annotations
+
+from icuwatch.deploy import broker, triton
+from icuwatch.settings import Settings
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def up(settings: Settings) -> dict:
+    from icuwatch.storage import db
+
+    broker.start(settings)
+    triton.start(settings)
+    db.upgrade(settings.database_url)
+    return status(settings)
+
+
+def down(settings: Settings) -> dict:
+    return {"triton_stopped": triton.stop(settings), "broker_stopped": broker.stop(settings)}
+
+
+def status(settings: Settings) -> dict:
+    from icuwatch.storage import db
+
+    try:
+        revision = db.current_revision(settings.database_url)
+    except Exception as exc:
+        revision = f"unreachable: {type(exc).__name__}"
+    return {
+        "broker": broker.status(settings),
+        "triton": triton.status(settings),
+        "database": {"url": _redacted(settings.database_url), "revision": revision},
+    }
