@@ -1,0 +1,117 @@
+"""``icuwatch`` command line: one entry point, one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from icuwatch.settings import get_settings
+
+
+def _stack(args: argparse.Namespace) -> int:
+    from icuwatch.deploy import stack
+
+    action = {"up": stack.up, "down": stack.down, "status": stack.status}[args.action]
+    print(json.dumps(action(get_settings()), indent=2))
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from icuwatch.streams.worker import run_worker
+
+    run_worker(args.loglevel)
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from icuwatch.streams.simulator import Simulation
+    from icuwatch.streams.simulator.producer import publish, write_ground_truth
+    from icuwatch.streams.producer import make_producer
+
+    settings = get_settings()
+    sim = Simulation(
+        n_patients=args.patients,
+        seed=args.seed,
+        start_time=args.start if args.start is not None else time.time(),
+        duration_s=args.hours * 3600.0,
+        waveforms=not args.no_waveforms,
+        patient_prefix=args.prefix,
+    )
+    truth = args.truth or str(settings.state_dir / f"truth-seed{args.seed}.json")
+    write_ground_truth(sim, truth)
+    producer = make_producer(settings)
+    counts = publish(sim, producer, speed=args.speed, progress=not args.quiet)
+    producer.close()
+    print(json.dumps({"produced": counts, "ground_truth": truth}))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from icuwatch.demo import run_demo
+
+    summary = run_demo(get_settings(), minutes=args.minutes, patients=args.patients, speed=args.speed,
+                       seed=args.seed, keep_stack=not args.stop_stack)
+    print(json.dumps(summary) if args.json else json.dumps(summary, indent=2))
+    return 0 if summary.get("alerts") else 1
+
+
+def _db(args: argparse.Namespace) -> int:
+    from icuwatch.storage import db
+
+    settings = get_settings()
+    db.upgrade(settings.database_url)
+    print(json.dumps({"revision": db.current_revision(settings.database_url)}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="icuwatch", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("stack", help="start, stop or inspect the local broker, tritonserver and database")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.set_defaults(func=_stack)
+
+    p = sub.add_parser("worker", help="run the Faust stream worker")
+    p.add_argument("--loglevel", default="info")
+    p.set_defaults(func=_worker)
+
+    p = sub.add_parser("simulate", help="simulated bedside monitors, labs, X-rays and ADT into the topics")
+    p.add_argument("--patients", type=int, default=8)
+    p.add_argument("--speed", type=float, default=60.0, help="simulated seconds per wall second; 0 = max")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--hours", type=float, default=3.0, help="simulated hours per patient")
+    p.add_argument("--start", type=float, default=None, help="simulated start, epoch seconds (default: now)")
+    p.add_argument("--prefix", default="sim", help="patient id prefix")
+    p.add_argument("--truth", default=None, help="where to write the ground truth JSON")
+    p.add_argument("--no-waveforms", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_simulate)
+
+    p = sub.add_parser("demo", help="stack up, worker, simulator: end to end, then a summary")
+    p.add_argument("--minutes", type=float, default=3.0, help="wall-clock minutes of simulation")
+    p.add_argument("--patients", type=int, default=8)
+    p.add_argument("--speed", type=float, default=60.0)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    p.add_argument("--stop-stack", action="store_true", help="stop broker and tritonserver at the end")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("db", help="database schema")
+    p.add_argument("action", choices=["upgrade"])
+    p.set_defaults(func=_db)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command != "worker":
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Alert episodes with hysteresis: one episode gives one alert.
+
+An episode opens after ``confirm`` consecutive scores at or above the 'on' threshold and closes after
+``clear`` consecutive scores below the 'off' threshold. The alert id is derived from the patient,
+kind and the episode's first score time, so a replayed or redelivered score stream produces the
+same ids and the database keeps one row per episode.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from icuwatch.streams import schemas
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    on: float
+    off: float
+    confirm: int = 2
+    clear: int = 3
+
+
+RISK_FIELD = {"deterioration": "deterioration_risk", "sepsis": "sepsis_risk"}
+
+
+def new_alert_state() -> dict:
+    return {"last_t": 0.0, "kinds": {k: {"open": None, "run_start": None, "above": 0, "below": 0} for k in RISK_FIELD}}
+
+
+def alert_id(patient_id: str, kind: str, episode_start: float) -> str:
+    return f"{patient_id}:{kind}:{episode_start:.0f}"
+
+
+def update(state: dict, score: schemas.Score, thresholds: dict[str, Thresholds]) -> list[schemas.Alert]:
+    """Advance the episode state machine with one score; return the alerts it opens."""
+    if score.event_time <= state["last_t"]:
+        return []
+    state["last_t"] = score.event_time
+    raised = []
+    for kind, field in RISK_FIELD.items():
+        th, ks = thresholds[kind], state["kinds"][kind]
+        risk = getattr(score, field)
+        if risk >= th.on:
+            if ks["above"] == 0:
+                ks["run_start"] = score.event_time
+            ks["above"] += 1
+        else:
+            ks["above"] = 0
+        ks["below"] = ks["below"] + 1 if risk < th.off else 0
+        if ks["open"] is None and ks["above"] >= th.confirm:
+            ks["open"] = ks["run_start"]
+            raised.append(
+                schemas.Alert(
+                    patient_id=score.patient_id,
+                    event_time=score.event_time,
+                    alert_id=alert_id(score.patient_id, kind, ks["open"]),
+                    kind=kind,
+                    risk=risk,
+                    news2=score.news2,
+                    qsofa=score.qsofa,
+                    model=score.model,
+                    source=score.source,
+                    episode_start=ks["open"],
+                    raised_at=time.time(),
+                )
+            )
+        elif ks["open"] is not None and ks["below"] >= th.clear:
+            ks["open"] = None
+    return raised

@@ -1,0 +1,81 @@
+"""Gathers the patients due for scoring and scores them in one Triton call per batch."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from icuwatch.fusion import rules
+from icuwatch.streams import schemas
+from icuwatch.streams.scoring import TritonScorer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Due:
+    patient_id: str
+    event_time: float
+    features: np.ndarray
+    staleness: dict[str, float | None]
+    trigger: str
+
+
+class ScoreBatcher:
+    def __init__(
+        self,
+        scorer: TritonScorer,
+        publish: Callable[[schemas.Score], Awaitable[None]],
+        batch_max: int,
+        batch_wait_s: float,
+    ) -> None:
+        self.scorer = scorer
+        self.publish = publish
+        self.batch_max = batch_max
+        self.batch_wait_s = batch_wait_s
+        self.pending: list[Due] = []
+        self._wake = asyncio.Event()
+
+    def submit(self, patient_id: str, t: float, features: np.ndarray,
+               staleness: dict[str, float | None], trigger: str) -> None:
+        self.pending.append(Due(patient_id, t, features, staleness, trigger))
+        if len(self.pending) >= self.batch_max:
+            self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.batch_wait_s)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            while self.pending:
+                batch, self.pending = self.pending[: self.batch_max], self.pending[self.batch_max :]
+                await self.flush(batch)
+
+    async def flush(self, batch: list[Due]) -> None:
+        x = np.concatenate([d.features for d in batch], axis=0)
+        out, source = await self.scorer.score(x)
+        model = self.scorer.model if source == "triton" else rules.MODEL_NAME
+        now = time.time()
+        for i, due in enumerate(batch):
+            await self.publish(
+                schemas.Score(
+                    patient_id=due.patient_id,
+                    event_time=due.event_time,
+                    model=model,
+                    source=source,
+                    deterioration_risk=float(out["deterioration_risk"][i]),
+                    sepsis_risk=float(out["sepsis_risk"][i]),
+                    news2=int(out["news2"][i]),
+                    qsofa=int(out["qsofa"][i]),
+                    staleness_s=due.staleness,
+                    scored_at=now,
+                    trigger=due.trigger,
+                )
+            )

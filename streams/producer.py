@@ -1,0 +1,20 @@
+"""Kafka producers for icuwatch's topics (kafka-python)."""
+
+from __future__ import annotations
+
+from kafka import KafkaProducer
+
+from icuwatch.settings import Settings
+
+
+def make_producer(settings: Settings) -> KafkaProducer:
+    """Durable producer: waits for the broker's acknowledgement, retries, keeps per-key order."""
+    return KafkaProducer(
+        bootstrap_servers=settings.broker,
+        acks="all",
+        linger_ms=5,
+        retries=10,
+        max_in_flight_requests_per_connection=1,
+        max_request_size=8 * 1024 * 1024,
+        client_id="icuwatch-producer",
+    )

@@ -1,0 +1,201 @@
+"""The Faust worker: ingest every input topic into per-patient state, score in batches through
+Triton, raise alerts with hysteresis, store scores and alerts.
+
+Topics (all keyed by patient id, co-partitioned):
+  icu.vitals, icu.waveforms, icu.labs, icu.cxr, icu.adt  ->  ingest  ->  icu.scores
+  icu.scores  ->  raise_alerts  ->  database + icu.alerts
+  anything that fails to decode  ->  icu.deadletter (original bytes + reason)
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+
+import faust
+
+from icuwatch.settings import get_settings
+from icuwatch.streams import alerting, patient_state, schemas, topics
+from icuwatch.streams.batcher import ScoreBatcher
+from icuwatch.streams.scoring import TritonScorer
+from icuwatch.streams.waveform_state import WaveformState
+from icuwatch.streams.sink import StorageSink
+
+log = logging.getLogger(__name__)
+settings = get_settings()
+
+app = faust.App(
+    "icuwatch",
+    broker=f"kafka://{settings.broker}",
+    key_serializer="raw",
+    value_serializer="json",
+    topic_partitions=settings.partitions,
+    topic_replication_factor=1,
+    store="memory://",
+    web_enabled=False,
+    web_host="127.0.0.1",
+    web_port=settings.worker_web_port,
+    broker_session_timeout=6,
+    broker_heartbeat_interval=1,
+    broker_rebalance_timeout=3,
+    consumer_auto_offset_reset="earliest",
+)
+
+raw = {"key_serializer": "raw", "value_serializer": "raw", "partitions": settings.partitions}
+inputs_topic = app.topic(*topics.INPUTS, **raw)
+scores_topic = app.topic(topics.SCORES, **raw)
+alerts_topic = app.topic(topics.ALERTS, **raw)
+deadletter_topic = app.topic(topics.DEADLETTER, **raw)
+
+patients = app.Table("patient_state", key_type=bytes, partitions=settings.partitions)
+episodes = app.Table("alert_state", key_type=bytes, partitions=settings.partitions)
+
+stats: dict[str, int] = {"processed": 0, "duplicates": 0, "deadlettered": 0, "scores_published": 0,
+                         "alerts_raised": 0}
+processed_by_topic: dict[str, int] = {t: 0 for t in topics.INPUTS}
+waveforms = WaveformState()
+storage = StorageSink(settings.database_url)
+thresholds = {
+    "deterioration": alerting.Thresholds(settings.deterioration_on, settings.deterioration_off,
+                                         settings.alert_confirm, settings.alert_clear),
+    "sepsis": alerting.Thresholds(settings.sepsis_on, settings.sepsis_off,
+                                  settings.alert_confirm, settings.alert_clear),
+}
+_batcher: ScoreBatcher | None = None
+
+
+def batcher() -> ScoreBatcher:
+    global _batcher
+    if _batcher is None:
+        _batcher = ScoreBatcher(TritonScorer(settings), publish_score, settings.batch_max, settings.batch_wait_s)
+    return _batcher
+
+
+async def publish_score(score: schemas.Score) -> None:
+    await scores_topic.send(key=score.key(), value=score.to_bytes())
+    stats["scores_published"] += 1
+
+
+async def dead_letter(event: faust.EventT, reason: str) -> None:
+    msg = event.message
+    key = msg.key if isinstance(msg.key, bytes) else None
+    try:
+        pid = key.decode() if key else "unknown"
+        schemas.Message(patient_id=pid, event_time=time.time())
+    except Exception:
+        pid = "unknown"
+    letter = schemas.DeadLetter(
+        patient_id=pid,
+        event_time=time.time(),
+        topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        reason=reason[:500],
+        original_b64=base64.b64encode(msg.value or b"").decode(),
+    )
+    await deadletter_topic.send(key=pid.encode(), value=letter.to_bytes())
+    stats["deadlettered"] += 1
+
+
+def fold(state: dict, msg: schemas.Message) -> tuple[bool, str | None]:
+    """Apply one decoded message to the state; returns (accepted, important-event name)."""
+    if isinstance(msg, schemas.Vitals):
+        return patient_state.apply_vitals(state, msg), ("red_flag" if patient_state.red_flag(msg) else None)
+    if isinstance(msg, schemas.Waveform):
+        accepted, feats, t = waveforms.add(msg)
+        if accepted:
+            patient_state.touch_waveform(state, t)
+            if feats:
+                patient_state.apply_waveform_features(state, t, feats)
+        return accepted, None
+    if isinstance(msg, schemas.Lab):
+        return patient_state.apply_lab(state, msg), "lab"
+    if isinstance(msg, schemas.Cxr):
+        return patient_state.apply_cxr(state, msg), "cxr"
+    if isinstance(msg, schemas.Adt):
+        return patient_state.apply_adt(state, msg), ("admit" if msg.event == "admit" else None)
+    raise TypeError(type(msg).__name__)
+
+
+@app.agent(inputs_topic)
+async def ingest(stream: faust.StreamT) -> None:
+    async for event in stream.events():
+        topic = event.message.topic
+        try:
+            msg = schemas.decode(topic, event.message.value, event.message.key)
+        except schemas.SchemaError as exc:
+            await dead_letter(event, exc.reason)
+            continue
+        key = msg.key()
+        state = patients.get(key) or patient_state.new_state()
+        accepted, important = fold(state, msg)
+        processed_by_topic[topic] += 1
+        stats["processed"] += 1
+        if not accepted:
+            stats["duplicates"] += 1
+            continue
+        if isinstance(msg, schemas.Adt):
+            await storage.upsert_patient(msg)
+        trigger = patient_state.scoring_trigger(state, important, settings.score_interval_s)
+        if trigger is not None:
+            t = state["clock"]
+            state["last_scored"] = t
+            batcher().submit(msg.patient_id, t, patient_state.features_at(state, t),
+                             patient_state.staleness(state, t), trigger)
+        patients[key] = state
+
+
+@app.agent(scores_topic)
+async def raise_alerts(stream: faust.StreamT) -> None:
+    async for event in stream.events():
+        try:
+            score = schemas.decode(topics.SCORES, event.message.value, event.message.key)
+        except schemas.SchemaError as exc:
+            await dead_letter(event, exc.reason)
+            continue
+        key = score.key()
+        state = episodes.get(key) or alerting.new_alert_state()
+        raised = alerting.update(state, score, thresholds)
+        storage.queue_score(score)
+        for alert in raised:
+            if await storage.store_alert(alert):
+                stats["alerts_raised"] += 1
+            await alerts_topic.send(key=alert.key(), value=alert.to_bytes())
+        episodes[key] = state
+
+
+@app.task
+async def scoring_loop() -> None:
+    await batcher().run()
+
+
+@app.timer(interval=1.0)
+async def flush_scores() -> None:
+    await storage.flush_scores()
+
+
+@app.timer(interval=1.0)
+async def write_stats() -> None:
+    path = settings.run_dir / f"worker-{settings.worker_web_port}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    snapshot = {
+        "at": time.time(),
+        **stats,
+        "processed_by_topic": processed_by_topic,
+        "scorer": batcher().scorer.counts,
+        "scores_stored": storage.scores_stored,
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(snapshot))
+    tmp.replace(path)
+
+
+def run_worker(loglevel: str = "info") -> None:
+    """Run the worker in this process until SIGTERM/SIGINT."""
+    from faust.worker import Worker
+
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+
