@@ -1,0 +1,270 @@
+"""Reads and writes used by the worker and the API.
+
+Every function takes a :class:`~sqlalchemy.orm.Session` and leaves transaction control to the
+caller (``with factory.begin() as session: ...``). Writes are idempotent so that Kafka redelivery
+(at-least-once) cannot duplicate rows, and ADT updates are safe against out-of-order delivery.
+Inserts use the dialect's ``INSERT ... ON CONFLICT DO NOTHING`` (SQLite and PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Any, Iterable, Optional, Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from icuwatch.storage.models import ALERT_STATES, Alert, Patient, Score
+from icuwatch.streams import schemas
+
+_CHUNK_ROWS = 500
+"""Rows per multi-row INSERT: 500 x 12 columns stays well under SQLite's and psycopg's limits."""
+
+
+class StorageError(Exception):
+    """Base class of the repository's errors."""
+
+
+class AlertNotFound(StorageError, LookupError):
+    """No alert with that id."""
+
+
+class AlertStateError(StorageError, ValueError):
+    """The alert is not in a state that allows the requested transition."""
+
+
+def utc(t: float | datetime) -> datetime:
+    """Epoch seconds (as in the v1 schemas) or an aware datetime, as an aware UTC datetime."""
+    if isinstance(t, datetime):
+        if t.tzinfo is None:
+            raise ValueError(f"naive datetime {t!r}")
+        return t.astimezone(timezone.utc)
+    return datetime.fromtimestamp(t, tz=timezone.utc)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _insert(session: Session, table: Any) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT that supports ``on_conflict_do_nothing`` for the session's dialect."""
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        return postgresql.insert(table)
+    if name == "sqlite":
+        return sqlite.insert(table)
+    raise StorageError(f"unsupported database dialect {name!r} (need sqlite or postgresql)")
+
+
+def _insert_ignore(
+    session: Session, table: Any, rows: list[dict[str, Any]], keys: list[str]
+) -> int:
+    """Insert ``rows`` skipping any that conflict on ``keys``; return how many were inserted.
+
+    One multi-row statement per chunk; inserted rows are counted with RETURNING because
+    ``rowcount`` is not reported reliably for such statements by every driver (psycopg gives -1).
+    """
+    tbl = table.__table__
+    inserted = 0
+    for i in range(0, len(rows), _CHUNK_ROWS):
+        stmt = (
+            _insert(session, tbl)
+            .values(rows[i : i + _CHUNK_ROWS])
+            .on_conflict_do_nothing(index_elements=keys)
+            .returning(tbl.c[keys[0]])
+        )
+        inserted += len(session.execute(stmt).all())
+    return inserted
+
+
+def _ensure_patients(session: Session, patient_ids: Iterable[str]) -> int:
+    ids = sorted(set(patient_ids))  # sorted: concurrent writers take row locks in the same order
+    if not ids:
+        return 0
+    return _insert_ignore(session, Patient, [{"patient_id": p} for p in ids], ["patient_id"])
+
+
+def ensure_patient(session: Session, patient_id: str) -> bool:
+    """Create a minimal patient row if none exists yet; True if one was created."""
+    return _ensure_patients(session, [patient_id]) == 1
+
+
+def upsert_patient(session: Session, adt: schemas.Adt) -> Patient:
+    """Apply an admit / transfer / discharge event to the patient's row and return it.
+
+    Out-of-order safe: ``Patient.updated_at`` is the event time of the newest ADT applied. An
+    event at least as new replaces location and admission state (an admit after a discharge is a
+    readmission); an older event only fills fields that are still empty (demographics, and
+    ``admitted_at`` for a late admit) and never reopens or closes a stay. Redelivery of the
+    same event is a no-op.
+    """
+    ensure_patient(session, adt.patient_id)
+    p = session.scalars(
+        select(Patient).where(Patient.patient_id == adt.patient_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
+    t = utc(adt.event_time)
+    newer = p.updated_at is None or t >= p.updated_at
+
+    if newer:
+        for field in ("unit", "bed", "age", "sex"):
+            value = getattr(adt, field)
+            if value is not None:
+                setattr(p, field, value)
+        if adt.event == "admit":
+            p.admitted_at = t
+            p.discharged_at = None
+        elif adt.event == "discharge":
+            p.discharged_at = t
+        p.updated_at = t
+    else:
+        for field in ("unit", "bed", "age", "sex"):
+            value = getattr(adt, field)
+            if value is not None and getattr(p, field) is None:
+                setattr(p, field, value)
+        if adt.event == "admit" and p.admitted_at is None:
+            p.admitted_at = t
+    session.flush()
+    return p
+
+
+def _finite_or_none(v: Optional[float]) -> Optional[float]:
+    # JSON has no NaN/Infinity (PostgreSQL rejects them); the schema does not forbid them here.
+    return v if v is None or math.isfinite(v) else None
+
+
+def add_scores(session: Session, scores: Sequence[schemas.Score]) -> int:
+    """Store scores, skipping any already stored (same patient, model and event time).
+
+    Returns the number newly inserted. Creates stub patient rows for patients not seen yet.
+    """
+    if not scores:
+        return 0
+    _ensure_patients(session, (s.patient_id for s in scores))
+    rows = [
+        {
+            "patient_id": s.patient_id,
+            "event_time": utc(s.event_time),
+            "model": s.model,
+            "source": s.source,
+            "deterioration_risk": s.deterioration_risk,
+            "sepsis_risk": s.sepsis_risk,
+            "news2": s.news2,
+            "qsofa": s.qsofa,
+            "staleness": {k: _finite_or_none(v) for k, v in s.staleness_s.items()},
+            "trigger": s.trigger,
+            "scored_at": utc(s.scored_at),
+        }
+        for s in scores
+    ]
+    return _insert_ignore(session, Score, rows, ["patient_id", "model", "event_time"])
+
+
+def add_alert(session: Session, alert: schemas.Alert) -> bool:
+    """Store a newly raised alert; True if stored, False if ``alert_id`` already existed.
+
+    A redelivered alert never touches the stored one, so an acknowledgement survives redelivery.
+    """
+    ensure_patient(session, alert.patient_id)
+    row = {
+        "alert_id": alert.alert_id,
+        "patient_id": alert.patient_id,
+        "kind": alert.kind,
+        "risk": alert.risk,
+        "news2": alert.news2,
+        "qsofa": alert.qsofa,
+        "model": alert.model,
+        "source": alert.source,
+        "episode_start": utc(alert.episode_start),
+        "event_time": utc(alert.event_time),
+        "raised_at": utc(alert.raised_at),
+        "stored_at": _now(),
+        "state": "raised",
+    }
+    return _insert_ignore(session, Alert, [row], ["alert_id"]) == 1
+
+
+def _locked_alert(session: Session, alert_id: str) -> Alert:
+    alert = session.scalars(
+        select(Alert)
+        .where(Alert.alert_id == alert_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if alert is None:
+        raise AlertNotFound(f"no alert with id {alert_id!r}")
+    return alert
+
+
+def acknowledge(
+    session: Session,
+    alert_id: str,
+    by: str,
+    comment: str | None = None,
+    *,
+    at: float | datetime | None = None,
+) -> Alert:
+    """Mark a raised alert acknowledged by ``by`` (at ``at``, default now) and return it.
+
+    Raises :class:`AlertNotFound` for an unknown id and :class:`AlertStateError` unless the alert
+    is in state 'raised'.
+    """
+    if not by or not by.strip():
+        raise ValueError("acknowledge needs the name of who acknowledged")
+    alert = _locked_alert(session, alert_id)
+    if alert.state != "raised":
+        raise AlertStateError(
+            f"alert {alert_id!r} is {alert.state}; only a raised alert can be acknowledged"
+        )
+    alert.state = "acknowledged"
+    alert.acknowledged_by = by.strip()
+    alert.acknowledged_at = utc(at) if at is not None else _now()
+    alert.ack_comment = comment
+    session.flush()
+    return alert
+
+
+def resolve(session: Session, alert_id: str, *, at: float | datetime | None = None) -> Alert:
+    """Mark an alert resolved (from 'raised' or 'acknowledged') and return it.
+
+    Resolving an already resolved alert changes nothing (the episode end may be redelivered).
+    Raises :class:`AlertNotFound` for an unknown id.
+    """
+    alert = _locked_alert(session, alert_id)
+    if alert.state != "resolved":
+        alert.state = "resolved"
+        alert.resolved_at = utc(at) if at is not None else _now()
+        session.flush()
+    return alert
+
+
+def list_alerts(
+    session: Session,
+    state: str | None = None,
+    kind: str | None = None,
+    patient_id: str | None = None,
+    limit: int = 100,
+) -> list[Alert]:
+    """Alerts matching all given filters, newest event time first (at most ``limit``)."""
+    if state is not None and state not in ALERT_STATES:
+        raise ValueError(f"unknown alert state {state!r}; expected one of {ALERT_STATES}")
+    stmt = select(Alert)
+    if state is not None:
+        stmt = stmt.where(Alert.state == state)
+    if kind is not None:
+        stmt = stmt.where(Alert.kind == kind)
+    if patient_id is not None:
+        stmt = stmt.where(Alert.patient_id == patient_id)
+    stmt = stmt.order_by(Alert.event_time.desc(), Alert.alert_id).limit(max(0, limit))
+    return list(session.scalars(stmt))
+
+
+def count_alerts(session: Session) -> dict[str, int]:
+    """Number of alerts in each state; every state is present (0 when none)."""
+    counts = dict.fromkeys(ALERT_STATES, 0)
+    for state, n in session.execute(select(Alert.state, func.count()).group_by(Alert.state)):
+        counts[state] = n
+    return counts
