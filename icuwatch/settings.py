@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     worker_web_port: int = 6066
     score_interval_s: float = 300.0
     """Event-time cadence at which each patient is rescored (important events also trigger)."""
+    waveform_feature_interval_s: float = 60.0
+    """Event time between ECG/PPG feature computations per patient (the QRS detector is costly)."""
     batch_max: int = 256
     batch_wait_s: float = 0.2
 

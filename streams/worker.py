@@ -55,7 +55,7 @@ episodes = app.Table("alert_state", key_type=bytes, partitions=settings.partitio
 stats: dict[str, int] = {"processed": 0, "duplicates": 0, "deadlettered": 0, "scores_published": 0,
                          "alerts_raised": 0}
 processed_by_topic: dict[str, int] = {t: 0 for t in topics.INPUTS}
-waveforms = WaveformState()
+waveforms = WaveformState(settings.waveform_feature_interval_s)
 storage = StorageSink(settings.database_url)
 thresholds = {
     "deterioration": alerting.Thresholds(settings.deterioration_on, settings.deterioration_off,
