@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     state_dir: Path = REPO_ROOT / "var"
     """Pid files, logs and worker state of the local stack."""
 
+    app_id: str = "icuwatch"
+    """Faust application id: the consumer group and the prefix of the table changelogs."""
     worker_web_port: int = 6066
     score_interval_s: float = 300.0
     """Event-time cadence at which each patient is rescored (important events also trigger)."""

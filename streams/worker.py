@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 settings = get_settings()
 
 app = faust.App(
-    "icuwatch",
+    settings.app_id,
     broker=f"kafka://{settings.broker}",
     key_serializer="raw",
     value_serializer="json",
