@@ -1,7 +1,8 @@
 """Message schemas, version 1.
 
 Every message is JSON with ``schema_version``, ``patient_id`` and ``event_time`` (seconds since the
-Unix epoch, UTC, as a float: the time the observation was made, not when it arrived). Decoding is
+Unix epoch, UTC, as a float: the time the observation was made, not when it arrived; from the year
+2000 on, so a millisecond or relative timestamp is rejected rather than misread). Decoding is
 strict: a message that does not validate raises :class:`SchemaError`, and the worker sends its
 original bytes to ``icu.deadletter`` with the reason.
 """
@@ -18,7 +19,9 @@ from icuwatch.streams import topics
 SCHEMA_VERSION = 1
 
 PatientId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
-EventTime = Annotated[float, Field(gt=0.0, lt=4.0e9, allow_inf_nan=False)]
+EARLIEST_EVENT_TIME = 946_684_800.0
+"""2000-01-01T00:00:00Z: anything older is a clock or unit error (milliseconds, relative time)."""
+EventTime = Annotated[float, Field(ge=EARLIEST_EVENT_TIME, lt=4.0e9, allow_inf_nan=False)]
 
 
 class SchemaError(ValueError):

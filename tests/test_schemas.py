@@ -25,6 +25,8 @@ def test_round_trip_every_input_type():
         (topics.VITALS, b"not json", "Invalid JSON"),
         (topics.VITALS, b'{"patient_id":"p1","event_time":1764000000}', "no value"),
         (topics.VITALS, b'{"patient_id":"p1","hr":80}', "event_time"),
+        (topics.VITALS, b'{"patient_id":"p1","event_time":1,"hr":80}', "event_time"),
+        (topics.VITALS, b'{"patient_id":"p1","event_time":1764000000000,"hr":80}', "event_time"),
         (topics.VITALS, b'{"schema_version":2,"patient_id":"p1","event_time":1764000000,"hr":80}', "schema_version"),
         (topics.VITALS, b'{"patient_id":"p1","event_time":1764000000,"hr":900}', "hr"),
         (topics.VITALS, b'{"patient_id":"p1","event_time":1764000000,"hr":80,"extra":1}', "extra"),

@@ -1,0 +1,83 @@
+"""Real local services for end-to-end tests: Tansu, tritonserver, a Faust worker subprocess, and
+SQLite / PostgreSQL databases. Test ports differ from the defaults so a developer's own stack can
+keep running beside the tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from icuwatch.settings import Settings
+
+TEST_ENV = {
+    "ICUWATCH_BROKER": "127.0.0.1:19092",
+    "ICUWATCH_TRITON_URL": "127.0.0.1:18001",
+    "ICUWATCH_TRITON_HTTP_PORT": "18000",
+    "ICUWATCH_TRITON_METRICS_PORT": "18002",
+    "ICUWATCH_TRITON_RETRY_S": "1.0",
+    "ICUWATCH_SCORE_INTERVAL_S": "300",
+}
+POSTGRES_ADMIN_URL = os.environ.get("ICUWATCH_TEST_POSTGRES_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def settings_for(state_dir: Path, **overrides: str) -> tuple[Settings, dict[str, str]]:
+    env = {**TEST_ENV, "ICUWATCH_STATE_DIR": str(state_dir), **overrides}
+    fields = {k.removeprefix("ICUWATCH_").lower(): v for k, v in env.items()}
+    return Settings(**fields), env
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"icuwatch_e2e_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
+def running_worker(settings: Settings, env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
+    """``icuwatch worker`` in a subprocess, ready (partitions assigned) before the body runs."""
+    full_env = {**os.environ, **env, "ICUWATCH_DATABASE_URL": settings.database_url,
+                "ICUWATCH_APP_ID": settings.app_id, "ICUWATCH_WORKER_WEB_PORT": str(settings.worker_web_port)}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "icuwatch.cli", "worker"], stdout=log,
+                                stderr=subprocess.STDOUT, env=full_env)
+    try:
+        deadline = time.monotonic() + 60
+        while "Worker]: Ready" not in log_path.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker failed to start:\n{log_path.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.2)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def wait_for(predicate, timeout_s: float, interval_s: float = 0.5):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval_s)

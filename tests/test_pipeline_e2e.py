@@ -1,0 +1,163 @@
+"""End to end on real parts: simulator -> Tansu -> Faust worker -> tritonserver -> database."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+from sqlalchemy import select
+
+from icuwatch.deploy import triton
+from icuwatch.storage import db
+from icuwatch.storage.models import Alert, Score
+from icuwatch.streams import schemas, topics
+from icuwatch.streams.producer import make_producer
+from stack_fixtures import postgres_database, running_worker, wait_for
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def pipeline(request, stack, tmp_path):
+    """A worker with its own consumer group writing to a fresh database of the given kind."""
+    base, env = stack
+    app_id = f"icuwatch-test-{uuid.uuid4().hex[:8]}"
+
+    def start(url):
+        settings = base.model_copy(update={"database_url": url, "app_id": app_id, "worker_web_port": 16066})
+        db.upgrade(url)
+        return settings, running_worker(settings, env, tmp_path / "worker.log")
+
+    if request.param == "sqlite":
+        settings, worker = start(f"sqlite:///{tmp_path / 'icu.db'}")
+        with worker:
+            yield settings
+    else:
+        with postgres_database() as url:
+            settings, worker = start(url)
+            with worker:
+                yield settings
+
+
+def sessions(settings):
+    return db.session_factory(db.make_engine(settings.database_url))
+
+
+def test_simulated_deterioration_alert_lands_in_database(pipeline):
+    from icuwatch.streams.simulator import Simulation
+    from icuwatch.streams.simulator.producer import publish
+
+    prefix = f"e2e{uuid.uuid4().hex[:6]}-"
+    sim = Simulation(n_patients=2, seed=11, start_time=time.time() - 4 * 3600, duration_s=3 * 3600,
+                     deteriorating_fraction=1.0, onset_window_s=(600.0, 900.0), waveforms=False, cxr=True,
+                     patient_prefix=prefix)
+    truth = {t["patient_id"]: t for t in sim.ground_truth()}
+    producer = make_producer(pipeline)
+    counts = publish(sim, producer, speed=0)
+    producer.close()
+    assert counts[topics.VITALS] > 0
+
+    factory = sessions(pipeline)
+
+    def alerts():
+        with factory() as s:
+            return s.scalars(select(Alert).where(Alert.patient_id.startswith(prefix))).all()
+
+    found = wait_for(alerts, timeout_s=150)
+    assert found, "no alert reached the database"
+    for alert in found:
+        gt = truth[alert.patient_id]
+        assert gt["onset_time"] is not None
+        assert alert.event_time.timestamp() >= gt["onset_time"] - 3600, "alert long before onset"
+        assert alert.state == "raised" and alert.source == "triton"
+    with factory() as s:
+        scores = s.scalars(select(Score).where(Score.patient_id.startswith(prefix))).all()
+    assert scores and all(sc.source == "triton" for sc in scores)
+
+
+def test_malformed_messages_go_to_deadletter_and_good_ones_still_flow(pipeline):
+    pid = f"dl{uuid.uuid4().hex[:8]}"
+    key = pid.encode()
+    t0 = time.time() - 3600
+    bad_payloads = [b"{nope", b'{"schema_version":1,"patient_id":"%s","event_time":1,"hr":80}' % key,
+                    b'{"schema_version":9,"patient_id":"%s","event_time":1764000000,"hr":80}' % key]
+    producer = make_producer(pipeline)
+    sent_bad = []
+    for i in range(601):
+        v = schemas.Vitals(patient_id=pid, event_time=t0 + i, hr=80, rr=16, spo2=97, sbp=120, temp=37.0)
+        producer.send(topics.VITALS, key=key, value=v.to_bytes())
+        if i % 50 == 25:
+            payload = bad_payloads[len(sent_bad) % len(bad_payloads)]
+            producer.send(topics.VITALS, key=key, value=payload)
+            sent_bad.append(payload)
+    producer.flush()
+    producer.close()
+
+    letters = read_deadletters(pipeline, key, expected=len(sent_bad))
+    assert len(letters) == len(sent_bad)
+    assert sorted(base64.b64decode(d["original_b64"]) for d in letters) == sorted(sent_bad)
+    assert all(d["reason"] and d["topic"] == topics.VITALS for d in letters)
+
+    factory = sessions(pipeline)
+
+    def last_score():
+        with factory() as s:
+            return s.scalars(select(Score).where(Score.patient_id == pid, Score.event_time >= db_time(t0 + 600))).first()
+
+    assert wait_for(last_score, timeout_s=60), "the good message after the bad ones was not scored"
+
+
+def db_time(t):
+    from icuwatch.storage.repository import utc
+
+    return utc(t)
+
+
+def read_deadletters(settings, key: bytes, expected: int, timeout_s: float = 60.0) -> list[dict]:
+    consumer = KafkaConsumer(bootstrap_servers=settings.broker, enable_auto_commit=False,
+                             consumer_timeout_ms=1000)
+    parts = [TopicPartition(topics.DEADLETTER, p) for p in range(settings.partitions)]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    found: list[dict] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and len(found) < expected:
+        for records in consumer.poll(timeout_ms=500).values():
+            for r in records:
+                if r.key == key:
+                    found.append(json.loads(r.value))
+    consumer.close()
+    return found
+
+
+def test_worker_falls_back_to_rules_when_triton_is_down_and_returns(stack, pipeline):
+    pid = f"fb{uuid.uuid4().hex[:8]}"
+    t0 = time.time() - 7200
+    producer = make_producer(pipeline)
+    factory = sessions(pipeline)
+
+    def send(start, stop):
+        for i in range(start, stop):
+            v = schemas.Vitals(patient_id=pid, event_time=t0 + i, hr=85, rr=18, spo2=96, sbp=118, temp=37.2)
+            producer.send(topics.VITALS, key=pid.encode(), value=v.to_bytes())
+        producer.flush()
+
+    def sources_after(t):
+        with factory() as s:
+            return [sc.source for sc in s.scalars(
+                select(Score).where(Score.patient_id == pid, Score.event_time >= db_time(t))).all()]
+
+    triton.stop(pipeline)
+    try:
+        send(0, 601)
+        assert wait_for(lambda: sources_after(t0 + 600), timeout_s=60) == ["fallback"]
+    finally:
+        triton.start(pipeline)
+    time.sleep(1.5)  # past the worker's retry interval
+    send(601, 1202)
+    assert wait_for(lambda: sources_after(t0 + 1200), timeout_s=60) == ["triton"]
+    producer.close()
