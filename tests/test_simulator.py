@@ -244,6 +244,8 @@ def test_ground_truth(tmp_path):
     assert Simulation(0, 1, T0, 600).ground_truth() == []
     with pytest.raises(ValueError):
         Simulation(1, 1, T0, 600, patient_prefix="bad id/")
+    with pytest.raises(ValueError):
+        Simulation(1, 1, T0 * 1000, 600)
 
 
 class FakeProducer:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from icuwatch.streams import topics
-from icuwatch.streams.schemas import Adt, Cxr, Message, Vitals, Waveform
+from icuwatch.streams.schemas import EARLIEST_EVENT_TIME, Adt, Cxr, Message, Vitals, Waveform
 
 from . import cxr as cxr_images
 from .labs import lab_messages
@@ -122,8 +122,8 @@ class Simulation:
             raise ValueError("seed must be >= 0")
         if duration_s <= 0:
             raise ValueError("duration_s must be > 0")
-        if not 0 < start_time < 4.0e9 - duration_s:
-            raise ValueError("start_time must be a positive epoch time")
+        if not EARLIEST_EVENT_TIME <= start_time < 4.0e9 - duration_s:
+            raise ValueError("start_time must be an epoch time in seconds, from 2000 on")
         self.n_patients = n_patients
         self.seed = seed
         self.start_time = float(start_time)
