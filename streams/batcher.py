@@ -56,7 +56,12 @@ class ScoreBatcher:
             self._wake.clear()
             while self.pending:
                 batch, self.pending = self.pending[: self.batch_max], self.pending[self.batch_max :]
-                await self.flush(batch)
+                try:
+                    await self.flush(batch)
+                except Exception:
+                    log.exception("scoring a batch of %d failed; retrying it", len(batch))
+                    self.pending[:0] = batch
+                    await asyncio.sleep(self.batch_wait_s)
 
     async def flush(self, batch: list[Due]) -> None:
         x = np.concatenate([d.features for d in batch], axis=0)

@@ -1,12 +1,19 @@
 """Per-patient picture of every modality, as a plain JSON-able dict (the Faust table's value).
 
-Pure functions, no I/O. Event time rules: a value is kept only if it is at least as new as the one
-held (out-of-order delivery cannot roll a patient back), a duplicate changes nothing, and
-:func:`features_at` uses only data with event time <= the scoring time.
+Pure functions, no I/O. Event-time rules:
+
+* The patient's clock (``now``) is the newest vital-sign event time: the bedside monitor is the
+  patient's heartbeat, and scores are stamped with it. Other modalities arrive on other topics, so a
+  lab result may be consumed before the vital signs of the hour it was drawn in (replays run topics
+  at different paces). Labs, X-rays and waveform features are therefore kept as short histories,
+  and :func:`features_at` takes, for each one, the newest value with event time <= the scoring time.
+* Important events (a lab, an X-ray, an admission) trigger a score once the clock reaches them.
+* Out-of-order delivery cannot roll a value back, and a duplicate changes nothing.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import numpy as np
@@ -17,50 +24,72 @@ from icuwatch.streams import schemas
 MODALITIES = ("vitals", "waveforms", "labs", "cxr")
 WINDOW_MINUTES = 60
 RECENT_VITALS = 120
+HISTORY = 8
 VITAL_WINDOW_FIELDS = ("hr", "spo2", "rr", "sbp", "map", "temp")
 LAB_FEATURES = ("lactate", "wbc", "creatinine", "platelets", "bilirubin")
 RED_FLAG_DELAY_S = 60.0
+CHECKPOINT_EVERY_S = 60.0
 
 
 def new_state() -> dict:
     return {
-        "clock": 0.0,
-        "last_seen": {},
+        "now": None,
         "vitals": {},
         "recent_vitals_t": [],
         "window": [],
         "labs": {},
+        "waveforms_t": [],
         "waveform_features": {},
-        "cxr": None,
+        "cxr": [],
         "adt": {},
+        "pending": [],
         "last_scored": None,
+        "checkpoint_t": 0.0,
     }
 
 
-def _newer(held: list | None, t: float) -> bool:
-    return held is None or t > held[0]
+def _push(history: list, t: float, value) -> bool:
+    """Insert ``[t, value]`` in time order, keeping the newest ``HISTORY``; False if ``t`` is held."""
+    times = [h[0] for h in history]
+    i = bisect.bisect_left(times, t)
+    if i < len(times) and times[i] == t:
+        return False
+    history.insert(i, [t, value])
+    if len(history) > HISTORY:
+        del history[: len(history) - HISTORY]
+    return True
 
 
-def _touch(state: dict, modality: str, t: float) -> None:
-    state["last_seen"][modality] = max(state["last_seen"].get(modality, 0.0), t)
-    state["clock"] = max(state["clock"], t)
+def _at(history: list, t: float) -> list | None:
+    """The newest ``[time, value]`` with time <= ``t``."""
+    for h in reversed(history):
+        if h[0] <= t:
+            return h
+    return None
+
+
+def _pending(state: dict, t: float, event: str) -> None:
+    state["pending"].append([t, event])
 
 
 def apply_vitals(state: dict, msg: schemas.Vitals) -> bool:
     """Fold a vitals sample into last values and the per-minute window; False for a duplicate."""
     t = msg.event_time
-    if t in state["recent_vitals_t"]:
-        return False
     recent = state["recent_vitals_t"]
+    if t in recent:
+        return False
     recent.append(t)
     if len(recent) > RECENT_VITALS:
         del recent[: len(recent) - RECENT_VITALS]
     for field in (*schemas.VITAL_FIELDS, "o2_supplement", "consciousness"):
         value = getattr(msg, field)
-        if value is not None and _newer(state["vitals"].get(field), t):
+        held = state["vitals"].get(field)
+        if value is not None and (held is None or t > held[0]):
             state["vitals"][field] = [t, value]
     _add_to_window(state, msg)
-    _touch(state, "vitals", t)
+    state["now"] = t if state["now"] is None else max(state["now"], t)
+    if red_flag(msg):
+        _pending(state, t, "red_flag")
     return True
 
 
@@ -96,61 +125,78 @@ def window_means(state: dict) -> dict[str, list[tuple[float, float]]]:
 
 
 def apply_lab(state: dict, msg: schemas.Lab) -> bool:
-    held = state["labs"].get(msg.analyte)
-    if held is not None and held[0] == msg.event_time:
+    history = state["labs"].setdefault(msg.analyte, [])
+    if not _push(history, msg.event_time, msg.value):
         return False
-    if _newer(held, msg.event_time):
-        state["labs"][msg.analyte] = [msg.event_time, msg.value]
-    _touch(state, "labs", msg.event_time)
+    _pending(state, msg.event_time, "lab")
     return True
 
 
 def apply_waveform_features(state: dict, t: float, values: dict[str, float | None]) -> None:
     """Store features derived from the waveform buffers (heart rate from ECG, pulse rate...)."""
     for name, value in values.items():
-        if value is not None and _newer(state["waveform_features"].get(name), t):
-            state["waveform_features"][name] = [t, float(value)]
+        if value is not None:
+            _push(state["waveform_features"].setdefault(name, []), t, float(value))
 
 
 def touch_waveform(state: dict, t: float) -> None:
-    _touch(state, "waveforms", t)
+    _push(state["waveforms_t"], t, None)
 
 
 def apply_cxr(state: dict, msg: schemas.Cxr) -> bool:
-    held = state["cxr"]
-    if held is not None and held["study_id"] == msg.study_id:
+    if any(h[1]["study_id"] == msg.study_id for h in state["cxr"]):
         return False
-    if held is None or msg.event_time > held["t"]:
-        state["cxr"] = {"t": msg.event_time, "study_id": msg.study_id, "report": msg.report}
-    _touch(state, "cxr", msg.event_time)
+    _push(state["cxr"], msg.event_time, {"study_id": msg.study_id, "report": msg.report})
+    _pending(state, msg.event_time, "cxr")
     return True
 
 
 def apply_adt(state: dict, msg: schemas.Adt) -> bool:
     adt = state["adt"]
     key = f"{msg.event}@{msg.event_time}"
-    if adt.get("last") == key:
+    if key in adt.get("seen", []):
         return False
+    adt.setdefault("seen", []).append(key)
     if msg.event_time >= adt.get("t", 0.0):
-        adt.update(t=msg.event_time, last=key, event=msg.event, unit=msg.unit, bed=msg.bed)
-    state["clock"] = max(state["clock"], msg.event_time)
+        adt.update(t=msg.event_time, event=msg.event, unit=msg.unit, bed=msg.bed)
+    if msg.event == "admit":
+        _pending(state, msg.event_time, "admit")
     return True
 
 
-def discharged(state: dict) -> bool:
-    return state["adt"].get("event") == "discharge"
+def checkpoint_due(state: dict) -> bool:
+    """Whether a minute of event time has passed since the state was last written to the table."""
+    return state["now"] is not None and state["now"] - state["checkpoint_t"] >= CHECKPOINT_EVERY_S
+
+
+def discharged(state: dict, t: float) -> bool:
+    adt = state["adt"]
+    return adt.get("event") == "discharge" and adt["t"] <= t
+
+
+def _last_time(state: dict, modality: str, t: float) -> float | None:
+    if modality == "vitals":
+        times = [h[0] for h in state["vitals"].values() if h[0] <= t]
+        return max(times) if times else None
+    if modality == "labs":
+        times = [h[0] for hist in state["labs"].values() if (h := _at(hist, t))]
+        return max(times) if times else None
+    held = _at(state["waveforms_t" if modality == "waveforms" else "cxr"], t)
+    return held[0] if held else None
 
 
 def staleness(state: dict, t: float) -> dict[str, float | None]:
-    return {
-        m: (round(t - state["last_seen"][m], 3) if m in state["last_seen"] else None) for m in MODALITIES
-    }
+    """Per modality, seconds from its newest message at or before ``t`` to ``t`` (None: none yet)."""
+    out = {}
+    for m in MODALITIES:
+        last = _last_time(state, m, t)
+        out[m] = None if last is None else round(t - last, 3)
+    return out
 
 
-def _value_at(held: list | None, t: float) -> float:
-    if held is None or held[0] > t:
-        return math.nan
-    return float(held[1])
+def _value_at(history: list | None, t: float) -> float:
+    held = _at(history, t) if history else None
+    return math.nan if held is None else float(held[1])
 
 
 def features_at(state: dict, t: float) -> np.ndarray:
@@ -159,16 +205,17 @@ def features_at(state: dict, t: float) -> np.ndarray:
     row = x[0]
     vitals = state["vitals"]
     for name in VITAL_WINDOW_FIELDS:
-        row[features.INDEX[name]] = _value_at(vitals.get(name), t)
+        row[features.INDEX[name]] = _value_at([vitals[name]] if name in vitals else None, t)
     o2 = vitals.get("o2_supplement")
-    row[features.INDEX["o2_supplement"]] = math.nan if o2 is None or o2[0] > t else float(bool(o2[1]))
+    if o2 is not None and o2[0] <= t:
+        row[features.INDEX["o2_supplement"]] = float(bool(o2[1]))
     avpu = vitals.get("consciousness")
     if avpu is not None and avpu[0] <= t:
         row[features.INDEX["altered_mentation"]] = float(avpu[1] != "A")
     for name in LAB_FEATURES:
         row[features.INDEX[name]] = _value_at(state["labs"].get(name), t)
-    row[features.INDEX["ecg_hr"]] = _value_at(state["waveform_features"].get("ecg_hr"), t)
-    row[features.INDEX["ppg_pr"]] = _value_at(state["waveform_features"].get("ppg_pr"), t)
+    for name in ("ecg_hr", "ppg_pr"):
+        row[features.INDEX[name]] = _value_at(state["waveform_features"].get(name), t)
     for modality, age in staleness(state, t).items():
         row[features.INDEX[f"stale_{modality}_s"]] = math.nan if age is None else age
     return x
@@ -186,24 +233,26 @@ def red_flag(msg: schemas.Vitals) -> bool:
     )
 
 
-def scoring_trigger(state: dict, event: str | None, interval_s: float) -> str | None:
-    """Why the patient should be scored now (at ``state['clock']``), or None.
+def scoring_trigger(state: dict, interval_s: float) -> str | None:
+    """Why the patient should be scored now (at ``state['now']``), or None.
 
-    ``event`` names an important event that just arrived ('lab', 'cxr', 'admit', 'red_flag'); the
-    cadence fires once ``interval_s`` of event time has passed since the last score.
+    Pending important events whose event time the clock has reached fire first (a red flag at most
+    once a minute); otherwise the cadence fires once ``interval_s`` of event time has passed.
     """
-    if discharged(state) or not state["last_seen"]:
+    now, last = state["now"], state["last_scored"]
+    if now is None or discharged(state, now) or (last is not None and now <= last):
         return None
-    last = state["last_scored"]
-    now = state["clock"]
-    if last is not None and now <= last:
-        return None
+    due = [p for p in state["pending"] if p[0] <= now]
+    if due:
+        state["pending"] = [p for p in state["pending"] if p[0] > now]
+    events = {p[1] for p in due}
     if last is None:
-        return event or "first"
-    if event in ("lab", "cxr", "admit"):
-        return event
-    if event == "red_flag" and now - last >= RED_FLAG_DELAY_S:
-        return event
+        return next((e for e in ("admit", "lab", "cxr") if e in events), "first")
+    for event in ("lab", "cxr", "admit"):
+        if event in events:
+            return event
+    if "red_flag" in events and now - last >= RED_FLAG_DELAY_S:
+        return "red_flag"
     if now - last >= interval_s:
         return "cadence"
     return None

@@ -3,6 +3,10 @@ Triton, raise alerts with hysteresis, store scores and alerts.
 
 Topics (all keyed by patient id, co-partitioned):
   icu.vitals, icu.waveforms, icu.labs, icu.cxr, icu.adt  ->  ingest  ->  icu.scores
+
+Per-patient state lives in memory and is checkpointed to the ``patient_state`` table (and so to its
+changelog) on every score, important event, or minute of event time -- not on every 1 Hz sample,
+which made the changelog as large as the input and table recovery slower than the stream.
   icu.scores  ->  raise_alerts  ->  database + icu.alerts
   anything that fails to decode  ->  icu.deadletter (original bytes + reason)
 """
@@ -50,10 +54,12 @@ alerts_topic = app.topic(topics.ALERTS, **raw)
 deadletter_topic = app.topic(topics.DEADLETTER, **raw)
 
 patients = app.Table("patient_state", key_type=bytes, partitions=settings.partitions)
+"""Checkpoints of each patient's state; the live copy is in ``live_state`` (see ``checkpoint_due``)."""
+live_state: dict[bytes, dict] = {}
 episodes = app.Table("alert_state", key_type=bytes, partitions=settings.partitions)
 
-stats: dict[str, int] = {"processed": 0, "duplicates": 0, "deadlettered": 0, "scores_published": 0,
-                         "alerts_raised": 0}
+stats: dict[str, int] = {"processed": 0, "duplicates": 0, "deadlettered": 0, "scores_submitted": 0,
+                         "scores_published": 0, "alerts_raised": 0}
 processed_by_topic: dict[str, int] = {t: 0 for t in topics.INPUTS}
 waveforms = WaveformState(settings.waveform_feature_interval_s)
 storage = StorageSink(settings.database_url)
@@ -99,23 +105,23 @@ async def dead_letter(event: faust.EventT, reason: str) -> None:
     stats["deadlettered"] += 1
 
 
-def fold(state: dict, msg: schemas.Message) -> tuple[bool, str | None]:
-    """Apply one decoded message to the state; returns (accepted, important-event name)."""
+def fold(state: dict, msg: schemas.Message) -> bool:
+    """Apply one decoded message to the state; False for a duplicate."""
     if isinstance(msg, schemas.Vitals):
-        return patient_state.apply_vitals(state, msg), ("red_flag" if patient_state.red_flag(msg) else None)
+        return patient_state.apply_vitals(state, msg)
     if isinstance(msg, schemas.Waveform):
         accepted, feats, t = waveforms.add(msg)
         if accepted:
             patient_state.touch_waveform(state, t)
             if feats:
                 patient_state.apply_waveform_features(state, t, feats)
-        return accepted, None
+        return accepted
     if isinstance(msg, schemas.Lab):
-        return patient_state.apply_lab(state, msg), "lab"
+        return patient_state.apply_lab(state, msg)
     if isinstance(msg, schemas.Cxr):
-        return patient_state.apply_cxr(state, msg), "cxr"
+        return patient_state.apply_cxr(state, msg)
     if isinstance(msg, schemas.Adt):
-        return patient_state.apply_adt(state, msg), ("admit" if msg.event == "admit" else None)
+        return patient_state.apply_adt(state, msg)
     raise TypeError(type(msg).__name__)
 
 
@@ -129,8 +135,9 @@ async def ingest(stream: faust.StreamT) -> None:
             await dead_letter(event, exc.reason)
             continue
         key = msg.key()
-        state = patients.get(key) or patient_state.new_state()
-        accepted, important = fold(state, msg)
+        state = live_state.get(key) or patients.get(key) or patient_state.new_state()
+        live_state[key] = state
+        accepted = fold(state, msg)
         processed_by_topic[topic] += 1
         stats["processed"] += 1
         if not accepted:
@@ -138,13 +145,23 @@ async def ingest(stream: faust.StreamT) -> None:
             continue
         if isinstance(msg, schemas.Adt):
             await storage.upsert_patient(msg)
-        trigger = patient_state.scoring_trigger(state, important, settings.score_interval_s)
+        trigger = patient_state.scoring_trigger(state, settings.score_interval_s)
         if trigger is not None:
-            t = state["clock"]
+            t = state["now"]
             state["last_scored"] = t
+            stats["scores_submitted"] += 1
             batcher().submit(msg.patient_id, t, patient_state.features_at(state, t),
                              patient_state.staleness(state, t), trigger)
-        patients[key] = state
+        if trigger is not None or not isinstance(msg, (schemas.Vitals, schemas.Waveform)) \
+                or patient_state.checkpoint_due(state):
+            state["checkpoint_t"] = state["now"] or 0.0
+            patients[key] = state
+
+
+@app.on_partitions_revoked.connect
+async def forget_live_state(sender, revoked, **kwargs) -> None:
+    """Partitions may move to another worker: drop live copies, the checkpoints are the truth."""
+    live_state.clear()
 
 
 @app.agent(scores_topic)
@@ -186,6 +203,7 @@ async def write_stats() -> None:
         "processed_by_topic": processed_by_topic,
         "scorer": batcher().scorer.counts,
         "scores_stored": storage.scores_stored,
+        "scores_pending": len(batcher().pending),
     }
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(snapshot))

@@ -20,7 +20,7 @@ def test_out_of_order_does_not_roll_back_last_value():
     assert ps.apply_vitals(s, vitals(T + 10, hr=100))
     assert ps.apply_vitals(s, vitals(T + 5, hr=60))
     assert s["vitals"]["hr"] == [T + 10, 100]
-    assert s["clock"] == T + 10
+    assert s["now"] == T + 10
 
 
 def test_duplicates_are_ignored_and_change_nothing():
@@ -29,16 +29,17 @@ def test_duplicates_are_ignored_and_change_nothing():
     before = repr(s)
     assert not ps.apply_vitals(s, vitals(T, hr=80, rr=16))
     assert repr(s) == before
-    ps.apply_lab(s, lab(T))
+    assert ps.apply_lab(s, lab(T))
+    before = repr(s)
     assert not ps.apply_lab(s, lab(T))
+    assert repr(s) == before
 
 
 def test_window_holds_per_minute_means_in_time_order():
     s = ps.new_state()
     for i in reversed(range(120)):
         ps.apply_vitals(s, vitals(T + i, hr=60 + (i // 60) * 30))
-    means = ps.window_means(s)["hr"]
-    assert means == [(T, 60.0), (T + 60, 90.0)]
+    assert ps.window_means(s)["hr"] == [(T, 60.0), (T + 60, 90.0)]
 
 
 def test_window_is_bounded():
@@ -48,21 +49,22 @@ def test_window_is_bounded():
     assert len(s["window"]) == ps.WINDOW_MINUTES
 
 
-def test_features_are_causal():
+def test_features_are_causal_even_when_a_lab_arrives_early():
     s = ps.new_state()
     ps.apply_vitals(s, vitals(T, hr=80, spo2=97))
-    ps.apply_lab(s, lab(T + 100, value=4.0))
-    x_early = ps.features_at(s, T + 50)
-    assert math.isnan(x_early[0, F.INDEX["lactate"]])
-    assert x_early[0, F.INDEX["hr"]] == 80
-    x_late = ps.features_at(s, T + 100)
-    assert x_late[0, F.INDEX["lactate"]] == 4.0
+    ps.apply_lab(s, lab(T - 3600, value=1.5))
+    ps.apply_lab(s, lab(T + 100, value=4.0))  # consumed before the vitals of T+100
+    x_now = ps.features_at(s, T)
+    assert x_now[0, F.INDEX["lactate"]] == 1.5
+    assert x_now[0, F.INDEX["hr"]] == 80
+    assert ps.features_at(s, T + 100)[0, F.INDEX["lactate"]] == 4.0
 
 
 def test_staleness_per_modality():
     s = ps.new_state()
     ps.apply_vitals(s, vitals(T, hr=80))
     ps.apply_lab(s, lab(T - 3600))
+    ps.apply_lab(s, lab(T + 500))
     stale = ps.staleness(s, T + 10)
     assert stale == {"vitals": 10.0, "waveforms": None, "labs": 3610.0, "cxr": None}
     x = ps.features_at(s, T + 10)
@@ -71,17 +73,31 @@ def test_staleness_per_modality():
 
 def test_scoring_trigger_cadence_and_events():
     s = ps.new_state()
+    assert ps.scoring_trigger(s, 300) is None  # no vital signs yet: no clock
     ps.apply_vitals(s, vitals(T, hr=80))
-    assert ps.scoring_trigger(s, None, 300) == "first"
+    assert ps.scoring_trigger(s, 300) == "first"
     s["last_scored"] = T
     ps.apply_vitals(s, vitals(T + 100, hr=80))
-    assert ps.scoring_trigger(s, None, 300) is None
-    assert ps.scoring_trigger(s, "lab", 300) == "lab"
-    assert ps.scoring_trigger(s, "red_flag", 300) == "red_flag"
-    ps.apply_vitals(s, vitals(T + 300, hr=80))
-    assert ps.scoring_trigger(s, None, 300) == "cadence"
-    s["last_scored"] = T + 300
-    assert ps.scoring_trigger(s, "lab", 300) is None  # nothing newer than the last score
+    assert ps.scoring_trigger(s, 300) is None
+    ps.apply_lab(s, lab(T + 50))
+    assert ps.scoring_trigger(s, 300) == "lab"
+    s["last_scored"] = T + 100
+    ps.apply_vitals(s, vitals(T + 200, rr=30))
+    assert ps.scoring_trigger(s, 300) == "red_flag"
+    s["last_scored"] = T + 200
+    ps.apply_vitals(s, vitals(T + 500, hr=80))
+    assert ps.scoring_trigger(s, 300) == "cadence"
+
+
+def test_an_early_lab_triggers_only_when_the_clock_reaches_it():
+    s = ps.new_state()
+    ps.apply_vitals(s, vitals(T, hr=80))
+    s["last_scored"] = T
+    ps.apply_lab(s, lab(T + 120))
+    ps.apply_vitals(s, vitals(T + 60, hr=80))
+    assert ps.scoring_trigger(s, 300) is None
+    ps.apply_vitals(s, vitals(T + 120, hr=80))
+    assert ps.scoring_trigger(s, 300) == "lab"
 
 
 def test_red_flag():
@@ -90,8 +106,21 @@ def test_red_flag():
     assert not ps.red_flag(vitals(T, hr=80, rr=18, spo2=96))
 
 
-def test_discharged_patient_is_not_scored():
+def test_discharge_stops_scoring_only_once_the_clock_reaches_it():
     s = ps.new_state()
     ps.apply_vitals(s, vitals(T, hr=80))
-    ps.apply_adt(s, schemas.Adt(patient_id="p1", event_time=T + 5, event="discharge"))
-    assert ps.scoring_trigger(s, "lab", 300) is None
+    ps.apply_adt(s, schemas.Adt(patient_id="p1", event_time=T + 3600, event="discharge"))
+    assert ps.scoring_trigger(s, 300) == "first"
+    s["last_scored"] = T
+    ps.apply_vitals(s, vitals(T + 3600, hr=80))
+    assert ps.scoring_trigger(s, 300) is None
+
+
+def test_state_is_json_serialisable():
+    import json
+
+    s = ps.new_state()
+    ps.apply_vitals(s, vitals(T, hr=80, consciousness="A"))
+    ps.apply_lab(s, lab(T))
+    ps.apply_adt(s, schemas.Adt(patient_id="p1", event_time=T, event="admit"))
+    assert json.loads(json.dumps(s)) == s
