@@ -28,7 +28,7 @@ class TritonScorer:
         self._grpc = grpcaio
         self.settings = settings
         self.model = settings.triton_model
-        self.client = grpcaio.InferenceServerClient(settings.triton_url)
+        self.client = self._connect()
         self.down_until = 0.0
         self.counts = {"triton_batches": 0, "triton_rows": 0, "fallback_batches": 0, "fallback_rows": 0,
                        "triton_errors": 0}
@@ -40,6 +40,7 @@ class TritonScorer:
                 out = await self._infer(x)
             except Exception as exc:  # any transport or server error means: fall back
                 self.counts["triton_errors"] += 1
+                await self._reconnect()
                 if self.down_until == 0.0:
                     log.warning("Triton unavailable (%s); scoring with rules in-process", type(exc).__name__)
                 self.down_until = time.monotonic() + self.settings.triton_retry_s
@@ -53,6 +54,20 @@ class TritonScorer:
         self.counts["fallback_batches"] += 1
         self.counts["fallback_rows"] += len(x)
         return rules.score(x), "fallback"
+
+    def _connect(self):
+        # Short reconnect backoff: gRPC's default grows to two minutes after the server went away.
+        return self._grpc.InferenceServerClient(
+            self.settings.triton_url,
+            channel_args=[("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 1000)],
+        )
+
+    async def _reconnect(self) -> None:
+        try:
+            await self.client.close()
+        except Exception:
+            pass
+        self.client = self._connect()
 
     async def _infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
         inp = self._grpc.InferInput("FEATURES", list(x.shape), "FP32")

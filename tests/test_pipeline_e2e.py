@@ -157,7 +157,16 @@ def test_worker_falls_back_to_rules_when_triton_is_down_and_returns(stack, pipel
         assert wait_for(lambda: sources_after(t0 + 600), timeout_s=60) == ["fallback"]
     finally:
         triton.start(pipeline)
-    time.sleep(1.5)  # past the worker's retry interval
-    send(601, 1202)
-    assert wait_for(lambda: sources_after(t0 + 1200), timeout_s=60) == ["triton"]
+    start = 601
+    deadline = time.monotonic() + 60
+    while "triton" not in sources_after(t0 + 601) and time.monotonic() < deadline:
+        send(start, start + 300)  # five more minutes of event time: one more score
+        start += 300
+        time.sleep(1.0)
     producer.close()
+    after = wait_for(lambda: sources_after(t0 + 601), timeout_s=10)
+    assert "triton" in after, f"worker never returned to Triton: {after}"
+    assert after[-1] == "triton"
+    with factory() as s:
+        times = [sc.event_time.timestamp() for sc in s.scalars(select(Score).where(Score.patient_id == pid)).all()]
+    assert len(times) >= (start - 1) // 300, "a score was lost while Triton was down"
