@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(VENV)/bin/icuwatch demo
+	$(VENV)/bin/icuwatch demo --json
 
 test: setup
 	$(PY) -m pytest

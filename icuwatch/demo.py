@@ -78,6 +78,33 @@ def lead_times(alerts: list[dict], truth: list[dict]) -> list[dict]:
     return out
 
 
+def describe(summary: dict) -> str:
+    """What happened and where to look, for a person (the JSON line is for machines)."""
+    p = summary["patients"]
+    lines = [
+        "",
+        f"icuwatch demo {summary['run']} -- {summary['data']}",
+        f"  messages produced: {sum(summary['produced'].values())} "
+        f"({', '.join(f'{k} {v}' for k, v in summary['produced'].items())})",
+        f"  processed by the worker: {summary['processed']}, dead-lettered: {summary['deadlettered']}",
+        f"  scores stored: {summary['scores']['triton']} via Triton, {summary['scores']['fallback']} by fallback rules",
+        f"  patients: {p['total']}, deteriorating {p['deteriorating']}, of which alerted {p['deteriorating_alerted']}; "
+        f"stable patients alerted: {p['stable_alerted']}",
+    ]
+    for a in summary["alerts"]:
+        lag = a["minutes_after_onset"]
+        when = "no onset (stable)" if lag is None else f"{lag:+.1f} min after the simulated onset"
+        lines.append(f"  ALERT {a['kind']:<13} {a['patient_id']} ({a['true_condition']}), {when}")
+    lines += [
+        f"  database: {summary['database']} (tables patients, scores, alerts)",
+        f"  ground truth: {summary['ground_truth']}",
+        f"  worker log: {summary['worker_log']}",
+        "  the broker and tritonserver keep running: `icuwatch stack status`, stop with `icuwatch stack down`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def run_demo(settings: Settings, minutes: float, patients: int, speed: float, seed: int,
              keep_stack: bool = True) -> dict:
     from icuwatch.deploy import stack
@@ -133,6 +160,8 @@ def run_demo(settings: Settings, minutes: float, patients: int, speed: float, se
             ).all()
         )
     truth = json.loads(truth_path.read_text())
+    alerted = {a["patient_id"] for a in alerts}
+    sick = [t["patient_id"] for t in truth if t.get("onset_time") is not None]
     return {
         "run": prefix.rstrip("-"),
         "data": "simulated patients (icuwatch simulator), not real data",
@@ -141,7 +170,13 @@ def run_demo(settings: Settings, minutes: float, patients: int, speed: float, se
         "processed_by_topic": stats.get("processed_by_topic", {}),
         "deadlettered": stats.get("deadlettered", 0),
         "duplicates_ignored": stats.get("duplicates", 0),
-        "scores": scores,
+        "scores": {"triton": scores.get("triton", 0), "fallback": scores.get("fallback", 0)},
+        "patients": {
+            "total": len(truth),
+            "deteriorating": len(sick),
+            "deteriorating_alerted": len(alerted & set(sick)),
+            "stable_alerted": len(alerted - set(sick)),
+        },
         "alerts": lead_times(alerts, truth),
         "ground_truth": truth_path.as_posix(),
         "database": settings.database_url.split("@")[-1],
