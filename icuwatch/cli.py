@@ -106,7 +106,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("db", help="database schema")
     p.add_argument("action", choices=["upgrade"])
     p.set_defaults(func=_db)
+
+    for register in _plugins():
+        register(sub)
     return parser
+
+
+def _plugins():
+    """Subcommands defined next to the code they run: each module has ``register(subparsers)``."""
+    import importlib
+
+    names = ("icuwatch.streams.replay.cli", "icuwatch.fusion.evaluation.cli", "icuwatch.fusion.baselines.cli")
+    out = []
+    for name in names:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        out.append(module.register)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
