@@ -113,6 +113,20 @@ LAB_UNITS: dict[str, str] = {
     "bun": "mg/dL",
     "potassium": "mmol/L",
     "fio2": "fraction",
+    "base_excess": "mmol/L",
+    "sao2": "%",
+    "ast": "IU/L",
+    "alkaline_phosphatase": "IU/L",
+    "calcium": "mg/dL",
+    "chloride": "mmol/L",
+    "bilirubin_direct": "mg/dL",
+    "magnesium": "mmol/dL",
+    "phosphate": "mg/dL",
+    "troponin_i": "ng/mL",
+    "hematocrit": "%",
+    "ptt": "s",
+    "fibrinogen": "mg/dL",
+    "etco2": "mmHg",
 }
 """Analytes version 1 knows, each in the one unit the topic carries."""
 
