@@ -103,7 +103,8 @@ class Patient(Base):
 
 
 class Score(Base):
-    """One risk score. Unique per (patient, model, event time) so redelivery cannot duplicate."""
+    """One risk score. Unique per (patient, model, event time) so redelivery cannot duplicate; a
+    later revision of the same score replaces the stored values."""
 
     __tablename__ = "scores"
     __table_args__ = (
@@ -124,6 +125,8 @@ class Score(Base):
     """Per modality: seconds since its last message, or None if never seen."""
     trigger: Mapped[str] = mapped_column(String(32))
     scored_at: Mapped[datetime]
+    revision: Mapped[int] = mapped_column(SmallInteger, default=0, server_default="0")
+    """The highest revision received is kept (see ``schemas.Score.revision``)."""
 
     def __repr__(self) -> str:
         return f"Score({self.patient_id!r}, {self.model!r}, {self.event_time.isoformat()})"

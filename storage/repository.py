@@ -137,9 +137,10 @@ def _finite_or_none(v: Optional[float]) -> Optional[float]:
 
 
 def add_scores(session: Session, scores: Sequence[schemas.Score]) -> int:
-    """Store scores, skipping any already stored (same patient, model and event time).
+    """Store scores, skipping any already stored (same patient, model and event time) unless the new
+    one is a higher revision, which replaces the stored values.
 
-    Returns the number newly inserted. Creates stub patient rows for patients not seen yet.
+    Returns the number of rows inserted or revised. Creates stub patient rows for patients not seen yet.
     """
     if not scores:
         return 0
@@ -157,10 +158,30 @@ def add_scores(session: Session, scores: Sequence[schemas.Score]) -> int:
             "staleness": {k: _finite_or_none(v) for k, v in s.staleness_s.items()},
             "trigger": s.trigger,
             "scored_at": utc(s.scored_at),
+            "revision": s.revision,
         }
         for s in scores
     ]
-    return _insert_ignore(session, Score, rows, ["patient_id", "model", "event_time"])
+    first = [r for r in rows if r["revision"] == 0]
+    stored = _insert_ignore(session, Score, first, ["patient_id", "model", "event_time"])
+    revised = [r for r in rows if r["revision"] > 0]
+    return stored + _upsert_revisions(session, revised)
+
+
+def _upsert_revisions(session: Session, rows: list[dict[str, Any]]) -> int:
+    """Insert, or overwrite a stored score whose revision is lower. Order matters, so row by row."""
+    tbl = Score.__table__
+    keys = ["patient_id", "model", "event_time"]
+    changed = 0
+    for row in rows:
+        stmt = _insert(session, tbl).values(row)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=keys,
+            set_={c: stmt.excluded[c] for c in row if c not in keys},
+            where=tbl.c.revision < stmt.excluded.revision,
+        ).returning(tbl.c.id)
+        changed += len(session.execute(stmt).all())
+    return changed
 
 
 def add_alert(session: Session, alert: schemas.Alert) -> bool:

@@ -24,6 +24,7 @@ class Due:
     features: np.ndarray
     staleness: dict[str, float | None]
     trigger: str
+    revision: int = 0
 
 
 class ScoreBatcher:
@@ -42,8 +43,8 @@ class ScoreBatcher:
         self._wake = asyncio.Event()
 
     def submit(self, patient_id: str, t: float, features: np.ndarray,
-               staleness: dict[str, float | None], trigger: str) -> None:
-        self.pending.append(Due(patient_id, t, features, staleness, trigger))
+               staleness: dict[str, float | None], trigger: str, revision: int = 0) -> None:
+        self.pending.append(Due(patient_id, t, features, staleness, trigger, revision))
         if len(self.pending) >= self.batch_max:
             self._wake.set()
 
@@ -82,5 +83,6 @@ class ScoreBatcher:
                     staleness_s=due.staleness,
                     scored_at=now,
                     trigger=due.trigger,
+                    revision=due.revision,
                 )
             )

@@ -237,11 +237,17 @@ def scoring_trigger(state: dict, interval_s: float) -> str | None:
     """Why the patient should be scored now (at ``state['now']``), or None.
 
     Pending important events whose event time the clock has reached fire first (a red flag at most
-    once a minute); otherwise the cadence fires once ``interval_s`` of event time has passed.
+    once a minute); otherwise the cadence fires once ``interval_s`` of event time has passed. A lab,
+    X-ray or admission that arrives after its time was already scored gives a "revision": the
+    latest score is recomputed at the same time with the late data in it.
     """
     now, last = state["now"], state["last_scored"]
-    if now is None or discharged(state, now) or (last is not None and now <= last):
+    if now is None or discharged(state, now):
         return None
+    if last is not None and now <= last:
+        late = [p for p in state["pending"] if p[0] <= last and p[1] != "red_flag"]
+        state["pending"] = [p for p in state["pending"] if p not in late]
+        return "revision" if late else None
     due = [p for p in state["pending"] if p[0] <= now]
     if due:
         state["pending"] = [p for p in state["pending"] if p[0] > now]

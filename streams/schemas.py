@@ -187,6 +187,9 @@ class Score(Message):
     scored_at: EventTime
     """Wall-clock time the score was computed."""
     trigger: str = "cadence"
+    revision: Annotated[int, Field(ge=0)] = 0
+    """0 for the first score at ``event_time``; n > 0 when data with event time <= it arrived late
+    (another topic consumed behind) and the score was recomputed. The highest revision is final."""
 
 
 class Alert(Message):

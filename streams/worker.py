@@ -148,10 +148,11 @@ async def ingest(stream: faust.StreamT) -> None:
         trigger = patient_state.scoring_trigger(state, settings.score_interval_s)
         if trigger is not None:
             t = state["now"]
+            state["revision"] = state.get("revision", 0) + 1 if trigger == "revision" else 0
             state["last_scored"] = t
             stats["scores_submitted"] += 1
             batcher().submit(msg.patient_id, t, patient_state.features_at(state, t),
-                             patient_state.staleness(state, t), trigger)
+                             patient_state.staleness(state, t), trigger, state["revision"])
         if trigger is not None or not isinstance(msg, (schemas.Vitals, schemas.Waveform)) \
                 or patient_state.checkpoint_due(state):
             state["checkpoint_t"] = state["now"] or 0.0

@@ -124,3 +124,14 @@ def test_state_is_json_serialisable():
     ps.apply_lab(s, lab(T))
     ps.apply_adt(s, schemas.Adt(patient_id="p1", event_time=T, event="admit"))
     assert json.loads(json.dumps(s)) == s
+
+
+def test_a_late_lab_revises_the_latest_score():
+    s = ps.new_state()
+    ps.apply_vitals(s, vitals(T, hr=80))
+    assert ps.scoring_trigger(s, 300) == "first"
+    s["last_scored"] = T
+    ps.apply_lab(s, lab(T - 10, value=3.0))  # drawn before T, consumed after T was scored
+    assert ps.scoring_trigger(s, 300) == "revision"
+    assert ps.features_at(s, T)[0, F.INDEX["lactate"]] == 3.0
+    assert ps.scoring_trigger(s, 300) is None

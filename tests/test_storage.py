@@ -150,7 +150,7 @@ def test_upgrade_creates_schema_and_is_idempotent(url: str) -> None:
     assert db.current_revision(url) is None
     db.upgrade(url)
     head = db.head_revision()
-    assert head == "0001"
+    assert head == "0002"
     assert db.current_revision(url) == head
     db.upgrade(url)  # a second run is a no-op
     assert db.current_revision(url) == head
@@ -222,6 +222,22 @@ def test_scores_are_idempotent_under_redelivery(sessions: sessionmaker[Session])
         assert s.scalar(sa.select(sa.func.count()).select_from(Score)) == 302
         # Patients seen only through scores got stub rows.
         assert s.scalar(sa.select(sa.func.count()).select_from(Patient)) == 7
+
+
+def test_a_higher_revision_replaces_the_stored_score_and_a_lower_one_does_not(
+    sessions: sessionmaker[Session],
+) -> None:
+    first = score(pid="p1", t=T0, sepsis_risk=0.1)
+    with sessions.begin() as s:
+        assert repo.add_scores(s, [first]) == 1
+    revised = first.model_copy(update={"sepsis_risk": 0.7, "revision": 2, "trigger": "revision"})
+    with sessions.begin() as s:
+        assert repo.add_scores(s, [revised]) == 1
+        assert repo.add_scores(s, [revised.model_copy(update={"sepsis_risk": 0.2, "revision": 1})]) == 0
+        assert repo.add_scores(s, [first]) == 0
+    with sessions() as s:
+        row = s.scalars(sa.select(Score)).one()
+        assert (row.sepsis_risk, row.revision, row.trigger) == (0.7, 2, "revision")
 
 
 def test_score_round_trip(sessions: sessionmaker[Session]) -> None:
