@@ -139,3 +139,76 @@ def test_utility_rejects_bad_input():
     with pytest.raises(ValueError):
         normalized_utility([[0, 1]], [])
     assert np.isnan(normalized_utility([np.zeros(3, dtype=int)], [np.ones(3, dtype=int)]))
+
+
+# ---------------------------------------------------------------- metrics
+
+from icuwatch.fusion.evaluation import metrics  # noqa: E402
+
+
+def test_utility_vs_threshold_matches_rethresholded_utility():
+    rng = np.random.default_rng(3)
+    labels = [septic(int(rng.integers(10, 60)), int(rng.integers(0, 40))) if i % 3 == 0
+              else np.zeros(int(rng.integers(5, 50)), dtype=int) for i in range(40)]
+    labels = [lab if lab.size else np.zeros(5, dtype=int) for lab in labels]
+    probs = [np.clip(0.3 * lab + rng.random(lab.size) * 0.7, 0, 1) for lab in labels]
+    thresholds = [0.0, 0.1, 0.35, 0.5, 0.7, 0.95, 1.0]
+    fast = metrics.utility_vs_threshold(probs, labels, thresholds)
+    for thr, value in zip(thresholds, fast):
+        slow = normalized_utility(labels, [(p >= thr).astype(int) for p in probs])
+        assert value == pytest.approx(slow, abs=1e-12)
+    thr, best = metrics.best_threshold(probs, labels, thresholds)
+    assert best == pytest.approx(max(fast)) and thr in thresholds
+
+
+def test_best_threshold_on_oracle_probabilities():
+    # Probability 0.8 exactly in the best window, 0.2 elsewhere: any threshold in (0.2, 0.8] is perfect;
+    # the lowest such grid value wins.
+    labels = [A, np.zeros(15, dtype=int)]
+    probs = [np.where(best_predictions(A) == 1, 0.8, 0.2), np.full(15, 0.2)]
+    thr, value = metrics.best_threshold(probs, labels, [0.1, 0.2, 0.3, 0.5, 0.8, 0.9])
+    assert (thr, value) == (0.3, pytest.approx(1.0))
+    with pytest.raises(ValueError):
+        metrics.best_threshold([np.full(4, 0.5)], [np.zeros(4, dtype=int)])
+
+
+def test_calibration_bins_by_hand():
+    # Rows: 0.05 (label 0), 0.05 (1), 0.95 (1), 0.95 (1), 1.0 (0).
+    # bin 0: mean 0.05, rate 0.5, weight 2/5 -> 0.45 * 0.4 = 0.18
+    # bin 9: mean (0.95 + 0.95 + 1.0) / 3 = 0.9667, rate 2/3, weight 3/5 -> 0.3 * 0.6 = 0.18; ECE 0.36
+    ece, bins = metrics.calibration([[0, 1, 1, 1, 0]], [[0.05, 0.05, 0.95, 0.95, 1.0]])
+    assert len(bins) == 10 and [b["count"] for b in bins] == [2, 0, 0, 0, 0, 0, 0, 0, 0, 3]
+    assert bins[1]["mean_probability"] is None
+    assert ece == pytest.approx(0.36)
+
+
+def test_alert_stats_by_hand():
+    # P1 septic, 20 rows, first label row 8 -> t_sepsis 14; alerts rows 10-11 and 13 (2 episodes):
+    #   detected, before onset, in window, lead 14 - 10 = 4 h.
+    # P2 septic, 20 rows, first label row 8 -> t_sepsis 14; alert only at row 17 (= t_sepsis + 3):
+    #   detected, not before onset, lead -3 h.
+    # P3 septic, 20 rows; alert only at row 18 (after t_sepsis + 3): not detected.
+    # P4 non-septic, 24 rows, never alerted. P5 non-septic, 24 rows, alerts rows 0-2 and 5 (2 episodes).
+    labels = [septic(20, 8), septic(20, 8), septic(20, 8), np.zeros(24, dtype=int), np.zeros(24, dtype=int)]
+    preds = [ones_at(20, [10, 11, 13]), ones_at(20, [17]), ones_at(20, [18]), np.zeros(24, dtype=int),
+             ones_at(24, [0, 1, 2, 5])]
+    s = metrics.patient_alert_stats(labels, preds)
+    assert s["patients"] == 5 and s["septic_patients"] == 3
+    assert s["sensitivity"] == pytest.approx(2 / 3)
+    assert s["alerted_before_onset"] == pytest.approx(1 / 3)
+    assert s["alerted_in_window"] == pytest.approx(2 / 3)
+    assert s["median_lead_time_h"] == pytest.approx(0.5)  # median of 4 and -3
+    assert s["specificity"] == pytest.approx(0.5)
+    # episodes 2 + 1 + 1 + 0 + 2 = 6 over 108 rows = 4.5 patient-days; non-septic: 2 over 48 rows = 2 days.
+    assert s["alerts_per_patient_day"] == pytest.approx(6 / 4.5)
+    assert s["alerts_per_patient_day_nonseptic"] == pytest.approx(1.0)
+    assert metrics.alert_episodes([1, 1, 0, 1, 0, 0, 1]) == 3
+
+
+def test_auroc_auprc():
+    labels = [[0, 0, 1, 1], [0, 1]]
+    probs = [[0.1, 0.4, 0.35, 0.8], [0.2, 0.9]]
+    # Positives 0.35, 0.8, 0.9; negatives 0.1, 0.4, 0.2: 8 of 9 pairs ordered -> 8/9.
+    assert metrics.auroc(labels, probs) == pytest.approx(8 / 9)
+    assert 0.0 < metrics.auprc(labels, probs) <= 1.0
+    assert np.isnan(metrics.auroc([[0, 0]], [[0.1, 0.2]]))
