@@ -61,6 +61,15 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if summary.get("alerts") else 1
 
 
+def _psv_predict(args: argparse.Namespace) -> int:
+    from icuwatch.fusion.psv_predict import predict_dir
+
+    n = predict_dir(args.input_dir, args.output_dir, model=args.model, patients=args.patients,
+                    progress=not args.quiet)
+    print(json.dumps({"model": args.model, "stays": n, "output_dir": str(args.output_dir)}))
+    return 0
+
+
 def _db(args: argparse.Namespace) -> int:
     from icuwatch.storage import db
 
@@ -102,6 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     p.add_argument("--stop-stack", action="store_true", help="stop broker and tritonserver at the end")
     p.set_defaults(func=_demo)
+
+    from icuwatch.fusion.psv_predict import MODELS
+
+    p = sub.add_parser("psv-predict", help="PhysioNet 2019 challenge predictions for a folder of .psv stays")
+    p.add_argument("input_dir")
+    p.add_argument("output_dir")
+    p.add_argument("--model", default="rules", choices=MODELS)
+    p.add_argument("--patients", type=int, default=None, help="only the first N stays")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_psv_predict)
 
     p = sub.add_parser("db", help="database schema")
     p.add_argument("action", choices=["upgrade"])

@@ -18,8 +18,13 @@ import math
 
 import numpy as np
 
+from typing import TYPE_CHECKING
+
 from icuwatch.fusion import features
 from icuwatch.streams import schemas
+
+if TYPE_CHECKING:
+    from icuwatch.streams.waveform_state import WaveformState
 
 MODALITIES = ("vitals", "waveforms", "labs", "cxr")
 WINDOW_MINUTES = 60
@@ -162,6 +167,29 @@ def apply_adt(state: dict, msg: schemas.Adt) -> bool:
     if msg.event == "admit":
         _pending(state, msg.event_time, "admit")
     return True
+
+
+def apply(state: dict, msg: schemas.Message, waveforms: "WaveformState | None" = None) -> bool:
+    """Apply one decoded message of any input topic; False for a duplicate. Shared by the worker and
+    the offline paths (``psv-predict``) so both derive the same features from the same messages."""
+    if isinstance(msg, schemas.Vitals):
+        return apply_vitals(state, msg)
+    if isinstance(msg, schemas.Waveform):
+        if waveforms is None:
+            raise ValueError("waveform messages need a WaveformState")
+        accepted, feats, t = waveforms.add(msg)
+        if accepted:
+            touch_waveform(state, t)
+            if feats:
+                apply_waveform_features(state, t, feats)
+        return accepted
+    if isinstance(msg, schemas.Lab):
+        return apply_lab(state, msg)
+    if isinstance(msg, schemas.Cxr):
+        return apply_cxr(state, msg)
+    if isinstance(msg, schemas.Adt):
+        return apply_adt(state, msg)
+    raise TypeError(type(msg).__name__)
 
 
 def checkpoint_due(state: dict) -> bool:

@@ -105,26 +105,6 @@ async def dead_letter(event: faust.EventT, reason: str) -> None:
     stats["deadlettered"] += 1
 
 
-def fold(state: dict, msg: schemas.Message) -> bool:
-    """Apply one decoded message to the state; False for a duplicate."""
-    if isinstance(msg, schemas.Vitals):
-        return patient_state.apply_vitals(state, msg)
-    if isinstance(msg, schemas.Waveform):
-        accepted, feats, t = waveforms.add(msg)
-        if accepted:
-            patient_state.touch_waveform(state, t)
-            if feats:
-                patient_state.apply_waveform_features(state, t, feats)
-        return accepted
-    if isinstance(msg, schemas.Lab):
-        return patient_state.apply_lab(state, msg)
-    if isinstance(msg, schemas.Cxr):
-        return patient_state.apply_cxr(state, msg)
-    if isinstance(msg, schemas.Adt):
-        return patient_state.apply_adt(state, msg)
-    raise TypeError(type(msg).__name__)
-
-
 @app.agent(inputs_topic)
 async def ingest(stream: faust.StreamT) -> None:
     async for event in stream.events():
@@ -137,7 +117,7 @@ async def ingest(stream: faust.StreamT) -> None:
         key = msg.key()
         state = live_state.get(key) or patients.get(key) or patient_state.new_state()
         live_state[key] = state
-        accepted = fold(state, msg)
+        accepted = patient_state.apply(state, msg, waveforms)
         processed_by_topic[topic] += 1
         stats["processed"] += 1
         if not accepted:

@@ -1,0 +1,100 @@
+"""The PhysioNet 2019 challenge interface: one prediction file per ``pNNNNNN.psv`` stay.
+
+``predict_dir`` writes, for every input stay, a file of the same name with the header
+``PredictedProbability|PredictedLabel`` and one row per input row. Strictly causal: the row of hour
+t is computed from rows <= t only.
+
+The rule models go through exactly the streaming path's code: the stay becomes the same v1
+messages the replay publishes (``icuwatch.streams.replay.psv``), folded into the worker's patient
+state in publish order, and scored at each hour with the features the worker would send to Triton.
+A test replays stays through broker -> worker -> tritonserver and checks the scores agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from icuwatch.fusion import rules
+from icuwatch.fusion.physionet import Stay, list_stays, read_psv
+
+RULE_MODELS = {
+    "rules": ("sepsis_risk", 0.5),
+    "news2": ("deterioration_risk", 0.5),
+    "qsofa": ("qsofa", 2.0 / 3.0),
+}
+"""Rule model -> (output used as probability, threshold). ``rules`` is the served early_warning
+model's sepsis output; ``qsofa`` is qSOFA / 3, so the threshold means qSOFA >= 2."""
+MODELS = (*RULE_MODELS, "gbt")
+
+
+def hour_times(stay: Stay, base_time: float) -> np.ndarray:
+    """Event time of each row, as the replay stamps it."""
+    from icuwatch.streams.replay.psv import row_times
+
+    return np.asarray(row_times(stay, base_time), dtype=np.float64)
+
+
+def rule_outputs(stay: Stay, base_time: float | None = None) -> dict[str, np.ndarray]:
+    """The rule scores at every hour of the stay, computed from the worker's state."""
+    from icuwatch.streams import patient_state
+    from icuwatch.streams.replay.psv import DEFAULT_BASE_TIME, stay_messages
+
+    base = DEFAULT_BASE_TIME if base_time is None else base_time
+    messages = sorted(stay_messages(stay, base), key=lambda m: m[0])
+    times = hour_times(stay, base)
+    state = patient_state.new_state()
+    rows, i = [], 0
+    for t in times:
+        while i < len(messages) and messages[i][0] <= t:
+            patient_state.apply(state, messages[i][2])
+            i += 1
+        rows.append(patient_state.features_at(state, float(t)))
+    x = np.concatenate(rows, axis=0) if rows else np.empty((0, 0), dtype=np.float32)
+    out = rules.score(x)
+    out["qsofa_fraction"] = out["qsofa"].astype(np.float32) / 3.0
+    return out
+
+
+def predictor(model: str, model_dir: Path | None = None) -> tuple[Callable[[Stay], np.ndarray], float]:
+    """(probabilities-per-row function, threshold) for a model name."""
+    if model in RULE_MODELS:
+        output, threshold = RULE_MODELS[model]
+        key = "qsofa_fraction" if output == "qsofa" else output
+        return (lambda stay: rule_outputs(stay)[key].astype(np.float64)), threshold
+    if model == "gbt":
+        from icuwatch.fusion.baselines.gbt import GbtModel
+        from icuwatch.settings import get_settings
+
+        gbt = GbtModel.load(model_dir or get_settings().state_dir / "models" / "gbt")
+        return gbt.predict_stay, float(gbt.threshold)
+    raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODELS)}")
+
+
+def write_predictions(path: Path, probabilities: np.ndarray, threshold: float) -> None:
+    labels = (probabilities >= threshold).astype(int)
+    lines = ["PredictedProbability|PredictedLabel"]
+    lines += [f"{p:.6f}|{y}" for p, y in zip(probabilities, labels)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def predict_dir(input_dir: str | Path, output_dir: str | Path, model: str = "rules",
+                patients: int | None = None, progress: bool = True, model_dir: Path | None = None) -> int:
+    """Write a prediction file for every stay in ``input_dir``; returns the number written."""
+    from tqdm import tqdm
+
+    predict, threshold = predictor(model, model_dir)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = list_stays(input_dir, limit=patients)
+    if not paths:
+        raise FileNotFoundError(f"no pNNNNNN.psv files in {input_dir}")
+    for path in tqdm(paths, desc=f"psv-predict {model}", unit="stay", disable=not progress):
+        stay = read_psv(path)
+        probabilities = predict(stay)
+        if len(probabilities) != len(stay.values):
+            raise RuntimeError(f"{model} gave {len(probabilities)} rows for {len(stay.values)} in {path.name}")
+        write_predictions(out / path.name, probabilities, threshold)
+    return len(paths)
