@@ -70,6 +70,16 @@ def _psv_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shadow(args: argparse.Namespace) -> int:
+    from icuwatch.fusion.shadow import compare, write_report
+
+    summary = compare(args.source, args.a, args.b, patients=args.patients, progress=not args.quiet)
+    report = write_report(summary, args.out or f"reports/shadow-{time.strftime('%Y%m%d-%H%M%S')}")
+    brief = {k: v for k, v in summary.items() if k != "differences"}
+    print(json.dumps({**brief, "report": str(report)}))
+    return 0
+
+
 def _db(args: argparse.Namespace) -> int:
     from icuwatch.storage import db
 
@@ -121,6 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patients", type=int, default=None, help="only the first N stays")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_psv_predict)
+
+    p = sub.add_parser("shadow", help="score one source with two models and report where alerts differ")
+    p.add_argument("--a", required=True, choices=MODELS, help="the live model")
+    p.add_argument("--b", required=True, choices=MODELS, help="the shadow model")
+    p.add_argument("source", help="folder of PhysioNet-format .psv stays")
+    p.add_argument("--patients", type=int, default=None)
+    p.add_argument("--out", default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_shadow)
 
     p = sub.add_parser("db", help="database schema")
     p.add_argument("action", choices=["upgrade"])
