@@ -31,10 +31,15 @@ MODELS = (*RULE_MODELS, "gbt")
 
 
 def hour_times(stay: Stay, base_time: float) -> np.ndarray:
-    """Event time of each row, as the replay stamps it."""
-    from icuwatch.streams.replay.psv import row_times
+    """Event time of each row, as the replay stamps it (ICU admission + ICULOS hours)."""
+    from icuwatch.streams.replay.psv import icu_admit_time
 
-    return np.asarray(row_times(stay, base_time), dtype=np.float64)
+    hosp = stay.column("HospAdmTime") if "HospAdmTime" in stay.columns else np.array([np.nan])
+    finite = hosp[np.isfinite(hosp)]
+    t_admit = icu_admit_time(float(finite[0]) if finite.size else None, base_time)
+    hours = stay.column("ICULOS") if "ICULOS" in stay.columns else np.arange(1, len(stay.values) + 1)
+    hours = np.where(np.isfinite(hours) & (hours >= 0), hours, np.arange(1, len(stay.values) + 1))
+    return np.round(t_admit + hours * 3600.0, 3)
 
 
 def rule_outputs(stay: Stay, base_time: float | None = None) -> dict[str, np.ndarray]:
