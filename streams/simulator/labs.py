@@ -14,7 +14,9 @@ from icuwatch.streams.schemas import LAB_UNITS, Lab
 from .patients import PatientSpec
 from .physiology import o2_on
 
-FULL = tuple(LAB_UNITS)
+FULL = ("lactate", "wbc", "creatinine", "platelets", "bilirubin", "hemoglobin", "ph", "paco2", "pao2",
+        "bicarbonate", "glucose", "bun", "potassium", "fio2")
+"""The analytes the simulator models (the schema accepts more: every PhysioNet 2019 lab)."""
 ROUTINE = tuple(a for a in FULL if a not in ("ph", "paco2", "pao2", "fio2"))
 BLOOD_GAS = ("ph", "paco2", "pao2", "bicarbonate", "fio2")
 
