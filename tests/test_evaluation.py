@@ -14,6 +14,9 @@ from icuwatch.fusion.evaluation.utility import (
     sepsis_time,
 )
 
+# matplotlib 3.9 on a newer pyparsing: deprecation noise from inside matplotlib, not ours.
+pytestmark = pytest.mark.filterwarnings(r"ignore:'\w+' (argument is )?deprecated:DeprecationWarning")
+
 
 def septic(n: int, first_label: int) -> np.ndarray:
     labels = np.zeros(n, dtype=int)
@@ -212,3 +215,149 @@ def test_auroc_auprc():
     assert metrics.auroc(labels, probs) == pytest.approx(8 / 9)
     assert 0.0 < metrics.auprc(labels, probs) <= 1.0
     assert np.isnan(metrics.auroc([[0, 0]], [[0.1, 0.2]]))
+
+
+# ---------------------------------------------------------------- folders, report, CLI
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from icuwatch.fusion.evaluation.cli import evaluate_dirs  # noqa: E402
+from icuwatch.fusion.evaluation.report import EvaluationError  # noqa: E402
+
+
+def write_stay(folder: Path, pid: str, labels, hr=None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = np.asarray(labels, dtype=int)
+    hr = np.full(labels.size, np.nan) if hr is None else hr
+    rows = ["HR|ICULOS|SepsisLabel"] + [f"{'NaN' if np.isnan(h) else h}|{i + 1}|{y}"
+                                         for i, (h, y) in enumerate(zip(hr, labels))]
+    (folder / f"{pid}.psv").write_text("\n".join(rows) + "\n")
+
+
+def write_predictions(folder: Path, pid: str, probs, threshold: float = 0.5) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    probs = np.asarray(probs, dtype=float)
+    rows = ["PredictedProbability|PredictedLabel"] + [f"{p:.6f}|{int(p >= threshold)}" for p in probs]
+    (folder / f"{pid}.psv").write_text("\n".join(rows) + "\n")
+
+
+@pytest.fixture()
+def tiny(tmp_path):
+    """Labels: 2 septic + 2 non-septic stays. Model 'oracle' = the best window; 'silent' never alerts."""
+    labels = {"p000001": septic(20, 8), "p000002": septic(8, 4), "p000003": np.zeros(30, dtype=int),
+              "p000004": np.zeros(12, dtype=int)}
+    for pid, lab in labels.items():
+        write_stay(tmp_path / "labels", pid, lab)
+        write_predictions(tmp_path / "oracle", pid, np.where(best_predictions(lab) == 1, 0.9, 0.1))
+        write_predictions(tmp_path / "silent", pid, np.full(lab.size, 0.2))
+    return tmp_path, labels
+
+
+def test_evaluate_tiny_dirs(tiny):
+    root, _ = tiny
+    summary = evaluate_dirs({"oracle": root / "oracle", "silent": root / "silent"}, root / "labels",
+                            root / "out", progress=False)
+    oracle, silent = summary["models"]["oracle"], summary["models"]["silent"]
+    assert oracle["utility"] == pytest.approx(1.0) and silent["utility"] == pytest.approx(0.0)
+    assert oracle["sensitivity"] == 1.0 and oracle["specificity"] == 1.0 and silent["sensitivity"] == 0.0
+    assert oracle["implied_threshold"] == pytest.approx(0.9)
+    # Oracle lead times: p000001 first alert row 2, t_sepsis 14 -> 12 h; p000002 row 0, t_sepsis 10 -> 10 h.
+    assert oracle["median_lead_time_h"] == pytest.approx(11.0)
+    assert silent["auroc"] is None or 0 <= silent["auroc"] <= 1  # constant scores: AUROC 0.5
+    assert summary["patients"] == 4 and summary["septic_patients"] == 2 and not summary["real_physionet2019"]
+    report = (root / "out" / "report.md").read_text()
+    assert "NOT PhysioNet 2019 data" in report and "| oracle |" in report and "| silent |" in report
+    for rel in summary["figures"].values():
+        assert (root / "out" / rel).stat().st_size > 1000
+    assert set(summary["figures"]) == {"roc", "pr", "reliability", "utility_threshold", "timelines"}
+    assert json.loads((root / "out" / "summary.json").read_text())["models"]["oracle"]["utility"] == pytest.approx(1)
+
+
+def test_missing_patient_and_row_mismatch_are_errors(tiny):
+    root, labels = tiny
+    (root / "silent" / "p000003.psv").unlink()
+    with pytest.raises(EvaluationError, match="p000003"):
+        evaluate_dirs({"silent": root / "silent"}, root / "labels", root / "out", progress=False)
+    write_predictions(root / "oracle", "p000004", np.zeros(11))
+    with pytest.raises(EvaluationError, match="11 prediction rows"):
+        evaluate_dirs({"oracle": root / "oracle"}, root / "labels", root / "out", progress=False)
+    (root / "bad").mkdir()
+    for pid, lab in labels.items():
+        (root / "bad" / f"{pid}.psv").write_text("Prob|Label\n" + "0.1|0\n" * lab.size)
+    with pytest.raises(EvaluationError, match="PredictedProbability"):
+        evaluate_dirs({"bad": root / "bad"}, root / "labels", root / "out", progress=False)
+
+
+def test_cli_json_and_compare(tiny, capsys):
+    from icuwatch.cli import main
+
+    root, _ = tiny
+    rc = main(["evaluate", str(root / "silent"), str(root / "labels"), "--out", str(root / "cli"),
+               "--compare", f"oracle={root / 'oracle'}", "--json", "--quiet"])
+    assert rc == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1
+    summary = json.loads(out[0])
+    assert list(summary["models"]) == ["silent", "oracle"] and summary["main_model"] == "silent"
+    assert (root / "cli" / "report.md").exists()
+    assert main(["evaluate", str(root / "nowhere"), str(root / "labels"), "--out", str(root / "x"), "--quiet"]) == 2
+
+
+def _real_stays(n: int):
+    from icuwatch.fusion.physionet import default_data_dir, list_stays
+
+    data = default_data_dir()
+    if not data.is_dir():
+        pytest.skip(f"no PhysioNet 2019 data at {data}")
+    paths = list_stays(data)
+    septic_paths = [p for p in paths[:600] if p.read_text().rstrip().endswith("|1")]  # last label 1: septic
+    chosen = sorted(set(septic_paths[:8]) | set(paths[: n - min(8, len(septic_paths))]))
+    return data, chosen
+
+
+def test_report_on_real_stays(tmp_path):
+    from icuwatch.fusion.physionet import read_psv
+
+    data, paths = _real_stays(30)
+    labels_dir = tmp_path / "labels"
+    labels_dir.mkdir()
+    for path in paths:
+        (labels_dir / path.name).symlink_to(path)
+    # A folder of links to ~30 real stays (8 septic): its path is not under physionet2019, so the
+    # report's data note says so; test_data_note_for_the_real_folder checks the real folder's note.
+    n_septic = 0
+    for path in paths:
+        stay = read_psv(path)
+        lab = stay.labels
+        n_septic += bool(lab.any())
+        hr = stay.column("HR")
+        # A causal rule: the last observed heart rate (carried forward), 60 -> 0, 140 -> 1.
+        last = np.copy(hr)
+        for i in range(1, last.size):
+            if np.isnan(last[i]):
+                last[i] = last[i - 1]
+        write_predictions(tmp_path / "hr", path.stem, np.clip((np.nan_to_num(last, nan=60.0) - 60) / 80, 0, 1))
+        write_predictions(tmp_path / "oracle", path.stem, np.where(best_predictions(lab) == 1, 0.9, 0.1))
+    assert n_septic >= 3
+    summary = evaluate_dirs({"hr": tmp_path / "hr", "oracle": tmp_path / "oracle"}, labels_dir, tmp_path / "out",
+                            progress=False)
+    hr, oracle = summary["models"]["hr"], summary["models"]["oracle"]
+    assert oracle["utility"] == pytest.approx(1.0) and oracle["sensitivity"] == 1.0
+    assert summary["patients"] == len(paths) and summary["septic_patients"] == n_septic
+    assert 0 <= hr["auroc"] <= 1 and 0 <= hr["auprc"] <= 1 and 0 <= hr["ece"] <= 1
+    assert -10 < hr["utility"] <= 1 and hr["utility"] <= hr["utility_at_best_threshold_in_sample"] + 1e-9
+    assert 0 <= hr["sensitivity"] <= 1 and hr["alerted_before_onset"] <= hr["sensitivity"] + 1e-9
+    assert sum(b["count"] for b in hr["calibration_bins"]) == summary["rows"] == hr["rows"]
+    for rel in summary["figures"].values():
+        assert (tmp_path / "out" / rel).stat().st_size > 1000
+    assert "| hr |" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_data_note_for_the_real_folder(tmp_path):
+    from icuwatch.fusion.evaluation.report import data_provenance
+
+    data, _ = _real_stays(1)
+    assert data_provenance(data, 5)["real_physionet2019"] is True
+    assert "real PhysioNet/CinC 2019" in data_provenance(data, 5)["data_note"]
+    assert data_provenance(tmp_path, 5)["real_physionet2019"] is False

@@ -1,0 +1,184 @@
+"""``icuwatch evaluate PRED_DIR LABEL_DIR``: score challenge-format predictions, write a report.
+
+Library entry point: ``evaluate_dirs(pred_dirs, label_dir, out_dir)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from icuwatch.fusion.evaluation import metrics, plots
+from icuwatch.fusion.evaluation.report import (
+    EvaluationError,
+    data_provenance,
+    load_labels,
+    load_predictions,
+    model_summary,
+    select_stays,
+    write_report,
+)
+
+
+def generate_baselines(names, stays: list[Path], label_dir: Path, out_dir: Path,
+                       progress: bool = True) -> dict[str, Path]:
+    """Prediction folders ``out_dir/baselines/NAME`` from ``icuwatch.fusion.psv_predict.predict_dir``."""
+    try:
+        from icuwatch.fusion.psv_predict import predict_dir
+    except ImportError as exc:
+        raise EvaluationError(f"baselines need icuwatch.fusion.psv_predict.predict_dir: {exc}") from None
+    base = Path(out_dir) / "baselines"
+    input_dir = Path(label_dir)
+    if len(stays) != len(list(input_dir.glob("p*.psv"))):
+        # A subset (split/limit): predict only those stays, through a folder of links.
+        input_dir = base / "_input"
+        input_dir.mkdir(parents=True, exist_ok=True)
+        for path in stays:
+            link = input_dir / path.name
+            if not link.exists():
+                os.symlink(path.resolve(), link)
+    out = {}
+    for name in names:
+        target = base / name
+        predict_dir(input_dir, target, model=name, progress=progress)
+        out[name] = target
+    return out
+
+
+def _examples(labels, preds, implied: dict, n: int) -> list[dict]:
+    """A few stays to draw: septic ones (preferring onset after the first 12 h), then non-septic."""
+    septic = [i for i, lab in enumerate(labels.labels) if lab.any()]
+    later = [i for i in septic if int(np.argmax(labels.labels[i])) >= 12]
+    septic = (later + [i for i in septic if i not in later])[: (n + 1) // 2]
+    others = [i for i, lab in enumerate(labels.labels) if not lab.any() and lab.size >= 12][: n - len(septic)]
+    return [{"patient_id": labels.patient_ids[i], "iculos": labels.iculos[i], "labels": labels.labels[i],
+             "models": {p.name: p.probabilities[i] for p in preds}, "thresholds": implied}
+            for i in septic + others]
+
+
+def evaluate_dirs(pred_dirs: dict[str, Path], label_dir: Path, out_dir: Path, *, split: str | None = None,
+                  limit: int | None = None, baselines=(), progress: bool = True, examples: int = 4) -> dict:
+    """Evaluate every model's prediction folder against ``label_dir``; write ``out_dir/report.md``,
+    ``summary.json`` and the figures; return the summary.
+
+    ``pred_dirs``: model name -> folder (the first is the main model). ``split``/``limit`` select stays
+    of ``label_dir`` (``physionet.list_stays``). ``baselines``: names for ``psv_predict.predict_dir``,
+    generated into ``out_dir/baselines/NAME`` and added to the comparison.
+    Raises ``EvaluationError`` when a folder does not match the stays.
+    """
+    started = time.time()
+    label_dir, out_dir = Path(label_dir), Path(out_dir)
+    pred_dirs = {name: Path(d) for name, d in pred_dirs.items()}
+    baselines = [b for b in baselines if b]
+    clash = set(pred_dirs) & set(baselines)
+    if clash:
+        raise EvaluationError(f"model names used twice: {', '.join(sorted(clash))}")
+    if not pred_dirs and not baselines:
+        raise EvaluationError("nothing to evaluate")
+    stays = select_stays(label_dir, split=split, limit=limit)
+    labels = load_labels(stays, progress=progress)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if baselines:
+        pred_dirs.update(generate_baselines(baselines, stays, label_dir, out_dir, progress=progress))
+    preds = [load_predictions(name, d, labels, progress=progress) for name, d in pred_dirs.items()]
+
+    models = {p.name: model_summary(labels, p) for p in preds}
+    thresholds = metrics.DEFAULT_THRESHOLDS
+    probs_by_model = {p.name: p.probabilities for p in preds}
+    implied = {name: m["implied_threshold"] for name, m in models.items()}
+    figures_dir = out_dir / "figures"
+    figures = {
+        "roc": plots.roc_plot(figures_dir / "roc.png", labels.labels, probs_by_model,
+                              {n: m["auroc"] for n, m in models.items()}),
+        "pr": plots.pr_plot(figures_dir / "pr.png", labels.labels, probs_by_model,
+                            {n: m["auprc"] for n, m in models.items()}),
+        "reliability": plots.reliability_plot(figures_dir / "reliability.png",
+                                              {n: m["calibration_bins"] for n, m in models.items()},
+                                              {n: m["ece"] for n, m in models.items()}),
+    }
+    if any(labels.septic):
+        curves = {p.name: metrics.utility_vs_threshold(p.probabilities, labels.labels, thresholds) for p in preds}
+        figures["utility_threshold"] = plots.utility_threshold_plot(
+            figures_dir / "utility_threshold.png", thresholds, curves,
+            {n: (m["implied_threshold"], m["utility"]) for n, m in models.items()})
+    chosen = _examples(labels, preds, implied, examples)
+    if chosen:
+        figures["timelines"] = plots.timelines_plot(figures_dir / "timelines.png", chosen)
+
+    summary = {
+        **data_provenance(label_dir, len(stays)),
+        "split": split,
+        "limit": limit,
+        "patients": len(stays),
+        "septic_patients": int(sum(labels.septic)),
+        "rows": int(sum(lab.size for lab in labels.labels)),
+        "main_model": next(iter(pred_dirs)),
+        "models": models,
+        "example_patients": [ex["patient_id"] for ex in chosen],
+        "out_dir": str(out_dir),
+        "report": str(out_dir / "report.md"),
+        "figures": {k: str(v.relative_to(out_dir)) for k, v in figures.items()},
+        "seconds": round(time.time() - started, 2),
+    }
+    write_report(out_dir, summary)
+    return summary
+
+
+def _compare(value: str) -> tuple[str, Path]:
+    name, sep, folder = value.partition("=")
+    if not sep or not name or not folder:
+        raise argparse.ArgumentTypeError(f"--compare wants NAME=DIR, not {value!r}")
+    return name, Path(folder)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    main_name = args.name or Path(args.pred_dir).resolve().name or "model"
+    pred_dirs = {main_name: Path(args.pred_dir)}
+    for name, folder in args.compare or []:
+        if name in pred_dirs:
+            print(f"evaluate: model name {name!r} used twice", file=sys.stderr)
+            return 2
+        pred_dirs[name] = folder
+    out = Path(args.out) if args.out else Path("reports") / f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}"
+    baselines = [b.strip() for b in (args.baselines or "").split(",") if b.strip()]
+    try:
+        summary = evaluate_dirs(pred_dirs, Path(args.label_dir), out, split=args.split, limit=args.limit,
+                                baselines=baselines, progress=not args.quiet)
+    except EvaluationError as exc:
+        print(f"evaluate: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(summary["data_note"])
+        for name, m in summary["models"].items():
+            fmt = {k: ("–" if m[k] is None else f"{m[k]:.3f}") for k in ("auroc", "auprc", "utility", "ece")}
+            print(f"{name}: AUROC {fmt['auroc']}  AUPRC {fmt['auprc']}  utility {fmt['utility']}  "
+                  f"ECE {fmt['ece']}")
+        print(f"report: {summary['report']}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("evaluate", help="score PhysioNet 2019 challenge-format predictions against labels",
+                              description=__doc__)
+    p.add_argument("pred_dir", metavar="PRED_DIR", help="pNNNNNN.psv files: PredictedProbability|PredictedLabel")
+    p.add_argument("label_dir", metavar="LABEL_DIR", help="the challenge's pNNNNNN.psv stays (SepsisLabel)")
+    p.add_argument("--out", default=None, help="output folder (default: reports/evaluate-<timestamp>)")
+    p.add_argument("--name", default=None, help="name of PRED_DIR's model in the report (default: its folder name)")
+    p.add_argument("--compare", metavar="NAME=DIR", type=_compare, action="append",
+                   help="another model's prediction folder to compare (repeatable)")
+    p.add_argument("--baselines", default="", metavar="news2,qsofa,gbt",
+                   help="generate these models' predictions with psv_predict.predict_dir and compare them")
+    p.add_argument("--split", choices=("train", "val", "test"), default=None,
+                   help="only the stays of this fixed split of LABEL_DIR")
+    p.add_argument("--limit", type=int, default=None, help="only the first N stays (after --split)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_evaluate)
