@@ -294,7 +294,7 @@ def test_cli_json_and_compare(tiny, capsys):
 
     root, _ = tiny
     rc = main(["evaluate", str(root / "silent"), str(root / "labels"), "--out", str(root / "cli"),
-               "--compare", f"oracle={root / 'oracle'}", "--json", "--quiet"])
+               "--compare", f"oracle={root / 'oracle'}", "--json", "--quiet", "--no-figures"])
     assert rc == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1
@@ -357,7 +357,41 @@ def test_report_on_real_stays(tmp_path):
 def test_data_note_for_the_real_folder(tmp_path):
     from icuwatch.fusion.evaluation.report import data_provenance
 
-    data, _ = _real_stays(1)
+    from icuwatch.fusion.physionet import default_data_dir
+
+    data = default_data_dir()
+    if not data.is_dir():
+        pytest.skip(f"no PhysioNet 2019 data at {data}")
     assert data_provenance(data, 5)["real_physionet2019"] is True
     assert "real PhysioNet/CinC 2019" in data_provenance(data, 5)["data_note"]
     assert data_provenance(tmp_path, 5)["real_physionet2019"] is False
+
+
+def test_baselines_are_generated_and_compared(tiny, monkeypatch):
+    # A stand-in for icuwatch.fusion.psv_predict (tested on its own): constant 0.3 for every row.
+    import sys
+    import types
+
+    root, _ = tiny
+    calls = []
+
+    def predict_dir(input_dir, output_dir, model="rules", **kwargs):
+        calls.append((Path(input_dir), model))
+        stays = sorted(Path(input_dir).glob("p*.psv"))
+        for path in stays:
+            n = len(path.read_text().strip().splitlines()) - 1
+            write_predictions(Path(output_dir), path.stem, np.full(n, 0.3))
+        return len(stays)
+
+    fake = types.ModuleType("icuwatch.fusion.psv_predict")
+    fake.predict_dir = predict_dir
+    monkeypatch.setitem(sys.modules, "icuwatch.fusion.psv_predict", fake)
+    summary = evaluate_dirs({"oracle": root / "oracle"}, root / "labels", root / "out", limit=3,
+                            baselines=["news2", "qsofa"], progress=False, figures=False)
+    assert list(summary["models"]) == ["oracle", "news2", "qsofa"] and summary["patients"] == 3
+    assert [m for _, m in calls] == ["news2", "qsofa"]
+    # --limit: only the 3 selected stays are predicted, through a folder of links.
+    assert len(list(calls[0][0].glob("p*.psv"))) == 3
+    assert summary["models"]["news2"]["pred_dir"] == str(root / "out" / "baselines" / "news2")
+    assert summary["models"]["news2"]["utility"] == pytest.approx(0.0)
+    assert "the first 3 by name" in summary["data_note"]

@@ -62,14 +62,43 @@ def _examples(labels, preds, implied: dict, n: int) -> list[dict]:
             for i in septic + others]
 
 
+def _figures(out_dir: Path, labels, preds, models: dict, examples: int) -> dict:
+    """Draw every figure into ``out_dir/figures``; name -> path (and ``_examples``: the patients drawn)."""
+    figures_dir = out_dir / "figures"
+    probs_by_model = {p.name: p.probabilities for p in preds}
+    figures = {
+        "roc": plots.roc_plot(figures_dir / "roc.png", labels.labels, probs_by_model,
+                              {n: m["auroc"] for n, m in models.items()}),
+        "pr": plots.pr_plot(figures_dir / "pr.png", labels.labels, probs_by_model,
+                            {n: m["auprc"] for n, m in models.items()}),
+        "reliability": plots.reliability_plot(figures_dir / "reliability.png",
+                                              {n: m["calibration_bins"] for n, m in models.items()},
+                                              {n: m["ece"] for n, m in models.items()}),
+    }
+    if any(labels.septic):
+        thresholds = metrics.DEFAULT_THRESHOLDS
+        curves = {p.name: metrics.utility_vs_threshold(p.probabilities, labels.labels, thresholds) for p in preds}
+        figures["utility_threshold"] = plots.utility_threshold_plot(
+            figures_dir / "utility_threshold.png", thresholds, curves,
+            {n: (m["implied_threshold"], m["utility"]) for n, m in models.items()})
+    implied = {name: m["implied_threshold"] for name, m in models.items()}
+    chosen = _examples(labels, preds, implied, examples)
+    if chosen:
+        figures["timelines"] = plots.timelines_plot(figures_dir / "timelines.png", chosen)
+    figures = {k: str(v.relative_to(out_dir)) for k, v in figures.items()}
+    figures["_examples"] = [ex["patient_id"] for ex in chosen]
+    return figures
+
+
 def evaluate_dirs(pred_dirs: dict[str, Path], label_dir: Path, out_dir: Path, *, split: str | None = None,
-                  limit: int | None = None, baselines=(), progress: bool = True, examples: int = 4) -> dict:
+                  limit: int | None = None, baselines=(), progress: bool = True, examples: int = 4,
+                  figures: bool = True) -> dict:
     """Evaluate every model's prediction folder against ``label_dir``; write ``out_dir/report.md``,
     ``summary.json`` and the figures; return the summary.
 
     ``pred_dirs``: model name -> folder (the first is the main model). ``split``/``limit`` select stays
     of ``label_dir`` (``physionet.list_stays``). ``baselines``: names for ``psv_predict.predict_dir``,
-    generated into ``out_dir/baselines/NAME`` and added to the comparison.
+    generated into ``out_dir/baselines/NAME`` and added to the comparison. ``figures=False``: numbers only.
     Raises ``EvaluationError`` when a folder does not match the stays.
     """
     started = time.time()
@@ -89,30 +118,11 @@ def evaluate_dirs(pred_dirs: dict[str, Path], label_dir: Path, out_dir: Path, *,
     preds = [load_predictions(name, d, labels, progress=progress) for name, d in pred_dirs.items()]
 
     models = {p.name: model_summary(labels, p) for p in preds}
-    thresholds = metrics.DEFAULT_THRESHOLDS
-    probs_by_model = {p.name: p.probabilities for p in preds}
-    implied = {name: m["implied_threshold"] for name, m in models.items()}
-    figures_dir = out_dir / "figures"
-    figures = {
-        "roc": plots.roc_plot(figures_dir / "roc.png", labels.labels, probs_by_model,
-                              {n: m["auroc"] for n, m in models.items()}),
-        "pr": plots.pr_plot(figures_dir / "pr.png", labels.labels, probs_by_model,
-                            {n: m["auprc"] for n, m in models.items()}),
-        "reliability": plots.reliability_plot(figures_dir / "reliability.png",
-                                              {n: m["calibration_bins"] for n, m in models.items()},
-                                              {n: m["ece"] for n, m in models.items()}),
-    }
-    if any(labels.septic):
-        curves = {p.name: metrics.utility_vs_threshold(p.probabilities, labels.labels, thresholds) for p in preds}
-        figures["utility_threshold"] = plots.utility_threshold_plot(
-            figures_dir / "utility_threshold.png", thresholds, curves,
-            {n: (m["implied_threshold"], m["utility"]) for n, m in models.items()})
-    chosen = _examples(labels, preds, implied, examples)
-    if chosen:
-        figures["timelines"] = plots.timelines_plot(figures_dir / "timelines.png", chosen)
+    figures = _figures(out_dir, labels, preds, models, examples) if figures else {}
+    chosen = figures.pop("_examples", [])
 
     summary = {
-        **data_provenance(label_dir, len(stays)),
+        **data_provenance(label_dir, len(stays), split=split, limit=limit),
         "split": split,
         "limit": limit,
         "patients": len(stays),
@@ -120,10 +130,10 @@ def evaluate_dirs(pred_dirs: dict[str, Path], label_dir: Path, out_dir: Path, *,
         "rows": int(sum(lab.size for lab in labels.labels)),
         "main_model": next(iter(pred_dirs)),
         "models": models,
-        "example_patients": [ex["patient_id"] for ex in chosen],
+        "example_patients": chosen,
         "out_dir": str(out_dir),
         "report": str(out_dir / "report.md"),
-        "figures": {k: str(v.relative_to(out_dir)) for k, v in figures.items()},
+        "figures": figures,
         "seconds": round(time.time() - started, 2),
     }
     write_report(out_dir, summary)
@@ -149,7 +159,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     baselines = [b.strip() for b in (args.baselines or "").split(",") if b.strip()]
     try:
         summary = evaluate_dirs(pred_dirs, Path(args.label_dir), out, split=args.split, limit=args.limit,
-                                baselines=baselines, progress=not args.quiet)
+                                baselines=baselines, progress=not args.quiet, figures=not args.no_figures)
     except EvaluationError as exc:
         print(f"evaluate: {exc}", file=sys.stderr)
         return 2
@@ -180,5 +190,6 @@ def register(subparsers) -> None:
                    help="only the stays of this fixed split of LABEL_DIR")
     p.add_argument("--limit", type=int, default=None, help="only the first N stays (after --split)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    p.add_argument("--no-figures", action="store_true", help="numbers only: no PNG figures")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_evaluate)

@@ -131,7 +131,9 @@ def load_predictions(name: str, pred_dir: str | Path, labels: Labels, progress: 
 
 
 def implied_threshold(pred: Predictions) -> float | None:
-    """The threshold the PredictedLabels imply (lowest probability labelled 1), if they are one."""
+    """The lowest probability labelled 1, when the PredictedLabels are a threshold of the probabilities
+    (every probability labelled 0 below it); else None. Any threshold between the highest probability
+    labelled 0 and this one gives the same labels, so it may sit above the model's configured threshold."""
     p, y = np.concatenate(pred.probabilities), np.concatenate(pred.predictions)
     if y.size == 0 or not y.any():
         return None
@@ -180,14 +182,20 @@ def _json_ready(value):
     return value
 
 
-def data_provenance(label_dir: Path, n_stays: int) -> dict:
+def data_provenance(label_dir: Path, n_stays: int, split: str | None = None, limit: int | None = None) -> dict:
+    """Where the numbers come from: real PhysioNet 2019 data when ``label_dir`` is under ``physionet2019``."""
     resolved = Path(label_dir).resolve()
     real = "physionet2019" in resolved.parts
+    which = f"{n_stays} stays"
+    if split:
+        which += f" of the fixed {split} split"
+    if limit is not None:
+        which += f", the first {limit} by name"
     if real:
-        note = (f"Figures and numbers computed from `{resolved}` ({n_stays} stays): real PhysioNet/CinC 2019 "
+        note = (f"Figures and numbers computed from `{resolved}` ({which}): real PhysioNet/CinC 2019 "
                 "challenge data (retrospective ICU stays, hourly rows).")
     else:
-        note = (f"Figures and numbers computed from `{resolved}` ({n_stays} stays): NOT PhysioNet 2019 data "
+        note = (f"Figures and numbers computed from `{resolved}` ({which}): NOT PhysioNet 2019 data "
                 "(the folder is not under physionet2019), e.g. simulated or synthetic stays.")
     return {"label_dir": str(resolved), "real_physionet2019": real, "data_note": note}
 
