@@ -21,6 +21,10 @@ from tqdm import tqdm
 MIN_SLEEP_S = 0.002
 
 
+class DeliveryError(RuntimeError):
+    """Some messages were not acknowledged by the broker (after the producer's own retries)."""
+
+
 @dataclass(frozen=True)
 class RawMessage:
     """Bytes already encoded (an archived record): sent as they are."""
@@ -57,6 +61,7 @@ def send_paced(
     if speed < 0:
         raise ValueError("speed must be >= 0")
     counts = Counter() if counts is None else counts
+    failed: Counter = Counter()
     wall0 = time.monotonic()
     t0 = start_time
     shown = None
@@ -74,9 +79,11 @@ def send_paced(
                     time.sleep(delay)
             partition = getattr(msg, "partition", None)
             if partition is None:
-                producer.send(topic, key=msg.key(), value=msg.to_bytes())
+                future = producer.send(topic, key=msg.key(), value=msg.to_bytes())
             else:
-                producer.send(topic, key=msg.key(), value=msg.to_bytes(), partition=partition)
+                future = producer.send(topic, key=msg.key(), value=msg.to_bytes(), partition=partition)
+            if hasattr(future, "add_errback"):
+                future.add_errback(lambda _exc, topic=topic: failed.update([topic]))
             counts[topic] += 1
             if progress and t - shown >= 1.0:
                 step = round(t - shown)
@@ -89,4 +96,6 @@ def send_paced(
         bar.close()
     if flush:
         producer.flush()
+    if failed:
+        raise DeliveryError(f"{sum(failed.values())} messages not delivered: {dict(failed)}")
     return dict(counts)
