@@ -63,17 +63,26 @@ def rule_outputs(stay: Stay, base_time: float | None = None) -> dict[str, np.nda
     return out
 
 
-def predictor(model: str, model_dir: Path | None = None) -> tuple[Callable[[Stay], np.ndarray], float]:
-    """(probabilities-per-row function, threshold) for a model name."""
+def predictor(model: str, model_dir: Path | None = None,
+              use_stored_threshold: bool = True) -> tuple[Callable[[Stay], np.ndarray], float]:
+    """(probabilities-per-row function, threshold) for a model name.
+
+    A rule model's threshold is the one ``icuwatch tune-thresholds`` stored, else its clinical default.
+    """
+    from icuwatch.settings import get_settings
+
+    models_dir = get_settings().state_dir / "models"
     if model in RULE_MODELS:
+        from icuwatch.fusion.thresholds import stored_threshold
+
         output, threshold = RULE_MODELS[model]
+        tuned = stored_threshold(models_dir, model) if use_stored_threshold else None
         key = "qsofa_fraction" if output == "qsofa" else output
-        return (lambda stay: rule_outputs(stay)[key].astype(np.float64)), threshold
+        return (lambda stay: rule_outputs(stay)[key].astype(np.float64)), (threshold if tuned is None else tuned)
     if model == "gbt":
         from icuwatch.fusion.baselines.gbt import GbtModel
-        from icuwatch.settings import get_settings
 
-        gbt = GbtModel.load(model_dir or get_settings().state_dir / "models" / "gbt")
+        gbt = GbtModel.load(model_dir or models_dir / "gbt")
         return gbt.predict_stay, float(gbt.threshold)
     raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODELS)}")
 

@@ -80,6 +80,19 @@ def _shadow(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from icuwatch.fusion.physionet import default_data_dir
+    from icuwatch.fusion.thresholds import tune
+
+    models_dir = get_settings().state_dir / "models"
+    data = Path(args.data) if args.data else default_data_dir()
+    cards = [tune(m, data, models_dir, max_stays=args.max_stays, progress=not args.quiet) for m in args.models]
+    print(json.dumps(cards))
+    return 0
+
+
 def _db(args: argparse.Namespace) -> int:
     from icuwatch.storage import db
 
@@ -140,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_shadow)
+
+    p = sub.add_parser("tune-thresholds", help="tune rule models' alert thresholds for utility on the val split")
+    p.add_argument("--models", nargs="+", default=["rules", "news2", "qsofa"], choices=["rules", "news2", "qsofa"])
+    p.add_argument("--data", default=None, help="PhysioNet 2019 folder (default: ../shared/data/...)")
+    p.add_argument("--max-stays", type=int, default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_tune)
 
     p = sub.add_parser("db", help="database schema")
     p.add_argument("action", choices=["upgrade"])

@@ -47,7 +47,9 @@ def test_rule_predictions_are_strictly_causal(model):
 
 @needs_data
 def test_predict_dir_writes_one_row_per_input_row(tmp_path):
-    from icuwatch.fusion.psv_predict import predict_dir
+    from icuwatch.fusion.psv_predict import predict_dir, predictor
+
+    _, threshold = predictor("rules")
 
     src = tmp_path / "in"
     src.mkdir()
@@ -61,7 +63,7 @@ def test_predict_dir_writes_one_row_per_input_row(tmp_path):
         assert len(lines) - 1 == len(stay.values)
         for line in lines[1:]:
             p, y = line.split("|")
-            assert 0.0 <= float(p) <= 1.0 and y in ("0", "1") and (y == "1") == (float(p) >= 0.5)
+            assert 0.0 <= float(p) <= 1.0 and y in ("0", "1") and (y == "1") == (float(p) >= threshold)
 
 
 @needs_data
@@ -128,3 +130,14 @@ def test_streaming_scores_agree_with_psv_predict(stack, tmp_path):
             assert row.sepsis_risk == pytest.approx(float(offline[i]), abs=1e-5), (pid, i, row.trigger)
             compared += 1
     assert compared >= sum(len(s.values) for s in chosen) // 2
+
+
+@needs_data
+def test_tuned_threshold_is_stored_and_read_back(tmp_path):
+    from icuwatch.fusion.thresholds import stored_threshold, tune
+
+    card = tune("qsofa", DATA, tmp_path, max_stays=120, progress=False)
+    assert 0.0 <= card["threshold"] <= 1.0
+    assert card["data"]["split"].startswith("val") and card["data"]["real_data"] is True
+    assert stored_threshold(tmp_path, "qsofa") == card["threshold"]
+    assert stored_threshold(tmp_path, "news2") is None
