@@ -86,7 +86,8 @@ def describe(summary: dict) -> str:
         f"icuwatch demo {summary['run']} -- {summary['data']}",
         f"  messages produced: {sum(summary['produced'].values())} "
         f"({', '.join(f'{k} {v}' for k, v in summary['produced'].items())})",
-        f"  processed by the worker: {summary['processed']}, dead-lettered: {summary['deadlettered']}",
+        f"  processed by the worker: {summary['processed']}, dead-lettered: {summary['deadlettered']}, "
+        f"produced but never taken by the worker: {summary['not_taken']}",
         f"  scores stored: {summary['scores']['triton']} via Triton, {summary['scores']['fallback']} by fallback rules",
         f"  patients: {p['total']}, deteriorating {p['deteriorating']}, of which alerted {p['deteriorating_alerted']}; "
         f"stable patients alerted: {p['stable_alerted']}",
@@ -170,6 +171,7 @@ def run_demo(settings: Settings, minutes: float, patients: int, speed: float, se
         "processed_by_topic": stats.get("processed_by_topic", {}),
         "deadlettered": stats.get("deadlettered", 0),
         "duplicates_ignored": stats.get("duplicates", 0),
+        "not_taken": max(0, produced_total - stats.get("processed", 0) - stats.get("deadlettered", 0)),
         "scores": {"triton": scores.get("triton", 0), "fallback": scores.get("fallback", 0)},
         "patients": {
             "total": len(truth),
