@@ -95,14 +95,15 @@ def write_predictions(path: Path, probabilities: np.ndarray, threshold: float) -
 
 
 def predict_dir(input_dir: str | Path, output_dir: str | Path, model: str = "rules",
-                patients: int | None = None, progress: bool = True, model_dir: Path | None = None) -> int:
+                patients: int | None = None, progress: bool = True, model_dir: Path | None = None,
+                split: str | None = None) -> int:
     """Write a prediction file for every stay in ``input_dir``; returns the number written."""
     from tqdm import tqdm
 
     predict, threshold = predictor(model, model_dir)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = list_stays(input_dir, limit=patients)
+    paths = list_stays(input_dir, split=split, limit=patients)
     if not paths:
         raise FileNotFoundError(f"no pNNNNNN.psv files in {input_dir}")
     for path in tqdm(paths, desc=f"psv-predict {model}", unit="stay", disable=not progress):

@@ -65,7 +65,7 @@ def _psv_predict(args: argparse.Namespace) -> int:
     from icuwatch.fusion.psv_predict import predict_dir
 
     n = predict_dir(args.input_dir, args.output_dir, model=args.model, patients=args.patients,
-                    progress=not args.quiet)
+                    progress=not args.quiet, split=args.split)
     print(json.dumps({"model": args.model, "stays": n, "output_dir": str(args.output_dir)}))
     return 0
 
@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output_dir")
     p.add_argument("--model", default="rules", choices=MODELS)
     p.add_argument("--patients", type=int, default=None, help="only the first N stays")
+    p.add_argument("--split", choices=["train", "val", "test"], default=None,
+                   help="only the stays of this split of the fixed hash split")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_psv_predict)
 
