@@ -147,6 +147,14 @@ def _compare(value: str) -> tuple[str, Path]:
     return name, Path(folder)
 
 
+def default_baselines() -> str:
+    """The rule scores always; the gradient-boosted baseline once ``train-baseline gbt`` has run."""
+    from icuwatch.settings import get_settings
+
+    trained = (get_settings().state_dir / "models" / "gbt" / "model_card.json").exists()
+    return "news2,qsofa,gbt" if trained else "news2,qsofa"
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     main_name = args.name or Path(args.pred_dir).resolve().name or "model"
     pred_dirs = {main_name: Path(args.pred_dir)}
@@ -156,7 +164,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             return 2
         pred_dirs[name] = folder
     out = Path(args.out) if args.out else Path("reports") / f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}"
-    baselines = [b.strip() for b in (args.baselines or "").split(",") if b.strip()]
+    requested = default_baselines() if args.baselines is None else args.baselines
+    baselines = [b.strip() for b in requested.split(",") if b.strip() and b.strip() != "none"]
     try:
         summary = evaluate_dirs(pred_dirs, Path(args.label_dir), out, split=args.split, limit=args.limit,
                                 baselines=baselines, progress=not args.quiet, figures=not args.no_figures)
@@ -184,8 +193,9 @@ def register(subparsers) -> None:
     p.add_argument("--name", default=None, help="name of PRED_DIR's model in the report (default: its folder name)")
     p.add_argument("--compare", metavar="NAME=DIR", type=_compare, action="append",
                    help="another model's prediction folder to compare (repeatable)")
-    p.add_argument("--baselines", default="", metavar="news2,qsofa,gbt",
-                   help="generate these models' predictions with psv_predict.predict_dir and compare them")
+    p.add_argument("--baselines", default=None, metavar="news2,qsofa,gbt",
+                   help="generate these models' predictions with psv_predict.predict_dir and compare them "
+                        "(default: news2,qsofa, and gbt once trained; 'none' for no baselines)")
     p.add_argument("--split", choices=("train", "val", "test"), default=None,
                    help="only the stays of this fixed split of LABEL_DIR")
     p.add_argument("--limit", type=int, default=None, help="only the first N stays (after --split)")
