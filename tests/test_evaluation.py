@@ -294,7 +294,8 @@ def test_cli_json_and_compare(tiny, capsys):
 
     root, _ = tiny
     rc = main(["evaluate", str(root / "silent"), str(root / "labels"), "--out", str(root / "cli"),
-               "--compare", f"oracle={root / 'oracle'}", "--json", "--quiet", "--no-figures"])
+               "--compare", f"oracle={root / 'oracle'}", "--json", "--quiet", "--no-figures",
+               "--baselines", "none"])
     assert rc == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1
