@@ -176,7 +176,8 @@ def _plugins():
     """Subcommands defined next to the code they run: each module has ``register(subparsers)``."""
     import importlib
 
-    names = ("icuwatch.streams.replay.cli", "icuwatch.fusion.evaluation.cli", "icuwatch.fusion.baselines.cli")
+    names = ("icuwatch.streams.replay.cli", "icuwatch.fusion.evaluation.cli", "icuwatch.fusion.baselines.cli",
+             "icuwatch.api.cli")
     out = []
     for name in names:
         try:

@@ -1,0 +1,1 @@
+"""The nurses' side: HTTP API, live board, operator metrics (``icuwatch serve``)."""
