@@ -51,6 +51,16 @@ class Settings(BaseSettings):
     alert_clear: int = 3
     """Consecutive scores below the 'off' threshold needed to close it."""
 
+    api_host: str = "127.0.0.1"
+    """Where ``icuwatch serve`` listens (``--host``/``--port`` override)."""
+    api_port: int = 8080
+    api_stream_poll_s: float = 1.0
+    """How often the live alert stream (SSE) polls the database for changed alerts."""
+    api_stream_keepalive_s: float = 15.0
+    """Idle time after which the stream sends a keep-alive comment."""
+    api_escalate_interval_s: float = 30.0
+    """How often the API escalates alerts left unacknowledged too long."""
+
     @property
     def log_dir(self) -> Path:
         return self.state_dir / "logs"
