@@ -1,4 +1,4 @@
-"""Database tables: patients, scores and alerts.
+"""Database tables: patients, scores, alerts, the alerts' audit log and API tokens.
 
 There are deliberately no foreign keys to ``patients``: messages are delivered out of order (a score
 or an alert may arrive before the patient's ADT admit), so the repository creates a minimal patient
@@ -31,6 +31,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 ALERT_STATES = ("raised", "acknowledged", "resolved")
+OPEN_ALERT_STATES = ("raised", "acknowledged")
+"""States of an open episode: at most one open alert per patient and kind is stored."""
+ALERT_ACTIONS = ("raised", "acknowledged", "resolved", "escalated", "suppressed")
+TOKEN_ROLES = ("nurse", "physician", "engineer", "admin")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -133,7 +137,12 @@ class Score(Base):
 
 
 class Alert(Base):
-    """An alert episode: raised -> acknowledged -> resolved, or raised -> resolved."""
+    """An alert episode: raised -> acknowledged -> resolved, or raised -> resolved.
+
+    Every state change (and every escalation) also writes an :class:`AlertEvent` in the same
+    transaction and sets ``updated_at``, the wall-clock time the row last changed here, which the
+    API uses to stream changes.
+    """
 
     __tablename__ = "alerts"
     __table_args__ = (
@@ -142,6 +151,7 @@ class Alert(Base):
         ),
         Index("ix_alerts_state_event_time", "state", "event_time"),
         Index("ix_alerts_patient_id_event_time", "patient_id", "event_time"),
+        Index("ix_alerts_updated_at", "updated_at"),
     )
 
     alert_id: Mapped[str] = mapped_column(String(200), primary_key=True)
@@ -163,6 +173,62 @@ class Alert(Base):
     acknowledged_at: Mapped[Optional[datetime]]
     ack_comment: Mapped[Optional[str]] = mapped_column(Text)
     resolved_at: Mapped[Optional[datetime]]
+    resolved_by: Mapped[Optional[str]] = mapped_column(String(128))
+    """Who resolved it; None when the system did (or before migration 0003)."""
+    escalation_level: Mapped[int] = mapped_column(SmallInteger, default=0, server_default="0")
+    """How many times it was escalated for staying unacknowledged."""
+    escalated_at: Mapped[Optional[datetime]]
+    updated_at: Mapped[datetime]
+    """Wall-clock time this row last changed (insert, acknowledge, resolve, escalate)."""
 
     def __repr__(self) -> str:
         return f"Alert({self.alert_id!r}, {self.kind!r}, state={self.state!r})"
+
+
+class AlertEvent(Base):
+    """Audit log of the alerts: one row per raise, acknowledgement, resolution, escalation, and per
+    alert not stored because an episode of the same patient and kind was still open ('suppressed',
+    recorded against that open alert; ``detail["suppressed_alert_id"]`` names the one dropped).
+
+    No foreign key, like the other tables; rows are only ever inserted.
+    """
+
+    __tablename__ = "alert_events"
+    __table_args__ = (
+        CheckConstraint(
+            "action IN ('raised', 'acknowledged', 'resolved', 'escalated', 'suppressed')",
+            name="action",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    alert_id: Mapped[str] = mapped_column(String(200), index=True)
+    at: Mapped[datetime]
+    """When it happened: the acknowledgement/resolution/escalation time, the raise time, or for
+    'suppressed' the wall-clock time the dropped alert reached the database."""
+    actor: Mapped[str] = mapped_column(String(128))
+    """Who: the user for acknowledgements and resolutions, 'system' otherwise."""
+    action: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[dict[str, Any]]
+
+    def __repr__(self) -> str:
+        return f"AlertEvent({self.alert_id!r}, {self.action!r}, by={self.actor!r})"
+
+
+class ApiToken(Base):
+    """A bearer token of the API. Only the SHA-256 of the token is stored."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (
+        CheckConstraint("role IN ('nurse', 'physician', 'engineer', 'admin')", name="role"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    user: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[Optional[datetime]]
+
+    def __repr__(self) -> str:
+        return f"ApiToken({self.user!r}, {self.role!r}, revoked={self.revoked_at is not None})"

@@ -16,7 +16,15 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from icuwatch.storage.models import ALERT_STATES, Alert, Patient, Score
+from icuwatch.storage.models import (
+    ALERT_ACTIONS,
+    ALERT_STATES,
+    OPEN_ALERT_STATES,
+    Alert,
+    AlertEvent,
+    Patient,
+    Score,
+)
 from icuwatch.streams import schemas
 
 _CHUNK_ROWS = 500
@@ -184,12 +192,102 @@ def _upsert_revisions(session: Session, rows: list[dict[str, Any]]) -> int:
     return changed
 
 
-def add_alert(session: Session, alert: schemas.Alert) -> bool:
-    """Store a newly raised alert; True if stored, False if ``alert_id`` already existed.
+SYSTEM_ACTOR = "system"
+"""Actor of the audit events the system writes (raise, suppression, escalation, unattended resolve)."""
 
-    A redelivered alert never touches the stored one, so an acknowledgement survives redelivery.
+
+def _iso(t: datetime) -> str:
+    return t.isoformat()
+
+
+def record_event(
+    session: Session,
+    alert_id: str,
+    action: str,
+    *,
+    actor: str = SYSTEM_ACTOR,
+    at: datetime | None = None,
+    detail: dict[str, Any] | None = None,
+) -> AlertEvent:
+    """Append one audit event (the caller's transaction makes it atomic with the change)."""
+    if action not in ALERT_ACTIONS:
+        raise ValueError(f"unknown alert action {action!r}; expected one of {ALERT_ACTIONS}")
+    event = AlertEvent(
+        alert_id=alert_id,
+        at=at if at is not None else _now(),
+        actor=actor,
+        action=action,
+        detail=detail or {},
+    )
+    session.add(event)
+    session.flush()
+    return event
+
+
+def _lock_patient(session: Session, patient_id: str) -> None:
+    """Serialise alert writers of one patient (PostgreSQL row lock; SQLite has one writer anyway,
+    and ``ensure_patient``'s INSERT has already taken its write lock)."""
+    session.execute(
+        select(Patient.patient_id).where(Patient.patient_id == patient_id).with_for_update()
+    )
+
+
+def open_alert(session: Session, patient_id: str, kind: str) -> Alert | None:
+    """The open (raised or acknowledged) alert of this patient and kind, if any (the oldest, should
+    data from before migration 0003 hold several)."""
+    return session.scalars(
+        select(Alert)
+        .where(
+            Alert.patient_id == patient_id,
+            Alert.kind == kind,
+            Alert.state.in_(OPEN_ALERT_STATES),
+        )
+        .order_by(Alert.event_time, Alert.alert_id)
+        .limit(1)
+    ).first()
+
+
+def add_alert(session: Session, alert: schemas.Alert) -> bool:
+    """Store a newly raised alert and its 'raised' audit event; True if stored.
+
+    False, with nothing written, if ``alert_id`` already exists: a redelivered alert never touches
+    the stored one, so an acknowledgement survives redelivery.
+
+    One open episode per patient and kind: while a raised or acknowledged alert of the same patient
+    and kind exists, a new alert is not stored; instead a 'suppressed' event is written against the
+    open alert (``detail["suppressed_alert_id"]`` = the new id; once per suppressed id, so
+    redelivery adds nothing) and False is returned.
     """
     ensure_patient(session, alert.patient_id)
+    _lock_patient(session, alert.patient_id)
+    if session.get(Alert, alert.alert_id) is not None:
+        return False
+    now = _now()
+    blocking = open_alert(session, alert.patient_id, alert.kind)
+    if blocking is not None:
+        already = session.scalar(
+            select(func.count())
+            .select_from(AlertEvent)
+            .where(
+                AlertEvent.alert_id == blocking.alert_id,
+                AlertEvent.action == "suppressed",
+                AlertEvent.detail["suppressed_alert_id"].as_string() == alert.alert_id,
+            )
+        )
+        if not already:
+            record_event(
+                session,
+                blocking.alert_id,
+                "suppressed",
+                at=now,
+                detail={
+                    "suppressed_alert_id": alert.alert_id,
+                    "risk": alert.risk,
+                    "episode_start": _iso(utc(alert.episode_start)),
+                    "event_time": _iso(utc(alert.event_time)),
+                },
+            )
+        return False
     row = {
         "alert_id": alert.alert_id,
         "patient_id": alert.patient_id,
@@ -202,10 +300,29 @@ def add_alert(session: Session, alert: schemas.Alert) -> bool:
         "episode_start": utc(alert.episode_start),
         "event_time": utc(alert.event_time),
         "raised_at": utc(alert.raised_at),
-        "stored_at": _now(),
+        "stored_at": now,
         "state": "raised",
+        "escalation_level": 0,
+        "updated_at": now,
     }
-    return _insert_ignore(session, Alert, [row], ["alert_id"]) == 1
+    if _insert_ignore(session, Alert, [row], ["alert_id"]) != 1:
+        return False
+    record_event(
+        session,
+        alert.alert_id,
+        "raised",
+        at=row["raised_at"],
+        detail={
+            "risk": alert.risk,
+            "news2": alert.news2,
+            "qsofa": alert.qsofa,
+            "model": alert.model,
+            "source": alert.source,
+            "episode_start": _iso(row["episode_start"]),
+            "event_time": _iso(row["event_time"]),
+        },
+    )
+    return True
 
 
 def _locked_alert(session: Session, alert_id: str) -> Alert:
@@ -228,7 +345,8 @@ def acknowledge(
     *,
     at: float | datetime | None = None,
 ) -> Alert:
-    """Mark a raised alert acknowledged by ``by`` (at ``at``, default now) and return it.
+    """Mark a raised alert acknowledged by ``by`` (at ``at``, default now), write the
+    'acknowledged' audit event, and return the alert.
 
     Raises :class:`AlertNotFound` for an unknown id and :class:`AlertStateError` unless the alert
     is in state 'raised'.
@@ -244,21 +362,48 @@ def acknowledge(
     alert.acknowledged_by = by.strip()
     alert.acknowledged_at = utc(at) if at is not None else _now()
     alert.ack_comment = comment
-    session.flush()
+    alert.updated_at = _now()
+    record_event(
+        session,
+        alert_id,
+        "acknowledged",
+        actor=alert.acknowledged_by,
+        at=alert.acknowledged_at,
+        detail={"comment": comment},
+    )
     return alert
 
 
-def resolve(session: Session, alert_id: str, *, at: float | datetime | None = None) -> Alert:
-    """Mark an alert resolved (from 'raised' or 'acknowledged') and return it.
+def resolve(
+    session: Session,
+    alert_id: str,
+    *,
+    by: str | None = None,
+    at: float | datetime | None = None,
+) -> Alert:
+    """Mark an alert resolved (from 'raised' or 'acknowledged') by ``by`` (None: the system), write
+    the 'resolved' audit event, and return the alert.
 
-    Resolving an already resolved alert changes nothing (the episode end may be redelivered).
-    Raises :class:`AlertNotFound` for an unknown id.
+    Resolving an already resolved alert changes nothing and writes no event (the episode end may be
+    redelivered). Raises :class:`AlertNotFound` for an unknown id.
     """
+    if by is not None:
+        by = by.strip() or None
     alert = _locked_alert(session, alert_id)
     if alert.state != "resolved":
+        previous = alert.state
         alert.state = "resolved"
         alert.resolved_at = utc(at) if at is not None else _now()
-        session.flush()
+        alert.resolved_by = by
+        alert.updated_at = _now()
+        record_event(
+            session,
+            alert_id,
+            "resolved",
+            actor=by or SYSTEM_ACTOR,
+            at=alert.resolved_at,
+            detail={"from_state": previous},
+        )
     return alert
 
 
@@ -268,8 +413,12 @@ def list_alerts(
     kind: str | None = None,
     patient_id: str | None = None,
     limit: int = 100,
+    unit: str | None = None,
 ) -> list[Alert]:
-    """Alerts matching all given filters, newest event time first (at most ``limit``)."""
+    """Alerts matching all given filters, newest event time first (at most ``limit``).
+
+    ``unit`` matches the patient's current unit (``patients.unit``).
+    """
     if state is not None and state not in ALERT_STATES:
         raise ValueError(f"unknown alert state {state!r}; expected one of {ALERT_STATES}")
     stmt = select(Alert)
@@ -279,6 +428,8 @@ def list_alerts(
         stmt = stmt.where(Alert.kind == kind)
     if patient_id is not None:
         stmt = stmt.where(Alert.patient_id == patient_id)
+    if unit is not None:
+        stmt = stmt.join(Patient, Patient.patient_id == Alert.patient_id).where(Patient.unit == unit)
     stmt = stmt.order_by(Alert.event_time.desc(), Alert.alert_id).limit(max(0, limit))
     return list(session.scalars(stmt))
 

@@ -150,7 +150,7 @@ def test_upgrade_creates_schema_and_is_idempotent(url: str) -> None:
     assert db.current_revision(url) is None
     db.upgrade(url)
     head = db.head_revision()
-    assert head == "0002"
+    assert head == "0003"
     assert db.current_revision(url) == head
     db.upgrade(url)  # a second run is a no-op
     assert db.current_revision(url) == head
@@ -159,7 +159,7 @@ def test_upgrade_creates_schema_and_is_idempotent(url: str) -> None:
         names = set(sa.inspect(eng).get_table_names())
     finally:
         eng.dispose()
-    assert {"patients", "scores", "alerts", "alembic_version"} <= names
+    assert {"patients", "scores", "alerts", "alert_events", "api_tokens", "alembic_version"} <= names
 
 
 def test_models_match_migrations(engine: Engine) -> None:
@@ -281,7 +281,8 @@ def test_alerts_are_idempotent_and_ack_survives_redelivery(sessions: sessionmake
 
 
 def test_acknowledge_resolve_lifecycle(sessions: sessionmaker[Session]) -> None:
-    a, b = alert(episode=0), alert(episode=1, t=T0 + 3600)
+    # Different kinds: only one episode per patient and kind may be open at a time.
+    a, b = alert(episode=0), alert(kind="sepsis", episode=1, t=T0 + 3600)
     with sessions.begin() as s:
         repo.add_alert(s, a)
         repo.add_alert(s, b)
@@ -327,21 +328,25 @@ def test_acknowledge_resolve_lifecycle(sessions: sessionmaker[Session]) -> None:
 def test_list_and_count_alerts(sessions: sessionmaker[Session]) -> None:
     with sessions.begin() as s:
         assert repo.count_alerts(s) == {"raised": 0, "acknowledged": 0, "resolved": 0}
-        for i in range(6):
+        # One open episode per patient and kind: p1's second sepsis alert comes after its first
+        # is resolved, and the fifth alert is another patient's.
+        for i in range(5):
             kind = "deterioration" if i % 3 == 0 else "sepsis"
-            repo.add_alert(s, alert(pid=f"p{i % 2}", kind=kind, episode=i, t=T0 + i))
+            pid = "p2" if i == 4 else f"p{i % 2}"
+            assert repo.add_alert(s, alert(pid=pid, kind=kind, episode=i, t=T0 + i))
     with sessions.begin() as s:
         repo.acknowledge(s, "p0:deterioration:0", by="a")
         repo.resolve(s, "p1:sepsis:1")
+        assert repo.add_alert(s, alert(pid="p1", kind="sepsis", episode=5, t=T0 + 5))
 
     with sessions() as s:
         everything = repo.list_alerts(s)
         assert [a.alert_id for a in everything] == [
-            "p1:sepsis:5", "p0:sepsis:4", "p1:deterioration:3",
+            "p1:sepsis:5", "p2:sepsis:4", "p1:deterioration:3",
             "p0:sepsis:2", "p1:sepsis:1", "p0:deterioration:0",
         ]  # newest event time first
         assert {a.alert_id for a in repo.list_alerts(s, state="raised")} == {
-            "p1:sepsis:5", "p0:sepsis:4", "p1:deterioration:3", "p0:sepsis:2"
+            "p1:sepsis:5", "p2:sepsis:4", "p1:deterioration:3", "p0:sepsis:2"
         }
         acked = repo.list_alerts(s, state="acknowledged")
         assert [a.alert_id for a in acked] == ["p0:deterioration:0"]
@@ -352,7 +357,7 @@ def test_list_and_count_alerts(sessions: sessionmaker[Session]) -> None:
             "p1:sepsis:5", "p1:sepsis:1"
         ]
         newest = repo.list_alerts(s, state="raised", patient_id="p0", limit=1)
-        assert [a.alert_id for a in newest] == ["p0:sepsis:4"]
+        assert [a.alert_id for a in newest] == ["p0:sepsis:2"]
         assert repo.list_alerts(s, patient_id="nobody") == []
         assert repo.count_alerts(s) == {"raised": 4, "acknowledged": 1, "resolved": 1}
         with pytest.raises(ValueError, match="state"):
