@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     """Consecutive scores above the 'on' threshold needed to open an alert episode."""
     alert_clear: int = 3
     """Consecutive scores below the 'off' threshold needed to close it."""
+    alert_refractory_s: float = 1800.0
+    """Event-time seconds after an episode closes before another of the same kind may open."""
+    alert_escalate_after_s: float = 300.0
+    """An alert left unacknowledged this long (wall clock) is escalated, and again every as long."""
 
     api_host: str = "127.0.0.1"
     """Where ``icuwatch serve`` listens (``--host``/``--port`` override)."""

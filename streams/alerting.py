@@ -4,6 +4,13 @@ An episode opens after ``confirm`` consecutive scores at or above the 'on' thres
 ``clear`` consecutive scores below the 'off' threshold. The alert id is derived from the patient,
 kind and the episode's first score time, so a replayed or redelivered score stream produces the
 same ids and the database keeps one row per episode.
+
+After an episode closes, a new one of the same kind cannot open for ``refractory_s`` seconds of
+event time (counted from the score that closed it): scores in that period still build the 'above'
+run, and an episode confirmed during it opens at the first score once the period is over, with
+its episode start (and id) at the start of that run.
+
+Pure: no settings, clock reads only for ``raised_at``; the worker passes the thresholds in.
 """
 
 from __future__ import annotations
@@ -14,19 +21,28 @@ from dataclasses import dataclass
 from icuwatch.streams import schemas
 
 
+DEFAULT_REFRACTORY_S = 1800.0
+"""Same as the ``alert_refractory_s`` setting's default."""
+
+
 @dataclass(frozen=True)
 class Thresholds:
     on: float
     off: float
     confirm: int = 2
     clear: int = 3
+    refractory_s: float = DEFAULT_REFRACTORY_S
+    """Event-time seconds after an episode closes during which no new episode opens (0: none)."""
 
 
 RISK_FIELD = {"deterioration": "deterioration_risk", "sepsis": "sepsis_risk"}
 
 
 def new_alert_state() -> dict:
-    return {"last_t": 0.0, "kinds": {k: {"open": None, "run_start": None, "above": 0, "below": 0} for k in RISK_FIELD}}
+    return {"last_t": 0.0, "kinds": {
+        k: {"open": None, "run_start": None, "above": 0, "below": 0, "closed_at": None}
+        for k in RISK_FIELD
+    }}
 
 
 def alert_id(patient_id: str, kind: str, episode_start: float) -> str:
@@ -49,7 +65,10 @@ def update(state: dict, score: schemas.Score, thresholds: dict[str, Thresholds])
         else:
             ks["above"] = 0
         ks["below"] = ks["below"] + 1 if risk < th.off else 0
-        if ks["open"] is None and ks["above"] >= th.confirm:
+        # .get: episode states saved before the refractory period existed have no closed_at.
+        closed_at = ks.get("closed_at")
+        refractory = closed_at is not None and score.event_time - closed_at < th.refractory_s
+        if ks["open"] is None and ks["above"] >= th.confirm and not refractory:
             ks["open"] = ks["run_start"]
             raised.append(
                 schemas.Alert(
@@ -68,4 +87,5 @@ def update(state: dict, score: schemas.Score, thresholds: dict[str, Thresholds])
             )
         elif ks["open"] is not None and ks["below"] >= th.clear:
             ks["open"] = None
+            ks["closed_at"] = score.event_time
     return raised

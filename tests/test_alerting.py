@@ -1,8 +1,9 @@
 from icuwatch.streams import alerting, schemas
 
 T = 1_764_000_000.0
-TH = {"deterioration": alerting.Thresholds(0.5, 0.3, confirm=2, clear=3),
-      "sepsis": alerting.Thresholds(0.5, 0.3, confirm=2, clear=3)}
+# refractory_s=0: these tests are about the hysteresis alone (the refractory period has its own).
+TH = {"deterioration": alerting.Thresholds(0.5, 0.3, confirm=2, clear=3, refractory_s=0),
+      "sepsis": alerting.Thresholds(0.5, 0.3, confirm=2, clear=3, refractory_s=0)}
 
 
 def score(t, risk, sepsis=0.0):
@@ -10,11 +11,11 @@ def score(t, risk, sepsis=0.0):
                          sepsis_risk=sepsis, news2=7, qsofa=1, staleness_s={}, scored_at=t)
 
 
-def run(risks, state=None, start=0):
+def run(risks, state=None, start=0, th=TH, step=60):
     state = state or alerting.new_alert_state()
     alerts = []
     for i, r in enumerate(risks):
-        alerts += alerting.update(state, score(T + 60 * (start + i), r), TH)
+        alerts += alerting.update(state, score(T + step * (start + i), r), th)
     return state, alerts
 
 
@@ -51,3 +52,64 @@ def test_kinds_are_independent():
     for i in range(3):
         out += alerting.update(state, score(T + 60 * i, 0.1, sepsis=0.8), TH)
     assert [a.kind for a in out] == ["sepsis"]
+
+
+REFRACTORY = {k: alerting.Thresholds(0.5, 0.3, confirm=2, clear=3, refractory_s=1800) for k in TH}
+
+
+def test_refractory_period_defaults_to_the_setting():
+    from icuwatch.settings import Settings
+
+    assert alerting.Thresholds(0.5, 0.3).refractory_s == Settings().alert_refractory_s == 1800.0
+
+
+def test_no_new_episode_within_the_refractory_period_after_close():
+    # Episode 1 opens at T+60 (start T), closes at T+240 (third low score); high again from T+300.
+    risks = [0.9, 0.9, 0.2, 0.2, 0.2] + [0.9] * 40
+    _, alerts = run(risks, th=REFRACTORY)
+    assert len(alerts) == 2
+    first, second = alerts
+    assert first.episode_start == T and first.event_time == T + 60
+    # Not before T+240+1800 = T+2040, the first score after which the run (from T+300) counts.
+    assert second.event_time == T + 2040
+    assert second.episode_start == T + 300
+    assert second.alert_id == alerting.alert_id("p1", "deterioration", T + 300)
+
+
+def test_a_broken_run_during_the_refractory_period_must_confirm_again():
+    # Closed at T+240; a short run ends inside the period, then a fresh one after it.
+    risks = [0.9, 0.9, 0.2, 0.2, 0.2] + [0.9] * 5 + [0.4] * 30 + [0.9, 0.9]
+    _, alerts = run(risks, th=REFRACTORY)
+    assert [a.event_time for a in alerts] == [T + 60, T + 60 * 41]
+    assert alerts[1].episode_start == T + 60 * 40
+
+
+def test_refractory_is_per_kind_and_counts_event_time():
+    state = alerting.new_alert_state()
+    out = []
+    times = [0, 60, 120, 180, 240, 300, 360]
+    det = [0.9, 0.9, 0.2, 0.2, 0.2, 0.9, 0.9]  # closes at 240, blocked at 300/360
+    sep = [0.0, 0.0, 0.0, 0.0, 0.0, 0.9, 0.9]  # first sepsis episode: not blocked
+    for t, d, s in zip(times, det, sep):
+        out += alerting.update(state, score(T + t, d, sepsis=s), REFRACTORY)
+    assert [(a.kind, a.event_time) for a in out] == [("deterioration", T + 60), ("sepsis", T + 360)]
+    # Sparse scores: 1800 s of event time, not a number of scores.
+    out = []
+    for t, d in [(2000, 0.9), (2039, 0.9), (2041, 0.9)]:
+        out += alerting.update(state, score(T + t, d), REFRACTORY)
+    assert [a.event_time for a in out] == [T + 2041]
+
+
+def test_refractory_ids_are_deterministic_under_replay():
+    risks = [0.9, 0.9, 0.2, 0.2, 0.2] + [0.9] * 40
+    _, a = run(risks, th=REFRACTORY)
+    _, b = run(risks, th=REFRACTORY)
+    assert [x.alert_id for x in a] == [x.alert_id for x in b]
+
+
+def test_state_saved_before_the_refractory_period_existed_still_works():
+    state = alerting.new_alert_state()
+    for ks in state["kinds"].values():
+        del ks["closed_at"]
+    _, alerts = run([0.9, 0.9, 0.2, 0.2, 0.2, 0.9, 0.9], state=state, th=REFRACTORY)
+    assert len(alerts) == 1  # the close is recorded, so the reopen 60 s later is held back
