@@ -51,10 +51,16 @@ def alert_id(patient_id: str, kind: str, episode_start: float) -> str:
 
 def update(state: dict, score: schemas.Score, thresholds: dict[str, Thresholds]) -> list[schemas.Alert]:
     """Advance the episode state machine with one score; return the alerts it opens."""
+    return step(state, score, thresholds)[0]
+
+
+def step(state: dict, score: schemas.Score,
+         thresholds: dict[str, Thresholds]) -> tuple[list[schemas.Alert], list[str]]:
+    """Advance the episode state machine with one score: (alerts opened, ids of episodes closed)."""
     if score.event_time <= state["last_t"]:
-        return []
+        return [], []
     state["last_t"] = score.event_time
-    raised = []
+    raised, closed = [], []
     for kind, field in RISK_FIELD.items():
         th, ks = thresholds[kind], state["kinds"][kind]
         risk = getattr(score, field)
@@ -86,6 +92,7 @@ def update(state: dict, score: schemas.Score, thresholds: dict[str, Thresholds])
                 )
             )
         elif ks["open"] is not None and ks["below"] >= th.clear:
+            closed.append(alert_id(score.patient_id, kind, ks["open"]))
             ks["open"] = None
             ks["closed_at"] = score.event_time
-    return raised
+    return raised, closed

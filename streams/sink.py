@@ -7,9 +7,19 @@ import asyncio
 import logging
 
 from icuwatch.storage import db, repository
+from icuwatch.storage.models import Alert
 from icuwatch.streams import schemas
 
 log = logging.getLogger(__name__)
+EPISODE_CLOSED_BY = "system:episode-closed"
+
+
+def _resolve_if_acknowledged(session, alert_id: str) -> None:
+    """An alert nobody has acknowledged stays on the board (and escalates) even if the patient
+    recovered: an unseen alert must not vanish on its own."""
+    alert = session.get(Alert, alert_id)
+    if alert is not None and alert.state == "acknowledged":
+        repository.resolve(session, alert_id, by=EPISODE_CLOSED_BY)
 
 
 class StorageSink:
@@ -34,6 +44,14 @@ class StorageSink:
 
     async def store_alert(self, alert: schemas.Alert) -> bool:
         return await asyncio.to_thread(self._run, repository.add_alert, alert)
+
+    async def close_episode(self, alert_id: str) -> None:
+        """The episode ended (risk back below 'off'): resolve its alert if a nurse acknowledged it, so
+        the next episode of that kind can alert (one open alert per patient and kind)."""
+        try:
+            await asyncio.to_thread(self._run, _resolve_if_acknowledged, alert_id)
+        except repository.AlertNotFound:
+            pass
 
     def queue_score(self, score: schemas.Score) -> None:
         self._scores.append(score)

@@ -59,15 +59,15 @@ live_state: dict[bytes, dict] = {}
 episodes = app.Table("alert_state", key_type=bytes, partitions=settings.partitions)
 
 stats: dict[str, int] = {"processed": 0, "duplicates": 0, "deadlettered": 0, "scores_submitted": 0,
-                         "scores_published": 0, "alerts_raised": 0}
+                         "scores_published": 0, "alerts_raised": 0, "alerts_suppressed": 0}
 processed_by_topic: dict[str, int] = {t: 0 for t in topics.INPUTS}
 waveforms = WaveformState(settings.waveform_feature_interval_s)
 storage = StorageSink(settings.database_url)
 thresholds = {
     "deterioration": alerting.Thresholds(settings.deterioration_on, settings.deterioration_off,
-                                         settings.alert_confirm, settings.alert_clear),
+                                         settings.alert_confirm, settings.alert_clear, settings.alert_refractory_s),
     "sepsis": alerting.Thresholds(settings.sepsis_on, settings.sepsis_off,
-                                  settings.alert_confirm, settings.alert_clear),
+                                  settings.alert_confirm, settings.alert_clear, settings.alert_refractory_s),
 }
 _batcher: ScoreBatcher | None = None
 
@@ -155,12 +155,16 @@ async def raise_alerts(stream: faust.StreamT) -> None:
             continue
         key = score.key()
         state = episodes.get(key) or alerting.new_alert_state()
-        raised = alerting.update(state, score, thresholds)
+        raised, closed = alerting.step(state, score, thresholds)
         storage.queue_score(score)
         for alert in raised:
             if await storage.store_alert(alert):
                 stats["alerts_raised"] += 1
-            await alerts_topic.send(key=alert.key(), value=alert.to_bytes())
+                await alerts_topic.send(key=alert.key(), value=alert.to_bytes())
+            else:
+                stats["alerts_suppressed"] += 1
+        for closed_id in closed:
+            await storage.close_episode(closed_id)
         episodes[key] = state
 
 

@@ -113,3 +113,14 @@ def test_state_saved_before_the_refractory_period_existed_still_works():
         del ks["closed_at"]
     _, alerts = run([0.9, 0.9, 0.2, 0.2, 0.2, 0.9, 0.9], state=state, th=REFRACTORY)
     assert len(alerts) == 1  # the close is recorded, so the reopen 60 s later is held back
+
+
+def test_step_reports_the_episode_it_closes():
+    th = {k: alerting.Thresholds(0.5, 0.3, confirm=2, clear=3, refractory_s=0) for k in alerting.RISK_FIELD}
+    state = alerting.new_alert_state()
+    opened, closed = [], []
+    for i, r in enumerate([0.9, 0.9, 0.1, 0.1, 0.1]):
+        o, c = alerting.step(state, score(T + 60 * i, r), th)
+        opened += o
+        closed += c
+    assert [a.alert_id for a in opened] == closed
