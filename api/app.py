@@ -1,0 +1,169 @@
+"""The FastAPI application: ``create_app(settings)``.
+
+Public: ``/`` and ``/patients/{patient_id}`` (HTML shells of the board, no patient data),
+``/static/*``, ``/healthz``, ``/openapi.json``, ``/docs``. Everything else needs a bearer token
+(see :mod:`icuwatch.api.auth`).
+
+While the app runs, a background task escalates alerts left unacknowledged for
+``alert_escalate_after_s`` every ``api_escalate_interval_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from pathlib import Path
+from typing import Any, AsyncIterator, Optional
+
+from fastapi import Depends, FastAPI
+from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from icuwatch.api import routes, stream
+from icuwatch.api.auth import OPERATOR_ROLES, Principal, require_roles
+from icuwatch.api.metrics import make_registry
+from icuwatch.settings import Settings, get_settings
+from icuwatch.storage import db, lifecycle
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+_PLACEHOLDER = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>icuwatch</title></head>
+<body><h1>icuwatch</h1><p>The board ({page}) is not installed. The API is at <a href="/docs">/docs</a>.</p>
+<p>Not for clinical use.</p></body></html>
+"""
+
+
+def escalate_once(app: FastAPI) -> list[str]:
+    """Escalate overdue alerts now; returns the escalated alert ids."""
+    with app.state.sessions.begin() as s:
+        return lifecycle.escalate_overdue(s, after_s=app.state.settings.alert_escalate_after_s)
+
+
+async def _escalation_loop(app: FastAPI, interval_s: float) -> None:
+    while True:
+        try:
+            ids = await run_in_threadpool(escalate_once, app)
+            if ids:
+                log.warning("escalated %d unacknowledged alert(s): %s", len(ids), ", ".join(ids[:10]))
+        except Exception:  # keep escalating after a transient database error
+            log.exception("escalation pass failed")
+        await asyncio.sleep(interval_s)
+
+
+def _page(name: str) -> Response:
+    path = STATIC_DIR / name
+    if path.is_file():
+        return FileResponse(path, media_type="text/html", headers={"Cache-Control": "no-cache"})
+    return HTMLResponse(_PLACEHOLDER.format(page=name))
+
+
+class RedactTokenFilter(logging.Filter):
+    """Blanks ``token=...`` in access-log lines (the SSE stream's credential rides in its URL)."""
+
+    _pattern = re.compile(r"(?<=[?&]token=)[^&\s]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, str) and "token=" in a for a in record.args):
+            record.args = tuple(self._pattern.sub("***", a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.msg, str) and "token=" in record.msg:
+            record.msg = self._pattern.sub("***", record.msg)
+        return True
+
+
+def redact_tokens_in_access_log(logger_name: str = "uvicorn.access") -> None:
+    """Install :class:`RedactTokenFilter` on the access logger (once)."""
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, RedactTokenFilter) for f in logger.filters):
+        logger.addFilter(RedactTokenFilter())
+
+
+class NoStoreMiddleware:
+    """``Cache-Control: no-store`` on ``/api/*`` and ``/metrics``: patient data is never cached.
+
+    Plain ASGI (not ``BaseHTTPMiddleware``), so the SSE stream passes through untouched."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(("/api/", "/metrics")):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_no_store(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"cache-control"]
+                message = {**message, "headers": headers + [(b"cache-control", b"no-store")]}
+            await send(message)
+
+        await self.app(scope, receive, send_no_store)
+
+
+def create_app(settings: Optional[Settings] = None, *, escalate: bool = True) -> FastAPI:
+    """The API on ``settings.database_url`` (the schema must already be migrated).
+
+    ``escalate=False`` leaves out the background escalation task (tests call
+    :func:`escalate_once` themselves).
+    """
+    settings = settings or get_settings()
+    redact_tokens_in_access_log()
+    engine = db.make_engine(settings.database_url)
+    sessions = db.session_factory(engine)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_escalation_loop(app, settings.api_escalate_interval_s)) if escalate else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            engine.dispose()
+
+    app = FastAPI(
+        title="icuwatch",
+        summary="ICU alert board API. Not for clinical use.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessions = sessions
+    app.state.metrics_registry = make_registry(settings, sessions)
+
+    app.include_router(routes.router)
+    app.include_router(stream.router)
+
+    app.add_middleware(NoStoreMiddleware)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (engineer, admin)",
+             response_class=Response,
+             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}},
+                        401: {"description": "Missing or invalid bearer token"},
+                        403: {"description": "Only engineer and admin tokens"}})
+    def metrics(_: Principal = Depends(require_roles(*OPERATOR_ROLES))) -> Response:
+        return Response(generate_latest(app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz", tags=["operations"], summary="Liveness (no patient data)")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/", include_in_schema=False)
+    def index() -> Response:
+        return _page("index.html")
+
+    @app.get("/patients/{patient_id}", include_in_schema=False)
+    def patient_page(patient_id: str) -> Response:
+        return _page("patient.html")  # the page reads the id from its URL and fetches with a token
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
+    return app
