@@ -1,8 +1,8 @@
-"""``icuwatch stack up|down|status``: broker, tritonserver and the database schema."""
+"""``icuwatch stack up|down|status``: broker, tritonserver, the database schema and the API/board."""
 
 from __future__ import annotations
 
-from icuwatch.deploy import broker, triton
+from icuwatch.deploy import api_server, broker, triton
 from icuwatch.settings import Settings
 
 
@@ -18,11 +18,13 @@ def up(settings: Settings) -> dict:
     broker.start(settings)
     triton.start(settings)
     db.upgrade(settings.database_url)
+    api_server.start(settings)
     return status(settings)
 
 
 def down(settings: Settings) -> dict:
-    return {"triton_stopped": triton.stop(settings), "broker_stopped": broker.stop(settings)}
+    return {"api_stopped": api_server.stop(settings), "triton_stopped": triton.stop(settings),
+            "broker_stopped": broker.stop(settings)}
 
 
 def status(settings: Settings) -> dict:
@@ -36,4 +38,5 @@ def status(settings: Settings) -> dict:
         "broker": broker.status(settings),
         "triton": triton.status(settings),
         "database": {"url": _redacted(settings.database_url), "revision": revision},
+        "api": api_server.status(settings),
     }

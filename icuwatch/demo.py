@@ -100,9 +100,14 @@ def describe(summary: dict) -> str:
         f"  database: {summary['database']} (tables patients, scores, alerts)",
         f"  ground truth: {summary['ground_truth']}",
         f"  worker log: {summary['worker_log']}",
-        "  the broker and tritonserver keep running: `icuwatch stack status`, stop with `icuwatch stack down`",
-        "",
+        "  the broker, tritonserver and the board keep running: `icuwatch stack status`, stop with `icuwatch stack down`",
     ]
+    if summary.get("board"):
+        lines += [
+            f"  BOARD: open {summary['board']['url']}",
+            f"         (or {summary['board']['url'].split('?')[0]} and log in with token {summary['board']['token']})",
+        ]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -160,6 +165,14 @@ def run_demo(settings: Settings, minutes: float, patients: int, speed: float, se
                 select(Score.source, func.count()).where(Score.patient_id.startswith(prefix)).group_by(Score.source)
             ).all()
         )
+    from icuwatch.api.cli import issue_token
+    from icuwatch.deploy import api_server
+
+    board = None
+    if keep_stack:
+        token = issue_token(settings, user="demo-nurse", role="nurse")
+        board = {"url": f"{api_server.url(settings)}/?token={token}", "token": token, "user": "demo-nurse",
+                 "role": "nurse"}
     truth = json.loads(truth_path.read_text())
     alerted = {a["patient_id"] for a in alerts}
     sick = [t["patient_id"] for t in truth if t.get("onset_time") is not None]
@@ -183,4 +196,5 @@ def run_demo(settings: Settings, minutes: float, patients: int, speed: float, se
         "ground_truth": truth_path.as_posix(),
         "database": settings.database_url.split("@")[-1],
         "worker_log": worker_log.as_posix(),
+        "board": board,
     }
