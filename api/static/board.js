@@ -158,6 +158,10 @@
     }
   }
 
+  // How many snapshots (one per (re)connection) and alert events arrived: shown as data-* on the
+  // connection badge, for tests and for anyone debugging a board that seems stuck.
+  function count(what) { conn.dataset[what] = String(Number(conn.dataset[what] || 0) + 1); }
+
   function connect() {
     if (source) source.close();
     clearTimeout(retryTimer);
@@ -171,10 +175,12 @@
       alerts.clear();
       for (const a of list) upsert(a);
       setConn("live");
+      count("snapshots");
       render();
     });
     source.addEventListener("alert", (ev) => {
       try { upsert(JSON.parse(ev.data)); } catch (e) { return; }
+      count("events");
       render();
     });
     source.addEventListener("error", async () => {

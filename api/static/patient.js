@@ -143,7 +143,14 @@
       const facts = [p.unit && "unit " + p.unit, p.bed && "bed " + p.bed,
                      p.age != null && Math.round(p.age) + " y", p.sex].filter(Boolean);
       document.getElementById("patient-facts").textContent = facts.join(" · ");
-      const scores = (data.scores || []).slice().sort((a, b) => (ICU.parseTime(a.event_time) || 0) - (ICU.parseTime(b.event_time) || 0));
+      const all = (data.scores || []).slice().sort((a, b) => (ICU.parseTime(a.event_time) || 0) - (ICU.parseTime(b.event_time) || 0));
+      // Scores of every model come back (a shadow model may score beside the live one): chart the
+      // model of the newest score so two models' lines never interleave.
+      const model = all.length ? all[all.length - 1].model : null;
+      const scores = all.filter((sc) => sc.model === model);
+      const others = [...new Set(all.map((sc) => sc.model))].filter((m) => m !== model);
+      document.getElementById("chart-model").textContent = model
+        ? "model " + model + (others.length ? " (also scored by " + others.join(", ") + ", not shown)" : "") : "";
       const alerts = data.alerts || [];
       const box = document.getElementById("chart");
       if (scores.length) box.replaceChildren(chart(scores, alerts));
