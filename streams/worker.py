@@ -45,6 +45,7 @@ app = faust.App(
     broker_heartbeat_interval=1,
     broker_rebalance_timeout=3,
     consumer_auto_offset_reset="earliest",
+    datadir=str(settings.state_dir / "faust"),
 )
 
 raw = {"key_serializer": "raw", "value_serializer": "raw", "partitions": settings.partitions}
@@ -61,6 +62,9 @@ episodes = app.Table("alert_state", key_type=bytes, partitions=settings.partitio
 stats: dict[str, int] = {"processed": 0, "duplicates": 0, "deadlettered": 0, "scores_submitted": 0,
                          "scores_published": 0, "alerts_raised": 0, "alerts_suppressed": 0}
 processed_by_topic: dict[str, int] = {t: 0 for t in topics.INPUTS}
+last_record_ts: dict[str, float] = {}
+"""Per input topic, the Kafka timestamp (producer time) of the last record taken: how far behind
+the worker is in wall time, independent of the broker's end offsets."""
 waveforms = WaveformState(settings.waveform_feature_interval_s)
 storage = StorageSink(settings.database_url)
 thresholds = {
@@ -109,6 +113,8 @@ async def dead_letter(event: faust.EventT, reason: str) -> None:
 async def ingest(stream: faust.StreamT) -> None:
     async for event in stream.events():
         topic = event.message.topic
+        if event.message.timestamp:
+            last_record_ts[topic] = float(event.message.timestamp)
         try:
             msg = schemas.decode(topic, event.message.value, event.message.key)
         except schemas.SchemaError as exc:
@@ -178,6 +184,19 @@ async def flush_scores() -> None:
     await storage.flush_scores()
 
 
+def consumer_lag() -> dict[str, dict[str, int]]:
+    """Per topic and partition: the broker's high-water mark (from fetch responses) minus the next
+    offset to read. This Tansu may report a stale (low) high-water mark (shared/DESIGN.md), so this
+    is a lower bound; ``record_age_s`` is the time-based view that does not depend on it."""
+    monitor = app.monitor
+    lag: dict[str, dict[str, int]] = {}
+    for tp, end in (monitor.tp_end_offsets or {}).items():
+        read = (monitor.tp_read_offsets or {}).get(tp)
+        if read is not None and tp.topic in processed_by_topic:
+            lag.setdefault(tp.topic, {})[str(tp.partition)] = max(0, int(end) - int(read) - 1)
+    return lag
+
+
 @app.timer(interval=1.0)
 async def write_stats() -> None:
     path = settings.run_dir / f"worker-{settings.worker_web_port}.json"
@@ -189,6 +208,8 @@ async def write_stats() -> None:
         "scorer": batcher().scorer.counts,
         "scores_stored": storage.scores_stored,
         "scores_pending": len(batcher().pending),
+        "consumer_lag": consumer_lag(),
+        "record_age_s": {t: round(time.time() - ts, 3) for t, ts in last_record_ts.items()},
     }
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(snapshot))
