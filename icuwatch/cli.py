@@ -177,7 +177,7 @@ def _plugins():
     import importlib
 
     names = ("icuwatch.streams.replay.cli", "icuwatch.fusion.evaluation.cli", "icuwatch.fusion.baselines.cli",
-             "icuwatch.api.cli")
+             "icuwatch.api.cli", "icuwatch.interfaces.hl7_cli", "icuwatch.interfaces.dicom_cli")
     out = []
     for name in names:
         try:
