@@ -65,6 +65,20 @@ class Settings(BaseSettings):
     api_escalate_interval_s: float = 30.0
     """How often the API escalates alerts left unacknowledged too long."""
 
+    fhir_endpoint: str | None = None
+    """FHIR R4 base URL that each alert's transaction Bundle is pushed to; unset: no push."""
+    fhir_token: str | None = None
+    """Bearer token for ``fhir_endpoint`` (optional)."""
+    fhir_push_attempts: int = 5
+    """Tries per Bundle (connection errors, 408, 429, 5xx are retried; other 4xx are not)."""
+    fhir_push_backoff_s: float = 0.5
+    """First retry delay; doubles per retry (with jitter), at most ``fhir_push_backoff_max_s``."""
+    fhir_push_backoff_max_s: float = 10.0
+    fhir_push_timeout_s: float = 10.0
+    """Per-request timeout of a push."""
+    fhir_push_queue: int = 1000
+    """Bundles waiting to be pushed; when full the oldest is dropped (and counted)."""
+
     @property
     def log_dir(self) -> Path:
         return self.state_dir / "logs"
