@@ -142,6 +142,8 @@ def create_app(settings: Optional[Settings] = None, *, escalate: bool = True) ->
 
     app.include_router(routes.router)
     app.include_router(stream.router)
+    from icuwatch.api.fhir_routes import router as fhir_router  # FHIR R4 search (/fhir)
+    app.include_router(fhir_router)
 
     app.add_middleware(NoStoreMiddleware)
 
