@@ -79,6 +79,16 @@ class Settings(BaseSettings):
     fhir_push_queue: int = 1000
     """Bundles waiting to be pushed; when full the oldest is dropped (and counted)."""
 
+    hl7_host: str = "127.0.0.1"
+    """Where ``icuwatch hl7-listen`` listens for MLLP (``--host``/``--port`` override)."""
+    hl7_port: int = 2575
+    hl7_mapping: Path | None = None
+    """Extra HL7 observation mapping CSV that extends/overrides ``interfaces/mappings/hl7_observations.csv``."""
+    hl7_timezone: str = "UTC"
+    """IANA zone for HL7 timestamps sent without a UTC offset."""
+    hl7_ack_timeout_s: float = 30.0
+    """How long the HL7 listener waits for the broker's acknowledgement before answering AE."""
+
     @property
     def log_dir(self) -> Path:
         return self.state_dir / "logs"

@@ -1,0 +1,201 @@
+"""HL7 v2 MLLP listener: ORU^R01 and ADT^A01/A02/A03 in, ``icu.vitals``/``icu.labs``/``icu.adt`` out.
+
+MLLP framing is python-hl7's asyncio server (``hl7.mllp.start_hl7_server``); each message is read as
+its raw block so a rejected one can be dead-lettered byte for byte. Per message:
+
+* mapped by :func:`icuwatch.interfaces.hl7_mapping.map_message` (all or nothing);
+* every derived v1 message is sent with the durable producer and the broker's acknowledgement
+  awaited (``future.get``) -> **AA**;
+* broker unreachable / not acknowledged in ``settings.hl7_ack_timeout_s`` -> **AE** (the sender keeps
+  the message and retries; a retried message may be stored twice, which the worker ignores);
+* malformed, unknown code or unit, bad time, out-of-range value -> **AR** with the reason in MSA-3 and
+  ERR, once the original bytes are durably on ``icu.deadletter`` (topic ``hl7``); if even that
+  fails, AE. A bad message never closes the connection; later messages on it are handled normally.
+
+Messages of one connection are handled in order (the next is read after the ACK is written); many
+connections run concurrently, their broker waits in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import Any
+
+from icuwatch.settings import Settings
+from icuwatch.streams import topics
+from icuwatch.streams.schemas import DeadLetter
+
+from .hl7_encode import esc
+from .hl7_mapping import ERROR_TEXT, Hl7Reject, ObservationMap, load_mapping, map_message, sanitize_patient_id, zone
+
+log = logging.getLogger(__name__)
+
+DEADLETTER_SOURCE = "hl7"
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+def _msh_fields(raw: bytes) -> list[str] | None:
+    """The source MSH split on '|' when it uses the standard delimiters (for the ACK header)."""
+    text = raw.decode("utf-8", "replace").lstrip()
+    if not text.startswith("MSH|^~\\&"):
+        return None
+    first = text.replace("\n", "\r").split("\r", 1)[0]
+    return ["MSH", "|"] + first.split("|")[1:]
+
+
+def build_ack(raw: bytes, code: str, text: str = "", reject: Hl7Reject | None = None) -> str:
+    """ACK for ``raw``: MSH, MSA (code, control id, text) and, unless AA, an ERR segment."""
+    src = _msh_fields(raw) or []
+
+    def f(n: int) -> str:
+        return src[n] if n < len(src) else ""
+
+    trigger = f(9).split("^")[1] if "^" in f(9) else ""
+    now = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S+0000")
+    msh = (f"MSH|^~\\&|ICUWATCH|ICU|{f(3)}|{f(4)}|{now}||ACK^{trigger}^ACK|{uuid.uuid4().hex[:20]}|"
+           f"{f(11) or 'P'}|{f(12) or '2.5'}")
+    segs = [msh, f"MSA|{code}|{f(10)}|{esc(text[:400])}"]
+    if code != "AA":
+        err_code = reject.code if reject else "207"
+        loc = ""
+        if reject and reject.segment:
+            loc = f"{reject.segment}^{reject.index or ''}^{reject.field or ''}".rstrip("^")
+        segs.append(f"ERR||{loc}|{err_code}^{ERROR_TEXT.get(err_code, 'Error')}^HL70357|E||||{esc(text[:400])}")
+    return "\r".join(segs)
+
+
+class Hl7Listener:
+    """The MLLP server. ``await start()``, then ``server`` serves until :meth:`close`."""
+
+    def __init__(self, settings: Settings, producer: Any | None = None, mapping: ObservationMap | None = None,
+                 max_workers: int = 16) -> None:
+        self.settings = settings
+        self.mapping = mapping or load_mapping(settings.hl7_mapping)
+        self.naive_tz = zone(settings.hl7_timezone)
+        self._own_producer = producer is None
+        if producer is None:
+            from icuwatch.streams.producer import make_producer
+
+            producer = make_producer(settings)
+        self.producer = producer
+        self.timeout_s = settings.hl7_ack_timeout_s
+        self.executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="hl7-ack")
+        self.server: asyncio.AbstractServer | None = None
+        self.stats: Counter = Counter()
+
+    # -- network side -------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 2575) -> asyncio.AbstractServer:
+        import hl7.mllp
+
+        self.server = await hl7.mllp.start_hl7_server(self._client, host, port, limit=MAX_MESSAGE_BYTES)
+        return self.server
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _client(self, reader, writer) -> None:
+        import hl7.mllp
+
+        peer = writer.get_extra_info("peername")
+        self.stats["connections"] += 1
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                try:
+                    raw = await reader.readblock()
+                except asyncio.IncompleteReadError:
+                    return  # peer closed (possibly mid-block: nothing was acknowledged for it)
+                except (hl7.mllp.InvalidBlockError, ValueError) as exc:
+                    # bytes outside an MLLP block, or a block over the limit: skip to the next block
+                    self.stats["bad_frames"] += 1
+                    log.warning("hl7 %s: bad MLLP frame: %s", peer, exc)
+                    continue
+                try:  # producer.send itself may block (broker metadata): bound the wait here too
+                    ack = await asyncio.wait_for(loop.run_in_executor(self.executor, self.handle, raw),
+                                                 self.timeout_s + 5.0)
+                except asyncio.TimeoutError:
+                    self.stats["AE"] += 1
+                    ack = build_ack(raw, "AE", "not stored, retry: broker did not acknowledge in time")
+                writer.writeblock(ack.encode("utf-8"))
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    # -- per message (blocking, in a worker thread) --------------------------------------------
+
+    def handle(self, raw: bytes) -> str:
+        """Map, publish durably, and return the ACK text for one raw HL7 message."""
+        try:
+            derived = map_message(raw, self.mapping, self.naive_tz)
+        except Hl7Reject as rej:
+            return self._reject(raw, rej)
+        except Exception as exc:  # never let one message take the listener down
+            log.exception("hl7: unexpected error mapping a message")
+            return self._reject(raw, Hl7Reject(f"cannot map message: {type(exc).__name__}: {exc}"))
+        try:
+            self._publish([(topic, m.key(), m.to_bytes()) for topic, m in derived])
+        except Exception as exc:
+            self.stats["AE"] += 1
+            log.warning("hl7: broker did not acknowledge: %r", exc)
+            return build_ack(raw, "AE", f"not stored, retry: broker did not acknowledge ({type(exc).__name__}: {exc})")
+        self.stats["AA"] += 1
+        for topic, _ in derived:
+            self.stats[topic] += 1
+        return build_ack(raw, "AA")
+
+    def _publish(self, records: list[tuple[str, bytes, bytes]]) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        futures = [self.producer.send(topic, key=key, value=value) for topic, key, value in records]
+        self.producer.flush(timeout=max(0.1, deadline - time.monotonic()))  # do not wait out linger_ms
+        for fut in futures:
+            fut.get(timeout=max(0.1, deadline - time.monotonic()))
+
+    def _reject(self, raw: bytes, rej: Hl7Reject) -> str:
+        pid = rej.patient_id or "unknown"
+        try:
+            pid = sanitize_patient_id(pid)
+        except ValueError:
+            pid = "unknown"
+        letter = DeadLetter(patient_id=pid, event_time=time.time(), topic=DEADLETTER_SOURCE, partition=-1,
+                            offset=-1, reason=rej.reason[:1000], original_b64=base64.b64encode(raw).decode())
+        try:
+            self._publish([(topics.DEADLETTER, letter.key(), letter.to_bytes())])
+        except Exception as exc:
+            self.stats["AE"] += 1
+            log.warning("hl7: could not dead-letter a rejected message: %r", exc)
+            return build_ack(raw, "AE", f"rejected ({rej.reason}) but not dead-lettered, retry: {type(exc).__name__}")
+        self.stats["AR"] += 1
+        log.info("hl7: rejected: %s", rej.reason)
+        return build_ack(raw, "AR", rej.reason, rej)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+        self.executor.shutdown(wait=True)
+        if self._own_producer:
+            self.producer.close()
+
+
+async def serve(settings: Settings, host: str, port: int) -> None:
+    """Run a listener until cancelled (Ctrl-C)."""
+    listener = Hl7Listener(settings)
+    await listener.start(host, port)
+    log.warning("hl7: listening for MLLP on %s:%d (broker %s)", host, listener.port, settings.broker)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await listener.close()
+        log.warning("hl7: stopped; %s", dict(listener.stats))
