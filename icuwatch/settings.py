@@ -65,6 +65,15 @@ class Settings(BaseSettings):
     api_escalate_interval_s: float = 30.0
     """How often the API escalates alerts left unacknowledged too long."""
 
+    dicom_host: str = "127.0.0.1"
+    """Where ``icuwatch dicom-listen`` (the C-STORE SCP for chest X-rays) listens."""
+    dicom_port: int = 11112
+    dicom_ae_title: str = "ICUWATCH"
+    dicom_require_admitted: bool = True
+    """Refuse DICOM objects whose PatientID is not a patient ADT admitted (``patients`` table)."""
+    dicom_broker_timeout_s: float = 30.0
+    """How long the SCP waits for the broker to confirm an ``icu.cxr`` message before refusing."""
+
     fhir_endpoint: str | None = None
     """FHIR R4 base URL that each alert's transaction Bundle is pushed to; unset: no push."""
     fhir_token: str | None = None
