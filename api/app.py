@@ -51,7 +51,7 @@ async def _escalation_loop(app: FastAPI, interval_s: float) -> None:
         try:
             ids = await run_in_threadpool(escalate_once, app)
             if ids:
-                log.warning("escalated %d unacknowledged alert(s): %s", len(ids), ", ".join(ids[:10]))
+                log.warning("escalated %d unacknowledged alert(s)", len(ids))  # ids carry patient ids: not logged
         except Exception:  # keep escalating after a transient database error
             log.exception("escalation pass failed")
         await asyncio.sleep(interval_s)

@@ -106,6 +106,7 @@ def wait_for_port(host: str, port: int, timeout_s: float, name: str, settings: S
             break
         time.sleep(0.1)
     tail = log_file(settings, name).read_text(errors="replace")[-2000:]
+    stop(settings, name)
     raise RuntimeError(f"{name} did not listen on {host}:{port}; log tail:\n{tail}")
 
 

@@ -133,8 +133,7 @@ async def push_alert(
                 result.error = f"{type(exc).__name__}: {exc}"
             if attempt < attempts:
                 delay = backoff_delay(attempt, settings, retry_after)
-                log.info("FHIR push of %s failed (%s), retry %d in %.2f s",
-                         headers.get("X-Request-Id"), result.error, attempt, delay)
+                log.info("FHIR push failed (%s), retry %d in %.2f s", result.error, attempt, delay)
                 await sleep(delay)
         return result
     finally:
@@ -183,7 +182,7 @@ class FhirPusher:
         try:
             bundle = fx.bundle_for_alert(alert, score)
         except Exception:  # a bad alert must not reach the caller's stream
-            log.exception("could not build the FHIR Bundle of %r", getattr(alert, "alert_id", alert))
+            log.exception("could not build a FHIR Bundle for an alert")
             self.stats["failed"] += 1
             return False
         return self.submit(bundle)
@@ -214,8 +213,7 @@ class FhirPusher:
             else:
                 self.stats["failed"] += 1
                 self.last_error = r.error
-                log.warning("FHIR push of %s gave up after %d attempt(s): %s",
-                            (bundle.get("identifier") or {}).get("value"), r.attempts, r.error)
+                log.warning("FHIR push gave up after %d attempt(s): %s", r.attempts, r.error)
 
     async def drain(self, timeout_s: float = 30.0) -> bool:
         """Wait until the queue is empty and the current push has finished (True) or timeout."""

@@ -15,6 +15,7 @@ Pure: no settings, clock reads only for ``raised_at``; the worker passes the thr
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 
@@ -56,10 +57,20 @@ def update(state: dict, score: schemas.Score, thresholds: dict[str, Thresholds])
 
 def step(state: dict, score: schemas.Score,
          thresholds: dict[str, Thresholds]) -> tuple[list[schemas.Alert], list[str]]:
-    """Advance the episode state machine with one score: (alerts opened, ids of episodes closed)."""
-    if score.event_time <= state["last_t"]:
+    """Advance the episode state machine with one score: (alerts opened, ids of episodes closed).
+
+    A higher revision of the latest score (late data for the same time) replaces it: the state goes
+    back to before that score and the revision is applied instead. Older scores are ignored.
+    """
+    revision = getattr(score, "revision", 0)
+    if score.event_time == state["last_t"] and revision > state.get("last_revision", 0) and "before_last" in state:
+        state["kinds"] = copy.deepcopy(state["before_last"])
+    elif score.event_time <= state["last_t"]:
         return [], []
+    else:
+        state["before_last"] = copy.deepcopy(state["kinds"])
     state["last_t"] = score.event_time
+    state["last_revision"] = revision
     raised, closed = [], []
     for kind, field in RISK_FIELD.items():
         th, ks = thresholds[kind], state["kinds"][kind]

@@ -46,12 +46,6 @@ class Message(BaseModel):
         return self.patient_id.encode()
 
 
-def _finite(v: float | None) -> float | None:
-    if v is not None and not math.isfinite(v):
-        raise ValueError("must be finite")
-    return v
-
-
 class Vitals(Message):
     """Numerics from a bedside monitor, typically once a second. Absent values are omitted."""
 
@@ -78,6 +72,10 @@ class Vitals(Message):
 VITAL_FIELDS = ("hr", "spo2", "rr", "sbp", "dbp", "map", "temp")
 
 
+MIN_SAMPLING_HZ = {"ecg": 50.0, "ppg": 25.0, "resp": 4.0}
+"""Below these rates QRS, pulse and breath detection are meaningless (and their filters undefined)."""
+
+
 class Waveform(Message):
     """One chunk (normally 1 s) of a sampled signal; ``event_time`` is the time of sample 0."""
 
@@ -92,6 +90,13 @@ class Waveform(Message):
         if not all(math.isfinite(x) for x in v):
             raise ValueError("samples must be finite")
         return v
+
+    @model_validator(mode="after")
+    def _plausible_rate(self) -> "Waveform":
+        low = MIN_SAMPLING_HZ[self.signal]
+        if self.fs < low:
+            raise ValueError(f"{self.signal} sampled at {self.fs} Hz; at least {low} Hz needed")
+        return self
 
     @property
     def duration_s(self) -> float:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+
 from icuwatch.storage import db, repository
 from icuwatch.storage.models import Alert
 from icuwatch.streams import schemas
@@ -39,17 +41,31 @@ class StorageSink:
         with self.sessions() as session, session.begin():
             return fn(session, *args)
 
+    async def _durably(self, what: str, fn, *args):
+        """Run a database call in a thread, retrying with backoff while the database is unavailable:
+        the stream waits (and Kafka keeps the backlog) rather than dropping the write or crashing."""
+        delay = 0.5
+        while True:
+            try:
+                return await asyncio.to_thread(self._run, fn, *args)
+            except repository.StorageError:
+                raise
+            except (OperationalError, InterfaceError) as exc:
+                log.error("database unavailable while %s (%s); retrying in %.1f s", what, type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
     async def upsert_patient(self, adt: schemas.Adt) -> None:
-        await asyncio.to_thread(self._run, repository.upsert_patient, adt)
+        await self._durably("storing an ADT event", repository.upsert_patient, adt)
 
     async def store_alert(self, alert: schemas.Alert) -> bool:
-        return await asyncio.to_thread(self._run, repository.add_alert, alert)
+        return await self._durably("storing an alert", repository.add_alert, alert)
 
     async def close_episode(self, alert_id: str) -> None:
         """The episode ended (risk back below 'off'): resolve its alert if a nurse acknowledged it, so
         the next episode of that kind can alert (one open alert per patient and kind)."""
         try:
-            await asyncio.to_thread(self._run, _resolve_if_acknowledged, alert_id)
+            await self._durably("closing an episode", _resolve_if_acknowledged, alert_id)
         except repository.AlertNotFound:
             pass
 

@@ -88,11 +88,11 @@ async def publish_score(score: schemas.Score) -> None:
     stats["scores_published"] += 1
 
 
-async def dead_letter(event: faust.EventT, reason: str) -> None:
+async def dead_letter(event: faust.EventT, reason: str, patient_id: str | None = None) -> None:
     msg = event.message
     key = msg.key if isinstance(msg.key, bytes) else None
     try:
-        pid = key.decode() if key else "unknown"
+        pid = patient_id or (key.decode() if key else "unknown")
         schemas.Message(patient_id=pid, event_time=time.time())
     except Exception:
         pid = "unknown"
@@ -120,10 +120,18 @@ async def ingest(stream: faust.StreamT) -> None:
         except schemas.SchemaError as exc:
             await dead_letter(event, exc.reason)
             continue
+        if event.message.key is None:
+            await dead_letter(event, "missing message key (topics are partitioned by patient id)", msg.patient_id)
+            continue
         key = msg.key()
         state = live_state.get(key) or patients.get(key) or patient_state.new_state()
         live_state[key] = state
-        accepted = patient_state.apply(state, msg, waveforms)
+        try:
+            accepted = patient_state.apply(state, msg, waveforms)
+        except Exception as exc:  # a valid message the feature code cannot handle: never kill the agent
+            log.warning("message from %s not applied: %s", topic, type(exc).__name__)
+            await dead_letter(event, f"not processable: {type(exc).__name__}: {exc}"[:300])
+            continue
         processed_by_topic[topic] += 1
         stats["processed"] += 1
         if not accepted:
@@ -131,6 +139,8 @@ async def ingest(stream: faust.StreamT) -> None:
             continue
         if isinstance(msg, schemas.Adt):
             await storage.upsert_patient(msg)
+            if msg.event == "discharge":
+                waveforms.forget(msg.patient_id)
         trigger = patient_state.scoring_trigger(state, settings.score_interval_s)
         if trigger is not None:
             t = state["now"]

@@ -20,8 +20,8 @@ def stack(tmp_path_factory):
     from icuwatch.deploy import broker, triton
 
     settings, env = settings_for(tmp_path_factory.mktemp("stack"))
-    broker.start(settings)
     try:
+        broker.start(settings)
         triton.start(settings)
         yield settings, env
     finally:

@@ -124,3 +124,16 @@ def test_step_reports_the_episode_it_closes():
         opened += o
         closed += c
     assert [a.alert_id for a in opened] == closed
+
+
+def test_a_revised_score_can_open_the_episode_its_first_version_did_not():
+    th = {k: alerting.Thresholds(0.5, 0.3, confirm=2, clear=3, refractory_s=0) for k in alerting.RISK_FIELD}
+    state = alerting.new_alert_state()
+    assert alerting.step(state, score(T, 0.1, sepsis=0.9), th)[0] == []
+    first = score(T + 60, 0.1, sepsis=0.2)
+    assert alerting.step(state, first, th)[0] == []
+    revised = first.model_copy(update={"sepsis_risk": 0.8, "revision": 1})
+    opened, _ = alerting.step(state, revised, th)
+    assert [a.kind for a in opened] == ["sepsis"] and opened[0].episode_start == T
+    assert alerting.step(state, revised, th) == ([], [])  # redelivered revision: nothing new
+    assert alerting.step(state, first, th) == ([], [])  # the older revision arriving late: ignored

@@ -120,14 +120,15 @@ def test_streaming_scores_agree_with_psv_predict(stack, tmp_path):
     for stay in chosen:
         pid = f"{stay.patient_id}x{suffix}"
         times = hour_times(stay, base)
-        offline = rule_outputs(stay, base)["sepsis_risk"]
+        offline = rule_outputs(stay, base)
         streamed = {r.event_time: r for r in rows if r.patient_id == pid}
         assert all(r.source == "triton" for r in streamed.values())
         for i, t in enumerate(times):
             row = streamed.get(utc(float(t)))
             if row is None:
                 continue  # hours with no vital signs advance no clock: the stream scores no such hour
-            assert row.sepsis_risk == pytest.approx(float(offline[i]), abs=1e-5), (pid, i, row.trigger)
+            for field in ("sepsis_risk", "deterioration_risk", "news2", "qsofa"):
+                assert getattr(row, field) == pytest.approx(float(offline[field][i]), abs=1e-5), (pid, i, field)
             compared += 1
     assert compared >= sum(len(s.values) for s in chosen) // 2
 

@@ -132,7 +132,8 @@ def test_psv_out_of_range_nan_hosp_and_merge(tmp_path):
     assert merged_stats["stays"] == 3 and {m.patient_id for _, _, m in merged} == {"p000001", "p000002", "p000003"}
     producer = FakeProducer()
     counts = replay_psv(tmp_path, producer, patients=2, progress=True, id_prefix="x-")
-    assert counts["stays"] == 2 and counts["skipped_out_of_range"] == 3 + 1  # + age 200 of p000002 and producer.flushed
+    assert counts["stays"] == 2 and counts["skipped_out_of_range"] == 3 + 1  # + age 200 of p000002
+    assert producer.flushed
     assert sum(counts["produced"].values()) == len(producer.sent)
     assert {k for _, k, _ in producer.sent} == {b"x-p000001", b"x-p000002"}
 

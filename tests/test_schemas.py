@@ -35,6 +35,7 @@ def test_round_trip_every_input_type():
         (topics.WAVEFORMS, b'{"patient_id":"p1","event_time":1764000000,"signal":"ecg","fs":250,"samples":[]}', "samples"),
         (topics.ADT, b'{"patient_id":"p 1","event_time":1764000000,"event":"admit"}', "patient_id"),
         (topics.VITALS, b"", "empty"),
+        (topics.WAVEFORMS, b'{"patient_id":"p1","event_time":1764000000,"signal":"ecg","fs":3,"samples":[0.1,0.2,0.3]}', "at least 50"),
     ],
 )
 def test_bad_messages_raise_schema_error_with_reason(topic, payload, reason):

@@ -24,6 +24,7 @@ def test_shadow_report_lists_every_difference(tmp_path):
     summary = compare(DATA, "news2", "qsofa", patients=40, progress=False)
     assert summary["patients"] == 40
     assert summary["model_a"]["name"] == "news2" and summary["model_b"]["name"] == "qsofa"
+    assert summary["differences"], "news2 and qsofa alert differently on 40 real stays"
     for row in summary["differences"]:
         assert row["alert_hours_a"] != row["alert_hours_b"]
         assert set(row["only_a"]) == set(row["alert_hours_a"]) - set(row["alert_hours_b"])
