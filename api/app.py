@@ -57,6 +57,31 @@ async def _escalation_loop(app: FastAPI, interval_s: float) -> None:
         await asyncio.sleep(interval_s)
 
 
+async def _fhir_push_loop(app: FastAPI, interval_s: float = 2.0) -> None:
+    """With ``ICUWATCH_FHIR_ENDPOINT`` set: every alert change (raise, acknowledge, resolve, escalate)
+    goes to the EHR as a FHIR transaction Bundle (conditional updates, so re-sends never duplicate).
+    The cursor starts at the app's start time: older changes were pushed by the previous run."""
+    from datetime import datetime, timezone
+
+    from icuwatch.interfaces.fhir_push import FhirPusher, changed_alert_bundles
+
+    pusher = FhirPusher(app.state.settings)
+    await pusher.start()
+    cursor: tuple = (datetime.now(timezone.utc), None)
+    try:
+        while True:
+            try:
+                with app.state.sessions() as s:
+                    bundles, cursor = await run_in_threadpool(changed_alert_bundles, s, *cursor)
+                for bundle in bundles:
+                    pusher.submit(bundle)
+            except Exception:
+                log.exception("FHIR push pass failed")
+            await asyncio.sleep(interval_s)
+    finally:
+        await pusher.stop()
+
+
 def _page(name: str) -> Response:
     path = STATIC_DIR / name
     if path.is_file():
@@ -119,11 +144,15 @@ def create_app(settings: Optional[Settings] = None, *, escalate: bool = True) ->
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(_escalation_loop(app, settings.api_escalate_interval_s)) if escalate else None
+        tasks = []
+        if escalate:
+            tasks.append(asyncio.create_task(_escalation_loop(app, settings.api_escalate_interval_s)))
+        if settings.fhir_endpoint:
+            tasks.append(asyncio.create_task(_fhir_push_loop(app)))
         try:
             yield
         finally:
-            if task is not None:
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

@@ -391,3 +391,40 @@ def test_push_gives_up_is_bounded_and_off_when_unset():
     delays = [fp.backoff_delay(n, Settings(fhir_push_backoff_s=1, fhir_push_backoff_max_s=5)) for n in range(1, 8)]
     assert 0.8 <= delays[0] <= 1.2 and 1.6 <= delays[1] <= 2.4 and max(delays) == 5
     asyncio.run(scenario())
+
+
+def test_the_api_pushes_alert_changes_when_an_endpoint_is_configured(tmp_path):
+    """`icuwatch serve` with ICUWATCH_FHIR_ENDPOINT: a raised alert, then its acknowledgement,
+    reach the (real, local) FHIR server as conditional updates: one set of resources, updated."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = FakeFhirServer(fail_first=1)
+    runner, endpoint = asyncio.run_coroutine_threadsafe(_serve(server), loop).result(10)
+    url = f"sqlite:///{tmp_path / 'push.db'}"
+    db.upgrade(url)
+    settings = _push_settings(endpoint, database_url=url)
+    sessions = db.session_factory(db.make_engine(url))
+    try:
+        with TestClient(create_app(settings, escalate=False)):
+            with sessions.begin() as s:
+                repo.add_alert(s, make_alert(pid="push1"))
+            deadline = time.monotonic() + 15
+            while server.creates < 3 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert server.creates == 3, server.requests
+            with sessions.begin() as s:
+                repo.acknowledge(s, make_alert(pid="push1").alert_id, by="nurse.a")
+            deadline = time.monotonic() + 15
+            while len(server.requests) < 3 and time.monotonic() < deadline:
+                time.sleep(0.1)
+        assert server.creates == 3 and len(server.store) == 3
+        issue = next(v for (t, _), v in server.store.items() if t == "DetectedIssue")
+        assert issue["status"] == "final"  # acknowledged
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
