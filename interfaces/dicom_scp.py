@@ -130,11 +130,10 @@ def sanitise_patient_id(raw: Any) -> str | None:
     """PatientID as the schemas' id (``[A-Za-z0-9_.-]{1,64}``): surrounding spaces stripped, any
     other character replaced by ``_`` (the rule the WFDB replay uses). None when empty or longer
     than 64 characters (truncating could match another patient)."""
-    text = str(raw or "").strip()
-    if not text:
+    try:
+        return schemas.sanitize_patient_id(raw)
+    except schemas.SchemaError:
         return None
-    pid = re.sub(r"[^A-Za-z0-9_.\-]", "_", text)
-    return pid if len(pid) <= 64 else None
 
 
 def _offset(text: str) -> timezone | None:

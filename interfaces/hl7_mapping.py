@@ -35,7 +35,7 @@ from zoneinfo import ZoneInfo
 import hl7
 from pydantic import ValidationError
 
-from icuwatch.streams import topics
+from icuwatch.streams import schemas, topics
 from icuwatch.streams.schemas import LAB_UNITS, Adt, Lab, Message, Vitals
 
 TOPICS = {"vitals": topics.VITALS, "labs": topics.LABS}
@@ -246,15 +246,11 @@ def completed_years(born: date, on: date) -> int:
 # ---------------------------------------------------------------------------------------------
 # message access helpers
 
-_ID_BAD = re.compile(r"[^A-Za-z0-9_.\-]")
 
 
 def sanitize_patient_id(raw: str) -> str:
-    """PID-3 identifier -> the schema's ``[A-Za-z0-9_.-]{1,64}`` (other characters become ``_``)."""
-    pid = _ID_BAD.sub("_", raw.strip())[:64]
-    if not pid:
-        raise ValueError("empty patient identifier")
-    return pid
+    """PID-3 identifier -> the schema's patient id (see ``schemas.sanitize_patient_id``)."""
+    return schemas.sanitize_patient_id(raw)
 
 
 class _Seg:

@@ -10,6 +10,7 @@ original bytes to ``icu.deadletter`` with the reason.
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -18,7 +19,8 @@ from icuwatch.streams import topics
 
 SCHEMA_VERSION = 1
 
-PatientId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
+PATIENT_ID_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
+PatientId = Annotated[str, Field(min_length=1, max_length=64, pattern=PATIENT_ID_PATTERN)]
 EARLIEST_EVENT_TIME = 946_684_800.0
 """2000-01-01T00:00:00Z: anything older is a clock or unit error (milliseconds, relative time)."""
 EventTime = Annotated[float, Field(ge=EARLIEST_EVENT_TIME, lt=4.0e9, allow_inf_nan=False)]
@@ -30,6 +32,19 @@ class SchemaError(ValueError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def sanitize_patient_id(raw: object) -> str:
+    """A hospital identifier (HL7 PID-3, DICOM PatientID, a record name) as a v1 patient id: spaces
+    around it stripped, any character outside ``[A-Za-z0-9_.-]`` replaced by ``_``. Empty or longer
+    than 64 characters is a :class:`SchemaError`: truncating could make two patients one."""
+    text = str(raw or "").strip()
+    pid = re.sub(r"[^A-Za-z0-9_.\-]", "_", text)
+    if not pid:
+        raise SchemaError("empty patient identifier")
+    if len(pid) > 64:
+        raise SchemaError("patient identifier longer than 64 characters")
+    return pid
 
 
 class Message(BaseModel):

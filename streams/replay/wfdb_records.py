@@ -33,7 +33,7 @@ import numpy as np
 import wfdb
 from pydantic import ValidationError
 
-from icuwatch.streams import topics
+from icuwatch.streams import schemas, topics
 from icuwatch.streams.pacing import send_paced
 from icuwatch.streams.schemas import EARLIEST_EVENT_TIME, Message, Vitals, Waveform
 
@@ -64,8 +64,11 @@ def _norm(name: str) -> str:
 
 
 def sanitize_patient_id(name: str) -> str:
-    pid = re.sub(r"[^A-Za-z0-9_.\-]", "_", name)[:64]
-    return pid or "unknown"
+    """A record name as a patient id (``schemas.sanitize_patient_id``); 'unknown' if unusable."""
+    try:
+        return schemas.sanitize_patient_id(name)
+    except schemas.SchemaError:
+        return "unknown"
 
 
 def pick_ecg(sig_names: list[str]) -> int | None:
