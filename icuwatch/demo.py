@@ -55,7 +55,7 @@ def wait_drained(settings: Settings, expected_inputs: int, timeout_s: float) -> 
     while time.monotonic() < deadline:
         stats = worker_stats(settings)
         taken = stats.get("processed", 0) + stats.get("deadlettered", 0)
-        settled = stats.get("scores_stored", -1) >= stats.get("scores_published", 0) > 0
+        settled = stats.get("scores_taken", -1) >= stats.get("scores_published", 0) > 0
         if taken >= expected_inputs and settled:
             time.sleep(2.0)
             return worker_stats(settings)

@@ -248,20 +248,29 @@ def open_alert(session: Session, patient_id: str, kind: str) -> Alert | None:
 
 
 def add_alert(session: Session, alert: schemas.Alert) -> bool:
-    """Store a newly raised alert and its 'raised' audit event; True if stored.
+    """:func:`store_alert`, True only when the alert was newly stored."""
+    return store_alert(session, alert) == "stored"
 
-    False, with nothing written, if ``alert_id`` already exists: a redelivered alert never touches
+
+def store_alert(session: Session, alert: schemas.Alert) -> str:
+    """Store a newly raised alert and its 'raised' audit event: ``"stored"``, ``"duplicate"`` or
+    ``"suppressed"``.
+
+    ``"duplicate"``, with nothing written, if ``alert_id`` already exists: a redelivered alert never touches
     the stored one, so an acknowledgement survives redelivery.
 
     One open episode per patient and kind: while a raised or acknowledged alert of the same patient
     and kind exists, a new alert is not stored; instead a 'suppressed' event is written against the
     open alert (``detail["suppressed_alert_id"]`` = the new id; once per suppressed id, so
-    redelivery adds nothing) and False is returned.
+    redelivery adds nothing) and ``"suppressed"`` is returned.
+
+    The worker republishes a duplicate (it may have died between storing and publishing it);
+    a suppressed alert is not published.
     """
     ensure_patient(session, alert.patient_id)
     _lock_patient(session, alert.patient_id)
     if session.get(Alert, alert.alert_id) is not None:
-        return False
+        return "duplicate"
     now = _now()
     blocking = open_alert(session, alert.patient_id, alert.kind)
     if blocking is not None:
@@ -287,7 +296,7 @@ def add_alert(session: Session, alert: schemas.Alert) -> bool:
                     "event_time": _iso(utc(alert.event_time)),
                 },
             )
-        return False
+        return "suppressed"
     row = {
         "alert_id": alert.alert_id,
         "patient_id": alert.patient_id,
@@ -306,7 +315,7 @@ def add_alert(session: Session, alert: schemas.Alert) -> bool:
         "updated_at": now,
     }
     if _insert_ignore(session, Alert, [row], ["alert_id"]) != 1:
-        return False
+        return "duplicate"
     record_event(
         session,
         alert.alert_id,
@@ -322,7 +331,7 @@ def add_alert(session: Session, alert: schemas.Alert) -> bool:
             "event_time": _iso(row["event_time"]),
         },
     )
-    return True
+    return "stored"
 
 
 def _locked_alert(session: Session, alert_id: str) -> Alert:

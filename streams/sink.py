@@ -1,5 +1,6 @@
 """The worker's way into the database: SQLAlchemy calls run in a thread so the event loop keeps
-consuming; scores are written in batches, alerts one by one before they are published."""
+consuming; each score and alert is written before its event is acknowledged, and a database outage
+makes the stream wait (retrying) instead of dropping writes."""
 
 from __future__ import annotations
 
@@ -28,7 +29,6 @@ class StorageSink:
     def __init__(self, url: str) -> None:
         self.url = url
         self._sessions = None
-        self._scores: list[schemas.Score] = []
         self.scores_stored = 0
 
     @property
@@ -58,8 +58,15 @@ class StorageSink:
     async def upsert_patient(self, adt: schemas.Adt) -> None:
         await self._durably("storing an ADT event", repository.upsert_patient, adt)
 
-    async def store_alert(self, alert: schemas.Alert) -> bool:
-        return await self._durably("storing an alert", repository.add_alert, alert)
+    async def store_alert(self, alert: schemas.Alert) -> str:
+        """"stored", "duplicate" (already stored: republish, the worker may have died before) or
+        "suppressed" (another alert of this patient and kind is open)."""
+        return await self._durably("storing an alert", repository.store_alert, alert)
+
+    async def store_score(self, score: schemas.Score) -> None:
+        """One score, written before its event is acknowledged (scores come at most a few per
+        patient-minute, so a transaction each is cheap and nothing waits in memory)."""
+        self.scores_stored += await self._durably("storing a score", repository.add_scores, [score])
 
     async def close_episode(self, alert_id: str) -> None:
         """The episode ended (risk back below 'off'): resolve its alert if a nurse acknowledged it, so
@@ -68,16 +75,3 @@ class StorageSink:
             await self._durably("closing an episode", _resolve_if_acknowledged, alert_id)
         except repository.AlertNotFound:
             pass
-
-    def queue_score(self, score: schemas.Score) -> None:
-        self._scores.append(score)
-
-    async def flush_scores(self) -> None:
-        if not self._scores:
-            return
-        batch, self._scores = self._scores, []
-        try:
-            self.scores_stored += await asyncio.to_thread(self._run, repository.add_scores, batch)
-        except Exception as exc:
-            log.error("storing %d scores failed (%s); will retry", len(batch), type(exc).__name__)
-            self._scores[:0] = batch

@@ -60,7 +60,8 @@ live_state: dict[bytes, dict] = {}
 episodes = app.Table("alert_state", key_type=bytes, partitions=settings.partitions)
 
 stats: dict[str, int] = {"processed": 0, "duplicates": 0, "deadlettered": 0, "scores_submitted": 0,
-                         "scores_published": 0, "alerts_raised": 0, "alerts_suppressed": 0}
+                         "scores_published": 0, "alerts_raised": 0, "alerts_suppressed": 0,
+                         "alerts_republished": 0, "scores_taken": 0}
 processed_by_topic: dict[str, int] = {t: 0 for t in topics.INPUTS}
 last_record_ts: dict[str, float] = {}
 """Per input topic, the Kafka timestamp (producer time) of the last record taken: how far behind
@@ -172,13 +173,15 @@ async def raise_alerts(stream: faust.StreamT) -> None:
         key = score.key()
         state = episodes.get(key) or alerting.new_alert_state()
         raised, closed = alerting.step(state, score, thresholds)
-        storage.queue_score(score)
+        await storage.store_score(score)
+        stats["scores_taken"] += 1
         for alert in raised:
-            if await storage.store_alert(alert):
-                stats["alerts_raised"] += 1
-                await alerts_topic.send(key=alert.key(), value=alert.to_bytes())
-            else:
+            outcome = await storage.store_alert(alert)
+            if outcome == "suppressed":
                 stats["alerts_suppressed"] += 1
+                continue
+            stats["alerts_raised" if outcome == "stored" else "alerts_republished"] += 1
+            await alerts_topic.send(key=alert.key(), value=alert.to_bytes())
         for closed_id in closed:
             await storage.close_episode(closed_id)
         episodes[key] = state
@@ -187,11 +190,6 @@ async def raise_alerts(stream: faust.StreamT) -> None:
 @app.task
 async def scoring_loop() -> None:
     await batcher().run()
-
-
-@app.timer(interval=1.0)
-async def flush_scores() -> None:
-    await storage.flush_scores()
 
 
 def consumer_lag() -> dict[str, dict[str, int]]:

@@ -452,3 +452,14 @@ def test_upgrade_from_0002_keeps_data_and_backfills_the_audit_trail(url: str) ->
                 s.execute(sa.update(Alert).values(state="bogus"))
     finally:
         eng.dispose()
+
+
+def test_store_alert_tells_duplicate_from_suppressed(sessions: sessionmaker[Session]) -> None:
+    """The worker republishes a duplicate (it may have died after storing, before publishing) and
+    publishes nothing for a suppressed alert."""
+    first = alert(episode=0, t=T0)
+    with sessions.begin() as s:
+        assert repo.store_alert(s, first) == "stored"
+    with sessions.begin() as s:
+        assert repo.store_alert(s, first) == "duplicate"
+        assert repo.store_alert(s, alert(episode=1, t=T0 + 600)) == "suppressed"
