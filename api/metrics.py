@@ -83,6 +83,9 @@ class PipelineCollector(Collector):
         raised = CounterMetricFamily("icuwatch_alerts_raised", "Alerts raised by the worker", labels=["worker"])
         lag = GaugeMetricFamily("icuwatch_consumer_lag", "Messages behind the end of the partition (worker-reported)",
                                 labels=["worker", "topic", "partition"])
+        record_age = GaugeMetricFamily("icuwatch_record_age_seconds",
+                                       "Wall time since the producer stamped the last record the worker took",
+                                       labels=["worker", "topic"])
 
         for name, st in stats.items():
             at = _num(st.get("at"))
@@ -109,11 +112,14 @@ class PipelineCollector(Collector):
                 errors.add_metric([name], scorer["triton_errors"])
             for topic, partition, n in _lag_entries(st.get("consumer_lag", st.get("lag"))):
                 lag.add_metric([name, topic, partition], n)
+            for topic, seconds in (st.get("record_age_s") or {}).items():
+                if _num(seconds) is not None:
+                    record_age.add_metric([name, topic], seconds)
 
         workers = GaugeMetricFamily("icuwatch_workers", "Worker stats files found")
         workers.add_metric([], len(stats))
         yield from (workers, up, age, processed, dead, dups, scores, batches, fallback, errors, published,
-                    stored, pending, raised, lag)
+                    stored, pending, raised, lag, record_age)
 
     # ----------------------------------------------------------------------------------- alerts
 

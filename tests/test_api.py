@@ -359,6 +359,7 @@ def test_metrics(client, settings, sessions, tokens):
         "scorer": {"triton_batches": 2, "triton_rows": 7, "fallback_batches": 1, "fallback_rows": 3,
                    "triton_errors": 1},
         "scores_stored": 10, "scores_pending": 0, "consumer_lag": {"icu.vitals": {"0": 5, "1": 0}},
+        "record_age_s": {"icu.vitals": 1.5},
     }))
     (settings.run_dir / "worker-6067.json").write_text("{half-written")
     admit(sessions, "p1", "ICU-A", "1", t=NOW - 7200)
@@ -382,6 +383,7 @@ def test_metrics(client, settings, sessions, tokens):
     assert samples[("icuwatch_scores_total", (("source", "fallback"), w))] == 3
     assert samples[("icuwatch_scores_fallback_total", (w,))] == 3
     assert samples[("icuwatch_consumer_lag", (("partition", "0"), ("topic", "icu.vitals"), w))] == 5
+    assert samples[("icuwatch_record_age_seconds", (("topic", "icu.vitals"), w))] == 1.5
     assert samples[("icuwatch_worker_up", (w,))] == 1
     assert samples[("icuwatch_workers", ())] == 1
     assert samples[("icuwatch_alerts_open", ())] == 1

@@ -47,7 +47,7 @@ def sessions(settings):
     return db.session_factory(db.make_engine(settings.database_url))
 
 
-def test_simulated_deterioration_alert_lands_in_database(pipeline):
+def test_simulated_deterioration_alert_lands_in_database(pipeline, tmp_path):
     from icuwatch.streams.simulator import Simulation
     from icuwatch.streams.simulator.producer import publish
 
@@ -77,6 +77,9 @@ def test_simulated_deterioration_alert_lands_in_database(pipeline):
     with factory() as s:
         scores = s.scalars(select(Score).where(Score.patient_id.startswith(prefix))).all()
     assert scores and all(sc.source == "triton" for sc in scores)
+    log_text = (tmp_path / "worker.log").read_text(errors="replace")
+    assert "Worker]: Ready" in log_text
+    assert prefix not in log_text, "a patient identifier reached the worker's log"
 
 
 def test_malformed_messages_go_to_deadletter_and_good_ones_still_flow(pipeline):
