@@ -65,7 +65,7 @@ def ensure_topics(settings: Settings, names: tuple[str, ...] = topics.ALL) -> No
         if missing:
             try:
                 admin.create_topics(
-                    [NewTopic(n, num_partitions=settings.partitions, replication_factor=1) for n in missing]
+                    [NewTopic(n, num_partitions=settings.partitions, replication_factor=settings.replication_factor) for n in missing]
                 )
             except TopicAlreadyExistsError:
                 pass

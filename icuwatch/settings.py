@@ -17,6 +17,9 @@ class Settings(BaseSettings):
     """Kafka bootstrap servers, ``host:port[,host:port]``."""
     partitions: int = 4
     """Partitions of every topic (all co-partitioned by patient id)."""
+    replication_factor: int = 1
+    """Replicas of every topic icuwatch creates, table changelogs included (1 for the local broker;
+    3 in production, with min.insync.replicas 2 on the cluster)."""
 
     triton_url: str = "127.0.0.1:8001"
     """Triton gRPC endpoint."""
