@@ -1,7 +1,7 @@
 """Alert lifecycle in storage: audit trail, one open episode per patient and kind, escalation,
 change feed, timeline, alert quality, API tokens, and migration 0003 over 0002 data.
 
-Every test runs on SQLite and PostgreSQL with the fixtures of tests/test_storage.py (a fresh
+Every test runs on SQLite and PostgreSQL with the fixtures of tests/conftest.py and tests/test_storage.py (a fresh
 schema per PostgreSQL test).
 """
 
@@ -20,13 +20,8 @@ from test_storage import (  # noqa: F401  (fixtures)
     T0,
     adt,
     alert,
-    backend,
-    engine,
-    pg_admin,
     score,
-    sessions,
     ts,
-    url,
 )
 
 H, D = 3600.0, 86400.0

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 import threading
 import time
-import uuid
 import warnings
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -23,12 +21,10 @@ from typing import Iterator
 
 import httpx
 import pytest
-import sqlalchemy as sa
 
 with warnings.catch_warnings():  # "install httpx2 instead": httpx is what the project pins
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
-from sqlalchemy.engine import Engine, make_url
 
 from icuwatch.api.app import RedactTokenFilter, create_app, escalate_once
 from icuwatch.settings import Settings
@@ -36,10 +32,6 @@ from icuwatch.storage import db, repository as repo
 from icuwatch.storage.models import Alert
 from icuwatch.streams import schemas
 
-PG_URL = os.environ.get(
-    "ICUWATCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
-SESSION_TAG = f"icuwatch_apitest_{uuid.uuid4().hex[:10]}"
 NOW = time.time()
 
 PROTECTED = [
@@ -59,40 +51,11 @@ PUBLIC = ["/", "/patients/p1", "/healthz", "/openapi.json", "/docs"]
 # --------------------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def pg_admin() -> Iterator[Engine]:
-    u = make_url(PG_URL)
-    try:
-        socket.create_connection((u.host or "127.0.0.1", u.port or 5432), timeout=3).close()
-    except OSError as exc:
-        pytest.skip(f"PostgreSQL not reachable at {u.host}:{u.port or 5432}: {exc}")
-    engine = sa.create_engine(u, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-    yield engine
-    with engine.connect() as conn:
-        for name in conn.scalars(sa.text("SELECT nspname FROM pg_namespace WHERE nspname LIKE :p"),
-                                 {"p": f"{SESSION_TAG}%"}).all():
-            conn.execute(sa.text(f'DROP SCHEMA "{name}" CASCADE'))
-    engine.dispose()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A migrated, empty database."""
-    if request.param == "sqlite":
-        u = f"sqlite:///{tmp_path / 'db' / 'icuwatch.db'}"
-        db.upgrade(u)
-        yield u
-        return
-    admin: Engine = request.getfixturevalue("pg_admin")
-    schema = f"{SESSION_TAG}_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    u = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    u = u.render_as_string(hide_password=False)
-    db.upgrade(u)
-    yield u
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+@pytest.fixture
+def url(url: str) -> str:
+    """The conftest's empty database (SQLite or PostgreSQL), migrated."""
+    db.upgrade(url)
+    return url
 
 
 @pytest.fixture

@@ -7,24 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import time
-import uuid
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import unquote
 
 import pytest
-import sqlalchemy as sa
 from aiohttp import web
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.detectedissue import DetectedIssue
 from fhir.resources.R4B.flag import Flag
 from fhir.resources.R4B.riskassessment import RiskAssessment
-from sqlalchemy.engine import Engine, make_url
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -37,10 +33,6 @@ from icuwatch.settings import Settings
 from icuwatch.storage import db, repository as repo
 from icuwatch.streams import schemas
 
-PG_URL = os.environ.get(
-    "ICUWATCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
-SESSION_TAG = f"icuwatch_fhirtest_{uuid.uuid4().hex[:10]}"
 T0 = 1_700_000_000.0
 MODELS = {"RiskAssessment": RiskAssessment, "Flag": Flag, "DetectedIssue": DetectedIssue}
 
@@ -153,39 +145,11 @@ def test_bundles():
 # ---------------------------------------------------------------------------------- API routes
 
 
-@pytest.fixture(scope="module")
-def pg_admin() -> Iterator[Engine]:
-    u = make_url(PG_URL)
-    try:
-        socket.create_connection((u.host or "127.0.0.1", u.port or 5432), timeout=3).close()
-    except OSError as exc:
-        pytest.skip(f"PostgreSQL not reachable at {u.host}:{u.port or 5432}: {exc}")
-    engine = sa.create_engine(u, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-    yield engine
-    with engine.connect() as conn:
-        for name in conn.scalars(sa.text("SELECT nspname FROM pg_namespace WHERE nspname LIKE :p"),
-                                 {"p": f"{SESSION_TAG}%"}).all():
-            conn.execute(sa.text(f'DROP SCHEMA "{name}" CASCADE'))
-    engine.dispose()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        u = f"sqlite:///{tmp_path / 'db' / 'icuwatch.db'}"
-        db.upgrade(u)
-        yield u
-        return
-    admin: Engine = request.getfixturevalue("pg_admin")
-    schema = f"{SESSION_TAG}_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    u = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    u = u.render_as_string(hide_password=False)
-    db.upgrade(u)
-    yield u
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+@pytest.fixture
+def url(url: str) -> str:
+    """The conftest's empty database (SQLite or PostgreSQL), migrated."""
+    db.upgrade(url)
+    return url
 
 
 ROUTES = ["/fhir/RiskAssessment", "/fhir/Flag", "/fhir/DetectedIssue"]
