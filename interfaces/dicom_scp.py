@@ -445,12 +445,10 @@ class CxrStoreSCP:
             raw = event.encoded_dataset(include_meta=True)
         except Exception:  # noqa: BLE001
             raw = b""
-        if len(raw) <= DEADLETTER_MAX_ORIGINAL:
-            original, note = base64.b64encode(raw).decode("ascii"), ""
-        else:
-            original, note = "", f" [original {len(raw)} bytes not kept: over {DEADLETTER_MAX_ORIGINAL}]"
-        dl = schemas.DeadLetter(patient_id=patient_id or "unknown", event_time=time.time(), topic="dicom",
-                                partition=-1, offset=-1, reason=reason + note, original_b64=original)
+        note = ""
+        if len(raw) > DEADLETTER_MAX_ORIGINAL:
+            raw, note = b"", f" [original {len(raw)} bytes not kept: over {DEADLETTER_MAX_ORIGINAL}]"
+        dl = schemas.DeadLetter.of("dicom", raw, reason + note, patient_id)
         try:
             self.producer.send(topics.DEADLETTER, key=dl.key(), value=dl.to_bytes()).get(timeout=self.timeout_s)
         except Exception as exc:  # noqa: BLE001

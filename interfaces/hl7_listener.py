@@ -19,7 +19,6 @@ connections run concurrently, their broker waits in worker threads.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 import uuid
@@ -168,8 +167,7 @@ class Hl7Listener:
             pid = sanitize_patient_id(pid)
         except ValueError:
             pid = "unknown"
-        letter = DeadLetter(patient_id=pid, event_time=time.time(), topic=DEADLETTER_SOURCE, partition=-1,
-                            offset=-1, reason=rej.reason[:1000], original_b64=base64.b64encode(raw).decode())
+        letter = DeadLetter.of(DEADLETTER_SOURCE, raw, rej.reason[:1000], pid)
         try:
             self._publish([(topics.DEADLETTER, letter.key(), letter.to_bytes())])
         except Exception as exc:

@@ -424,7 +424,6 @@ def _obx_coded(obx: _Seg, name: str, pid: str):
 
 def _oru(segs: list[_Seg], hdr: Header, mapping: ObservationMap, naive_tz: tzinfo) -> list[tuple[str, Message]]:
     pid = _patient_id(segs)
-    obr: _Seg | None = None
     obr_time: float | None = None
     result_time: float | None = None
     vitals: dict[float, dict] = {}
@@ -433,7 +432,6 @@ def _oru(segs: list[_Seg], hdr: Header, mapping: ObservationMap, naive_tz: tzinf
     n_obx = 0
     for seg in segs:
         if seg.name == "OBR":
-            obr = seg
             obr_time = _time(seg, 7, naive_tz, pid)
             result_time = _time(seg, 22, naive_tz, pid)
             continue

@@ -13,7 +13,6 @@ which made the changelog as large as the input and table recovery slower than th
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import time
@@ -91,22 +90,11 @@ async def publish_score(score: schemas.Score) -> None:
 
 async def dead_letter(event: faust.EventT, reason: str, patient_id: str | None = None) -> None:
     msg = event.message
-    key = msg.key if isinstance(msg.key, bytes) else None
-    try:
-        pid = patient_id or (key.decode() if key else "unknown")
-        schemas.Message(patient_id=pid, event_time=time.time())
-    except Exception:
-        pid = "unknown"
-    letter = schemas.DeadLetter(
-        patient_id=pid,
-        event_time=time.time(),
-        topic=msg.topic,
-        partition=msg.partition,
-        offset=msg.offset,
-        reason=reason[:500],
-        original_b64=base64.b64encode(msg.value or b"").decode(),
-    )
-    await deadletter_topic.send(key=pid.encode(), value=letter.to_bytes())
+    if patient_id is None and isinstance(msg.key, bytes):
+        patient_id = msg.key.decode(errors="replace")
+    letter = schemas.DeadLetter.of(msg.topic, msg.value or b"", reason[:500], patient_id,
+                                   msg.partition, msg.offset)
+    await deadletter_topic.send(key=letter.key(), value=letter.to_bytes())
     stats["deadlettered"] += 1
 
 
