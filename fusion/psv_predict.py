@@ -31,15 +31,13 @@ MODELS = (*RULE_MODELS, "gbt")
 
 
 def hour_times(stay: Stay, base_time: float) -> np.ndarray:
-    """Event time of each row, as the replay stamps it (ICU admission + ICULOS hours)."""
-    from icuwatch.streams.replay.psv import icu_admit_time
+    """Event time of each row, as the replay stamps it (ICU admission + ICULOS hours). A row without
+    a usable ICULOS (the replay skips it) still gets a prediction, at its row number's hour."""
+    from icuwatch.streams.replay.psv import row_times
 
-    hosp = stay.column("HospAdmTime") if "HospAdmTime" in stay.columns else np.array([np.nan])
-    finite = hosp[np.isfinite(hosp)]
-    t_admit = icu_admit_time(float(finite[0]) if finite.size else None, base_time)
-    hours = stay.column("ICULOS") if "ICULOS" in stay.columns else np.arange(1, len(stay.values) + 1)
-    hours = np.where(np.isfinite(hours) & (hours >= 0), hours, np.arange(1, len(stay.values) + 1))
-    return np.round(t_admit + hours * 3600.0, 3)
+    t_admit, times = row_times(stay, base_time)
+    by_row = np.round(t_admit + np.arange(1, len(times) + 1) * 3600.0, 3)
+    return np.where(np.isfinite(times), times, by_row)
 
 
 def rule_outputs(stay: Stay, base_time: float | None = None) -> dict[str, np.ndarray]:

@@ -56,6 +56,18 @@ def icu_admit_time(hosp_adm_hours: float | None, base_time: float) -> float:
     return round(base_time - h * 3600.0, 3)
 
 
+def row_times(stay: Stay, base_time: float) -> tuple[float, np.ndarray]:
+    """(ICU admission time, event time of every row); NaN for a row without a usable ICULOS."""
+    hosp = _first_finite(stay.column("HospAdmTime")) if "HospAdmTime" in stay.columns else None
+    t_admit = icu_admit_time(hosp, base_time)
+    if "ICULOS" in stay.columns:
+        hours = stay.column("ICULOS").astype(np.float64)
+        hours = np.where(np.isfinite(hours) & (hours >= 0), hours, np.nan)
+    else:
+        hours = np.arange(1, len(stay.values) + 1, dtype=np.float64)
+    return t_admit, np.round(t_admit + hours * 3600.0, 3)
+
+
 def _build(cls: type[Message], fields: dict[str, Any], stats: Counter, topic: str) -> Message | None:
     """``cls(**fields)``; fields the schema rejects are dropped (counted) until it validates."""
     fields = dict(fields)
@@ -78,8 +90,7 @@ def _stay_items(stay: Stay, base_time: float, stats: Counter, id_prefix: str = "
     """The stay's messages in publish-time order, built lazily row by row (rows sorted by ICULOS)."""
     pid = f"{id_prefix}{stay.patient_id}"
     col = {name: i for i, name in enumerate(stay.columns)}
-    hosp = _first_finite(stay.column("HospAdmTime")) if "HospAdmTime" in col else None
-    t_admit = icu_admit_time(hosp, base_time)
+    t_admit, times = row_times(stay, base_time)
     seq = 0
 
     def demographic(name: str) -> float | None:
