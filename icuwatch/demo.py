@@ -8,10 +8,8 @@ alerts with their lead time against the simulated onsets, and dead letters.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 from icuwatch.settings import Settings
 
@@ -20,24 +18,6 @@ MALFORMED = (
     ("icu.vitals", b'{"schema_version":1,"patient_id":"%s","event_time":1,"hr":80}'),
     ("icu.labs", b'{"schema_version":1,"patient_id":"%s","event_time":1764000000,"analyte":"lactate","value":2,"unit":"mg/dL","result_time":1764000001}'),
 )
-
-
-def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    stats = settings.run_dir / f"worker-{settings.worker_web_port}.json"
-    stats.unlink(missing_ok=True)
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "icuwatch.cli", "worker"], stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker exited with {proc.returncode}; see {log_path}")
-        if stats.exists() and "Worker]: Ready" in log_path.read_text(errors="replace"):
-            return proc
-        time.sleep(0.2)
-    proc.terminate()
-    raise RuntimeError(f"worker not ready in 60 s; see {log_path}")
 
 
 def worker_stats(settings: Settings) -> dict:
@@ -114,6 +94,7 @@ def describe(summary: dict) -> str:
 def run_demo(settings: Settings, minutes: float, patients: int, speed: float, seed: int,
              keep_stack: bool = True) -> dict:
     from icuwatch.deploy import stack
+    from icuwatch.deploy.worker_process import start_worker, stop_worker
     from sqlalchemy import func, select
 
     from icuwatch.storage import db, repository
@@ -127,6 +108,7 @@ def run_demo(settings: Settings, minutes: float, patients: int, speed: float, se
     run_tag = time.strftime("%H%M%S")
     prefix = f"demo{run_tag}-"
     worker_log = settings.log_dir / "demo-worker.log"
+    (settings.run_dir / f"worker-{settings.worker_web_port}.json").unlink(missing_ok=True)
     worker = start_worker(settings, worker_log)
     try:
         sim = Simulation(n_patients=patients, seed=seed, start_time=time.time(),
@@ -147,8 +129,7 @@ def run_demo(settings: Settings, minutes: float, patients: int, speed: float, se
         produced_total = sum(produced.values()) + 2 * len(MALFORMED)
         stats = wait_drained(settings, produced_total, timeout_s=max(120.0, minutes * 60.0))
     finally:
-        worker.terminate()
-        worker.wait(timeout=30)
+        stop_worker(worker)
         if not keep_stack:
             stack.down(settings)
 

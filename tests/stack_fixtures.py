@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from icuwatch.deploy.worker_process import start_worker, stop_worker
 from icuwatch.settings import Settings
 
 TEST_ENV = {
@@ -53,25 +53,11 @@ def postgres_database() -> Iterator[str]:
 @contextmanager
 def running_worker(settings: Settings, env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
     """``icuwatch worker`` in a subprocess, ready (partitions assigned) before the body runs."""
-    full_env = {**os.environ, **env, "ICUWATCH_DATABASE_URL": settings.database_url,
-                "ICUWATCH_APP_ID": settings.app_id, "ICUWATCH_WORKER_WEB_PORT": str(settings.worker_web_port)}
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "icuwatch.cli", "worker"], stdout=log,
-                                stderr=subprocess.STDOUT, env=full_env)
+    proc = start_worker(settings, log_path, env)
     try:
-        deadline = time.monotonic() + 60
-        while "Worker]: Ready" not in log_path.read_text(errors="replace"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"worker failed to start:\n{log_path.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.2)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_worker(proc)
 
 
 def wait_for(predicate, timeout_s: float, interval_s: float = 0.5):
