@@ -192,16 +192,7 @@ def _plugins():
 
     names = ("icuwatch.streams.replay.cli", "icuwatch.fusion.evaluation.cli", "icuwatch.fusion.baselines.cli",
              "icuwatch.api.cli", "icuwatch.interfaces.hl7_cli", "icuwatch.interfaces.dicom_cli")
-    out = []
-    for name in names:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        out.append(module.register)
-    return out
+    return [importlib.import_module(name).register for name in names]
 
 
 def main(argv: list[str] | None = None) -> int:
