@@ -80,10 +80,11 @@ def describe(summary: dict) -> str:
         f"  database: {summary['database']} (tables patients, scores, alerts)",
         f"  ground truth: {summary['ground_truth']}",
         f"  worker log: {summary['worker_log']}",
-        "  the broker, tritonserver and the board keep running: `icuwatch stack status`, stop with `icuwatch stack down`",
     ]
     if summary.get("board"):
         lines += [
+            "  the broker, tritonserver and the board keep running: `icuwatch stack status`, "
+            "stop with `icuwatch stack down`",
             f"  BOARD: open {summary['board']['url']}",
             f"         (or {summary['board']['url'].split('?')[0]} and log in with token {summary['board']['token']})",
         ]
