@@ -1,4 +1,36 @@
-"""Per-modality PyTorch encoders (vital-sign/waveform series, labs, chest X-ray, report text).
+"""Per-modality PyTorch encoders: each maps one modality's input (layouts in ``fusion.cohort``) to a
+vector ``[B, out_dim]`` and exposes ``out_dim``.
 
-Not built yet: the fusion models of issue 5 will live on them. Nothing imports this package today.
+* ``timeseries`` — vital-sign and waveform-feature series (GRU, temporal convolution, transformer);
+* ``tabular`` — labs (value, measured flag, time since measured) and static context;
+* ``cxr`` — chest X-ray images, 1x224x224 (also loads real PNG/JPEG files);
+* ``text`` — radiology report token ids (``tokenizer``: hashing tokenizer).
 """
+
+from __future__ import annotations
+
+from torch import nn
+
+SERIES = ("vitals", "waveforms")
+TABULAR = ("labs", "static")
+
+
+def build(modality: str, shape: tuple[int, ...], out_dim: int, series_kind: str = "gru") -> nn.Module:
+    """The encoder of ``modality`` for inputs of one-row ``shape`` (``Cohort.dims()``)."""
+    if modality in SERIES:
+        from icuwatch.encoders.timeseries import build as build_series
+
+        return build_series(series_kind, shape[-1], out_dim)
+    if modality in TABULAR:
+        from icuwatch.encoders.tabular import TabularEncoder
+
+        return TabularEncoder(shape[-1], out_dim)
+    if modality == "cxr":
+        from icuwatch.encoders.cxr import CxrEncoder
+
+        return CxrEncoder(out_dim=out_dim)
+    if modality == "report":
+        from icuwatch.encoders.text import ReportEncoder
+
+        return ReportEncoder(out_dim=out_dim)
+    raise ValueError(f"no encoder for modality {modality!r}")

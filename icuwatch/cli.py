@@ -191,7 +191,8 @@ def _plugins():
     import importlib
 
     names = ("icuwatch.streams.replay.cli", "icuwatch.fusion.evaluation.cli", "icuwatch.fusion.baselines.cli",
-             "icuwatch.api.cli", "icuwatch.interfaces.hl7_cli", "icuwatch.interfaces.dicom_cli")
+             "icuwatch.api.cli", "icuwatch.interfaces.hl7_cli", "icuwatch.interfaces.dicom_cli",
+             "icuwatch.fusion.train_cli")
     return [importlib.import_module(name).register for name in names]
 
 

@@ -1,0 +1,21 @@
+"""Cohort builders: ``physionet`` (real PhysioNet 2019 stays: vitals, labs) and ``sim`` (the
+simulator's multimodal patients: vitals, waveform features, labs, chest X-rays, reports)."""
+
+from __future__ import annotations
+
+from icuwatch.fusion.cohort import Cohort
+
+COHORTS = ("physionet", "sim")
+
+
+def load(name: str, limit: int | None = None, progress: bool = True) -> Cohort:
+    """The cached cohort (built on first use). ``limit``: PhysioNet stays / simulated patients."""
+    if name == "physionet":
+        from icuwatch.fusion.cohorts import physionet
+
+        return physionet.load_or_build(limit=limit)
+    if name == "sim":
+        from icuwatch.fusion.cohorts import sim
+
+        return sim.load_or_build(n_patients=limit or 1000)
+    raise ValueError(f"unknown cohort {name!r}; choose from {', '.join(COHORTS)}")
