@@ -42,7 +42,7 @@ from icuwatch.fusion.physionet import LAB_COLUMNS, VITAL_COLUMNS, Stay, default_
     read_psv, split_of
 
 COHORT_VERSION = "physionet-cohort-v1"
-NAME = "physionet2019"
+NAME = "physionet"
 SOURCE = "real PhysioNet 2019 training set B dev copy"
 MODALITIES = ("vitals", "labs")
 T = 8
