@@ -27,7 +27,10 @@ RULE_MODELS = {
 }
 """Rule model -> (output used as probability, threshold). ``rules`` is the served early_warning
 model's sepsis output; ``qsofa`` is qSOFA / 3, so the threshold means qSOFA >= 2."""
-MODELS = (*RULE_MODELS, "gbt")
+FUSION_MODELS = ("early", "late", "stacked", "attention")
+"""Fusion strategies trained on the PhysioNet cohort (``icuwatch train --strategy S``), loaded from
+``var/models/<strategy>-physionet``."""
+MODELS = (*RULE_MODELS, "gbt", *FUSION_MODELS)
 
 
 def hour_times(stay: Stay, base_time: float) -> np.ndarray:
@@ -82,7 +85,36 @@ def predictor(model: str, model_dir: Path | None = None,
 
         gbt = GbtModel.load(model_dir or models_dir / "gbt")
         return gbt.predict_stay, float(gbt.threshold)
+    if model in FUSION_MODELS:
+        predictor_ = FusionStayPredictor(model_dir or models_dir / f"{model}-physionet")
+        return predictor_.predict_stay, predictor_.threshold
     raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODELS)}")
+
+
+class FusionStayPredictor:
+    """A trained fusion model scoring a stay's hours from the same causal rows it was trained on."""
+
+    def __init__(self, directory: Path) -> None:
+        from icuwatch.fusion import model_store
+
+        self.trained = model_store.load(directory)
+        if self.trained.card["spec"]["cohort"] != "physionet":
+            raise ValueError(f"{directory}: trained on the {self.trained.card['spec']['cohort']} cohort, "
+                             "not on PhysioNet stays")
+        self.norm = self.trained.card["data"]["meta"]["norm"]
+        self.threshold = self.trained.threshold
+
+    def predict_stay(self, stay: Stay) -> np.ndarray:
+        import torch
+
+        from icuwatch.fusion.cohorts.physionet import stay_inputs
+        from icuwatch.fusion.strategies.base import to_tensors
+
+        rows = stay_inputs(stay, self.norm)
+        batch = {**rows["inputs"], "present": rows["present"], "staleness_h": rows["staleness_h"]}
+        with torch.no_grad():
+            logits = self.trained.model(to_tensors(batch)).numpy()
+        return self.trained.probabilities(logits)
 
 
 def write_predictions(path: Path, probabilities: np.ndarray, threshold: float) -> None:

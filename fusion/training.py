@@ -190,7 +190,7 @@ def train(strategy: str, cohort: Cohort, cfg: TrainConfig | None = None, progres
         val_auroc = _auroc(y_val, predict_logits(model, cohort, val_rows))
         history.append({"epoch": epoch + 1, "train_loss": round(float(np.mean(losses)), 5),
                         "val_auroc": round(val_auroc, 4)})
-        if val_auroc > best[0]:
+        if best[1] is None or val_auroc > best[0]:
             best = (val_auroc, {k: v.detach().clone() for k, v in model.state_dict().items()}, epoch + 1)
     fit_s = time.perf_counter() - t0
     model.load_state_dict(best[1])
@@ -213,7 +213,7 @@ def train(strategy: str, cohort: Cohort, cfg: TrainConfig | None = None, progres
         "parameters": model.n_parameters(),
         "train_config": asdict(cfg),
         "data": {"cohort": cohort.name, "meta": {k: v for k, v in cohort.meta.items()
-                                                 if k in ("source", "description", "real", "path", "version")},
+                                                 if k in ("source", "description", "real", "data_dir", "version", "norm")},
                  "train_rows": int(len(train_rows)), "stage2_rows": int(len(stage2_rows)),
                  "val_rows": int(len(val_rows)), "train_positive_rows": int(cohort.y[train_rows].sum())},
         "history": history,

@@ -1,4 +1,5 @@
-"""``icuwatch evaluate PRED_DIR LABEL_DIR``: score challenge-format predictions, write a report.
+"""``icuwatch evaluate PRED_DIR LABEL_DIR``: score challenge-format predictions, write a report;
+``icuwatch evaluate fusion``: compare the trained fusion models and baselines (``fusion_compare``).
 
 Library entry point: ``evaluate_dirs(pred_dirs, label_dir, out_dir)``.
 """
@@ -155,7 +156,26 @@ def default_baselines() -> str:
     return "news2,qsofa,gbt" if trained else "news2,qsofa"
 
 
+def _evaluate_fusion(args: argparse.Namespace) -> int:
+    from icuwatch.fusion.evaluation.fusion_compare import compare, markdown
+
+    names = [c.strip() for c in args.cohorts.split(",") if c.strip()]
+    summary = compare(names, progress=not args.quiet, baselines=args.baselines != "none")
+    out = Path(args.out) if args.out else Path("reports") / f"fusion-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "report.md").write_text(markdown(summary))
+    summary["report"] = str(out / "report.md")
+    print(json.dumps(summary) if args.json else markdown(summary))
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
+    if args.pred_dir == "fusion" and args.label_dir is None:
+        return _evaluate_fusion(args)
+    if args.label_dir is None:
+        print("evaluate: LABEL_DIR is required (or `icuwatch evaluate fusion`)", file=sys.stderr)
+        return 2
     main_name = args.name or Path(args.pred_dir).resolve().name or "model"
     pred_dirs = {main_name: Path(args.pred_dir)}
     for name, folder in args.compare or []:
@@ -187,8 +207,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="score PhysioNet 2019 challenge-format predictions against labels",
                               description=__doc__)
-    p.add_argument("pred_dir", metavar="PRED_DIR", help="pNNNNNN.psv files: PredictedProbability|PredictedLabel")
-    p.add_argument("label_dir", metavar="LABEL_DIR", help="the challenge's pNNNNNN.psv stays (SepsisLabel)")
+    p.add_argument("pred_dir", metavar="PRED_DIR", help="pNNNNNN.psv files: PredictedProbability|PredictedLabel; "
+                   "or `fusion`: compare every trained fusion model and the baselines on the cohorts' test splits "
+                   "with 0/30/50 %% of modalities missing")
+    p.add_argument("label_dir", metavar="LABEL_DIR", nargs="?", default=None,
+                   help="the challenge's pNNNNNN.psv stays (SepsisLabel)")
+    p.add_argument("--cohorts", default="physionet,sim", help="evaluate fusion: cohorts to compare on")
     p.add_argument("--out", default=None, help="output folder (default: reports/evaluate-<timestamp>)")
     p.add_argument("--name", default=None, help="name of PRED_DIR's model in the report (default: its folder name)")
     p.add_argument("--compare", metavar="NAME=DIR", type=_compare, action="append",

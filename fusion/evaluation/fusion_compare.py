@@ -1,0 +1,190 @@
+"""``icuwatch evaluate fusion``: every trained fusion strategy and the baselines, side by side, with
+all modalities and with 30 % / 50 % of them missing, on each cohort's TEST split.
+
+Missingness is drawn per stay (patient) and modality, seeded: a dropped modality is absent for the
+whole stay, as when a system is not connected. A stay never loses every modality (one is kept at
+random), so the share actually dropped is a little below the nominal rate; it is reported. The
+baselines see the same draw: on PhysioNet the dropped modality's columns are blanked in the stay
+before the rule scores and the gradient-boosted trees compute their features.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from icuwatch.fusion.cohort import Cohort
+from icuwatch.fusion.evaluation import metrics
+from icuwatch.fusion.training import per_group, predict_logits
+
+MISSING_RATES = (0.0, 0.3, 0.5)
+LATENCY_BATCH = 256
+
+
+def keep_mask(n_groups: int, n_modalities: int, rate: float, seed: int = 0) -> np.ndarray:
+    """[groups, modalities] True = kept. Each modality dropped with probability ``rate``; a group
+    that would lose all keeps one, chosen at random."""
+    rng = np.random.default_rng([seed, int(round(rate * 1000))])
+    keep = rng.random((n_groups, n_modalities)) >= rate
+    for g in np.flatnonzero(~keep.any(axis=1)):
+        keep[g, rng.integers(n_modalities)] = True
+    return keep
+
+
+def row_metrics(y: list[np.ndarray], p: list[np.ndarray], threshold: float) -> dict:
+    from icuwatch.fusion.evaluation.utility import normalized_utility
+
+    pred = [(q >= threshold).astype(int) for q in p]
+    ece, _ = metrics.calibration(y, p)
+    alerts = metrics.patient_alert_stats(y, pred)
+    return {"auroc": metrics.auroc(y, p), "auprc": metrics.auprc(y, p), "ece": ece,
+            "utility": normalized_utility(y, pred), "sensitivity": alerts["sensitivity"],
+            "alerts_per_patient_day": alerts["alerts_per_patient_day"], "threshold": threshold}
+
+
+def _latency_ms(run, n_rows: int) -> dict:
+    """Median wall ms per patient, scoring one at a time and in batches of ``LATENCY_BATCH``."""
+    single = []
+    for i in range(30):
+        t = time.perf_counter()
+        run(np.array([i % n_rows]))
+        single.append(time.perf_counter() - t)
+    batched = []
+    idx = np.arange(min(LATENCY_BATCH, n_rows))
+    for _ in range(5):
+        t = time.perf_counter()
+        run(idx)
+        batched.append((time.perf_counter() - t) / len(idx))
+    return {"latency_ms_batch1": round(1e3 * float(np.median(single)), 3),
+            f"latency_ms_per_patient_batch{LATENCY_BATCH}": round(1e3 * float(np.median(batched)), 4)}
+
+
+def fusion_rows(cohort: Cohort, test: np.ndarray, keeps: dict[float, np.ndarray], progress: bool) -> list[dict]:
+    import torch
+
+    from icuwatch.fusion import model_store
+
+    rows = []
+    groups = cohort.group[test]
+    y = per_group(cohort.y[test], groups)
+    for name in model_store.trained_names():
+        if not name.endswith(f"-{cohort.name}"):
+            continue
+        trained = model_store.load(model_store.model_dir(name))
+        torch.set_num_threads(1)
+        lat = _latency_ms(lambda idx: predict_logits(trained.model, cohort, test[idx]), len(test))
+        torch.set_num_threads(2)
+        for rate, keep in keeps.items():
+            present = cohort.present[test] & keep[groups]
+            logits = predict_logits(trained.model, cohort, test, present=present, progress=progress)
+            p = per_group(trained.probabilities(logits), groups)
+            rows.append({"model": name, "kind": "fusion", "strategy": trained.card["strategy"], "missing": rate,
+                         **row_metrics(y, p, trained.threshold), "parameters": trained.card["parameters"], **lat})
+    return rows
+
+
+def physionet_baseline_rows(cohort: Cohort, test: np.ndarray, keeps: dict[float, np.ndarray],
+                            progress: bool) -> list[dict]:
+    """NEWS2, qSOFA, the rule sepsis score and (once trained) the gradient-boosted trees."""
+    from dataclasses import replace
+
+    from tqdm import tqdm
+
+    from icuwatch.fusion.physionet import LAB_COLUMNS, VITAL_COLUMNS, read_psv
+    from icuwatch.fusion.psv_predict import predictor
+
+    models = {}
+    for name in ("news2", "qsofa", "rules", "gbt"):
+        try:
+            models[name] = predictor(name)
+        except FileNotFoundError:
+            continue
+    data_dir = Path(cohort.meta["data_dir"])
+    group_index = np.unique(cohort.group[test])
+    stays = [read_psv(data_dir / f"{cohort.group_ids[g]}.psv") for g in group_index]
+    blanks = [[c for c in VITAL_COLUMNS], [c for c in LAB_COLUMNS]]
+    by_model = {name: {rate: ([], []) for rate in keeps} for name in models}
+    for g, stay in tqdm(list(zip(group_index, stays)), desc="baselines", unit="stay", disable=not progress,
+                        file=sys.stderr):
+        for rate, keep in keeps.items():
+            values = stay.values.copy()
+            for j, columns in enumerate(blanks):
+                if not keep[g, j]:
+                    values[:, [stay.columns.index(c) for c in columns if c in stay.columns]] = np.nan
+            masked = replace(stay, values=values)
+            for name, (predict, _) in models.items():
+                by_model[name][rate][0].append(stay.labels)
+                by_model[name][rate][1].append(np.asarray(predict(masked), dtype=float))
+    rows = []
+    for name, (predict, threshold) in models.items():
+        lat = _latency_ms(lambda idx: [predict(stays[i]) for i in idx], len(stays))
+        lat = {k.replace("patient", "stay"): v for k, v in lat.items()}
+        for rate in keeps:
+            y, p = by_model[name][rate]
+            rows.append({"model": name, "kind": "gbt" if name == "gbt" else "rule", "missing": rate,
+                         **row_metrics(y, p, threshold), "parameters": None, **lat,
+                         "latency_note": "per whole stay (all its hours), features included"})
+    return rows
+
+
+def compare(cohort_names=("physionet", "sim"), rates=MISSING_RATES, seed: int = 0, progress: bool = True,
+            baselines: bool = True) -> dict:
+    from icuwatch.fusion import cohorts
+
+    started = time.time()
+    out = {"machine": {"cpu_cores": _cores(), "python": platform.python_version(), "gpu": None},
+           "missingness": __doc__.split("\n\n")[1].replace("\n", " "), "cohorts": {}}
+    for name in cohort_names:
+        cohort = cohorts.load(name, progress=progress)
+        test = cohort.rows("test")
+        keeps = {r: keep_mask(len(cohort.group_ids), len(cohort.modalities), r, seed) for r in rates}
+        test_groups = np.unique(cohort.group[test])
+        dropped = {str(r): round(float(1 - k[test_groups].mean()), 3) for r, k in keeps.items()}
+        rows = fusion_rows(cohort, test, keeps, progress)
+        if baselines and name == "physionet":
+            rows += physionet_baseline_rows(cohort, test, keeps, progress)
+        elif baselines and name == "sim":
+            from icuwatch.fusion.evaluation.sim_baselines import sim_baseline_rows
+
+            rows += sim_baseline_rows(cohort, test, keeps)
+        out["cohorts"][name] = {
+            "data": cohort.meta.get("source", name),
+            "modalities": list(cohort.modalities),
+            "split": "test", "patients": int(len(test_groups)), "rows": int(len(test)),
+            "positive_rows": int(cohort.y[test].sum()),
+            "dropped_modality_share": dropped,
+            "table": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
+        }
+    out["seconds"] = round(time.time() - started, 1)
+    return out
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+def markdown(summary: dict) -> str:
+    lines = ["# Fusion strategies compared", "",
+             f"Machine: {summary['machine']['cpu_cores']} CPU cores, no GPU. {summary['missingness']}", ""]
+    for name, c in summary["cohorts"].items():
+        lines += [f"## {name}: {c['data']}", "",
+                  f"TEST split: {c['patients']} patients, {c['rows']} rows ({c['positive_rows']} positive). "
+                  f"Modalities: {', '.join(c['modalities'])}. Share of modalities actually dropped: "
+                  f"{c['dropped_modality_share']}.", "",
+                  "| model | missing | AUROC | AUPRC | utility | ECE | alerts/patient-day | parameters | ms/patient (batch 1) |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in c["table"]:
+            def f(k):
+                v = r.get(k)
+                return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else (f"{v:.3f}" if isinstance(v, float) else str(v))
+            lines.append(f"| {r['model']} | {int(r['missing'] * 100)} % | {f('auroc')} | {f('auprc')} | {f('utility')} "
+                         f"| {f('ece')} | {f('alerts_per_patient_day')} | {f('parameters')} | "
+                         f"{r.get('latency_ms_batch1', '–')}{' (per stay)' if r['kind'] != 'fusion' and 'latency_note' in r else ''} |")
+        lines.append("")
+    return "\n".join(lines)
