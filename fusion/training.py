@@ -143,6 +143,7 @@ def train(strategy: str, cohort: Cohort, cfg: TrainConfig | None = None, progres
                      series_kind=cfg.series_kind, d_model=defaults.get("d_model", 32),
                      options=defaults.get("options", {}))
     model = build(strategy, spec)
+    prepared = model.prepare(cohort, progress) if hasattr(model, "prepare") else None
     two_stage = getattr(model, "two_stage", False)
 
     train_rows = cohort.rows("train")
@@ -159,7 +160,7 @@ def train(strategy: str, cohort: Cohort, cfg: TrainConfig | None = None, progres
         val_rows = val_rows[np.isin(cohort.group[val_rows], keep)]
     y_val = cohort.y[val_rows].astype(np.float32)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, min(cfg.rows_per_epoch, len(train_rows)) // cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
     history, best = [], (-1.0, None, -1)
@@ -219,6 +220,7 @@ def train(strategy: str, cohort: Cohort, cfg: TrainConfig | None = None, progres
         "history": history,
         "best_epoch": best[2],
         "stage2": stage2,
+        "prepared": prepared,
         "temperature": temperature,
         "threshold": float(threshold),
         "threshold_selection": "maximum normalized utility (PhysioNet 2019 definition) on VAL rows",

@@ -16,11 +16,24 @@ from icuwatch.fusion.training import (TrainConfig, fit_temperature, focal_loss, 
                                       predict_logits, train)
 
 TABULAR_STRATEGIES = ("early", "late", "stacked", "attention")
+ALL_STRATEGIES = (*TABULAR_STRATEGIES, "joint_embedding")
+SHAPE_CHECKS = [(s, False) for s in TABULAR_STRATEGIES] + [(s, True) for s in ALL_STRATEGIES]
+"""(strategy, with X-ray and report modalities): structural checks run on both kinds of cohort."""
 
 
 @pytest.fixture(scope="module")
 def cohort():
     return toy_cohort(n_groups=80)
+
+
+@pytest.fixture(scope="module")
+def imaging_cohort():
+    return toy_cohort(n_groups=12, rows_per_group=4, imaging=True)
+
+
+@pytest.fixture
+def either(request, cohort, imaging_cohort):
+    return imaging_cohort if request.param else cohort
 
 
 def _model(strategy: str, cohort):
@@ -35,15 +48,17 @@ def _batch(cohort, n=32):
     return gather(cohort, np.arange(n))
 
 
-@pytest.mark.parametrize("strategy", TABULAR_STRATEGIES)
-def test_one_finite_logit_per_row(strategy, cohort):
+@pytest.mark.parametrize("strategy,either", SHAPE_CHECKS, indirect=["either"])
+def test_one_finite_logit_per_row(strategy, either):
+    cohort = either
     out = _model(strategy, cohort)(to_tensors(_batch(cohort)))
     assert out.shape == (32,)
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("strategy", TABULAR_STRATEGIES)
-def test_absent_modality_inputs_cannot_change_the_score(strategy, cohort):
+@pytest.mark.parametrize("strategy,either", SHAPE_CHECKS, indirect=["either"])
+def test_absent_modality_inputs_cannot_change_the_score(strategy, either):
+    cohort = either
     """Masked, never imputed: garbage in an absent modality's input changes nothing."""
     model = _model(strategy, cohort)
     batch = _batch(cohort)
@@ -57,8 +72,9 @@ def test_absent_modality_inputs_cannot_change_the_score(strategy, cohort):
     assert not torch.allclose(before, model(to_tensors(batch)))
 
 
-@pytest.mark.parametrize("strategy", TABULAR_STRATEGIES)
-def test_a_row_scores_the_same_alone_or_in_a_batch(strategy, cohort):
+@pytest.mark.parametrize("strategy,either", SHAPE_CHECKS, indirect=["either"])
+def test_a_row_scores_the_same_alone_or_in_a_batch(strategy, either):
+    cohort = either
     model = _model(strategy, cohort)
     batch = to_tensors(_batch(cohort, 16))
     together = model(batch)
@@ -66,8 +82,9 @@ def test_a_row_scores_the_same_alone_or_in_a_batch(strategy, cohort):
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("strategy", TABULAR_STRATEGIES)
-def test_contributions_per_modality(strategy, cohort):
+@pytest.mark.parametrize("strategy,either", SHAPE_CHECKS, indirect=["either"])
+def test_contributions_per_modality(strategy, either):
+    cohort = either
     model = _model(strategy, cohort)
     batch = _batch(cohort)
     batch["present"][:5, 0] = False
@@ -132,3 +149,30 @@ def test_temperature_scaling_recovers_a_known_temperature():
     true_logits = rng.normal(scale=2.0, size=20000)
     y = (rng.random(20000) < 1 / (1 + np.exp(-true_logits))).astype(float)
     assert fit_temperature(true_logits * 3.0, y) == pytest.approx(3.0, rel=0.1)
+
+
+def test_absent_image_and_report_cannot_change_the_score(imaging_cohort):
+    for strategy in ALL_STRATEGIES:
+        model = _model(strategy, imaging_cohort)
+        batch = _batch(imaging_cohort, 16)
+        batch["present"][:, 2:] = False
+        batch["staleness_h"][:, 2:] = 0.0
+        before = model(to_tensors(batch))
+        batch["cxr"] = np.random.default_rng(2).random(batch["cxr"].shape).astype(np.float32)
+        batch["report"] = np.random.default_rng(3).integers(1, 4000, batch["report"].shape).astype(np.int32)
+        torch.testing.assert_close(before, model(to_tensors(batch)), msg=strategy)
+
+
+def test_joint_embedding_fusion_trains_on_its_contrastive_towers(imaging_cohort, tmp_path, monkeypatch):
+    """prepare() trains the CLIP towers on the TRAIN studies when none are saved; fusion training
+    leaves them frozen."""
+    from icuwatch.fusion.strategies import joint_embedding as je
+
+    monkeypatch.setattr(je, "default_model_dir", lambda: tmp_path / "joint")
+    cfg = TrainConfig(epochs=1, rows_per_epoch=48, batch_size=16, threads=1)
+    model, card = train("joint_embedding", imaging_cohort, cfg, progress=False)
+    assert (tmp_path / "joint" / je.CARD_FILE).exists()
+    saved = je.JointEmbedding.load(tmp_path / "joint")
+    for name, tensor in saved.state_dict().items():
+        torch.testing.assert_close(model.joint.state_dict()[name], tensor, msg=name)
+    assert card["prepared"]["dir"] == str(tmp_path / "joint")

@@ -48,8 +48,8 @@ MODEL_FILE = "model.pt"
 CARD_FILE = "model_card.json"
 FORMAT_VERSION = 1
 
-DEFAULT_PAIRS = 2400
-DEFAULT_EPOCHS = 16
+DEFAULT_PAIRS = 3200
+DEFAULT_EPOCHS = 20
 PATTERN_MIX = {"clear": 0.25, "pneumonia": 0.40, "diffuse": 0.35}
 
 
@@ -123,7 +123,6 @@ class JointEmbedding(nn.Module):
         self.text_proj = nn.Linear(text_dim, embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self.card: dict = {}
-        self.fingerprint: str | None = None
 
     @property
     def embed_dim(self) -> int:
@@ -140,20 +139,24 @@ class JointEmbedding(nn.Module):
     def forward(self, x: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode_image(x), self.encode_text(ids)
 
+    def fingerprint(self) -> str:
+        """Short hash of the configuration and current weights (keys embedding caches)."""
+        h = hashlib.sha256(json.dumps(self.config, sort_keys=True).encode())
+        for name, t in self.state_dict().items():
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
     def temperature(self) -> float:
         return float(1.0 / self.logit_scale.detach().clamp(0, math.log(100)).exp())
 
     def save(self, path: str | Path | None = None) -> Path:
         path = Path(path) if path is not None else default_model_dir()
         path.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        torch.save(self.state_dict(), buf)
-        data = buf.getvalue()
         tmp = path / (MODEL_FILE + ".tmp")
-        tmp.write_bytes(data)
+        torch.save(self.state_dict(), tmp)
         tmp.replace(path / MODEL_FILE)
-        self.fingerprint = hashlib.sha256(data).hexdigest()[:16]
-        card = dict(self.card, config=self.config, format_version=FORMAT_VERSION)
+        card = dict(self.card, config=self.config, format_version=FORMAT_VERSION, fingerprint=self.fingerprint())
         (path / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
         return path
 
@@ -165,10 +168,8 @@ class JointEmbedding(nn.Module):
             raise ValueError(f"{path}: joint embedding format {card.get('format_version')!r}, "
                              f"this code reads {FORMAT_VERSION}; retrain")
         model = cls(**card["config"])
-        data = (path / MODEL_FILE).read_bytes()
-        model.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+        model.load_state_dict(torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True))
         model.card = card
-        model.fingerprint = hashlib.sha256(data).hexdigest()[:16]
         return model.eval()
 
 
