@@ -67,6 +67,10 @@ class Alert(BaseModel):
     escalation_level: int = 0
     unit: Optional[str] = None
     bed: Optional[str] = None
+    contributions: Optional[dict[str, float]] = None
+    """Per modality (vitals, waveforms, labs, cxr), its contribution to this alert's kind of risk
+    in the score that opened it (rule model: risk minus the risk without that modality's data);
+    null when that score had none."""
 
 
 class AcknowledgeBody(BaseModel):
@@ -105,6 +109,9 @@ class TimelineScore(BaseModel):
     staleness: dict[str, Optional[float]]
     """Per modality: seconds since its last message at this score, or null if never seen."""
     revision: int = 0
+    contributions: Optional[dict[str, dict[str, float]]] = None
+    """Per risk kind (deterioration, sepsis), per modality: its contribution to that risk (rule
+    model: leave-one-modality-out risk difference); null when the model gave none."""
 
 
 class Timeline(BaseModel):
@@ -176,6 +183,7 @@ def alert_out(a: AlertRow, patient: Optional[PatientRow]) -> Alert:
         escalation_level=a.escalation_level or 0,
         unit=patient.unit if patient is not None else None,
         bed=patient.bed if patient is not None else None,
+        contributions=a.contributions,
     )
 
 

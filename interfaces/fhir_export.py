@@ -7,7 +7,7 @@ For every alert episode three resources are built, each validated with ``fhir.re
   in-process fallback scored it), ``prediction[0]`` the outcome ("clinical deterioration" or
   "sepsis") with ``probabilityDecimal`` = the risk; ``basis`` points at contained NEWS2 and qSOFA
   Observations, and a ``note`` gives NEWS2, qSOFA, the per-modality data age (staleness) and,
-  when a score carries them, the contributions.
+  when the alert or its score carries them, the per-modality contributions to the alert's risk.
 * ``Flag`` -- the banner on the patient's chart: ``active`` while the alert is raised or
   acknowledged, ``inactive`` once resolved; ``period`` = episode start (to resolution).
 * ``DetectedIssue`` -- the clinical-decision-support finding: severity ``high``,
@@ -143,6 +143,21 @@ def _staleness(score: Any) -> dict[str, Optional[float]]:
     return dict(st or {})
 
 
+def _contributions(alert: Any, score: Any, kind: str) -> dict[str, Any]:
+    """Per modality, the contributions to the alert's kind of risk: the alert's own, else its
+    kind's entry in the score's ``{kind: {modality: value}}`` (a flat ``{name: value}`` mapping
+    is taken as it is)."""
+    own = _get(alert, "contributions")
+    if own:
+        return dict(own)
+    c = _get(score, "contributions") if score is not None else None
+    if not c:
+        return {}
+    if any(isinstance(v, dict) for v in c.values()):
+        return dict(c.get(kind) or {})
+    return dict(c)
+
+
 def _fmt_age(v: Optional[float]) -> str:
     if v is None:
         return "never seen"
@@ -193,7 +208,7 @@ def risk_assessment(alert: Any, score: Any = None) -> dict[str, Any]:
     if ages:
         lines.append("data age at scoring: "
                      + ", ".join(f"{k} {_fmt_age(v)}" for k, v in sorted(ages.items())))
-    contributions = _get(score, "contributions") if score is not None else None
+    contributions = _contributions(alert, score, kind)
     if contributions:
         lines.append("contributions: " + ", ".join(
             f"{k} {v:+.3f}" if isinstance(v, (int, float)) else f"{k} {v}"

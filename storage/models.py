@@ -131,6 +131,9 @@ class Score(Base):
     scored_at: Mapped[datetime]
     revision: Mapped[int] = mapped_column(SmallInteger, default=0, server_default="0")
     """The highest revision received is kept (see ``schemas.Score.revision``)."""
+    contributions: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON(none_as_null=True))
+    """Per risk kind, per modality (``schemas.Score.contributions``); NULL when the model gave
+    none or the score predates migration 0004."""
 
     def __repr__(self) -> str:
         return f"Score({self.patient_id!r}, {self.model!r}, {self.event_time.isoformat()})"
@@ -180,6 +183,9 @@ class Alert(Base):
     escalated_at: Mapped[Optional[datetime]]
     updated_at: Mapped[datetime]
     """Wall-clock time this row last changed (insert, acknowledge, resolve, escalate)."""
+    contributions: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON(none_as_null=True))
+    """Per modality, the contributions to this alert's kind of risk from the score that opened it
+    (``schemas.Alert.contributions``); NULL when it had none."""
 
     def __repr__(self) -> str:
         return f"Alert({self.alert_id!r}, {self.kind!r}, state={self.state!r})"

@@ -28,7 +28,7 @@ from icuwatch.storage.models import (
 from icuwatch.streams import schemas
 
 _CHUNK_ROWS = 500
-"""Rows per multi-row INSERT: 500 x 12 columns stays well under SQLite's and psycopg's limits."""
+"""Rows per multi-row INSERT: 500 x 13 columns stays well under SQLite's and psycopg's limits."""
 
 
 class StorageError(Exception):
@@ -167,6 +167,7 @@ def add_scores(session: Session, scores: Sequence[schemas.Score]) -> int:
             "trigger": s.trigger,
             "scored_at": utc(s.scored_at),
             "revision": s.revision,
+            "contributions": s.contributions,
         }
         for s in scores
     ]
@@ -313,6 +314,7 @@ def store_alert(session: Session, alert: schemas.Alert) -> str:
         "state": "raised",
         "escalation_level": 0,
         "updated_at": now,
+        "contributions": alert.contributions,
     }
     if _insert_ignore(session, Alert, [row], ["alert_id"]) != 1:
         return "duplicate"

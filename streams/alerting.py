@@ -10,6 +10,9 @@ event time (counted from the score that closed it): scores in that period still 
 run, and an episode confirmed during it opens at the first score once the period is over, with
 its episode start (and id) at the start of that run.
 
+An alert carries the contributions to its kind of risk from the score that opened it (None when
+that score had none).
+
 Pure: no settings, clock reads only for ``raised_at``; the worker passes the thresholds in.
 """
 
@@ -100,6 +103,7 @@ def step(state: dict, score: schemas.Score,
                     source=score.source,
                     episode_start=ks["open"],
                     raised_at=time.time(),
+                    contributions=(score.contributions or {}).get(kind),
                 )
             )
         elif ks["open"] is not None and ks["below"] >= th.clear:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from icuwatch.fusion import rules
+from icuwatch.fusion import features, rules
 from icuwatch.streams import schemas
 from icuwatch.streams.scoring import TritonScorer
 
@@ -68,6 +68,8 @@ class ScoreBatcher:
         x = np.concatenate([d.features for d in batch], axis=0)
         out, source = await self.scorer.score(x)
         model = self.scorer.model if source == "triton" else rules.MODEL_NAME
+        c = out.get("contributions")
+        explained = features.contributions_as_dicts(c) if c is not None else [None] * len(batch)
         now = time.time()
         for i, due in enumerate(batch):
             await self.publish(
@@ -84,5 +86,6 @@ class ScoreBatcher:
                     scored_at=now,
                     trigger=due.trigger,
                     revision=due.revision,
+                    contributions=explained[i],
                 )
             )

@@ -26,7 +26,7 @@ from icuwatch.streams import schemas
 if TYPE_CHECKING:
     from icuwatch.streams.waveform_state import WaveformState
 
-MODALITIES = ("vitals", "waveforms", "labs", "cxr")
+MODALITIES = features.MODALITIES
 WINDOW_MINUTES = 60
 RECENT_VITALS = 120
 HISTORY = 8

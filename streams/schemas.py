@@ -17,6 +17,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from icuwatch.fusion import features
 from icuwatch.streams import topics
 
 SCHEMA_VERSION = 1
@@ -195,6 +196,20 @@ class Adt(Message):
     sex: Literal["F", "M", "U"] | None = None
 
 
+def _check_modality_values(values: dict[str, float], where: str) -> None:
+    for modality, v in values.items():
+        if modality not in features.MODALITIES:
+            raise ValueError(f"{where}: unknown modality {modality!r}; expected {features.MODALITIES}")
+        if not math.isfinite(v) or not -1.0 <= v <= 1.0:
+            raise ValueError(f"{where}: {modality} must be a finite number in [-1, 1], got {v!r}")
+
+
+Contributions = dict[str, float]
+"""Per modality (``vitals``, ``waveforms``, ``labs``, ``cxr``; a subset allowed) how much it
+contributed to one risk: a leave-one-modality-out risk difference (rule model) or an attention
+weight; finite, in [-1, 1]. Layout and meaning: :data:`icuwatch.fusion.features.CONTRIBUTIONS_SHAPE`."""
+
+
 class Score(Message):
     """A risk score for one patient at ``event_time`` (using only data with event time <= it)."""
 
@@ -212,6 +227,20 @@ class Score(Message):
     revision: Annotated[int, Field(ge=0)] = 0
     """0 for the first score at ``event_time``; n > 0 when data with event time <= it arrived late
     (another topic consumed behind) and the score was recomputed. The highest revision is final."""
+    contributions: dict[str, Contributions] | None = None
+    """Per risk kind (``deterioration``, ``sepsis``), per modality: see :data:`Contributions`.
+    None when the model gives none (optional: messages without it stay valid v1)."""
+
+    @field_validator("contributions")
+    @classmethod
+    def _known_contributions(cls, v: dict[str, Contributions] | None) -> dict[str, Contributions] | None:
+        if v is None:
+            return v
+        for kind, values in v.items():
+            if kind not in features.CONTRIBUTION_RISKS:
+                raise ValueError(f"unknown risk kind {kind!r}; expected {features.CONTRIBUTION_RISKS}")
+            _check_modality_values(values, kind)
+        return v
 
 
 class Alert(Message):
@@ -227,6 +256,16 @@ class Alert(Message):
     episode_start: EventTime
     raised_at: EventTime
     """Wall-clock time the alert was raised."""
+    contributions: Contributions | None = None
+    """The contributions to this alert's kind of risk from the score that opened the episode
+    (see :data:`Contributions`); None when that score had none (optional, like Score's)."""
+
+    @field_validator("contributions")
+    @classmethod
+    def _known_contributions(cls, v: Contributions | None) -> Contributions | None:
+        if v is not None:
+            _check_modality_values(v, "contributions")
+        return v
 
 
 class DeadLetter(Message):

@@ -3,6 +3,11 @@
 Triton is called over gRPC with a timeout. When a call fails the scorer answers with the rule
 scores (same numbers the first Triton model gives), counts it, logs the transition once, and tries
 Triton again after ``triton_retry_s``: no crash, no lost score.
+
+Per-modality contributions (``CONTRIBUTIONS``, layout in :mod:`icuwatch.fusion.features`) are
+requested only when the served model declares that output (its metadata, read once per
+connection); a model without it, or a response without it, gives ``contributions`` None. The
+fallback computes them with the same code as the first Triton model.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import time
 
 import numpy as np
 
-from icuwatch.fusion import rules
+from icuwatch.fusion import features, rules
 from icuwatch.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,6 +34,8 @@ class TritonScorer:
         self.settings = settings
         self.model = settings.triton_model
         self.client = self._connect()
+        self._model_outputs: set[str] | None = None
+        """Output names the served model declares (from its metadata); None: not read yet."""
         self.down_until = 0.0
         self.counts = {"triton_batches": 0, "triton_rows": 0, "fallback_batches": 0, "fallback_rows": 0,
                        "triton_errors": 0}
@@ -53,7 +60,7 @@ class TritonScorer:
                 return out, "triton"
         self.counts["fallback_batches"] += 1
         self.counts["fallback_rows"] += len(x)
-        return rules.score(x), "fallback"
+        return rules.score_explained(x), "fallback"
 
     def _connect(self):
         # Short reconnect backoff: gRPC's default grows to two minutes after the server went away.
@@ -63,28 +70,57 @@ class TritonScorer:
         )
 
     async def _reconnect(self) -> None:
+        self._model_outputs = None  # the server (and its model version) may change
         try:
             await self.client.close()
         except Exception:
             pass
         self.client = self._connect()
 
+    async def _outputs(self) -> set[str]:
+        if self._model_outputs is None:
+            meta = await self.client.get_model_metadata(
+                self.model, as_json=True, client_timeout=self.settings.triton_timeout_s)
+            self._model_outputs = {o["name"] for o in meta.get("outputs", [])}
+        return self._model_outputs
+
     async def _infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        explained = features.CONTRIBUTIONS_OUTPUT in await self._outputs()
         inp = self._grpc.InferInput("FEATURES", list(x.shape), "FP32")
         inp.set_data_from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        names = OUTPUTS + ((features.CONTRIBUTIONS_OUTPUT,) if explained else ())
         result = await self.client.infer(
             self.model,
             [inp],
-            outputs=[self._grpc.InferRequestedOutput(n) for n in OUTPUTS],
+            outputs=[self._grpc.InferRequestedOutput(n) for n in names],
             client_timeout=self.settings.triton_timeout_s,
         )
-        out = {}
+        out: dict[str, np.ndarray | None] = {}
         for name, key in zip(OUTPUTS, OUTPUT_KEYS):
             arr = result.as_numpy(name)
             if arr is None or arr.shape[0] != x.shape[0]:
                 raise RuntimeError(f"Triton returned no/short {name}")
             out[key] = arr.reshape(-1)
+        out["contributions"] = _contributions(result.as_numpy(features.CONTRIBUTIONS_OUTPUT) if explained else None,
+                                              len(x))
         return out
 
     async def close(self) -> None:
         await self.client.close()
+
+
+_warned_shapes: set[tuple[int, ...]] = set()
+
+
+def _contributions(arr: np.ndarray | None, n: int) -> np.ndarray | None:
+    """The model's ``CONTRIBUTIONS`` if it has the agreed layout, else None (logged once per
+    shape): an explanation the worker cannot read is left out rather than failing the score."""
+    if arr is None:
+        return None
+    if arr.shape != (n, *features.CONTRIBUTIONS_SHAPE):
+        if arr.shape[1:] not in _warned_shapes:
+            _warned_shapes.add(arr.shape[1:])
+            log.warning("Triton CONTRIBUTIONS shaped %s, expected %s; scores go without contributions",
+                        list(arr.shape), [n, *features.CONTRIBUTIONS_SHAPE])
+        return None
+    return arr

@@ -412,7 +412,7 @@ def test_upgrade_from_0002_keeps_data_and_backfills_the_audit_trail(url: str) ->
             conn.execute(sa.insert(alerts_0002), rows)
             conn.execute(sa.text("INSERT INTO patients (patient_id) VALUES ('p1'), ('p2'), ('p3')"))
         db.upgrade(url)
-        assert db.current_revision(url) == "0003"
+        assert db.current_revision(url) == db.head_revision()  # 0003 and later
 
         with eng.connect() as conn:  # the migrated schema is exactly the models'
             mc = MigrationContext.configure(conn, opts={"compare_type": True})

@@ -232,7 +232,8 @@ def test_alert_filters(client, sessions, tokens):
     assert set(alert) == {"alert_id", "patient_id", "kind", "risk", "news2", "qsofa", "model", "source", "state",
                           "event_time", "episode_start", "raised_at", "acknowledged_by", "acknowledged_at",
                           "ack_comment", "resolved_at", "resolved_by", "escalated_at", "escalation_level",
-                          "unit", "bed"}
+                          "unit", "bed", "contributions"}
+    assert alert["contributions"] is None  # raised without contributions (see test_contributions.py)
     assert alert["event_time"].endswith("Z") or alert["event_time"].endswith("+00:00")
     assert datetime.fromisoformat(alert["episode_start"]).timestamp() == pytest.approx(NOW - 700, abs=1e-3)
 
@@ -256,7 +257,8 @@ def test_timeline_and_quality(client, sessions, tokens):
     assert [s["source"] for s in t["scores"]].count("fallback") == 1
     assert t["scores"][0]["staleness"] == {"vitals": 1.0, "labs": None}
     assert set(t["scores"][0]) == {"event_time", "deterioration_risk", "sepsis_risk", "news2", "qsofa", "source",
-                                   "model", "staleness", "revision"}
+                                   "model", "staleness", "revision", "contributions"}
+    assert t["scores"][0]["contributions"] is None
     assert [x["alert_id"] for x in t["alerts"]] == [a] and t["alerts"][0]["state"] == "acknowledged"
 
     since = datetime.fromtimestamp(NOW - 3600 + 599, tz=timezone.utc).isoformat()

@@ -192,6 +192,10 @@ def test_alert_appears_live_and_nurse_acknowledges_it(browser_page, board):
     expect(page.locator("#staleness tr")).to_have_count(4)
     expect(page.locator("#staleness tr[data-modality='vitals'] td")).to_contain_text("ago")
     expect(page.locator("#staleness tr[data-modality='cxr'] td")).to_have_text("never")
+    # per-modality contributions of the latest score: a column per risk, a row per modality
+    expect(page.locator("#contributions-table th[data-risk]")).to_have_count(2)
+    expect(page.locator("#contributions-table tr[data-modality]")).to_have_count(4)
+    expect(page.locator("#contributions-table tr[data-modality='cxr'] td").first).to_have_text("0.00")
     page.screenshot(path=str(reports / "patient.png"), full_page=True)
 
     assert not errors, f"JavaScript errors: {errors}"

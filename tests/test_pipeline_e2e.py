@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import time
 import uuid
 
@@ -12,6 +13,7 @@ from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import select
 
 from icuwatch.deploy import triton
+from icuwatch.fusion.features import MODALITIES
 from icuwatch.storage import db
 from icuwatch.storage.models import Alert, Score
 from icuwatch.streams import schemas, topics
@@ -74,9 +76,21 @@ def test_simulated_deterioration_alert_lands_in_database(pipeline, tmp_path):
         assert gt["onset_time"] is not None
         assert alert.event_time.timestamp() >= gt["onset_time"] - 3600, "alert long before onset"
         assert alert.state == "raised" and alert.source == "triton"
+        # per-modality contributions of the alert's risk (served by Triton's early_warning v2)
+        assert alert.contributions is not None and set(alert.contributions) == set(MODALITIES)
+        assert all(math.isfinite(v) for v in alert.contributions.values())
+        assert alert.contributions["vitals"] > 0, "a rule alert needs abnormal vital signs"
+        assert alert.contributions["cxr"] == 0.0 and alert.contributions["waveforms"] == 0.0
     with factory() as s:
         scores = s.scalars(select(Score).where(Score.patient_id.startswith(prefix))).all()
     assert scores and all(sc.source == "triton" for sc in scores)
+    assert all(set(sc.contributions) == {"deterioration", "sepsis"} and
+               all(set(c) == set(MODALITIES) for c in sc.contributions.values()) for sc in scores)
+    opening = {(sc.patient_id, sc.event_time): sc for sc in scores}
+    for alert in found:  # the alert copies its kind's contributions from the score that opened it
+        sc = opening[(alert.patient_id, alert.event_time)]
+        if sc.revision == 0:  # (a revision, after a late lab, replaces the stored score)
+            assert alert.contributions == sc.contributions[alert.kind]
     log_text = (tmp_path / "worker.log").read_text(errors="replace")
     assert "Worker]: Ready" in log_text
     assert prefix not in log_text, "a patient identifier reached the worker's log"
@@ -149,7 +163,8 @@ def test_worker_falls_back_to_rules_when_triton_is_down_and_returns(stack, pipel
 
     def send(start, stop):
         for i in range(start, stop):
-            v = schemas.Vitals(patient_id=pid, event_time=t0 + i, hr=85, rr=18, spo2=96, sbp=118, temp=37.2)
+            # rr 23: NEWS2 2 and qSOFA 1, so the vital signs contribute (no alert: both risks < 0.3)
+            v = schemas.Vitals(patient_id=pid, event_time=t0 + i, hr=85, rr=23, spo2=96, sbp=118, temp=37.2)
             producer.send(topics.VITALS, key=pid.encode(), value=v.to_bytes())
         producer.flush()
 
@@ -176,5 +191,16 @@ def test_worker_falls_back_to_rules_when_triton_is_down_and_returns(stack, pipel
     assert "triton" in after, f"worker never returned to Triton: {after}"
     assert after[-1] == "triton"
     with factory() as s:
-        times = {round(sc.event_time.timestamp() - t0) for sc in s.scalars(select(Score).where(Score.patient_id == pid))}
+        all_scores = s.scalars(select(Score).where(Score.patient_id == pid).order_by(Score.event_time)).all()
+    times = {round(sc.event_time.timestamp() - t0) for sc in all_scores}
     assert times >= set(range(0, start - 1, 300)), f"a score was lost while Triton was down: {sorted(times)}"
+
+    # Same vital signs every second: the fallback's rule scores and contributions equal Triton's.
+    fallback = [sc for sc in all_scores if sc.source == "fallback"]
+    served = [sc for sc in all_scores if sc.source == "triton" and sc.event_time > fallback[-1].event_time]
+    assert fallback and served
+    fb, tr = fallback[-1], served[-1]
+    assert (fb.deterioration_risk, fb.sepsis_risk, fb.news2, fb.qsofa) == \
+        (tr.deterioration_risk, tr.sepsis_risk, tr.news2, tr.qsofa)
+    assert fb.contributions == tr.contributions and fb.contributions is not None
+    assert fb.contributions["sepsis"]["vitals"] > 0 and fb.contributions["sepsis"]["labs"] == 0.0

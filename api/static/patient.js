@@ -8,6 +8,8 @@
   // Older than this (seconds) is shown in red: vitals and waveforms stream continuously, labs and
   // X-rays come hours or days apart.
   const STALE_AFTER = { vitals: 600, waveforms: 600, labs: 86400, cxr: 3 * 86400 };
+  const RISKS = [["deterioration", "Deterioration"], ["sepsis", "Sepsis"]];
+  const RISK_NAMES = Object.fromEntries(RISKS);
   const THRESHOLD = 0.5;
   const REFRESH_MS = 30000;
 
@@ -104,17 +106,29 @@
     staleTable.replaceChildren(...MODALITIES.map(([key, label]) =>
       el("tr", { dataset: { modality: key } }, el("th", {}, label), staleness(st[key], key))));
 
+    // contributions: {deterioration: {vitals: x, ...}, sepsis: {...}}, for the rule model the risk
+    // minus the risk without that modality's data; a flat {modality: x} is shown as one column.
     const c = latest.contributions;
     if (c && typeof c === "object" && Object.keys(c).length) {
-      const max = Math.max(...Object.values(c).map((v) => Math.abs(Number(v) || 0)), 1e-9);
+      const nested = Object.values(c).some((v) => v && typeof v === "object");
+      const table = nested ? c : { contribution: c };
+      const rank = (r) => { const i = RISKS.findIndex(([k]) => k === r); return i < 0 ? RISKS.length : i; };
+      const risks = Object.keys(table).sort((a, b) => rank(a) - rank(b));
       const names = Object.fromEntries(MODALITIES);
-      contrib.replaceChildren(el("table", { class: "kv" }, ...Object.entries(c).map(([k, v]) =>
-        el("tr", { dataset: { modality: k } }, el("th", {}, names[k] || k),
-           el("td", {}, el("span", { class: "bar", style: `width:${Math.round(Math.abs(Number(v) || 0) / max * 10)}rem` }),
-              Number(v).toFixed(2))))));
+      const modalities = [...new Set(MODALITIES.map(([k]) => k).concat(...risks.map((r) => Object.keys(table[r] || {}))))];
+      const max = Math.max(1e-9, ...risks.flatMap((r) => Object.values(table[r] || {}).map((v) => Math.abs(Number(v) || 0))));
+      const cell = (v) => (v === undefined || v === null) ? el("td", { class: "muted" }, "–")
+        : el("td", {}, el("span", { class: "bar", style: `width:${Math.round(Math.abs(Number(v) || 0) / max * 8)}rem` }),
+             (Number(v) > 0 ? "+" : "") + Number(v).toFixed(2));
+      contrib.replaceChildren(
+        el("table", { class: "kv", id: "contributions-table" },
+          el("tr", {}, el("th", {}, "Modality"), risks.map((r) => el("th", { dataset: { risk: r } }, RISK_NAMES[r] || r))),
+          modalities.map((m) => el("tr", { dataset: { modality: m } }, el("th", {}, names[m] || m),
+                                   risks.map((r) => cell((table[r] || {})[m]))))),
+        el("p", { class: "muted" }, "Change in each risk when the modality's data is left out."));
     } else {
       contrib.replaceChildren(el("p", { class: "muted", id: "no-contributions" },
-        "Not available for the rule model" + (latest.model ? " (" + latest.model + ")." : ".")));
+        "Not available for this score" + (latest.model ? " (model " + latest.model + ")." : ".")));
     }
   }
 
