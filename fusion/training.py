@@ -39,7 +39,7 @@ class TrainConfig:
     max_val_rows: int = 150_000
     seed: int = 0
     threads: int = 2
-    series_kind: str = "gru"
+    series_kind: str = "tcn"
 
 
 def set_seeds(seed: int) -> np.random.Generator:

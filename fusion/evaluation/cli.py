@@ -160,9 +160,10 @@ def _evaluate_fusion(args: argparse.Namespace) -> int:
     from icuwatch.fusion.evaluation.fusion_compare import compare, markdown
 
     names = [c.strip() for c in args.cohorts.split(",") if c.strip()]
-    summary = compare(names, progress=not args.quiet, baselines=args.baselines != "none")
     out = Path(args.out) if args.out else Path("reports") / f"fusion-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
+    summary = compare(names, progress=not args.quiet, baselines=args.baselines != "none",
+                      out_dir=None if args.no_figures else out)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "report.md").write_text(markdown(summary))
     summary["report"] = str(out / "report.md")

@@ -63,7 +63,23 @@ def _latency_ms(run, n_rows: int) -> dict:
             f"latency_ms_per_patient_batch{LATENCY_BATCH}": round(1e3 * float(np.median(batched)), 4)}
 
 
-def fusion_rows(cohort: Cohort, test: np.ndarray, keeps: dict[float, np.ndarray], progress: bool) -> list[dict]:
+def mean_contributions(model, cohort: Cohort, rows: np.ndarray, limit: int = 20000) -> dict[str, float]:
+    """Mean per-modality contribution (attention weight or leave-one-out delta) over test rows."""
+    import torch
+
+    from icuwatch.fusion.cohort import gather
+    from icuwatch.fusion.strategies.base import to_tensors
+
+    rows = rows[:: max(1, len(rows) // limit)]
+    total = np.zeros(len(cohort.modalities))
+    with torch.no_grad():
+        for s in range(0, len(rows), 2048):
+            total += model.contributions(to_tensors(gather(cohort, rows[s: s + 2048]))).numpy().sum(axis=0)
+    return {m: round(float(v / len(rows)), 4) for m, v in zip(cohort.modalities, total)}
+
+
+def fusion_rows(cohort: Cohort, test: np.ndarray, keeps: dict[float, np.ndarray], progress: bool,
+                curves: dict | None = None) -> list[dict]:
     import torch
 
     from icuwatch.fusion import model_store
@@ -82,13 +98,19 @@ def fusion_rows(cohort: Cohort, test: np.ndarray, keeps: dict[float, np.ndarray]
             present = cohort.present[test] & keep[groups]
             logits = predict_logits(trained.model, cohort, test, present=present, progress=progress)
             p = per_group(trained.probabilities(logits), groups)
+            extra = {}
+            if rate == 0.0:
+                extra["mean_contributions"] = mean_contributions(trained.model, cohort, test)
+                if curves is not None:
+                    curves[name] = p
             rows.append({"model": name, "kind": "fusion", "strategy": trained.card["strategy"], "missing": rate,
-                         **row_metrics(y, p, trained.threshold), "parameters": trained.card["parameters"], **lat})
+                         **row_metrics(y, p, trained.threshold), "parameters": trained.card["parameters"], **lat,
+                         **extra})
     return rows
 
 
 def physionet_baseline_rows(cohort: Cohort, test: np.ndarray, keeps: dict[float, np.ndarray],
-                            progress: bool) -> list[dict]:
+                            progress: bool, curves: dict | None = None) -> list[dict]:
     """NEWS2, qSOFA, the rule sepsis score and (once trained) the gradient-boosted trees."""
     from dataclasses import replace
 
@@ -125,14 +147,39 @@ def physionet_baseline_rows(cohort: Cohort, test: np.ndarray, keeps: dict[float,
         lat = {k.replace("patient", "stay"): v for k, v in lat.items()}
         for rate in keeps:
             y, p = by_model[name][rate]
+            if rate == 0.0 and curves is not None:
+                curves[name] = p
             rows.append({"model": name, "kind": "gbt" if name == "gbt" else "rule", "missing": rate,
                          **row_metrics(y, p, threshold), "parameters": None, **lat,
                          "latency_note": "per whole stay (all its hours), features included"})
     return rows
 
 
+def figures(out_dir: Path, cohort_name: str, y: list[np.ndarray], curves: dict, table: list[dict]) -> dict:
+    """ROC and reliability at 0 % missing, and AUROC against the missing rate, as PNGs."""
+    from icuwatch.fusion.evaluation import plots
+
+    zero = {r["model"]: r for r in table if r["missing"] == 0.0}
+    out = {"roc": str(plots.roc_plot(out_dir / f"{cohort_name}-roc.png", y, curves,
+                                     {m: zero[m]["auroc"] for m in curves if m in zero}))}
+    bins = {m: metrics.calibration(y, p)[1] for m, p in curves.items()}
+    out["reliability"] = str(plots.reliability_plot(out_dir / f"{cohort_name}-reliability.png", bins,
+                                                    {m: zero[m]["ece"] for m in curves if m in zero}))
+    plt = plots._plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for model in dict.fromkeys(r["model"] for r in table):
+        pts = sorted((r["missing"], r["auroc"]) for r in table if r["model"] == model)
+        ax.plot([100 * a for a, _ in pts], [b for _, b in pts], marker="o", label=model)
+    ax.set_xlabel("modalities missing (nominal %, per stay)")
+    ax.set_ylabel("AUROC (test split)")
+    ax.set_title(f"{cohort_name}: robustness to missing modalities")
+    ax.legend(fontsize=7)
+    out["auroc_vs_missing"] = str(plots._save(fig, out_dir / f"{cohort_name}-auroc-vs-missing.png"))
+    return out
+
+
 def compare(cohort_names=("physionet", "sim"), rates=MISSING_RATES, seed: int = 0, progress: bool = True,
-            baselines: bool = True) -> dict:
+            baselines: bool = True, out_dir: Path | None = None) -> dict:
     from icuwatch.fusion import cohorts
 
     started = time.time()
@@ -144,13 +191,14 @@ def compare(cohort_names=("physionet", "sim"), rates=MISSING_RATES, seed: int = 
         keeps = {r: keep_mask(len(cohort.group_ids), len(cohort.modalities), r, seed) for r in rates}
         test_groups = np.unique(cohort.group[test])
         dropped = {str(r): round(float(1 - k[test_groups].mean()), 3) for r, k in keeps.items()}
-        rows = fusion_rows(cohort, test, keeps, progress)
+        curves: dict = {}
+        rows = fusion_rows(cohort, test, keeps, progress, curves)
         if baselines and name == "physionet":
-            rows += physionet_baseline_rows(cohort, test, keeps, progress)
+            rows += physionet_baseline_rows(cohort, test, keeps, progress, curves)
         elif baselines and name == "sim":
             from icuwatch.fusion.evaluation.sim_baselines import sim_baseline_rows
 
-            rows += sim_baseline_rows(cohort, test, keeps)
+            rows += sim_baseline_rows(cohort, test, keeps, curves)
         out["cohorts"][name] = {
             "data": cohort.meta.get("source", name),
             "modalities": list(cohort.modalities),
@@ -159,6 +207,9 @@ def compare(cohort_names=("physionet", "sim"), rates=MISSING_RATES, seed: int = 
             "dropped_modality_share": dropped,
             "table": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
         }
+        if out_dir is not None and rows:
+            y = per_group(cohort.y[test], cohort.group[test])
+            out["cohorts"][name]["figures"] = figures(Path(out_dir), name, y, curves, rows)
     out["seconds"] = round(time.time() - started, 1)
     return out
 
@@ -186,5 +237,14 @@ def markdown(summary: dict) -> str:
             lines.append(f"| {r['model']} | {int(r['missing'] * 100)} % | {f('auroc')} | {f('auprc')} | {f('utility')} "
                          f"| {f('ece')} | {f('alerts_per_patient_day')} | {f('parameters')} | "
                          f"{r.get('latency_ms_batch1', '–')}{' (per stay)' if r['kind'] != 'fusion' and 'latency_note' in r else ''} |")
+        lines.append("")
+        contrib = [(r["model"], r["mean_contributions"]) for r in c["table"] if r.get("mean_contributions")]
+        if contrib:
+            lines += ["Mean per-modality contribution on the test rows (attention: share of the context token's "
+                      "attention; others: leave-one-modality-out change in probability):", ""]
+            lines += [f"* {m}: " + ", ".join(f"{k} {v:+.3f}" for k, v in d.items()) for m, d in contrib]
+            lines.append("")
+        for label, path in c.get("figures", {}).items():
+            lines.append(f"![{name} {label}]({Path(path).name})")
         lines.append("")
     return "\n".join(lines)

@@ -28,7 +28,7 @@ class InputSpec:
     cohort: str
     modalities: tuple[str, ...]
     dims: dict[str, tuple[int, ...]]
-    series_kind: str = "gru"
+    series_kind: str = "tcn"
     d_model: int = 32
     options: dict = field(default_factory=dict)
 
