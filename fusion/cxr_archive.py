@@ -158,6 +158,48 @@ class CxrArchive:
         self._write_index(studies)
         return added
 
+    def add_recorded(self, record_file: str | Path) -> list[str]:
+        """Index the X-rays of an ``icuwatch record`` file (``icu.cxr`` lines, v1 ``Cxr`` messages):
+        what arrived through the stream becomes searchable. Lines that are not valid ``Cxr`` messages
+        are skipped and counted in the log, never half-added; a study id already in the archive is
+        not added twice."""
+        import base64
+        import logging
+        from datetime import datetime, timezone
+
+        from icuwatch.streams import schemas
+        from icuwatch.streams.replay.archive import read_archive
+
+        studies = self.studies()
+        ids = {s["study_id"] for s in studies}
+        added, skipped = [], 0
+        for line in read_archive(record_file):
+            if line.get("topic") != "icu.cxr" or line.get("value") is None:
+                continue
+            try:
+                msg = schemas.Cxr.model_validate_json(line["value"])
+                data = base64.b64decode(msg.image_b64)
+                png_to_array(data)
+            except Exception:
+                skipped += 1
+                continue
+            sid = msg.study_id
+            if sid in ids:
+                continue
+            rel = Path("images") / f"{sid}.{'jpg' if msg.image_format == 'jpeg' else 'png'}"
+            self.images_dir.mkdir(parents=True, exist_ok=True)
+            _atomic_write(self.root / rel, data)
+            studies.append({"study_id": sid, "file": rel.as_posix(), "report": msg.report,
+                            "acquired_at": datetime.fromtimestamp(msg.event_time, timezone.utc).isoformat(),
+                            "patient_id": msg.patient_id, "source": "stream",
+                            "sha256": hashlib.sha256(data).hexdigest()})
+            ids.add(sid)
+            added.append(sid)
+        if skipped:
+            logging.getLogger(__name__).warning("%d icu.cxr lines were not valid X-ray messages; skipped", skipped)
+        self._write_index(studies)
+        return added
+
     # --------------------------------------------------------------------------- embeddings
 
     def embeddings(self, model, batch_size: int = 64) -> np.ndarray:

@@ -1,8 +1,8 @@
 """``icuwatch cxr-index`` and ``icuwatch cxr-search``: a chest X-ray archive searchable by text.
 
-``cxr-index [--sim N] [--add FOLDER ...]`` trains the joint X-ray/report embedding on simulated
+``cxr-index [--sim N] [--add FOLDER ...] [--record FILE ...]`` trains the joint X-ray/report embedding on simulated
 studies when none is saved in ``var/models/joint_embedding`` (or with ``--retrain``), adds
-simulated studies and/or real PNG/JPEG files to the archive (default ``var/cxr_archive``) and
+simulated studies, real PNG/JPEG files and/or the X-rays of a recorded ``icu.cxr`` stream to the archive (default ``var/cxr_archive``) and
 refreshes its embedding cache. With neither ``--sim`` nor ``--add`` on an empty archive it adds
 200 simulated studies.
 
@@ -26,6 +26,8 @@ def register(subparsers) -> None:
     p.add_argument("--sim-seed", type=int, default=1, help="seed of the simulated studies (default 1)")
     p.add_argument("--add", action="append", default=[], metavar="FOLDER",
                    help="index the PNG/JPEG files under FOLDER (copied into the archive); repeatable")
+    p.add_argument("--record", action="append", default=[], metavar="FILE",
+                   help="index the X-rays of an `icuwatch record icu.cxr --out FILE` stream capture; repeatable")
     p.add_argument("--archive", default=None, help="archive folder (default var/cxr_archive)")
     p.add_argument("--model", default=None, help="model folder (default var/models/joint_embedding)")
     p.add_argument("--retrain", action="store_true", help="train a new model even if one is saved")
@@ -60,12 +62,14 @@ def _index(args: argparse.Namespace) -> int:
 
     archive = cxr_archive.CxrArchive(args.archive)
     n_sim = args.sim
-    if n_sim is None and not args.add and len(archive) == 0:
+    if n_sim is None and not args.add and not args.record and len(archive) == 0:
         n_sim = DEFAULT_SIM
     added_sim = archive.add_simulated(n_sim, seed=args.sim_seed) if n_sim else []
     added_files = []
     for folder in args.add:
         added_files += archive.add_images(folder)
+    for record_file in args.record:
+        added_files += archive.add_recorded(record_file)
     emb = archive.embeddings(model)
     summary |= {"archive": str(archive.root), "studies": len(archive), "added_sim": len(added_sim),
                 "added_files": len(added_files), "embeddings": list(emb.shape)}

@@ -161,3 +161,32 @@ def test_cli_search_json_output(trained, tmp_path, capsys):
     args = parser.parse_args(["cxr-search", "x", "--archive", str(tmp_path / "empty"),
                               "--model", str(tmp_path / "model")])
     assert args.func(args) == 2
+
+
+def test_archive_indexes_a_recorded_cxr_stream(trained, tmp_path):
+    """X-rays that arrived on icu.cxr (an `icuwatch record` capture) become searchable; a malformed
+    line is skipped, other topics ignored, a repeated study not added twice."""
+    import base64
+
+    from icuwatch.streams import schemas
+    from icuwatch.streams.simulator import cxr as sim_cxr
+
+    png = sim_cxr.render(0.8, "diffuse", "right", np.random.default_rng(0))
+    msg = schemas.Cxr(patient_id="p1", event_time=1.7e9, study_id="s-1", arrival_time=1.7e9 + 600,
+                      image_b64=base64.b64encode(png).decode(), report="Extensive bilateral diffuse opacities.")
+
+    def line(topic: str, value: bytes) -> str:
+        return json.dumps({"topic": topic, "partition": 0, "offset": 0, "key": base64.b64encode(b"p1").decode(),
+                           "value": base64.b64encode(value).decode(), "timestamp": 0, "event_time": 1.7e9})
+
+    record = tmp_path / "cxr.jsonl"
+    good = msg.model_dump_json().encode()
+    record.write_text("\n".join([line("icu.cxr", good), line("icu.cxr", b"{not json"),
+                                 line("icu.vitals", b"{}"), line("icu.cxr", good)]) + "\n")
+    archive = cxr_archive.CxrArchive(tmp_path / "arch")
+    assert archive.add_recorded(record) == ["s-1"]
+    assert archive.add_recorded(record) == []
+    (study,) = archive.studies()
+    assert study["source"] == "stream" and study["patient_id"] == "p1" and study["report"].startswith("Extensive")
+    assert archive.path_of(study).read_bytes() == png
+    assert archive.search(DIFFUSE_QUERY, top_k=1, model=trained[0])[0]["study_id"] == "s-1"
