@@ -133,6 +133,8 @@ class Cohort:
                     raise ValueError(f"{name}: index >= 0 exactly where present")
             elif np.any(np.abs(x[~self.present[:, j]]) > 0):
                 raise ValueError(f"{name}: an absent modality must carry zeros")
+        if len(self.group) and (np.diff(self.group) < 0).any():
+            raise ValueError("rows must be ordered by group (each group's rows contiguous, in time order)")
         if not np.isfinite(self.staleness_h).all() or (self.staleness_h < 0).any():
             raise ValueError("staleness_h must be finite and >= 0")
 

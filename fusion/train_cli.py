@@ -40,8 +40,9 @@ def register(subparsers) -> None:
     p.add_argument("--cohort", default="physionet", choices=COHORTS,
                    help="physionet: real PhysioNet 2019 stays (vitals, labs); sim: simulated multimodal patients")
     p.add_argument("--limit", type=int, default=None, help="PhysioNet stays / simulated patients (quick runs)")
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--rows-per-epoch", type=int, default=60_000)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--rows-per-epoch", type=int, default=200_000,
+                   help="training rows drawn per epoch (capped at the TRAIN split size)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--modality-dropout", type=float, default=0.4, help="per-modality drop probability (0.3-0.5)")
     p.add_argument("--series-encoder", default=DEFAULT_KIND, choices=KINDS)

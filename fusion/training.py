@@ -23,8 +23,8 @@ from icuwatch.fusion.strategies.base import FusionModel, InputSpec, to_tensors
 
 @dataclass
 class TrainConfig:
-    epochs: int = 6
-    rows_per_epoch: int = 60_000
+    epochs: int = 10
+    rows_per_epoch: int = 200_000
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -167,7 +167,7 @@ def train(strategy: str, cohort: Cohort, cfg: TrainConfig | None = None, progres
     t0 = time.perf_counter()
     for epoch in range(cfg.epochs):
         model.train()
-        rows = rng.choice(train_rows, size=steps_per_epoch * cfg.batch_size, replace=len(train_rows) < cfg.rows_per_epoch)
+        rows = rng.choice(train_rows, size=steps_per_epoch * cfg.batch_size, replace=False)
         losses = []
         bar = tqdm(range(steps_per_epoch), desc=f"{strategy}/{cohort.name} epoch {epoch + 1}/{cfg.epochs}",
                    unit="batch", disable=not progress, file=sys.stderr)

@@ -22,6 +22,13 @@ def test_keep_mask_drops_about_rate_and_never_everything(rate):
     assert not np.array_equal(keep, keep_mask(20000, 4, rate, seed=1))
 
 
+def test_keep_mask_keeps_a_modality_the_stay_has():
+    available = np.zeros((5000, 3), dtype=bool)
+    available[:, 1] = True  # every stay has only the second modality
+    keep = keep_mask(5000, 3, 0.5, available=available)
+    assert keep[:, 1].all()
+
+
 def test_keep_mask_with_nothing_missing_keeps_all():
     assert keep_mask(100, 2, 0.0).all()
 

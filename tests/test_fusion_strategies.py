@@ -176,3 +176,26 @@ def test_joint_embedding_fusion_trains_on_its_contrastive_towers(imaging_cohort,
     for name, tensor in saved.state_dict().items():
         torch.testing.assert_close(model.joint.state_dict()[name], tensor, msg=name)
     assert card["prepared"]["dir"] == str(tmp_path / "joint")
+    train_rows = imaging_cohort.rows("train")
+    cxr, report = imaging_cohort.inputs["cxr"][train_rows], imaging_cohort.inputs["report"][train_rows]
+    expected = np.intersect1d(cxr[cxr >= 0], report[report >= 0])
+    assert saved.card["data"]["studies"] == len(expected)
+
+
+@pytest.mark.parametrize("strategy", ALL_STRATEGIES)
+def test_absent_rows_do_not_move_present_rows_in_training_mode(strategy, imaging_cohort):
+    """In training, absent rows must not reach batch-norm or any other batch-level statistic: present
+    rows score the same beside rows without an X-ray as they do alone (dropout off to compare)."""
+    model = _model(strategy, imaging_cohort).train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        elif isinstance(m, torch.nn.MultiheadAttention):
+            m.dropout = 0.0
+    batch = _batch(imaging_cohort, 16)
+    batch["present"][:] = True
+    batch["cxr"][batch["cxr"].sum(axis=(1, 2, 3)) == 0] = 0.5
+    batch["present"][4:, 2] = False
+    alone = model(to_tensors({k: v[:4] for k, v in batch.items()}))
+    beside_absent = model(to_tensors(batch))[:4]
+    torch.testing.assert_close(alone, beside_absent, msg=strategy)

@@ -13,9 +13,9 @@ def load(name: str, limit: int | None = None, progress: bool = True) -> Cohort:
     if name == "physionet":
         from icuwatch.fusion.cohorts import physionet
 
-        return physionet.load_or_build(limit=limit)
+        return physionet.load_or_build(limit=limit, progress=progress)
     if name == "sim":
         from icuwatch.fusion.cohorts import sim
 
-        return sim.load_or_build(n_patients=limit or 1000)
+        return sim.load_or_build(n_patients=limit or 1000, progress=progress)
     raise ValueError(f"unknown cohort {name!r}; choose from {', '.join(COHORTS)}")

@@ -51,7 +51,7 @@ class AttentionFusion(FusionModel):
         """([B, 1 + M, d] tokens, [B, 1 + M] padding mask: True = ignore)."""
         present = batch["present"]
         stale = self.staleness(batch["staleness_h"])
-        mods = [self.encoders[m](self.gated(batch, m)) for m in self.spec.modalities]
+        mods = [self.encode(self.encoders[m], batch, m) for m in self.spec.modalities]
         h = torch.stack([self.context(batch["static"]), *mods], dim=1) + self.type_embedding
         h = h + torch.cat([torch.zeros_like(stale[:, :1]), stale], dim=1)
         keep = torch.cat([torch.ones_like(present[:, :1]), present], dim=1)

@@ -41,7 +41,7 @@ class InputSpec:
     @classmethod
     def from_json(cls, d: dict) -> "InputSpec":
         return cls(cohort=d["cohort"], modalities=tuple(d["modalities"]),
-                   dims={k: tuple(v) for k, v in d["dims"].items()}, series_kind=d.get("series_kind", "gru"),
+                   dims={k: tuple(v) for k, v in d["dims"].items()}, series_kind=d["series_kind"],
                    d_model=d.get("d_model", 32), options=d.get("options", {}))
 
 
@@ -61,6 +61,23 @@ class FusionModel(nn.Module):
         keep = batch["present"][:, self.spec.modalities.index(modality)]
         return x * keep.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
 
+    def encode(self, encoder: nn.Module, batch: dict[str, torch.Tensor], modality: str,
+               extra: torch.Tensor | None = None) -> torch.Tensor:
+        """``encoder`` run on the rows where ``modality`` is present only; zeros elsewhere. Absent rows
+        never reach the encoder, so they cannot move batch-norm statistics in training either.
+        ``extra``: a second per-row input the encoder takes (static context)."""
+        keep = batch["present"][:, self.spec.modalities.index(modality)]
+        x = batch[modality]
+        if bool(keep.all()):
+            return encoder(x) if extra is None else encoder(x, extra)
+        out_rows = keep.nonzero(as_tuple=True)[0]
+        if len(out_rows) == 0:
+            probe = encoder(x[:1]) if extra is None else encoder(x[:1], extra[:1])
+            return torch.zeros((len(x), *probe.shape[1:]), dtype=probe.dtype)
+        y = encoder(x[out_rows]) if extra is None else encoder(x[out_rows], extra[out_rows])
+        out = torch.zeros((len(x), *y.shape[1:]), dtype=y.dtype)
+        return out.index_put((out_rows,), y)
+
     @torch.no_grad()
     def contributions(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """[B, M] leave-one-modality-out deltas in probability (0 for absent modalities)."""
@@ -70,7 +87,7 @@ class FusionModel(nn.Module):
             present = batch["present"].clone()
             was = present[:, j].clone()
             present[:, j] = False
-            # A row whose only modality is j has no "without j": its delta is its whole score.
+            # A row whose only modality is j has no "without j": its delta is taken against 0.5 (no information).
             without = torch.sigmoid(self({**batch, "present": present}))
             delta = torch.where(present.any(dim=1), full - without, full - 0.5)
             out[:, j] = torch.where(was, delta, torch.zeros_like(delta))

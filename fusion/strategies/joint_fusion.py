@@ -75,4 +75,4 @@ class JointEmbeddingFusion(AttentionFusion):
             raise ValueError(f"saved joint embedding has {source.embed_dim} dimensions, this model {self.joint.embed_dim}")
         self.joint.load_state_dict(source.state_dict())
         self.joint.requires_grad_(False)
-        return {"dir": str(directory), **{k: source.card.get(k) for k in ("data", "retrieval", "held_out") if k in source.card}}
+        return {"dir": str(directory), **{k: source.card.get(k) for k in ("data", "heldout_retrieval") if k in source.card}}

@@ -29,18 +29,25 @@ class ModalityHead(nn.Module):
         return self.out(self.encoder(x) + self.static(static)).squeeze(-1)
 
 
-class LateFusion(FusionModel):
-    strategy = "late"
+class PerModalityHeads(FusionModel):
+    """One ``ModalityHead`` per modality; the base of both late-fusion strategies."""
 
     def __init__(self, spec: InputSpec) -> None:
         super().__init__(spec)
         self.heads = nn.ModuleDict({m: ModalityHead(spec, m) for m in spec.modalities})
-        self.weight_scores = nn.Parameter(torch.zeros(len(spec.modalities)))
 
     def head_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """[B, M] per-modality logits (rows where a modality is absent hold its head's output on zeros)."""
-        return torch.stack([self.heads[m](self.gated(batch, m), batch["static"]) for m in self.spec.modalities],
+        """[B, M] per-modality logits, 0 where the modality is absent (its head never runs there)."""
+        return torch.stack([self.encode(self.heads[m], batch, m, batch["static"]) for m in self.spec.modalities],
                            dim=1)
+
+
+class LateFusion(PerModalityHeads):
+    strategy = "late"
+
+    def __init__(self, spec: InputSpec) -> None:
+        super().__init__(spec)
+        self.weight_scores = nn.Parameter(torch.zeros(len(spec.modalities)))
 
     def weights(self, present: torch.Tensor) -> torch.Tensor:
         return masked_softmax(self.weight_scores.expand(present.shape[0], -1), present)

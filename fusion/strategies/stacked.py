@@ -14,27 +14,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from icuwatch.fusion.strategies.base import FusionModel, InputSpec
-from icuwatch.fusion.strategies.late import ModalityHead
+from icuwatch.fusion.strategies.base import InputSpec
+from icuwatch.fusion.strategies.late import PerModalityHeads
 
 
-class StackedLateFusion(FusionModel):
+class StackedLateFusion(PerModalityHeads):
     strategy = "stacked"
     two_stage = True
 
     def __init__(self, spec: InputSpec) -> None:
         super().__init__(spec)
         m = len(spec.modalities)
-        self.heads = nn.ModuleDict({name: ModalityHead(spec, name) for name in spec.modalities})
         self.integrator = nn.Linear(2 * m, 1)
-        with torch.no_grad():  # before stage 2: the mean of the present heads' logits
+        with torch.no_grad():  # before stage 2: the heads' logits summed, divided by the number of modalities
             self.integrator.weight.zero_()
             self.integrator.bias.zero_()
             self.integrator.weight[0, :m] = 1.0 / m
-
-    def head_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.stack([self.heads[m](self.gated(batch, m), batch["static"]) for m in self.spec.modalities],
-                           dim=1)
 
     def integrator_inputs(self, logits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         p = present.float()
