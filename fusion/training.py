@@ -204,7 +204,7 @@ def train(strategy: str, cohort: Cohort, cfg: TrainConfig | None = None, progres
     groups = cohort.group[val_rows]
     try:
         threshold, val_utility = best_threshold(per_group(val_p, groups), per_group(y_val, groups),
-                                                np.unique(np.quantile(val_p, np.linspace(0.5, 0.999, 300))))
+                                                np.unique(np.quantile(val_p, np.linspace(0.0, 0.999, 400))))
     except ValueError:
         threshold, val_utility = 0.5, float("nan")
     card = {
@@ -240,4 +240,4 @@ def _fit_stage2(model: FusionModel, cohort: Cohort, rows: np.ndarray, cfg: Train
         for s in range(0, len(rows), 2048):
             batch = to_tensors(gather(cohort, rows[s: s + 2048]))
             feats.append(model.integrator_inputs(model.head_logits(batch), batch["present"]).numpy())
-    return model.fit_integrator(np.concatenate(feats), cohort.y[rows], cfg.seed)
+    return model.fit_integrator(np.concatenate(feats), cohort.y[rows], cfg.seed, cfg.modality_dropout)

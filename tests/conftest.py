@@ -105,3 +105,14 @@ def engine(url: str) -> Iterator[Engine]:
 @pytest.fixture
 def sessions(engine: Engine) -> sessionmaker[Session]:
     return db.session_factory(engine)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for the module's tests, restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -14,11 +14,8 @@ from icuwatch.streams.simulator import cxr as sim_cxr
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Timing-free but CPU-heavy: one thread, so parallel work on 2 cores stays predictable."""
 
 
 def n_params(m: torch.nn.Module) -> int:

@@ -19,15 +19,12 @@ CLEAR_QUERY = "Lungs clear. No pleural effusion or pneumothorax. Impression: No 
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Timing-free but CPU-heavy: one thread, so parallel work on 2 cores stays predictable."""
 
 
 @pytest.fixture(scope="module")
-def trained(one_thread):
+def trained(_one_thread):
     """A small model trained for a few seconds on 240 simulated pairs (seeded)."""
     images, studies = je.simulate_studies(240, seed=0)
     tokens = tokenizer.encode([s["report"] for s in studies])

@@ -210,6 +210,10 @@ def compare(cohort_names=("physionet", "sim"), rates=MISSING_RATES, seed: int = 
                    for r, k in keeps.items()}
         curves: dict = {}
         rows = fusion_rows(cohort, test, keeps, progress, curves)
+        y_groups = per_group(cohort.y[test], cohort.group[test])
+        rows.append({"model": "always-alarm", "kind": "reference", "missing": 0.0,
+                     **row_metrics(y_groups, [np.ones(len(g)) for g in y_groups], 0.5), "parameters": None,
+                     "note": "every row alarms: the utility a metric-gaming model would get"})
         if baselines and name == "physionet":
             rows += physionet_baseline_rows(cohort, test, keeps, progress, curves)
         elif baselines and name == "sim":

@@ -2,7 +2,8 @@
 
 The two-stage recipe: stage 1 trains each modality's head on every patient who has that modality
 (rows where it is absent are left out of that head's loss); stage 2 fits a logistic regression
-(scikit-learn) on the heads' logits of held-out rows where several modalities are present. The
+(scikit-learn) on the heads' logits of held-out rows where several modalities are present (as they
+are and with modality dropout applied, so it learns what an absent modality means). The
 integrator sees ``logit_m * present_m`` and ``present_m``, so an absent modality adds only its
 learned "absent" offset. The fitted coefficients are copied into a ``nn.Linear`` so the whole
 model stays one torch module.
@@ -40,20 +41,31 @@ class StackedLateFusion(PerModalityHeads):
         self.aux_logits = logits
         return self.integrator(self.integrator_inputs(logits, batch["present"])).squeeze(-1)
 
-    def fit_integrator(self, features: np.ndarray, y: np.ndarray, seed: int = 0) -> dict:
-        """Stage 2: logistic regression on integrator inputs of rows with >= 2 modalities present."""
+    def fit_integrator(self, features: np.ndarray, y: np.ndarray, seed: int = 0, dropout: float = 0.4) -> dict:
+        """Stage 2: logistic regression on integrator inputs of rows with >= 2 modalities present.
+
+        Those rows are used twice: as they are, and with each present modality dropped with
+        probability ``dropout`` (one always kept: the same modality dropout stage 1 trains with), so
+        the integrator also learns what an absent modality's ``present = 0`` column means instead of
+        extrapolating to it."""
         from sklearn.linear_model import LogisticRegression
+
+        from icuwatch.fusion.training import modality_dropout
 
         m = len(self.spec.modalities)
         several = features[:, m:].sum(axis=1) >= 2
         x, t = features[several], y[several]
         if len(np.unique(t)) < 2:
             raise ValueError("stage 2 needs both classes among rows with several modalities")
+        rng = np.random.default_rng(seed)
+        kept, _ = modality_dropout(x[:, m:] > 0.5, np.zeros((len(x), m), dtype=np.float32), dropout, rng)
+        dropped = np.concatenate([x[:, :m] * kept, kept.astype(x.dtype)], axis=1)
+        x, t = np.concatenate([x, dropped]), np.concatenate([t, t])
         lr = LogisticRegression(C=1.0, max_iter=1000, random_state=seed).fit(x, t)
         with torch.no_grad():
             self.integrator.weight.copy_(torch.as_tensor(lr.coef_, dtype=torch.float32))
             self.integrator.bias.copy_(torch.as_tensor(lr.intercept_, dtype=torch.float32))
-        return {"rows": int(several.sum()), "positives": int(t.sum()),
+        return {"rows": int(several.sum()), "positives": int(y[several].sum()),
                 "coefficients": dict(zip([f"logit_{n}" for n in self.spec.modalities]
                                          + [f"present_{n}" for n in self.spec.modalities],
                                          np.round(lr.coef_[0], 4).tolist()))}
