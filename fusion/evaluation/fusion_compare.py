@@ -182,7 +182,7 @@ def figures(out_dir: Path, cohort_name: str, y: list[np.ndarray], curves: dict, 
                                                     {m: zero[m]["ece"] for m in curves if m in zero}))
     plt = plots._plt()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for model in dict.fromkeys(r["model"] for r in table):
+    for model in dict.fromkeys(r["model"] for r in table if r["kind"] != "reference"):
         pts = sorted((r["missing"], r["auroc"]) for r in table if r["model"] == model)
         ax.plot([100 * a for a, _ in pts], [b for _, b in pts], marker="o", label=model)
     ax.set_xlabel("modalities missing (nominal %, per stay)")
