@@ -108,6 +108,46 @@ def per_group(values: np.ndarray, groups: np.ndarray) -> list[np.ndarray]:
     return np.split(values, cuts)
 
 
+def model_spec(strategy: str, cohort: Cohort, cfg: TrainConfig, spec_overrides: dict | None = None) -> InputSpec:
+    """The ``InputSpec`` of ``strategy`` on the cohort: ``DEFAULTS``, then ``spec_overrides``."""
+    defaults = {**DEFAULTS.get(strategy, {}), **(spec_overrides or {})}
+    return InputSpec(cohort=cohort.name, modalities=cohort.modalities, dims=cohort.dims(),
+                     series_kind=cfg.series_kind, d_model=defaults.get("d_model", 32),
+                     options=defaults.get("options", {}))
+
+
+def validation_rows(cohort: Cohort, cfg: TrainConfig, rng: np.random.Generator) -> np.ndarray:
+    """The VAL rows models are selected and calibrated on: at most ``cfg.max_val_rows``, drawn as whole
+    groups so per-stay utility stays meaningful."""
+    val_rows = cohort.rows("val")
+    if len(val_rows) > cfg.max_val_rows:
+        groups = np.unique(cohort.group[val_rows])
+        keep = rng.choice(groups, size=int(len(groups) * cfg.max_val_rows / len(val_rows)), replace=False)
+        val_rows = val_rows[np.isin(cohort.group[val_rows], keep)]
+    return val_rows
+
+
+def utility_threshold(p: np.ndarray, y: np.ndarray, groups: np.ndarray) -> tuple[float, float]:
+    """(alert threshold, normalized utility): the probability threshold maximising the PhysioNet 2019
+    utility of rows ``p``/``y`` (grouped by stay) over 400 quantiles of ``p``; (0.5, nan) when the
+    utility is undefined (no septic stay)."""
+    from icuwatch.fusion.evaluation.metrics import best_threshold
+
+    try:
+        return best_threshold(per_group(p, groups), per_group(y, groups),
+                              np.unique(np.quantile(p, np.linspace(0.0, 0.999, 400))))
+    except ValueError:
+        return 0.5, float("nan")
+
+
+def data_card(cohort: Cohort, train_rows: np.ndarray, val_rows: np.ndarray, stage2_rows: np.ndarray) -> dict:
+    """The card's ``data`` section: which cohort build, how many rows of each split were used."""
+    return {"cohort": cohort.name, "meta": {k: v for k, v in cohort.meta.items()
+                                            if k in ("source", "description", "real", "data_dir", "version", "norm")},
+            "train_rows": int(len(train_rows)), "stage2_rows": int(len(stage2_rows)),
+            "val_rows": int(len(val_rows)), "train_positive_rows": int(cohort.y[train_rows].sum())}
+
+
 def _step(model: FusionModel, batch: dict, y: torch.Tensor, cfg: TrainConfig, stage1_only: bool) -> torch.Tensor:
     logits = model(batch)
     aux = getattr(model, "aux_logits", None)
@@ -133,15 +173,10 @@ def train(strategy: str, cohort: Cohort, cfg: TrainConfig | None = None, progres
     """Fit ``strategy`` on the cohort's TRAIN rows; returns the model (eval mode) and its card."""
     from tqdm import tqdm
 
-    from icuwatch.fusion.evaluation.metrics import best_threshold
-
     cfg = cfg or TrainConfig()
     torch.set_num_threads(cfg.threads)
     rng = set_seeds(cfg.seed)
-    defaults = {**DEFAULTS.get(strategy, {}), **(spec_overrides or {})}
-    spec = InputSpec(cohort=cohort.name, modalities=cohort.modalities, dims=cohort.dims(),
-                     series_kind=cfg.series_kind, d_model=defaults.get("d_model", 32),
-                     options=defaults.get("options", {}))
+    spec = model_spec(strategy, cohort, cfg, spec_overrides)
     model = build(strategy, spec)
     prepared = model.prepare(cohort, progress) if hasattr(model, "prepare") else None
     two_stage = getattr(model, "two_stage", False)
@@ -153,11 +188,7 @@ def train(strategy: str, cohort: Cohort, cfg: TrainConfig | None = None, progres
         held = rng.choice(groups, size=max(1, int(cfg.stage2_fraction * len(groups))), replace=False)
         in_held = np.isin(cohort.group[train_rows], held)
         stage2_rows, train_rows = train_rows[in_held], train_rows[~in_held]
-    val_rows = cohort.rows("val")
-    if len(val_rows) > cfg.max_val_rows:  # whole groups, so per-stay utility stays meaningful
-        groups = np.unique(cohort.group[val_rows])
-        keep = rng.choice(groups, size=int(len(groups) * cfg.max_val_rows / len(val_rows)), replace=False)
-        val_rows = val_rows[np.isin(cohort.group[val_rows], keep)]
+    val_rows = validation_rows(cohort, cfg, rng)
     y_val = cohort.y[val_rows].astype(np.float32)
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -201,22 +232,14 @@ def train(strategy: str, cohort: Cohort, cfg: TrainConfig | None = None, progres
     val_logits = predict_logits(model, cohort, val_rows)
     temperature = fit_temperature(val_logits, y_val)
     val_p = 1.0 / (1.0 + np.exp(-val_logits / temperature))
-    groups = cohort.group[val_rows]
-    try:
-        threshold, val_utility = best_threshold(per_group(val_p, groups), per_group(y_val, groups),
-                                                np.unique(np.quantile(val_p, np.linspace(0.0, 0.999, 400))))
-    except ValueError:
-        threshold, val_utility = 0.5, float("nan")
+    threshold, val_utility = utility_threshold(val_p, y_val, cohort.group[val_rows])
     card = {
         "model": f"{strategy}-{cohort.name}",
         "strategy": strategy,
         "spec": spec.to_json(),
         "parameters": model.n_parameters(),
         "train_config": asdict(cfg),
-        "data": {"cohort": cohort.name, "meta": {k: v for k, v in cohort.meta.items()
-                                                 if k in ("source", "description", "real", "data_dir", "version", "norm")},
-                 "train_rows": int(len(train_rows)), "stage2_rows": int(len(stage2_rows)),
-                 "val_rows": int(len(val_rows)), "train_positive_rows": int(cohort.y[train_rows].sum())},
+        "data": data_card(cohort, train_rows, val_rows, stage2_rows),
         "history": history,
         "best_epoch": best[2],
         "stage2": stage2,

@@ -15,7 +15,7 @@ from icuwatch.fusion.strategies.base import InputSpec, to_tensors
 from icuwatch.fusion.training import (TrainConfig, fit_temperature, focal_loss, modality_dropout,
                                       predict_logits, train)
 
-TABULAR_STRATEGIES = ("early", "late", "stacked", "attention")
+TABULAR_STRATEGIES = ("early", "late", "stacked", "attention", "student")
 ALL_STRATEGIES = (*TABULAR_STRATEGIES, "joint_embedding")
 SHAPE_CHECKS = [(s, False) for s in TABULAR_STRATEGIES] + [(s, True) for s in ALL_STRATEGIES]
 """(strategy, with X-ray and report modalities): structural checks run on both kinds of cohort."""
