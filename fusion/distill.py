@@ -18,8 +18,6 @@ fixed). Temperatures and thresholds are buffers of the student, so ``model_store
 
 from __future__ import annotations
 
-import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,7 +30,7 @@ from icuwatch.fusion.strategies import build
 from icuwatch.fusion.strategies.base import FusionModel, to_tensors
 from icuwatch.fusion.strategies.student import EarlyExitStudent, exit_margins
 from icuwatch.fusion.training import (TrainConfig, _auroc, data_card, fit_temperature, focal_loss, model_spec,
-                                      modality_dropout, predict_logits, set_seeds, utility_threshold,
+                                      fit_epochs, predict_logits, set_seeds, utility_threshold,
                                       validation_rows)
 
 STUDENT = "student"
@@ -125,7 +123,6 @@ def distill(teacher, cohort: Cohort, cfg: DistillConfig | None = None, progress:
     """Fit the student on the cohort's TRAIN rows against ``teacher`` (a model directory or name under
     ``var/models``, a ``model_store.TrainedModel`` or a ``FusionModel``); returns the student (eval
     mode, exit temperatures and thresholds set) and its card."""
-    from tqdm import tqdm
 
     cfg = cfg or DistillConfig()
     torch.set_num_threads(cfg.threads)
@@ -143,48 +140,25 @@ def distill(teacher, cohort: Cohort, cfg: DistillConfig | None = None, progress:
     train_rows = cohort.rows("train")
     val_rows = validation_rows(cohort, cfg, rng)
     y_val = cohort.y[val_rows].astype(np.float32)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, min(cfg.rows_per_epoch, len(train_rows)) // cfg.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
     t, alpha = cfg.temperature, cfg.alpha
-    history, best = [], (-1.0, None, -1)
-    t0 = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        student.train()
-        rows = rng.choice(train_rows, size=steps_per_epoch * cfg.batch_size, replace=False)
-        losses = []
-        bar = tqdm(range(steps_per_epoch), desc=f"distill {teacher_name} -> student epoch {epoch + 1}/{cfg.epochs}",
-                   unit="batch", disable=not progress, file=sys.stderr)
-        for b in bar:
-            idx = np.sort(rows[b * cfg.batch_size: (b + 1) * cfg.batch_size])
-            batch = gather(cohort, idx)
-            batch["present"], batch["staleness_h"] = modality_dropout(
-                batch["present"], batch["staleness_h"], cfg.modality_dropout, rng)
-            tensors = to_tensors(batch)
-            with torch.no_grad():
-                soft = torch.sigmoid(teacher_model(tensors) / t)
-                entropy = F.binary_cross_entropy(soft, soft)  # so the soft term is KL (0 when matched)
-            y = torch.as_tensor(cohort.y[idx], dtype=torch.float32)
-            student(tensors)
-            z = student.exit_logits
-            loss = sum(w * (alpha * t * t * (F.binary_cross_entropy_with_logits(z[:, k] / t, soft) - entropy)
-                            + (1.0 - alpha) * focal_loss(z[:, k], y, cfg.focal_gamma, cfg.focal_alpha))
-                       for k, w in enumerate(weights))
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), 5.0)
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-            if b % 20 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-        val_z = predict_exit_logits(student, cohort, val_rows)
-        exit_aurocs = [_auroc(y_val, val_z[:, k]) for k in range(n_exits)]
-        history.append({"epoch": epoch + 1, "train_loss": round(float(np.mean(losses)), 5),
-                        "val_auroc": round(exit_aurocs[-1], 4), "val_auroc_exits": [round(a, 4) for a in exit_aurocs]})
-        if best[1] is None or exit_aurocs[-1] > best[0]:
-            best = (exit_aurocs[-1], {k: v.detach().clone() for k, v in student.state_dict().items()}, epoch + 1)
-    fit_s = time.perf_counter() - t0
+
+    def loss_fn(model: EarlyExitStudent, tensors: dict, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            soft = torch.sigmoid(teacher_model(tensors) / t)
+            entropy = F.binary_cross_entropy(soft, soft)  # so the soft term is KL (0 when matched)
+        model(tensors)
+        z = model.exit_logits
+        return sum(w * (alpha * t * t * (F.binary_cross_entropy_with_logits(z[:, k] / t, soft) - entropy)
+                        + (1.0 - alpha) * focal_loss(z[:, k], y, cfg.focal_gamma, cfg.focal_alpha))
+                   for k, w in enumerate(weights))
+
+    def after_epoch(model: EarlyExitStudent) -> dict:
+        val_z = predict_exit_logits(model, cohort, val_rows)
+        aurocs = [_auroc(y_val, val_z[:, k]) for k in range(n_exits)]
+        return {"val_auroc": aurocs[-1], "val_auroc_exits": [round(a, 4) for a in aurocs]}
+
+    history, best, fit_s = fit_epochs(student, cohort, train_rows, cfg, loss_fn, after_epoch,
+                                      f"distill {teacher_name} -> student", rng, progress)
     student.load_state_dict(best[1])
     student.eval()
 

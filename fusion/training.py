@@ -148,6 +148,51 @@ def data_card(cohort: Cohort, train_rows: np.ndarray, val_rows: np.ndarray, stag
             "val_rows": int(len(val_rows)), "train_positive_rows": int(cohort.y[train_rows].sum())}
 
 
+def fit_epochs(model: FusionModel, cohort: Cohort, train_rows: np.ndarray, cfg: TrainConfig, loss_fn,
+               after_epoch, desc: str, rng: np.random.Generator, progress: bool) -> tuple[list[dict], tuple, float]:
+    """The training loop every strategy and the distillation share: AdamW with a one-cycle schedule
+    over ``cfg.epochs`` epochs of ``cfg.rows_per_epoch`` TRAIN rows (drawn without replacement),
+    modality dropout on every batch, gradient clipping; after each epoch ``after_epoch(model)``
+    returns that epoch's VAL figures (``val_auroc`` first), and the best epoch's weights are kept.
+
+    Returns (history, (best val AUROC, best state_dict, best epoch), seconds)."""
+    from tqdm import tqdm
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, min(cfg.rows_per_epoch, len(train_rows)) // cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
+    history, best = [], (-1.0, None, -1)
+    t0 = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        model.train()
+        rows = rng.choice(train_rows, size=steps_per_epoch * cfg.batch_size, replace=False)
+        losses = []
+        bar = tqdm(range(steps_per_epoch), desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                   disable=not progress, file=sys.stderr)
+        for b in bar:
+            idx = np.sort(rows[b * cfg.batch_size: (b + 1) * cfg.batch_size])
+            batch = gather(cohort, idx)
+            batch["present"], batch["staleness_h"] = modality_dropout(
+                batch["present"], batch["staleness_h"], cfg.modality_dropout, rng)
+            loss = loss_fn(model, to_tensors(batch), torch.as_tensor(cohort.y[idx], dtype=torch.float32))
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+            if b % 20 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        figures = after_epoch(model)
+        val_auroc = figures["val_auroc"]
+        history.append({"epoch": epoch + 1, "train_loss": round(float(np.mean(losses)), 5),
+                        **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in figures.items()}})
+        if best[1] is None or val_auroc > best[0]:
+            best = (val_auroc, {k: v.detach().clone() for k, v in model.state_dict().items()}, epoch + 1)
+    return history, best, time.perf_counter() - t0
+
+
 def _step(model: FusionModel, batch: dict, y: torch.Tensor, cfg: TrainConfig, stage1_only: bool) -> torch.Tensor:
     logits = model(batch)
     aux = getattr(model, "aux_logits", None)
@@ -171,7 +216,6 @@ def _auroc(y: np.ndarray, p: np.ndarray) -> float:
 def train(strategy: str, cohort: Cohort, cfg: TrainConfig | None = None, progress: bool = True,
           spec_overrides: dict | None = None) -> tuple[FusionModel, dict]:
     """Fit ``strategy`` on the cohort's TRAIN rows; returns the model (eval mode) and its card."""
-    from tqdm import tqdm
 
     cfg = cfg or TrainConfig()
     torch.set_num_threads(cfg.threads)
@@ -191,40 +235,16 @@ def train(strategy: str, cohort: Cohort, cfg: TrainConfig | None = None, progres
     val_rows = validation_rows(cohort, cfg, rng)
     y_val = cohort.y[val_rows].astype(np.float32)
 
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, min(cfg.rows_per_epoch, len(train_rows)) // cfg.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
-    history, best = [], (-1.0, None, -1)
-    t0 = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        model.train()
-        rows = rng.choice(train_rows, size=steps_per_epoch * cfg.batch_size, replace=False)
-        losses = []
-        bar = tqdm(range(steps_per_epoch), desc=f"{strategy}/{cohort.name} epoch {epoch + 1}/{cfg.epochs}",
-                   unit="batch", disable=not progress, file=sys.stderr)
-        for b in bar:
-            idx = np.sort(rows[b * cfg.batch_size: (b + 1) * cfg.batch_size])
-            batch = gather(cohort, idx)
-            batch["present"], batch["staleness_h"] = modality_dropout(
-                batch["present"], batch["staleness_h"], cfg.modality_dropout, rng)
-            tensors = to_tensors(batch)
-            loss = _step(model, tensors, torch.as_tensor(cohort.y[idx], dtype=torch.float32), cfg, two_stage)
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-            if b % 20 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+    def loss_fn(m: FusionModel, tensors: dict, y: torch.Tensor) -> torch.Tensor:
+        return _step(m, tensors, y, cfg, two_stage)
+
+    def after_epoch(m: FusionModel) -> dict:
         if two_stage:
-            _fit_stage2(model, cohort, stage2_rows, cfg)
-        val_auroc = _auroc(y_val, predict_logits(model, cohort, val_rows))
-        history.append({"epoch": epoch + 1, "train_loss": round(float(np.mean(losses)), 5),
-                        "val_auroc": round(val_auroc, 4)})
-        if best[1] is None or val_auroc > best[0]:
-            best = (val_auroc, {k: v.detach().clone() for k, v in model.state_dict().items()}, epoch + 1)
-    fit_s = time.perf_counter() - t0
+            _fit_stage2(m, cohort, stage2_rows, cfg)
+        return {"val_auroc": _auroc(y_val, predict_logits(m, cohort, val_rows))}
+
+    history, best, fit_s = fit_epochs(model, cohort, train_rows, cfg, loss_fn, after_epoch,
+                                      f"{strategy}/{cohort.name}", rng, progress)
     model.load_state_dict(best[1])
     model.eval()
     stage2 = _fit_stage2(model, cohort, stage2_rows, cfg) if two_stage else None
