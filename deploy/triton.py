@@ -1,6 +1,10 @@
 """The local inference server: the real ``tritonserver`` (2.51) shipped in nvidia-pytriton's wheel,
 serving ``deploy/triton/models`` through its python backend, bound to 127.0.0.1.
 
+The repository is ``settings.triton_model_repository`` when set, else ``MODEL_REPOSITORY``;
+``settings.triton_extra_repositories`` (or ``start(..., extra_repositories=...)``) adds more, e.g. the
+fusion models ``icuwatch export-triton`` writes to ``var/triton/models``. Unset, nothing changes.
+
 Two fixes from shared/DESIGN.md: the backend directory must hold a *symlink* to the python-3.11
 stub (it finds its bundled libraries relative to its real path), and ``LD_LIBRARY_PATH`` must start
 with this interpreter's LIBDIR, else the stub links the system libpython and models fail.
@@ -13,6 +17,7 @@ import shutil
 import sys
 import sysconfig
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from icuwatch.deploy import processes
@@ -42,7 +47,24 @@ def backend_directory(settings: Settings) -> Path:
     return target.parent
 
 
-def start(settings: Settings, model_repository: Path = MODEL_REPOSITORY) -> None:
+def repositories(settings: Settings, model_repository: Path | None = None,
+                 extra_repositories: Sequence[str | Path] = ()) -> list[Path]:
+    """The model repositories to serve: the main one (argument, setting, else ``MODEL_REPOSITORY``),
+    then the extra ones of the setting and the argument (duplicates dropped)."""
+    main = Path(model_repository or settings.triton_model_repository or MODEL_REPOSITORY)
+    extra = [p for p in settings.triton_extra_repositories.split(os.pathsep) if p.strip()] + list(extra_repositories)
+    out: list[Path] = []
+    for path in [main, *map(Path, extra)]:
+        path = path.resolve()
+        if path not in out:
+            out.append(path)
+    return out
+
+
+def start(settings: Settings, model_repository: Path | None = None, extra_repositories: Sequence[str | Path] = (),
+          ready_models: Sequence[str] | None = None, timeout_s: float = 90.0) -> None:
+    """Start tritonserver (unless this stack's is already up) and wait until ``ready_models``
+    (default: ``settings.triton_model``) are ready."""
     host, grpc_port = processes.split_host_port(settings.triton_url, 8001)
     if processes.running_pid(settings, NAME) and processes.port_open(host, grpc_port):
         return
@@ -51,7 +73,7 @@ def start(settings: Settings, model_repository: Path = MODEL_REPOSITORY) -> None
     server = _pytriton_server_dir() / "bin" / "tritonserver"
     argv = [
         str(server),
-        f"--model-repository={model_repository}",
+        *(f"--model-repository={repo}" for repo in repositories(settings, model_repository, extra_repositories)),
         f"--backend-directory={backend_directory(settings)}",
         f"--grpc-address={host}", f"--grpc-port={grpc_port}",
         f"--http-address={host}", f"--http-port={settings.triton_http_port}",
@@ -65,17 +87,18 @@ def start(settings: Settings, model_repository: Path = MODEL_REPOSITORY) -> None
     }
     processes.spawn(settings, NAME, argv, env)
     processes.wait_for_port(host, grpc_port, 60.0, NAME, settings)
-    wait_ready(settings, timeout_s=90.0)
+    wait_ready(settings, timeout_s=timeout_s, models=ready_models)
 
 
-def wait_ready(settings: Settings, timeout_s: float) -> None:
+def wait_ready(settings: Settings, timeout_s: float, models: Sequence[str] | None = None) -> None:
     import tritonclient.grpc as grpcclient
 
+    models = list(models) if models is not None else [settings.triton_model]
     client = grpcclient.InferenceServerClient(settings.triton_url)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            if client.is_server_ready() and client.is_model_ready(settings.triton_model):
+            if client.is_server_ready() and all(client.is_model_ready(m) for m in models):
                 return
         except Exception:
             pass
@@ -83,7 +106,7 @@ def wait_ready(settings: Settings, timeout_s: float) -> None:
             break
         time.sleep(0.25)
     tail = processes.log_file(settings, NAME).read_text(errors="replace")[-3000:]
-    raise RuntimeError(f"tritonserver not ready with model {settings.triton_model}; log tail:\n{tail}")
+    raise RuntimeError(f"tritonserver not ready with model(s) {', '.join(models)}; log tail:\n{tail}")
 
 
 def stop(settings: Settings) -> bool:

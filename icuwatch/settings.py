@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     triton_http_port: int = 8000
     triton_metrics_port: int = 8002
     triton_model: str = "early_warning"
+    triton_model_repository: Path | None = None
+    """Model repository the local tritonserver serves instead of ``deploy/triton/models`` (unset: that one)."""
+    triton_extra_repositories: str = ""
+    """More model repositories served beside it, ``os.pathsep``-separated (e.g. ``var/triton/models``
+    from ``icuwatch export-triton``); model names must be unique across repositories."""
     triton_timeout_s: float = 2.0
     triton_retry_s: float = 5.0
     """After a failed call, score in-process for this long before trying Triton again."""
