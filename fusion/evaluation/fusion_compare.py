@@ -210,6 +210,9 @@ def compare(cohort_names=("physionet", "sim"), rates=MISSING_RATES, seed: int = 
                    for r, k in keeps.items()}
         curves: dict = {}
         rows = fusion_rows(cohort, test, keeps, progress, curves)
+        if not rows:
+            print(f"evaluate fusion: no trained fusion model for the {name} cohort in var/models; "
+                  f"`icuwatch train --strategy all --cohort {name}` makes them. Baselines only.", file=sys.stderr)
         y_groups = per_group(cohort.y[test], cohort.group[test])
         rows.append({"model": "always-alarm", "kind": "reference", "missing": 0.0,
                      **row_metrics(y_groups, [np.ones(len(g)) for g in y_groups], 0.5), "parameters": None,
