@@ -31,6 +31,15 @@ class Settings(BaseSettings):
     triton_extra_repositories: str = ""
     """More model repositories served beside it, ``os.pathsep``-separated (e.g. ``var/triton/models``
     from ``icuwatch export-triton``); model names must be unique across repositories."""
+    scoring_model: str = ""
+    """Unset (default): the worker sends the feature row to ``triton_model`` (the rule scores of
+    ``early_warning``). ``student_physionet`` (any Triton model exported from a PhysioNet-trained
+    fusion model by ``export-triton``): the worker sends the PhysioNet-cohort rows
+    (``fusion/stream_features.py``) to that model and publishes its ``PROBABILITY`` as the sepsis
+    risk; deterioration risk, NEWS2 and qSOFA stay the rule values (model ``<name>+rules``)."""
+    scoring_model_dir: Path | None = None
+    """Trained model directory whose ``model_card.json`` gives the normalisation (``data.meta.norm``)
+    of ``scoring_model``; unset: ``<state_dir>/models/<scoring_model with _ as ->``."""
     triton_timeout_s: float = 2.0
     triton_retry_s: float = 5.0
     """After a failed call, score in-process for this long before trying Triton again."""

@@ -25,6 +25,8 @@ class Due:
     staleness: dict[str, float | None]
     trigger: str
     revision: int = 0
+    cohort: dict | None = None
+    """The PhysioNet-cohort row (``fusion.stream_features.cohort_row``) when a student scores."""
 
 
 class ScoreBatcher:
@@ -43,8 +45,9 @@ class ScoreBatcher:
         self._wake = asyncio.Event()
 
     def submit(self, patient_id: str, t: float, features: np.ndarray,
-               staleness: dict[str, float | None], trigger: str, revision: int = 0) -> None:
-        self.pending.append(Due(patient_id, t, features, staleness, trigger, revision))
+               staleness: dict[str, float | None], trigger: str, revision: int = 0,
+               cohort: dict | None = None) -> None:
+        self.pending.append(Due(patient_id, t, features, staleness, trigger, revision, cohort))
         if len(self.pending) >= self.batch_max:
             self._wake.set()
 
@@ -66,10 +69,19 @@ class ScoreBatcher:
 
     async def flush(self, batch: list[Due]) -> None:
         x = np.concatenate([d.features for d in batch], axis=0)
-        out, source = await self.scorer.score(x)
-        model = self.scorer.model if source == "triton" else rules.MODEL_NAME
+        if getattr(self.scorer, "student", False):
+            from icuwatch.fusion.stream_features import stack_rows
+
+            out, source = await self.scorer.score_rows(x, stack_rows([d.cohort for d in batch]))
+            model = self.scorer.model_name if source == "triton" else rules.MODEL_NAME
+        else:
+            out, source = await self.scorer.score(x)
+            model = self.scorer.model if source == "triton" else rules.MODEL_NAME
         c = out.get("contributions")
         explained = features.contributions_as_dicts(c) if c is not None else [None] * len(batch)
+        if source == "triton" and getattr(self.scorer, "student", False):
+            # the rule sepsis contributions explain the rule risk, not the student's
+            explained = [None if e is None else {k: v for k, v in e.items() if k != "sepsis"} for e in explained]
         now = time.time()
         for i, due in enumerate(batch):
             await self.publish(

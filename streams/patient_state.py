@@ -9,6 +9,9 @@ Pure functions, no I/O. Event-time rules:
   and :func:`features_at` takes, for each one, the newest value with event time <= the scoring time.
 * Important events (a lab, an X-ray, an admission) trigger a score once the clock reaches them.
 * Out-of-order delivery cannot roll a value back, and a duplicate changes nothing.
+* Vital signs are also kept as hourly buckets (``hourly``, hours ending at the first sample's time
+  plus whole hours) for the PhysioNet-cohort row of :mod:`icuwatch.fusion.stream_features`; states
+  checkpointed without them start them on their next vital sign.
 """
 
 from __future__ import annotations
@@ -31,6 +34,11 @@ WINDOW_MINUTES = 60
 RECENT_VITALS = 120
 HISTORY = 8
 VITAL_WINDOW_FIELDS = ("hr", "spo2", "rr", "sbp", "map", "temp")
+HOURLY_FIELDS = ("hr", "spo2", "temp", "sbp", "map", "dbp", "rr")
+"""Vitals of the hourly window, in the PhysioNet cohort's channel order (HR, O2Sat, Temp, SBP, MAP,
+DBP, Resp): what :mod:`icuwatch.fusion.stream_features` builds the student's 8-hour window from."""
+HOURLY_BUCKETS = 12
+"""Hourly buckets kept (8 for the window, the rest for scores recomputed a little in the past)."""
 LAB_FEATURES = ("lactate", "wbc", "creatinine", "platelets", "bilirubin")
 RED_FLAG_DELAY_S = 60.0
 CHECKPOINT_EVERY_S = 60.0
@@ -42,6 +50,9 @@ def new_state() -> dict:
         "vitals": {},
         "recent_vitals_t": [],
         "window": [],
+        "hourly": [],
+        "hourly_anchor": None,
+        "hourly_carry": {},
         "labs": {},
         "waveforms_t": [],
         "waveform_features": {},
@@ -92,6 +103,7 @@ def apply_vitals(state: dict, msg: schemas.Vitals) -> bool:
         if value is not None and (held is None or t > held[0]):
             state["vitals"][field] = [t, value]
     _add_to_window(state, msg)
+    _add_to_hourly(state, msg)
     state["now"] = t if state["now"] is None else max(state["now"], t)
     if red_flag(msg):
         _pending(state, t, "red_flag")
@@ -116,6 +128,52 @@ def _add_to_window(state: dict, msg: schemas.Vitals) -> None:
         if value is not None:
             row[1 + 2 * i] += 1
             row[2 + 2 * i] += value
+
+
+def hour_bucket(anchor: float, t: float) -> int:
+    """Index of the hour ``(anchor + (b - 1) h, anchor + b h]`` holding event time ``t``: an hour
+    ends at the patient's first vital-sign time plus whole hours, so a PhysioNet replay's hourly rows
+    (ICU admission + ICULOS hours) each fall in their own bucket, the row's hour ending the bucket."""
+    return math.ceil(round((t - anchor) / 3600.0, 6))
+
+
+def _add_to_hourly(state: dict, msg: schemas.Vitals) -> None:
+    """Hourly buckets ``[b, n_hr, sum_hr, n_spo2, ...]`` (``HOURLY_FIELDS``), oldest first, at most
+    ``HOURLY_BUCKETS``; a bucket pushed out (or a sample older than all of them) leaves its means in
+    ``hourly_carry`` ({field: [b, mean]}, the newest such per field) for the forward fill. States
+    checkpointed before the hourly window existed start one on their next vital sign."""
+    if state.get("hourly_anchor") is None:
+        state["hourly_anchor"] = msg.event_time
+    hourly = state.setdefault("hourly", [])
+    carry = state.setdefault("hourly_carry", {})
+    b = hour_bucket(state["hourly_anchor"], msg.event_time)
+    row = next((r for r in reversed(hourly) if r[0] == b), None)
+    if row is None:
+        row = [b] + [0.0] * (2 * len(HOURLY_FIELDS))
+        if hourly and b < hourly[0][0] and len(hourly) >= HOURLY_BUCKETS:
+            _fill_row(row, msg)
+            _to_carry(carry, row)
+            return
+        hourly.append(row)
+        hourly.sort(key=lambda r: r[0])
+        while len(hourly) > HOURLY_BUCKETS:
+            _to_carry(carry, hourly.pop(0))
+    _fill_row(row, msg)
+
+
+def _fill_row(row: list, msg: schemas.Vitals) -> None:
+    for i, field in enumerate(HOURLY_FIELDS):
+        value = getattr(msg, field)
+        if value is not None:
+            row[1 + 2 * i] += 1
+            row[2 + 2 * i] += value
+
+
+def _to_carry(carry: dict, row: list) -> None:
+    for i, field in enumerate(HOURLY_FIELDS):
+        n = row[1 + 2 * i]
+        if n and (field not in carry or row[0] >= carry[field][0]):
+            carry[field] = [row[0], row[2 + 2 * i] / n]
 
 
 def window_means(state: dict) -> dict[str, list[tuple[float, float]]]:
@@ -164,7 +222,12 @@ def apply_adt(state: dict, msg: schemas.Adt) -> bool:
     adt.setdefault("seen", []).append(key)
     if msg.event_time >= adt.get("t", 0.0):
         adt.update(t=msg.event_time, event=msg.event, unit=msg.unit, bed=msg.bed)
+    for field in ("age", "sex"):
+        if getattr(msg, field) is not None:
+            adt[field] = getattr(msg, field)
     if msg.event == "admit":
+        if msg.event_time >= adt.get("admit_t", -math.inf):
+            adt["admit_t"] = msg.event_time
         _pending(state, msg.event_time, "admit")
     return True
 

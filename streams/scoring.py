@@ -124,3 +124,82 @@ def _contributions(arr: np.ndarray | None, n: int) -> np.ndarray | None:
                         list(arr.shape), [n, *features.CONTRIBUTIONS_SHAPE])
         return None
     return arr
+
+
+STUDENT_INPUTS = ("vitals", "labs", "static", "present", "staleness_h")
+"""Batch keys of an exported PhysioNet model, in the order of its Triton inputs (upper-cased;
+``fusion.triton_export.batch_keys``, not imported here: it pulls in torch)."""
+PROBABILITY = "PROBABILITY"
+
+
+def load_norm(settings: Settings) -> dict:
+    """The normalisation (``data.meta.norm``) of ``settings.scoring_model`` from its model card."""
+    import json
+
+    directory = settings.scoring_model_dir or settings.state_dir / "models" / settings.scoring_model.replace("_", "-")
+    card = json.loads((directory / "model_card.json").read_text())
+    return card["data"]["meta"]["norm"]
+
+
+class StudentScorer(TritonScorer):
+    """Sepsis risk from a PhysioNet-trained model in Triton (``settings.scoring_model``), everything
+    else from the rules in-process.
+
+    Each batch: the rule scores of the feature rows (deterioration risk, NEWS2, qSOFA, their
+    contributions) are computed here, and the cohort rows (``fusion.stream_features.cohort_row``) go
+    to Triton in one call; its ``PROBABILITY`` replaces the rule sepsis risk and the rule sepsis
+    contributions are left out (they explain another model). When Triton fails the batch is the
+    rules' alone (``source`` fallback), with the same retry as :class:`TritonScorer`.
+    """
+
+    student = True
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.model = settings.scoring_model
+
+    @property
+    def model_name(self) -> str:
+        return f"{self.model}+rules"
+
+    async def score_rows(self, x: np.ndarray, batch: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str]:
+        """Score feature rows ``x`` and the matching cohort batch (``stream_features.stack_rows``)."""
+        out = rules.score_explained(x)
+        if time.monotonic() >= self.down_until:
+            try:
+                probability = await self._infer_student(batch, len(x))
+            except Exception as exc:  # any transport or server error means: fall back
+                self.counts["triton_errors"] += 1
+                await self._reconnect()
+                if self.down_until == 0.0:
+                    log.warning("Triton unavailable (%s); scoring with rules in-process", type(exc).__name__)
+                self.down_until = time.monotonic() + self.settings.triton_retry_s
+            else:
+                if self.down_until:
+                    log.info("Triton is back; scoring through Triton again")
+                self.down_until = 0.0
+                self.counts["triton_batches"] += 1
+                self.counts["triton_rows"] += len(x)
+                out["sepsis_risk"] = probability
+                return out, "triton"
+        self.counts["fallback_batches"] += 1
+        self.counts["fallback_rows"] += len(x)
+        return out, "fallback"
+
+    async def _infer_student(self, batch: dict[str, np.ndarray], n: int) -> np.ndarray:
+        inputs = []
+        for key in STUDENT_INPUTS:
+            arr = np.ascontiguousarray(batch[key])
+            inp = self._grpc.InferInput(key.upper(), list(arr.shape), "BOOL" if key == "present" else "FP32")
+            inp.set_data_from_numpy(arr)
+            inputs.append(inp)
+        result = await self.client.infer(
+            self.model, inputs, outputs=[self._grpc.InferRequestedOutput(PROBABILITY)],
+            client_timeout=self.settings.triton_timeout_s)
+        arr = result.as_numpy(PROBABILITY)
+        if arr is None or arr.shape[0] != n:
+            raise RuntimeError(f"Triton returned no/short {PROBABILITY}")
+        p = arr.reshape(-1).astype(np.float64)
+        if not np.isfinite(p).all():
+            raise RuntimeError(f"Triton returned a non-finite {PROBABILITY}")
+        return np.clip(p, 0.0, 1.0)

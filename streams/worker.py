@@ -22,7 +22,7 @@ import faust
 from icuwatch.settings import get_settings
 from icuwatch.streams import alerting, patient_state, schemas, topics
 from icuwatch.streams.batcher import ScoreBatcher
-from icuwatch.streams.scoring import TritonScorer
+from icuwatch.streams.scoring import StudentScorer, TritonScorer, load_norm
 from icuwatch.streams.waveform_state import WaveformState
 from icuwatch.streams.sink import StorageSink
 
@@ -74,13 +74,24 @@ thresholds = {
                                   settings.alert_confirm, settings.alert_clear, settings.alert_refractory_s),
 }
 _batcher: ScoreBatcher | None = None
+student_norm: dict | None = load_norm(settings) if settings.scoring_model else None
+"""Normalisation of the PhysioNet cohort rows sent to ``scoring_model`` (None: rules model)."""
 
 
 def batcher() -> ScoreBatcher:
     global _batcher
     if _batcher is None:
-        _batcher = ScoreBatcher(TritonScorer(settings), publish_score, settings.batch_max, settings.batch_wait_s)
+        scorer = StudentScorer(settings) if settings.scoring_model else TritonScorer(settings)
+        _batcher = ScoreBatcher(scorer, publish_score, settings.batch_max, settings.batch_wait_s)
     return _batcher
+
+
+def cohort_row(state: dict, t: float) -> dict | None:
+    if student_norm is None:
+        return None
+    from icuwatch.fusion.stream_features import cohort_row as row
+
+    return row(state, t, student_norm)
 
 
 async def publish_score(score: schemas.Score) -> None:
@@ -137,7 +148,8 @@ async def ingest(stream: faust.StreamT) -> None:
             state["last_scored"] = t
             stats["scores_submitted"] += 1
             batcher().submit(msg.patient_id, t, patient_state.features_at(state, t),
-                             patient_state.staleness(state, t), trigger, state["revision"])
+                             patient_state.staleness(state, t), trigger, state["revision"],
+                             cohort_row(state, t))
         if trigger is not None or not isinstance(msg, (schemas.Vitals, schemas.Waveform)) \
                 or patient_state.checkpoint_due(state):
             state["checkpoint_t"] = state["now"] or 0.0
