@@ -159,6 +159,49 @@ def gather(cohort: Cohort, idx: np.ndarray) -> dict[str, np.ndarray]:
     return batch
 
 
+def zscore(x: np.ndarray, stats: dict, clip: float) -> np.ndarray:
+    """``(x - mean) / std`` per channel (``stats``: ``{"mean": [...], "std": [...]}``), clipped to
+    +-``clip``, 0 where ``x`` is NaN."""
+    z = np.clip((x - np.asarray(stats["mean"], dtype=np.float64)) / np.asarray(stats["std"], dtype=np.float64),
+                -clip, clip)
+    return np.where(np.isnan(z), 0.0, z)
+
+
+def step_windows(steps: np.ndarray, t: int) -> np.ndarray:
+    """[n, C] per-step rows -> float32 [n, t, C]: row i holds steps i-t+1 .. i, oldest first, zeros
+    for steps before the first."""
+    steps = np.asarray(steps, dtype=np.float32)
+    padded = np.concatenate([np.zeros((t - 1, steps.shape[1]), np.float32), steps], axis=0)
+    return np.ascontiguousarray(np.lib.stride_tricks.sliding_window_view(padded, t, axis=0).transpose(0, 2, 1))
+
+
+def progress_bar(iterable, total: int, desc: str, unit: str, enabled: bool):
+    """``iterable`` with a tqdm bar on stderr when ``enabled``."""
+    if not enabled:
+        return iterable
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, mininterval=0.5)
+
+
+def load_or_build_cached(path: Path, build, current) -> Cohort:
+    """The cohort cached at ``path`` when it loads and ``current(cohort)`` accepts it; otherwise
+    ``build()``, validated and saved there. A broken cache is rebuilt, not fatal."""
+    if path.is_file():
+        try:
+            cohort = Cohort.load(path)
+        except Exception:  # noqa: BLE001 - unreadable cache: rebuild
+            cohort = None
+        if cohort is not None and current(cohort):
+            return cohort
+    cohort = build()
+    cohort.validate()
+    cohort.save(path)
+    return cohort
+
+
 def default_cache_dir() -> Path:
     from icuwatch.settings import get_settings
 

@@ -29,7 +29,6 @@ Changing a layout, a channel or the transform is a model interface change: bump 
 
 from __future__ import annotations
 
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,7 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from icuwatch.fusion.baselines.features import _forward_fill
-from icuwatch.fusion.cohort import SPLIT_CODES, Cohort, default_cache_dir
+from icuwatch.fusion.cohort import (SPLIT_CODES, Cohort, default_cache_dir, load_or_build_cached, progress_bar,
+                                    step_windows, zscore)
 from icuwatch.fusion.physionet import LAB_COLUMNS, VITAL_COLUMNS, Stay, default_data_dir, list_stays, \
     read_psv, split_of
 
@@ -131,12 +131,7 @@ def fit_norm(stays: list[Stay]) -> dict:
 
 
 def _zscore(x: np.ndarray, norm: dict, name: str) -> np.ndarray:
-    """Z-scored, clipped to +-z_clip, 0 where ``x`` is NaN."""
-    mean = np.asarray(norm[name]["mean"], dtype=np.float64)
-    std = np.asarray(norm[name]["std"], dtype=np.float64)
-    clip = float(norm.get("z_clip", Z_CLIP))
-    z = np.clip((x - mean) / std, -clip, clip)
-    return np.where(np.isnan(z), 0.0, z)
+    return zscore(x, norm[name], float(norm.get("z_clip", Z_CLIP)))
 
 
 # --- one stay --------------------------------------------------------------------------------------
@@ -153,10 +148,7 @@ def stay_inputs(stay: Stay, norm: dict) -> dict:
     raw_v = _columns(stay, VITALS)
     measured_v = ~np.isnan(raw_v)
     ffill_v, last_v = _forward_fill(raw_v, measured_v)
-    step = np.concatenate([_zscore(ffill_v, norm, "vitals"), measured_v], axis=1).astype(np.float32)
-    padded = np.concatenate([np.zeros((T - 1, step.shape[1]), np.float32), step], axis=0)
-    windows = np.lib.stride_tricks.sliding_window_view(padded, T, axis=0)  # [n, 14, T]
-    vitals = np.ascontiguousarray(windows.transpose(0, 2, 1))
+    vitals = step_windows(np.concatenate([_zscore(ffill_v, norm, "vitals"), measured_v], axis=1), T)
 
     raw_l = _columns(stay, LABS)
     measured_l = ~np.isnan(raw_l)
@@ -198,14 +190,6 @@ def stay_inputs(stay: Stay, norm: dict) -> dict:
 
 # --- the cohort ------------------------------------------------------------------------------------
 
-def _progress(iterable, total: int, desc: str, enabled: bool):
-    if not enabled:
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, unit="stay", file=sys.stderr, mininterval=0.5)
-
-
 def build(data_dir: str | Path | None = None, limit: int | None = None, seed: int = 0,
           progress: bool = True) -> Cohort:
     """The cohort of every stay of ``data_dir`` (default ``default_data_dir()``), or of a seeded random
@@ -219,7 +203,7 @@ def build(data_dir: str | Path | None = None, limit: int | None = None, seed: in
         pick = np.random.default_rng(seed).choice(len(paths), size=limit, replace=False)
         paths = [paths[i] for i in np.sort(pick)]
 
-    stays = [read_stay(p) for p in _progress(paths, len(paths), "read stays", progress)]
+    stays = [read_stay(p) for p in progress_bar(paths, len(paths), "read stays", "stay", progress)]
     norm = fit_norm(stays)
 
     lengths = np.array([s.values.shape[0] for s in stays], dtype=np.int64)
@@ -235,7 +219,7 @@ def build(data_dir: str | Path | None = None, limit: int | None = None, seed: in
     split = np.repeat(np.array([SPLIT_CODES[split_of(s.patient_id)] for s in stays], np.uint8), lengths)
 
     start = 0
-    for stay in _progress(stays, len(stays), "cohort rows", progress):
+    for stay in progress_bar(stays, len(stays), "cohort rows", "stay", progress):
         rows = stay_inputs(stay, norm)
         if rows["y"] is None:
             raise ValueError(f"{stay.patient_id}: no SepsisLabel column (a cohort needs labels)")
@@ -286,17 +270,7 @@ def load_or_build(data_dir: str | Path | None = None, cache_dir: str | Path | No
                   limit: int | None = None, progress: bool = True) -> Cohort:
     """The cached cohort (``var/cache/physionet-cohort-v1[-limitN].npz``), built and saved when the
     cache is missing, unreadable, of another ``COHORT_VERSION`` or of another data directory."""
-    path = cache_path(cache_dir, limit)
     wanted_dir = str((Path(data_dir) if data_dir is not None else default_data_dir()).resolve())
-    if path.is_file():
-        try:
-            cohort = Cohort.load(path)
-        except Exception:  # noqa: BLE001 - a broken cache is rebuilt, not fatal
-            cohort = None
-        if (cohort is not None and cohort.meta.get("version") == COHORT_VERSION
-                and cohort.meta.get("data_dir") == wanted_dir):
-            return cohort
-    cohort = build(data_dir, limit=limit, progress=progress)
-    cohort.validate()
-    cohort.save(path)
-    return cohort
+    return load_or_build_cached(
+        cache_path(cache_dir, limit), lambda: build(data_dir, limit=limit, progress=progress),
+        lambda c: c.meta.get("version") == COHORT_VERSION and c.meta.get("data_dir") == wanted_dir)

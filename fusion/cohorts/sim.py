@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import io
 import math
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -59,7 +58,8 @@ import numpy as np
 from PIL import Image
 
 from icuwatch.encoders.tokenizer import encode
-from icuwatch.fusion.cohort import IMAGE_SIZE, SPLIT_CODES, Cohort, default_cache_dir
+from icuwatch.fusion.cohort import (IMAGE_SIZE, SPLIT_CODES, Cohort, default_cache_dir, load_or_build_cached,
+                                    progress_bar, step_windows, zscore)
 from icuwatch.fusion.physionet import VITAL_COLUMNS, split_of
 from icuwatch.streams.simulator import cxr as cxr_images
 from icuwatch.streams.simulator import labs as sim_labs
@@ -295,15 +295,12 @@ def _fit(x: np.ndarray) -> dict:
 
 
 def _z(x: np.ndarray, norm: dict) -> np.ndarray:
-    return np.clip((x - np.asarray(norm["mean"])) / np.asarray(norm["std"]), -Z_CLIP, Z_CLIP)
+    return zscore(x, norm, Z_CLIP)
 
 
 def _windows(values_z: np.ndarray) -> np.ndarray:
     """[hours, C] z-scored hourly values -> [hours, T, 2C] (values, flags), steps before admission zero."""
-    hours, c = values_z.shape
-    step = np.concatenate([values_z, np.ones((hours, c))], axis=1).astype(np.float32)
-    padded = np.concatenate([np.zeros((T - 1, 2 * c), np.float32), step], axis=0)
-    return np.ascontiguousarray(np.lib.stride_tricks.sliding_window_view(padded, T, axis=0).transpose(0, 2, 1))
+    return step_windows(np.concatenate([values_z, np.ones_like(values_z)], axis=1), T)
 
 
 def _lab_rows(labs: np.ndarray, hours: int, norm: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -324,14 +321,6 @@ def _lab_rows(labs: np.ndarray, hours: int, norm: dict) -> tuple[np.ndarray, np.
     return out, coll.max(axis=1)
 
 
-def _progress(iterable, total: int, desc: str, enabled: bool):
-    if not enabled:
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, unit="patient", file=sys.stderr, mininterval=0.5)
-
-
 def build(n_patients: int = 1000, hours: int = 36, seed: int = 0, progress: bool = True) -> Cohort:
     """The cohort of ``n_patients`` simulated patients, rows at hours ``1 .. hours``. Deterministic in
     ``seed``; a cohort with fewer hours (<= 36) is a prefix of a longer one (same raw values)."""
@@ -341,7 +330,7 @@ def build(n_patients: int = 1000, hours: int = 36, seed: int = 0, progress: bool
     horizon_h = max(hours, MIN_HORIZON_H)
     patients = draw_patients(n_patients, seed, float(horizon_h * H), DETERIORATING_FRACTION,
                              (ONSET_WINDOW_H[0] * H, ONSET_WINDOW_H[1] * H), PATIENT_PREFIX)
-    sims = [simulate_patient(p, hours, horizon_h) for p in _progress(patients, n_patients, "sim cohort", progress)]
+    sims = [simulate_patient(p, hours, horizon_h) for p in progress_bar(patients, n_patients, "sim cohort", "patient", progress)]
 
     ids = [p.patient_id for p in patients]
     split_p = np.array([SPLIT_CODES[split_of(i)] for i in ids], np.uint8)
@@ -475,15 +464,6 @@ def load_or_build(n_patients: int = 1000, hours: int = 36, seed: int = 0, cache_
                   progress: bool = True) -> Cohort:
     """The cached cohort (``var/cache/sim-cohort-v1-n{n}-h{h}-s{seed}.npz``), built and saved when the
     cache is missing, unreadable or of another ``COHORT_VERSION``."""
-    path = cache_path(n_patients, hours, seed, cache_dir)
-    if path.is_file():
-        try:
-            cohort = Cohort.load(path)
-        except Exception:  # noqa: BLE001 - a broken cache is rebuilt, not fatal
-            cohort = None
-        if cohort is not None and cohort.meta.get("version") == COHORT_VERSION:
-            return cohort
-    cohort = build(n_patients, hours, seed, progress=progress)
-    cohort.validate()
-    cohort.save(path)
-    return cohort
+    return load_or_build_cached(cache_path(n_patients, hours, seed, cache_dir),
+                                lambda: build(n_patients, hours, seed, progress=progress),
+                                lambda c: c.meta.get("version") == COHORT_VERSION)
