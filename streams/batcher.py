@@ -69,19 +69,18 @@ class ScoreBatcher:
 
     async def flush(self, batch: list[Due]) -> None:
         x = np.concatenate([d.features for d in batch], axis=0)
-        if getattr(self.scorer, "student", False):
+        rows = None
+        if batch[0].cohort is not None:
             from icuwatch.fusion.stream_features import stack_rows
 
-            out, source = await self.scorer.score_rows(x, stack_rows([d.cohort for d in batch]))
-            model = self.scorer.model_name if source == "triton" else rules.MODEL_NAME
-        else:
-            out, source = await self.scorer.score(x)
-            model = self.scorer.model if source == "triton" else rules.MODEL_NAME
+            rows = stack_rows([d.cohort for d in batch])
+        out, source = await self.scorer.score(x, rows)
+        model = self.scorer.model_name if source == "triton" else rules.MODEL_NAME
         c = out.get("contributions")
         explained = features.contributions_as_dicts(c) if c is not None else [None] * len(batch)
-        if source == "triton" and getattr(self.scorer, "student", False):
-            # the rule sepsis contributions explain the rule risk, not the student's
-            explained = [None if e is None else {k: v for k, v in e.items() if k != "sepsis"} for e in explained]
+        risks = out.get("explained_risks")
+        if risks is not None:
+            explained = [None if e is None else {k: e[k] for k in risks} for e in explained]
         now = time.time()
         for i, due in enumerate(batch):
             await self.publish(

@@ -123,11 +123,7 @@ def _add_to_window(state: dict, msg: schemas.Vitals) -> None:
         window.sort(key=lambda r: r[0])
         if len(window) > WINDOW_MINUTES:
             del window[: len(window) - WINDOW_MINUTES]
-    for i, field in enumerate(VITAL_WINDOW_FIELDS):
-        value = getattr(msg, field)
-        if value is not None:
-            row[1 + 2 * i] += 1
-            row[2 + 2 * i] += value
+    _fill_row(row, msg, VITAL_WINDOW_FIELDS)
 
 
 def hour_bucket(anchor: float, t: float) -> int:
@@ -151,18 +147,19 @@ def _add_to_hourly(state: dict, msg: schemas.Vitals) -> None:
     if row is None:
         row = [b] + [0.0] * (2 * len(HOURLY_FIELDS))
         if hourly and b < hourly[0][0] and len(hourly) >= HOURLY_BUCKETS:
-            _fill_row(row, msg)
+            _fill_row(row, msg, HOURLY_FIELDS)
             _to_carry(carry, row)
             return
         hourly.append(row)
         hourly.sort(key=lambda r: r[0])
         while len(hourly) > HOURLY_BUCKETS:
             _to_carry(carry, hourly.pop(0))
-    _fill_row(row, msg)
+    _fill_row(row, msg, HOURLY_FIELDS)
 
 
-def _fill_row(row: list, msg: schemas.Vitals) -> None:
-    for i, field in enumerate(HOURLY_FIELDS):
+def _fill_row(row: list, msg: schemas.Vitals, fields: tuple[str, ...]) -> None:
+    """Add the sample's values to a bucket row ``[key, n_field1, sum_field1, n_field2, ...]``."""
+    for i, field in enumerate(fields):
         value = getattr(msg, field)
         if value is not None:
             row[1 + 2 * i] += 1

@@ -40,11 +40,19 @@ class TritonScorer:
         self.counts = {"triton_batches": 0, "triton_rows": 0, "fallback_batches": 0, "fallback_rows": 0,
                        "triton_errors": 0}
 
-    async def score(self, x: np.ndarray) -> tuple[dict[str, np.ndarray], str]:
-        """Score a [batch, features] matrix; returns (outputs, 'triton' | 'fallback')."""
+    @property
+    def model_name(self) -> str:
+        """The model named on scores that came through Triton."""
+        return self.model
+
+    async def score(self, x: np.ndarray, rows: dict[str, np.ndarray] | None = None
+                    ) -> tuple[dict[str, np.ndarray], str]:
+        """Score a [batch, features] matrix (and, for a cohort-row model, the matching batch of cohort
+        rows); returns (outputs, 'triton' | 'fallback'). Outputs may hold ``explained_risks``: the
+        risks the ``contributions`` explain, when not all of them."""
         if time.monotonic() >= self.down_until:
             try:
-                out = await self._infer(x)
+                out = await self._score_triton(x, rows)
             except Exception as exc:  # any transport or server error means: fall back
                 self.counts["triton_errors"] += 1
                 await self._reconnect()
@@ -61,6 +69,9 @@ class TritonScorer:
         self.counts["fallback_batches"] += 1
         self.counts["fallback_rows"] += len(x)
         return rules.score_explained(x), "fallback"
+
+    async def _score_triton(self, x: np.ndarray, rows: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+        return await self._infer(x)
 
     def _connect(self):
         # Short reconnect backoff: gRPC's default grows to two minutes after the server went away.
@@ -152,8 +163,6 @@ class StudentScorer(TritonScorer):
     rules' alone (``source`` fallback), with the same retry as :class:`TritonScorer`.
     """
 
-    student = True
-
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self.model = settings.scoring_model
@@ -162,29 +171,13 @@ class StudentScorer(TritonScorer):
     def model_name(self) -> str:
         return f"{self.model}+rules"
 
-    async def score_rows(self, x: np.ndarray, batch: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str]:
-        """Score feature rows ``x`` and the matching cohort batch (``stream_features.stack_rows``)."""
+    async def _score_triton(self, x: np.ndarray, rows: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+        if rows is None:
+            raise ValueError(f"{self.model} scores cohort rows; the worker sent none")
         out = rules.score_explained(x)
-        if time.monotonic() >= self.down_until:
-            try:
-                probability = await self._infer_student(batch, len(x))
-            except Exception as exc:  # any transport or server error means: fall back
-                self.counts["triton_errors"] += 1
-                await self._reconnect()
-                if self.down_until == 0.0:
-                    log.warning("Triton unavailable (%s); scoring with rules in-process", type(exc).__name__)
-                self.down_until = time.monotonic() + self.settings.triton_retry_s
-            else:
-                if self.down_until:
-                    log.info("Triton is back; scoring through Triton again")
-                self.down_until = 0.0
-                self.counts["triton_batches"] += 1
-                self.counts["triton_rows"] += len(x)
-                out["sepsis_risk"] = probability
-                return out, "triton"
-        self.counts["fallback_batches"] += 1
-        self.counts["fallback_rows"] += len(x)
-        return out, "fallback"
+        out["sepsis_risk"] = await self._infer_student(rows, len(x))
+        out["explained_risks"] = ("deterioration",)  # the rule sepsis contributions explain another model
+        return out
 
     async def _infer_student(self, batch: dict[str, np.ndarray], n: int) -> np.ndarray:
         inputs = []

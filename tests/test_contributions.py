@@ -297,12 +297,12 @@ def test_batcher_publishes_contributions_per_row_and_none_without_them():
     x = np.concatenate([row(rr=24, sbp=95, lactate=3.1, temp=37.0), row(hr=75)])
 
     class Scorer:
-        model = "early_warning"
+        model_name = "early_warning"
 
         def __init__(self, with_contributions):
             self.with_contributions = with_contributions
 
-        async def score(self, batch):
+        async def score(self, batch, rows=None):
             out = rules.score_explained(batch) if self.with_contributions else rules.score(batch)
             return out, "triton"
 
