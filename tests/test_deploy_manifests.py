@@ -198,3 +198,206 @@ def test_dockerfiles_pin_numpy_below_2():
     for name in ("icuwatch.Dockerfile", "triton.Dockerfile"):
         assert "numpy>=1.26,<2" in (PROD / name).read_text(), name
     assert "download.pytorch.org/whl/cpu" in (PROD / "icuwatch.Dockerfile").read_text()
+
+
+# --- the exported fusion models in the production Triton image -------------------------------------
+
+TRITON_DOCKERFILE = PROD / "triton.Dockerfile"
+FUSION_MOUNT = "/models-fusion"
+REPOSITORY_FLAGS = ["--model-repository=/models", f"--model-repository={FUSION_MOUNT}"]
+
+
+def _pyproject_torch() -> str:
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = [re.fullmatch(r"torch==([\w.]+)", d.replace(" ", "")) for d in deps]
+    pins = [m.group(1) for m in pins if m]
+    assert len(pins) == 1, deps
+    return pins[0]
+
+
+def _dockerfile_arg(text: str, name: str) -> str:
+    m = re.search(rf"^ARG {name}=(\S+)$", text, re.M)
+    assert m, f"ARG {name}=... missing"
+    return m.group(1)
+
+
+def _dockerfile_cmd(text: str) -> list[str]:
+    import json
+
+    cmd = re.findall(r"^CMD (\[.*\])$", text, re.M)
+    assert len(cmd) == 1
+    return json.loads(cmd[0])
+
+
+def _k8s_container(name: str) -> dict:
+    dep = next(d for _, d in k8s_docs() if d["kind"] == "Deployment" and d["metadata"]["name"] == name)
+    return dep["spec"]["template"]["spec"]["containers"][0]
+
+
+def _configmap() -> dict:
+    return next(d for _, d in k8s_docs() if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "icuwatch-settings")
+
+
+def test_triton_image_installs_pyprojects_torch_cpu_build():
+    pin = _pyproject_torch()
+    text = TRITON_DOCKERFILE.read_text()
+    assert _dockerfile_arg(text, "TORCH_VERSION") == pin
+    install = next(line for line in text.splitlines() if '"torch==${TORCH_VERSION}"' in line)
+    assert "--index-url https://download.pytorch.org/whl/cpu" in install  # no CUDA wheels
+    assert re.search(r'check_triton_repository\.py \\\n\s+--torch "\$\{TORCH_VERSION\}" /models /models-fusion', text)
+    assert (PROD / "check_triton_repository.py").is_file()  # reaches the image with COPY deploy deploy
+    assert re.search(r"^COPY deploy deploy$", text, re.M)
+    # the Python services' image carries the same torch
+    assert f"torch=={pin}" in (PROD / "icuwatch.Dockerfile").read_text()
+
+
+def test_triton_image_bakes_the_exported_repository():
+    from icuwatch.fusion import triton_export
+    from icuwatch.settings import Settings
+
+    text = TRITON_DOCKERFILE.read_text()
+    default = _dockerfile_arg(text, "FUSION_REPOSITORY")
+    # the default is where `icuwatch export-triton` writes (relative to the build context, the repo root)
+    assert ROOT / default == triton_export.default_repository(Settings.model_construct())
+    assert re.search(rf"^COPY \$\{{FUSION_REPOSITORY\}} {FUSION_MOUNT}$", text, re.M)
+    cmd = _dockerfile_cmd(text)
+    assert cmd[0] == "tritonserver" and [a for a in cmd if a.startswith("--model-repository")] == REPOSITORY_FLAGS
+    assert "--strict-readiness=true" in cmd
+
+
+def test_compose_triton_serves_both_repositories():
+    c = compose()
+    triton = c["services"]["triton"]
+    cmd = triton["command"]
+    assert [a for a in cmd if a.startswith("--model-repository")] == REPOSITORY_FLAGS
+    assert "--strict-readiness=true" in cmd
+    arg = triton["build"]["args"]["FUSION_REPOSITORY"]
+    m = re.fullmatch(r"\$\{\w+:-([^}]+)\}", arg)
+    assert m and m.group(1) == _dockerfile_arg(TRITON_DOCKERFILE.read_text(), "FUSION_REPOSITORY")
+    # /models-fusion is the image's (checked at build), not shadowed by a mount
+    assert not any(str(v).split(":")[1] == FUSION_MOUNT for v in triton.get("volumes", []))
+    health = " ".join(triton["healthcheck"]["test"])
+    assert "/v2/health/ready" in health and "/v2/models/$$m/ready" in health
+    # the healthcheck also waits for the model the workers score with, when one is set
+    assert "${ICUWATCH_SCORING_MODEL:-}" in triton["environment"]["TRITON_REQUIRED_MODELS"].split()
+
+
+def test_k8s_triton_serves_both_repositories():
+    triton = _k8s_container("triton")
+    args = triton["args"]
+    assert [a for a in args if a.startswith("--model-repository")] == REPOSITORY_FLAGS
+    assert "--strict-readiness=true" in args
+    assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert triton["startupProbe"]["httpGet"]["path"] == "/v2/health/live"
+
+
+def test_student_scoring_is_optional_and_off_by_default():
+    from icuwatch.fusion import triton_export
+    from icuwatch.settings import Settings
+
+    student = triton_export.triton_name(f"{triton_export.STUDENT}-physionet")
+    assert student == "student_physionet"
+    assert Settings.model_fields["scoring_model"].default == ""
+    # Compose: an env-file variable, empty (rules) unless set
+    assert compose()["x-icuwatch-env"]["ICUWATCH_SCORING_MODEL"] == "${ICUWATCH_SCORING_MODEL:-}"
+    assert "ICUWATCH_SCORING_MODEL=student_physionet" in COMPOSE.read_text()
+    # Kubernetes: documented in the ConfigMap, commented out
+    cm = _configmap()
+    assert not cm["data"].get("ICUWATCH_SCORING_MODEL")
+    assert re.search(rf"^\s*# ICUWATCH_SCORING_MODEL: {student}$", (K8S / "configmap.yaml").read_text(), re.M)
+    # the student's card is mounted (optionally) where the worker looks for it by default:
+    # <state dir>/models/<scoring model with _ as ->/model_card.json (streams/scoring.py load_norm)
+    worker = _k8s_container("icuwatch-worker")
+    card_dir = f"{cm['data']['ICUWATCH_STATE_DIR']}/models/{student.replace('_', '-')}"
+    mount = next(m for m in worker["volumeMounts"] if m["mountPath"] == card_dir)
+    assert mount.get("readOnly") is True
+    dep = next(d for _, d in k8s_docs() if d["kind"] == "Deployment" and d["metadata"]["name"] == "icuwatch-worker")
+    volume = next(v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+    assert volume["configMap"]["optional"] is True
+    ops = (PROD / "OPERATIONS.md").read_text()
+    for needle in ("icuwatch export-triton", "icuwatch shadow", "ICUWATCH_SCORING_MODEL=student_physionet",
+                   "--model-repository=/models-fusion"):
+        assert needle in ops, needle
+
+
+# --- check_triton_repository.py (the image build's check), on a stand-in export ----------------------
+
+def _check_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_triton_repository", PROD / "check_triton_repository.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _stand_in_export(repo: Path, name: str = "student_toy", torch_version: str | None = None) -> Path:
+    """A model directory as ``export-triton`` writes it (its config.pbtxt, model.py, export.json), with
+    a small scripted module of the served signature in place of a trained network."""
+    import json
+    import types
+    import warnings
+    from typing import Dict, Tuple
+
+    import torch
+
+    from icuwatch.fusion import triton_export
+
+    class Toy(torch.nn.Module):
+        def forward(self, batch: Dict[str, torch.Tensor], early_exit: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+            z = batch["vitals"].flatten(1).sum(1) + batch["labs"].sum(1) + batch["staleness_h"].sum(1)
+            z = z + batch["present"].float().sum(1) * 0.1
+            return torch.sigmoid(z), torch.zeros(z.shape, dtype=torch.long)
+
+    spec = types.SimpleNamespace(modalities=("vitals", "labs"), dims={"vitals": (8, 14), "labs": (9,), "static": (3,)})
+    version = repo / name / triton_export.VERSION
+    version.mkdir(parents=True)
+    (repo / name / "config.pbtxt").write_text(triton_export.config_pbtxt(name, spec, True, name.replace("_", "-")))
+    (version / "model.py").write_bytes(triton_export.TEMPLATE.read_bytes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(Toy().eval()), str(version / triton_export.TORCHSCRIPT))
+    (version / triton_export.PROVENANCE).write_text(json.dumps({"torch": torch_version or torch.__version__}))
+    return repo / name
+
+
+def test_image_check_accepts_an_export_and_refuses_what_would_not_serve(tmp_path):
+    import ast
+
+    import torch
+
+    source = (PROD / "check_triton_repository.py").read_text()
+    ast.parse(source, feature_version=(3, 10))  # the Triton 24.10 container's Python
+    check = _check_module()
+    rules = ROOT / "deploy" / "triton" / "models"
+    installed = check.release(torch.__version__)
+    assert installed == _pyproject_torch()
+
+    fusion = tmp_path / "fusion"
+    _stand_in_export(fusion)
+    lines = check.check([rules, fusion], installed)
+    assert any("early_warning: present" in line for line in lines)
+    assert any("student_toy: version 1" in line for line in lines)
+    assert check.main(["--torch", installed, str(rules), str(fusion)]) == 0
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert any("empty" in line for line in check.check([rules, empty], installed))
+
+    with pytest.raises(ValueError, match="pinned"):
+        check.check([rules, fusion], "0.0.1")
+    old = tmp_path / "old"
+    _stand_in_export(old, torch_version="2.12.0+cpu")
+    with pytest.raises(ValueError, match="exported by torch"):
+        check.check([rules, old], installed)
+    dup = tmp_path / "dup"
+    _stand_in_export(dup, name="early_warning")
+    with pytest.raises(ValueError, match="in both"):
+        check.check([rules, dup], installed)
+    broken = tmp_path / "broken"
+    (_stand_in_export(broken) / "1" / "model.pt").write_bytes(b"not torchscript")
+    with pytest.raises(ValueError, match="does not load"):
+        check.check([rules, broken], installed)
+    assert check.main(["--torch", installed, str(rules), str(dup)]) == 1

@@ -122,6 +122,22 @@ def test_torchscript_equals_the_eager_models(repository, trained, cohort):
     assert set(where.tolist()) == {0, 1, 2}
 
 
+def test_production_image_check_accepts_the_export(repository):
+    """deploy/production/check_triton_repository.py, which the Triton image build runs on both
+    repositories, loads and runs both exported models (and would refuse a torch mismatch)."""
+    import importlib.util
+
+    path = triton.MODEL_REPOSITORY.parent.parent / "production" / "check_triton_repository.py"
+    spec = importlib.util.spec_from_file_location("check_triton_repository", path)
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    repo, _ = repository
+    lines = check.check([triton.MODEL_REPOSITORY, repo], check.release(torch.__version__))
+    assert any("attention_toy: version 1" in line for line in lines)
+    student = next(line for line in lines if "student_toy: version 1" in line)
+    assert "exits [" in student
+
+
 def test_default_repository_is_generated_not_the_committed_one(tmp_path):
     settings, _ = settings_for(tmp_path)
     assert triton_export.default_repository(settings) == tmp_path / "triton" / "models"
