@@ -11,8 +11,10 @@ same normalisation (a model card's ``data.meta.norm``):
                     the step, z-scored (0 if none yet), then measured-in-this-hour flags.
 ``labs`` [81]       per analyte the newest result with event time <= ``t``: z-score, measured-ever
                     flag, log1p(hours since) / 5.
-``static`` [7]      age / 100, sex (M 1), unit (MICU / SICU), unit known, hospital admission time (0,
-                    see below), hours since the ADT admission / 100.
+``static`` [7]      age / 100, sex (M 1), unit (MICU / SICU), unit known, hospital admission time
+                    (``HospAdmTime`` / 1000: hours from the ADT ``hospital_admit_time`` to the ICU
+                    admission, <= 0, clipped to [-1, 1]; 0 while either is unknown), hours since the
+                    ADT admission / 100.
 ``present``, ``staleness_h``  [2]  vitals (any of the 7) and labs (any of the 27) at or before ``t``.
 
 Where the stream cannot match the offline row exactly (``tests/test_stream_features.py`` checks the
@@ -26,9 +28,12 @@ rest equal, row by row, on real PhysioNet replays):
   bucket of ``t`` count too.
 * **Values the v1 schema rejects** (e.g. a temperature < 20 C) are dropped by the replay and so are
   never measured in the stream, while the cohort z-scores them (clipped). Labs have no ranges.
-* **Hospital admission time** (``HospAdmTime``): ``icu.adt`` v1 carries no hospital admission, so the
-  channel is 0 (what the cohort gives a stay without it). The offline value is ``HospAdmTime / 1000``
-  clipped to [-1, 1]; in set B most stays are within a few hundred hours (|difference| <= 1 always).
+* **Hospital admission time** (``HospAdmTime``) comes from the optional ``hospital_admit_time`` of
+  ``icu.adt`` (the latest one any ADT message gave) and the newest ADT admit; a feed that does not
+  send it gets 0 (what the cohort gives a stay without ``HospAdmTime``; |difference| <= 1 always).
+  The replay sends it (its hospital admission, ``base_time``), except for a stay with a positive
+  ``HospAdmTime`` (ICU before hospital admission, which the schema rejects; none in set B). The
+  hours are rounded to 1e-6 h like the ICU hours, which gives PhysioNet's (two-decimal) value back.
 * **Units** other than MICU/SICU: the replay maps Unit1/Unit2 to MICU/SICU; any other unit name
   counts as known with both flags 0 (as Unit1 = Unit2 = 0 would).
 * **ICU hours** come from the newest ADT admit (0 before one arrives); PhysioNet's ICULOS is the same
@@ -119,13 +124,17 @@ def cohort_row(state: dict, t: float, norm: dict) -> dict:
     unit = adt.get("unit")
     admit_t = adt.get("admit_t")
     hour = _hours(t - admit_t) if admit_t is not None else 0.0
+    hosp_t = adt.get("hospital_admit_t")
+    hosp = 0.0
+    if hosp_t is not None and admit_t is not None:
+        hosp = float(np.clip(round((hosp_t - admit_t) / 3600.0, 6) / 1000.0, -1.0, 1.0))
     static = np.array([
         0.0 if age is None else age / 100.0,
         1.0 if adt.get("sex") == "M" else 0.0,
         1.0 if unit == "MICU" else 0.0,
         1.0 if unit == "SICU" else 0.0,
         0.0 if unit is None else 1.0,
-        0.0,  # hospital admission time: not in icu.adt v1 (see the module docstring)
+        hosp,
         hour / 100.0,
     ], dtype=np.float64).astype(np.float32)
     assert len(static) == len(STATIC_CHANNELS)
@@ -147,3 +156,25 @@ def stack_rows(rows: list[dict]) -> dict[str, np.ndarray]:
     batch["staleness_h"] = np.stack([r["staleness_h"] for r in rows]).astype(np.float32)
     return batch
 
+
+
+def leave_one_out(batch: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``batch`` (:func:`stack_rows`, ``n`` rows) followed by, per row and present modality, a copy of
+    the row with that modality absent as the cohort represents it (its input zeroed, its ``present``
+    flag False, its staleness 0), for leave-one-modality-out contributions.
+
+    Returns (the extended batch: the ``n`` rows first, then the copies in row order, modalities in
+    ``MODALITIES`` order; ``without``: int [n, len(MODALITIES)], the index in the extended batch of
+    row ``i`` without modality ``j``, -1 where ``j`` is absent from row ``i``)."""
+    present = np.asarray(batch["present"], dtype=bool)
+    n = len(present)
+    rows, mods = np.nonzero(present)  # row-major: per row, its present modalities in order
+    without = np.full(present.shape, -1, dtype=np.int64)
+    without[rows, mods] = n + np.arange(len(rows))
+    out = {k: np.concatenate([v, v[rows]]) for k, v in batch.items()}
+    for j, modality in enumerate(MODALITIES):
+        copies = n + np.flatnonzero(mods == j)
+        out[modality][copies] = 0
+        out["present"][copies, j] = False
+        out["staleness_h"][copies, j] = 0
+    return out, without

@@ -3,7 +3,8 @@ simulation over MLLP (``icuwatch simulate --via hl7``).
 
 * :func:`to_hl7`: ``Vitals`` -> ORU^R01 (one OBX per value, OBX-14 = event time); ``Lab`` -> ORU^R01
   (OBR-7 = collection = event time, OBR-22 = result time); ``Adt`` -> ADT^A01/A02/A03 (EVN-2 and
-  EVN-6 = event time, PV1-3 = unit^^bed, PID-7 = a birth date giving the age in completed years).
+  EVN-6 = event time, PV1-3 = unit^^bed, PV1-44 = hospital admission, PID-7 = a birth date giving the
+  age in completed years).
   Codes and units are the first identity rows of the mapping table, so what is sent maps back.
 * :func:`send_via_hl7`: paced like ``icuwatch simulate`` (``speed`` simulated seconds per wall second,
   0 = as fast as possible), over a few MLLP connections (each patient always on the same one, so its
@@ -116,8 +117,11 @@ def to_hl7(message: Message, control_id: str | None = None, mapping: Observation
             born = birth_date_for(message.age, message.event_time).strftime("%Y%m%d") if message.age is not None else ""
             extra = f"||{born}|{message.sex or ''}"
         loc = f"{esc(message.unit or '')}^^{esc(message.bed or '')}" if (message.unit or message.bed) else ""
+        pv1 = f"PV1|1|I|{loc}"
+        if message.hospital_admit_time is not None:
+            pv1 += "|" * 41 + format_ts(message.hospital_admit_time)  # PV1-44
         segs = [_msh(f"ADT^{trigger}", control_id, message.event_time, "ADT"), f"EVN|{trigger}|{ts}||||{ts}",
-                _pid(pid, extra), f"PV1|1|I|{loc}"]
+                _pid(pid, extra), pv1]
     else:
         raise TypeError(f"no HL7 form for {type(message).__name__}")
     return "\r".join(segs)

@@ -14,7 +14,10 @@ Event times are the observation times carried in the message, never the arrival 
   ``icu.vitals`` message per patient and observation time; one ``icu.labs`` message per lab OBX,
   ``result_time`` = OBR-22 (results reported), else MSH-7 (not earlier than collection).
 * ADT^A01/A02/A03 -> admit/transfer/discharge, event time EVN-6 (event occurred), else EVN-2
-  (recorded), else MSH-7.
+  (recorded), else MSH-7. PV1-44 (admit date/time of the visit) becomes ``hospital_admit_time`` when
+  it is a full timestamp (to the minute) not after the event time; otherwise it is left out and the
+  message is still accepted (the field is optional, and feeds that send a date only or a pre-admit
+  time were accepted before it was read).
 
 HL7 timestamps are ``YYYYMMDDHHMM[SS[.S[S[S[S]]]]][+/-ZZZZ]`` (a ``TS`` degree-of-precision component
 is ignored); a timestamp without an offset is in ``settings.hl7_timezone`` (UTC by default).
@@ -512,6 +515,13 @@ def _adt(segs: list[_Seg], hdr: Header, naive_tz: tzinfo) -> list[tuple[str, Mes
             fields["unit"] = unit
         if bed:
             fields["bed"] = bed
+    if pv1 is not None:
+        try:
+            hospital = parse_ts(pv1.get(44), naive_tz) if pv1.get(44) else None
+        except ValueError:
+            hospital = None
+        if hospital is not None and schemas.EARLIEST_EVENT_TIME <= hospital <= t:
+            fields["hospital_admit_time"] = hospital
     born = pid_seg.get(7)
     if born:
         try:

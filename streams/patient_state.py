@@ -199,6 +199,13 @@ def apply_waveform_features(state: dict, t: float, values: dict[str, float | Non
             _push(state["waveform_features"].setdefault(name, []), t, float(value))
 
 
+def refresh_waveform_features(state: dict, patient_id: str, t: float, waveforms: "WaveformState") -> None:
+    """Before scoring at ``t``: features from the waveform windows up to ``t`` (see
+    :meth:`WaveformState.features_until`), kept in the state's histories like any other value."""
+    for t_end, values in waveforms.features_until(patient_id, t):
+        apply_waveform_features(state, t_end, values)
+
+
 def touch_waveform(state: dict, t: float) -> None:
     _push(state["waveforms_t"], t, None)
 
@@ -222,6 +229,10 @@ def apply_adt(state: dict, msg: schemas.Adt) -> bool:
     for field in ("age", "sex"):
         if getattr(msg, field) is not None:
             adt[field] = getattr(msg, field)
+    if msg.hospital_admit_time is not None:
+        # the latest hospital admission given (a later one is a new hospital stay; out-of-order
+        # delivery cannot roll it back)
+        adt["hospital_admit_t"] = max(msg.hospital_admit_time, adt.get("hospital_admit_t", -math.inf))
     if msg.event == "admit":
         if msg.event_time >= adt.get("admit_t", -math.inf):
             adt["admit_t"] = msg.event_time
@@ -237,11 +248,9 @@ def apply(state: dict, msg: schemas.Message, waveforms: "WaveformState | None" =
     if isinstance(msg, schemas.Waveform):
         if waveforms is None:
             raise ValueError("waveform messages need a WaveformState")
-        accepted, feats, t = waveforms.add(msg)
+        accepted, t = waveforms.add(msg)
         if accepted:
             touch_waveform(state, t)
-            if feats:
-                apply_waveform_features(state, t, feats)
         return accepted
     if isinstance(msg, schemas.Lab):
         return apply_lab(state, msg)

@@ -7,11 +7,13 @@ Triton again after ``triton_retry_s``: no crash, no lost score.
 Per-modality contributions (``CONTRIBUTIONS``, layout in :mod:`icuwatch.fusion.features`) are
 requested only when the served model declares that output (its metadata, read once per
 connection); a model without it, or a response without it, gives ``contributions`` None. The
-fallback computes them with the same code as the first Triton model.
+fallback computes them with the same code as the first Triton model. :class:`StudentScorer`
+computes its sepsis contributions itself (leave-one-modality-out, in the same Triton call).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -141,6 +143,10 @@ STUDENT_INPUTS = ("vitals", "labs", "static", "present", "staleness_h")
 """Batch keys of an exported PhysioNet model, in the order of its Triton inputs (upper-cased;
 ``fusion.triton_export.batch_keys``, not imported here: it pulls in torch)."""
 PROBABILITY = "PROBABILITY"
+STUDENT_MAX_BATCH = 1024
+"""Rows per Triton request to an exported PhysioNet model: its ``max_batch_size``
+(``fusion.triton_export.MAX_BATCH_SIZE``, not imported here: it pulls in torch). A larger batch is
+sent as several requests."""
 
 
 def load_norm(settings: Settings) -> dict:
@@ -158,9 +164,16 @@ class StudentScorer(TritonScorer):
 
     Each batch: the rule scores of the feature rows (deterioration risk, NEWS2, qSOFA, their
     contributions) are computed here, and the cohort rows (``fusion.stream_features.cohort_row``) go
-    to Triton in one call; its ``PROBABILITY`` replaces the rule sepsis risk and the rule sepsis
-    contributions are left out (they explain another model). When Triton fails the batch is the
-    rules' alone (``source`` fallback), with the same retry as :class:`TritonScorer`.
+    to Triton in one call; its ``PROBABILITY`` replaces the rule sepsis risk.
+
+    The sepsis contributions are the student's own, leave-one-modality-out like the rules': the same
+    call carries, per row and present cohort modality (vitals, labs), a copy of the row with that
+    modality absent (``stream_features.leave_one_out``: inputs zeroed, ``present`` False, as the
+    cohort gives an absent modality), so a batch of ``n`` rows sends up to ``3n`` (split into requests
+    of at most ``STUDENT_MAX_BATCH`` rows). Contribution of a modality = p(row) - p(row without it),
+    clipped to [-1, 1]; 0 for a modality absent from the row and for waveforms and X-rays (the student
+    reads neither). When Triton fails the batch is the rules' alone (``source`` fallback), with the
+    same retry as :class:`TritonScorer`.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -174,12 +187,37 @@ class StudentScorer(TritonScorer):
     async def _score_triton(self, x: np.ndarray, rows: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
         if rows is None:
             raise ValueError(f"{self.model} scores cohort rows; the worker sent none")
+        from icuwatch.fusion.stream_features import MODALITIES as COHORT_MODALITIES, leave_one_out
+
+        n = len(x)
+        if len(rows["present"]) != n:
+            raise ValueError(f"{n} feature rows but {len(rows['present'])} cohort rows")
         out = rules.score_explained(x)
-        out["sepsis_risk"] = await self._infer_student(rows, len(x))
-        out["explained_risks"] = ("deterioration",)  # the rule sepsis contributions explain another model
+        extended, without = leave_one_out(rows)
+        p = await self._infer_student(extended)
+        full = p[:n]
+        out["sepsis_risk"] = full
+        contributions = np.array(out["contributions"], dtype=np.float64)
+        sepsis = features.CONTRIBUTION_RISKS.index("sepsis")
+        contributions[:, sepsis, :] = 0.0  # the rules' explain another model
+        for j, modality in enumerate(COHORT_MODALITIES):
+            has = without[:, j] >= 0
+            delta = np.where(has, full - p[np.where(has, without[:, j], 0)], 0.0)
+            contributions[:, sepsis, features.MODALITIES.index(modality)] = np.clip(delta, -1.0, 1.0)
+        out["contributions"] = contributions
         return out
 
-    async def _infer_student(self, batch: dict[str, np.ndarray], n: int) -> np.ndarray:
+    async def _infer_student(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """``PROBABILITY`` of every row of ``batch`` (float64, clipped to [0, 1]), in requests of at
+        most ``STUDENT_MAX_BATCH`` rows sent together."""
+        n = len(batch["present"])
+        parts = await asyncio.gather(*(
+            self._infer_student_part({k: v[i:i + STUDENT_MAX_BATCH] for k, v in batch.items()})
+            for i in range(0, n, STUDENT_MAX_BATCH)))
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    async def _infer_student_part(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        n = len(batch["present"])
         inputs = []
         for key in STUDENT_INPUTS:
             arr = np.ascontiguousarray(batch[key])

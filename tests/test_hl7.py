@@ -37,10 +37,10 @@ def oru(pid: str, *obx: str, obr_time: str = TS, extra_obr: str = "", msh_time: 
 
 
 def adt(pid: str, trigger: str, evn_time: str = TS, loc: str = "MICU^12^MICU-012", born: str = "19570601",
-        sex: str = "F") -> str:
+        sex: str = "F", admitted: str = "") -> str:
+    pv1 = f"PV1|1|I|{loc}" + ("|" * 41 + admitted if admitted else "")  # PV1-44 admit date/time
     return "\r".join([f"MSH|^~\\&|ADT|HOSP|ICUWATCH|ICU|20241125163000||ADT^{trigger}|{uuid.uuid4().hex[:12]}|P|2.5",
-                      f"EVN|{trigger}|{evn_time}", f"PID|1||{pid}^^^HOSP^MR||Doe^Jane||{born}|{sex}",
-                      f"PV1|1|I|{loc}"])
+                      f"EVN|{trigger}|{evn_time}", f"PID|1||{pid}^^^HOSP^MR||Doe^Jane||{born}|{sex}", pv1])
 
 
 # ---- pure: timestamps -------------------------------------------------------------------------
@@ -218,6 +218,13 @@ def test_adt_mapping():
     assert map_message(adt("X", "A02", loc="SICU^3"), MAPPING)[0][1].bed == "3"
     dis = map_message(adt("X", "A03", evn_time="", sex="O"), MAPPING)[0][1]
     assert dis.event == "discharge" and dis.sex == "U" and dis.event_time == T0 + 1800  # MSH-7
+    assert msg.hospital_admit_time is None
+    # PV1-44 (admit date/time of the visit) is the hospital admission, when usable
+    admitted = map_message(adt("X", "A02", admitted="20241123081500"), MAPPING)[0][1]
+    assert admitted.hospital_admit_time == T0 - 2 * 86400 - 7 * 3600 - 45 * 60
+    assert map_message(adt("X", "A01", admitted=TS), MAPPING)[0][1].hospital_admit_time == T0
+    for unusable in ("20241125160001", "20241123", "garbage"):  # after the event, a date only, malformed
+        assert map_message(adt("X", "A01", admitted=unusable), MAPPING)[0][1].hospital_admit_time is None
 
 
 def test_encoder_round_trip():
@@ -225,10 +232,15 @@ def test_encoder_round_trip():
                temp=37.2, o2_supplement=False, consciousness="V")
     lab = Lab(patient_id="sim0001", event_time=T0, analyte="fio2", value=0.35, unit="fraction", result_time=T0 + 600)
     a = Adt(patient_id="sim0001", event_time=T0, event="discharge", unit="MICU", bed="MICU-001", age=80, sex="M")
-    for msg in (v, lab, a):
+    h = Adt(patient_id="sim0001", event_time=T0 + 0.123, event="admit", unit="MICU", hospital_admit_time=T0 - 36000.5)
+    times = {"event_time", "result_time", "hospital_admit_time"}
+    for msg in (v, lab, a, h):
         (topic, back), = map_message(to_hl7(msg), MAPPING)
-        assert back.model_dump(exclude={"event_time", "result_time"}) == msg.model_dump(exclude={"event_time", "result_time"})
+        assert back.model_dump(exclude=times) == msg.model_dump(exclude=times)
         assert back.event_time == pytest.approx(msg.event_time, abs=1e-4)
+        if isinstance(msg, Adt):
+            assert back.hospital_admit_time == (None if msg.hospital_admit_time is None
+                                                else pytest.approx(msg.hospital_admit_time, abs=1e-4))
     from icuwatch.streams.simulator import Simulation
     sim = Simulation(n_patients=2, seed=3, start_time=T0, duration_s=1200, waveforms=False, patient_prefix="rt")
     n = 0

@@ -69,6 +69,7 @@ def _check_stay(stay: Stay, base: float):
     assert first_topic == topics.ADT and admit.event == "admit" and first_t == pytest.approx(t_icu, abs=1e-3)
     assert admit.sex == {1.0: "M", 0.0: "F"}[_first(stay.column("Gender"))]
     assert admit.unit in ("MICU", "SICU", None)
+    assert admit.hospital_admit_time == base  # HospAdmTime <= 0 throughout set B
     last_t, last_topic, dis = items[-1]
     hours = stay.column("ICULOS")
     assert last_topic == topics.ADT and dis.event == "discharge"
@@ -119,6 +120,9 @@ def test_psv_out_of_range_nan_hosp_and_merge(tmp_path):
     _valid(items)
     assert items[0][0] == BASE  # NaN HospAdmTime: ICU admission = hospital admission
     assert items[0][2].age is None and items[0][2].sex == "F" and items[0][2].unit == "SICU"  # age 200 dropped
+    assert items[0][2].hospital_admit_time == BASE
+    late_admit = stay_messages(read_psv(tmp_path / "p000003.psv"), BASE)[0][2]  # ICU 30 min before the hospital
+    assert late_admit.event == "admit" and late_admit.event_time == BASE - 1800 and late_admit.hospital_admit_time is None
     vitals = [m for _, tp, m in items if tp == topics.VITALS]
     assert [(m.hr, m.spo2) for m in vitals] == [(None, 97.0), (80.0, None)]  # HR 500 dropped, Temp-only row gone
     assert stats["skipped_out_of_range"] == 3 and stats["skipped_out_of_range.icu.vitals.hr"] == 1

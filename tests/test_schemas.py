@@ -34,6 +34,12 @@ def test_round_trip_every_input_type():
         (topics.LABS, b'{"patient_id":"p1","event_time":1764000000,"analyte":"unobtainium","value":2,"unit":"x","result_time":1764000001}', "unknown analyte"),
         (topics.WAVEFORMS, b'{"patient_id":"p1","event_time":1764000000,"signal":"ecg","fs":250,"samples":[]}', "samples"),
         (topics.ADT, b'{"patient_id":"p 1","event_time":1764000000,"event":"admit"}', "patient_id"),
+        (topics.ADT, b'{"patient_id":"p1","event_time":1764000000,"event":"admit","hospital_admit_time":1764000001}',
+         "hospital_admit_time after event_time"),
+        (topics.ADT, b'{"patient_id":"p1","event_time":1764000000,"event":"admit","hospital_admit_time":1764000000000}',
+         "hospital_admit_time"),
+        (topics.ADT, b'{"patient_id":"p1","event_time":1764000000,"event":"transfer","hospital_admit_time":-7200}',
+         "hospital_admit_time"),
         (topics.VITALS, b"", "empty"),
         (topics.WAVEFORMS, b'{"patient_id":"p1","event_time":1764000000,"signal":"ecg","fs":3,"samples":[0.1,0.2,0.3]}', "at least 50"),
     ],
@@ -56,3 +62,16 @@ def test_every_message_carries_version_and_event_time():
         assert "event_time" in fields and "schema_version" in fields, topic
     body = json.loads(schemas.Vitals(patient_id="p1", event_time=T, hr=80).to_bytes())
     assert body["schema_version"] == 1 and body["event_time"] == T
+
+
+def test_adt_hospital_admission_is_optional_and_not_after_the_event():
+    old = b'{"schema_version":1,"patient_id":"p1","event_time":1764000000,"event":"admit","age":70}'
+    assert schemas.decode(topics.ADT, old).hospital_admit_time is None  # v1 messages without it stay valid
+    for event, hosp in (("admit", T - 2 * 86400.0), ("admit", T), ("discharge", T - 3600.0)):
+        msg = schemas.Adt(patient_id="p1", event_time=T, event=event, hospital_admit_time=hosp)
+        assert schemas.decode(topics.ADT, msg.to_bytes()) == msg
+        assert json.loads(msg.to_bytes())["hospital_admit_time"] == hosp
+    assert "hospital_admit_time" not in json.loads(schemas.Adt(patient_id="p1", event_time=T, event="admit").to_bytes())
+    for bad in (T + 0.001, float("nan"), 1.0):
+        with pytest.raises(ValueError, match="hospital_admit_time"):
+            schemas.Adt(patient_id="p1", event_time=T, event="admit", hospital_admit_time=bad)

@@ -1,6 +1,8 @@
 """The worker scoring with the distilled student (``ICUWATCH_SCORING_MODEL=student_physionet``):
 PhysioNet stays replayed through broker -> worker -> tritonserver, stored sepsis risks equal the
-student's own probabilities (in-process, early exit as served) on the rows the stream builds.
+student's own probabilities (in-process, early exit as served) on the rows the stream builds, and
+the stored sepsis contributions its leave-one-modality-out differences p(row) - p(row without the
+modality) on those rows.
 
 A tiny student is distilled from a tiny teacher on a small PhysioNet cohort with toy labels (what is
 checked is the plumbing, not the model), exported, and served by a tritonserver of this module on
@@ -82,8 +84,18 @@ def _stays(n: int) -> list[Stay]:
     return out
 
 
-def _expected(trained, stay: Stay, base: float) -> dict[float, float]:
-    """Per hour time, the served student's probability (early exit) on the stream's row."""
+def _without(row: dict, j: int) -> dict:
+    """The cohort row with modality ``j`` (0 vitals, 1 labs) absent: zeros, flag off, staleness 0."""
+    name = ("vitals", "labs")[j]
+    out = {"inputs": {**row["inputs"], name: np.zeros_like(row["inputs"][name])},
+           "present": row["present"].copy(), "staleness_h": row["staleness_h"].copy()}
+    out["present"][j], out["staleness_h"][j] = False, 0.0
+    return out
+
+
+def _expected(trained, stay: Stay, base: float) -> dict[float, tuple[float, dict[str, float]]]:
+    """Per hour time, the served student's probability (early exit) on the stream's row and its
+    sepsis contributions (p(row) - p(row without the modality); 0 for an absent one)."""
     from icuwatch.fusion.psv_predict import hour_times
     from icuwatch.fusion.stream_features import cohort_row, stack_rows
     from icuwatch.fusion.strategies.base import to_tensors
@@ -100,10 +112,21 @@ def _expected(trained, stay: Stay, base: float) -> dict[float, float]:
             i += 1
         rows.append(cohort_row(state, t, norm))
     model = trained.model
-    with torch.no_grad():
-        logits, where = model.forward_early_exit(to_tensors(stack_rows(rows)))
-        p = torch.sigmoid(model.calibrated(logits, where)).numpy()
-    return dict(zip(times, p.tolist()))
+
+    def probability(batch_rows: list[dict]) -> np.ndarray:
+        with torch.no_grad():
+            logits, where = model.forward_early_exit(to_tensors(stack_rows(batch_rows)))
+            return torch.sigmoid(model.calibrated(logits, where)).numpy().astype(np.float64)
+
+    p = probability(rows)
+    out = {}
+    for i, (t, row) in enumerate(zip(times, rows)):
+        contributions = {"vitals": 0.0, "waveforms": 0.0, "labs": 0.0, "cxr": 0.0}
+        for j, name in enumerate(("vitals", "labs")):
+            if row["present"][j]:
+                contributions[name] = float(p[i] - probability([_without(row, j)])[0])
+        out[t] = (float(p[i]), contributions)
+    return out
 
 
 def test_stored_sepsis_risks_are_the_students(stack, served, student, tmp_path):
@@ -182,7 +205,7 @@ def test_stored_sepsis_risks_are_the_students(stack, served, student, tmp_path):
         time.sleep(3.0)
         rows = stored()
 
-    compared = 0
+    compared = moved = 0
     for stay in renamed:
         expected = _expected(trained, stay, base)
         offline = rule_outputs(stay, base)
@@ -192,8 +215,11 @@ def test_stored_sepsis_risks_are_the_students(stack, served, student, tmp_path):
             if row is None:
                 continue  # an hour without vital signs advances no clock
             assert row.source == "triton" and row.model == "student_physionet+rules"
-            assert row.sepsis_risk == pytest.approx(expected[float(t)], abs=1e-5), (stay.patient_id, i, row.revision)
+            risk, contributions = expected[float(t)]
+            assert row.sepsis_risk == pytest.approx(risk, abs=1e-5), (stay.patient_id, i, row.revision)
+            assert row.contributions["sepsis"] == pytest.approx(contributions, abs=2e-5), (stay.patient_id, i)
+            moved += any(abs(v) > 1e-4 for v in contributions.values())
             for field in ("deterioration_risk", "news2", "qsofa"):
                 assert getattr(row, field) == pytest.approx(float(offline[field][i]), abs=1e-5), (i, field)
             compared += 1
-    assert compared >= sum(len(s.values) for s in chosen) // 2
+    assert compared >= sum(len(s.values) for s in chosen) // 2 and moved > 0

@@ -6,8 +6,10 @@ Time line of one stay (``base_time`` = hospital admission, default 2020-01-01T00
   admission, usually negative; NaN is taken as 0, and the first non-NaN value of the column is used);
 * the row with ``ICULOS = h`` has event time ``icu_admit + h * 3600`` (rows without a usable ICULOS
   are skipped and counted);
-* ``icu.adt`` admit (age, sex from Gender 1=M 0=F, unit MICU/SICU from Unit1/Unit2) at the ICU
-  admission, discharge one hour after the last row.
+* ``icu.adt`` admit (age, sex from Gender 1=M 0=F, unit MICU/SICU from Unit1/Unit2,
+  ``hospital_admit_time`` = ``base_time``) at the ICU admission, discharge one hour after the last
+  row. A stay with a positive ``HospAdmTime`` (ICU admission before the hospital's, which the schema
+  rejects) is sent without ``hospital_admit_time``.
 
 Each row with at least one vital sign gives one ``icu.vitals`` message, each measured lab value one
 ``icu.labs`` message (``result_time = event_time``: the challenge has no result times). Values the v1
@@ -100,8 +102,9 @@ def _stay_items(stay: Stay, base_time: float, stats: Counter, id_prefix: str = "
     unit1, unit2 = demographic("Unit1"), demographic("Unit2")
     unit = "MICU" if unit1 == 1 else ("SICU" if unit2 == 1 else None)
     sex = {1.0: "M", 0.0: "F"}.get(gender) if gender is not None else None
-    admit = _build(Adt, dict(patient_id=pid, event_time=t_admit, event="admit", unit=unit, age=age, sex=sex),
-                   stats, topics.ADT)
+    hospital = dict(hospital_admit_time=base_time) if base_time <= t_admit else {}
+    admit = _build(Adt, dict(patient_id=pid, event_time=t_admit, event="admit", unit=unit, age=age, sex=sex,
+                             **hospital), stats, topics.ADT)
     if admit is not None:
         yield t_admit, _ORDER_ADMIT, seq, topics.ADT, admit
         seq += 1
