@@ -14,6 +14,11 @@ from icuwatch.settings import Settings
 READY = "Worker]: Ready"
 
 
+def stats_path(settings: Settings) -> Path:
+    """The JSON file the worker rewrites every second (counters, offsets taken, lag)."""
+    return settings.run_dir / f"worker-{settings.worker_web_port}.json"
+
+
 def start_worker(settings: Settings, log_path: Path, env: dict[str, str] | None = None,
                  timeout_s: float = 60.0) -> subprocess.Popen:
     """The worker runs on ``settings`` (database, consumer group, web port passed explicitly) plus

@@ -21,7 +21,9 @@ MALFORMED = (
 
 
 def worker_stats(settings: Settings) -> dict:
-    path = settings.run_dir / f"worker-{settings.worker_web_port}.json"
+    from icuwatch.deploy.worker_process import stats_path
+
+    path = stats_path(settings)
     try:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
@@ -109,7 +111,9 @@ def run_demo(settings: Settings, minutes: float, patients: int, speed: float, se
     run_tag = time.strftime("%H%M%S")
     prefix = f"demo{run_tag}-"
     worker_log = settings.log_dir / "demo-worker.log"
-    (settings.run_dir / f"worker-{settings.worker_web_port}.json").unlink(missing_ok=True)
+    from icuwatch.deploy.worker_process import stats_path
+
+    stats_path(settings).unlink(missing_ok=True)
     worker = start_worker(settings, worker_log)
     try:
         sim = Simulation(n_patients=patients, seed=seed, start_time=time.time(),

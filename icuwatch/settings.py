@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     """Event-time cadence at which each patient is rescored (important events also trigger)."""
     waveform_feature_interval_s: float = 60.0
     """Event time between ECG/PPG feature computations per patient (the QRS detector is costly)."""
+    consumer_fetch_max_wait_ms: int = 100
+    """How long the broker may hold the worker's fetch when a partition has nothing new. Faust fixes
+    1,500 ms, and this Tansu answers only when that time is up even if records arrive meanwhile
+    (it ignores fetch.min.bytes' early answer): a record on a quiet partition waited up to 1.5 s."""
     batch_max: int = 256
     batch_wait_s: float = 0.2
 

@@ -19,6 +19,7 @@ import time
 
 import faust
 
+from icuwatch.deploy.worker_process import stats_path
 from icuwatch.settings import get_settings
 from icuwatch.streams import alerting, patient_state, schemas, topics
 from icuwatch.streams.batcher import ScoreBatcher
@@ -29,6 +30,21 @@ from icuwatch.streams.sink import StorageSink
 log = logging.getLogger(__name__)
 settings = get_settings()
 
+def _fetch_wait(ms: int) -> None:
+    """Set the Faust consumer's fetch wait (Faust hard-codes it; see ``consumer_fetch_max_wait_ms``)."""
+    from faust.transport.drivers import aiokafka as driver
+
+    create = driver.AIOKafkaConsumerThread._create_worker_consumer
+
+    def create_with_wait(self, transport):
+        consumer = create(self, transport)
+        consumer._fetch_max_wait_ms = ms
+        return consumer
+
+    driver.AIOKafkaConsumerThread._create_worker_consumer = create_with_wait
+
+
+_fetch_wait(settings.consumer_fetch_max_wait_ms)
 app = faust.App(
     settings.app_id,
     broker=f"kafka://{settings.broker}",
@@ -62,6 +78,10 @@ stats: dict[str, int] = {"processed": 0, "duplicates": 0, "deadlettered": 0, "sc
                          "scores_published": 0, "alerts_raised": 0, "alerts_suppressed": 0,
                          "alerts_republished": 0, "scores_taken": 0}
 processed_by_topic: dict[str, int] = {t: 0 for t in topics.INPUTS}
+done_offsets: dict[tuple[str, int], int] = {}
+"""Per input topic and partition, the offset of the last record the ingest agent took (the agent
+handles one record at a time, so every earlier one is done): a bench compares it with the offsets its
+producer was acknowledged, the true end of each partition, since this Tansu's end offsets are stale."""
 last_record_ts: dict[str, float] = {}
 """Per input topic, the Kafka timestamp (producer time) of the last record taken: how far behind
 the worker is in wall time, independent of the broker's end offsets."""
@@ -115,6 +135,7 @@ async def ingest(stream: faust.StreamT) -> None:
         topic = event.message.topic
         if event.message.timestamp:
             last_record_ts[topic] = float(event.message.timestamp)
+        done_offsets[(topic, event.message.partition)] = event.message.offset
         try:
             msg = schemas.decode(topic, event.message.value, event.message.key)
         except schemas.SchemaError as exc:
@@ -144,6 +165,7 @@ async def ingest(stream: faust.StreamT) -> None:
         trigger = patient_state.scoring_trigger(state, settings.score_interval_s)
         if trigger is not None:
             t = state["now"]
+            patient_state.refresh_waveform_features(state, msg.patient_id, t, waveforms)
             state["revision"] = state.get("revision", 0) + 1 if trigger == "revision" else 0
             state["last_scored"] = t
             stats["scores_submitted"] += 1
@@ -207,7 +229,7 @@ def consumer_lag() -> dict[str, dict[str, int]]:
 
 @app.timer(interval=1.0)
 async def write_stats() -> None:
-    path = settings.run_dir / f"worker-{settings.worker_web_port}.json"
+    path = stats_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     snapshot = {
         "at": time.time(),
@@ -217,6 +239,7 @@ async def write_stats() -> None:
         "scores_stored": storage.scores_stored,
         "scores_pending": len(batcher().pending),
         "consumer_lag": consumer_lag(),
+        "done_offsets": {t: {str(p): o for (tt, p), o in done_offsets.items() if tt == t} for t in topics.INPUTS},
         "record_age_s": {t: round(time.time() - ts, 3) for t, ts in last_record_ts.items()},
     }
     tmp = path.with_suffix(".tmp")
