@@ -1,5 +1,5 @@
-"""``icuwatch export-triton`` (the trained teacher and early-exit student as Triton models) and
-``icuwatch bench models`` (both served by the real tritonserver: quality on the test split, latency)."""
+"""``icuwatch export-triton``: the trained teacher and early-exit student as Triton models (the
+benchmark that serves them is ``icuwatch bench models``, in :mod:`icuwatch.deploy.bench_cli`)."""
 
 from __future__ import annotations
 
@@ -19,18 +19,6 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from icuwatch.fusion.bench_models import run
-
-    try:
-        summary = run(args.cohort, args.repository, latency_rows=args.latency_rows, teacher=args.teacher,
-                      progress=not args.quiet)
-    except FileNotFoundError as exc:
-        raise SystemExit(str(exc)) from None
-    print(json.dumps(summary) if args.json else json.dumps(summary, indent=2))
-    return 0
-
-
 def register(subparsers) -> None:
     from icuwatch.fusion.cohorts import COHORTS
     from icuwatch.fusion.strategies import STRATEGIES
@@ -46,14 +34,3 @@ def register(subparsers) -> None:
                    help="dynamic batching: how long a request may wait for others (0: batch what is queued)")
     p.add_argument("--json", action="store_true", help="one JSON line")
     p.set_defaults(func=_export)
-
-    p = subparsers.add_parser("bench", help="benchmarks: `bench models` serves the teacher and the student through "
-                                            "tritonserver and measures quality (test split) and latency")
-    p.add_argument("target", choices=["models"])
-    p.add_argument("--cohort", default="physionet", choices=COHORTS)
-    p.add_argument("--repository", default=None, help="model repository to export to and serve (default var/triton/models)")
-    p.add_argument("--teacher", default="attention", choices=STRATEGIES)
-    p.add_argument("--latency-rows", type=int, default=20000, help="latency batches are drawn from this many test rows")
-    p.add_argument("--json", action="store_true", help="one JSON line")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=_bench)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import zlib
 
 import faust
 
@@ -174,7 +175,7 @@ async def ingest(stream: faust.StreamT) -> None:
                              cohort_row(state, t))
         if trigger is not None or not isinstance(msg, (schemas.Vitals, schemas.Waveform)) \
                 or patient_state.checkpoint_due(state):
-            state["checkpoint_t"] = state["now"] or 0.0
+            patient_state.mark_checkpoint(state, zlib.crc32(key) % patient_state.CHECKPOINT_EVERY_S)
             patients[key] = state
 
 

@@ -135,3 +135,18 @@ def test_a_late_lab_revises_the_latest_score():
     assert ps.scoring_trigger(s, 300) == "revision"
     assert ps.features_at(s, T)[0, F.INDEX["lactate"]] == 3.0
     assert ps.scoring_trigger(s, 300) is None
+
+
+def test_checkpoints_fall_in_each_patients_own_second_of_the_minute():
+    s = ps.new_state()
+    s["now"] = 1_200_000.0 + 25.0  # a minute boundary (20,000 x 60 s) + 25 s
+    ps.mark_checkpoint(s, phase_s=10.0)
+    assert s["checkpoint_t"] == 1_200_000.0 - 10.0  # this patient's minute starts 10 s before the boundary
+    s["now"] += 24.0
+    assert not ps.checkpoint_due(s)
+    s["now"] += 1.0
+    assert ps.checkpoint_due(s)  # at boundary + 50 s = its next minute
+    other = ps.new_state()
+    other["now"] = 1_200_000.0 + 25.0
+    ps.mark_checkpoint(other, phase_s=40.0)
+    assert other["checkpoint_t"] == 1_200_000.0 + 20.0

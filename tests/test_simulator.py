@@ -290,3 +290,23 @@ def test_load_real_images(tmp_path):
     schemas.Cxr(patient_id="real1", event_time=T0, study_id="s1", arrival_time=T0, image_b64=b64, image_format=fmt)
     with pytest.raises(ValueError):
         load_image(tmp_path / "a.txt")
+
+
+def test_waveform_chunks_of_several_seconds_carry_the_same_samples():
+    kw = dict(n_patients=2, seed=4, start_time=T0, duration_s=75, cxr=False)
+    by_second = [m for topic, m in Simulation(**kw).messages() if topic == "icu.waveforms"]
+    by_three = [m for topic, m in Simulation(**kw, waveform_chunk_s=3).messages() if topic == "icu.waveforms"]
+    assert len(by_three) < len(by_second) / 2.5
+    for signal in ("ecg", "ppg", "resp"):
+        for pid in ("sim0000", "sim0001"):
+            one = [x for m in by_second if m.signal == signal and m.patient_id == pid for x in m.samples]
+            three = [x for m in by_three if m.signal == signal and m.patient_id == pid for x in m.samples]
+            assert one == three
+    starts = {(m.patient_id, m.signal): [] for m in by_three}
+    for m in by_three:
+        starts[(m.patient_id, m.signal)].append((m.event_time, len(m.samples) / m.fs))
+    for chunks in starts.values():  # contiguous, no chunk longer than 3 s
+        assert all(abs(t0 + d - t1) < 1e-6 for (t0, d), (t1, _) in zip(chunks, chunks[1:]))
+        assert max(d for _, d in chunks) <= 3.0
+    with pytest.raises(ValueError):
+        Simulation(**kw, waveform_chunk_s=7)

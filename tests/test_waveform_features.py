@@ -252,3 +252,27 @@ def test_multisegment_ecg_vs_pleth_streamed():
     f = features_from_buffers(**buffers)
     assert f.ecg_s == pytest.approx(10.0) and f.hr_pr_agree
     assert abs(f.ecg_hr - hr) <= 3.0 and abs(f.ppg_pr - pr) <= 3.0
+
+
+def test_vectorised_local_peaks_equal_wfdb_own():
+    """The XQRS speed-up (waveform_features.find_local_peaks, installed into wfdb.processing.qrs)
+    gives exactly wfdb's peaks: random signals, integer-valued ones full of ties, plateaus, edges."""
+    from icuwatch.streams import waveform_features as wf
+
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        radius = int(rng.integers(1, 40))
+        n = int(rng.integers(2 * radius + 2, 500))  # wfdb's own fails on signals shorter than the radius
+        kind = trial % 3
+        if kind == 0:
+            sig = rng.normal(size=n)
+        elif kind == 1:
+            sig = rng.integers(0, 4, size=n).astype(float)  # many equal neighbours
+        else:
+            sig = np.repeat(rng.normal(size=n // 5 + 1), 5)[:n]  # plateaus
+        expected = wf._wfdb_find_local_peaks(sig, radius)
+        got = wf.find_local_peaks(sig, radius)
+        assert got.tolist() == expected.tolist(), (trial, n, radius)
+    import wfdb.processing.qrs as wqrs
+
+    assert wqrs.find_local_peaks is wf.find_local_peaks

@@ -106,7 +106,7 @@ def _follow_up(p: PatientSpec) -> tuple[str, ...]:
 
 
 def draws(p: PatientSpec, duration_s: float, rng: np.random.Generator) -> list[tuple[float, tuple[str, ...]]]:
-    """Collection times (seconds after start) and the analytes drawn at each."""
+    """Collection times (seconds after start, none before it) and the analytes drawn at each."""
     out: list[tuple[float, tuple[str, ...]]] = [(0.0, FULL)]
     t = 0.0
     while True:
@@ -123,7 +123,7 @@ def draws(p: PatientSpec, duration_s: float, rng: np.random.Generator) -> list[t
             if t >= duration_s:
                 break
             out.append((t, _follow_up(p)))
-    return sorted(out)
+    return sorted(d for d in out if d[0] >= 0.0)  # onset before admission: no draws before it
 
 
 def lab_messages(p: PatientSpec, start_time: float, duration_s: float, rng: np.random.Generator) -> list[Lab]:

@@ -125,8 +125,8 @@ def draw_patients(
     if not 0.0 <= deteriorating_fraction <= 1.0:
         raise ValueError("deteriorating_fraction must be in [0, 1]")
     lo, hi = onset_window_s
-    if not 0.0 <= lo <= hi:
-        raise ValueError("onset_window_s must satisfy 0 <= lo <= hi")
+    if not lo <= hi:
+        raise ValueError("onset_window_s must satisfy lo <= hi (lo < 0: admitted already deteriorating)")
     if n_patients and not _ID_RE.match(prefix or "x"):
         raise ValueError(f"patient_prefix {prefix!r} is not a valid patient id prefix")
     hi = max(lo, min(hi, duration_s * 0.9))

@@ -69,7 +69,7 @@ def cxr_schedule(p: PatientSpec, duration_s: float, rng: np.random.Generator) ->
         "diffuse" if p.condition == "respiratory_failure" else "clear")
     studies: list[Study] = []
     prior: float | None = None
-    for t in sorted(times):
+    for t in sorted(t for t in times if t >= 0.0):
         arrival = t + rng.uniform(10.0, 40.0) * 60.0
         seed = int(rng.integers(2**63))
         if arrival > duration_s:
@@ -103,7 +103,10 @@ class Simulation:
 
     ``messages()`` can be iterated any number of times and yields the same messages each time.
     Onsets are drawn in ``onset_window_s`` (seconds after ``start_time``), with the window's upper
-    end pulled in to 90 % of the duration when the duration is shorter than the window.
+    end pulled in to 90 % of the duration when the duration is shorter than the window. A negative
+    lower end admits some patients already deteriorating (onset before admission; the ground truth
+    gives that earlier onset time). ``waveform_chunk_s`` is the seconds of signal per waveform
+    message (1: a bedside monitor's stream; more: a gateway that batches), sent at the chunk's start.
     """
 
     def __init__(
@@ -117,6 +120,7 @@ class Simulation:
         waveforms: bool = True,
         cxr: bool = True,
         patient_prefix: str = "sim",
+        waveform_chunk_s: int = 1,
     ) -> None:
         if seed < 0:
             raise ValueError("seed must be >= 0")
@@ -128,7 +132,10 @@ class Simulation:
         self.seed = seed
         self.start_time = float(start_time)
         self.duration_s = float(duration_s)
+        if not 1 <= waveform_chunk_s <= BLOCK_S or BLOCK_S % waveform_chunk_s:
+            raise ValueError(f"waveform_chunk_s must divide {BLOCK_S}")
         self.waveforms = waveforms
+        self.waveform_chunk_s = waveform_chunk_s
         self.cxr = cxr
         self.patients: list[PatientSpec] = draw_patients(
             n_patients, seed, self.duration_s, deteriorating_fraction, onset_window_s, patient_prefix
@@ -195,6 +202,7 @@ class Simulation:
         vitals = VitalsGenerator(p, p.rng(STREAM_VITALS))
         waves = WaveformGenerator(p, p.rng(STREAM_WAVES)) if self.waveforms else None
         pid, i, n_sec = p.patient_id, p.index, math.ceil(self.duration_s)
+        chunk_s = self.waveform_chunk_s
         first = 1 + (i * 7919) % BLOCK_S
         for k0 in [0, *range(first, n_sec, BLOCK_S)]:
             k = np.arange(k0, min(k0 + (first if k0 == 0 else BLOCK_S), n_sec), dtype=float)
@@ -210,8 +218,11 @@ class Simulation:
                     patient_id=pid, event_time=t, hr=cols["hr"][j], spo2=cols["spo2"][j], rr=cols["rr"][j],
                     sbp=cols["sbp"][j], dbp=cols["dbp"][j], map=cols["map"][j], temp=cols["temp"][j],
                     o2_supplement=cols["o2_supplement"][j], consciousness=cols["consciousness"][j]))
-                if chunks is not None:
+                if chunks is not None and ((k0 + j) % chunk_s == 0 or j == 0):
+                    # one chunk per chunk_s seconds of signal (cut at block ends), sent at its start
+                    n = min(chunk_s - (k0 + j) % chunk_s, len(k) - j)
                     for signal in ("ecg", "ppg", "resp"):
+                        piece = chunks[signal][j] if n == 1 else np.concatenate(chunks[signal][j:j + n])
                         yield (t, i, _ORDER_WAVE[signal], topics.WAVEFORMS, Waveform.model_construct(
                             patient_id=pid, event_time=t, signal=signal, fs=FS[signal],
-                            samples=chunks[signal][j].tolist(), units=UNITS[signal]))
+                            samples=piece.tolist(), units=UNITS[signal]))
