@@ -339,13 +339,24 @@ def red_flag(msg: schemas.Vitals) -> bool:
     )
 
 
-def scoring_trigger(state: dict, interval_s: float) -> str | None:
+def _next_period(last: float, now: float, period_s: float, phase_s: float) -> bool:
+    """Whether ``now`` is at least half a period after ``last`` and in a later period of the
+    patient's own grid (periods shifted by ``phase_s``)."""
+    return now - last >= period_s / 2 and \
+        math.floor((now + phase_s) / period_s) > math.floor((last + phase_s) / period_s)
+
+
+def scoring_trigger(state: dict, interval_s: float, phase_s: float = 0.0) -> str | None:
     """Why the patient should be scored now (at ``state['now']``), or None.
 
     Pending important events whose event time the clock has reached fire first (a red flag at most
-    once a minute); otherwise the cadence fires once ``interval_s`` of event time has passed. A lab,
-    X-ray or admission that arrives after its time was already scored gives a "revision": the
-    latest score is recomputed at the same time with the late data in it.
+    once a minute); otherwise the cadence fires once per ``interval_s`` of event time. Both run on
+    the patient's own grid, shifted by ``phase_s`` (the worker derives it from the patient id): a
+    red flag or the cadence fires in a later minute (interval) of that grid than the last score,
+    and at least half a minute (interval) after it. Without the grid a ward admitted together was
+    rescored all in the same second every minute; a 1,000-bed bench's alerts waited behind those
+    bursts. A lab, X-ray or admission that arrives after its time was already scored gives a
+    "revision": the latest score is recomputed at the same time with the late data in it.
     """
     now, last = state["now"], state["last_scored"]
     if now is None or discharged(state, now):
@@ -363,8 +374,8 @@ def scoring_trigger(state: dict, interval_s: float) -> str | None:
     for event in ("lab", "cxr", "admit"):
         if event in events:
             return event
-    if "red_flag" in events and now - last >= RED_FLAG_DELAY_S:
+    if "red_flag" in events and _next_period(last, now, RED_FLAG_DELAY_S, phase_s):
         return "red_flag"
-    if now - last >= interval_s:
+    if _next_period(last, now, interval_s, phase_s):
         return "cadence"
     return None

@@ -163,7 +163,8 @@ async def ingest(stream: faust.StreamT) -> None:
             await storage.upsert_patient(msg)
             if msg.event == "discharge":
                 waveforms.forget(msg.patient_id)
-        trigger = patient_state.scoring_trigger(state, settings.score_interval_s)
+        trigger = patient_state.scoring_trigger(state, settings.score_interval_s,
+                                                phase_s=zlib.crc32(key) % settings.score_interval_s)
         if trigger is not None:
             t = state["now"]
             patient_state.refresh_waveform_features(state, msg.patient_id, t, waveforms)

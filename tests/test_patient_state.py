@@ -150,3 +150,25 @@ def test_checkpoints_fall_in_each_patients_own_second_of_the_minute():
     other["now"] = 1_200_000.0 + 25.0
     ps.mark_checkpoint(other, phase_s=40.0)
     assert other["checkpoint_t"] == 1_200_000.0 + 20.0
+
+
+def test_rescoring_runs_on_each_patients_own_grid():
+    """Patients scored together at T are rescored in different seconds, each at most once a minute
+    for red flags and once an interval for the cadence, and at least half of either apart."""
+    base = 1_800_000_000.0  # a multiple of 60 and of 300
+    fired = {}
+    for phase in (0.0, 17.0, 45.0):
+        s = ps.new_state()
+        ps.apply_vitals(s, vitals(base, hr=80))
+        s["last_scored"] = base
+        times = []
+        for k in range(1, 181):
+            ps.apply_vitals(s, vitals(base + k, rr=30))  # a red flag every second
+            if ps.scoring_trigger(s, 300, phase_s=phase) == "red_flag":
+                times.append(k)
+                s["last_scored"] = base + k
+        fired[phase] = times
+        assert all(b - a >= 30 for a, b in zip([0] + times, times))
+        assert 2 <= len(times) <= 3
+    assert fired[0.0][0] == 60 and fired[17.0][0] == 43 and fired[45.0][0] == 30
+    assert len({tuple(v) for v in fired.values()}) == 3
