@@ -4,9 +4,10 @@ Triton -> database, on a stack of its own (ports 29092 / 28000-28002, SQLite in 
 Consumer lag is measured against the offsets the broker acknowledged to this bench's producer, not
 against the broker's reported end offsets, which this Tansu returns stale (shared/DESIGN.md): per
 partition, lag = acknowledged end - (last offset the worker's ingest agent took + 1), and the lag in
-seconds is how long ago the oldest record not yet taken was sent. Event times are wall-clock times
-(the simulation starts now and is paced at speed 1), so ``stored_at - event_time`` of an alert is
-the time from the bedside event to the stored alert.
+seconds is how long ago the oldest record not yet taken was sent. The messages are generated before
+the clock starts, for a simulation that starts when publishing does and is paced at speed 1, so
+event times are wall-clock times and ``stored_at - event_time`` of an alert is the time from the
+bedside event to the stored alert.
 """
 
 from __future__ import annotations
@@ -58,8 +59,6 @@ class Acks:
     base: dict[tuple[str, int], int] = field(default_factory=dict)
     sent_at: dict[tuple[str, int], list[float]] = field(default_factory=dict)
     failed: Counter = field(default_factory=Counter)
-    behind_s: list[float] = field(default_factory=list)
-    """Per second of stream, how late the producer sent (generation or broker backpressure)."""
 
     def acked(self, topic: str, partition: int, offset: int, t_send: float) -> None:
         tp = (topic, partition)
