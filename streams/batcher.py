@@ -78,9 +78,6 @@ class ScoreBatcher:
         model = self.scorer.model_name if source == "triton" else rules.MODEL_NAME
         c = out.get("contributions")
         explained = features.contributions_as_dicts(c) if c is not None else [None] * len(batch)
-        risks = out.get("explained_risks")
-        if risks is not None:
-            explained = [None if e is None else {k: e[k] for k in risks} for e in explained]
         now = time.time()
         for i, due in enumerate(batch):
             await self.publish(

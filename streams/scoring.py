@@ -50,8 +50,7 @@ class TritonScorer:
     async def score(self, x: np.ndarray, rows: dict[str, np.ndarray] | None = None
                     ) -> tuple[dict[str, np.ndarray], str]:
         """Score a [batch, features] matrix (and, for a cohort-row model, the matching batch of cohort
-        rows); returns (outputs, 'triton' | 'fallback'). Outputs may hold ``explained_risks``: the
-        risks the ``contributions`` explain, when not all of them."""
+        rows); returns (outputs, 'triton' | 'fallback')."""
         if time.monotonic() >= self.down_until:
             try:
                 out = await self._score_triton(x, rows)

@@ -163,8 +163,9 @@ async def ingest(stream: faust.StreamT) -> None:
             await storage.upsert_patient(msg)
             if msg.event == "discharge":
                 waveforms.forget(msg.patient_id)
+        grid = zlib.crc32(key)  # the patient's own phase for rescoring and checkpoints
         trigger = patient_state.scoring_trigger(state, settings.score_interval_s,
-                                                phase_s=zlib.crc32(key) % settings.score_interval_s)
+                                                phase_s=grid % settings.score_interval_s)
         if trigger is not None:
             t = state["now"]
             patient_state.refresh_waveform_features(state, msg.patient_id, t, waveforms)
@@ -176,7 +177,7 @@ async def ingest(stream: faust.StreamT) -> None:
                              cohort_row(state, t))
         if trigger is not None or not isinstance(msg, (schemas.Vitals, schemas.Waveform)) \
                 or patient_state.checkpoint_due(state):
-            patient_state.mark_checkpoint(state, zlib.crc32(key) % patient_state.CHECKPOINT_EVERY_S)
+            patient_state.mark_checkpoint(state, grid % patient_state.CHECKPOINT_EVERY_S)
             patients[key] = state
 
 

@@ -67,3 +67,23 @@ def wait_for(predicate, timeout_s: float, interval_s: float = 0.5):
         if value or time.monotonic() > deadline:
             return value
         time.sleep(interval_s)
+
+
+def wait_for_scores(database_url: str, patient_ids: set[str], timeout_s: float = 90.0, settle_s: float = 3.0):
+    """The stored scores of ``patient_ids`` once every one of them has at least one, read again after
+    ``settle_s`` (later scores of the same replay may still be landing); fails the test on timeout."""
+    from sqlalchemy import select
+
+    from icuwatch.storage import db
+    from icuwatch.storage.models import Score
+
+    sessions = db.session_factory(db.make_engine(database_url))
+
+    def stored():
+        with sessions() as s:
+            rows = s.scalars(select(Score).where(Score.patient_id.in_(patient_ids))).all()
+        return rows if {r.patient_id for r in rows} == patient_ids else None
+
+    assert wait_for(stored, timeout_s=timeout_s), "scores for the replayed stays never reached the database"
+    time.sleep(settle_s)
+    return stored()

@@ -7,7 +7,6 @@ import uuid
 
 import numpy as np
 import pytest
-from sqlalchemy import select
 
 from icuwatch.fusion import physionet
 from icuwatch.fusion.physionet import Stay, read_psv
@@ -73,11 +72,10 @@ def test_streaming_scores_agree_with_psv_predict(stack, tmp_path):
     psv-predict's score for that hour."""
     from icuwatch.fusion.psv_predict import hour_times, rule_outputs
     from icuwatch.storage import db
-    from icuwatch.storage.models import Score
     from icuwatch.storage.repository import utc
     from icuwatch.streams.producer import make_producer
     from icuwatch.streams.replay.psv import stay_messages
-    from stack_fixtures import running_worker, wait_for
+    from stack_fixtures import running_worker, wait_for_scores
 
     base_settings, env = stack
     url = f"sqlite:///{tmp_path / 'agree.db'}"
@@ -104,17 +102,7 @@ def test_streaming_scores_agree_with_psv_predict(stack, tmp_path):
             last = t
         producer.flush()
         producer.close()
-        sessions = db.session_factory(db.make_engine(url))
-        expected_ids = {f"{s.patient_id}x{suffix}" for s in chosen}
-
-        def stored():
-            with sessions() as s:
-                rows = s.scalars(select(Score).where(Score.patient_id.in_(expected_ids))).all()
-            return rows if {r.patient_id for r in rows} == expected_ids else None
-
-        assert wait_for(stored, timeout_s=90), "scores for the replayed stays never reached the database"
-        time.sleep(3.0)
-        rows = stored()
+        rows = wait_for_scores(url, {f"{s.patient_id}x{suffix}" for s in chosen})
 
     compared = 0
     for stay in chosen:

@@ -19,7 +19,6 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from sqlalchemy import select
 
 from icuwatch.fusion.physionet import Stay, default_data_dir, list_stays, read_psv
 
@@ -132,12 +131,11 @@ def _expected(trained, stay: Stay, base: float) -> dict[float, tuple[float, dict
 def test_stored_sepsis_risks_are_the_students(stack, served, student, tmp_path):
     from icuwatch.fusion.psv_predict import hour_times, rule_outputs
     from icuwatch.storage import db
-    from icuwatch.storage.models import Score
     from icuwatch.storage.repository import utc
     from icuwatch.streams.producer import make_producer
     from icuwatch.streams import topics
     from icuwatch.streams.replay.psv import stay_messages
-    from stack_fixtures import running_worker, wait_for
+    from stack_fixtures import running_worker, wait_for, wait_for_scores
 
     trained, directory = student
     base_settings, env = stack
@@ -193,17 +191,7 @@ def test_stored_sepsis_risks_are_the_students(stack, served, student, tmp_path):
             sent[topic] += 1
         producer.flush()
         producer.close()
-        sessions = db.session_factory(db.make_engine(url))
-        ids = {s.patient_id for s in renamed}
-
-        def stored():
-            with sessions() as s:
-                rows = s.scalars(select(Score).where(Score.patient_id.in_(ids))).all()
-            return rows if {r.patient_id for r in rows} == ids else None
-
-        assert wait_for(stored, timeout_s=90), "scores for the replayed stays never reached the database"
-        time.sleep(3.0)
-        rows = stored()
+        rows = wait_for_scores(url, {s.patient_id for s in renamed})
 
     compared = moved = 0
     for stay in renamed:
