@@ -60,6 +60,15 @@ class Settings(BaseSettings):
     """How long the broker may hold the worker's fetch when a partition has nothing new. Faust fixes
     1,500 ms, and this Tansu answers only when that time is up even if records arrive meanwhile
     (it ignores fetch.min.bytes' early answer): a record on a quiet partition waited up to 1.5 s."""
+    worker_producer_max_batch_bytes: int = 1
+    """Record batch size of the worker's producer (table changelogs, scores, alerts, dead letters).
+    1: every record is its own batch. This Tansu answers "latest offset" with the base offset of a
+    partition's last batch + 1, so after batched writes Faust's changelog recovery stopped short and
+    a restarted worker lost the last updates of its tables; with one record per batch the answer is
+    exact. Production Kafka has no such bug: 16384 (Faust's default) there."""
+    ack_idle_s: float = 10.0
+    """Wall seconds after a patient's last message before its unacknowledged messages are
+    checkpointed and acknowledged anyway (``streams/acks.py``)."""
     batch_max: int = 256
     batch_wait_s: float = 0.2
 

@@ -27,6 +27,8 @@ class Due:
     revision: int = 0
     cohort: dict | None = None
     """The PhysioNet-cohort row (``fusion.stream_features.cohort_row``) when a student scores."""
+    published: Callable[[], None] | None = None
+    """Called once the score is handed to the producer (the worker then acknowledges its events)."""
 
 
 class ScoreBatcher:
@@ -46,8 +48,8 @@ class ScoreBatcher:
 
     def submit(self, patient_id: str, t: float, features: np.ndarray,
                staleness: dict[str, float | None], trigger: str, revision: int = 0,
-               cohort: dict | None = None) -> None:
-        self.pending.append(Due(patient_id, t, features, staleness, trigger, revision, cohort))
+               cohort: dict | None = None, published: Callable[[], None] | None = None) -> None:
+        self.pending.append(Due(patient_id, t, features, staleness, trigger, revision, cohort, published))
         if len(self.pending) >= self.batch_max:
             self._wake.set()
 
@@ -97,3 +99,10 @@ class ScoreBatcher:
                     contributions=explained[i],
                 )
             )
+        for due in batch:  # after the whole batch: a failing callback must not make it publish again
+            if due.published is not None:
+                try:
+                    due.published()
+                except Exception:
+                    log.exception("after-publish callback failed")
+

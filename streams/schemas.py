@@ -122,6 +122,10 @@ class Waveform(Message):
     def duration_s(self) -> float:
         return len(self.samples) / self.fs
 
+    def end_time(self) -> float:
+        """Event time of the last sample."""
+        return self.event_time + (len(self.samples) - 1) / self.fs
+
 
 LAB_UNITS: dict[str, str] = {
     "lactate": "mmol/L",

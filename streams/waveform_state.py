@@ -32,7 +32,7 @@ class WaveformState:
 
     def add(self, msg: schemas.Waveform) -> tuple[bool, float]:
         """Buffer a chunk; returns (accepted, time of the chunk's last sample)."""
-        t_last = msg.event_time + (len(msg.samples) - 1) / msg.fs
+        t_last = msg.end_time()
         if msg.signal not in FEATURE_NAME:
             return True, t_last
         key = (msg.patient_id, msg.signal)

@@ -6,7 +6,9 @@ Topics (all keyed by patient id, co-partitioned):
 
 Per-patient state lives in memory and is checkpointed to the ``patient_state`` table (and so to its
 changelog) on every score, important event, or minute of event time -- not on every 1 Hz sample,
-which made the changelog as large as the input and table recovery slower than the stream.
+which made the changelog as large as the input and table recovery slower than the stream. Input
+messages are acknowledged (so their offsets committed) only once a checkpoint covers them and their
+scores are published (``streams/acks.py``): a worker killed at any point loses nothing.
   icu.scores  ->  raise_alerts  ->  database + icu.alerts
   anything that fails to decode  ->  icu.deadletter (original bytes + reason)
 """
@@ -23,9 +25,10 @@ import faust
 from icuwatch.deploy.worker_process import stats_path
 from icuwatch.settings import get_settings
 from icuwatch.streams import alerting, patient_state, schemas, topics
+from icuwatch.streams.acks import PendingAcks
 from icuwatch.streams.batcher import ScoreBatcher
 from icuwatch.streams.scoring import StudentScorer, TritonScorer, load_norm
-from icuwatch.streams.waveform_state import WaveformState
+from icuwatch.streams.waveform_state import WINDOW_S as WAVEFORM_WINDOW_S, WaveformState
 from icuwatch.streams.sink import StorageSink
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,8 @@ app = faust.App(
     broker_heartbeat_interval=1,
     broker_rebalance_timeout=3,
     consumer_auto_offset_reset="earliest",
+    stream_wait_empty=False,  # ingest holds acks until a checkpoint: a rebalance must not wait for them
+    producer_max_batch_size=settings.worker_producer_max_batch_bytes,
     datadir=str(settings.state_dir / "faust"),
 )
 
@@ -70,14 +75,18 @@ scores_topic = app.topic(topics.SCORES, **raw)
 alerts_topic = app.topic(topics.ALERTS, **raw)
 deadletter_topic = app.topic(topics.DEADLETTER, **raw)
 
-patients = app.Table("patient_state", key_type=bytes, partitions=settings.partitions)
-"""Checkpoints of each patient's state; the live copy is in ``live_state`` (see ``checkpoint_due``)."""
+patients = app.Table("patient_state", key_type=bytes, partitions=settings.partitions, use_partitioner=True)
+"""Checkpoints of each patient's state; the live copy is in ``live_state`` (see ``checkpoint_due``).
+``use_partitioner``: checkpoints are also written outside the ingest stream (once a score is
+published, for idle patients), so the changelog partition comes from the key by the same murmur2
+partitioner the producers use (tests/test_acks.py checks they agree), not from the current event."""
 live_state: dict[bytes, dict] = {}
+pending_acks = PendingAcks(hold_s=WAVEFORM_WINDOW_S)
 episodes = app.Table("alert_state", key_type=bytes, partitions=settings.partitions)
 
 stats: dict[str, int] = {"processed": 0, "duplicates": 0, "deadlettered": 0, "scores_submitted": 0,
                          "scores_published": 0, "alerts_raised": 0, "alerts_suppressed": 0,
-                         "alerts_republished": 0, "scores_taken": 0}
+                         "alerts_republished": 0, "scores_taken": 0, "checkpoints": 0}
 processed_by_topic: dict[str, int] = {t: 0 for t in topics.INPUTS}
 done_offsets: dict[tuple[str, int], int] = {}
 """Per input topic and partition, the offset of the last record the ingest agent took (the agent
@@ -130,9 +139,43 @@ async def dead_letter(event: faust.EventT, reason: str, patient_id: str | None =
     stats["deadlettered"] += 1
 
 
+def _ack(events: list) -> None:
+    for event in events:
+        event.ack()
+
+
+def checkpoint(key: bytes, everything: bool = False) -> bool:
+    """Write the patient's live state to the table and acknowledge the events it covers; not while
+    one of the patient's scores waits to be published (see ``streams/acks.py``)."""
+    state = live_state.get(key)
+    if state is None or not pending_acks.can_checkpoint(key):
+        return False
+    patient_state.mark_checkpoint(state, zlib.crc32(key) % patient_state.CHECKPOINT_EVERY_S)
+    patients[key] = state
+    stats["checkpoints"] += 1
+    _ack(pending_acks.release(key, everything))
+    return True
+
+
+def score_published(key: bytes):
+    """The batcher's callback for one submitted score (once, even if its batch is retried)."""
+    called = False
+
+    def published() -> None:
+        nonlocal called
+        if called:
+            return
+        called = True
+        pending_acks.score_published(key)
+        if key in live_state:
+            checkpoint(key)
+
+    return published
+
+
 @app.agent(inputs_topic)
 async def ingest(stream: faust.StreamT) -> None:
-    async for event in stream.events():
+    async for event in stream.noack().events():
         topic = event.message.topic
         if event.message.timestamp:
             last_record_ts[topic] = float(event.message.timestamp)
@@ -141,9 +184,11 @@ async def ingest(stream: faust.StreamT) -> None:
             msg = schemas.decode(topic, event.message.value, event.message.key)
         except schemas.SchemaError as exc:
             await dead_letter(event, exc.reason)
+            event.ack()
             continue
         if event.message.key is None:
             await dead_letter(event, "missing message key (topics are partitioned by patient id)", msg.patient_id)
+            event.ack()
             continue
         key = msg.key()
         state = live_state.get(key) or patients.get(key) or patient_state.new_state()
@@ -153,17 +198,21 @@ async def ingest(stream: faust.StreamT) -> None:
         except Exception as exc:  # a valid message the feature code cannot handle: never kill the agent
             log.warning("message from %s not applied: %s", topic, type(exc).__name__)
             await dead_letter(event, f"not processable: {type(exc).__name__}: {exc}"[:300])
+            event.ack()
             continue
         processed_by_topic[topic] += 1
         stats["processed"] += 1
         if not accepted:
             stats["duplicates"] += 1
+            event.ack()
             continue
+        event.message.value = event.value = None  # held until a checkpoint: keep only the offset
+        pending_acks.add(key, event, msg.end_time() if isinstance(msg, schemas.Waveform) else None)
         if isinstance(msg, schemas.Adt):
             await storage.upsert_patient(msg)
             if msg.event == "discharge":
                 waveforms.forget(msg.patient_id)
-        grid = zlib.crc32(key)  # the patient's own phase for rescoring and checkpoints
+        grid = zlib.crc32(key)  # the patient's own phase for rescoring
         trigger = patient_state.scoring_trigger(state, settings.score_interval_s,
                                                 phase_s=grid % settings.score_interval_s)
         if trigger is not None:
@@ -172,19 +221,27 @@ async def ingest(stream: faust.StreamT) -> None:
             state["revision"] = state.get("revision", 0) + 1 if trigger == "revision" else 0
             state["last_scored"] = t
             stats["scores_submitted"] += 1
+            pending_acks.score_submitted(key)
             batcher().submit(msg.patient_id, t, patient_state.features_at(state, t),
                              patient_state.staleness(state, t), trigger, state["revision"],
-                             cohort_row(state, t))
-        if trigger is not None or not isinstance(msg, (schemas.Vitals, schemas.Waveform)) \
-                or patient_state.checkpoint_due(state):
-            patient_state.mark_checkpoint(state, grid % patient_state.CHECKPOINT_EVERY_S)
-            patients[key] = state
+                             cohort_row(state, t), published=score_published(key))
+        elif not isinstance(msg, (schemas.Vitals, schemas.Waveform)) or patient_state.checkpoint_due(state):
+            checkpoint(key)
+
+
+@app.timer(interval=2.0)
+async def checkpoint_idle_patients() -> None:
+    """Patients whose messages stopped arriving still get their last ones acknowledged."""
+    for key in pending_acks.idle(settings.ack_idle_s):
+        checkpoint(key, everything=True)
 
 
 @app.on_partitions_revoked.connect
 async def forget_live_state(sender, revoked, **kwargs) -> None:
-    """Partitions may move to another worker: drop live copies, the checkpoints are the truth."""
+    """Partitions may move to another worker: drop live copies and unacknowledged events (Faust
+    seeks back to the committed offsets, so they are read again); the checkpoints are the truth."""
     live_state.clear()
+    pending_acks.clear()
 
 
 @app.agent(scores_topic)
@@ -241,6 +298,7 @@ async def write_stats() -> None:
         "scorer": batcher().scorer.counts,
         "scores_stored": storage.scores_stored,
         "scores_pending": len(batcher().pending),
+        "unacknowledged": pending_acks.unacknowledged(),
         "consumer_lag": consumer_lag(),
         "done_offsets": {t: {str(p): o for (tt, p), o in done_offsets.items() if tt == t} for t in topics.INPUTS},
         "record_age_s": {t: round(time.time() - ts, 3) for t, ts in last_record_ts.items()},

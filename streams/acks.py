@@ -1,0 +1,91 @@
+"""Which consumed messages may be acknowledged (and so committed): at-least-once with durable effects.
+
+The worker folds each input message into a patient's live state in memory and writes that state to
+the ``patient_state`` table (its changelog) only now and then (``patient_state.checkpoint_due``). A
+message is acknowledged only once a checkpoint covers it, and never while a score of its patient
+waits in the batcher: Faust commits an offset only when every earlier one of the partition is
+acknowledged, and flushes its producer (the changelog, ``icu.scores``) before it commits. A worker
+killed at any moment therefore restarts from a checkpoint and re-reads every message after it;
+re-read messages the checkpoint already holds are duplicates and change nothing.
+
+Waveform chunks are held back a little longer: their samples live in the worker's memory, not in
+the checkpoint, so the chunks of the last ``hold_s`` seconds stay unacknowledged and a restarted
+worker re-reads them into a whole window.
+
+Pure bookkeeping: the worker passes in whatever it wants acknowledged (Faust events) and calls
+``ack`` on what comes back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class _Patient:
+    events: list[tuple[Any, float | None]] = field(default_factory=list)
+    """(event, end time of its waveform chunk or None), in arrival order."""
+    newest_waveform_t: float | None = None
+    last_added: float = 0.0
+    in_flight: int = 0
+    """Scores of this patient submitted and not yet published."""
+
+
+class PendingAcks:
+    def __init__(self, hold_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.hold_s = hold_s
+        self.clock = clock
+        self.patients: dict[bytes, _Patient] = {}
+
+    def add(self, key: bytes, event: Any, waveform_end_t: float | None = None) -> None:
+        p = self.patients.setdefault(key, _Patient())
+        p.events.append((event, waveform_end_t))
+        p.last_added = self.clock()
+        if waveform_end_t is not None:
+            p.newest_waveform_t = max(p.newest_waveform_t or waveform_end_t, waveform_end_t)
+
+    def score_submitted(self, key: bytes) -> None:
+        self.patients.setdefault(key, _Patient()).in_flight += 1
+
+    def score_published(self, key: bytes) -> None:
+        p = self.patients.get(key)
+        if p is not None and p.in_flight > 0:
+            p.in_flight -= 1
+
+    def can_checkpoint(self, key: bytes) -> bool:
+        """A checkpoint written while a score waits would record it as scored: after a crash the
+        restarted worker would never score that time again."""
+        p = self.patients.get(key)
+        return p is None or p.in_flight == 0
+
+    def release(self, key: bytes, everything: bool = False) -> list[Any]:
+        """Events covered by a checkpoint just written: all of them except (unless ``everything``)
+        waveform chunks ending within ``hold_s`` of the patient's newest chunk."""
+        p = self.patients.get(key)
+        if p is None:
+            return []
+        if everything or p.newest_waveform_t is None:
+            out, p.events = [e for e, _ in p.events], []
+            return out
+        keep_after = p.newest_waveform_t - self.hold_s
+        out, held = [], []
+        for event, end_t in p.events:
+            (held if end_t is not None and end_t > keep_after else out).append((event, end_t))
+        p.events = held
+        return [e for e, _ in out]
+
+    def idle(self, after_s: float) -> list[bytes]:
+        """Patients with unacknowledged events and nothing new for ``after_s`` wall seconds (a monitor
+        that stopped sending must not hold its partition's commits back for ever)."""
+        cutoff = self.clock() - after_s
+        return [k for k, p in self.patients.items() if p.events and p.last_added <= cutoff]
+
+    def unacknowledged(self) -> int:
+        return sum(len(p.events) for p in self.patients.values())
+
+    def clear(self) -> None:
+        """Partitions were revoked: the events are re-read by whoever owns them next."""
+        self.patients.clear()
