@@ -193,7 +193,8 @@ def _plugins():
     names = ("icuwatch.streams.replay.cli", "icuwatch.fusion.evaluation.cli", "icuwatch.fusion.baselines.cli",
              "icuwatch.api.cli", "icuwatch.interfaces.hl7_cli", "icuwatch.interfaces.dicom_cli",
              "icuwatch.fusion.train_cli", "icuwatch.fusion.cxr_cli", "icuwatch.fusion.distill_cli",
-             "icuwatch.fusion.triton_export_cli", "icuwatch.deploy.bench_cli")
+             "icuwatch.fusion.triton_export_cli", "icuwatch.deploy.bench_cli",
+             "icuwatch.deploy.chaos_cli")
     return [importlib.import_module(name).register for name in names]
 
 

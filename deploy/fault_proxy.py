@@ -1,0 +1,85 @@
+"""A TCP proxy that can be cut: the chaos runs put it between the worker and PostgreSQL to make the
+database unreachable for a while without stopping the machine's shared PostgreSQL server.
+
+Written here rather than taken from a library because the one tool built for this (Shopify's
+toxiproxy) is a Go server that is not installable on these machines; this needs ~60 lines.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+
+class FaultProxy:
+    """Forwards ``127.0.0.1:listen_port`` to ``target``. :meth:`cut` closes every connection and
+    refuses new ones (as a database host that went away); :meth:`restore` accepts again."""
+
+    def __init__(self, listen_port: int, target: tuple[str, int]) -> None:
+        self.listen_port, self.target = listen_port, target
+        self._lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
+        self._server: socket.socket | None = None
+        self.cuts = 0
+
+    def start(self) -> "FaultProxy":
+        server = socket.create_server(("127.0.0.1", self.listen_port))
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+        return self
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return  # cut or stopped
+            try:
+                upstream = socket.create_connection(self.target, timeout=5.0)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._conns.update((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                self._close(s)
+
+    def _close(self, s: socket.socket) -> None:
+        with self._lock:
+            self._conns.discard(s)
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        s.close()
+
+    def cut(self) -> None:
+        self.cuts += 1
+        if self._server is not None:
+            try:
+                self._server.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+            except OSError:
+                pass
+            self._server.close()
+            self._server = None
+        with self._lock:
+            conns = list(self._conns)
+        for s in conns:
+            self._close(s)
+
+    def restore(self) -> None:
+        if self._server is None:
+            self.start()
+
+    stop = cut
