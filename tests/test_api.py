@@ -46,6 +46,22 @@ PROTECTED = [
     ("GET", "/metrics"),
 ]
 PUBLIC = ["/", "/patients/p1", "/healthz", "/openapi.json", "/docs"]
+ALL_ROLES = ("nurse", "physician", "engineer", "admin")
+ROUTE_ROLES = {
+    ("GET", "/api/me"): ALL_ROLES,
+    ("GET", "/api/alerts"): ALL_ROLES,
+    ("POST", "/api/alerts/{alert_id}/acknowledge"): ("nurse", "physician"),
+    ("POST", "/api/alerts/{alert_id}/resolve"): ("nurse", "physician"),
+    ("GET", "/api/alerts/{alert_id}/events"): ALL_ROLES,
+    ("GET", "/api/patients/{patient_id}/timeline"): ALL_ROLES,
+    ("GET", "/api/quality"): ALL_ROLES,
+    ("GET", "/api/stream"): ALL_ROLES,
+    ("GET", "/fhir/RiskAssessment"): ALL_ROLES,
+    ("GET", "/fhir/Flag"): ALL_ROLES,
+    ("GET", "/fhir/DetectedIssue"): ALL_ROLES,
+    ("GET", "/metrics"): ("engineer", "admin"),
+}
+"""Every documented route but ``/healthz``, and the roles that may call it."""
 
 
 # --------------------------------------------------------------------------------------- fixtures
@@ -140,6 +156,24 @@ def test_every_patient_route_needs_a_valid_token(client, sessions, tokens):
         assert "ICU-SECRET-UNIT" not in r.text and "bed-7" not in r.text
     assert client.get("/api/me", headers=bearer(tokens["nurse"])).json() == {"user": "nurse-1", "role": "nurse"}
     assert client.get("/api/me", headers={"Authorization": f"Basic {tokens['nurse']}"}).status_code == 401
+
+
+def test_every_route_refuses_no_token_a_bad_token_and_the_wrong_role(client, sessions, tokens):
+    """Driven by the OpenAPI document, so a route added later without an entry here fails."""
+    documented = {(m.upper(), path) for path, ops in client.get("/openapi.json").json()["paths"].items()
+                  for m in ops}
+    assert documented - {("GET", "/healthz")} == set(ROUTE_ROLES)
+    alert_id = raise_alert(sessions, "p1")
+    for (method, template), allowed in ROUTE_ROLES.items():
+        path = template.format(alert_id=alert_id, patient_id="p1")
+        params = {"patient": "p1"} if path.startswith("/fhir/") else None
+        assert client.request(method, path, params=params).status_code == 401, path
+        assert client.request(method, path, params=params, headers=bearer("wrong")).status_code == 401, path
+        for role in set(ALL_ROLES) - set(allowed):
+            r = client.request(method, path, params=params, headers=bearer(tokens[role]))
+            assert r.status_code == 403, (path, role, r.status_code)
+    with sessions.begin() as s:
+        assert s.get(Alert, alert_id).state == "raised"
 
 
 def test_roles(client, sessions, tokens):
