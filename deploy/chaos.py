@@ -227,6 +227,20 @@ def expected_states(sim) -> dict[str, dict]:
     return json.loads(json.dumps({p: {f: st[f] for f in STATE_FIELDS} for p, st in states.items()}))
 
 
+def state_differences(states: dict[str, dict], expected: dict[str, dict]) -> dict[str, dict]:
+    """Per patient whose checkpoint is not whole: each differing field, checkpointed vs expected."""
+    out: dict[str, dict] = {}
+    for p, want in expected.items():
+        got = states.get(p)
+        if got is None:
+            out[p] = {"missing": True}
+            continue
+        diff = {f: {"checkpointed": got.get(f), "expected": want[f]} for f in STATE_FIELDS if got.get(f) != want[f]}
+        if diff:
+            out[p] = diff
+    return out
+
+
 def checkpointed_states(settings: Settings) -> dict[str, dict]:
     """The newest checkpoint of every patient, read from the ``patient_state`` changelog."""
     from kafka import KafkaConsumer
@@ -319,6 +333,7 @@ def run_once(name: str, cfg: Config, progress: bool) -> dict:
         states, expected = checkpointed_states(settings), expected_states(sim)
         outcome["states_whole"] = sum(states.get(p) == st for p, st in expected.items())
         outcome["states_total"] = len(expected)
+        (state_dir / "states_differing.json").write_text(json.dumps(state_differences(states, expected), indent=1))
         (state_dir / "scores.json").write_text(json.dumps(sorted([*k, *v] for k, v in outcome["scores"].items())))
         outcome.update(truth=sim.ground_truth(), produced=sum(produced.values()), settled=settled,
                        timeline=run.timeline, worker=_worker_summary(stats))

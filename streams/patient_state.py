@@ -61,6 +61,7 @@ def new_state() -> dict:
         "pending": [],
         "last_scored": None,
         "checkpoint_t": 0.0,
+        "offsets": {},
     }
 
 
@@ -259,6 +260,23 @@ def apply(state: dict, msg: schemas.Message, waveforms: "WaveformState | None" =
     if isinstance(msg, schemas.Adt):
         return apply_adt(state, msg)
     raise TypeError(type(msg).__name__)
+
+
+def redelivered(state: dict, topic: str, partition: int, offset: int) -> bool:
+    """Whether the record at ``offset`` of ``topic``/``partition`` is already folded into this state.
+
+    A restarted worker re-reads its partitions from the committed offset, the oldest record not yet
+    covered by a checkpoint of *any* patient on the partition: for this patient that can be minutes
+    of event time it already holds, more than the event-time dedupe (``recent_vitals_t``) keeps.
+    The offsets applied, checkpointed with the rest of the state, recognise every one of them.
+    (Waveform chunks are re-read on purpose, into the in-memory buffers, and are not checked.)"""
+    return offset <= state.get("offsets", {}).get(f"{topic}/{partition}", -1)
+
+
+def mark_applied(state: dict, topic: str, partition: int, offset: int) -> None:
+    applied = state.setdefault("offsets", {})
+    source = f"{topic}/{partition}"
+    applied[source] = max(offset, applied.get(source, -1))
 
 
 def checkpoint_due(state: dict) -> bool:

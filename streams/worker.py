@@ -193,8 +193,13 @@ async def ingest(stream: faust.StreamT) -> None:
         key = msg.key()
         state = live_state.get(key) or patients.get(key) or patient_state.new_state()
         live_state[key] = state
+        where = (topic, event.message.partition, event.message.offset)
+        is_waveform = isinstance(msg, schemas.Waveform)
+        redelivered = not is_waveform and patient_state.redelivered(state, *where)
         try:
-            accepted = patient_state.apply(state, msg, waveforms)
+            accepted = not redelivered and patient_state.apply(state, msg, waveforms)
+            if not is_waveform:
+                patient_state.mark_applied(state, *where)
         except Exception as exc:  # a valid message the feature code cannot handle: never kill the agent
             log.warning("message from %s not applied: %s", topic, type(exc).__name__)
             await dead_letter(event, f"not processable: {type(exc).__name__}: {exc}"[:300])
@@ -207,7 +212,7 @@ async def ingest(stream: faust.StreamT) -> None:
             event.ack()
             continue
         event.message.value = event.value = None  # held until a checkpoint: keep only the offset
-        pending_acks.add(key, event, msg.end_time() if isinstance(msg, schemas.Waveform) else None)
+        pending_acks.add(key, event, msg.end_time() if is_waveform else None)
         if isinstance(msg, schemas.Adt):
             await storage.upsert_patient(msg)
             if msg.event == "discharge":

@@ -1,3 +1,4 @@
+import json
 import math
 
 from icuwatch.fusion import features as F
@@ -33,6 +34,26 @@ def test_duplicates_are_ignored_and_change_nothing():
     before = repr(s)
     assert not ps.apply_lab(s, lab(T))
     assert repr(s) == before
+
+
+def test_redelivery_beyond_the_recent_vitals_dedupe_is_recognised_by_offset():
+    """A restarted worker re-reads from the partition's committed offset, which can lie further back
+    than the last RECENT_VITALS samples of this patient: the offsets folded in recognise them."""
+    s = ps.new_state()
+    n = ps.RECENT_VITALS + 30
+    for i in range(n):
+        assert not ps.redelivered(s, "icu.vitals", 2, 100 + i)
+        ps.apply_vitals(s, vitals(T + i, hr=80))
+        ps.mark_applied(s, "icu.vitals", 2, 100 + i)
+    checkpoint = json.dumps(s)
+    assert ps.redelivered(s, "icu.vitals", 2, 100)  # older than recent_vitals_t remembers
+    assert ps.apply_vitals(s, vitals(T, hr=80))  # event-time dedupe alone would count it again
+    s = json.loads(checkpoint)
+    assert ps.redelivered(s, "icu.vitals", 2, 100 + n - 1)
+    assert not ps.redelivered(s, "icu.vitals", 2, 100 + n)
+    assert not ps.redelivered(s, "icu.vitals", 3, 0)  # another partition's offsets are its own
+    ps.mark_applied(s, "icu.vitals", 2, 5)  # never moves back
+    assert ps.redelivered(s, "icu.vitals", 2, 100 + n - 1)
 
 
 def test_window_holds_per_minute_means_in_time_order():
