@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -20,6 +22,18 @@ class Settings(BaseSettings):
     replication_factor: int = 1
     """Replicas of every topic icuwatch creates, table changelogs included (1 for the local broker;
     3 in production, with min.insync.replicas 2 on the cluster)."""
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How every icuwatch Kafka client (worker, producers, replay readers) talks to the brokers:
+    PLAINTEXT locally, SASL_SSL in production (``streams/kafka_security.py``)."""
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    """From the environment only (a Secret in production); never logged (``SecretStr``)."""
+    kafka_ssl_cafile: Path | None = None
+    """CA bundle that signed the brokers' certificates (unset: the system's trust store)."""
+    kafka_ssl_certfile: Path | None = None
+    """Client certificate, for brokers that require mutual TLS (with ``kafka_ssl_keyfile``)."""
+    kafka_ssl_keyfile: Path | None = None
 
     triton_url: str = "127.0.0.1:8001"
     """Triton gRPC endpoint."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from kafka import KafkaProducer
 
 from icuwatch.settings import Settings
+from icuwatch.streams.kafka_security import kafka_python_config
 
 
 def make_producer(settings: Settings) -> KafkaProducer:
@@ -21,4 +22,5 @@ def make_producer(settings: Settings) -> KafkaProducer:
         max_in_flight_requests_per_connection=1,
         max_request_size=8 * 1024 * 1024,
         client_id="icuwatch-producer",
+        **kafka_python_config(settings),
     )

@@ -26,6 +26,7 @@ from icuwatch.deploy.worker_process import stats_path
 from icuwatch.settings import get_settings
 from icuwatch.streams import alerting, patient_state, schemas, topics
 from icuwatch.streams.acks import PendingAcks
+from icuwatch.streams.kafka_security import faust_credentials
 from icuwatch.streams.batcher import ScoreBatcher
 from icuwatch.streams.scoring import StudentScorer, TritonScorer, load_norm
 from icuwatch.streams.waveform_state import WINDOW_S as WAVEFORM_WINDOW_S, WaveformState
@@ -52,6 +53,7 @@ _fetch_wait(settings.consumer_fetch_max_wait_ms)
 app = faust.App(
     settings.app_id,
     broker=f"kafka://{settings.broker}",
+    broker_credentials=faust_credentials(settings),
     key_serializer="raw",
     value_serializer="json",
     topic_partitions=settings.partitions,

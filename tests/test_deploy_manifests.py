@@ -401,3 +401,45 @@ def test_image_check_accepts_an_export_and_refuses_what_would_not_serve(tmp_path
     with pytest.raises(ValueError, match="does not load"):
         check.check([rules, broken], installed)
     assert check.main(["--torch", installed, str(rules), str(dup)]) == 1
+
+
+KAFKA_COMMANDS = ("worker", "hl7-listen", "dicom-listen")
+"""The icuwatch commands that talk to Kafka (the API and migrations do not)."""
+
+
+def test_icuwatch_kafka_clients_use_sasl_ssl_from_settings():
+    """Every icuwatch Kafka client reaches a SASL_SSL listener with TLS/SASL from ICUWATCH_KAFKA_*
+    (streams/kafka_security.py); the password only from the environment / a Secret."""
+    from icuwatch.settings import Settings
+
+    assert {"kafka_security_protocol", "kafka_sasl_password", "kafka_ssl_cafile"} <= set(Settings.model_fields)
+    c = compose()
+    env = c["x-icuwatch-env"]
+    assert env["ICUWATCH_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert env["ICUWATCH_KAFKA_SASL_PASSWORD"].startswith("${")
+    protocols = dict(item.split(":") for item in
+                     c["services"]["kafka-1"]["environment"]["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    advertised = c["services"]["kafka-1"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    listener = next(name for name, _, port in (a.partition("://") for a in advertised.split(","))
+                    if port.endswith(env["ICUWATCH_BROKER"].split(",")[0].split(":")[1]))
+    assert protocols[listener] == "SASL_SSL", listener
+    assert env["ICUWATCH_WORKER_PRODUCER_MAX_BATCH_BYTES"] == "16384"
+
+    config = next(d for _, d in k8s_docs() if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "icuwatch-settings")
+    assert config["data"]["ICUWATCH_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    cafile = config["data"]["ICUWATCH_KAFKA_SSL_CAFILE"]
+    seen = set()
+    for path, doc in k8s_docs():
+        if doc["kind"] != "Deployment":
+            continue
+        pod = doc["spec"]["template"]["spec"]
+        for container in pod["containers"]:
+            if not container.get("args") or container["args"][0] not in KAFKA_COMMANDS:
+                continue
+            seen.add(container["args"][0])
+            password = next(e for e in container["env"] if e["name"] == "ICUWATCH_KAFKA_SASL_PASSWORD")
+            assert password["valueFrom"]["secretKeyRef"]["name"] == "icuwatch-credentials", path.name
+            mounts = [m for m in container["volumeMounts"] if cafile.startswith(m["mountPath"] + "/")]
+            assert mounts, f"{path.name}: nothing mounted at {cafile}"
+            assert any(v["name"] == mounts[0]["name"] for v in pod["volumes"]), path.name
+    assert seen == set(KAFKA_COMMANDS)

@@ -34,6 +34,7 @@ from kafka import KafkaConsumer, TopicPartition
 from tqdm import tqdm
 
 from icuwatch.settings import Settings
+from icuwatch.streams.kafka_security import kafka_python_config
 from icuwatch.streams.pacing import RawMessage, send_paced
 
 
@@ -62,7 +63,8 @@ def record(topic_names: Iterable[str], out_path: str | Path, settings: Settings,
     """
     names = list(dict.fromkeys(topic_names))
     consumer = KafkaConsumer(bootstrap_servers=settings.broker, group_id=None, enable_auto_commit=False,
-                             auto_offset_reset="earliest", client_id="icuwatch-recorder")
+                             auto_offset_reset="earliest", client_id="icuwatch-recorder",
+                             **kafka_python_config(settings))
     per_part: dict[tuple[str, int], list[dict]] = {}
     counts: Counter = Counter()
     skipped = 0
