@@ -224,12 +224,14 @@ def run_bad_input(n_bad: int, patients: int = 10, minutes: float = 30.0, seed: i
         "patient_states_whole": f"{sum(states.get(p) == s for p, s in expected.items())}/{len(expected)}",
         "scores_stored": stats.get("scores_stored"),
         "worker_crashed": crashed or "Traceback" in log_text,
+        "patient_ids_in_worker_log": "bad-input-" in log_text or "bad id" in log_text,
         "reasons_top": dict(reasons.most_common(12)),
         "wall_s": {"publish": round(published_s, 1), "until_processed": round(done_s, 1)},
         "messages_per_s": round(total / done_s, 1),
     }
     result["ok"] = (result["every_malformed_deadlettered"] and result["every_deadletter_has_a_reason"]
                     and result["every_good_processed"] and not result["worker_crashed"]
+                    and not result["patient_ids_in_worker_log"]
                     and result["duplicates"] == 0
                     and result["patient_states_whole"] == f"{len(expected)}/{len(expected)}")
     return result
