@@ -1,0 +1,118 @@
+"""Fault injection: the fault proxy on real sockets and the real PostgreSQL server, the lost /
+duplicated comparison, and (opt-in, ICUWATCH_SLOW=1) the full ``icuwatch chaos`` drill and the
+100,000-message bad-input run through the real pipeline."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from icuwatch.deploy.chaos import POSTGRES_ADMIN_URL, Config, SCENARIOS, compare, run_chaos
+from icuwatch.deploy.fault_proxy import FaultProxy
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def echo_server():
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=lambda c=conn: [c.sendall(d) for d in iter(lambda: c.recv(1024), b"")],
+                             daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield server.getsockname()
+    server.close()
+
+
+def test_fault_proxy_cuts_open_connections_refuses_new_ones_and_restores(echo_server):
+    proxy = FaultProxy(free_port(), echo_server).start()
+    try:
+        conn = socket.create_connection(("127.0.0.1", proxy.listen_port), timeout=5)
+        conn.sendall(b"ping")
+        assert conn.recv(16) == b"ping"
+        proxy.cut()
+        assert conn.recv(16) == b"", "an open connection must be closed by the cut"
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", proxy.listen_port), timeout=2)
+        proxy.restore()
+        again = socket.create_connection(("127.0.0.1", proxy.listen_port), timeout=5)
+        again.sendall(b"pong")
+        assert again.recv(16) == b"pong"
+        again.close()
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.postgres
+def test_fault_proxy_makes_postgresql_unreachable_and_back():
+    proxy = FaultProxy(free_port(), ("127.0.0.1", 5432)).start()
+    url = make_url(POSTGRES_ADMIN_URL).set(host="127.0.0.1", port=proxy.listen_port)
+    engine = create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect() as c:
+            assert c.execute(text("select 1")).scalar() == 1
+        proxy.cut()
+        with pytest.raises(Exception):
+            with engine.connect() as c:
+                c.execute(text("select 1"))
+        proxy.restore()
+        with engine.connect() as c:
+            assert c.execute(text("select 2")).scalar() == 2
+    finally:
+        engine.dispose()
+        proxy.stop()
+
+
+def outcome(alerts: dict, suppressed=(), scores=None, whole=2) -> dict:
+    return {"alerts": alerts, "suppressed": list(suppressed), "scores": scores or {}, "truth": [
+        {"patient_id": "p1", "onset_time": 1.0}, {"patient_id": "p2", "onset_time": None}],
+        "states_whole": whole, "states_total": 2, "produced": 10, "settled": True, "worker": {},
+        "timeline": [], "patient_ids_in_logs": False}
+
+
+def test_compare_counts_lost_and_duplicated_alerts_per_patient_and_kind():
+    ref = outcome({"p1:sepsis:100": ("p1", "sepsis"), "p1:deterioration:90": ("p1", "deterioration")})
+    same = compare(outcome({"p1:sepsis:100": ("p1", "sepsis"), "p1:deterioration:95": ("p1", "deterioration")}), ref)
+    assert (same["lost"], same["duplicated"]) == (0, 0)  # a shifted episode start is neither
+    assert not same["alert_ids_equal_reference"]
+    lost = compare(outcome({"p1:sepsis:100": ("p1", "sepsis")}), ref)
+    assert (lost["lost"], lost["lost_alerts"]) == (1, ["p1:deterioration"])
+    dup = compare(outcome({"p1:sepsis:100": ("p1", "sepsis"), "p1:deterioration:90": ("p1", "deterioration")},
+                          suppressed=["p1:sepsis:160"]), ref)
+    assert dup["duplicated"] == 1 and dup["lost"] == 0
+    assert dup["deteriorating_alerted"] == "1/1" and dup["stable_alerted"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_chaos_drill_loses_and_duplicates_no_alert():
+    summary = run_chaos(list(SCENARIOS), Config(), progress=False)
+    assert summary["reference"]["alerts_stored"] > 0
+    for name, result in summary["scenarios"].items():
+        assert (result["lost"], result["duplicated"]) == (0, 0), (name, result)
+    assert summary["all_ok"], summary
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_100k_malformed_messages_all_deadlettered_good_ones_processed():
+    from icuwatch.deploy.bad_input import run_bad_input
+
+    result = run_bad_input(100_000, progress=False)
+    assert result["malformed_sent"] == 100_000
+    assert result["ok"], result
