@@ -392,13 +392,26 @@ def summarise(beds, minutes, sim, acks: Acks, clock, stats, samples, scores, ale
         },
         "cpu_s_while_publishing": cpu,
         "worker_rss_mb_all_workers": {"first": rss[0] if rss else None, "last": rss[-1] if rss else None,
-                          "max": max(rss) if rss else None},
+                                      "max": max(rss) if rss else None,
+                                      "growth_mb_per_min_after_warmup": rss_growth_per_min(warm)},
         "timeline": {"t_s": [round(x["at"] - sim.start_time, 1) for x in samples],  # < 0: generating
                      "lag_s": [round(x["lag_s"], 2) for x in samples],
                      "lag_records": [x["lag_records"] for x in samples],
                      "taken": [x["processed"] for x in samples],
                      "rss_mb": [None if x["rss_mb"] is None else round(x["rss_mb"], 1) for x in samples]},
     }
+
+
+def rss_growth_per_min(samples: list[dict]) -> float | None:
+    """Least-squares slope of the workers' RSS over the samples, MB per minute: "memory flat" is a
+    slope near 0 once the beds' windows are full (a leak grows with every message)."""
+    import numpy as np
+
+    points = [(x["at"], x["rss_mb"]) for x in samples if x["rss_mb"] is not None]
+    if len(points) < 10:
+        return None
+    t, mb = np.array(points).T
+    return round(float(np.polyfit(t / 60.0, mb, 1)[0]), 2)
 
 
 def _machine() -> dict:

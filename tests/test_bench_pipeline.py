@@ -67,3 +67,26 @@ def test_a_short_bench_balances_its_books():
     assert out["scores"]["event_to_scored_s"]["p50"] is not None
     assert out["data"].startswith("simulated")
     json.dumps(out)
+
+
+def test_rss_growth_is_the_slope_in_mb_per_minute():
+    from icuwatch.deploy.bench_pipeline import rss_growth_per_min
+
+    flat = [{"at": 1000.0 + i, "rss_mb": 400.0 + (i % 2)} for i in range(120)]
+    assert abs(rss_growth_per_min(flat)) < 0.1
+    leak = [{"at": 1000.0 + i, "rss_mb": 400.0 + i / 30.0} for i in range(120)]  # 2 MB a minute
+    assert rss_growth_per_min(leak) == pytest.approx(2.0, abs=0.01)
+    assert rss_growth_per_min(flat[:5]) is None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_soak_1000_beds_for_10_minutes():
+    """Issue 8's load and soak run (opt-in): memory flat, lag bounded, nothing lost."""
+    from icuwatch.deploy.bench_pipeline import run
+
+    out = run(beds=1000, minutes=10, chunk_s=2, workers=1, progress=False)
+    assert out["messages"]["lost"] == 0 and out["scores"]["lost"] == 0 and out["alerts"]["lost"] == 0
+    assert out["alerts"]["duplicated"] == 0
+    assert out["consumer_lag"]["seconds_after_warmup"]["p99"] < 15.0
+    assert out["worker_rss_mb_all_workers"]["growth_mb_per_min_after_warmup"] < 5.0
