@@ -6,10 +6,16 @@ an archive). ``speed`` is stream seconds per wall second: 1 real time, 60 one mi
 0 as fast as possible. The schedule is anchored at ``start_time`` (default: the first item's time);
 if the producer falls behind, messages go out as fast as they can until the schedule is met again,
 and an item whose time is earlier than one already sent goes out at once.
+
+A message the producer reports undelivered (after its own retries, or all at once when a fatal
+error ends an idempotent producer, see :class:`~icuwatch.streams.producer.ResilientProducer`) is
+sent again before the next item, and the ones still failing again after the stream, a few rounds:
+at-least-once publishing, whose duplicates the worker recognises by event time.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -18,7 +24,10 @@ from typing import Any
 
 from tqdm import tqdm
 
+log = logging.getLogger(__name__)
+
 MIN_SLEEP_S = 0.002
+RESEND_ROUNDS = 5
 
 
 class DeliveryError(RuntimeError):
@@ -61,7 +70,24 @@ def send_paced(
     if speed < 0:
         raise ValueError("speed must be >= 0")
     counts = Counter() if counts is None else counts
-    failed: Counter = Counter()
+    undelivered: list[tuple[str, Any]] = []
+    resent = 0
+
+    def send(topic: str, msg: Any) -> None:
+        partition = getattr(msg, "partition", None)
+        if partition is None:
+            future = producer.send(topic, key=msg.key(), value=msg.to_bytes())
+        else:
+            future = producer.send(topic, key=msg.key(), value=msg.to_bytes(), partition=partition)
+        if hasattr(future, "add_errback"):
+            future.add_errback(lambda _exc: undelivered.append((topic, msg)))
+
+    def resend() -> None:
+        nonlocal resent
+        while undelivered:
+            topic, msg = undelivered.pop(0)
+            resent += 1
+            send(topic, msg)
     wall0 = time.monotonic()
     t0 = start_time
     shown = None
@@ -77,13 +103,8 @@ def send_paced(
                 delay = wall0 + (t - t0) / speed - time.monotonic()
                 if delay > MIN_SLEEP_S:
                     time.sleep(delay)
-            partition = getattr(msg, "partition", None)
-            if partition is None:
-                future = producer.send(topic, key=msg.key(), value=msg.to_bytes())
-            else:
-                future = producer.send(topic, key=msg.key(), value=msg.to_bytes(), partition=partition)
-            if hasattr(future, "add_errback"):
-                future.add_errback(lambda _exc, topic=topic: failed.update([topic]))
+            resend()
+            send(topic, msg)
             counts[topic] += 1
             if progress and t - shown >= 1.0:
                 step = round(t - shown)
@@ -96,6 +117,14 @@ def send_paced(
         bar.close()
     if flush:
         producer.flush()
-    if failed:
+        for _ in range(RESEND_ROUNDS):
+            if not undelivered:
+                break
+            resend()
+            producer.flush()
+    if undelivered:
+        failed = Counter(topic for topic, _ in undelivered)
         raise DeliveryError(f"{sum(failed.values())} messages not delivered: {dict(failed)}")
+    if resent:
+        log.warning("%d messages sent again after the producer reported them undelivered", resent)
     return dict(counts)
