@@ -43,6 +43,7 @@ def start(settings: Settings) -> None:
     processes.spawn(settings, NAME, argv)
     processes.wait_for_port(host, port, 20.0, NAME, settings)
     ensure_topics(settings)
+    ensure_topics(settings, topics.changelogs(settings.app_id))
 
 
 def ensure_topics(settings: Settings, names: tuple[str, ...] = topics.ALL) -> None:

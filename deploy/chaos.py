@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,7 +252,9 @@ def checkpointed_states(settings: Settings) -> dict[str, dict]:
     """The newest checkpoint of every patient, read from the ``patient_state`` changelog."""
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(f"{settings.app_id}-patient_state-changelog", bootstrap_servers=settings.broker,
+    from icuwatch.streams import topics
+
+    consumer = KafkaConsumer(topics.changelogs(settings.app_id)[0], bootstrap_servers=settings.broker,
                              auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
                              consumer_timeout_ms=3000)
     latest = {m.key.decode(): m.value for m in consumer if m.key is not None and m.value is not None}
@@ -340,10 +342,13 @@ def run_once(name: str, cfg: Config, progress: bool) -> dict:
         states, expected = checkpointed_states(settings), expected_states(sim)
         outcome["states_whole"] = sum(states.get(p) == st for p, st in expected.items())
         outcome["states_total"] = len(expected)
-        (state_dir / "states_differing.json").write_text(json.dumps(state_differences(states, expected), indent=1))
+        differing = state_differences(states, expected)
+        (state_dir / "states_differing.json").write_text(json.dumps(differing, indent=1))
+        outcome["state_fields_differing"] = dict(Counter(f for fields in differing.values() for f in fields))
         (state_dir / "scores.json").write_text(json.dumps(sorted([*k, *v] for k, v in outcome["scores"].items())))
         logs = "".join(f.read_text(errors="replace") for f in settings.log_dir.glob("worker-*.log"))
-        outcome.update(patient_ids_in_logs=PREFIX in logs, truth=sim.ground_truth(), produced=sum(produced.values()), settled=settled,
+        truth = sim.ground_truth()
+        outcome.update(patient_ids_in_logs=any(t["patient_id"] in logs for t in truth), truth=truth, produced=sum(produced.values()), settled=settled,
                        timeline=run.timeline, worker=_worker_summary(stats))
         return outcome
     finally:
@@ -388,6 +393,7 @@ def compare(run: dict, reference: dict) -> dict:
         "lost_alerts": lost,
         "alerts_stored": len(run["alerts"]),
         "patient_states_whole": f"{run['states_whole']}/{run['states_total']}",
+        "state_fields_differing": run["state_fields_differing"],
         "alert_ids_equal_reference": set(run["alerts"]) == set(reference["alerts"]),
         "deteriorating_alerted": f"{len(alerted & sick)}/{len(sick)}",
         "stable_alerted": len(alerted - sick),

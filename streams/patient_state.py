@@ -262,21 +262,30 @@ def apply(state: dict, msg: schemas.Message, waveforms: "WaveformState | None" =
     raise TypeError(type(msg).__name__)
 
 
-def redelivered(state: dict, topic: str, partition: int, offset: int) -> bool:
-    """Whether the record at ``offset`` of ``topic``/``partition`` is already folded into this state.
+def redelivered(state: dict, topic: str, partition: int, offset: int, timestamp: float) -> bool:
+    """Whether the record at ``offset`` of ``topic``/``partition``, stamped ``timestamp`` by its
+    producer, is already folded into this state.
 
     A restarted worker re-reads its partitions from the committed offset, the oldest record not yet
     covered by a checkpoint of *any* patient on the partition: for this patient that can be minutes
     of event time it already holds, more than the event-time dedupe (``recent_vitals_t``) keeps.
-    The offsets applied, checkpointed with the rest of the state, recognise every one of them.
-    (Waveform chunks are re-read on purpose, into the in-memory buffers, and are not checked.)"""
-    return offset <= state.get("offsets", {}).get(f"{topic}/{partition}", -1)
+    The newest offset applied per partition, checkpointed with the rest of the state, recognises
+    them. Offsets name a record only within one life of a topic, though: a topic re-created (the
+    local broker restarted with its memory storage) counts from 0 again. A re-read record is as old
+    as the one it repeats, while a record of the topic's next life was produced after it, so the
+    producer's timestamp tells the two apart. (Waveform chunks are re-read on purpose, into the
+    in-memory buffers, and are not checked.)"""
+    applied = state.get("offsets", {}).get(f"{topic}/{partition}")
+    return applied is not None and offset <= applied[0] and timestamp <= applied[1]
 
 
-def mark_applied(state: dict, topic: str, partition: int, offset: int) -> None:
+def mark_applied(state: dict, topic: str, partition: int, offset: int, timestamp: float) -> None:
+    """Record the newest offset applied (a lower one only when the topic started a new life)."""
     applied = state.setdefault("offsets", {})
     source = f"{topic}/{partition}"
-    applied[source] = max(offset, applied.get(source, -1))
+    held = applied.get(source)
+    if held is None or offset > held[0] or timestamp > held[1]:
+        applied[source] = [offset, timestamp]
 
 
 def checkpoint_due(state: dict) -> bool:

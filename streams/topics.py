@@ -12,3 +12,11 @@ DEADLETTER = "icu.deadletter"
 INPUTS = (VITALS, WAVEFORMS, LABS, CXR, ADT)
 OUTPUTS = (SCORES, ALERTS, DEADLETTER)
 ALL = INPUTS + OUTPUTS
+
+TABLES = ("patient_state", "alert_state")
+"""The worker's Faust tables; each has a changelog topic, co-partitioned with the rest."""
+
+
+def changelogs(app_id: str) -> tuple[str, ...]:
+    """The worker's table changelog topics (Faust names them ``<app id>-<table>-changelog``)."""
+    return tuple(f"{app_id}-{table}-changelog" for table in TABLES)

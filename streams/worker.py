@@ -195,7 +195,7 @@ async def ingest(stream: faust.StreamT) -> None:
         key = msg.key()
         state = live_state.get(key) or patients.get(key) or patient_state.new_state()
         live_state[key] = state
-        where = (topic, event.message.partition, event.message.offset)
+        where = (topic, event.message.partition, event.message.offset, event.message.timestamp or 0.0)
         is_waveform = isinstance(msg, schemas.Waveform)
         redelivered = not is_waveform and patient_state.redelivered(state, *where)
         try:

@@ -81,7 +81,7 @@ def test_fault_proxy_makes_postgresql_unreachable_and_back():
 def outcome(alerts: dict, suppressed=(), scores=None, whole=2) -> dict:
     return {"alerts": alerts, "suppressed": list(suppressed), "scores": scores or {}, "truth": [
         {"patient_id": "p1", "onset_time": 1.0}, {"patient_id": "p2", "onset_time": None}],
-        "states_whole": whole, "states_total": 2, "produced": 10, "settled": True, "worker": {},
+        "states_whole": whole, "states_total": 2, "state_fields_differing": {}, "produced": 10, "settled": True, "worker": {},
         "timeline": [], "patient_ids_in_logs": False}
 
 

@@ -149,7 +149,8 @@ def test_compose_topics_init_creates_every_topic_equally():
     assert script.count('--partitions "$$PARTITIONS"') == 2  # topics and changelogs alike
     # Faust's table changelogs are pre-created, else the worker makes them with RF 1
     worker_src = (ROOT / "streams" / "worker.py").read_text()
-    for table in env["CHANGELOGS"].split():
+    assert tuple(env["CHANGELOGS"].split()) == topics.TABLES
+    for table in topics.TABLES:
         assert f'app.Table("{table}"' in worker_src, table
 
 

@@ -41,19 +41,32 @@ def test_redelivery_beyond_the_recent_vitals_dedupe_is_recognised_by_offset():
     than the last RECENT_VITALS samples of this patient: the offsets folded in recognise them."""
     s = ps.new_state()
     n = ps.RECENT_VITALS + 30
+    produced = 1_796_000_000.0  # the records' producer timestamps, one a second
     for i in range(n):
-        assert not ps.redelivered(s, "icu.vitals", 2, 100 + i)
+        assert not ps.redelivered(s, "icu.vitals", 2, 100 + i, produced + i)
         ps.apply_vitals(s, vitals(T + i, hr=80))
-        ps.mark_applied(s, "icu.vitals", 2, 100 + i)
+        ps.mark_applied(s, "icu.vitals", 2, 100 + i, produced + i)
     checkpoint = json.dumps(s)
-    assert ps.redelivered(s, "icu.vitals", 2, 100)  # older than recent_vitals_t remembers
+    assert ps.redelivered(s, "icu.vitals", 2, 100, produced)  # older than recent_vitals_t remembers
     assert ps.apply_vitals(s, vitals(T, hr=80))  # event-time dedupe alone would count it again
     s = json.loads(checkpoint)
-    assert ps.redelivered(s, "icu.vitals", 2, 100 + n - 1)
-    assert not ps.redelivered(s, "icu.vitals", 2, 100 + n)
-    assert not ps.redelivered(s, "icu.vitals", 3, 0)  # another partition's offsets are its own
-    ps.mark_applied(s, "icu.vitals", 2, 5)  # never moves back
-    assert ps.redelivered(s, "icu.vitals", 2, 100 + n - 1)
+    assert ps.redelivered(s, "icu.vitals", 2, 100 + n - 1, produced + n - 1)
+    assert not ps.redelivered(s, "icu.vitals", 2, 100 + n, produced + n)
+    assert not ps.redelivered(s, "icu.vitals", 3, 0, produced)  # another partition's offsets are its own
+    ps.mark_applied(s, "icu.vitals", 2, 5, produced + 3)  # an older record never moves it back
+    assert ps.redelivered(s, "icu.vitals", 2, 100 + n - 1, produced + n - 1)
+
+
+def test_a_topic_counting_from_zero_again_is_not_taken_for_redelivery():
+    """The local broker restarted empty: offsets start at 0 again, but the records are newer."""
+    s = ps.new_state()
+    produced = 1_796_000_000.0
+    ps.mark_applied(s, "icu.vitals", 0, 50_000, produced)
+    assert ps.redelivered(s, "icu.vitals", 0, 49_000, produced - 30)
+    assert not ps.redelivered(s, "icu.vitals", 0, 3, produced + 20)
+    ps.mark_applied(s, "icu.vitals", 0, 3, produced + 20)
+    assert ps.redelivered(s, "icu.vitals", 0, 2, produced + 19)  # the new life's own re-reads
+    assert not ps.redelivered(s, "icu.vitals", 0, 4, produced + 21)
 
 
 def test_window_holds_per_minute_means_in_time_order():
