@@ -155,7 +155,7 @@ def _wait_done(stats_file, total: int, timeout_s: float) -> dict:
     return stats
 
 
-def run_bad_input(n_bad: int, patients: int = 10, minutes: float = 30.0, seed: int = 5,
+def run_bad_input(n_bad: int, patients: int = 8, minutes: float = 180.0, seed: int = 5,
                   progress: bool = True) -> dict:
     from icuwatch.deploy import broker, processes, triton
     from icuwatch.deploy.chaos import CHAOS_ENV, checkpointed_states, expected_states, triton_settings

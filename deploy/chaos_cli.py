@@ -48,7 +48,8 @@ def register(subparsers) -> None:
     p.add_argument("--bad-input", type=int, default=0, metavar="N",
                    help="instead of the faults: N malformed messages among --patients' good ones; every bad one "
                         "must reach icu.deadletter with a reason, every good one be processed")
-    p.add_argument("--bad-input-minutes", type=float, default=30.0, help="simulated minutes of good messages")
+    p.add_argument("--bad-input-minutes", type=float, default=180.0,
+                   help="simulated minutes of good messages (labs and X-rays arrive over hours)")
     p.add_argument("--json", action="store_true", help="one JSON line")
     p.add_argument("--out", default=None, help="also write the summary (indented JSON) to this file")
     p.add_argument("--quiet", action="store_true")
