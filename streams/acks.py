@@ -39,6 +39,8 @@ class PendingAcks:
         self.hold_s = hold_s
         self.clock = clock
         self.patients: dict[bytes, _Patient] = {}
+        self.generation = 0
+        """Bumped by :meth:`clear`: a score submitted before a rebalance reports to the old books."""
 
     def add(self, key: bytes, event: Any, waveform_end_t: float | None = None) -> None:
         p = self.patients.setdefault(key, _Patient())
@@ -50,7 +52,9 @@ class PendingAcks:
     def score_submitted(self, key: bytes) -> None:
         self.patients.setdefault(key, _Patient()).in_flight += 1
 
-    def score_published(self, key: bytes) -> None:
+    def score_published(self, key: bytes, generation: int | None = None) -> None:
+        if generation is not None and generation != self.generation:
+            return
         p = self.patients.get(key)
         if p is not None and p.in_flight > 0:
             p.in_flight -= 1
@@ -89,3 +93,4 @@ class PendingAcks:
     def clear(self) -> None:
         """Partitions were revoked: the events are re-read by whoever owns them next."""
         self.patients.clear()
+        self.generation += 1

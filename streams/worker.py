@@ -161,14 +161,14 @@ def checkpoint(key: bytes, everything: bool = False) -> bool:
 
 def score_published(key: bytes):
     """The batcher's callback for one submitted score (once, even if its batch is retried)."""
-    called = False
+    called, generation = False, pending_acks.generation
 
     def published() -> None:
         nonlocal called
-        if called:
+        if called or generation != pending_acks.generation:  # submitted before a rebalance: re-read since
             return
         called = True
-        pending_acks.score_published(key)
+        pending_acks.score_published(key, generation)
         if key in live_state:
             checkpoint(key)
 

@@ -53,8 +53,15 @@ def test_clear_forgets_everything_after_a_revocation():
     acks = PendingAcks(hold_s=10.0)
     acks.add(b"p", "e1")
     acks.score_submitted(b"p")
+    before = acks.generation
     acks.clear()
     assert acks.unacknowledged() == 0 and acks.can_checkpoint(b"p")
+    acks.add(b"p", "e1 read again")
+    acks.score_submitted(b"p")
+    acks.score_published(b"p", before)  # the score submitted before the revocation reports late
+    assert not acks.can_checkpoint(b"p"), "an old score must not free the new books"
+    acks.score_published(b"p", acks.generation)
+    assert acks.can_checkpoint(b"p")
 
 
 def test_changelog_partitioner_agrees_with_the_producers():
