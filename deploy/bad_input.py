@@ -125,7 +125,9 @@ def publish(items: Iterator[tuple[str, bytes | None, bytes, str | None]], produc
     return sent
 
 
-def read_deadletters(settings: Settings, expected: int, timeout_s: float) -> list[dict]:
+def read_deadletters(settings: Settings, expected: int, timeout_s: float, key: bytes | None = None) -> list[dict]:
+    """Dead letters from the start of ``icu.deadletter`` (only those keyed ``key``, when given) until
+    ``expected`` are found or ``timeout_s`` passes."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=settings.broker, enable_auto_commit=False,
@@ -137,7 +139,7 @@ def read_deadletters(settings: Settings, expected: int, timeout_s: float) -> lis
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and len(found) < expected:
         for records in consumer.poll(timeout_ms=500, max_records=5000).values():
-            found.extend(json.loads(r.value) for r in records)
+            found.extend(json.loads(r.value) for r in records if key is None or r.key == key)
     consumer.close()
     return found
 

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import base64
-import json
 import math
 import time
 import uuid
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import select
 
 from icuwatch.deploy import triton
+from icuwatch.deploy.bad_input import read_deadletters
 from icuwatch.fusion.features import MODALITIES
 from icuwatch.storage import db
 from icuwatch.storage.models import Alert, Score
@@ -117,7 +116,7 @@ def test_malformed_messages_go_to_deadletter_and_good_ones_still_flow(pipeline):
     producer.flush()
     producer.close()
 
-    letters = read_deadletters(pipeline, key, expected=len(sent_bad))
+    letters = read_deadletters(pipeline, expected=len(sent_bad), timeout_s=60.0, key=key)
     assert len(letters) == len(sent_bad)
     assert sorted(base64.b64decode(d["original_b64"]) for d in letters) == sorted(sent_bad)
     assert all(d["reason"] and d["topic"] == topics.VITALS for d in letters)
@@ -136,23 +135,6 @@ def db_time(t):
     from icuwatch.storage.repository import utc
 
     return utc(t)
-
-
-def read_deadletters(settings, key: bytes, expected: int, timeout_s: float = 60.0) -> list[dict]:
-    consumer = KafkaConsumer(bootstrap_servers=settings.broker, enable_auto_commit=False,
-                             consumer_timeout_ms=1000)
-    parts = [TopicPartition(topics.DEADLETTER, p) for p in range(settings.partitions)]
-    consumer.assign(parts)
-    consumer.seek_to_beginning(*parts)
-    found: list[dict] = []
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and len(found) < expected:
-        for records in consumer.poll(timeout_ms=500).values():
-            for r in records:
-                if r.key == key:
-                    found.append(json.loads(r.value))
-    consumer.close()
-    return found
 
 
 def test_worker_falls_back_to_rules_when_triton_is_down_and_returns(stack, pipeline):
