@@ -1,0 +1,51 @@
+"""Whether every patient's checkpointed state came back whole: the changelog vs an offline fold."""
+
+from __future__ import annotations
+
+import json
+
+from icuwatch.settings import Settings
+
+STATE_FIELDS = ("vitals", "window", "hourly", "labs", "cxr", "recent_vitals_t")
+"""The parts of a patient's state that every message changes and that do not depend on the order
+the topics were read in: after all messages, a pipeline that lost none holds exactly these."""
+
+
+def expected_states(sim) -> dict[str, dict]:
+    """Every simulated message (bar waveform chunks, which live outside the table) folded once into
+    each patient's state, as JSON would carry it."""
+    from icuwatch.streams import patient_state, schemas
+
+    states: dict[str, dict] = {}
+    for _, _, msg in sim.timed_messages():
+        if not isinstance(msg, schemas.Waveform):
+            patient_state.apply(states.setdefault(msg.patient_id, patient_state.new_state()), msg)
+    return json.loads(json.dumps({p: {f: st[f] for f in STATE_FIELDS} for p, st in states.items()}))
+
+
+def state_differences(states: dict[str, dict], expected: dict[str, dict]) -> dict[str, dict]:
+    """Per patient whose checkpoint is not whole: each differing field, checkpointed vs expected."""
+    out: dict[str, dict] = {}
+    for p, want in expected.items():
+        got = states.get(p)
+        if got is None:
+            out[p] = {"missing": True}
+            continue
+        diff = {f: {"checkpointed": got.get(f), "expected": want[f]} for f in STATE_FIELDS if got.get(f) != want[f]}
+        if diff:
+            out[p] = diff
+    return out
+
+
+def checkpointed_states(settings: Settings) -> dict[str, dict]:
+    """The newest checkpoint of every patient, read from the ``patient_state`` changelog."""
+    from kafka import KafkaConsumer
+
+    from icuwatch.streams import topics
+
+    consumer = KafkaConsumer(topics.changelogs(settings.app_id)[0], bootstrap_servers=settings.broker,
+                             auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
+                             consumer_timeout_ms=3000)
+    latest = {m.key.decode(): m.value for m in consumer if m.key is not None and m.value is not None}
+    consumer.close()
+    return {p: {f: json.loads(v).get(f) for f in STATE_FIELDS} for p, v in latest.items()}
