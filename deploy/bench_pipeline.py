@@ -393,7 +393,9 @@ def summarise(beds, minutes, sim, acks: Acks, clock, stats, samples, scores, ale
         "cpu_s_while_publishing": cpu,
         "worker_rss_mb_all_workers": {"first": rss[0] if rss else None, "last": rss[-1] if rss else None,
                                       "max": max(rss) if rss else None,
-                                      "growth_mb_per_min_after_warmup": rss_growth_per_min(warm)},
+                                      "growth_mb_per_min_after_warmup": rss_growth_per_min(warm),
+                                      "growth_mb_per_min_second_half": rss_growth_per_min(
+                                          [s for s in steady if s["at"] >= (sim.start_time + sim.end_time) / 2])},
         "timeline": {"t_s": [round(x["at"] - sim.start_time, 1) for x in samples],  # < 0: generating
                      "lag_s": [round(x["lag_s"], 2) for x in samples],
                      "lag_records": [x["lag_records"] for x in samples],

@@ -1,5 +1,5 @@
 """``icuwatch chaos``: each fault injected into a running pipeline, alerts compared with a fault-free
-run (``deploy/chaos.py``). Prints JSON; exits 1 if any scenario lost or duplicated an alert."""
+run (``deploy/chaos/``). Prints JSON; exits 1 if any scenario lost or duplicated an alert."""
 
 from __future__ import annotations
 

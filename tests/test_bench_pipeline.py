@@ -82,11 +82,13 @@ def test_rss_growth_is_the_slope_in_mb_per_minute():
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_soak_1000_beds_for_10_minutes():
-    """Issue 8's load and soak run (opt-in): memory flat, lag bounded, nothing lost."""
+    """Issue 8's load and soak run (opt-in): memory flat, lag bounded, nothing lost. Two workers
+    share the partitions: one alone takes ~2,200 of the 2,550 messages/s on this 2-core machine
+    and falls behind (README, "Measured")."""
     from icuwatch.deploy.bench_pipeline import run
 
-    out = run(beds=1000, minutes=10, chunk_s=2, workers=1, progress=False)
+    out = run(beds=1000, minutes=10, chunk_s=2, workers=2, progress=False)
     assert out["messages"]["lost"] == 0 and out["scores"]["lost"] == 0 and out["alerts"]["lost"] == 0
     assert out["alerts"]["duplicated"] == 0
     assert out["consumer_lag"]["seconds_after_warmup"]["p99"] < 15.0
-    assert out["worker_rss_mb_all_workers"]["growth_mb_per_min_after_warmup"] < 5.0
+    assert out["worker_rss_mb_all_workers"]["growth_mb_per_min_second_half"] < 3.0
