@@ -21,7 +21,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 
 from icuwatch.settings import REPO_ROOT
 from icuwatch.storage import db

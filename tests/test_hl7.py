@@ -8,7 +8,6 @@ import base64
 import json
 import time
 import uuid
-from datetime import timezone
 from zoneinfo import ZoneInfo
 
 import hl7

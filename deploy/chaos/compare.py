@@ -7,7 +7,7 @@ from collections import defaultdict
 
 def worker_summary(stats: dict) -> dict:
     keys = ("processed", "duplicates", "deadlettered", "scores_published", "scores_taken", "alerts_raised",
-            "alerts_republished", "alerts_suppressed", "checkpoints", "unacknowledged")
+            "alerts_republished", "alerts_suppressed", "checkpoints", "unacknowledged", "changelog_records_skipped")
     return {k: stats.get(k) for k in keys} | {"scorer": stats.get("scorer")}
 
 

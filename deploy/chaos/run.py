@@ -30,7 +30,7 @@ def _wait_quiet(run: Run, url: str, quiet_s: float, timeout_s: float) -> bool:
         if now != last:
             last, since = now, time.monotonic()
         elif time.monotonic() - since >= quiet_s and stats.get("scores_pending") == 0 \
-                and stats.get("unacknowledged") == 0:
+                and stats.get("unacknowledged") == 0 and not stats.get("in_recovery"):
             return True
         time.sleep(1.0)
     return False
