@@ -47,6 +47,12 @@ def wait_quiet(settings, quiet_s: float, timeout_s: float) -> bool:
     return False
 
 
+def stored_alerts(url: str, prefix: str) -> list[Alert]:
+    sessions = db.session_factory(db.make_engine(url))
+    with sessions() as s:
+        return s.scalars(select(Alert).where(Alert.patient_id.startswith(prefix))).all()
+
+
 def test_sigkill_mid_stream_then_restart_keeps_every_patient_whole(stack, tmp_path):
     base, env = stack
     prefix = f"kill{uuid.uuid4().hex[:6]}-"
@@ -78,6 +84,10 @@ def test_sigkill_mid_stream_then_restart_keeps_every_patient_whole(stack, tmp_pa
         producer.close()
 
         assert wait_quiet(settings, quiet_s=5.0, timeout_s=120), worker_stats(settings)
+        # The alert agent reads icu.scores after ingest went quiet: wait for every patient's two
+        # episodes, then a little longer so that a duplicate would have time to land too.
+        wait_for(lambda: len(stored_alerts(url, prefix)) >= 2 * len(sim.patients), timeout_s=90)
+        time.sleep(3.0)
     finally:
         stop_worker(worker)
     after = worker_stats(settings)
@@ -86,9 +96,9 @@ def test_sigkill_mid_stream_then_restart_keeps_every_patient_whole(stack, tmp_pa
     states, expected = checkpointed_states(settings), expected_states(sim)
     assert state_differences(states, expected) == {}
 
+    alerts = stored_alerts(url, prefix)
     sessions = db.session_factory(db.make_engine(url))
     with sessions() as s:
-        alerts = s.scalars(select(Alert).where(Alert.patient_id.startswith(prefix))).all()
         suppressed = s.scalars(select(AlertEvent).where(AlertEvent.action == "suppressed")).all()
     per_episode_kind = Counter((a.patient_id, a.kind) for a in alerts)
     assert per_episode_kind == Counter({(p, kind): 1 for p in (q.patient_id for q in sim.patients) for kind in ("deterioration", "sepsis")})
