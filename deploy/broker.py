@@ -15,6 +15,8 @@ from icuwatch.settings import Settings
 from icuwatch.streams import topics
 
 NAME = "broker"
+AUTO_CREATE_PARTITIONS = 4
+"""Partitions this Tansu gives a topic it creates on first use."""
 
 
 def tansu_binary() -> Path:
@@ -26,7 +28,9 @@ def tansu_binary() -> Path:
     return path
 
 
-def start(settings: Settings) -> None:
+def start(settings: Settings, create_topics: bool = True) -> None:
+    """Start the broker (if not running) and create the topics. ``create_topics=False`` restarts the
+    process only, as a broker restart is elsewhere: clients re-create what they use on first use."""
     host, port = processes.split_host_port(settings.broker, 9092)
     if processes.running_pid(settings, NAME) and processes.port_open(host, port):
         ensure_topics(settings)
@@ -42,8 +46,9 @@ def start(settings: Settings) -> None:
     ]
     processes.spawn(settings, NAME, argv)
     processes.wait_for_port(host, port, 20.0, NAME, settings)
-    ensure_topics(settings)
-    ensure_topics(settings, topics.changelogs(settings.app_id))
+    if create_topics:
+        ensure_topics(settings)
+        ensure_topics(settings, topics.changelogs(settings.app_id))
 
 
 def ensure_topics(settings: Settings, names: tuple[str, ...] = topics.ALL) -> None:

@@ -39,13 +39,20 @@ def database_stop(run: Run, cfg: Config) -> None:
 
 
 def broker_restart(run: Run, cfg: Config) -> None:
+    """The broker process restarts; nothing re-runs topic creation (a cluster keeps its topics).
+    The local one comes back empty and creates topics as the clients use them, with as many
+    partitions as ``broker start`` would (checked). (With ``broker start`` re-creating them while the
+    clients reconnected, Tansu twice held partitions it counted but would not serve or extend.)"""
     from icuwatch.deploy import broker
 
+    if run.settings.partitions != broker.AUTO_CREATE_PARTITIONS:
+        raise SystemExit(f"broker-restart needs {broker.AUTO_CREATE_PARTITIONS} partitions (the local broker's "
+                         f"auto-created topics), not {run.settings.partitions}")
     broker.stop(run.settings)
     run.note("broker stopped")
     time.sleep(BROKER_DOWN_S)
-    broker.start(run.settings)
-    run.note("broker started again (memory storage: empty)")
+    broker.start(run.settings, create_topics=False)
+    run.note("broker process started again (memory storage: empty; topics created by the clients' first use)")
 
 
 def control(run: Run, cfg: Config) -> None:
