@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -26,7 +27,7 @@ def test_demo_run_logs_carry_no_patient_identifier(stack, tmp_path, monkeypatch)
     finally:
         api_server.stop(settings)
 
-    truth = json.loads(open(summary["ground_truth"]).read())
+    truth = json.loads(Path(summary["ground_truth"]).read_text())
     ids = {t["patient_id"] for t in truth}
     assert len(ids) == 3 and summary["processed"] > 0 and summary["deadlettered"] > 0
     assert summary["scores"]["triton"] > 0, summary["scores"]

@@ -21,6 +21,7 @@ from icuwatch.deploy.chaos import checkpointed_states, expected_states, state_di
 from icuwatch.deploy.worker_process import start_worker, stats_path, stop_worker
 from icuwatch.storage import db
 from icuwatch.storage.models import Alert, AlertEvent
+from icuwatch.streams import alerting
 from icuwatch.streams.producer import make_producer
 from icuwatch.streams.simulator import Simulation
 from icuwatch.streams.simulator.producer import publish
@@ -47,8 +48,7 @@ def wait_quiet(settings, quiet_s: float, timeout_s: float) -> bool:
     return False
 
 
-def stored_alerts(url: str, prefix: str) -> list[Alert]:
-    sessions = db.session_factory(db.make_engine(url))
+def stored_alerts(sessions, prefix: str) -> list[Alert]:
     with sessions() as s:
         return s.scalars(select(Alert).where(Alert.patient_id.startswith(prefix))).all()
 
@@ -58,6 +58,7 @@ def test_sigkill_mid_stream_then_restart_keeps_every_patient_whole(stack, tmp_pa
     prefix = f"kill{uuid.uuid4().hex[:6]}-"
     url = f"sqlite:///{tmp_path / 'icu.db'}"
     db.upgrade(url)
+    sessions = db.session_factory(db.make_engine(url))
     settings = base.model_copy(update={"database_url": url, "app_id": f"icuwatch-kill-{uuid.uuid4().hex[:8]}",
                                        "worker_web_port": 16166})
     sim = Simulation(n_patients=4, seed=21, start_time=time.time() - 3 * 3600, duration_s=40 * 60,
@@ -65,7 +66,7 @@ def test_sigkill_mid_stream_then_restart_keeps_every_patient_whole(stack, tmp_pa
     log = tmp_path / "worker.log"
     # Every score opens an episode and none closes: each patient must end with exactly one alert of
     # each kind, whatever the trained model's risks (which differ between machines' trainings).
-    env = {**env, **{f"ICUWATCH_{kind}_{edge}": value for kind in ("DETERIORATION", "SEPSIS")
+    env = {**env, **{f"ICUWATCH_{kind.upper()}_{edge}": value for kind in alerting.RISK_FIELD
                      for edge, value in (("ON", "0"), ("OFF", "-1"))}}
     worker = start_worker(settings, log, env)
     producer = make_producer(settings)
@@ -86,7 +87,7 @@ def test_sigkill_mid_stream_then_restart_keeps_every_patient_whole(stack, tmp_pa
         assert wait_quiet(settings, quiet_s=5.0, timeout_s=120), worker_stats(settings)
         # The alert agent reads icu.scores after ingest went quiet: wait for every patient's two
         # episodes, then a little longer so that a duplicate would have time to land too.
-        wait_for(lambda: len(stored_alerts(url, prefix)) >= 2 * len(sim.patients), timeout_s=90)
+        wait_for(lambda: len(stored_alerts(sessions, prefix)) >= 2 * len(sim.patients), timeout_s=90)
         time.sleep(3.0)
     finally:
         stop_worker(worker)
@@ -96,11 +97,10 @@ def test_sigkill_mid_stream_then_restart_keeps_every_patient_whole(stack, tmp_pa
     states, expected = checkpointed_states(settings), expected_states(sim)
     assert state_differences(states, expected) == {}
 
-    alerts = stored_alerts(url, prefix)
-    sessions = db.session_factory(db.make_engine(url))
+    alerts = stored_alerts(sessions, prefix)
     with sessions() as s:
         suppressed = s.scalars(select(AlertEvent).where(AlertEvent.action == "suppressed")).all()
     per_episode_kind = Counter((a.patient_id, a.kind) for a in alerts)
-    assert per_episode_kind == Counter({(p, kind): 1 for p in (q.patient_id for q in sim.patients) for kind in ("deterioration", "sepsis")})
+    assert per_episode_kind == Counter({(p, kind): 1 for p in (q.patient_id for q in sim.patients) for kind in alerting.RISK_FIELD})
     assert not suppressed, "a redelivered stream re-raised an open episode under another id"
     assert prefix not in log.read_text(errors="replace"), "a patient identifier reached the worker's log"
