@@ -15,8 +15,8 @@ from icuwatch.settings import Settings
 from icuwatch.streams import topics
 
 NAME = "broker"
-AUTO_CREATE_PARTITIONS = 4
-"""Partitions this Tansu gives a topic it creates on first use."""
+ADMIN_CLIENT_ID = "icuwatch-stack"
+"""Client id of the admin client that creates the topics."""
 
 
 def tansu_binary() -> Path:
@@ -28,27 +28,33 @@ def tansu_binary() -> Path:
     return path
 
 
-def start(settings: Settings, create_topics: bool = True) -> None:
-    """Start the broker (if not running) and create the topics. ``create_topics=False`` restarts the
-    process only, as a broker restart is elsewhere: clients re-create what they use on first use."""
-    host, port = processes.split_host_port(settings.broker, 9092)
+def start(settings: Settings, create_topics: bool = True, listen: str | None = None) -> None:
+    """Start the broker (if not running) and create the topics. ``create_topics=False`` starts the
+    process only. ``listen`` (``host:port``): listen there, while clients are told ``settings.broker``,
+    a proxy in front of it (the chaos drill's broker restart)."""
+    host, port = processes.split_host_port(listen or settings.broker, 9092)
     if processes.running_pid(settings, NAME) and processes.port_open(host, port):
-        ensure_topics(settings)
+        if create_topics:
+            ensure_topics(settings)
         return
     if processes.port_open(host, port):
         raise RuntimeError(f"{host}:{port} is taken by a process this stack did not start")
-    url = f"tcp://{host}:{port}"
+    advertised = "tcp://{}:{}".format(*processes.split_host_port(settings.broker, 9092))
     argv = [
         str(tansu_binary()), "broker",
-        "--listener-url", url,
-        "--advertised-listener-url", url,
+        "--listener-url", f"tcp://{host}:{port}",
+        "--advertised-listener-url", advertised,
         "--storage-engine", "memory://tansu/",
     ]
     processes.spawn(settings, NAME, argv)
     processes.wait_for_port(host, port, 20.0, NAME, settings)
     if create_topics:
-        ensure_topics(settings)
-        ensure_topics(settings, topics.changelogs(settings.app_id))
+        create_all_topics(settings)
+
+
+def create_all_topics(settings: Settings) -> None:
+    ensure_topics(settings)
+    ensure_topics(settings, topics.changelogs(settings.app_id))
 
 
 def ensure_topics(settings: Settings, names: tuple[str, ...] = topics.ALL) -> None:
@@ -59,7 +65,7 @@ def ensure_topics(settings: Settings, names: tuple[str, ...] = topics.ALL) -> No
     deadline = time.monotonic() + 20.0
     while True:
         try:
-            admin = KafkaAdminClient(bootstrap_servers=settings.broker, client_id="icuwatch-stack")
+            admin = KafkaAdminClient(bootstrap_servers=settings.broker, client_id=ADMIN_CLIENT_ID)
             break
         except Exception:
             if time.monotonic() > deadline:

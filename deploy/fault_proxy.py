@@ -1,5 +1,6 @@
 """A TCP proxy that can be cut: the chaos runs put it between the worker and PostgreSQL to make the
-database unreachable for a while without stopping the machine's shared PostgreSQL server.
+database unreachable for a while without stopping the machine's shared PostgreSQL server, and in
+front of the broker for its restart (:meth:`FaultProxy.restore` can admit one Kafka client id first).
 
 Written here rather than taken from a library because the one tool built for this (Shopify's
 toxiproxy) is a Go server that is not installable on these machines; this needs ~60 lines.
@@ -8,7 +9,9 @@ toxiproxy) is a Go server that is not installable on these machines; this needs 
 from __future__ import annotations
 
 import socket
+import struct
 import threading
+from collections.abc import Callable
 
 
 class FaultProxy:
@@ -20,7 +23,9 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         self._server: socket.socket | None = None
+        self._admit: Callable[[bytes], bool] | None = None
         self.cuts = 0
+        self.turned_away = 0
 
     def start(self) -> "FaultProxy":
         server = socket.create_server(("127.0.0.1", self.listen_port))
@@ -34,16 +39,28 @@ class FaultProxy:
                 client, _ = server.accept()
             except OSError:
                 return  # cut or stopped
-            try:
-                upstream = socket.create_connection(self.target, timeout=5.0)
-            except OSError:
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        first = b""
+        admit = self._admit
+        if admit is not None:
+            first = _first_kafka_frame(client)
+            if not admit(first):
+                self.turned_away += 1
                 client.close()
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                self._conns.update((client, upstream))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+                return
+        try:
+            upstream = socket.create_connection(self.target, timeout=5.0)
+            upstream.sendall(first)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        with self._lock:
+            self._conns.update((client, upstream))
+        for a, b in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
@@ -78,8 +95,38 @@ class FaultProxy:
         for s in conns:
             self._close(s)
 
-    def restore(self) -> None:
+    def restore(self, admit: Callable[[bytes], bool] | None = None) -> None:
+        """Accept connections again: all of them, or only those whose first request ``admit`` passes
+        (until :meth:`open`)."""
+        self._admit = admit
         if self._server is None:
             self.start()
 
+    def open(self) -> None:
+        self._admit = None
+
     stop = cut
+
+
+def _first_kafka_frame(client: socket.socket, timeout_s: float = 5.0) -> bytes:
+    """The client's first Kafka request, whole (b"" if it sends none in time)."""
+    client.settimeout(timeout_s)
+    data = b""
+    try:
+        while len(data) < 4 or len(data) < 4 + struct.unpack(">i", data[:4])[0]:
+            chunk = client.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    client.settimeout(None)
+    return data
+
+
+def kafka_client_id(frame: bytes) -> str | None:
+    """The client id in a Kafka request header (size, api key, version, correlation id, client id)."""
+    if len(frame) < 14:
+        return None
+    (length,) = struct.unpack(">h", frame[12:14])
+    return None if length < 0 else frame[14:14 + length].decode("utf-8", "replace")

@@ -80,10 +80,6 @@ class Settings(BaseSettings):
     partition's last batch + 1, so after batched writes Faust's changelog recovery stopped short and
     a restarted worker lost the last updates of its tables; with one record per batch the answer is
     exact. Production Kafka has no such bug: 16384 (Faust's default) there."""
-    worker_recovery_stall_s: float = 60.0
-    """A table recovery that fetched nothing for this long takes the changelog records still
-    missing as lost and lets the worker resume (the local Tansu, after a restart, counts records it
-    never returns). 0 turns this off, as production does (``streams/worker.py``)."""
     ack_idle_s: float = 10.0
     """Wall seconds after a patient's last message before its unacknowledged messages are
     checkpointed and acknowledged anyway (``streams/acks.py``)."""

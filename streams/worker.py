@@ -24,7 +24,7 @@ import faust
 
 from icuwatch.deploy.worker_process import stats_path
 from icuwatch.settings import get_settings
-from icuwatch.streams import alerting, patient_state, schemas, topics
+from icuwatch.streams import alerting, commit_guard, patient_state, schemas, topics
 from icuwatch.streams.acks import PendingAcks
 from icuwatch.streams.kafka_security import faust_credentials
 from icuwatch.streams.batcher import ScoreBatcher
@@ -50,6 +50,7 @@ def _fetch_wait(ms: int) -> None:
 
 
 _fetch_wait(settings.consumer_fetch_max_wait_ms)
+commit_guard.install()
 app = faust.App(
     settings.app_id,
     broker=f"kafka://{settings.broker}",
@@ -88,8 +89,7 @@ episodes = app.Table("alert_state", key_type=bytes, partitions=settings.partitio
 
 stats: dict[str, int] = {"processed": 0, "duplicates": 0, "deadlettered": 0, "scores_submitted": 0,
                          "scores_published": 0, "alerts_raised": 0, "alerts_suppressed": 0,
-                         "alerts_republished": 0, "scores_taken": 0, "checkpoints": 0,
-                         "changelog_records_skipped": 0}
+                         "alerts_republished": 0, "scores_taken": 0, "checkpoints": 0}
 processed_by_topic: dict[str, int] = {t: 0 for t in topics.INPUTS}
 done_offsets: dict[tuple[str, int], int] = {}
 """Per input topic and partition, the offset of the last record the ingest agent took (the agent
@@ -315,36 +315,6 @@ async def write_stats() -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(snapshot))
     tmp.replace(path)
-
-
-recovery_progress: dict = {"remaining": None, "since": time.monotonic()}
-
-
-@app.timer(interval=5.0)
-async def skip_unfetchable_changelog_records() -> None:
-    """After a restart, the local Tansu may count changelog records it never returns: Faust's
-    recovery then waits for them forever, and so does a fresh process. If recovery fetched nothing
-    for ``worker_recovery_stall_s``, take the missing records as lost (as Faust itself does for
-    aborted transactions) so the worker resumes. Off (0) in production: Kafka has no such bug, and
-    there a stall must not drop state."""
-    recovery = app.tables.recovery
-    if not recovery.in_recovery or settings.worker_recovery_stall_s <= 0:
-        recovery_progress.update(remaining=None, since=time.monotonic())
-        return
-    remaining = recovery.active_remaining_total()
-    if remaining != recovery_progress["remaining"]:
-        recovery_progress.update(remaining=remaining, since=time.monotonic())
-        return
-    if time.monotonic() - recovery_progress["since"] < settings.worker_recovery_stall_s:
-        return
-    offsets, skipped = recovery.active_offsets, 0
-    for tp, highwater in recovery.active_highwaters.items():
-        if highwater is not None and offsets[tp] is not None and offsets[tp] < highwater:
-            skipped += highwater - offsets[tp]
-            offsets[tp] = highwater
-    stats["changelog_records_skipped"] += skipped
-    log.error("table recovery fetched nothing for %.0f s; %d changelog record(s) the broker counts but does not "
-              "return taken as lost", settings.worker_recovery_stall_s, skipped)
 
 
 def run_worker(loglevel: str = "info") -> None:

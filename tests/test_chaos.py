@@ -58,6 +58,39 @@ def test_fault_proxy_cuts_open_connections_refuses_new_ones_and_restores(echo_se
         proxy.stop()
 
 
+@pytest.mark.timeout(120)
+def test_fault_proxy_admits_only_the_topic_admin_to_a_restarted_broker(tmp_path):
+    """The broker-restart drill's gate, on a real Tansu: while it holds, the admin client creates the
+    topics through the proxy and any other client is turned away; then everyone is let in."""
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaTimeoutError
+
+    from icuwatch.deploy import broker
+    from icuwatch.deploy.fault_proxy import kafka_client_id
+    from icuwatch.settings import Settings
+    from icuwatch.streams import topics
+
+    settings = Settings(broker=f"127.0.0.1:{free_port()}", state_dir=tmp_path)
+    listen = f"127.0.0.1:{free_port()}"
+    proxy = FaultProxy(int(settings.broker.rsplit(":", 1)[1]), ("127.0.0.1", int(listen.rsplit(":", 1)[1])))
+    proxy.start().cut()
+    broker.start(settings, create_topics=False, listen=listen)
+    try:
+        proxy.restore(admit=lambda frame: kafka_client_id(frame) == broker.ADMIN_CLIENT_ID)
+        with pytest.raises(KafkaTimeoutError, match="bootstrap"):
+            KafkaProducer(bootstrap_servers=settings.broker, client_id="a-bedside-feed", max_block_ms=3000)
+        assert proxy.turned_away >= 1
+        broker.create_all_topics(settings)  # through the proxy, as the admin
+        proxy.open()
+        producer = KafkaProducer(bootstrap_servers=settings.broker, client_id="a-bedside-feed")
+        assert producer.send(topics.VITALS, key=b"p1", value=b"{}").get(timeout=10).offset == 0
+        assert len(producer.partitions_for(topics.VITALS)) == settings.partitions
+        producer.close()
+    finally:
+        proxy.stop()
+        broker.stop(settings)
+
+
 @pytest.mark.postgres
 def test_fault_proxy_makes_postgresql_unreachable_and_back():
     proxy = FaultProxy(free_port(), ("127.0.0.1", 5432)).start()

@@ -7,8 +7,8 @@ from collections import defaultdict
 
 def worker_summary(stats: dict) -> dict:
     keys = ("processed", "duplicates", "deadlettered", "scores_published", "scores_taken", "alerts_raised",
-            "alerts_republished", "alerts_suppressed", "checkpoints", "unacknowledged", "changelog_records_skipped")
-    return {k: stats.get(k) for k in keys} | {"scorer": stats.get("scorer")}
+            "alerts_republished", "alerts_suppressed", "checkpoints", "unacknowledged")
+    return {k: stats.get(k) for k in keys} | {"scorer": stats.get("scorer"), "processed_by_topic": stats.get("processed_by_topic")}
 
 
 def compare(run: dict, reference: dict) -> dict:

@@ -10,11 +10,12 @@ import time
 from collections import Counter
 
 from icuwatch.deploy.chaos.compare import all_whole, compare, worker_summary
-from icuwatch.deploy.chaos.scenarios import SCENARIOS, WORKERS
-from icuwatch.deploy.chaos.stack import (CHAOS_ENV, PREFIX, PROXY_PORT, Config, Run, create_database, drop_database,
-                                         read_outcome, score_count, triton_settings)
+from icuwatch.deploy.chaos.scenarios import BROKER_PROXIED, SCENARIOS, WORKERS
+from icuwatch.deploy.chaos.stack import (BROKER_LISTEN, CHAOS_ENV, PREFIX, PROXY_PORT, Config, Run, create_database,
+                                         drop_database, read_outcome, score_count, triton_settings)
 from icuwatch.deploy.chaos.states import checkpointed_states, expected_states, state_differences
 from icuwatch.deploy.fault_proxy import FaultProxy
+from icuwatch.deploy.processes import split_host_port
 from icuwatch.settings import REPO_ROOT, Settings
 
 def _wait_quiet(run: Run, url: str, quiet_s: float, timeout_s: float) -> bool:
@@ -56,7 +57,12 @@ def run_once(name: str, cfg: Config, progress: bool) -> dict:
     say = (lambda m: print(f"chaos {name}: {m}", file=sys.stderr)) if progress else (lambda m: None)
     try:
         db.upgrade(direct_url)
-        broker.start(settings)
+        listen = None
+        if name in BROKER_PROXIED:
+            listen = BROKER_LISTEN
+            run.broker_proxy = FaultProxy(split_host_port(settings.broker, 9092)[1],
+                                          split_host_port(listen, 9092)).start()
+        broker.start(settings, listen=listen)
         triton.start(triton_settings(), timeout_s=120)
         for i in range(WORKERS.get(name, 1)):
             run.start_worker(i)
@@ -97,6 +103,8 @@ def run_once(name: str, cfg: Config, progress: bool) -> dict:
         for i in range(len(run.workers)):
             run.stop_worker(i)
         proxy.stop()
+        if run.broker_proxy is not None:
+            run.broker_proxy.stop()
         broker.stop(settings)
         drop_database(direct_url)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from icuwatch.deploy.chaos.stack import BROKER_DOWN_S, WORKER_RESTART_S, Config, Run, triton_settings
+from icuwatch.deploy.chaos.stack import BROKER_DOWN_S, BROKER_LISTEN, WORKER_RESTART_S, Config, Run, triton_settings
 
 
 def worker_sigkill(run: Run, cfg: Config) -> None:
@@ -39,20 +39,25 @@ def database_stop(run: Run, cfg: Config) -> None:
 
 
 def broker_restart(run: Run, cfg: Config) -> None:
-    """The broker process restarts; nothing re-runs topic creation (a cluster keeps its topics).
-    The local one comes back empty and creates topics as the clients use them, with as many
-    partitions as ``broker start`` would (checked). (With ``broker start`` re-creating them while the
-    clients reconnected, Tansu twice held partitions it counted but would not serve or extend.)"""
+    """The broker process stops and starts again while producers and workers run. A cluster's broker
+    comes back with its topics; the local one keeps them in memory and comes back empty. So that its
+    clients meet what they would meet in production, a proxy in front of it turns them away until
+    the topics exist again (the records, committed offsets and changelogs are still gone; README)."""
     from icuwatch.deploy import broker
+    from icuwatch.deploy.fault_proxy import kafka_client_id
 
-    if run.settings.partitions != broker.AUTO_CREATE_PARTITIONS:
-        raise SystemExit(f"broker-restart needs {broker.AUTO_CREATE_PARTITIONS} partitions (the local broker's "
-                         f"auto-created topics), not {run.settings.partitions}")
+    proxy = run.broker_proxy
+    assert proxy is not None, "broker-restart runs with the broker behind a proxy (BROKER_PROXIED)"
+    proxy.cut()
     broker.stop(run.settings)
     run.note("broker stopped")
     time.sleep(BROKER_DOWN_S)
-    broker.start(run.settings, create_topics=False)
-    run.note("broker process started again (memory storage: empty; topics created by the clients' first use)")
+    broker.start(run.settings, create_topics=False, listen=BROKER_LISTEN)
+    proxy.restore(admit=lambda frame: kafka_client_id(frame) == broker.ADMIN_CLIENT_ID)
+    broker.create_all_topics(run.settings)
+    proxy.open()
+    run.note(f"broker started again, empty; its topics created before the clients were let back in "
+             f"({proxy.turned_away} connections turned away meanwhile)")
 
 
 def control(run: Run, cfg: Config) -> None:
@@ -70,3 +75,5 @@ SCENARIOS: dict[str, Callable[[Run, Config], None]] = {
     "broker-restart": broker_restart,
 }
 WORKERS = {"rebalance": 2}
+BROKER_PROXIED = {"broker-restart"}
+"""Runs whose clients reach the broker through a proxy (``Run.broker_proxy``)."""

@@ -22,6 +22,8 @@ CHAOS_ENV = {
     "ICUWATCH_APP_ID": "icuwatch-chaos",
 }
 PROXY_PORT = 27432
+BROKER_LISTEN = "127.0.0.1:27093"
+"""Where the broker listens when its clients reach it through a proxy on ``ICUWATCH_BROKER``."""
 POSTGRES_ADMIN_URL = os.environ.get("ICUWATCH_TEST_POSTGRES_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 PREFIX = "chaos-"
 BROKER_DOWN_S = 5.0
@@ -53,6 +55,7 @@ class Run:
     settings: Settings
     env: dict[str, str]
     proxy: FaultProxy
+    broker_proxy: FaultProxy | None = None
     workers: list[subprocess.Popen | None] = field(default_factory=list)
     timeline: list[dict] = field(default_factory=list)
     t0: float = field(default_factory=time.monotonic)
