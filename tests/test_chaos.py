@@ -114,7 +114,7 @@ def test_fault_proxy_makes_postgresql_unreachable_and_back():
 def outcome(alerts: dict, suppressed=(), scores=None, whole=2) -> dict:
     return {"alerts": alerts, "suppressed": list(suppressed), "scores": scores or {}, "truth": [
         {"patient_id": "p1", "onset_time": 1.0}, {"patient_id": "p2", "onset_time": None}],
-        "states_whole": whole, "states_total": 2, "state_fields_differing": {}, "produced": 10, "settled": True, "worker": {},
+        "states_whole": whole, "states_total": 2, "state_fields_differing": {}, "vital_rows_missing": 0, "produced": 10, "settled": True, "worker": {},
         "timeline": [], "patient_ids_in_logs": False}
 
 
@@ -149,3 +149,15 @@ def test_100k_malformed_messages_all_deadlettered_good_ones_processed():
     result = run_bad_input(100_000, progress=False)
     assert result["malformed_sent"] == 100_000
     assert result["ok"], result
+
+
+def test_vital_rows_missing_sums_what_the_hourly_aggregates_lack():
+    from icuwatch.deploy.chaos.states import vital_rows_missing
+
+    differing = {
+        "p1": {"hourly": {"checkpointed": [[0, 60.0, 4800.0], [1, 3593.0, 1.0]],
+                          "expected": [[0, 60.0, 4800.0], [1, 3600.0, 1.0], [2, 10.0, 1.0]]}},
+        "p2": {"labs": {"checkpointed": {}, "expected": {"lactate": 1}}},
+        "p3": {"missing": True},
+    }
+    assert vital_rows_missing(differing) == 7 + 10

@@ -40,6 +40,7 @@ def compare(run: dict, reference: dict) -> dict:
         "alerts_stored": len(run["alerts"]),
         "patient_states_whole": f"{run['states_whole']}/{run['states_total']}",
         "state_fields_differing": run["state_fields_differing"],
+        "vital_rows_missing": run["vital_rows_missing"],
         "alert_ids_equal_reference": set(run["alerts"]) == set(reference["alerts"]),
         "deteriorating_alerted": f"{len(alerted & sick)}/{len(sick)}",
         "stable_alerted": len(alerted - sick),

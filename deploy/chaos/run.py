@@ -13,7 +13,7 @@ from icuwatch.deploy.chaos.compare import all_whole, compare, worker_summary
 from icuwatch.deploy.chaos.scenarios import BROKER_PROXIED, SCENARIOS, WORKERS
 from icuwatch.deploy.chaos.stack import (BROKER_LISTEN, CHAOS_ENV, PREFIX, PROXY_PORT, Config, Run, create_database,
                                          drop_database, read_outcome, score_count, triton_settings)
-from icuwatch.deploy.chaos.states import checkpointed_states, expected_states, state_differences
+from icuwatch.deploy.chaos.states import checkpointed_states, expected_states, state_differences, vital_rows_missing
 from icuwatch.deploy.fault_proxy import FaultProxy
 from icuwatch.deploy.processes import split_host_port
 from icuwatch.settings import REPO_ROOT, Settings
@@ -93,6 +93,7 @@ def run_once(name: str, cfg: Config, progress: bool) -> dict:
         differing = state_differences(states, expected)
         (state_dir / "states_differing.json").write_text(json.dumps(differing, indent=1))
         outcome["state_fields_differing"] = dict(Counter(f for fields in differing.values() for f in fields))
+        outcome["vital_rows_missing"] = vital_rows_missing(differing)
         (state_dir / "scores.json").write_text(json.dumps(sorted([*k, *v] for k, v in outcome["scores"].items())))
         logs = "".join(f.read_text(errors="replace") for f in settings.log_dir.glob("worker-*.log"))
         truth = sim.ground_truth()

@@ -37,6 +37,19 @@ def state_differences(states: dict[str, dict], expected: dict[str, dict]) -> dic
     return out
 
 
+def vital_rows_missing(differing: dict[str, dict]) -> int:
+    """Vital-sign rows (seconds) the checkpointed hourly aggregates lack against the offline fold,
+    summed over patients: what a loss of input records (a broker that kept nothing) cost."""
+    missing = 0
+    for fields in differing.values():
+        hourly = fields.get("hourly") if isinstance(fields, dict) else None
+        if not hourly or hourly["checkpointed"] is None:
+            continue
+        got = {row[0]: row[1] for row in hourly["checkpointed"]}
+        missing += sum(max(0, row[1] - got.get(row[0], 0)) for row in hourly["expected"])
+    return int(missing)
+
+
 def checkpointed_states(settings: Settings) -> dict[str, dict]:
     """The newest checkpoint of every patient, read from the ``patient_state`` changelog."""
     from kafka import KafkaConsumer
