@@ -35,7 +35,7 @@ def start(settings: Settings, create_topics: bool = True, listen: str | None = N
     host, port = processes.split_host_port(listen or settings.broker, 9092)
     if processes.running_pid(settings, NAME) and processes.port_open(host, port):
         if create_topics:
-            ensure_topics(settings)
+            create_all_topics(settings)
         return
     if processes.port_open(host, port):
         raise RuntimeError(f"{host}:{port} is taken by a process this stack did not start")
@@ -53,15 +53,19 @@ def start(settings: Settings, create_topics: bool = True, listen: str | None = N
 
 
 def create_all_topics(settings: Settings) -> None:
+    """Every topic a worker subscribes to: icuwatch's, the table changelogs and Faust's leader topic."""
     ensure_topics(settings)
     ensure_topics(settings, topics.changelogs(settings.app_id))
+    ensure_topics(settings, (topics.leader_topic(settings.app_id),), partitions=1)
 
 
-def ensure_topics(settings: Settings, names: tuple[str, ...] = topics.ALL) -> None:
-    """Create missing topics with ``settings.partitions`` partitions; fail on a count mismatch."""
+def ensure_topics(settings: Settings, names: tuple[str, ...] = topics.ALL, partitions: int | None = None) -> None:
+    """Create missing topics with ``partitions`` (default ``settings.partitions``) partitions; fail on
+    a count mismatch."""
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
+    partitions = partitions or settings.partitions
     deadline = time.monotonic() + 20.0
     while True:
         try:
@@ -77,16 +81,14 @@ def ensure_topics(settings: Settings, names: tuple[str, ...] = topics.ALL) -> No
         if missing:
             try:
                 admin.create_topics(
-                    [NewTopic(n, num_partitions=settings.partitions, replication_factor=settings.replication_factor) for n in missing]
+                    [NewTopic(n, num_partitions=partitions, replication_factor=settings.replication_factor) for n in missing]
                 )
             except TopicAlreadyExistsError:
                 pass
         for meta in admin.describe_topics(list(names)):
             count = len(meta.get("partitions", []))
-            if count != settings.partitions:
-                raise RuntimeError(
-                    f"topic {meta['topic']} has {count} partitions, expected {settings.partitions}"
-                )
+            if count != partitions:
+                raise RuntimeError(f"topic {meta['topic']} has {count} partitions, expected {partitions}")
     finally:
         admin.close()
 

@@ -42,23 +42,29 @@ class FaultProxy:
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
+        with self._lock:
+            self._conns.add(client)  # from now on a cut closes it
         first = b""
         admit = self._admit
         if admit is not None:
             first = _first_kafka_frame(client)
             if not admit(first):
-                self.turned_away += 1
-                client.close()
+                with self._lock:
+                    self.turned_away += 1
+                self._close(client)
                 return
+        upstream = None
         try:
             upstream = socket.create_connection(self.target, timeout=5.0)
             upstream.sendall(first)
         except OSError:
-            client.close()
+            for s in (client, upstream):
+                if s is not None:
+                    self._close(s)
             return
         upstream.settimeout(None)
         with self._lock:
-            self._conns.update((client, upstream))
+            self._conns.add(upstream)
         for a, b in ((client, upstream), (upstream, client)):
             threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 

@@ -20,3 +20,8 @@ TABLES = ("patient_state", "alert_state")
 def changelogs(app_id: str) -> tuple[str, ...]:
     """The worker's table changelog topics (Faust names them ``<app id>-<table>-changelog``)."""
     return tuple(f"{app_id}-{table}-changelog" for table in TABLES)
+
+
+def leader_topic(app_id: str) -> str:
+    """Faust's leader-election topic (one partition), in every worker's subscription."""
+    return f"{app_id}-__assignor-__leader"

@@ -154,10 +154,9 @@ def test_100k_malformed_messages_all_deadlettered_good_ones_processed():
 def test_vital_rows_missing_sums_what_the_hourly_aggregates_lack():
     from icuwatch.deploy.chaos.states import vital_rows_missing
 
-    differing = {
-        "p1": {"hourly": {"checkpointed": [[0, 60.0, 4800.0], [1, 3593.0, 1.0]],
-                          "expected": [[0, 60.0, 4800.0], [1, 3600.0, 1.0], [2, 10.0, 1.0]]}},
-        "p2": {"labs": {"checkpointed": {}, "expected": {"lactate": 1}}},
-        "p3": {"missing": True},
-    }
-    assert vital_rows_missing(differing) == 7 + 10
+    expected = {"p1": {"hourly": [[0, 60.0, 4800.0], [1, 3600.0, 1.0], [2, 10.0, 1.0]]},
+                "p2": {"hourly": [[0, 5.0, 400.0]]},
+                "p3": {"hourly": [[0, 20.0, 1600.0]]}}
+    states = {"p1": {"hourly": [[0, 61.0, 4880.0], [1, 3593.0, 1.0]]},  # a duplicate row offsets nothing
+              "p2": {"hourly": [[0, 5.0, 400.0]]}}  # p3: never checkpointed
+    assert vital_rows_missing(states, expected) == 7 + 10 + 20

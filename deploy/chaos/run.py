@@ -93,7 +93,7 @@ def run_once(name: str, cfg: Config, progress: bool) -> dict:
         differing = state_differences(states, expected)
         (state_dir / "states_differing.json").write_text(json.dumps(differing, indent=1))
         outcome["state_fields_differing"] = dict(Counter(f for fields in differing.values() for f in fields))
-        outcome["vital_rows_missing"] = vital_rows_missing(differing)
+        outcome["vital_rows_missing"] = vital_rows_missing(states, expected)
         (state_dir / "scores.json").write_text(json.dumps(sorted([*k, *v] for k, v in outcome["scores"].items())))
         logs = "".join(f.read_text(errors="replace") for f in settings.log_dir.glob("worker-*.log"))
         truth = sim.ground_truth()

@@ -37,16 +37,14 @@ def state_differences(states: dict[str, dict], expected: dict[str, dict]) -> dic
     return out
 
 
-def vital_rows_missing(differing: dict[str, dict]) -> int:
-    """Vital-sign rows (seconds) the checkpointed hourly aggregates lack against the offline fold,
-    summed over patients: what a loss of input records (a broker that kept nothing) cost."""
-    missing = 0
-    for fields in differing.values():
-        hourly = fields.get("hourly") if isinstance(fields, dict) else None
-        if not hourly or hourly["checkpointed"] is None:
-            continue
-        got = {row[0]: row[1] for row in hourly["checkpointed"]}
-        missing += sum(max(0, row[1] - got.get(row[0], 0)) for row in hourly["expected"])
+def vital_rows_missing(states: dict[str, dict], expected: dict[str, dict]) -> int:
+    """Vital-sign rows (seconds of heart rate) the checkpointed hourly aggregates lack against the
+    offline fold, summed over hours and patients (a patient with no checkpoint lacks them all): what
+    a loss of input records (a broker that kept nothing) cost. Rows counted twice do not offset it."""
+    missing = 0.0
+    for patient, want in expected.items():
+        got = {row[0]: row[1] for row in (states.get(patient) or {}).get("hourly") or []}
+        missing += sum(max(0.0, row[1] - got.get(row[0], 0.0)) for row in want["hourly"] or [])
     return int(missing)
 
 
