@@ -5,6 +5,7 @@ keep running beside the tests."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 import uuid
@@ -24,6 +25,13 @@ TEST_ENV = {
     "ICUWATCH_SCORE_INTERVAL_S": "300",
 }
 POSTGRES_ADMIN_URL = os.environ.get("ICUWATCH_TEST_POSTGRES_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def settings_for(state_dir: Path, **overrides: str) -> tuple[Settings, dict[str, str]]:

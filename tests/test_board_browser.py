@@ -10,7 +10,6 @@ A screenshot of the board goes to ``reports/board.png``.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ import pytest
 from icuwatch.settings import REPO_ROOT
 from icuwatch.storage import db
 from icuwatch.storage.models import Alert
-from stack_fixtures import running_worker, wait_for
+from stack_fixtures import free_port, running_worker, wait_for
 
 CHROMIUM = os.environ.get("ICUWATCH_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -38,12 +37,6 @@ pytestmark = [
     pytest.mark.skipif(not Path(CHROMIUM).exists(),
                        reason=f"no Chromium at {CHROMIUM} (CI installs Debian's chromium; set ICUWATCH_CHROMIUM)"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def issue_nurse_token(settings) -> str:

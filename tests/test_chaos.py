@@ -13,12 +13,7 @@ from sqlalchemy.engine import make_url
 
 from icuwatch.deploy.chaos import POSTGRES_ADMIN_URL, Config, SCENARIOS, compare, run_chaos
 from icuwatch.deploy.fault_proxy import FaultProxy
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from stack_fixtures import free_port
 
 
 @pytest.fixture
@@ -67,12 +62,13 @@ def test_fault_proxy_admits_only_the_topic_admin_to_a_restarted_broker(tmp_path)
 
     from icuwatch.deploy import broker
     from icuwatch.deploy.fault_proxy import kafka_client_id
+    from icuwatch.deploy.processes import split_host_port
     from icuwatch.settings import Settings
     from icuwatch.streams import topics
 
     settings = Settings(broker=f"127.0.0.1:{free_port()}", state_dir=tmp_path)
     listen = f"127.0.0.1:{free_port()}"
-    proxy = FaultProxy(int(settings.broker.rsplit(":", 1)[1]), ("127.0.0.1", int(listen.rsplit(":", 1)[1])))
+    proxy = FaultProxy(split_host_port(settings.broker, 9092)[1], split_host_port(listen, 9092))
     proxy.start().cut()
     broker.start(settings, create_topics=False, listen=listen)
     try:

@@ -7,7 +7,6 @@ guard the broker stores it (a commit with generation -1 to a group it does not k
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -17,14 +16,9 @@ from aiokafka.errors import CommitFailedError
 from icuwatch.deploy import broker
 from icuwatch.settings import Settings
 from icuwatch.streams import commit_guard
+from stack_fixtures import free_port
 
 TOPIC = "icu.vitals"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _commits(settings: Settings) -> tuple[int | None, int | None]:

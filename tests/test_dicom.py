@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import socket
 import time
 import uuid
 from datetime import datetime, timezone
@@ -27,6 +26,7 @@ from icuwatch.interfaces.dicom_scp import (STATUS_CANNOT_UNDERSTAND, STATUS_NOT_
                                            STATUS_UNKNOWN_PATIENT)
 from icuwatch.streams import schemas, topics
 from icuwatch.streams.simulator import cxr as sim_cxr
+from stack_fixtures import free_port
 
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ACQ = datetime(2024, 3, 5, 14, 30, 15, 500000, tzinfo=timezone.utc)
@@ -160,12 +160,6 @@ def test_encode_round_trip():
 
 
 # --- the SCP -------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def scu(port: int, *sop_classes: str):
     from pynetdicom import AE

@@ -7,7 +7,6 @@ was reported undelivered, so the feed resumes and every message after the restar
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
@@ -18,12 +17,7 @@ from icuwatch.settings import Settings
 from icuwatch.streams import schemas, topics
 from icuwatch.streams.pacing import send_paced
 from icuwatch.streams.producer import make_producer
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from stack_fixtures import free_port
 
 
 def vitals(i: int) -> schemas.Vitals:
