@@ -325,8 +325,32 @@ def run(beds: int, minutes: float, scoring_model: str = "", database_url: str | 
             stop_worker(proc)
         triton.stop(settings)
         broker.stop(settings)
-    return summarise(beds, minutes, sim, acks, clock, stats, sampler.samples, scores, alerts, published_alerts,
-                     wall_publish, settings, scoring_model, workers, cpu)
+    out = summarise(beds, minutes, sim, acks, clock, stats, sampler.samples, scores, alerts, published_alerts,
+                    wall_publish, settings, scoring_model, workers, cpu)
+    profiles = memory_profiles(settings, workers, sim.start_time)
+    if profiles:
+        out["worker_memory_profile"] = profiles
+    return out
+
+
+def memory_profiles(settings: Settings, workers: int, t0: float, top: int = 12) -> list[dict]:
+    """Each worker's tracemalloc snapshots (``ICUWATCH_WORKER_MEMORY_PROFILE_S``): totals over time
+    and the lines that grew most by the last one."""
+    out = []
+    for i in range(workers):
+        path = settings.run_dir / f"memory-{worker_settings(settings, i).worker_web_port}.json"
+        if not path.exists():
+            continue
+        history = json.loads(path.read_text())
+        out.append({
+            "worker": i,
+            "snapshots": [{k: v for k, v in h.items() if not isinstance(v, list)}
+                          | {"t_s": round(h["at"] - t0, 1), "grown_most": h["grown_since_previous"][:5]}
+                          for h in history],
+            "grown_most_by_last_snapshot": history[-1]["grown_since_first"][:top],
+            "largest_at_last_snapshot": history[-1]["top_lines"][:top],
+        })
+    return out
 
 
 def summarise(beds, minutes, sim, acks: Acks, clock, stats, samples, scores, alerts, published_alerts,

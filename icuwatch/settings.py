@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     partition's last batch + 1, so after batched writes Faust's changelog recovery stopped short and
     a restarted worker lost the last updates of its tables; with one record per batch the answer is
     exact. Production Kafka has no such bug: 16384 (Faust's default) there."""
+    worker_memory_profile_s: float = 0.0
+    """0: off. Otherwise the worker traces its allocations (``tracemalloc``, one frame: slower) and
+    every this many seconds writes the source lines holding the most memory, and what each gained
+    since the first snapshot, to ``<state_dir>/run/memory-<web port>.json`` (a soak's leak hunt)."""
     ack_idle_s: float = 10.0
     """Wall seconds after a patient's last message before its unacknowledged messages are
     checkpointed and acknowledged anyway (``streams/acks.py``)."""

@@ -24,7 +24,7 @@ import faust
 
 from icuwatch.deploy.worker_process import stats_path
 from icuwatch.settings import get_settings
-from icuwatch.streams import alerting, commit_guard, patient_state, schemas, topics
+from icuwatch.streams import alerting, commit_guard, memory_profile, patient_state, schemas, topics
 from icuwatch.streams.acks import PendingAcks
 from icuwatch.streams.kafka_security import faust_credentials
 from icuwatch.streams.batcher import ScoreBatcher
@@ -51,6 +51,8 @@ def _fetch_wait(ms: int) -> None:
 
 _fetch_wait(settings.consumer_fetch_max_wait_ms)
 commit_guard.install()
+if settings.worker_memory_profile_s > 0:
+    memory_profile.start()
 app = faust.App(
     settings.app_id,
     broker=f"kafka://{settings.broker}",
@@ -315,6 +317,17 @@ async def write_stats() -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(snapshot))
     tmp.replace(path)
+
+
+if settings.worker_memory_profile_s > 0:
+    memory = memory_profile.MemoryProfile(settings.run_dir / f"memory-{settings.worker_web_port}.json")
+
+    @app.timer(interval=settings.worker_memory_profile_s)
+    async def write_memory_profile() -> None:
+        """Tracemalloc's view next to what the patient state itself weighs (as JSON)."""
+        state_bytes = sum(len(json.dumps(state)) for state in live_state.values())
+        memory.write({"patients_live": len(live_state), "patient_state_json_mb": round(state_bytes / 2**20, 2),
+                      "unacknowledged": pending_acks.unacknowledged(), "processed": stats["processed"]})
 
 
 def run_worker(loglevel: str = "info") -> None:

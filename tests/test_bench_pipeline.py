@@ -56,14 +56,14 @@ def test_kafka_producer_uses_the_c_crc32c():
 def test_a_short_bench_balances_its_books():
     from icuwatch.deploy.bench_pipeline import run
 
-    out = run(beds=20, minutes=0.75, workers=1, progress=False)
+    out = run(beds=20, minutes=0.4, workers=1, progress=False)
     msgs = out["messages"]
-    assert msgs["produced_acked"] > 20 * 45 * 4 * 0.9
+    assert msgs["produced_acked"] > 20 * 24 * 4 * 0.9
     assert msgs["lost"] == 0 and msgs["taken_by_worker"] == msgs["produced_acked"]
     assert out["scores"]["lost"] == 0 and out["scores"]["published"] >= 20
     assert out["scores"]["scorer"]["triton_rows"] == out["scores"]["published"]
     assert out["alerts"]["lost"] == 0 and out["alerts"]["stored"] == out["alerts"]["published_to_topic"]
-    assert out["consumer_lag"]["seconds"]["n"] >= 20
+    assert out["consumer_lag"]["seconds"]["n"] >= 15
     assert out["scores"]["event_to_scored_s"]["p50"] is not None
     assert out["data"].startswith("simulated")
     json.dumps(out)

@@ -6,6 +6,7 @@ import base64
 import math
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -22,33 +23,46 @@ from stack_fixtures import postgres_database, running_worker, wait_for
 pytestmark = pytest.mark.stack
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def pipeline(request, stack, tmp_path):
-    """A worker with its own consumer group writing to a fresh database of the given kind."""
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def pipeline_run(request, stack, tmp_path_factory):
+    """One worker per database kind, with its own consumer group, shared by this module's tests (each
+    uses patients of its own): its settings and the path of its log."""
     base, env = stack
     app_id = f"icuwatch-test-{uuid.uuid4().hex[:8]}"
+    tmp_path = tmp_path_factory.mktemp(f"pipeline-{request.param}")
+    log = tmp_path / "worker.log"
 
     def start(url):
         settings = base.model_copy(update={"database_url": url, "app_id": app_id, "worker_web_port": 16066})
         db.upgrade(url)
-        return settings, running_worker(settings, env, tmp_path / "worker.log")
+        return settings, running_worker(settings, env, log)
 
     if request.param == "sqlite":
         settings, worker = start(f"sqlite:///{tmp_path / 'icu.db'}")
         with worker:
-            yield settings
+            yield settings, log
     else:
         with postgres_database() as url:
             settings, worker = start(url)
             with worker:
-                yield settings
+                yield settings, log
+
+
+@pytest.fixture
+def pipeline(pipeline_run):
+    return pipeline_run[0]
+
+
+@pytest.fixture
+def worker_log(pipeline_run) -> Path:
+    return pipeline_run[1]
 
 
 def sessions(settings):
     return db.session_factory(db.make_engine(settings.database_url))
 
 
-def test_simulated_deterioration_alert_lands_in_database(pipeline, tmp_path):
+def test_simulated_deterioration_alert_lands_in_database(pipeline, worker_log):
     from icuwatch.streams.simulator import Simulation
     from icuwatch.streams.simulator.producer import publish
 
@@ -90,7 +104,7 @@ def test_simulated_deterioration_alert_lands_in_database(pipeline, tmp_path):
         sc = opening[(alert.patient_id, alert.event_time)]
         if sc.revision == 0:  # (a revision, after a late lab, replaces the stored score)
             assert alert.contributions == sc.contributions[alert.kind]
-    log_text = (tmp_path / "worker.log").read_text(errors="replace")
+    log_text = worker_log.read_text(errors="replace")
     assert "Worker]: Ready" in log_text
     assert prefix not in log_text, "a patient identifier reached the worker's log"
 
@@ -137,7 +151,12 @@ def db_time(t):
     return utc(t)
 
 
-def test_worker_falls_back_to_rules_when_triton_is_down_and_returns(stack, pipeline):
+def log_tail(log: Path, chars: int = 4000) -> str:
+    """The end of the pipeline worker's log, for a failure message (test patients only)."""
+    return log.read_text(errors="replace")[-chars:]
+
+
+def test_worker_falls_back_to_rules_when_triton_is_down_and_returns(stack, pipeline, worker_log):
     pid = f"fb{uuid.uuid4().hex[:8]}"
     t0 = time.time() - 7200
     producer = make_producer(pipeline)
@@ -160,7 +179,8 @@ def test_worker_falls_back_to_rules_when_triton_is_down_and_returns(stack, pipel
     try:
         send(0, 901)  # rescored at most 300 s apart: at least one score after t0 + 600
         down = wait_for(lambda: sources_after(t0 + 600), timeout_s=60)
-        assert down and set(down) == {"fallback"}
+        assert down and set(down) == {"fallback"}, \
+            f"no fallback score while Triton was down: {down}; worker log:\n{log_tail(worker_log)}"
     finally:
         triton.start(pipeline)
     start = 901
@@ -171,7 +191,7 @@ def test_worker_falls_back_to_rules_when_triton_is_down_and_returns(stack, pipel
         time.sleep(1.0)
     producer.close()
     after = wait_for(lambda: sources_after(t0 + 901), timeout_s=10)
-    assert "triton" in after, f"worker never returned to Triton: {after}"
+    assert "triton" in after, f"worker never returned to Triton: {after}; log:\n{log_tail(worker_log)}"
     assert after[-1] == "triton"
     with factory() as s:
         all_scores = s.scalars(select(Score).where(Score.patient_id == pid).order_by(Score.event_time)).all()

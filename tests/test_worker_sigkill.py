@@ -48,6 +48,35 @@ def wait_quiet(settings, quiet_s: float, timeout_s: float) -> bool:
     return False
 
 
+def dump_history(settings, patient_ids: set[str], path) -> None:
+    """Every checkpoint of ``patient_ids`` in changelog order (labs, applied offsets), to find where
+    a difference came in."""
+    import json
+
+    from kafka import KafkaConsumer
+
+    from icuwatch.streams import topics
+
+    consumer = KafkaConsumer(topics.changelogs(settings.app_id)[0], bootstrap_servers=settings.broker,
+                             auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
+                             consumer_timeout_ms=3000)
+    with open(path, "w") as out:
+        for m in consumer:
+            if m.key is not None and m.key.decode() in patient_ids and m.value is not None:
+                v = json.loads(m.value)
+                out.write(json.dumps({"partition": m.partition, "offset": m.offset, "timestamp": m.timestamp,
+                                      "now": v.get("now"), "labs": v.get("labs"), "offsets": v.get("offsets")}) + "\n")
+    consumer.close()
+    labs = KafkaConsumer(topics.LABS, bootstrap_servers=settings.broker, auto_offset_reset="earliest",
+                         enable_auto_commit=False, group_id=None, consumer_timeout_ms=3000)
+    with open(path, "a") as out:
+        for m in labs:
+            if m.key is not None and m.key.decode() in patient_ids:
+                out.write(json.dumps({"input": topics.LABS, "partition": m.partition, "offset": m.offset,
+                                      "timestamp": m.timestamp, "value": m.value.decode()}) + "\n")
+    labs.close()
+
+
 def stored_alerts(sessions, prefix: str) -> list[Alert]:
     with sessions() as s:
         return s.scalars(select(Alert).where(Alert.patient_id.startswith(prefix))).all()
@@ -95,7 +124,11 @@ def test_sigkill_mid_stream_then_restart_keeps_every_patient_whole(stack, tmp_pa
     assert after["duplicates"] > 0, "the restarted worker re-read nothing: the kill came too late to test"
 
     states, expected = checkpointed_states(settings), expected_states(sim)
-    assert state_differences(states, expected) == {}
+    differences = state_differences(states, expected)
+    if differences:
+        dump_history(settings, set(differences), tmp_path / "changelog.jsonl")
+    assert differences == {}, "each differing patient's checkpoints and lab records, in order:\n" + \
+        (tmp_path / "changelog.jsonl").read_text()[-8000:]
 
     alerts = stored_alerts(sessions, prefix)
     with sessions() as s:
