@@ -24,7 +24,7 @@ import faust
 
 from icuwatch.deploy.worker_process import stats_path
 from icuwatch.settings import get_settings
-from icuwatch.streams import alerting, commit_guard, memory_profile, patient_state, schemas, topics
+from icuwatch.streams import alerting, commit_floor, commit_guard, memory_profile, patient_state, schemas, topics
 from icuwatch.streams.acks import PendingAcks
 from icuwatch.streams.kafka_security import faust_credentials
 from icuwatch.streams.batcher import ScoreBatcher
@@ -51,6 +51,7 @@ def _fetch_wait(ms: int) -> None:
 
 _fetch_wait(settings.consumer_fetch_max_wait_ms)
 commit_guard.install()
+commit_floor.install()
 if settings.worker_memory_profile_s > 0:
     memory_profile.start()
 app = faust.App(
