@@ -79,4 +79,9 @@ def _filter_committable_offsets(self: Consumer, tps) -> dict:
 
 
 def install() -> None:
+    """Patch Faust's consumer (a private method: pinned faust-streaming; an upgrade must pass
+    ``tests/test_commit_floor.py`` again)."""
+    if not callable(getattr(Consumer, "_filter_committable_offsets", None)):
+        raise RuntimeError("faust-streaming changed: Consumer._filter_committable_offsets is gone; "
+                           "re-check streams/commit_floor.py against the new commit logic")
     Consumer._filter_committable_offsets = _filter_committable_offsets
