@@ -22,7 +22,7 @@ def _bench(args: argparse.Namespace) -> int:
 
         summary = run(args.beds, args.minutes, scoring_model=args.model, database_url=args.database_url,
                       seed=args.seed, chunk_s=args.chunk_s, workers=args.workers,
-                      progress=not args.quiet)
+                      progress=not args.quiet, speed=args.speed)
     text = json.dumps(summary) if args.json else json.dumps(summary, indent=2)
     print(text)
     if args.out:
@@ -55,6 +55,9 @@ def register(subparsers) -> None:
     g.add_argument("--database-url", default=None, help="default: a fresh SQLite file in var/bench/pipeline")
     g.add_argument("--seed", type=int, default=7)
     g.add_argument("--workers", type=int, default=1, help="worker processes in the consumer group (<= partitions)")
+    g.add_argument("--speed", type=float, default=1.0,
+                   help="event time per wall second (> 1: beds' windows fill sooner, for a soak; latencies "
+                        "are reported at 1 only)")
     g.add_argument("--chunk-s", type=int, default=1, help="seconds of ECG/PPG/respiration per waveform message "
                                                          "(1: as a monitor streams; 2+: a batching gateway)")
     p.set_defaults(func=_bench)

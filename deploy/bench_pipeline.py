@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from icuwatch.settings import REPO_ROOT, Settings
+from icuwatch.streams.patient_state import WINDOW_MINUTES
 
 BENCH_ENV = {
     "ICUWATCH_BROKER": "127.0.0.1:29092",
@@ -254,7 +255,11 @@ def wait_drained(settings: Settings, acks: Acks, timeout_s: float, workers: int 
 
 
 def run(beds: int, minutes: float, scoring_model: str = "", database_url: str | None = None,
-        seed: int = 7, chunk_s: int = 1, workers: int = 1, progress: bool = True) -> dict:
+        seed: int = 7, chunk_s: int = 1, workers: int = 1, progress: bool = True, speed: float = 1.0) -> dict:
+    """``minutes`` of wall time; ``speed`` > 1 runs event time that much faster (``beds / speed`` beds
+    then offer the messages/s of ``beds`` at speed 1, and their windows fill ``speed`` times sooner:
+    a soak that reaches full per-patient state within the run). Event-to-score and event-to-alert
+    latencies are only reported at speed 1."""
     from icuwatch.deploy import broker, processes, triton
     from icuwatch.deploy.worker_process import start_worker, stop_worker
     from icuwatch.storage import db
@@ -284,9 +289,9 @@ def run(beds: int, minutes: float, scoring_model: str = "", database_url: str | 
         sampler = Sampler(stats_paths(settings, workers), acks, [p.pid for p in procs])
         sampler.start()
         duration = minutes * 60.0
-        expected = beds * duration * (1.0 + 3.0 / chunk_s)
+        expected = beds * duration * speed * (1.0 + 3.0 / chunk_s)
         start = time.time() + 10.0 + expected * GENERATE_US_PER_MESSAGE * 1e-6
-        sim = Simulation(n_patients=beds, seed=seed, start_time=start, duration_s=duration,
+        sim = Simulation(n_patients=beds, seed=seed, start_time=start, duration_s=duration * speed,
                          onset_window_s=ONSET_WINDOW_S, patient_prefix=PREFIX, waveform_chunk_s=chunk_s)
 
         say(f"generating {minutes:g} min of {beds} beds before the clock starts ...")
@@ -300,12 +305,12 @@ def run(beds: int, minutes: float, scoring_model: str = "", database_url: str | 
                 clock["t"] = t
                 yield t, topic, msg
 
-        say(f"{beds} beds for {minutes:g} min in real time ...")
+        say(f"{beds} beds for {minutes:g} min at {speed:g}x ...")
         wall0, cpu0 = time.time(), time.process_time()
         workers_cpu0 = sum(cpu_s(p.pid) or 0.0 for p in procs)
         broker_cpu0 = cpu_s(processes.running_pid(settings, broker.NAME)) or 0.0
         triton_cpu0 = cpu_s(processes.running_pid(settings, triton.NAME)) or 0.0
-        send_paced(timed(), producer, speed=1.0, start_time=sim.start_time, end_time=sim.end_time,
+        send_paced(timed(), producer, speed=speed, start_time=sim.start_time, end_time=sim.end_time,
                    progress=progress, unit="s")
         wall_publish = time.time() - wall0
         cpu = {"simulator_and_producer": round(time.process_time() - cpu0, 1),
@@ -326,7 +331,7 @@ def run(beds: int, minutes: float, scoring_model: str = "", database_url: str | 
         triton.stop(settings)
         broker.stop(settings)
     out = summarise(beds, minutes, sim, acks, clock, stats, sampler.samples, scores, alerts, published_alerts,
-                    wall_publish, settings, scoring_model, workers, cpu)
+                    wall_publish, settings, scoring_model, workers, cpu, speed)
     profiles = memory_profiles(settings, workers, sim.start_time)
     if profiles:
         out["worker_memory_profile"] = profiles
@@ -354,12 +359,17 @@ def memory_profiles(settings: Settings, workers: int, t0: float, top: int = 12) 
 
 
 def summarise(beds, minutes, sim, acks: Acks, clock, stats, samples, scores, alerts, published_alerts,
-              wall_publish, settings, scoring_model, workers, cpu) -> dict:
+              wall_publish, settings, scoring_model, workers, cpu, speed: float = 1.0) -> dict:
     from icuwatch.streams import topics
 
     produced = {t: acks.total(t) for t in topics.INPUTS}
     taken = stats.get("processed_by_topic", {})
-    steady = [s for s in samples if sim.start_time <= s["at"] <= sim.end_time]
+    wall_end = sim.start_time + minutes * 60.0
+    steady = [s for s in samples if sim.start_time <= s["at"] <= wall_end]
+    latency = percentiles if speed == 1.0 else (lambda values: None)
+    windows_full = sim.start_time + (WINDOW_MINUTES * 60.0 + 60.0) / speed
+    """From here on every bed's per-minute vital-sign window (its largest state) is full: RSS that
+    still grows is not the state filling (None when the run is shorter)."""
     warm_from = sim.start_time + min(60.0, 0.2 * minutes * 60.0)
     """Samples, scores and alerts after the first minute (at most a fifth of the run), when every
     bed's first score and first minute of waveform windows have gone through."""
@@ -375,7 +385,7 @@ def summarise(beds, minutes, sim, acks: Acks, clock, stats, samples, scores, ale
     return {
         "bench": "pipeline",
         "data": "simulated patients (icuwatch simulator), not real data",
-        "beds": beds, "minutes": minutes, "workers": workers,
+        "beds": beds, "minutes": minutes, "speed": speed, "workers": workers,
         "waveform_chunk_s": sim.waveform_chunk_s, "scoring_model": scoring_model or settings.triton_model,
         "machine": _machine(),
         "messages": {
@@ -400,16 +410,16 @@ def summarise(beds, minutes, sim, acks: Acks, clock, stats, samples, scores, ale
             "published": stats.get("scores_published", 0), "stored_by_alert_agent": stats.get("scores_taken", 0),
             "lost": max(0, stats.get("scores_published", 0) - stats.get("scores_taken", 0)),
             "rows_in_db": len(scores), "scorer": stats.get("scorer", {}),
-            "event_to_scored_s": percentiles([b - a for a, b in scores]),
-            "event_to_scored_s_after_warmup": percentiles([b - a for a, b in scores if a >= warm_from]),
+            "event_to_scored_s": latency([b - a for a, b in scores]),
+            "event_to_scored_s_after_warmup": latency([b - a for a, b in scores if a >= warm_from]),
         },
         "alerts": {
             "stored": len(alerts), "raised_by_worker": stats.get("alerts_raised", 0),
             "published_to_topic": len(published_alerts),
             "lost": len(set(published_alerts) - alert_ids) + max(0, stats.get("alerts_raised", 0) - len(alerts)),
             "duplicated": len(published_alerts) - len(set(published_alerts)) - stats.get("alerts_republished", 0),
-            "event_to_stored_s": percentiles([a["stored_at"] - a["event_time"] for a in alerts]),
-            "event_to_stored_s_after_warmup": percentiles([a["stored_at"] - a["event_time"] for a in alerts
+            "event_to_stored_s": latency([a["stored_at"] - a["event_time"] for a in alerts]),
+            "event_to_stored_s_after_warmup": latency([a["stored_at"] - a["event_time"] for a in alerts
                                                            if a["event_time"] >= warm_from]),
             "patients_alerted": {"deteriorating": len(alerted & sick), "of_deteriorating": len(sick),
                                  "stable": len(alerted - sick), "of_stable": len(truth) - len(sick)},
@@ -419,7 +429,10 @@ def summarise(beds, minutes, sim, acks: Acks, clock, stats, samples, scores, ale
                                       "max": max(rss) if rss else None,
                                       "growth_mb_per_min_after_warmup": rss_growth_per_min(warm),
                                       "growth_mb_per_min_second_half": rss_growth_per_min(
-                                          [s for s in steady if s["at"] >= (sim.start_time + sim.end_time) / 2])},
+                                          [s for s in steady if s["at"] >= (sim.start_time + wall_end) / 2]),
+                                      "windows_full_after_s": round(windows_full - sim.start_time, 1),
+                                      "growth_mb_per_min_windows_full": rss_growth_per_min(
+                                          [s for s in steady if s["at"] >= windows_full])},
         "timeline": {"t_s": [round(x["at"] - sim.start_time, 1) for x in samples],  # < 0: generating
                      "lag_s": [round(x["lag_s"], 2) for x in samples],
                      "lag_records": [x["lag_records"] for x in samples],
