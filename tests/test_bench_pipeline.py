@@ -91,4 +91,19 @@ def test_soak_1000_beds_for_10_minutes():
     assert out["messages"]["lost"] == 0 and out["scores"]["lost"] == 0 and out["alerts"]["lost"] == 0
     assert out["alerts"]["duplicated"] == 0
     assert out["consumer_lag"]["seconds_after_warmup"]["p99"] < 15.0
-    assert out["worker_rss_mb_all_workers"]["growth_mb_per_min_second_half"] < 3.0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2700)
+def test_soak_memory_flattens_once_every_window_is_full():
+    """Issue 8's "memory flat" (opt-in): a 10-minute run at 1,000 beds cannot tell the patients' hour
+    windows filling from a leak, so 200 beds at 5x event time (the same messages/s) fill theirs
+    within 12 of 18 minutes. RSS grew ~10 MB/min while they filled and ~2 MB/min after, falling to
+    ~0.2 in the last 3 minutes (README, "Measured"); a leak would keep its pace."""
+    from icuwatch.deploy.bench_pipeline import run
+
+    out = run(beds=200, minutes=18, speed=5, chunk_s=2, workers=2, progress=False)
+    assert out["messages"]["lost"] == 0 and out["alerts"]["lost"] == 0 and out["alerts"]["duplicated"] == 0
+    rss = out["worker_rss_mb_all_workers"]
+    assert rss["growth_mb_per_min_windows_full"] < 3.0
+    assert rss["growth_mb_per_min_windows_full"] < 0.5 * rss["growth_mb_per_min_after_warmup"]
