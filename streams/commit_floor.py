@@ -11,7 +11,8 @@ acknowledged offsets and checks only for a gap of two or more before it:
   false and it commits past N.
 
 A worker killed after such a commit never reads the held messages again, and what they carried is
-in no checkpoint: a lab lost from a patient's state (seen once in ``test_worker_sigkill``). Here the
+in no checkpoint (the likely cause of an admission lab missing from one ``test_worker_sigkill`` run,
+killed seconds after its consumer group started). Here the
 offset Faust would commit is capped at the oldest message the consumer handed to a stream and that
 is not acknowledged yet (Faust tracks them in ``_unacked_messages``), and nothing is committed while
 the committed offset itself is still held.
