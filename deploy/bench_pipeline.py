@@ -341,9 +341,11 @@ def run(beds: int, minutes: float, scoring_model: str = "", database_url: str | 
 def memory_profiles(settings: Settings, workers: int, t0: float, top: int = 12) -> list[dict]:
     """Each worker's tracemalloc snapshots (``ICUWATCH_WORKER_MEMORY_PROFILE_S``): totals over time
     and the lines that grew most by the last one."""
+    from icuwatch.streams import memory_profile
+
     out = []
     for i in range(workers):
-        path = settings.run_dir / f"memory-{worker_settings(settings, i).worker_web_port}.json"
+        path = memory_profile.path(worker_settings(settings, i))
         if not path.exists():
             continue
         history = json.loads(path.read_text())

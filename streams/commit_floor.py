@@ -57,8 +57,6 @@ def new_offset(consumer: Any, tp: Any, floor: int | None) -> int | None:
     committed = consumer._committed_offset[tp]
     if committed is not None and acked[0] > committed:
         return None  # the next offset to read is not acknowledged yet
-    if floor is not None and acked[0] > floor:
-        return None
     batch = next(consecutive_numbers(acked))
     if floor is not None:
         batch = [o for o in batch if o < floor]

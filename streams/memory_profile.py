@@ -11,7 +11,14 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from icuwatch.settings import REPO_ROOT, Settings
+
 TOP = 25
+
+
+def path(settings: Settings) -> Path:
+    """Where the worker on ``settings`` writes its snapshots (next to its stats file)."""
+    return settings.run_dir / f"memory-{settings.worker_web_port}.json"
 
 
 def start() -> None:
@@ -60,7 +67,7 @@ def _line(traceback: tracemalloc.Traceback, size: int, count: int) -> dict:
 
 
 def _short(filename: str) -> str:
-    for marker in ("site-packages/", "icuwatch/", "/lib/python"):
-        if marker in filename:
-            return filename.split(marker, 1)[1]
-    return filename
+    for prefix in ("site-packages/", "/lib/python"):
+        if prefix in filename:
+            return filename.split(prefix, 1)[1]
+    return filename.removeprefix(f"{REPO_ROOT}/")

@@ -52,8 +52,6 @@ def _fetch_wait(ms: int) -> None:
 _fetch_wait(settings.consumer_fetch_max_wait_ms)
 commit_guard.install()
 commit_floor.install()
-if settings.worker_memory_profile_s > 0:
-    memory_profile.start()
 app = faust.App(
     settings.app_id,
     broker=f"kafka://{settings.broker}",
@@ -321,7 +319,8 @@ async def write_stats() -> None:
 
 
 if settings.worker_memory_profile_s > 0:
-    memory = memory_profile.MemoryProfile(settings.run_dir / f"memory-{settings.worker_web_port}.json")
+    memory_profile.start()
+    memory = memory_profile.MemoryProfile(memory_profile.path(settings))
 
     @app.timer(interval=settings.worker_memory_profile_s)
     async def write_memory_profile() -> None:

@@ -48,33 +48,25 @@ def wait_quiet(settings, quiet_s: float, timeout_s: float) -> bool:
     return False
 
 
-def dump_history(settings, patient_ids: set[str], path) -> None:
-    """Every checkpoint of ``patient_ids`` in changelog order (labs, applied offsets), to find where
-    a difference came in."""
+def history(settings, patient_ids: set[str]) -> str:
+    """Every checkpoint of ``patient_ids`` in changelog order (labs, applied offsets), then their lab
+    records: where a difference came in."""
     import json
 
-    from kafka import KafkaConsumer
-
+    from icuwatch.deploy.chaos.states import keyed_records
     from icuwatch.streams import topics
 
-    consumer = KafkaConsumer(topics.changelogs(settings.app_id)[0], bootstrap_servers=settings.broker,
-                             auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
-                             consumer_timeout_ms=3000)
-    with open(path, "w") as out:
-        for m in consumer:
-            if m.key is not None and m.key.decode() in patient_ids and m.value is not None:
-                v = json.loads(m.value)
-                out.write(json.dumps({"partition": m.partition, "offset": m.offset, "timestamp": m.timestamp,
-                                      "now": v.get("now"), "labs": v.get("labs"), "offsets": v.get("offsets")}) + "\n")
-    consumer.close()
-    labs = KafkaConsumer(topics.LABS, bootstrap_servers=settings.broker, auto_offset_reset="earliest",
-                         enable_auto_commit=False, group_id=None, consumer_timeout_ms=3000)
-    with open(path, "a") as out:
-        for m in labs:
-            if m.key is not None and m.key.decode() in patient_ids:
-                out.write(json.dumps({"input": topics.LABS, "partition": m.partition, "offset": m.offset,
-                                      "timestamp": m.timestamp, "value": m.value.decode()}) + "\n")
-    labs.close()
+    lines = []
+    for m in keyed_records(settings, topics.changelogs(settings.app_id)[0]):
+        if m.key.decode() in patient_ids:
+            v = json.loads(m.value)
+            lines.append({"partition": m.partition, "offset": m.offset, "timestamp": m.timestamp,
+                          "now": v.get("now"), "labs": v.get("labs"), "offsets": v.get("offsets")})
+    for m in keyed_records(settings, topics.LABS):
+        if m.key.decode() in patient_ids:
+            lines.append({"input": topics.LABS, "partition": m.partition, "offset": m.offset,
+                          "timestamp": m.timestamp, "value": m.value.decode()})
+    return "\n".join(json.dumps(line) for line in lines)
 
 
 def stored_alerts(sessions, prefix: str) -> list[Alert]:
@@ -125,10 +117,8 @@ def test_sigkill_mid_stream_then_restart_keeps_every_patient_whole(stack, tmp_pa
 
     states, expected = checkpointed_states(settings), expected_states(sim)
     differences = state_differences(states, expected)
-    if differences:
-        dump_history(settings, set(differences), tmp_path / "changelog.jsonl")
     assert differences == {}, "each differing patient's checkpoints and lab records, in order:\n" + \
-        (tmp_path / "changelog.jsonl").read_text()[-8000:]
+        history(settings, set(differences))[-8000:]
 
     alerts = stored_alerts(sessions, prefix)
     with sessions() as s:

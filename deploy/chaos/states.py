@@ -48,15 +48,21 @@ def vital_rows_missing(states: dict[str, dict], expected: dict[str, dict]) -> in
     return int(missing)
 
 
-def checkpointed_states(settings: Settings) -> dict[str, dict]:
-    """The newest checkpoint of every patient, read from the ``patient_state`` changelog."""
+def keyed_records(settings: Settings, topic: str) -> list:
+    """Every keyed, non-empty record of ``topic`` from its start (until 3 s bring nothing new)."""
     from kafka import KafkaConsumer
 
+    consumer = KafkaConsumer(topic, bootstrap_servers=settings.broker, auto_offset_reset="earliest",
+                             enable_auto_commit=False, group_id=None, consumer_timeout_ms=3000)
+    try:
+        return [m for m in consumer if m.key is not None and m.value is not None]
+    finally:
+        consumer.close()
+
+
+def checkpointed_states(settings: Settings) -> dict[str, dict]:
+    """The newest checkpoint of every patient, read from the ``patient_state`` changelog."""
     from icuwatch.streams import topics
 
-    consumer = KafkaConsumer(topics.changelogs(settings.app_id)[0], bootstrap_servers=settings.broker,
-                             auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
-                             consumer_timeout_ms=3000)
-    latest = {m.key.decode(): m.value for m in consumer if m.key is not None and m.value is not None}
-    consumer.close()
+    latest = {m.key.decode(): m.value for m in keyed_records(settings, topics.changelogs(settings.app_id)[0])}
     return {p: {f: json.loads(v).get(f) for f in STATE_FIELDS} for p, v in latest.items()}
