@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from icuwatch.api import routes, stream
 from icuwatch.api.auth import OPERATOR_ROLES, Principal, require_roles
 from icuwatch.api.metrics import make_registry
-from icuwatch.settings import Settings, get_settings
+from icuwatch.core.settings import Settings, get_settings
 from icuwatch.storage import db, lifecycle
 
 log = logging.getLogger(__name__)

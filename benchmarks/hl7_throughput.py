@@ -25,8 +25,8 @@ from pathlib import Path
 import hl7.mllp
 
 from icuwatch.interfaces.hl7_encode import ack_code, to_hl7
-from icuwatch.settings import Settings
-from icuwatch.streams.schemas import Vitals
+from icuwatch.core.settings import Settings
+from icuwatch.core.schemas import Vitals
 
 
 def free_port() -> int:
@@ -96,7 +96,7 @@ def main() -> int:
     port = free_port()
     env = {**os.environ, "ICUWATCH_BROKER": broker, "ICUWATCH_STATE_DIR": str(state)}
     log = open(state / "hl7-listen.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "icuwatch.cli", "hl7-listen", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "icuwatch.cli.main", "hl7-listen", "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         wait_port(port)

@@ -7,7 +7,7 @@ import time
 import urllib.request
 
 from icuwatch.deploy import processes
-from icuwatch.settings import Settings
+from icuwatch.core.settings import Settings
 
 NAME = "api"
 
@@ -21,7 +21,7 @@ def start(settings: Settings) -> None:
         return
     if processes.port_open(settings.api_host, settings.api_port):
         raise RuntimeError(f"{settings.api_host}:{settings.api_port} is taken by a process this stack did not start")
-    argv = [sys.executable, "-m", "icuwatch.cli", "serve", "--host", settings.api_host,
+    argv = [sys.executable, "-m", "icuwatch.cli.main", "serve", "--host", settings.api_host,
             "--port", str(settings.api_port), "--log-level", "warning"]
     processes.spawn(settings, NAME, argv, env={"ICUWATCH_DATABASE_URL": settings.database_url,
                                                 "ICUWATCH_STATE_DIR": str(settings.state_dir)})

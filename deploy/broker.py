@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from icuwatch.deploy import processes
-from icuwatch.settings import Settings
-from icuwatch.streams import topics
+from icuwatch.core.settings import Settings
+from icuwatch.core import topics
 
 NAME = "broker"
 ADMIN_CLIENT_ID = "icuwatch-stack"

@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from icuwatch.settings import Settings
+from icuwatch.core.settings import Settings
 
 
 def pid_file(settings: Settings, name: str) -> Path:

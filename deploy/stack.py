@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from icuwatch.deploy import api_server, broker, triton
-from icuwatch.settings import Settings
+from icuwatch.core.settings import Settings
 
 
 def _redacted(url: str) -> str:

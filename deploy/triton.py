@@ -1,5 +1,5 @@
 """The local inference server: the real ``tritonserver`` (2.51) shipped in nvidia-pytriton's wheel,
-serving ``deploy/triton/models`` through its python backend, bound to 127.0.0.1.
+serving ``serving/models`` through its python backend, bound to 127.0.0.1.
 
 The repository is ``settings.triton_model_repository`` when set, else ``MODEL_REPOSITORY``;
 ``settings.triton_extra_repositories`` (or ``start(..., extra_repositories=...)``) adds more, e.g. the
@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from icuwatch.deploy import processes
-from icuwatch.settings import REPO_ROOT, Settings
+from icuwatch.core.settings import Settings
+from icuwatch.serving import MODEL_REPOSITORY
 
 NAME = "triton"
-MODEL_REPOSITORY = REPO_ROOT / "deploy" / "triton" / "models"
 
 
 def _pytriton_server_dir() -> Path:

@@ -9,14 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-from icuwatch.settings import Settings
+from icuwatch.core.settings import Settings
+from icuwatch.streams.stats import stats_path
+
+__all__ = ["READY", "start_worker", "stop_worker", "stats_path"]
 
 READY = "Worker]: Ready"
-
-
-def stats_path(settings: Settings) -> Path:
-    """The JSON file the worker rewrites every second (counters, offsets taken, lag)."""
-    return settings.run_dir / f"worker-{settings.worker_web_port}.json"
 
 
 def start_worker(settings: Settings, log_path: Path, env: dict[str, str] | None = None,
@@ -28,7 +26,7 @@ def start_worker(settings: Settings, log_path: Path, env: dict[str, str] | None 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     start = log_path.stat().st_size if log_path.exists() else 0
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "icuwatch.cli", "worker"], stdout=log,
+        proc = subprocess.Popen([sys.executable, "-m", "icuwatch.cli.main", "worker"], stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env)
     deadline = time.monotonic() + timeout_s
     while True:

@@ -1,4 +1,4 @@
-"""Per-modality PyTorch encoders: each maps one modality's input (layouts in ``fusion.cohort``) to a
+"""Per-modality PyTorch encoders: each maps one modality's input (layouts in ``fusion.cohorts.base``) to a
 vector ``[B, out_dim]`` and exposes ``out_dim``.
 
 * ``timeseries`` — vital-sign and waveform-feature series (GRU, temporal convolution, transformer);

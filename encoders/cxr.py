@@ -7,7 +7,7 @@ concatenated. Pooling the halves apart keeps laterality (right- vs left-sided op
 plain global average throws away, at no cost in parameters beyond the last linear layer.
 
 :func:`load_cxr` / :func:`png_to_array` turn a real PNG or JPEG of any size and bit depth into the
-uint8 [224, 224] array the cohort format stores (``fusion.cohort``): grayscale, the longer side
+uint8 [224, 224] array the cohort format stores (``fusion.cohorts.base``): grayscale, the longer side
 resized to 224 keeping the aspect ratio, the shorter one padded with black, centred (nothing of the
 study is cropped away).
 """

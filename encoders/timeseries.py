@@ -1,7 +1,7 @@
 """Encoders for regularly sampled multichannel series: vital signs and waveform features.
 
 Input float32 [B, T, 2*C] (per step: C z-scored values, then C measured flags; see
-``fusion.cohort``), output [B, out_dim]. Three architectures behind one constructor so they can be
+``fusion.cohorts.base``), output [B, out_dim]. Three architectures behind one constructor so they can be
 measured against each other (``benchmarks/timeseries_encoders.py``): a GRU, a temporal
 convolution (dilated causal 1-D convolutions) and a small transformer. All read the series oldest
 first and summarise it at its newest step, so the output only depends on data up to the row's time.

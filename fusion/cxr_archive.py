@@ -13,7 +13,7 @@ An archive is a folder (default ``var/cxr_archive/``):
   when the model or a file changes, or a study is new.
 
 :func:`search` ranks the studies by cosine similarity between a text's embedding and the image
-embeddings (:mod:`icuwatch.fusion.strategies.joint_embedding`, loaded from
+embeddings (:mod:`icuwatch.fusion.joint_space`, loaded from
 ``var/models/joint_embedding`` unless given). The reports are not searched: ranking is on the
 image alone, so studies without a report are found too.
 """
@@ -38,7 +38,7 @@ SIM_EPOCH = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
 
 def default_archive_dir() -> Path:
-    from icuwatch.settings import get_settings
+    from icuwatch.core.settings import get_settings
 
     return get_settings().state_dir / "cxr_archive"
 
@@ -80,7 +80,7 @@ class CxrArchive:
         """Write ``n`` simulated studies (``joint_embedding.simulate_studies``, seed ``seed``);
         ids ``sim{seed}-NNNNN``, so rerunning with the same seed adds nothing twice. Returns the
         new study ids. Acquisition times are synthetic: each patient's studies 6 h apart."""
-        from icuwatch.fusion.strategies.joint_embedding import simulate_studies
+        from icuwatch.fusion.joint_space import simulate_studies
 
         studies = self.studies()
         known = {s["study_id"] for s in studies}
@@ -167,8 +167,8 @@ class CxrArchive:
         import logging
         from datetime import datetime, timezone
 
-        from icuwatch.streams import schemas
-        from icuwatch.streams.replay.archive import read_archive
+        from icuwatch.core import schemas
+        from icuwatch.sources.recording import read_archive
 
         studies = self.studies()
         ids = {s["study_id"] for s in studies}
@@ -205,7 +205,7 @@ class CxrArchive:
     def embeddings(self, model, batch_size: int = 64) -> np.ndarray:
         """float32 [len(studies), D] unit image embeddings in index order, from the cache where
         the model fingerprint and the file's size/mtime still match; the cache is rewritten."""
-        from icuwatch.fusion.strategies.joint_embedding import embed_images
+        from icuwatch.fusion.joint_space import embed_images
 
         studies = self.studies()
         fingerprint = model.fingerprint()
@@ -243,7 +243,7 @@ class CxrArchive:
     def search(self, text: str, top_k: int = 5, model=None) -> list[dict]:
         """The ``top_k`` studies whose images are most similar to ``text``, best first: each the
         index entry plus ``rank``, ``score`` (cosine similarity) and ``path`` (absolute)."""
-        from icuwatch.fusion.strategies.joint_embedding import embed_texts
+        from icuwatch.fusion.joint_space import embed_texts
 
         model = model if model is not None else load_model()
         studies = self.studies()
@@ -258,7 +258,7 @@ class CxrArchive:
 
 
 def load_model(model_dir: str | Path | None = None):
-    from icuwatch.fusion.strategies.joint_embedding import CARD_FILE, JointEmbedding, default_model_dir
+    from icuwatch.fusion.joint_space import CARD_FILE, JointEmbedding, default_model_dir
 
     path = Path(model_dir) if model_dir is not None else default_model_dir()
     if not (path / CARD_FILE).exists():

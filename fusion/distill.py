@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from icuwatch.fusion.cohort import Cohort, gather
+from icuwatch.fusion.cohorts.base import Cohort, gather
 from icuwatch.fusion.strategies import build
 from icuwatch.fusion.strategies.base import FusionModel, to_tensors
 from icuwatch.fusion.strategies.student import EarlyExitStudent, exit_margins

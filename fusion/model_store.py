@@ -23,7 +23,7 @@ CARD = "model_card.json"
 
 
 def models_dir() -> Path:
-    from icuwatch.settings import get_settings
+    from icuwatch.core.settings import get_settings
 
     return get_settings().state_dir / "models"
 

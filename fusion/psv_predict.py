@@ -5,7 +5,7 @@
 t is computed from rows <= t only.
 
 The rule models go through exactly the streaming path's code: the stay becomes the same v1
-messages the replay publishes (``icuwatch.streams.replay.psv``), folded into the worker's patient
+messages the replay publishes (``icuwatch.sources.psv``), folded into the worker's patient
 state in publish order, and scored at each hour with the features the worker would send to Triton.
 A test replays stays through broker -> worker -> tritonserver and checks the scores agree.
 """
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from icuwatch.fusion import rules
-from icuwatch.fusion.physionet import Stay, list_stays, read_psv
+from icuwatch.core import rules
+from icuwatch.sources.physionet import Stay, list_stays, read_psv
 
 RULE_MODELS = {
     "rules": ("sepsis_risk", 0.5),
@@ -36,7 +36,7 @@ MODELS = (*RULE_MODELS, "gbt", *FUSION_MODELS)
 def hour_times(stay: Stay, base_time: float) -> np.ndarray:
     """Event time of each row, as the replay stamps it (ICU admission + ICULOS hours). A row without
     a usable ICULOS (the replay skips it) still gets a prediction, at its row number's hour."""
-    from icuwatch.streams.replay.psv import row_times
+    from icuwatch.sources.psv import row_times
 
     t_admit, times = row_times(stay, base_time)
     by_row = np.round(t_admit + np.arange(1, len(times) + 1) * 3600.0, 3)
@@ -46,7 +46,7 @@ def hour_times(stay: Stay, base_time: float) -> np.ndarray:
 def rule_outputs(stay: Stay, base_time: float | None = None) -> dict[str, np.ndarray]:
     """The rule scores at every hour of the stay, computed from the worker's state."""
     from icuwatch.streams import patient_state
-    from icuwatch.streams.replay.psv import DEFAULT_BASE_TIME, stay_messages
+    from icuwatch.sources.psv import DEFAULT_BASE_TIME, stay_messages
 
     base = DEFAULT_BASE_TIME if base_time is None else base_time
     messages = sorted(stay_messages(stay, base), key=lambda m: m[0])
@@ -70,7 +70,7 @@ def predictor(model: str, model_dir: Path | None = None,
 
     A rule model's threshold is the one ``icuwatch tune-thresholds`` stored, else its clinical default.
     """
-    from icuwatch.settings import get_settings
+    from icuwatch.core.settings import get_settings
 
     models_dir = get_settings().state_dir / "models"
     if model in RULE_MODELS:

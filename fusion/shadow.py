@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from icuwatch.fusion.physionet import list_stays, read_psv
+from icuwatch.sources.physionet import list_stays, read_psv
 from icuwatch.fusion.psv_predict import predictor
 
 ONSET_SHIFT_H = 6

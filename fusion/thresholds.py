@@ -11,7 +11,7 @@ import json
 import time
 from pathlib import Path
 
-from icuwatch.fusion.physionet import list_stays, read_psv
+from icuwatch.sources.physionet import list_stays, read_psv
 
 CARD = "model_card.json"
 

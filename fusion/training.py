@@ -1,7 +1,7 @@
 """Training any fusion strategy on a cohort: modality dropout, focal loss, model selection on the
 validation split, temperature scaling, an alert threshold tuned for utility, and a model card.
 
-Splits are the cohort's own (PhysioNet: the fixed hash split of ``fusion.physionet.split_of``):
+Splits are the cohort's own (PhysioNet: the fixed hash split of ``sources.physionet.split_of``):
 weights are fitted on TRAIN, the epoch, the temperature and the threshold are chosen on VAL, and
 TEST is only touched by ``icuwatch evaluate fusion``.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from icuwatch.fusion.cohort import Cohort, gather
+from icuwatch.fusion.cohorts.base import Cohort, gather
 from icuwatch.fusion.strategies import DEFAULTS, build
 from icuwatch.fusion.strategies.base import FusionModel, InputSpec, to_tensors
 

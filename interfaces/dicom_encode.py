@@ -1,7 +1,7 @@
 """DICOM out: v1 ``icu.cxr`` messages as DX chest objects, sent to a C-STORE SCP.
 
 ``icuwatch simulate --via dicom`` uses :class:`DicomRoutingProducer`: a drop-in for the Kafka
-producer that :func:`icuwatch.streams.simulator.producer.publish` writes to, which sends every
+producer that :func:`icuwatch.sources.simulator.producer.publish` writes to, which sends every
 ``icu.cxr`` message over DICOM (to ``icuwatch dicom-listen``) and everything else to Kafka.
 :func:`send_via_dicom` sends a batch of messages on one association.
 """
@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
-from icuwatch.streams import schemas, topics
+from icuwatch.core import schemas, topics
 
 log = logging.getLogger(__name__)
 

@@ -59,8 +59,8 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 from pydicom import uid as dcm_uid
 from pydicom.valuerep import DA, DT, TM
 
-from icuwatch.settings import Settings
-from icuwatch.streams import schemas, topics
+from icuwatch.core.settings import Settings
+from icuwatch.core import schemas, topics
 
 log = logging.getLogger(__name__)
 
@@ -360,7 +360,7 @@ class CxrStoreSCP:
         self.timeout_s = settings.dicom_broker_timeout_s
         self._own_producer = producer is None
         if producer is None:
-            from icuwatch.streams.producer import make_producer
+            from icuwatch.streams.kafka.producer import make_producer
 
             producer = make_producer(settings)
         self.producer = producer

@@ -36,7 +36,7 @@ import aiohttp
 from sqlalchemy.orm import Session
 
 from icuwatch.interfaces import fhir_export as fx
-from icuwatch.settings import Settings
+from icuwatch.core.settings import Settings
 from icuwatch.storage import lifecycle
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ from collections import Counter
 from datetime import date, datetime, timezone
 from typing import Any
 
-from icuwatch.streams import topics
-from icuwatch.streams.schemas import Adt, Lab, Message, Vitals
+from icuwatch.core import topics
+from icuwatch.core.schemas import Adt, Lab, Message, Vitals
 
 from .hl7_mapping import CODED_VITALS, NUMERIC_VITALS, ObservationMap, format_ts, load_mapping
 

@@ -27,9 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
-from icuwatch.settings import Settings
-from icuwatch.streams import topics
-from icuwatch.streams.schemas import DeadLetter
+from icuwatch.core.settings import Settings
+from icuwatch.core import topics
+from icuwatch.core.schemas import DeadLetter
 
 from .hl7_encode import esc
 from .hl7_mapping import ERROR_TEXT, Hl7Reject, ObservationMap, load_mapping, map_message, sanitize_patient_id, zone
@@ -80,7 +80,7 @@ class Hl7Listener:
         self.naive_tz = zone(settings.hl7_timezone)
         self._own_producer = producer is None
         if producer is None:
-            from icuwatch.streams.producer import make_producer
+            from icuwatch.streams.kafka.producer import make_producer
 
             producer = make_producer(settings)
         self.producer = producer

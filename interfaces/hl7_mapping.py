@@ -38,8 +38,8 @@ from zoneinfo import ZoneInfo
 import hl7
 from pydantic import ValidationError
 
-from icuwatch.streams import schemas, topics
-from icuwatch.streams.schemas import LAB_UNITS, Adt, Lab, Message, Vitals
+from icuwatch.core import schemas, topics
+from icuwatch.core.schemas import LAB_UNITS, Adt, Lab, Message, Vitals
 
 TOPICS = {"vitals": topics.VITALS, "labs": topics.LABS}
 NUMERIC_VITALS = ("hr", "spo2", "rr", "sbp", "dbp", "map", "temp")

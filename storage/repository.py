@@ -25,7 +25,7 @@ from icuwatch.storage.models import (
     Patient,
     Score,
 )
-from icuwatch.streams import schemas
+from icuwatch.core import schemas
 
 _CHUNK_ROWS = 500
 """Rows per multi-row INSERT: 500 x 13 columns stays well under SQLite's and psycopg's limits."""

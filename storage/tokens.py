@@ -12,6 +12,7 @@ from typing import Optional
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from icuwatch.core.settings import Settings
 from icuwatch.storage.models import TOKEN_ROLES, ApiToken
 from icuwatch.storage.repository import _now
 
@@ -60,3 +61,20 @@ def revoke_token(session: Session, token: str) -> bool:
     row.revoked_at = _now()
     session.flush()
     return True
+
+
+def issue_token(settings: Settings, user: str, role: str) -> str:
+    """Create an API token for ``user`` with ``role`` in the configured database and return it.
+
+    The database is migrated first (idempotent). The token is shown only here: the database keeps
+    what ``authenticate`` needs to recognise it, nothing more.
+    """
+    from icuwatch.storage import db
+
+    db.upgrade(settings.database_url)
+    engine = db.make_engine(settings.database_url)
+    try:
+        with db.session_factory(engine).begin() as session:
+            return create_token(session, user, role)
+    finally:
+        engine.dispose()

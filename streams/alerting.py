@@ -22,7 +22,7 @@ import copy
 import time
 from dataclasses import dataclass
 
-from icuwatch.streams import schemas
+from icuwatch.core import schemas
 
 
 DEFAULT_REFRACTORY_S = 1800.0

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from icuwatch.fusion import features, rules
-from icuwatch.streams import schemas
+from icuwatch.core import features, rules
+from icuwatch.core import schemas
 from icuwatch.streams.scoring import TritonScorer
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ class Due:
     trigger: str
     revision: int = 0
     cohort: dict | None = None
-    """The PhysioNet-cohort row (``fusion.stream_features.cohort_row``) when a student scores."""
+    """The PhysioNet-cohort row (``streams.student_row.cohort_row``) when a student scores."""
     published: Callable[[], None] | None = None
     """Called once the score is handed to the producer (the worker then acknowledges its events)."""
 
@@ -73,7 +73,7 @@ class ScoreBatcher:
         x = np.concatenate([d.features for d in batch], axis=0)
         rows = None
         if batch[0].cohort is not None:
-            from icuwatch.fusion.stream_features import stack_rows
+            from icuwatch.streams.student_row import stack_rows
 
             rows = stack_rows([d.cohort for d in batch])
         out, source = await self.scorer.score(x, rows)

@@ -11,7 +11,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from icuwatch.settings import REPO_ROOT, Settings
+from icuwatch.core.settings import REPO_ROOT, Settings
 
 TOP = 25
 

@@ -10,7 +10,7 @@ Pure functions, no I/O. Event-time rules:
 * Important events (a lab, an X-ray, an admission) trigger a score once the clock reaches them.
 * Out-of-order delivery cannot roll a value back, and a duplicate changes nothing.
 * Vital signs are also kept as hourly buckets (``hourly``, hours ending at the first sample's time
-  plus whole hours) for the PhysioNet-cohort row of :mod:`icuwatch.fusion.stream_features`; states
+  plus whole hours) for the PhysioNet-cohort row of :mod:`icuwatch.streams.student_row`; states
   checkpointed without them start them on their next vital sign.
 """
 
@@ -23,8 +23,8 @@ import numpy as np
 
 from typing import TYPE_CHECKING
 
-from icuwatch.fusion import features
-from icuwatch.streams import schemas
+from icuwatch.core import features
+from icuwatch.core import schemas
 
 if TYPE_CHECKING:
     from icuwatch.streams.waveform_state import WaveformState
@@ -36,7 +36,7 @@ HISTORY = 8
 VITAL_WINDOW_FIELDS = ("hr", "spo2", "rr", "sbp", "map", "temp")
 HOURLY_FIELDS = ("hr", "spo2", "temp", "sbp", "map", "dbp", "rr")
 """Vitals of the hourly window, in the PhysioNet cohort's channel order (HR, O2Sat, Temp, SBP, MAP,
-DBP, Resp): what :mod:`icuwatch.fusion.stream_features` builds the student's 8-hour window from."""
+DBP, Resp): what :mod:`icuwatch.streams.student_row` builds the student's 8-hour window from."""
 HOURLY_BUCKETS = 12
 """Hourly buckets kept (8 for the window, the rest for scores recomputed a little in the past)."""
 LAB_FEATURES = ("lactate", "wbc", "creatinine", "platelets", "bilirubin")
@@ -333,7 +333,7 @@ def _value_at(history: list | None, t: float) -> float:
 
 
 def features_at(state: dict, t: float) -> np.ndarray:
-    """The feature row (see :mod:`icuwatch.fusion.features`) from data with event time <= ``t``."""
+    """The feature row (see :mod:`icuwatch.core.features`) from data with event time <= ``t``."""
     x = features.empty(1)
     row = x[0]
     vitals = state["vitals"]

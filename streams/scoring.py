@@ -4,7 +4,7 @@ Triton is called over gRPC with a timeout. When a call fails the scorer answers 
 scores (same numbers the first Triton model gives), counts it, logs the transition once, and tries
 Triton again after ``triton_retry_s``: no crash, no lost score.
 
-Per-modality contributions (``CONTRIBUTIONS``, layout in :mod:`icuwatch.fusion.features`) are
+Per-modality contributions (``CONTRIBUTIONS``, layout in :mod:`icuwatch.core.features`) are
 requested only when the served model declares that output (its metadata, read once per
 connection); a model without it, or a response without it, gives ``contributions`` None. The
 fallback computes them with the same code as the first Triton model. :class:`StudentScorer`
@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 
-from icuwatch.fusion import features, rules
-from icuwatch.settings import Settings
+from icuwatch.core import features, rules
+from icuwatch.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -140,11 +140,11 @@ def _contributions(arr: np.ndarray | None, n: int) -> np.ndarray | None:
 
 STUDENT_INPUTS = ("vitals", "labs", "static", "present", "staleness_h")
 """Batch keys of an exported PhysioNet model, in the order of its Triton inputs (upper-cased;
-``fusion.triton_export.batch_keys``, not imported here: it pulls in torch)."""
+``serving.export.batch_keys``, not imported here: it pulls in torch)."""
 PROBABILITY = "PROBABILITY"
 STUDENT_MAX_BATCH = 1024
 """Rows per Triton request to an exported PhysioNet model: its ``max_batch_size``
-(``fusion.triton_export.MAX_BATCH_SIZE``, not imported here: it pulls in torch). A larger batch is
+(``serving.export.MAX_BATCH_SIZE``, not imported here: it pulls in torch). A larger batch is
 sent as several requests."""
 
 
@@ -162,7 +162,7 @@ class StudentScorer(TritonScorer):
     else from the rules in-process.
 
     Each batch: the rule scores of the feature rows (deterioration risk, NEWS2, qSOFA, their
-    contributions) are computed here, and the cohort rows (``fusion.stream_features.cohort_row``) go
+    contributions) are computed here, and the cohort rows (``streams.student_row.cohort_row``) go
     to Triton in one call; its ``PROBABILITY`` replaces the rule sepsis risk.
 
     The sepsis contributions are the student's own, leave-one-modality-out like the rules': the same
@@ -186,7 +186,7 @@ class StudentScorer(TritonScorer):
     async def _score_triton(self, x: np.ndarray, rows: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
         if rows is None:
             raise ValueError(f"{self.model} scores cohort rows; the worker sent none")
-        from icuwatch.fusion.stream_features import MODALITIES as COHORT_MODALITIES, leave_one_out
+        from icuwatch.streams.student_row import MODALITIES as COHORT_MODALITIES, leave_one_out
 
         n = len(x)
         if len(rows["present"]) != n:

@@ -11,7 +11,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from icuwatch.storage import db, repository
 from icuwatch.storage.models import Alert
-from icuwatch.streams import schemas
+from icuwatch.core import schemas
 
 log = logging.getLogger(__name__)
 EPISODE_CLOSED_BY = "system:episode-closed"

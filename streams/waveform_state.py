@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from icuwatch.streams import schemas
-from icuwatch.streams.waveform_buffer import WaveformBuffer
-from icuwatch.streams.waveform_features import ecg_heart_rate, ppg_pulse_rate
+from icuwatch.core import schemas
+from icuwatch.signals.waveform_buffer import WaveformBuffer
+from icuwatch.signals.waveform_features import ecg_heart_rate, ppg_pulse_rate
 
 WINDOW_S = 10.0
 MIN_WINDOW_S = 8.0

@@ -8,7 +8,7 @@ Per-patient state lives in memory and is checkpointed to the ``patient_state`` t
 changelog) on every score, important event, or minute of event time -- not on every 1 Hz sample,
 which made the changelog as large as the input and table recovery slower than the stream. Input
 messages are acknowledged (so their offsets committed) only once a checkpoint covers them and their
-scores are published (``streams/acks.py``): a worker killed at any point loses nothing.
+scores are published (``streams/kafka/acks.py``): a worker killed at any point loses nothing.
   icu.scores  ->  raise_alerts  ->  database + icu.alerts
   anything that fails to decode  ->  icu.deadletter (original bytes + reason)
 """
@@ -22,36 +22,22 @@ import zlib
 
 import faust
 
-from icuwatch.deploy.worker_process import stats_path
-from icuwatch.settings import get_settings
-from icuwatch.streams import alerting, commit_floor, commit_guard, memory_profile, patient_state, schemas, topics
-from icuwatch.streams.acks import PendingAcks
-from icuwatch.streams.kafka_security import faust_credentials
+from icuwatch.core.settings import get_settings
+from icuwatch.streams import alerting, memory_profile, patient_state
+from icuwatch.streams.kafka import install_patches
+from icuwatch.core import schemas, topics
+from icuwatch.streams.kafka.acks import PendingAcks
+from icuwatch.streams.kafka.security import faust_credentials
 from icuwatch.streams.batcher import ScoreBatcher
 from icuwatch.streams.scoring import StudentScorer, TritonScorer, load_norm
 from icuwatch.streams.waveform_state import WINDOW_S as WAVEFORM_WINDOW_S, WaveformState
 from icuwatch.streams.sink import StorageSink
+from icuwatch.streams.stats import stats_path
 
 log = logging.getLogger(__name__)
 settings = get_settings()
 
-def _fetch_wait(ms: int) -> None:
-    """Set the Faust consumer's fetch wait (Faust hard-codes it; see ``consumer_fetch_max_wait_ms``)."""
-    from faust.transport.drivers import aiokafka as driver
-
-    create = driver.AIOKafkaConsumerThread._create_worker_consumer
-
-    def create_with_wait(self, transport):
-        consumer = create(self, transport)
-        consumer._fetch_max_wait_ms = ms
-        return consumer
-
-    driver.AIOKafkaConsumerThread._create_worker_consumer = create_with_wait
-
-
-_fetch_wait(settings.consumer_fetch_max_wait_ms)
-commit_guard.install()
-commit_floor.install()
+install_patches(settings)
 app = faust.App(
     settings.app_id,
     broker=f"kafka://{settings.broker}",
@@ -123,7 +109,7 @@ def batcher() -> ScoreBatcher:
 def cohort_row(state: dict, t: float) -> dict | None:
     if student_norm is None:
         return None
-    from icuwatch.fusion.stream_features import cohort_row as row
+    from icuwatch.streams.student_row import cohort_row as row
 
     return row(state, t, student_norm)
 
@@ -150,7 +136,7 @@ def _ack(events: list) -> None:
 
 def checkpoint(key: bytes, everything: bool = False) -> bool:
     """Write the patient's live state to the table and acknowledge the events it covers; not while
-    one of the patient's scores waits to be published (see ``streams/acks.py``)."""
+    one of the patient's scores waits to be published (see ``streams/kafka/acks.py``)."""
     state = live_state.get(key)
     if state is None or not pending_acks.can_checkpoint(key):
         return False

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from icuwatch.encoders.tokenizer import MAX_TOKENS, encode
-from icuwatch.fusion.cohort import IMAGE_SIZE, Cohort
+from icuwatch.fusion.cohorts.base import IMAGE_SIZE, Cohort
 
 
 def toy_cohort(n_groups: int = 60, rows_per_group: int = 10, seed: int = 0, imaging: bool = False) -> Cohort:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from icuwatch.deploy.worker_process import start_worker, stop_worker
-from icuwatch.settings import Settings
+from icuwatch.core.settings import Settings
 
 TEST_ENV = {
     "ICUWATCH_BROKER": "127.0.0.1:19092",

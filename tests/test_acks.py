@@ -1,4 +1,4 @@
-from icuwatch.streams.acks import PendingAcks
+from icuwatch.streams.kafka.acks import PendingAcks
 
 
 class Clock:

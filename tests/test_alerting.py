@@ -1,4 +1,5 @@
-from icuwatch.streams import alerting, schemas
+from icuwatch.streams import alerting
+from icuwatch.core import schemas
 
 T = 1_764_000_000.0
 # refractory_s=0: these tests are about the hysteresis alone (the refractory period has its own).
@@ -58,7 +59,7 @@ REFRACTORY = {k: alerting.Thresholds(0.5, 0.3, confirm=2, clear=3, refractory_s=
 
 
 def test_refractory_period_defaults_to_the_setting():
-    from icuwatch.settings import Settings
+    from icuwatch.core.settings import Settings
 
     assert alerting.Thresholds(0.5, 0.3).refractory_s == Settings().alert_refractory_s == 1800.0
 

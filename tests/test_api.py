@@ -27,10 +27,10 @@ with warnings.catch_warnings():  # "install httpx2 instead": httpx is what the p
     from fastapi.testclient import TestClient
 
 from icuwatch.api.app import RedactTokenFilter, create_app, escalate_once
-from icuwatch.settings import Settings
+from icuwatch.core.settings import Settings
 from icuwatch.storage import db, repository as repo
 from icuwatch.storage.models import Alert
-from icuwatch.streams import schemas
+from icuwatch.core import schemas
 
 NOW = time.time()
 
@@ -504,8 +504,8 @@ def test_stream_pushes_alert_changes(app, sessions, tokens):
 
 
 def test_cli_token_and_serve_parser(settings, client):
-    from icuwatch.api.cli import issue_token
-    from icuwatch.cli import build_parser
+    from icuwatch.storage.tokens import issue_token
+    from icuwatch.cli.main import build_parser
 
     token = issue_token(settings, "amy", "nurse")
     assert client.get("/api/me", headers=bearer(token)).json() == {"user": "amy", "role": "nurse"}

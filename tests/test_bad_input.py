@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from icuwatch.deploy import bad_input
-from icuwatch.streams import schemas, topics
-from icuwatch.streams.simulator import Simulation
+from icuwatch.benchmarks import bad_input
+from icuwatch.core import schemas, topics
+from icuwatch.sources.simulator import Simulation
 
 T = 1_764_000_000.0
 GOOD = {

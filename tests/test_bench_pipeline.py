@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from icuwatch.deploy.bench_pipeline import Acks, lag_now, read_stats
+from icuwatch.benchmarks.pipeline import Acks, lag_now, read_stats
 
 
 def test_lag_counts_records_past_the_last_taken_offset_and_the_oldest_ones_age():
@@ -54,7 +54,7 @@ def test_kafka_producer_uses_the_c_crc32c():
 
 @pytest.mark.stack
 def test_a_short_bench_balances_its_books():
-    from icuwatch.deploy.bench_pipeline import run
+    from icuwatch.benchmarks.pipeline import run
 
     out = run(beds=20, minutes=0.4, workers=1, progress=False)
     msgs = out["messages"]
@@ -70,7 +70,7 @@ def test_a_short_bench_balances_its_books():
 
 
 def test_rss_growth_is_the_slope_in_mb_per_minute():
-    from icuwatch.deploy.bench_pipeline import rss_growth_per_min
+    from icuwatch.benchmarks.pipeline import rss_growth_per_min
 
     flat = [{"at": 1000.0 + i, "rss_mb": 400.0 + (i % 2)} for i in range(120)]
     assert abs(rss_growth_per_min(flat)) < 0.1
@@ -85,7 +85,7 @@ def test_soak_1000_beds_for_10_minutes():
     """Issue 8's load and soak run (opt-in): memory flat, lag bounded, nothing lost. Two workers
     share the partitions: one alone takes ~2,200 of the 2,550 messages/s on this 2-core machine
     and falls behind (README, "Measured")."""
-    from icuwatch.deploy.bench_pipeline import run
+    from icuwatch.benchmarks.pipeline import run
 
     out = run(beds=1000, minutes=10, chunk_s=2, workers=2, progress=False)
     assert out["messages"]["lost"] == 0 and out["scores"]["lost"] == 0 and out["alerts"]["lost"] == 0
@@ -100,7 +100,7 @@ def test_soak_memory_flattens_once_every_window_is_full():
     windows filling from a leak, so 200 beds at 5x event time (the same messages/s) fill theirs
     within 12 of 18 minutes. RSS grew ~10 MB/min while they filled and ~2 MB/min after, falling to
     ~0.2 in the last 3 minutes (README, "Measured"); a leak would keep its pace."""
-    from icuwatch.deploy.bench_pipeline import run
+    from icuwatch.benchmarks.pipeline import run
 
     out = run(beds=200, minutes=18, speed=5, chunk_s=2, workers=2, progress=False)
     assert out["messages"]["lost"] == 0 and out["alerts"]["lost"] == 0 and out["alerts"]["duplicated"] == 0

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from icuwatch.settings import REPO_ROOT
+from icuwatch.core.settings import REPO_ROOT
 from icuwatch.storage import db
 from icuwatch.storage.models import Alert
 from stack_fixtures import free_port, running_worker, wait_for
@@ -41,7 +41,7 @@ pytestmark = [
 
 def issue_nurse_token(settings) -> str:
     try:
-        from icuwatch.api.cli import issue_token
+        from icuwatch.storage.tokens import issue_token
     except ImportError:
         issue_token = None
     if issue_token is not None:
@@ -57,7 +57,7 @@ def serve(settings, env: dict[str, str], port: int, log_path: Path) -> subproces
     full_env = {**os.environ, **env, "ICUWATCH_DATABASE_URL": settings.database_url,
                 "ICUWATCH_API_STREAM_POLL_S": "0.5"}
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "icuwatch.cli", "serve", "--host", "127.0.0.1",
+        proc = subprocess.Popen([sys.executable, "-m", "icuwatch.cli.main", "serve", "--host", "127.0.0.1",
                                  "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=full_env)
 
     def up():
@@ -116,9 +116,9 @@ def browser_page(tmp_path):
 def test_alert_appears_live_and_nurse_acknowledges_it(browser_page, board):
     from playwright.sync_api import expect
 
-    from icuwatch.streams.producer import make_producer
-    from icuwatch.streams.simulator import Simulation
-    from icuwatch.streams.simulator.producer import publish
+    from icuwatch.streams.kafka.producer import make_producer
+    from icuwatch.sources.simulator import Simulation
+    from icuwatch.sources.simulator.producer import publish
 
     settings, base_url, token = board
     page = browser_page

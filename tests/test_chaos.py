@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from icuwatch.deploy.chaos import POSTGRES_ADMIN_URL, Config, SCENARIOS, compare, run_chaos
-from icuwatch.deploy.fault_proxy import FaultProxy
+from icuwatch.benchmarks.chaos import POSTGRES_ADMIN_URL, Config, SCENARIOS, compare, run_chaos
+from icuwatch.benchmarks.fault_proxy import FaultProxy
 from stack_fixtures import free_port
 
 
@@ -61,10 +61,10 @@ def test_fault_proxy_admits_only_the_topic_admin_to_a_restarted_broker(tmp_path)
     from kafka.errors import KafkaTimeoutError
 
     from icuwatch.deploy import broker
-    from icuwatch.deploy.fault_proxy import kafka_client_id
+    from icuwatch.benchmarks.fault_proxy import kafka_client_id
     from icuwatch.deploy.processes import split_host_port
-    from icuwatch.settings import Settings
-    from icuwatch.streams import topics
+    from icuwatch.core.settings import Settings
+    from icuwatch.core import topics
 
     settings = Settings(broker=f"127.0.0.1:{free_port()}", state_dir=tmp_path)
     listen = f"127.0.0.1:{free_port()}"
@@ -140,7 +140,7 @@ def test_chaos_drill_loses_and_duplicates_no_alert():
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_100k_malformed_messages_all_deadlettered_good_ones_processed():
-    from icuwatch.deploy.bad_input import run_bad_input
+    from icuwatch.benchmarks.bad_input import run_bad_input
 
     result = run_bad_input(100_000, progress=False)
     assert result["malformed_sent"] == 100_000
@@ -148,7 +148,7 @@ def test_100k_malformed_messages_all_deadlettered_good_ones_processed():
 
 
 def test_vital_rows_missing_sums_what_the_hourly_aggregates_lack():
-    from icuwatch.deploy.chaos.states import vital_rows_missing
+    from icuwatch.benchmarks.chaos.states import vital_rows_missing
 
     expected = {"p1": {"hourly": [[0, 60.0, 4800.0], [1, 3600.0, 1.0], [2, 10.0, 1.0]]},
                 "p2": {"hourly": [[0, 5.0, 400.0]]},

@@ -1,5 +1,5 @@
 """Faust commits past messages it has not seen acknowledged (faust-streaming 0.15.3); the worker's
-patch (``streams/commit_floor.py``) does not. Pure: Faust's own bookkeeping on a bare object."""
+patch (``streams/kafka/commit_floor.py``) does not. Pure: Faust's own bookkeeping on a bare object."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from faust.transport.consumer import Consumer
 from intervaltree import IntervalTree
 
-from icuwatch.streams.commit_floor import _filter_committable_offsets, new_offset, oldest_unacked
+from icuwatch.streams.kafka.commit_floor import _filter_committable_offsets, new_offset, oldest_unacked
 
 TP = ("icu.labs", 2)
 

@@ -14,8 +14,8 @@ from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.errors import CommitFailedError
 
 from icuwatch.deploy import broker
-from icuwatch.settings import Settings
-from icuwatch.streams import commit_guard
+from icuwatch.core.settings import Settings
+from icuwatch.streams.kafka import commit_guard
 from stack_fixtures import free_port
 
 TOPIC = "icu.vitals"

@@ -27,19 +27,21 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-from icuwatch.fusion import features as F
-from icuwatch.fusion import rules
-from icuwatch.settings import REPO_ROOT, Settings
+from icuwatch.core import features as F
+from icuwatch.core import rules
+from icuwatch.core.settings import REPO_ROOT, Settings
+from icuwatch.serving import MODEL_REPOSITORY
 from icuwatch.storage import db, lifecycle, repository as repo
 from icuwatch.storage.models import Alert as AlertRow
 from icuwatch.storage.models import Base
 from icuwatch.storage.models import Score as ScoreRow
-from icuwatch.streams import alerting, patient_state, schemas, topics
+from icuwatch.streams import alerting, patient_state
+from icuwatch.core import schemas, topics
 from icuwatch.streams.batcher import ScoreBatcher
 from icuwatch.streams.scoring import TritonScorer
 
 T0 = 1_700_000_000.0
-MODEL_DIR = REPO_ROOT / "deploy" / "triton" / "models" / "early_warning"
+MODEL_DIR = MODEL_REPOSITORY / "early_warning"
 
 
 def L(z: float) -> float:

@@ -10,7 +10,7 @@ from PIL import Image
 from icuwatch.encoders import tokenizer
 from icuwatch.encoders.cxr import CxrEncoder, load_cxr, png_to_array, to_tensor
 from icuwatch.encoders.text import ReportEncoder
-from icuwatch.streams.simulator import cxr as sim_cxr
+from icuwatch.sources.simulator import cxr as sim_cxr
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from icuwatch.deploy import api_server
-from icuwatch.demo import run_demo
+from icuwatch.benchmarks.demo import run_demo
 
 pytestmark = pytest.mark.stack
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from icuwatch.serving import MODEL_REPOSITORY
+
 ROOT = Path(__file__).resolve().parent.parent
 PROD = ROOT / "deploy" / "production"
 K8S = PROD / "k8s"
@@ -139,7 +141,7 @@ def test_compose_structure():
 
 
 def test_compose_topics_init_creates_every_topic_equally():
-    from icuwatch.streams import topics
+    from icuwatch.core import topics
 
     init = compose()["services"]["topics-init"]
     env = init["environment"]
@@ -187,10 +189,10 @@ def test_triton_model_repository_exists():
     mounts = c["services"]["triton"]["volumes"]
     src = next(m.split(":")[0] for m in mounts if m.split(":")[1] == "/models")
     repo = (PROD / src).resolve()
-    assert repo == ROOT / "deploy" / "triton" / "models"
+    assert repo == MODEL_REPOSITORY
     assert (repo / "early_warning" / "config.pbtxt").is_file()
     assert (repo / "early_warning" / "1" / "model.py").is_file()
-    assert "COPY deploy/triton/models /models" in (PROD / "triton.Dockerfile").read_text()
+    assert "COPY serving/models /models" in (PROD / "triton.Dockerfile").read_text()
     assert re.search(r"^FROM nvcr\.io/nvidia/tritonserver:\$\{TRITON_VERSION\}-py3$",
                      (PROD / "triton.Dockerfile").read_text(), re.M)
 
@@ -248,15 +250,16 @@ def test_triton_image_installs_pyprojects_torch_cpu_build():
     install = next(line for line in text.splitlines() if '"torch==${TORCH_VERSION}"' in line)
     assert "--index-url https://download.pytorch.org/whl/cpu" in install  # no CUDA wheels
     assert re.search(r'check_triton_repository\.py \\\n\s+--torch "\$\{TORCH_VERSION\}" /models /models-fusion', text)
-    assert (PROD / "check_triton_repository.py").is_file()  # reaches the image with COPY deploy deploy
-    assert re.search(r"^COPY deploy deploy$", text, re.M)
+    assert (PROD / "check_triton_repository.py").is_file()
+    assert "COPY deploy/production/check_triton_repository.py " in text
+    assert re.search(r"^COPY core /opt/icuwatch/icuwatch/core$", text, re.M)  # the rule model imports core only
     # the Python services' image carries the same torch
     assert f"torch=={pin}" in (PROD / "icuwatch.Dockerfile").read_text()
 
 
 def test_triton_image_bakes_the_exported_repository():
-    from icuwatch.fusion import triton_export
-    from icuwatch.settings import Settings
+    from icuwatch.serving import export as triton_export
+    from icuwatch.core.settings import Settings
 
     text = TRITON_DOCKERFILE.read_text()
     default = _dockerfile_arg(text, "FUSION_REPOSITORY")
@@ -295,8 +298,8 @@ def test_k8s_triton_serves_both_repositories():
 
 
 def test_student_scoring_is_optional_and_off_by_default():
-    from icuwatch.fusion import triton_export
-    from icuwatch.settings import Settings
+    from icuwatch.serving import export as triton_export
+    from icuwatch.core.settings import Settings
 
     student = triton_export.triton_name(f"{triton_export.STUDENT}-physionet")
     assert student == "student_physionet"
@@ -344,7 +347,7 @@ def _stand_in_export(repo: Path, name: str = "student_toy", torch_version: str |
 
     import torch
 
-    from icuwatch.fusion import triton_export
+    from icuwatch.serving import export as triton_export
 
     class Toy(torch.nn.Module):
         def forward(self, batch: Dict[str, torch.Tensor], early_exit: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -372,7 +375,7 @@ def test_image_check_accepts_an_export_and_refuses_what_would_not_serve(tmp_path
     source = (PROD / "check_triton_repository.py").read_text()
     ast.parse(source, feature_version=(3, 10))  # the Triton 24.10 container's Python
     check = _check_module()
-    rules = ROOT / "deploy" / "triton" / "models"
+    rules = MODEL_REPOSITORY
     installed = check.release(torch.__version__)
     assert installed == _pyproject_torch()
 
@@ -410,8 +413,8 @@ KAFKA_COMMANDS = ("worker", "hl7-listen", "dicom-listen")
 
 def test_icuwatch_kafka_clients_use_sasl_ssl_from_settings():
     """Every icuwatch Kafka client reaches a SASL_SSL listener with TLS/SASL from ICUWATCH_KAFKA_*
-    (streams/kafka_security.py); the password only from the environment / a Secret."""
-    from icuwatch.settings import Settings
+    (streams/kafka/security.py); the password only from the environment / a Secret."""
+    from icuwatch.core.settings import Settings
 
     assert {"kafka_security_protocol", "kafka_sasl_password", "kafka_ssl_cafile"} <= set(Settings.model_fields)
     c = compose()

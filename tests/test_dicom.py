@@ -24,8 +24,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from icuwatch.interfaces import dicom_encode, dicom_scp
 from icuwatch.interfaces.dicom_scp import (STATUS_CANNOT_UNDERSTAND, STATUS_NOT_CXR, STATUS_OUT_OF_RESOURCES,
                                            STATUS_UNKNOWN_PATIENT)
-from icuwatch.streams import schemas, topics
-from icuwatch.streams.simulator import cxr as sim_cxr
+from icuwatch.core import schemas, topics
+from icuwatch.sources.simulator import cxr as sim_cxr
 from stack_fixtures import free_port
 
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"

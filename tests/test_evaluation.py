@@ -222,7 +222,7 @@ def test_auroc_auprc():
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from icuwatch.fusion.evaluation.cli import evaluate_dirs  # noqa: E402
+from icuwatch.fusion.evaluation.prediction_dirs import evaluate_dirs  # noqa: E402
 from icuwatch.fusion.evaluation.report import EvaluationError  # noqa: E402
 
 
@@ -290,7 +290,7 @@ def test_missing_patient_and_row_mismatch_are_errors(tiny):
 
 
 def test_cli_json_and_compare(tiny, capsys):
-    from icuwatch.cli import main
+    from icuwatch.cli.main import main
 
     root, _ = tiny
     rc = main(["evaluate", str(root / "silent"), str(root / "labels"), "--out", str(root / "cli"),
@@ -306,7 +306,7 @@ def test_cli_json_and_compare(tiny, capsys):
 
 
 def _real_stays(n: int):
-    from icuwatch.fusion.physionet import default_data_dir, list_stays
+    from icuwatch.sources.physionet import default_data_dir, list_stays
 
     data = default_data_dir()
     if not data.is_dir():
@@ -318,7 +318,7 @@ def _real_stays(n: int):
 
 
 def test_report_on_real_stays(tmp_path):
-    from icuwatch.fusion.physionet import read_psv
+    from icuwatch.sources.physionet import read_psv
 
     data, paths = _real_stays(30)
     labels_dir = tmp_path / "labels"
@@ -358,7 +358,7 @@ def test_report_on_real_stays(tmp_path):
 def test_data_note_for_the_real_folder(tmp_path):
     from icuwatch.fusion.evaluation.report import data_provenance
 
-    from icuwatch.fusion.physionet import default_data_dir
+    from icuwatch.sources.physionet import default_data_dir
 
     data = default_data_dir()
     if not data.is_dir():

@@ -29,9 +29,9 @@ with warnings.catch_warnings():
 from icuwatch.api.app import create_app
 from icuwatch.interfaces import fhir_export as fx
 from icuwatch.interfaces import fhir_push as fp
-from icuwatch.settings import Settings
+from icuwatch.core.settings import Settings
 from icuwatch.storage import db, repository as repo
-from icuwatch.streams import schemas
+from icuwatch.core import schemas
 
 T0 = 1_700_000_000.0
 MODELS = {"RiskAssessment": RiskAssessment, "Flag": Flag, "DetectedIssue": DetectedIssue}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from icuwatch.fusion.evaluation.fusion_compare import keep_mask, row_metrics
-from icuwatch.fusion.physionet import default_data_dir, read_psv
+from icuwatch.sources.physionet import default_data_dir, read_psv
 
 DATA = default_data_dir()
 needs_data = pytest.mark.skipif(not DATA.exists(), reason="PhysioNet 2019 data not present")

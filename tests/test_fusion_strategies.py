@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 
 from fusion_toy import toy_cohort
 from icuwatch.fusion import model_store
-from icuwatch.fusion.cohort import gather
+from icuwatch.fusion.cohorts.base import gather
 from icuwatch.fusion.strategies import DEFAULTS, build
 from icuwatch.fusion.strategies.base import InputSpec, to_tensors
 from icuwatch.fusion.training import (TrainConfig, fit_temperature, focal_loss, modality_dropout,
@@ -166,7 +166,7 @@ def test_absent_image_and_report_cannot_change_the_score(imaging_cohort):
 def test_joint_embedding_fusion_trains_on_its_contrastive_towers(imaging_cohort, tmp_path, monkeypatch):
     """prepare() trains the CLIP towers on the TRAIN studies when none are saved; fusion training
     leaves them frozen."""
-    from icuwatch.fusion.strategies import joint_embedding as je
+    from icuwatch.fusion import joint_space as je
 
     monkeypatch.setattr(je, "default_model_dir", lambda: tmp_path / "joint")
     cfg = TrainConfig(epochs=1, rows_per_epoch=48, batch_size=16, threads=1)

@@ -19,10 +19,10 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from icuwatch.api.app import create_app
-from icuwatch.settings import Settings
+from icuwatch.core.settings import Settings
 from icuwatch.storage import db, repository as repo
 from icuwatch.storage.tokens import create_token
-from icuwatch.streams import schemas
+from icuwatch.core import schemas
 
 T = 1_764_000_000.0
 FUZZ = settings(max_examples=150, deadline=None,

@@ -11,7 +11,7 @@ import json
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from icuwatch.streams import schemas, topics
+from icuwatch.core import schemas, topics
 
 T = 1_764_000_000.0
 EXAMPLES: dict[str, dict] = {

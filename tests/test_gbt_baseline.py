@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from icuwatch.fusion.baselines.features import FEATURE_NAMES, FEATURE_VERSION, NEVER, N_FEATURES, stay_features
-from icuwatch.fusion.physionet import Stay, default_data_dir, list_stays, read_psv
+from icuwatch.sources.physionet import Stay, default_data_dir, list_stays, read_psv
 
 DATA = default_data_dir()
 needs_data = pytest.mark.skipif(not DATA.is_dir() or not list_stays(DATA, limit=1),

@@ -20,8 +20,8 @@ from icuwatch.interfaces.hl7_listener import Hl7Listener, build_ack
 from icuwatch.interfaces.hl7_mapping import (
     Hl7Reject, completed_years, load_mapping, map_message, parse_ts, sanitize_patient_id,
 )
-from icuwatch.streams import topics
-from icuwatch.streams.schemas import LAB_UNITS, Adt, Lab, Vitals
+from icuwatch.core import topics
+from icuwatch.core.schemas import LAB_UNITS, Adt, Lab, Vitals
 
 MAPPING = load_mapping()
 T0 = 1732550400.0  # 2024-11-25T16:00:00Z
@@ -118,7 +118,7 @@ def test_every_lab_rule_targets_a_schema_analyte():
             if rule.topic == "labs":
                 assert rule.field in LAB_UNITS
     # the simulator's analytes all have an identity row (the encoder's code and unit)
-    from icuwatch.streams.simulator.labs import FULL
+    from icuwatch.sources.simulator.labs import FULL
     assert all(MAPPING.preferred("labs", a) for a in FULL)
 
 
@@ -240,7 +240,7 @@ def test_encoder_round_trip():
         if isinstance(msg, Adt):
             assert back.hospital_admit_time == (None if msg.hospital_admit_time is None
                                                 else pytest.approx(msg.hospital_admit_time, abs=1e-4))
-    from icuwatch.streams.simulator import Simulation
+    from icuwatch.sources.simulator import Simulation
     sim = Simulation(n_patients=2, seed=3, start_time=T0, duration_s=1200, waveforms=False, patient_prefix="rt")
     n = 0
     for _, topic, msg in sim.timed_messages():
@@ -385,7 +385,7 @@ def test_listener_end_to_end(stack):
 
 @pytest.mark.stack
 def test_simulator_via_hl7(stack):
-    from icuwatch.streams.simulator import Simulation
+    from icuwatch.sources.simulator import Simulation
 
     settings, _ = stack
     prefix = f"h{uuid.uuid4().hex[:6]}-"

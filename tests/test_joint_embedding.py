@@ -1,5 +1,5 @@
-"""fusion.strategies.joint_embedding (CLIP-style X-ray/report embedding), fusion.cxr_archive and
-its CLI (fusion.cxr_cli), on synthetic simulator studies."""
+"""fusion.joint_space (CLIP-style X-ray/report embedding), fusion.cxr_archive and
+its CLI (cli.cxr), on synthetic simulator studies."""
 
 import argparse
 import json
@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from icuwatch.encoders import tokenizer
-from icuwatch.fusion import cxr_archive, cxr_cli
-from icuwatch.fusion.strategies import joint_embedding as je
+from icuwatch.fusion import cxr_archive
+from icuwatch.cli import cxr as cxr_cli
+from icuwatch.fusion import joint_space as je
 
 DIFFUSE_QUERY = ("Extensive bilateral diffuse hazy and airspace opacities, basal and perihilar predominant. "
                  "Impression: Pulmonary edema versus ARDS.")
@@ -164,8 +165,8 @@ def test_archive_indexes_a_recorded_cxr_stream(trained, tmp_path):
     line is skipped, other topics ignored, a repeated study not added twice."""
     import base64
 
-    from icuwatch.streams import schemas
-    from icuwatch.streams.simulator import cxr as sim_cxr
+    from icuwatch.core import schemas
+    from icuwatch.sources.simulator import cxr as sim_cxr
 
     png = sim_cxr.render(0.8, "diffuse", "right", np.random.default_rng(0))
     msg = schemas.Cxr(patient_id="p1", event_time=1.7e9, study_id="s-1", arrival_time=1.7e9 + 600,

@@ -11,8 +11,8 @@ import pytest
 from faust.auth import SASLCredentials, SSLCredentials
 from faust.types.auth import AuthProtocol
 
-from icuwatch.settings import Settings
-from icuwatch.streams.kafka_security import faust_credentials, kafka_python_config
+from icuwatch.core.settings import Settings
+from icuwatch.streams.kafka.security import faust_credentials, kafka_python_config
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,9 @@
 import json
 import math
 
-from icuwatch.fusion import features as F
+from icuwatch.core import features as F
 from icuwatch.streams import patient_state as ps
-from icuwatch.streams import schemas
+from icuwatch.core import schemas
 
 T = 1_764_000_000.0
 

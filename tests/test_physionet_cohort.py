@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from icuwatch.fusion.cohort import SPLIT_CODES, Cohort
+from icuwatch.fusion.cohorts.base import SPLIT_CODES, Cohort
 from icuwatch.fusion.cohorts import physionet as ph
-from icuwatch.fusion.physionet import LAB_COLUMNS, VITAL_COLUMNS, Stay, default_data_dir, list_stays, \
+from icuwatch.sources.physionet import LAB_COLUMNS, VITAL_COLUMNS, Stay, default_data_dir, list_stays, \
     read_psv, split_of
 
 DATA = default_data_dir()

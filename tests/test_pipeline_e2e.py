@@ -12,12 +12,12 @@ import pytest
 from sqlalchemy import select
 
 from icuwatch.deploy import triton
-from icuwatch.deploy.bad_input import read_deadletters
-from icuwatch.fusion.features import MODALITIES
+from icuwatch.benchmarks.bad_input import read_deadletters
+from icuwatch.core.features import MODALITIES
 from icuwatch.storage import db
 from icuwatch.storage.models import Alert, Score
-from icuwatch.streams import schemas, topics
-from icuwatch.streams.producer import make_producer
+from icuwatch.core import schemas, topics
+from icuwatch.streams.kafka.producer import make_producer
 from stack_fixtures import postgres_database, running_worker, wait_for
 
 pytestmark = pytest.mark.stack
@@ -63,8 +63,8 @@ def sessions(settings):
 
 
 def test_simulated_deterioration_alert_lands_in_database(pipeline, worker_log):
-    from icuwatch.streams.simulator import Simulation
-    from icuwatch.streams.simulator.producer import publish
+    from icuwatch.sources.simulator import Simulation
+    from icuwatch.sources.simulator.producer import publish
 
     prefix = f"e2e{uuid.uuid4().hex[:6]}-"
     sim = Simulation(n_patients=2, seed=11, start_time=time.time() - 4 * 3600, duration_s=3 * 3600,

@@ -13,10 +13,10 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from icuwatch.deploy import broker
-from icuwatch.settings import Settings
-from icuwatch.streams import schemas, topics
-from icuwatch.streams.pacing import send_paced
-from icuwatch.streams.producer import make_producer
+from icuwatch.core.settings import Settings
+from icuwatch.core import schemas, topics
+from icuwatch.sources.pacing import send_paced
+from icuwatch.streams.kafka.producer import make_producer
 from stack_fixtures import free_port
 
 

@@ -8,8 +8,8 @@ import uuid
 import numpy as np
 import pytest
 
-from icuwatch.fusion import physionet
-from icuwatch.fusion.physionet import Stay, read_psv
+from icuwatch.sources import physionet
+from icuwatch.sources.physionet import Stay, read_psv
 
 DATA = physionet.default_data_dir()
 needs_data = pytest.mark.skipif(not DATA.exists(), reason=f"PhysioNet data not at {DATA}")
@@ -73,8 +73,8 @@ def test_streaming_scores_agree_with_psv_predict(stack, tmp_path):
     from icuwatch.fusion.psv_predict import hour_times, rule_outputs
     from icuwatch.storage import db
     from icuwatch.storage.repository import utc
-    from icuwatch.streams.producer import make_producer
-    from icuwatch.streams.replay.psv import stay_messages
+    from icuwatch.streams.kafka.producer import make_producer
+    from icuwatch.sources.psv import stay_messages
     from stack_fixtures import running_worker, wait_for_scores
 
     base_settings, env = stack

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import wfdb
 
-from icuwatch.fusion.physionet import LAB_COLUMNS, VITAL_COLUMNS, Stay, default_data_dir, list_stays, read_psv
-from icuwatch.streams import schemas, topics
-from icuwatch.streams.replay.archive import archive_messages, read_archive, record, replay_file
-from icuwatch.streams.replay.beats import waveform_beats
-from icuwatch.streams.replay.psv import (DEFAULT_BASE_TIME, icu_admit_time, psv_timed_messages, replay_psv,
+from icuwatch.sources.physionet import LAB_COLUMNS, VITAL_COLUMNS, Stay, default_data_dir, list_stays, read_psv
+from icuwatch.core import schemas, topics
+from icuwatch.sources.recording import archive_messages, read_archive, record, replay_file
+from icuwatch.fusion.evaluation.beats import waveform_beats
+from icuwatch.sources.psv import (DEFAULT_BASE_TIME, icu_admit_time, psv_timed_messages, replay_psv,
                                          stay_messages)
-from icuwatch.streams.replay.wfdb_records import record_messages, sanitize_patient_id
+from icuwatch.sources.wfdb_records import record_messages, sanitize_patient_id
 
 PSV_DIR = default_data_dir()
 WFDB_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wfdb"
@@ -237,7 +237,7 @@ def test_waveform_beats_synthetic_annotated_record(tmp_path, capsys):
     out = tmp_path / "out"
     assert waveform_beats(rec_dir / "syn", out)["scored"] is False  # no reference yet: said, not invented
     wfdb.wrann("syn", "atr", beats, symbol=["N"] * beats.size, write_dir=str(rec_dir), fs=fs)
-    from icuwatch.cli import main
+    from icuwatch.cli.main import main
 
     assert main(["waveform-beats", str(rec_dir / "syn"), str(out)]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -303,7 +303,7 @@ def _read_back(settings, topic_names, key_ok, expected: int, timeout_s=30.0):
 @pytest.mark.stack
 @needs_psv
 def test_replay_psv_into_broker_and_read_back(stack):
-    from icuwatch.streams.producer import make_producer
+    from icuwatch.streams.kafka.producer import make_producer
 
     settings, _ = stack
     prefix = f"r{uuid.uuid4().hex[:6]}-"
@@ -323,7 +323,7 @@ def test_replay_psv_into_broker_and_read_back(stack):
 
 @pytest.mark.stack
 def test_record_then_replay_file_round_trip(stack, tmp_path):
-    from icuwatch.streams.producer import make_producer
+    from icuwatch.streams.kafka.producer import make_producer
 
     settings, _ = stack
     pid = f"rt{uuid.uuid4().hex[:8]}"

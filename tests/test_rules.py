@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from icuwatch.fusion import features as F
-from icuwatch.fusion import rules
+from icuwatch.core import features as F
+from icuwatch.core import rules
 
 
 def row(**values):

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from icuwatch.streams import schemas, topics
+from icuwatch.core import schemas, topics
 
 T = 1_764_000_000.0
 

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from icuwatch.fusion import physionet
+from icuwatch.sources import physionet
 from icuwatch.fusion.shadow import alert_hours, compare, onset_hour, write_report
 
 DATA = physionet.default_data_dir()

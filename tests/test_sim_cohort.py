@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from icuwatch.fusion.cohort import SPLIT_CODES, Cohort
+from icuwatch.fusion.cohorts.base import SPLIT_CODES, Cohort
 from icuwatch.fusion.cohorts import sim
-from icuwatch.fusion.physionet import split_of
-from icuwatch.streams.simulator import cxr as cxr_images
-from icuwatch.streams.simulator.patients import STREAM_VITALS, STREAM_WAVES, draw_patients
-from icuwatch.streams.simulator.physiology import VitalsGenerator
-from icuwatch.streams.simulator.simulation import BLOCK_S
-from icuwatch.streams.simulator.waveforms import WaveformGenerator
+from icuwatch.sources.physionet import split_of
+from icuwatch.sources.simulator import cxr as cxr_images
+from icuwatch.sources.simulator.patients import STREAM_VITALS, STREAM_WAVES, draw_patients
+from icuwatch.sources.simulator.physiology import VitalsGenerator
+from icuwatch.sources.simulator.simulation import BLOCK_S
+from icuwatch.sources.simulator.waveforms import WaveformGenerator
 
 N, HOURS, SEED = 20, 12, 2  # seed 2: this small cohort has X-rays of severity > 0.5
 

@@ -15,12 +15,12 @@ import wfdb.processing
 from PIL import Image
 from scipy.signal import find_peaks
 
-from icuwatch.streams import schemas, topics
-from icuwatch.streams.simulator import (
+from icuwatch.core import schemas, topics
+from icuwatch.sources.simulator import (
     Simulation, image_format, load_image, load_image_b64, publish, to_b64, write_ground_truth,
 )
-from icuwatch.streams.simulator import cxr as cxr_images
-from icuwatch.streams.simulator.labs import lab_messages
+from icuwatch.sources.simulator import cxr as cxr_images
+from icuwatch.sources.simulator.labs import lab_messages
 
 T0 = 1_700_000_000.0
 ONSET_S = 1200.0

@@ -19,10 +19,10 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from icuwatch.settings import get_settings
+from icuwatch.core.settings import get_settings
 from icuwatch.storage import db, repository as repo
 from icuwatch.storage.models import Alert, Base, Patient, Score
-from icuwatch.streams import schemas
+from icuwatch.core import schemas
 
 T0 = 1_700_000_000.0
 

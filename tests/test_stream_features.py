@@ -1,4 +1,4 @@
-"""The streamed PhysioNet-cohort row (``fusion/stream_features.py``) against the offline cohort, and
+"""The streamed PhysioNet-cohort row (``streams/student_row.py``) against the offline cohort, and
 the worker's student scoring path (``StudentScorer`` + batcher) with a fake Triton client."""
 
 from __future__ import annotations
@@ -10,16 +10,17 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from icuwatch.fusion import features as F
-from icuwatch.fusion import rules
+from icuwatch.core import features as F
+from icuwatch.core import rules
 from icuwatch.fusion.cohorts.physionet import STATIC_CHANNELS, fit_norm, read_stay, stay_inputs
-from icuwatch.fusion.physionet import default_data_dir, list_stays
+from icuwatch.sources.physionet import default_data_dir, list_stays
 from icuwatch.fusion.psv_predict import hour_times
-from icuwatch.fusion.stream_features import FIELDS, cohort_row, stack_rows
-from icuwatch.settings import Settings
-from icuwatch.streams import patient_state, schemas
+from icuwatch.streams.student_row import FIELDS, cohort_row, stack_rows
+from icuwatch.core.settings import Settings
+from icuwatch.streams import patient_state
+from icuwatch.core import schemas
 from icuwatch.streams.batcher import ScoreBatcher
-from icuwatch.streams.replay.psv import DEFAULT_BASE_TIME, stay_messages
+from icuwatch.sources.psv import DEFAULT_BASE_TIME, stay_messages
 from icuwatch.streams.scoring import StudentScorer
 
 DATA = default_data_dir()
@@ -283,7 +284,7 @@ def test_student_scores_sepsis_and_rules_the_rest():
 
 
 def test_student_batches_over_the_model_limit_go_as_several_requests(monkeypatch):
-    from icuwatch.fusion import triton_export
+    from icuwatch.serving import export as triton_export
     from icuwatch.streams import scoring
 
     assert scoring.STUDENT_MAX_BATCH == triton_export.MAX_BATCH_SIZE  # the exported config's max_batch_size
@@ -296,7 +297,7 @@ def test_student_batches_over_the_model_limit_go_as_several_requests(monkeypatch
 
 
 def test_leave_one_out_rows_are_the_cohorts_absent_modalities():
-    from icuwatch.fusion.stream_features import leave_one_out
+    from icuwatch.streams.student_row import leave_one_out
 
     rows, _ = _mixed_rows()
     batch = stack_rows(rows)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from icuwatch.fusion.physionet import Stay, default_data_dir, list_stays, read_psv
+from icuwatch.sources.physionet import Stay, default_data_dir, list_stays, read_psv
 
 DATA = default_data_dir()
 pytestmark = [pytest.mark.stack, pytest.mark.usefixtures("one_torch_thread"),
@@ -52,7 +52,7 @@ def student(tmp_path_factory, one_torch_thread):
 @pytest.fixture(scope="module")
 def served(student, tmp_path_factory):
     from icuwatch.deploy import triton
-    from icuwatch.fusion import triton_export
+    from icuwatch.serving import export as triton_export
     from stack_fixtures import settings_for
 
     trained, directory = student
@@ -68,7 +68,7 @@ def served(student, tmp_path_factory):
 
 
 def _stays(n: int) -> list[Stay]:
-    from icuwatch.streams.replay.psv import stay_messages
+    from icuwatch.sources.psv import stay_messages
 
     out = []
     for path in list_stays(DATA, split="test"):
@@ -96,10 +96,10 @@ def _expected(trained, stay: Stay, base: float) -> dict[float, tuple[float, dict
     """Per hour time, the served student's probability (early exit) on the stream's row and its
     sepsis contributions (p(row) - p(row without the modality); 0 for an absent one)."""
     from icuwatch.fusion.psv_predict import hour_times
-    from icuwatch.fusion.stream_features import cohort_row, stack_rows
+    from icuwatch.streams.student_row import cohort_row, stack_rows
     from icuwatch.fusion.strategies.base import to_tensors
     from icuwatch.streams import patient_state
-    from icuwatch.streams.replay.psv import stay_messages
+    from icuwatch.sources.psv import stay_messages
 
     norm = trained.card["data"]["meta"]["norm"]
     messages = sorted(stay_messages(stay, base), key=lambda m: m[0])
@@ -132,9 +132,9 @@ def test_stored_sepsis_risks_are_the_students(stack, served, student, tmp_path):
     from icuwatch.fusion.psv_predict import hour_times, rule_outputs
     from icuwatch.storage import db
     from icuwatch.storage.repository import utc
-    from icuwatch.streams.producer import make_producer
-    from icuwatch.streams import topics
-    from icuwatch.streams.replay.psv import stay_messages
+    from icuwatch.streams.kafka.producer import make_producer
+    from icuwatch.core import topics
+    from icuwatch.sources.psv import stay_messages
     from stack_fixtures import running_worker, wait_for, wait_for_scores
 
     trained, directory = student

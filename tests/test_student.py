@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from fusion_toy import toy_cohort
 from icuwatch.fusion import model_store
-from icuwatch.fusion.cohort import gather
+from icuwatch.fusion.cohorts.base import gather
 from icuwatch.fusion.distill import DistillConfig, choose_exit_thresholds, distill, simulate_exits
 from icuwatch.fusion.strategies import DEFAULTS, build
 from icuwatch.fusion.strategies.base import InputSpec, to_tensors

@@ -1,6 +1,6 @@
 """The trained teacher and the early-exit student exported as Triton models (``icuwatch export-triton``)
 and served by the real tritonserver: same probabilities and exits as in-process, early exit inside a
-batch, and the committed ``deploy/triton/models`` untouched.
+batch, and the committed ``serving/models`` untouched.
 
 A tiny teacher and student are trained on the toy cohort. The tests marked ``stack`` start their own
 tritonserver on ports 18100-18102 (the session stack uses 18000-18002), serving the committed
@@ -18,8 +18,9 @@ import torch
 
 from fusion_toy import toy_cohort
 from icuwatch.deploy import triton
-from icuwatch.fusion import model_store, triton_export
-from icuwatch.fusion.cohort import gather
+from icuwatch.fusion import model_store
+from icuwatch.serving import export as triton_export
+from icuwatch.fusion.cohorts.base import gather
 from icuwatch.fusion.distill import DistillConfig, distill
 from icuwatch.fusion.strategies.base import to_tensors
 from icuwatch.fusion.training import TrainConfig, train
@@ -182,7 +183,7 @@ def served(repository, tmp_path_factory):
 
 
 def _infer(client, model, batch, early_exit=True, student=False):
-    from icuwatch.fusion.bench_models import infer
+    from icuwatch.benchmarks.models import infer
 
     return infer(client, model, batch, KEYS, early_exit, student)
 
@@ -238,7 +239,7 @@ def test_a_mixed_batch_sends_only_its_uncertain_rows_deeper(served, trained, coh
 def test_the_committed_rule_model_still_serves_and_its_repository_is_untouched(served, committed_before):
     import tritonclient.grpc as grpcclient
 
-    from icuwatch.fusion import features
+    from icuwatch.core import features
 
     x = np.zeros((2, features.N_FEATURES), dtype=np.float32)
     inp = grpcclient.InferInput("FEATURES", list(x.shape), "FP32")

@@ -1,4 +1,4 @@
-"""Tests for icuwatch.streams.waveform_buffer / waveform_features (synthetic and shared WFDB data)."""
+"""Tests for icuwatch.signals.waveform_buffer / waveform_features (synthetic and shared WFDB data)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import signal as sps
 
-from icuwatch.streams.waveform_features import (
+from icuwatch.signals.waveform_features import (
     WaveformBuffer,
     WaveformFeatures,
     detect_r_peaks,
@@ -257,7 +257,7 @@ def test_multisegment_ecg_vs_pleth_streamed():
 def test_vectorised_local_peaks_equal_wfdb_own():
     """The XQRS speed-up (waveform_features.find_local_peaks, installed into wfdb.processing.qrs)
     gives exactly wfdb's peaks: random signals, integer-valued ones full of ties, plateaus, edges."""
-    from icuwatch.streams import waveform_features as wf
+    from icuwatch.signals import waveform_features as wf
 
     rng = np.random.default_rng(0)
     for trial in range(300):

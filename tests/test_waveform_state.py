@@ -1,6 +1,6 @@
 import numpy as np
 
-from icuwatch.streams import schemas
+from icuwatch.core import schemas
 from icuwatch.streams.waveform_state import WaveformState
 
 T = 1_764_000_000.0

@@ -16,15 +16,15 @@ from collections import Counter
 import pytest
 from sqlalchemy import select
 
-from icuwatch.deploy.bench_pipeline import read_stats
-from icuwatch.deploy.chaos import checkpointed_states, expected_states, state_differences
+from icuwatch.benchmarks.pipeline import read_stats
+from icuwatch.benchmarks.chaos import checkpointed_states, expected_states, state_differences
 from icuwatch.deploy.worker_process import start_worker, stats_path, stop_worker
 from icuwatch.storage import db
 from icuwatch.storage.models import Alert, AlertEvent
 from icuwatch.streams import alerting
-from icuwatch.streams.producer import make_producer
-from icuwatch.streams.simulator import Simulation
-from icuwatch.streams.simulator.producer import publish
+from icuwatch.streams.kafka.producer import make_producer
+from icuwatch.sources.simulator import Simulation
+from icuwatch.sources.simulator.producer import publish
 from stack_fixtures import wait_for
 
 pytestmark = pytest.mark.stack
@@ -53,8 +53,8 @@ def history(settings, patient_ids: set[str]) -> str:
     records: where a difference came in."""
     import json
 
-    from icuwatch.deploy.chaos.states import keyed_records
-    from icuwatch.streams import topics
+    from icuwatch.benchmarks.chaos.states import keyed_records
+    from icuwatch.core import topics
 
     lines = []
     for m in keyed_records(settings, topics.changelogs(settings.app_id)[0]):

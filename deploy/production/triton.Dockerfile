@@ -1,6 +1,6 @@
 # NVIDIA's Triton container serving two model repositories:
-#   /models         deploy/triton/models (committed): the rule model early_warning, a python-backend
-#                   model that imports icuwatch (its fusion package: features and rule scores) and
+#   /models         serving/models (committed): the rule model early_warning, a python-backend
+#                   model that imports icuwatch.core (feature layout and rule scores) and
 #                   needs numpy < 2 (with numpy 2 the python backend returns empty outputs);
 #   /models-fusion  the exported fusion models (`icuwatch export-triton`: the teacher
 #                   attention_<cohort> and the distilled early-exit student student_<cohort>), copied
@@ -10,8 +10,8 @@
 #
 # Triton 24.10 = server 2.51, the version the local stack runs (nvidia-pytriton 0.7). Its Python
 # is 3.10 while icuwatch's pyproject asks for 3.11, and the backend stub is built for the
-# container's interpreter, so the package goes in without its dependencies (the rule model needs
-# only numpy) and without the Python version check. Build from the repository root, after
+# container's interpreter, so only icuwatch.core goes in, on PYTHONPATH (the rule model needs only
+# numpy). Build from the repository root, after
 # `icuwatch export-triton` (OPERATIONS.md, "Serving the trained fusion models"):
 #   docker build -f deploy/production/triton.Dockerfile -t icuwatch-triton:24.10 .
 #   docker build ... --build-arg FUSION_REPOSITORY=path/to/exported/repository .
@@ -35,21 +35,16 @@ RUN echo "numpy<2" > /tmp/constraints.txt \
       --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}" \
  && python3 -c "import numpy, torch; print('numpy', numpy.__version__, 'torch', torch.__version__)"
 
-WORKDIR /opt/icuwatch-src
-COPY pyproject.toml README.md ./
-COPY icuwatch icuwatch
-COPY streams streams
-COPY encoders encoders
-COPY fusion fusion
-COPY storage storage
-COPY deploy deploy
-COPY api api
-COPY interfaces interfaces
-RUN python3 -m pip install --no-cache-dir --no-deps --ignore-requires-python /opt/icuwatch-src \
- && python3 -c "from icuwatch.fusion import features, rules; print(features.N_FEATURES)"
+# The rule model imports icuwatch.core only (feature layout and rule scores: numpy), so the image
+# carries that package alone, not the whole project and its dependencies.
+COPY icuwatch/__init__.py /opt/icuwatch/icuwatch/__init__.py
+COPY core /opt/icuwatch/icuwatch/core
+COPY deploy/production/check_triton_repository.py /opt/icuwatch/check_triton_repository.py
+ENV PYTHONPATH=/opt/icuwatch
+RUN python3 -c "from icuwatch.core import features, rules; print(features.N_FEATURES)"
 
-# The rule model repository; docker-compose.yml mounts deploy/triton/models over it read-only.
-COPY deploy/triton/models /models
+# The rule model repository; docker-compose.yml mounts serving/models over it read-only.
+COPY serving/models /models
 
 # The exported fusion model repository (a path in the build context). For an image without the
 # fusion models, point it at an empty directory (OPERATIONS.md).
@@ -59,7 +54,7 @@ COPY ${FUSION_REPOSITORY} /models-fusion
 # Fails the build when torch is not the pinned release, a model name is in both repositories
 # (tritonserver refuses to start), or an exported model was written by another torch release, does
 # not load, or does not answer a two-row batch of its inputs.
-RUN python3 /opt/icuwatch-src/deploy/production/check_triton_repository.py \
+RUN python3 /opt/icuwatch/check_triton_repository.py \
       --torch "${TORCH_VERSION}" /models /models-fusion
 
 # --strict-readiness: /v2/health/ready only once every model of both repositories is ready.

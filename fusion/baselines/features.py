@@ -11,7 +11,7 @@ Per vital sign and lab column: the last observed value (forward fill), hours sin
 measured-this-hour flag, the change of the last value over 6 hours and min/max/mean of the values
 measured in the last 6 hours; labs get the change since the previous measurement. Then ICULOS,
 Age, Gender, Unit1, Unit2, HospAdmTime, the shock index and the rule scores (NEWS2, qSOFA,
-infection signs of :mod:`icuwatch.fusion.rules`) on the forward-filled values.
+infection signs of :mod:`icuwatch.core.rules`) on the forward-filled values.
 
 Numpy only, vectorised over hours and columns. Changing what a column means or their order is a
 model interface change: bump ``FEATURE_VERSION`` (saved models refuse to load with another).
@@ -23,9 +23,9 @@ import warnings
 
 import numpy as np
 
-from icuwatch.fusion import features as fusion_features
-from icuwatch.fusion import rules
-from icuwatch.fusion.physionet import LAB_COLUMNS, VITAL_COLUMNS, Stay
+from icuwatch.core import features as fusion_features
+from icuwatch.core import rules
+from icuwatch.sources.physionet import LAB_COLUMNS, VITAL_COLUMNS, Stay
 
 FEATURE_VERSION = "gbt-features-v1"
 NEVER = 1000.0

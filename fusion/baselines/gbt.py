@@ -5,7 +5,7 @@ time since measurement, short trends). This baseline is scikit-learn's ``HistGra
 (LightGBM's histogram algorithm, NaN handled natively); LightGBM and XGBoost are not in the pinned
 dependencies and scikit-learn is, so it costs nothing to install.
 
-``train`` reads the real PhysioNet 2019 stays of the fixed hash split (``fusion.physionet.split_of``):
+``train`` reads the real PhysioNet 2019 stays of the fixed hash split (``sources.physionet.split_of``):
 
 * TRAIN: fit (fixed seed; every septic stay and by default a seeded 40 % of the non-septic ones,
   optionally a seeded subset of the stays first; positive rows up-weighted so both classes weigh
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from icuwatch.fusion.baselines.features import FEATURE_NAMES, FEATURE_VERSION, N_FEATURES, stay_features
-from icuwatch.fusion.physionet import Stay, list_stays, read_psv, split_of
+from icuwatch.sources.physionet import Stay, list_stays, read_psv, split_of
 
 MODEL_FILE = "model.pkl"
 CARD_FILE = "model_card.json"
@@ -60,7 +60,7 @@ N_THRESHOLDS = 400
 
 
 def default_out_dir() -> Path:
-    from icuwatch.settings import get_settings
+    from icuwatch.core.settings import get_settings
 
     return get_settings().state_dir / "models" / MODEL_NAME
 
@@ -201,7 +201,7 @@ def train(data_dir: str | Path | None = None, out_dir: str | Path | None = None,
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     from icuwatch.fusion.evaluation.metrics import best_threshold
-    from icuwatch.fusion.physionet import default_data_dir
+    from icuwatch.sources.physionet import default_data_dir
 
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir()
@@ -257,7 +257,7 @@ def train(data_dir: str | Path | None = None, out_dir: str | Path | None = None,
             "description": "real ICU stays: PhysioNet/CinC Challenge 2019 (sepsis), training set B, dev copy; "
                            "hourly rows, SepsisLabel = 1 from 6 h before clinical onset",
             "real": True,
-            "split": "fixed hash split icuwatch.fusion.physionet.split_of: sha256(patient id) % 10, "
+            "split": "fixed hash split icuwatch.sources.physionet.split_of: sha256(patient id) % 10, "
                      "0-5 train, 6-7 val, 8-9 test",
             "splits": {name: s.summary() for name, s in splits.items()},
             "max_train_stays": max_train_stays,

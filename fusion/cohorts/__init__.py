@@ -3,7 +3,7 @@ simulator's multimodal patients: vitals, waveform features, labs, chest X-rays, 
 
 from __future__ import annotations
 
-from icuwatch.fusion.cohort import Cohort
+from icuwatch.fusion.cohorts.base import Cohort
 
 COHORTS = ("physionet", "sim")
 

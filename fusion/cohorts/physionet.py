@@ -1,7 +1,7 @@
-"""The PhysioNet/CinC 2019 cohort: one :class:`~icuwatch.fusion.cohort.Cohort` row per hour of every stay.
+"""The PhysioNet/CinC 2019 cohort: one :class:`~icuwatch.fusion.cohorts.base.Cohort` row per hour of every stay.
 
 Source: the real challenge stays (``pNNNNNN.psv``, training set B, dev copy) under
-:func:`icuwatch.fusion.physionet.default_data_dir`. Row ``t`` of a stay is computed from that stay's
+:func:`icuwatch.sources.physionet.default_data_dir`. Row ``t`` of a stay is computed from that stay's
 rows ``<= t`` only (forward fills and look-back windows, never forward), so a model scoring hour ``t``
 sees exactly what a bedside system would have had. ``tests/test_physionet_cohort.py`` checks this by
 truncating stays.
@@ -36,37 +36,17 @@ from pathlib import Path
 import numpy as np
 
 from icuwatch.fusion.baselines.features import _forward_fill
-from icuwatch.fusion.cohort import (SPLIT_CODES, Cohort, default_cache_dir, load_or_build_cached, progress_bar,
+from icuwatch.fusion.cohorts.base import (SPLIT_CODES, Cohort, default_cache_dir, load_or_build_cached, progress_bar,
                                     step_windows, zscore)
-from icuwatch.fusion.physionet import LAB_COLUMNS, VITAL_COLUMNS, Stay, default_data_dir, list_stays, \
+from icuwatch.core.physionet_row import (LAB_COLUMNS, LAB_HOURS_SCALE, LABS, LABS_LAYOUT, MODALITIES,
+                                         STATIC_CHANNELS, T, VITAL_COLUMNS, VITALS, VITALS_LAYOUT, Z_CLIP,
+                                         normalised)
+from icuwatch.sources.physionet import Stay, default_data_dir, list_stays, \
     read_psv, split_of
 
 COHORT_VERSION = "physionet-cohort-v1"
 NAME = "physionet"
 SOURCE = "real PhysioNet 2019 training set B dev copy"
-MODALITIES = ("vitals", "labs")
-T = 8
-"""Hourly steps of the vitals window (t-7 .. t)."""
-Z_CLIP = 10.0
-"""Z-scores are clipped to +-Z_CLIP (a few charted values are far off: WBC 440, FiO2 -50, AST 9961)."""
-LAB_HOURS_SCALE = 5.0
-
-VITALS: tuple[str, ...] = tuple(VITAL_COLUMNS)
-LABS: tuple[str, ...] = tuple(LAB_COLUMNS)
-STATIC_CHANNELS: tuple[str, ...] = (
-    "age_div100",            # Age / 100 (the challenge caps ages at 100); NaN -> 0
-    "gender",                # Gender (1 male, 0 female); NaN -> 0
-    "unit1",                 # Unit1 (MICU), NaN -> 0
-    "unit2",                 # Unit2 (SICU), NaN -> 0
-    "unit_known",            # 1 where Unit1 or Unit2 is given (30% of set B rows give neither)
-    "hosp_adm_time_div1000", # HospAdmTime / 1000 (hours, <= 0), clipped to [-1, 1]; NaN -> 0
-    "iculos_div100",         # the row's hour (ICULOS, else row number + 1) / 100
-)
-VITALS_LAYOUT: tuple[str, ...] = tuple(f"{c}_z" for c in VITALS) + tuple(f"{c}_measured" for c in VITALS)
-LABS_LAYOUT: tuple[str, ...] = tuple(
-    name for c in LABS for name in (f"{c}_z", f"{c}_measured_ever", f"{c}_log1p_hours_since_div5"))
-
-
 # --- reading ---------------------------------------------------------------------------------------
 
 def read_stay(path: str | Path) -> Stay:
@@ -130,8 +110,7 @@ def fit_norm(stays: list[Stay]) -> dict:
     return out
 
 
-def _zscore(x: np.ndarray, norm: dict, name: str) -> np.ndarray:
-    return zscore(x, norm[name], float(norm.get("z_clip", Z_CLIP)))
+_zscore = normalised
 
 
 # --- one stay --------------------------------------------------------------------------------------

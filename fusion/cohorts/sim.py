@@ -1,5 +1,5 @@
-"""The simulated multimodal cohort: one :class:`~icuwatch.fusion.cohort.Cohort` row per patient per
-simulated hour, every modality drawn from the bedside simulator (``streams/simulator``).
+"""The simulated multimodal cohort: one :class:`~icuwatch.fusion.cohorts.base.Cohort` row per patient per
+simulated hour, every modality drawn from the bedside simulator (``sources/simulator``).
 
 Everything comes from the simulator's own generators, called directly (no Kafka messages):
 
@@ -58,21 +58,21 @@ import numpy as np
 from PIL import Image
 
 from icuwatch.encoders.tokenizer import encode
-from icuwatch.fusion.cohort import (IMAGE_SIZE, SPLIT_CODES, Cohort, default_cache_dir, load_or_build_cached,
+from icuwatch.fusion.cohorts.base import (IMAGE_SIZE, SPLIT_CODES, Cohort, default_cache_dir, load_or_build_cached,
                                     progress_bar, step_windows, zscore)
-from icuwatch.fusion.physionet import VITAL_COLUMNS, split_of
-from icuwatch.streams.simulator import cxr as cxr_images
-from icuwatch.streams.simulator import labs as sim_labs
-from icuwatch.streams.simulator import waveforms as sim_waves
-from icuwatch.streams.simulator.patients import (
+from icuwatch.sources.physionet import VITAL_COLUMNS, split_of
+from icuwatch.sources.simulator import cxr as cxr_images
+from icuwatch.sources.simulator import labs as sim_labs
+from icuwatch.sources.simulator import waveforms as sim_waves
+from icuwatch.sources.simulator.patients import (
     STREAM_CXR, STREAM_LABS, STREAM_VITALS, STREAM_WAVES, PatientSpec, draw_patients,
 )
-from icuwatch.streams.simulator.physiology import VitalsGenerator
-from icuwatch.streams.simulator.simulation import BLOCK_S, Study, cxr_schedule
+from icuwatch.sources.simulator.physiology import VitalsGenerator
+from icuwatch.sources.simulator.simulation import BLOCK_S, Study, cxr_schedule
 
 COHORT_VERSION = "sim-cohort-v1"
 NAME = "sim"
-SOURCE = "icuwatch bedside simulator (streams/simulator)"
+SOURCE = "icuwatch bedside simulator (sources/simulator)"
 MODALITIES = ("vitals", "waveforms", "labs", "cxr", "report")
 T = 8
 Z_CLIP = 10.0

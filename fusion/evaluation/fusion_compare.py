@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from icuwatch.fusion.cohort import Cohort
+from icuwatch.fusion.cohorts.base import Cohort
 from icuwatch.fusion.evaluation import metrics
 from icuwatch.fusion.training import per_group, predict_logits
 
@@ -78,7 +78,7 @@ def mean_contributions(model, cohort: Cohort, rows: np.ndarray, limit: int = 200
     """Mean per-modality contribution (attention weight or leave-one-out delta) over test rows."""
     import torch
 
-    from icuwatch.fusion.cohort import gather
+    from icuwatch.fusion.cohorts.base import gather
     from icuwatch.fusion.strategies.base import to_tensors
 
     rows = rows[:: max(1, len(rows) // limit)]
@@ -131,7 +131,7 @@ def physionet_baseline_rows(cohort: Cohort, test: np.ndarray, keeps: dict[float,
 
     from tqdm import tqdm
 
-    from icuwatch.fusion.physionet import LAB_COLUMNS, VITAL_COLUMNS, read_psv
+    from icuwatch.sources.physionet import LAB_COLUMNS, VITAL_COLUMNS, read_psv
     from icuwatch.fusion.psv_predict import predictor
 
     models = {}

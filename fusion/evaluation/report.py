@@ -72,7 +72,7 @@ def _read_columns(path: Path, names: tuple[str, ...]) -> tuple[list[str], list[n
 
 
 def select_stays(label_dir: str | Path, split: str | None = None, limit: int | None = None) -> list[Path]:
-    from icuwatch.fusion.physionet import list_stays
+    from icuwatch.sources.physionet import list_stays
 
     label_dir = Path(label_dir)
     if not label_dir.is_dir():

@@ -1,6 +1,6 @@
 """Baselines on the simulated multimodal cohort, scored from the cohort's own rows.
 
-* ``news2``, ``qsofa``, ``rules``: the rule scores of ``fusion.rules`` on the newest hour's vital
+* ``news2``, ``qsofa``, ``rules``: the rule scores of ``core.rules`` on the newest hour's vital
   signs and the last lab values, de-normalised from the cohort (the simulator has no ACVPU or
   oxygen flag in the cohort, so those NEWS2 items score 0). Clinical default thresholds.
 * ``gbt``: scikit-learn's histogram gradient-boosted trees on the flattened non-image inputs plus
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from icuwatch.fusion import features, rules
-from icuwatch.fusion.cohort import Cohort
+from icuwatch.core import features, rules
+from icuwatch.fusion.cohorts.base import Cohort
 from icuwatch.fusion.training import modality_dropout, per_group
 
 RULE_THRESHOLDS = {"news2": ("deterioration_risk", 0.5), "qsofa": ("qsofa", 2.0 / 3.0), "rules": ("sepsis_risk", 0.5)}
@@ -53,7 +53,7 @@ def rule_probabilities(cohort: Cohort, rows: np.ndarray, present: np.ndarray) ->
 
 
 def _lung_means(cohort: Cohort) -> np.ndarray:
-    from icuwatch.streams.simulator.cxr import lung_mask
+    from icuwatch.sources.simulator.cxr import lung_mask
 
     mask = lung_mask() > 0.9
     return cohort.lookups["cxr"][:, mask].mean(axis=1) / 255.0

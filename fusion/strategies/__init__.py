@@ -35,7 +35,7 @@ def model_class(strategy: str) -> type[FusionModel]:
     elif strategy == "attention":
         from icuwatch.fusion.strategies.attention import AttentionFusion as cls
     elif strategy == "joint_embedding":
-        from icuwatch.fusion.strategies.joint_fusion import JointEmbeddingFusion as cls
+        from icuwatch.fusion.strategies.joint_embedding import JointEmbeddingFusion as cls
     elif strategy == "student":
         from icuwatch.fusion.strategies.student import EarlyExitStudent as cls
     else:

@@ -1,6 +1,6 @@
 """One interface for every fusion strategy.
 
-A model takes a batch (``fusion.cohort.gather`` as tensors: one entry per input, plus
+A model takes a batch (``fusion.cohorts.base.gather`` as tensors: one entry per input, plus
 ``present`` [B, M] and ``staleness_h`` [B, M]) and returns one logit per row. Missing modalities are
 never imputed: every strategy gates each modality's input by its ``present`` flag, so what an
 absent modality's input holds cannot change the output (the shared checks in

@@ -1,0 +1,186 @@
+"""``icuwatch demo``: the whole pipeline on the embedded default, then a summary.
+
+Starts the local stack, a worker, and the bedside simulator (plus a few deliberately malformed
+messages), waits until the worker has consumed everything, and reads back what landed: scores,
+alerts with their lead time against the simulated onsets, and dead letters.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from icuwatch.core.settings import Settings
+
+MALFORMED = (
+    ("icu.vitals", b"{not json"),
+    ("icu.vitals", b'{"schema_version":1,"patient_id":"%s","event_time":1,"hr":80}'),
+    ("icu.labs", b'{"schema_version":1,"patient_id":"%s","event_time":1764000000,"analyte":"lactate","value":2,"unit":"mg/dL","result_time":1764000001}'),
+)
+
+
+def worker_stats(settings: Settings) -> dict:
+    from icuwatch.deploy.worker_process import stats_path
+
+    path = stats_path(settings)
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def wait_drained(settings: Settings, expected_inputs: int, timeout_s: float) -> dict:
+    """Wait until the worker has taken every input message and its scores have reached the DB."""
+    deadline = time.monotonic() + timeout_s
+    stats = worker_stats(settings)
+    while time.monotonic() < deadline:
+        stats = worker_stats(settings)
+        taken = stats.get("processed", 0) + stats.get("deadlettered", 0)
+        settled = stats.get("scores_taken", -1) >= stats.get("scores_published", 0) > 0
+        if taken >= expected_inputs and settled:
+            time.sleep(2.0)
+            return worker_stats(settings)
+        time.sleep(0.5)
+    return stats
+
+
+def lead_times(alerts: list[dict], truth: list[dict]) -> list[dict]:
+    """Each alert with its time relative to the simulated onset (negative = before onset)."""
+    onset = {t["patient_id"]: t for t in truth}
+    out = []
+    for a in alerts:
+        gt = onset.get(a["patient_id"], {})
+        t0 = gt.get("onset_time")
+        out.append({
+            **a,
+            "true_condition": gt.get("condition", "unknown"),
+            "minutes_after_onset": None if t0 is None else round((a["event_time"] - t0) / 60.0, 1),
+        })
+    return out
+
+
+def describe(summary: dict) -> str:
+    """What happened and where to look, for a person (the JSON line is for machines)."""
+    p = summary["patients"]
+    lines = [
+        "",
+        f"icuwatch demo {summary['run']} -- {summary['data']}",
+        f"  messages produced: {sum(summary['produced'].values())} "
+        f"({', '.join(f'{k} {v}' for k, v in summary['produced'].items())})",
+        f"  processed by the worker: {summary['processed']}, dead-lettered: {summary['deadlettered']}, "
+        f"produced but never taken by the worker: {summary['not_taken']}",
+        f"  scores stored: {summary['scores']['triton']} via Triton, {summary['scores']['fallback']} by fallback rules",
+        f"  patients: {p['total']}, deteriorating {p['deteriorating']}, of which alerted {p['deteriorating_alerted']}; "
+        f"stable patients alerted: {p['stable_alerted']}",
+    ]
+    for a in summary["alerts"]:
+        lag = a["minutes_after_onset"]
+        when = "no onset (stable)" if lag is None else f"{lag:+.1f} min after the simulated onset"
+        lines.append(f"  ALERT {a['kind']:<13} {a['patient_id']} ({a['true_condition']}), {when}")
+    lines += [
+        f"  database: {summary['database']} (tables patients, scores, alerts)",
+        f"  ground truth: {summary['ground_truth']}",
+        f"  worker log: {summary['worker_log']}",
+    ]
+    if summary.get("board"):
+        lines += [
+            "  the broker, tritonserver and the board keep running: `icuwatch stack status`, "
+            "stop with `icuwatch stack down`",
+            f"  BOARD: open {summary['board']['url']}",
+            f"         (or {summary['board']['url'].split('?')[0]} and log in with token {summary['board']['token']})",
+        ]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def run_demo(settings: Settings, minutes: float, patients: int, speed: float, seed: int,
+             keep_stack: bool = True) -> dict:
+    from icuwatch.deploy import stack
+    from icuwatch.deploy.worker_process import start_worker, stop_worker
+    from sqlalchemy import func, select
+
+    from icuwatch.storage import db, repository
+    from icuwatch.storage.models import Score
+    from icuwatch.streams.kafka.producer import make_producer
+    from icuwatch.sources.simulator import Simulation
+    from icuwatch.sources.simulator.producer import publish, write_ground_truth
+
+    print("icuwatch demo: starting broker, tritonserver and database ...", file=sys.stderr)
+    stack.up(settings)
+    run_tag = time.strftime("%H%M%S")
+    prefix = f"demo{run_tag}-"
+    worker_log = settings.log_dir / "demo-worker.log"
+    from icuwatch.deploy.worker_process import stats_path
+
+    stats_path(settings).unlink(missing_ok=True)
+    worker = start_worker(settings, worker_log)
+    try:
+        sim = Simulation(n_patients=patients, seed=seed, start_time=time.time(),
+                         duration_s=minutes * 60.0 * max(speed, 1.0), patient_prefix=prefix)
+        truth_path = settings.state_dir / f"{prefix}truth.json"
+        write_ground_truth(sim, truth_path)
+        producer = make_producer(settings)
+        bad_key = f"{prefix}0000".encode()
+        for topic, payload in MALFORMED:
+            producer.send(topic, key=bad_key, value=payload.replace(b"%s", bad_key))
+        print(f"icuwatch demo: simulating {patients} patients for {minutes:g} min at speed {speed:g} ...",
+              file=sys.stderr)
+        produced = publish(sim, producer, speed=speed, progress=sys.stderr.isatty())
+        for topic, payload in MALFORMED:
+            producer.send(topic, key=bad_key, value=payload.replace(b"%s", bad_key))
+        producer.flush()
+        producer.close()
+        produced_total = sum(produced.values()) + 2 * len(MALFORMED)
+        stats = wait_drained(settings, produced_total, timeout_s=max(120.0, minutes * 60.0))
+    finally:
+        stop_worker(worker)
+        if not keep_stack:
+            stack.down(settings)
+
+    sessions = db.session_factory(db.make_engine(settings.database_url))
+    with sessions() as session:
+        alerts = [
+            {"alert_id": a.alert_id, "patient_id": a.patient_id, "kind": a.kind, "risk": round(a.risk, 3),
+             "source": a.source, "event_time": a.event_time.timestamp()}
+            for a in repository.list_alerts(session, limit=10_000)
+            if a.patient_id.startswith(prefix)
+        ]
+        scores = dict(
+            session.execute(
+                select(Score.source, func.count()).where(Score.patient_id.startswith(prefix)).group_by(Score.source)
+            ).all()
+        )
+    from icuwatch.storage.tokens import issue_token
+    from icuwatch.deploy import api_server
+
+    board = None
+    if keep_stack:
+        token = issue_token(settings, user="demo-nurse", role="nurse")
+        board = {"url": f"{api_server.url(settings)}/?token={token}", "token": token, "user": "demo-nurse",
+                 "role": "nurse"}
+    truth = json.loads(truth_path.read_text())
+    alerted = {a["patient_id"] for a in alerts}
+    sick = [t["patient_id"] for t in truth if t.get("onset_time") is not None]
+    return {
+        "run": prefix.rstrip("-"),
+        "data": "simulated patients (icuwatch simulator), not real data",
+        "produced": {**produced, "malformed": 2 * len(MALFORMED)},
+        "processed": stats.get("processed", 0),
+        "processed_by_topic": stats.get("processed_by_topic", {}),
+        "deadlettered": stats.get("deadlettered", 0),
+        "duplicates_ignored": stats.get("duplicates", 0),
+        "not_taken": max(0, produced_total - stats.get("processed", 0) - stats.get("deadlettered", 0)),
+        "scores": {"triton": scores.get("triton", 0), "fallback": scores.get("fallback", 0)},
+        "patients": {
+            "total": len(truth),
+            "deteriorating": len(sick),
+            "deteriorating_alerted": len(alerted & set(sick)),
+            "stable_alerted": len(alerted - set(sick)),
+        },
+        "alerts": lead_times(alerts, truth),
+        "ground_truth": truth_path.as_posix(),
+        "database": settings.database_url.split("@")[-1],
+        "worker_log": worker_log.as_posix(),
+        "board": board,
+    }

@@ -1,0 +1,5 @@
+import sys
+
+from icuwatch.cli.main import main
+
+sys.exit(main())

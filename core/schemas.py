@@ -1,0 +1,340 @@
+"""Message schemas, version 1.
+
+Every message is JSON with ``schema_version``, ``patient_id`` and ``event_time`` (seconds since the
+Unix epoch, UTC, as a float: the time the observation was made, not when it arrived; from the year
+2000 on, so a millisecond or relative timestamp is rejected rather than misread). Decoding is
+strict: a message that does not validate raises :class:`SchemaError`, and the worker sends its
+original bytes to ``icu.deadletter`` with the reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+import time
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from icuwatch.core import features
+from icuwatch.core import topics
+
+SCHEMA_VERSION = 1
+
+PATIENT_ID_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
+PatientId = Annotated[str, Field(min_length=1, max_length=64, pattern=PATIENT_ID_PATTERN)]
+EARLIEST_EVENT_TIME = 946_684_800.0
+"""2000-01-01T00:00:00Z: anything older is a clock or unit error (milliseconds, relative time)."""
+EventTime = Annotated[float, Field(ge=EARLIEST_EVENT_TIME, lt=4.0e9, allow_inf_nan=False)]
+
+
+class SchemaError(ValueError):
+    """A message that cannot be accepted; ``reason`` says why in one line."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def sanitize_patient_id(raw: object) -> str:
+    """A hospital identifier (HL7 PID-3, DICOM PatientID, a record name) as a v1 patient id: spaces
+    around it stripped, any character outside ``[A-Za-z0-9_.-]`` replaced by ``_``. Empty or longer
+    than 64 characters is a :class:`SchemaError`: truncating could make two patients one."""
+    text = str(raw or "").strip()
+    pid = re.sub(r"[^A-Za-z0-9_.\-]", "_", text)
+    if not pid:
+        raise SchemaError("empty patient identifier")
+    if len(pid) > 64:
+        raise SchemaError("patient identifier longer than 64 characters")
+    return pid
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = 1
+    patient_id: PatientId
+    event_time: EventTime
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+    def key(self) -> bytes:
+        return self.patient_id.encode()
+
+
+class Vitals(Message):
+    """Numerics from a bedside monitor, typically once a second. Absent values are omitted."""
+
+    hr: Annotated[float, Field(ge=0, le=350)] | None = None
+    spo2: Annotated[float, Field(ge=0, le=100)] | None = None
+    rr: Annotated[float, Field(ge=0, le=120)] | None = None
+    sbp: Annotated[float, Field(ge=0, le=350)] | None = None
+    dbp: Annotated[float, Field(ge=0, le=300)] | None = None
+    map: Annotated[float, Field(ge=0, le=300)] | None = None
+    temp: Annotated[float, Field(ge=20, le=46)] | None = None
+    """Core temperature, degrees Celsius."""
+    o2_supplement: bool | None = None
+    """Whether the patient is on supplemental oxygen (NEWS2 scores it)."""
+    consciousness: Literal["A", "C", "V", "P", "U"] | None = None
+    """ACVPU: alert, new confusion, voice, pain, unresponsive."""
+
+    @model_validator(mode="after")
+    def _some_value(self) -> "Vitals":
+        if all(getattr(self, f) is None for f in VITAL_FIELDS):
+            raise ValueError("vitals message carries no value")
+        return self
+
+
+VITAL_FIELDS = ("hr", "spo2", "rr", "sbp", "dbp", "map", "temp")
+
+
+MIN_SAMPLING_HZ = {"ecg": 50.0, "ppg": 25.0, "resp": 4.0}
+"""Below these rates QRS, pulse and breath detection are meaningless (and their filters undefined)."""
+
+
+class Waveform(Message):
+    """One chunk (normally 1 s) of a sampled signal; ``event_time`` is the time of sample 0."""
+
+    signal: Literal["ecg", "ppg", "resp"]
+    fs: Annotated[float, Field(gt=0, le=2000)]
+    samples: Annotated[list[float], Field(min_length=1, max_length=20000)]
+    units: str = "mV"
+
+    @field_validator("samples")
+    @classmethod
+    def _finite_samples(cls, v: list[float]) -> list[float]:
+        # sum() is one C loop; NaN/inf make it non-finite. Only then (or on an overflow of finite
+        # values) is each sample checked: the per-sample loop was a third of a chunk's decode time.
+        if not math.isfinite(sum(v)) and not all(math.isfinite(x) for x in v):
+            raise ValueError("samples must be finite")
+        return v
+
+    @model_validator(mode="after")
+    def _plausible_rate(self) -> "Waveform":
+        low = MIN_SAMPLING_HZ[self.signal]
+        if self.fs < low:
+            raise ValueError(f"{self.signal} sampled at {self.fs} Hz; at least {low} Hz needed")
+        return self
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / self.fs
+
+    def end_time(self) -> float:
+        """Event time of the last sample."""
+        return self.event_time + (len(self.samples) - 1) / self.fs
+
+
+LAB_UNITS: dict[str, str] = {
+    "lactate": "mmol/L",
+    "wbc": "10^9/L",
+    "creatinine": "mg/dL",
+    "platelets": "10^9/L",
+    "bilirubin": "mg/dL",
+    "hemoglobin": "g/dL",
+    "ph": "pH",
+    "paco2": "mmHg",
+    "pao2": "mmHg",
+    "bicarbonate": "mmol/L",
+    "glucose": "mg/dL",
+    "bun": "mg/dL",
+    "potassium": "mmol/L",
+    "fio2": "fraction",
+    "base_excess": "mmol/L",
+    "sao2": "%",
+    "ast": "IU/L",
+    "alkaline_phosphatase": "IU/L",
+    "calcium": "mg/dL",
+    "chloride": "mmol/L",
+    "bilirubin_direct": "mg/dL",
+    "magnesium": "mmol/dL",
+    "phosphate": "mg/dL",
+    "troponin_i": "ng/mL",
+    "hematocrit": "%",
+    "ptt": "s",
+    "fibrinogen": "mg/dL",
+    "etco2": "mmHg",
+}
+"""Analytes version 1 knows, each in the one unit the topic carries."""
+
+
+class Lab(Message):
+    """A laboratory result. ``event_time`` is the specimen collection time."""
+
+    analyte: str
+    value: Annotated[float, Field(allow_inf_nan=False)]
+    unit: str
+    result_time: EventTime
+    """When the result became available (>= collection time)."""
+
+    @model_validator(mode="after")
+    def _known_analyte(self) -> "Lab":
+        expected = LAB_UNITS.get(self.analyte)
+        if expected is None:
+            raise ValueError(f"unknown analyte {self.analyte!r}")
+        if self.unit != expected:
+            raise ValueError(f"{self.analyte} must be in {expected}, got {self.unit!r}")
+        if self.result_time < self.event_time:
+            raise ValueError("result_time before collection time")
+        return self
+
+
+class Cxr(Message):
+    """A chest X-ray. ``event_time`` is the acquisition time; the image is a base64 PNG/JPEG."""
+
+    study_id: Annotated[str, Field(min_length=1, max_length=128)]
+    arrival_time: EventTime
+    image_b64: Annotated[str, Field(min_length=16)]
+    image_format: Literal["png", "jpeg"] = "png"
+    view: Literal["AP", "PA", "LAT"] = "AP"
+    report: Annotated[str, Field(max_length=20000)] | None = None
+
+
+class Adt(Message):
+    """Admit / transfer / discharge (``event_time``: when it happened)."""
+
+    event: Literal["admit", "transfer", "discharge"]
+    unit: str | None = None
+    bed: str | None = None
+    age: Annotated[float, Field(ge=0, le=130)] | None = None
+    sex: Literal["F", "M", "U"] | None = None
+    hospital_admit_time: EventTime | None = None
+    """When the patient was admitted to the hospital (epoch s; <= ``event_time``: an ICU admission,
+    transfer or discharge happens during the hospital stay). Optional, added without a version bump:
+    a message without it is still valid v1 and reads as "unknown"."""
+
+    @model_validator(mode="after")
+    def _hospital_admission_first(self) -> "Adt":
+        if self.hospital_admit_time is not None and self.hospital_admit_time > self.event_time:
+            raise ValueError("hospital_admit_time after event_time")
+        return self
+
+
+def _check_modality_values(values: dict[str, float], where: str) -> None:
+    for modality, v in values.items():
+        if modality not in features.MODALITIES:
+            raise ValueError(f"{where}: unknown modality {modality!r}; expected {features.MODALITIES}")
+        if not math.isfinite(v) or not -1.0 <= v <= 1.0:
+            raise ValueError(f"{where}: {modality} must be a finite number in [-1, 1], got {v!r}")
+
+
+Contributions = dict[str, float]
+"""Per modality (``vitals``, ``waveforms``, ``labs``, ``cxr``; a subset allowed) how much it
+contributed to one risk: a leave-one-modality-out risk difference (rule model) or an attention
+weight; finite, in [-1, 1]. Layout and meaning: :data:`icuwatch.core.features.CONTRIBUTIONS_SHAPE`."""
+
+
+class Score(Message):
+    """A risk score for one patient at ``event_time`` (using only data with event time <= it)."""
+
+    model: str
+    source: Literal["triton", "fallback"]
+    deterioration_risk: Annotated[float, Field(ge=0, le=1)]
+    sepsis_risk: Annotated[float, Field(ge=0, le=1)]
+    news2: Annotated[int, Field(ge=0, le=20)]
+    qsofa: Annotated[int, Field(ge=0, le=3)]
+    staleness_s: dict[str, float | None]
+    """Per modality: seconds between ``event_time`` and the modality's last message (None: never)."""
+    scored_at: EventTime
+    """Wall-clock time the score was computed."""
+    trigger: str = "cadence"
+    revision: Annotated[int, Field(ge=0)] = 0
+    """0 for the first score at ``event_time``; n > 0 when data with event time <= it arrived late
+    (another topic consumed behind) and the score was recomputed. The highest revision is final."""
+    contributions: dict[str, Contributions] | None = None
+    """Per risk kind (``deterioration``, ``sepsis``), per modality: see :data:`Contributions`.
+    None when the model gives none (optional: messages without it stay valid v1)."""
+
+    @field_validator("contributions")
+    @classmethod
+    def _known_contributions(cls, v: dict[str, Contributions] | None) -> dict[str, Contributions] | None:
+        if v is None:
+            return v
+        for kind, values in v.items():
+            if kind not in features.CONTRIBUTION_RISKS:
+                raise ValueError(f"unknown risk kind {kind!r}; expected {features.CONTRIBUTION_RISKS}")
+            _check_modality_values(values, kind)
+        return v
+
+
+class Alert(Message):
+    """An alert episode opening. ``alert_id`` is unique per patient, kind and episode."""
+
+    alert_id: Annotated[str, Field(min_length=1, max_length=200)]
+    kind: Literal["deterioration", "sepsis"]
+    risk: Annotated[float, Field(ge=0, le=1)]
+    news2: Annotated[int, Field(ge=0, le=20)]
+    qsofa: Annotated[int, Field(ge=0, le=3)]
+    model: str
+    source: Literal["triton", "fallback"]
+    episode_start: EventTime
+    raised_at: EventTime
+    """Wall-clock time the alert was raised."""
+    contributions: Contributions | None = None
+    """The contributions to this alert's kind of risk from the score that opened the episode
+    (see :data:`Contributions`); None when that score had none (optional, like Score's)."""
+
+    @field_validator("contributions")
+    @classmethod
+    def _known_contributions(cls, v: Contributions | None) -> Contributions | None:
+        if v is not None:
+            _check_modality_values(v, "contributions")
+        return v
+
+
+class DeadLetter(Message):
+    """A message that could not be accepted. ``patient_id`` is the original key, or 'unknown'."""
+
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+    original_b64: str
+
+    @classmethod
+    def of(cls, source: str, raw: bytes, reason: str, patient_id: str | None = None,
+           partition: int = -1, offset: int = -1) -> "DeadLetter":
+        """The dead letter of ``raw`` bytes from ``source`` (a topic, or 'hl7' / 'dicom' for the
+        listeners), stamped now; keyed by ``patient_id`` when it is a valid id, else 'unknown'."""
+        valid = patient_id is not None and re.fullmatch(PATIENT_ID_PATTERN, patient_id) is not None
+        return cls(patient_id=patient_id if valid else "unknown", event_time=time.time(), topic=source,
+                   partition=partition, offset=offset, reason=reason,
+                   original_b64=base64.b64encode(raw).decode("ascii"))
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    topics.VITALS: Vitals,
+    topics.WAVEFORMS: Waveform,
+    topics.LABS: Lab,
+    topics.CXR: Cxr,
+    topics.ADT: Adt,
+    topics.SCORES: Score,
+    topics.ALERTS: Alert,
+    topics.DEADLETTER: DeadLetter,
+}
+
+InputMessage = Union[Vitals, Waveform, Lab, Cxr, Adt]
+
+
+def decode(topic: str, raw: bytes | None, key: bytes | None = None) -> Message:
+    """Parse and validate one message from ``topic``; raise :class:`SchemaError` on anything wrong.
+
+    The message key, when given, must equal the payload's patient id (the topics are partitioned by
+    it, so a mismatch would put the patient's state on the wrong worker).
+    """
+    model = MESSAGE_TYPES.get(topic)
+    if model is None:
+        raise SchemaError(f"no schema for topic {topic!r}")
+    if not raw:
+        raise SchemaError("empty message")
+    try:
+        msg = model.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "message"
+        raise SchemaError(f"{topic} v1: {where}: {first.get('msg', 'invalid')}") from None
+    if key is not None and key != msg.key():
+        raise SchemaError("message key does not match patient_id")
+    return msg

@@ -1,0 +1,160 @@
+"""The one settings object, read from ``ICUWATCH_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ICUWATCH_", extra="ignore")
+
+    broker: str = "127.0.0.1:9092"
+    """Kafka bootstrap servers, ``host:port[,host:port]``."""
+    partitions: int = 4
+    """Partitions of every topic (all co-partitioned by patient id)."""
+    replication_factor: int = 1
+    """Replicas of every topic icuwatch creates, table changelogs included (1 for the local broker;
+    3 in production, with min.insync.replicas 2 on the cluster)."""
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How every icuwatch Kafka client (worker, producers, replay readers) talks to the brokers:
+    PLAINTEXT locally, SASL_SSL in production (``streams/kafka/security.py``)."""
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    """From the environment only (a Secret in production); never logged (``SecretStr``)."""
+    kafka_ssl_cafile: Path | None = None
+    """CA bundle that signed the brokers' certificates (unset: the system's trust store)."""
+    kafka_ssl_certfile: Path | None = None
+    """Client certificate, for brokers that require mutual TLS (with ``kafka_ssl_keyfile``)."""
+    kafka_ssl_keyfile: Path | None = None
+
+    triton_url: str = "127.0.0.1:8001"
+    """Triton gRPC endpoint."""
+    triton_http_port: int = 8000
+    triton_metrics_port: int = 8002
+    triton_model: str = "early_warning"
+    triton_model_repository: Path | None = None
+    """Model repository the local tritonserver serves instead of ``serving/models`` (unset: that one)."""
+    triton_extra_repositories: str = ""
+    """More model repositories served beside it, ``os.pathsep``-separated (e.g. ``var/triton/models``
+    from ``icuwatch export-triton``); model names must be unique across repositories."""
+    scoring_model: str = ""
+    """Unset (default): the worker sends the feature row to ``triton_model`` (the rule scores of
+    ``early_warning``). ``student_physionet`` (any Triton model exported from a PhysioNet-trained
+    fusion model by ``export-triton``): the worker sends the PhysioNet-cohort rows
+    (``streams/student_row.py``) to that model and publishes its ``PROBABILITY`` as the sepsis
+    risk; deterioration risk, NEWS2 and qSOFA stay the rule values (model ``<name>+rules``)."""
+    scoring_model_dir: Path | None = None
+    """Trained model directory whose ``model_card.json`` gives the normalisation (``data.meta.norm``)
+    of ``scoring_model``; unset: ``<state_dir>/models/<scoring_model with _ as ->``."""
+    triton_timeout_s: float = 2.0
+    triton_retry_s: float = 5.0
+    """After a failed call, score in-process for this long before trying Triton again."""
+
+    database_url: str = f"sqlite:///{REPO_ROOT / 'var' / 'icuwatch.db'}"
+
+    state_dir: Path = REPO_ROOT / "var"
+    """Pid files, logs and worker state of the local stack."""
+
+    app_id: str = "icuwatch"
+    """Faust application id: the consumer group and the prefix of the table changelogs."""
+    worker_web_port: int = 6066
+    score_interval_s: float = 300.0
+    """Event-time cadence at which each patient is rescored (important events also trigger)."""
+    waveform_feature_interval_s: float = 60.0
+    """Event time between ECG/PPG feature computations per patient (the QRS detector is costly)."""
+    consumer_fetch_max_wait_ms: int = 100
+    """How long the broker may hold the worker's fetch when a partition has nothing new. Faust fixes
+    1,500 ms, and this Tansu answers only when that time is up even if records arrive meanwhile
+    (it ignores fetch.min.bytes' early answer): a record on a quiet partition waited up to 1.5 s."""
+    worker_producer_max_batch_bytes: int = 1
+    """Record batch size of the worker's producer (table changelogs, scores, alerts, dead letters).
+    1: every record is its own batch. This Tansu answers "latest offset" with the base offset of a
+    partition's last batch + 1, so after batched writes Faust's changelog recovery stopped short and
+    a restarted worker lost the last updates of its tables; with one record per batch the answer is
+    exact. Production Kafka has no such bug: 16384 (Faust's default) there."""
+    worker_memory_profile_s: float = 0.0
+    """0: off. Otherwise the worker traces its allocations (``tracemalloc``, one frame: slower) and
+    every this many seconds writes the source lines holding the most memory, and what each gained
+    since the first snapshot, to ``<state_dir>/run/memory-<web port>.json`` (a soak's leak hunt)."""
+    ack_idle_s: float = 10.0
+    """Wall seconds after a patient's last message before its unacknowledged messages are
+    checkpointed and acknowledged anyway (``streams/kafka/acks.py``)."""
+    batch_max: int = 256
+    batch_wait_s: float = 0.2
+
+    deterioration_on: float = 0.5
+    deterioration_off: float = 0.3
+    sepsis_on: float = 0.5
+    sepsis_off: float = 0.3
+    alert_confirm: int = 2
+    """Consecutive scores above the 'on' threshold needed to open an alert episode."""
+    alert_clear: int = 3
+    """Consecutive scores below the 'off' threshold needed to close it."""
+    alert_refractory_s: float = 1800.0
+    """Event-time seconds after an episode closes before another of the same kind may open."""
+    alert_escalate_after_s: float = 300.0
+    """An alert left unacknowledged this long (wall clock) is escalated, and again every as long."""
+
+    api_host: str = "127.0.0.1"
+    """Where ``icuwatch serve`` listens (``--host``/``--port`` override)."""
+    api_port: int = 8080
+    api_stream_poll_s: float = 1.0
+    """How often the live alert stream (SSE) polls the database for changed alerts."""
+    api_stream_keepalive_s: float = 15.0
+    """Idle time after which the stream sends a keep-alive comment."""
+    api_escalate_interval_s: float = 30.0
+    """How often the API escalates alerts left unacknowledged too long."""
+
+    dicom_host: str = "127.0.0.1"
+    """Where ``icuwatch dicom-listen`` (the C-STORE SCP for chest X-rays) listens."""
+    dicom_port: int = 11112
+    dicom_ae_title: str = "ICUWATCH"
+    dicom_require_admitted: bool = True
+    """Refuse DICOM objects whose PatientID is not a patient ADT admitted (``patients`` table)."""
+    dicom_broker_timeout_s: float = 30.0
+    """How long the SCP waits for the broker to confirm an ``icu.cxr`` message before refusing."""
+
+    fhir_endpoint: str | None = None
+    """FHIR R4 base URL that each alert's transaction Bundle is pushed to; unset: no push."""
+    fhir_token: str | None = None
+    """Bearer token for ``fhir_endpoint`` (optional)."""
+    fhir_push_attempts: int = 5
+    """Tries per Bundle (connection errors, 408, 429, 5xx are retried; other 4xx are not)."""
+    fhir_push_backoff_s: float = 0.5
+    """First retry delay; doubles per retry (with jitter), at most ``fhir_push_backoff_max_s``."""
+    fhir_push_backoff_max_s: float = 10.0
+    fhir_push_timeout_s: float = 10.0
+    """Per-request timeout of a push."""
+    fhir_push_queue: int = 1000
+    """Bundles waiting to be pushed; when full the oldest is dropped (and counted)."""
+
+    hl7_host: str = "127.0.0.1"
+    """Where ``icuwatch hl7-listen`` listens for MLLP (``--host``/``--port`` override)."""
+    hl7_port: int = 2575
+    hl7_mapping: Path | None = None
+    """Extra HL7 observation mapping CSV that extends/overrides ``interfaces/mappings/hl7_observations.csv``."""
+    hl7_timezone: str = "UTC"
+    """IANA zone for HL7 timestamps sent without a UTC offset."""
+    hl7_ack_timeout_s: float = 30.0
+    """How long the HL7 listener waits for the broker's acknowledgement before answering AE."""
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

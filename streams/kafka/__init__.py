@@ -1,0 +1,18 @@
+"""Kafka plumbing of the worker and the producers: client security settings, the producer, the
+acknowledgement bookkeeping, and every patch to the pinned Kafka client libraries (faust-streaming
+0.15.3, aiokafka 0.14.0), applied by :func:`install_patches` before the Faust app is built. Each
+patch has its own module and test; rerun them before upgrading either library (OPERATIONS.md)."""
+
+from __future__ import annotations
+
+from icuwatch.core.settings import Settings
+
+
+def install_patches(settings: Settings) -> None:
+    """``fetch_wait``: the consumer's fetch wait; ``commit_guard``: no offset commit outside a group
+    generation; ``commit_floor``: never commit past an unacknowledged message."""
+    from icuwatch.streams.kafka import commit_floor, commit_guard, fetch_wait
+
+    fetch_wait.install(settings.consumer_fetch_max_wait_ms)
+    commit_guard.install()
+    commit_floor.install()

@@ -1,0 +1,95 @@
+"""Kafka producers for icuwatch's topics (kafka-python)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.producer.future import FutureRecordMetadata
+
+from icuwatch.core.settings import Settings
+from icuwatch.streams.kafka.security import kafka_python_config
+
+log = logging.getLogger(__name__)
+RECREATE_TIMEOUT_S = 600.0
+
+
+def _kafka_producer(settings: Settings) -> KafkaProducer:
+    """Durable: waits for the broker's acknowledgement, retries for up to 10 minutes (a stalled
+    broker delays messages rather than dropping them), keeps per-key order; idempotent (kafka-python's
+    default), so its own retries write no duplicate."""
+    return KafkaProducer(
+        bootstrap_servers=settings.broker,
+        acks="all",
+        linger_ms=10,
+        batch_size=512 * 1024,
+        delivery_timeout_ms=600_000,
+        request_timeout_ms=60_000,
+        retries=1_000_000,
+        max_in_flight_requests_per_connection=1,
+        max_request_size=8 * 1024 * 1024,
+        client_id="icuwatch-producer",
+        **kafka_python_config(settings),
+    )
+
+
+class ResilientProducer:
+    """A ``KafkaProducer`` that replaces itself once it can no longer send.
+
+    An idempotent producer that meets a fatal error (a broker that lost its producer-id state, as
+    the local Tansu does on restart: ``InitProducerId`` answers UnknownError) fails every record it
+    holds and every later one, for ever. A bedside feed must resume on its own, so the next ``send``
+    after such an error builds a new producer (waiting for the broker if need be); the records the
+    old one failed are the caller's to send again (:func:`icuwatch.sources.pacing.send_paced` does).
+    Everything else is the wrapped ``KafkaProducer``'s.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.replaced = 0
+        self._producer = _kafka_producer(settings)
+
+    def broken(self) -> bool:
+        # kafka-python (pinned 3.0.12) exposes the fatal state only on its transaction manager.
+        manager = getattr(self._producer, "_transaction_manager", None)
+        return bool(manager is not None and manager.has_fatal_error())
+
+    def send(self, topic: str, key: bytes | None = None, value: bytes | None = None,
+             partition: int | None = None, **kwargs: Any) -> FutureRecordMetadata:
+        if self.broken():
+            self._replace()
+        return self._producer.send(topic, key=key, value=value, partition=partition, **kwargs)
+
+    def _replace(self) -> None:
+        log.warning("Kafka producer hit a fatal error; replacing it")
+        try:
+            self._producer.close(timeout=0)
+        except Exception:  # the old one is beyond use either way
+            pass
+        deadline, delay = time.monotonic() + RECREATE_TIMEOUT_S, 0.5
+        while True:
+            try:
+                self._producer = _kafka_producer(self.settings)
+                break
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("Kafka producer not recreated yet (%s); retrying", type(exc).__name__)
+                time.sleep(delay)
+                delay = min(5.0, delay * 2)
+        self.replaced += 1
+
+    def flush(self, timeout: float | None = None) -> None:
+        self._producer.flush(timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        self._producer.close(timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._producer, name)
+
+
+def make_producer(settings: Settings) -> ResilientProducer:
+    return ResilientProducer(settings)
