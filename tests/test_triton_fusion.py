@@ -128,7 +128,9 @@ def test_production_image_check_accepts_the_export(repository):
     repositories, loads and runs both exported models (and would refuse a torch mismatch)."""
     import importlib.util
 
-    path = triton.MODEL_REPOSITORY.parent.parent / "production" / "check_triton_repository.py"
+    from icuwatch.core.settings import REPO_ROOT
+
+    path = REPO_ROOT / "deploy" / "production" / "check_triton_repository.py"
     spec = importlib.util.spec_from_file_location("check_triton_repository", path)
     check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(check)
