@@ -172,15 +172,22 @@ def create_app(settings: Optional[Settings] = None, *, escalate: bool = True) ->
     app.include_router(routes.router)
     app.include_router(stream.router)
     from icuwatch.api.fhir_routes import router as fhir_router  # FHIR R4 search (/fhir)
+
     app.include_router(fhir_router)
 
     app.add_middleware(NoStoreMiddleware)
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (engineer, admin)",
-             response_class=Response,
-             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}},
-                        401: {"description": "Missing or invalid bearer token"},
-                        403: {"description": "Only engineer and admin tokens"}})
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics (engineer, admin)",
+        response_class=Response,
+        responses={
+            200: {"content": {CONTENT_TYPE_LATEST: {}}},
+            401: {"description": "Missing or invalid bearer token"},
+            403: {"description": "Only engineer and admin tokens"},
+        },
+    )
     def metrics(_: Principal = Depends(require_roles(*OPERATOR_ROLES))) -> Response:
         return Response(generate_latest(app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
 

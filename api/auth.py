@@ -38,9 +38,7 @@ class Principal:
 
 
 def _unauthorized(detail: str) -> HTTPException:
-    return HTTPException(
-        status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"}
-    )
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
 
 def _lookup(request: Request, token: Optional[str]) -> Principal:
@@ -54,9 +52,7 @@ def _lookup(request: Request, token: Optional[str]) -> Principal:
     return Principal(user=user, role=role)
 
 
-def current_user(
-    request: Request, creds: Optional[HTTPAuthorizationCredentials] = Depends(_bearer)
-) -> Principal:
+def current_user(request: Request, creds: Optional[HTTPAuthorizationCredentials] = Depends(_bearer)) -> Principal:
     """The caller, from ``Authorization: Bearer <token>``."""
     return _lookup(request, creds.credentials if creds else None)
 

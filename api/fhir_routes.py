@@ -40,14 +40,22 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def _fhir(body: dict[str, Any], status_code: int = 200) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")), status_code=status_code,
-                    media_type=FHIR_JSON, headers={"Cache-Control": "no-store"})
+    return Response(
+        json.dumps(body, separators=(",", ":")),
+        status_code=status_code,
+        media_type=FHIR_JSON,
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 def _outcome(status_code: int, diagnostics: str) -> Response:
-    return _fhir({"resourceType": "OperationOutcome",
-                  "issue": [{"severity": "error", "code": "required", "diagnostics": diagnostics}]},
-                 status_code)
+    return _fhir(
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": "required", "diagnostics": diagnostics}],
+        },
+        status_code,
+    )
 
 
 def _search(
@@ -80,8 +88,12 @@ def _n(count: Optional[int], limit: Optional[int]) -> int:
     return count or limit or 50
 
 
-@router.get("/RiskAssessment", response_class=Response, responses=_RESPONSES,
-            summary="The patient's RiskAssessments, one per alert, newest first")
+@router.get(
+    "/RiskAssessment",
+    response_class=Response,
+    responses=_RESPONSES,
+    summary="The patient's RiskAssessments, one per alert, newest first",
+)
 def risk_assessments(
     request: Request,
     patient: Optional[str] = _PATIENT,
@@ -89,12 +101,15 @@ def risk_assessments(
     limit: Optional[int] = _LIMIT,
     _: Principal = Depends(current_user),
 ) -> Response:
-    return _search(request, patient, _n(count, limit),
-                   lambda s, a: fx.risk_assessment(a, fx.score_for_alert(s, a)))
+    return _search(request, patient, _n(count, limit), lambda s, a: fx.risk_assessment(a, fx.score_for_alert(s, a)))
 
 
-@router.get("/Flag", response_class=Response, responses=_RESPONSES,
-            summary="The patient's alert Flags (active: raised/acknowledged; inactive: resolved)")
+@router.get(
+    "/Flag",
+    response_class=Response,
+    responses=_RESPONSES,
+    summary="The patient's alert Flags (active: raised/acknowledged; inactive: resolved)",
+)
 def flags(
     request: Request,
     patient: Optional[str] = _PATIENT,
@@ -107,8 +122,12 @@ def flags(
     return _search(request, patient, _n(count, limit), lambda s, a: fx.flag(a), states)
 
 
-@router.get("/DetectedIssue", response_class=Response, responses=_RESPONSES,
-            summary="The patient's alerts as DetectedIssues, newest first")
+@router.get(
+    "/DetectedIssue",
+    response_class=Response,
+    responses=_RESPONSES,
+    summary="The patient's alerts as DetectedIssues, newest first",
+)
 def detected_issues(
     request: Request,
     patient: Optional[str] = _PATIENT,
@@ -117,4 +136,3 @@ def detected_issues(
     _: Principal = Depends(current_user),
 ) -> Response:
     return _search(request, patient, _n(count, limit), lambda s, a: fx.detected_issue(a))
-

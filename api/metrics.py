@@ -18,7 +18,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from icuwatch.storage import lifecycle, repository as repo
+from icuwatch.storage import lifecycle
+from icuwatch.storage import repository as repo
 
 log = logging.getLogger(__name__)
 
@@ -61,31 +62,47 @@ class PipelineCollector(Collector):
     def _workers(self) -> Iterator[Metric]:
         stats = read_worker_stats(self.settings.run_dir)
         now = time.time()
-        up = GaugeMetricFamily("icuwatch_worker_up", "1 if the worker wrote its stats in the last 10 s", labels=["worker"])
-        age = GaugeMetricFamily("icuwatch_worker_stats_age_seconds", "Age of the worker's stats file", labels=["worker"])
-        processed = CounterMetricFamily("icuwatch_messages_processed", "Input messages accepted by the worker",
-                                        labels=["worker", "topic"])
-        dead = CounterMetricFamily("icuwatch_messages_deadlettered", "Messages sent to the dead-letter topic",
-                                   labels=["worker"])
-        dups = CounterMetricFamily("icuwatch_messages_duplicate", "Duplicate messages that changed nothing",
-                                   labels=["worker"])
-        scores = CounterMetricFamily("icuwatch_scores", "Rows scored, by source (triton or in-process fallback)",
-                                     labels=["worker", "source"])
-        batches = CounterMetricFamily("icuwatch_score_batches", "Scoring batches, by source",
-                                      labels=["worker", "source"])
-        fallback = CounterMetricFamily("icuwatch_scores_fallback", "Rows scored by the in-process fallback",
-                                       labels=["worker"])
+        up = GaugeMetricFamily(
+            "icuwatch_worker_up", "1 if the worker wrote its stats in the last 10 s", labels=["worker"]
+        )
+        age = GaugeMetricFamily(
+            "icuwatch_worker_stats_age_seconds", "Age of the worker's stats file", labels=["worker"]
+        )
+        processed = CounterMetricFamily(
+            "icuwatch_messages_processed", "Input messages accepted by the worker", labels=["worker", "topic"]
+        )
+        dead = CounterMetricFamily(
+            "icuwatch_messages_deadlettered", "Messages sent to the dead-letter topic", labels=["worker"]
+        )
+        dups = CounterMetricFamily(
+            "icuwatch_messages_duplicate", "Duplicate messages that changed nothing", labels=["worker"]
+        )
+        scores = CounterMetricFamily(
+            "icuwatch_scores", "Rows scored, by source (triton or in-process fallback)", labels=["worker", "source"]
+        )
+        batches = CounterMetricFamily(
+            "icuwatch_score_batches", "Scoring batches, by source", labels=["worker", "source"]
+        )
+        fallback = CounterMetricFamily(
+            "icuwatch_scores_fallback", "Rows scored by the in-process fallback", labels=["worker"]
+        )
         errors = CounterMetricFamily("icuwatch_triton_errors", "Failed Triton calls", labels=["worker"])
-        published = CounterMetricFamily("icuwatch_scores_published", "Scores published to icu.scores",
-                                        labels=["worker"])
+        published = CounterMetricFamily(
+            "icuwatch_scores_published", "Scores published to icu.scores", labels=["worker"]
+        )
         stored = CounterMetricFamily("icuwatch_scores_stored", "Scores written to the database", labels=["worker"])
         pending = GaugeMetricFamily("icuwatch_scores_pending", "Patients waiting to be scored", labels=["worker"])
         raised = CounterMetricFamily("icuwatch_alerts_raised", "Alerts raised by the worker", labels=["worker"])
-        lag = GaugeMetricFamily("icuwatch_consumer_lag", "Messages behind the end of the partition (worker-reported)",
-                                labels=["worker", "topic", "partition"])
-        record_age = GaugeMetricFamily("icuwatch_record_age_seconds",
-                                       "Wall time since the producer stamped the last record the worker took",
-                                       labels=["worker", "topic"])
+        lag = GaugeMetricFamily(
+            "icuwatch_consumer_lag",
+            "Messages behind the end of the partition (worker-reported)",
+            labels=["worker", "topic", "partition"],
+        )
+        record_age = GaugeMetricFamily(
+            "icuwatch_record_age_seconds",
+            "Wall time since the producer stamped the last record the worker took",
+            labels=["worker", "topic"],
+        )
 
         for name, st in stats.items():
             at = _num(st.get("at"))
@@ -96,8 +113,14 @@ class PipelineCollector(Collector):
             for topic, n in (st.get("processed_by_topic") or {}).items():
                 if _num(n) is not None:
                     processed.add_metric([name, topic], n)
-            for family, key in ((dead, "deadlettered"), (dups, "duplicates"), (published, "scores_published"),
-                                (stored, "scores_stored"), (pending, "scores_pending"), (raised, "alerts_raised")):
+            for family, key in (
+                (dead, "deadlettered"),
+                (dups, "duplicates"),
+                (published, "scores_published"),
+                (stored, "scores_stored"),
+                (pending, "scores_pending"),
+                (raised, "alerts_raised"),
+            ):
                 if _num(st.get(key)) is not None:
                     family.add_metric([name], st[key])
             scorer = st.get("scorer") or {}
@@ -118,8 +141,24 @@ class PipelineCollector(Collector):
 
         workers = GaugeMetricFamily("icuwatch_workers", "Worker stats files found")
         workers.add_metric([], len(stats))
-        yield from (workers, up, age, processed, dead, dups, scores, batches, fallback, errors, published,
-                    stored, pending, raised, lag, record_age)
+        yield from (
+            workers,
+            up,
+            age,
+            processed,
+            dead,
+            dups,
+            scores,
+            batches,
+            fallback,
+            errors,
+            published,
+            stored,
+            pending,
+            raised,
+            lag,
+            record_age,
+        )
 
     # ----------------------------------------------------------------------------------- alerts
 
@@ -138,20 +177,31 @@ class PipelineCollector(Collector):
         open_.add_metric([], by_state.get("raised", 0) + by_state.get("acknowledged", 0))
         yield open_
         for name, key, help_ in (
-            ("icuwatch_alerts_per_patient_day", "alerts_per_patient_day",
-             "Alerts per patient-day observed (all alerts in the database)"),
+            (
+                "icuwatch_alerts_per_patient_day",
+                "alerts_per_patient_day",
+                "Alerts per patient-day observed (all alerts in the database)",
+            ),
             ("icuwatch_patient_days", "patient_days", "Patient-days observed (admissions and scores)"),
-            ("icuwatch_time_to_ack_median_seconds", "median_time_to_ack_s",
-             "Median seconds from raise to acknowledgement"),
-            ("icuwatch_time_to_ack_p90_seconds", "p90_time_to_ack_s",
-             "90th percentile of seconds from raise to acknowledgement"),
+            (
+                "icuwatch_time_to_ack_median_seconds",
+                "median_time_to_ack_s",
+                "Median seconds from raise to acknowledgement",
+            ),
+            (
+                "icuwatch_time_to_ack_p90_seconds",
+                "p90_time_to_ack_s",
+                "90th percentile of seconds from raise to acknowledgement",
+            ),
         ):
             if _num(quality.get(key)) is not None:  # absent, not NaN, while undefined
                 g = GaugeMetricFamily(name, help_)
                 g.add_metric([], quality[key])
                 yield g
-        for key, help_ in (("escalated", "Alerts escalated at least once"),
-                           ("suppressed", "Alerts not stored because an episode of theirs was open")):
+        for key, help_ in (
+            ("escalated", "Alerts escalated at least once"),
+            ("suppressed", "Alerts not stored because an episode of theirs was open"),
+        ):
             g = GaugeMetricFamily(f"icuwatch_alerts_{key}", help_)
             g.add_metric([], quality.get(key) or 0)
             yield g

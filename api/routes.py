@@ -17,7 +17,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from icuwatch.api.auth import CLINICAL_ROLES, Principal, current_user, require_roles
-from icuwatch.storage import lifecycle, repository as repo
+from icuwatch.storage import lifecycle
+from icuwatch.storage import repository as repo
 from icuwatch.storage.models import Alert as AlertRow
 from icuwatch.storage.models import Patient as PatientRow
 
@@ -226,8 +227,11 @@ def list_alerts(
 @router.post(
     "/alerts/{alert_id}/acknowledge",
     response_model=Alert,
-    responses={**_ROLE_RESPONSES, 404: {"description": "Unknown alert"},
-               409: {"description": "The alert is not in state 'raised'"}},
+    responses={
+        **_ROLE_RESPONSES,
+        404: {"description": "Unknown alert"},
+        409: {"description": "The alert is not in state 'raised'"},
+    },
     summary="Acknowledge a raised alert (nurse, physician)",
 )
 def acknowledge(
@@ -251,8 +255,11 @@ def acknowledge(
 @router.post(
     "/alerts/{alert_id}/resolve",
     response_model=Alert,
-    responses={**_ROLE_RESPONSES, 404: {"description": "Unknown alert"},
-               409: {"description": "The alert cannot be resolved from its state"}},
+    responses={
+        **_ROLE_RESPONSES,
+        404: {"description": "Unknown alert"},
+        409: {"description": "The alert cannot be resolved from its state"},
+    },
     summary="Resolve an alert (nurse, physician)",
 )
 def resolve(

@@ -27,7 +27,8 @@ from starlette.concurrency import run_in_threadpool
 
 from icuwatch.api.auth import Principal, current_user_header_or_query
 from icuwatch.api.routes import alerts_out
-from icuwatch.storage import lifecycle, repository as repo
+from icuwatch.storage import lifecycle
+from icuwatch.storage import repository as repo
 
 router = APIRouter(prefix="/api", tags=["api"])
 log = logging.getLogger(__name__)
@@ -63,7 +64,8 @@ def _changed(sessions, since: datetime) -> tuple[list[dict], list[tuple]]:
         after: Optional[tuple[datetime, str]] = None
         while True:
             page = lifecycle.alerts_changed_since(
-                s, after[0] if after else since, limit=PAGE, after_id=after[1] if after else None)
+                s, after[0] if after else since, limit=PAGE, after_id=after[1] if after else None
+            )
             rows += page
             if len(page) < PAGE:
                 break
@@ -108,8 +110,10 @@ async def alert_events(request: Request, poll_s: float, keepalive_s: float) -> A
     "/stream",
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"text/event-stream": {}},
-              "description": "`event: snapshot` (JSON array of open Alerts), then `event: alert` (one Alert) per change"},
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "`event: snapshot` (JSON array of open Alerts), then `event: alert` (one Alert) per change",
+        },
         401: {"description": "Missing or invalid token (header or ?token=)"},
     },
     summary="Live alerts (server-sent events)",

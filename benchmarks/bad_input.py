@@ -25,8 +25,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from icuwatch.core.settings import REPO_ROOT, Settings
 from icuwatch.core import schemas, topics
+from icuwatch.core.settings import REPO_ROOT, Settings
 
 Mutation = Callable[[int, dict, bytes], tuple[bytes | None, bytes]]
 """(index, the good message as a dict, its key) -> (key, payload) of a malformed one."""
@@ -61,12 +61,19 @@ MUTATIONS: dict[str, Mutation] = {
     "event_time_nan": _with(event_time=float("nan")),
 }
 TOPIC_MUTATIONS: dict[str, dict[str, Mutation]] = {
-    topics.VITALS: {"hr_out_of_range": _with(hr=900), "no_value": lambda i, d, key: (
-        key, _json({k: v for k, v in d.items() if k in ("schema_version", "patient_id", "event_time")}))},
-    topics.WAVEFORMS: {"fs_too_low": _with(fs=2), "no_samples": _with(samples=[]),
-                       "sample_text": _with(samples=["x"])},
-    topics.LABS: {"unknown_analyte": _with(analyte="unobtainium"), "wrong_unit": _with(unit="furlongs"),
-                  "result_before_collection": lambda i, d, key: (key, _json({**d, "result_time": d["event_time"] - 60}))},
+    topics.VITALS: {
+        "hr_out_of_range": _with(hr=900),
+        "no_value": lambda i, d, key: (
+            key,
+            _json({k: v for k, v in d.items() if k in ("schema_version", "patient_id", "event_time")}),
+        ),
+    },
+    topics.WAVEFORMS: {"fs_too_low": _with(fs=2), "no_samples": _with(samples=[]), "sample_text": _with(samples=["x"])},
+    topics.LABS: {
+        "unknown_analyte": _with(analyte="unobtainium"),
+        "wrong_unit": _with(unit="furlongs"),
+        "result_before_collection": lambda i, d, key: (key, _json({**d, "result_time": d["event_time"] - 60})),
+    },
     topics.CXR: {"short_image": _with(image_b64="abc"), "unknown_view": _with(view="oblique")},
     topics.ADT: {"unknown_event": _with(event="teleport"), "age_out_of_range": _with(age=400)},
 }
@@ -130,8 +137,12 @@ def read_deadletters(settings: Settings, expected: int, timeout_s: float, key: b
     ``expected`` are found or ``timeout_s`` passes."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=settings.broker, enable_auto_commit=False,
-                             consumer_timeout_ms=1000, max_partition_fetch_bytes=8 << 20)
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.broker,
+        enable_auto_commit=False,
+        consumer_timeout_ms=1000,
+        max_partition_fetch_bytes=8 << 20,
+    )
     parts = [TopicPartition(topics.DEADLETTER, p) for p in range(settings.partitions)]
     consumer.assign(parts)
     consumer.seek_to_beginning(*parts)
@@ -150,21 +161,23 @@ def _wait_done(stats_file, total: int, timeout_s: float) -> dict:
     deadline, stats = time.monotonic() + timeout_s, {}
     while time.monotonic() < deadline:
         stats = read_stats([stats_file])
-        if stats.get("processed", 0) + stats.get("deadlettered", 0) >= total \
-                and stats.get("unacknowledged") == 0 and stats.get("scores_pending") == 0:
+        if (
+            stats.get("processed", 0) + stats.get("deadlettered", 0) >= total
+            and stats.get("unacknowledged") == 0
+            and stats.get("scores_pending") == 0
+        ):
             break
         time.sleep(1.0)
     return stats
 
 
-def run_bad_input(n_bad: int, patients: int = 8, minutes: float = 180.0, seed: int = 5,
-                  progress: bool = True) -> dict:
-    from icuwatch.deploy import broker, processes, triton
+def run_bad_input(n_bad: int, patients: int = 8, minutes: float = 180.0, seed: int = 5, progress: bool = True) -> dict:
     from icuwatch.benchmarks.chaos import CHAOS_ENV, checkpointed_states, expected_states, triton_settings
+    from icuwatch.deploy import broker, processes, triton
     from icuwatch.deploy.worker_process import start_worker, stats_path, stop_worker
+    from icuwatch.sources.simulator import Simulation
     from icuwatch.storage import db
     from icuwatch.streams.kafka.producer import make_producer
-    from icuwatch.sources.simulator import Simulation
 
     host, port = processes.split_host_port(CHAOS_ENV["ICUWATCH_BROKER"], 9092)
     if processes.port_open(host, port):
@@ -172,12 +185,20 @@ def run_bad_input(n_bad: int, patients: int = 8, minutes: float = 180.0, seed: i
     state_dir = REPO_ROOT / "var" / "chaos" / "bad-input"
     shutil.rmtree(state_dir, ignore_errors=True)
     state_dir.mkdir(parents=True)
-    env = {**CHAOS_ENV, "ICUWATCH_STATE_DIR": str(state_dir),
-           "ICUWATCH_DATABASE_URL": f"sqlite:///{state_dir / 'icuwatch.db'}"}
+    env = {
+        **CHAOS_ENV,
+        "ICUWATCH_STATE_DIR": str(state_dir),
+        "ICUWATCH_DATABASE_URL": f"sqlite:///{state_dir / 'icuwatch.db'}",
+    }
     settings = Settings(**{k.removeprefix("ICUWATCH_").lower(): v for k, v in env.items()})
     say = (lambda m: print(f"bad input: {m}", file=sys.stderr)) if progress else (lambda m: None)
-    sim = Simulation(n_patients=patients, seed=seed, start_time=float(int(time.time()) - 6 * 3600),
-                     duration_s=minutes * 60.0, patient_prefix="bad-input-")
+    sim = Simulation(
+        n_patients=patients,
+        seed=seed,
+        start_time=float(int(time.time()) - 6 * 3600),
+        duration_s=minutes * 60.0,
+        patient_prefix="bad-input-",
+    )
     proc = None
     try:
         db.upgrade(settings.database_url)
@@ -231,9 +252,13 @@ def run_bad_input(n_bad: int, patients: int = 8, minutes: float = 180.0, seed: i
         "wall_s": {"publish": round(published_s, 1), "until_processed": round(done_s, 1)},
         "messages_per_s": round(total / done_s, 1),
     }
-    result["ok"] = (result["every_malformed_deadlettered"] and result["every_deadletter_has_a_reason"]
-                    and result["every_good_processed"] and not result["worker_crashed"]
-                    and not result["patient_ids_in_worker_log"]
-                    and result["duplicates"] == 0
-                    and result["patient_states_whole"] == f"{len(expected)}/{len(expected)}")
+    result["ok"] = (
+        result["every_malformed_deadlettered"]
+        and result["every_deadletter_has_a_reason"]
+        and result["every_good_processed"]
+        and not result["worker_crashed"]
+        and not result["patient_ids_in_worker_log"]
+        and result["duplicates"] == 0
+        and result["patient_states_whole"] == f"{len(expected)}/{len(expected)}"
+    )
     return result

@@ -16,7 +16,10 @@ from icuwatch.core.settings import Settings
 MALFORMED = (
     ("icu.vitals", b"{not json"),
     ("icu.vitals", b'{"schema_version":1,"patient_id":"%s","event_time":1,"hr":80}'),
-    ("icu.labs", b'{"schema_version":1,"patient_id":"%s","event_time":1764000000,"analyte":"lactate","value":2,"unit":"mg/dL","result_time":1764000001}'),
+    (
+        "icu.labs",
+        b'{"schema_version":1,"patient_id":"%s","event_time":1764000000,"analyte":"lactate","value":2,"unit":"mg/dL","result_time":1764000001}',
+    ),
 )
 
 
@@ -52,11 +55,13 @@ def lead_times(alerts: list[dict], truth: list[dict]) -> list[dict]:
     for a in alerts:
         gt = onset.get(a["patient_id"], {})
         t0 = gt.get("onset_time")
-        out.append({
-            **a,
-            "true_condition": gt.get("condition", "unknown"),
-            "minutes_after_onset": None if t0 is None else round((a["event_time"] - t0) / 60.0, 1),
-        })
+        out.append(
+            {
+                **a,
+                "true_condition": gt.get("condition", "unknown"),
+                "minutes_after_onset": None if t0 is None else round((a["event_time"] - t0) / 60.0, 1),
+            }
+        )
     return out
 
 
@@ -94,17 +99,18 @@ def describe(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def run_demo(settings: Settings, minutes: float, patients: int, speed: float, seed: int,
-             keep_stack: bool = True) -> dict:
-    from icuwatch.deploy import stack
-    from icuwatch.deploy.worker_process import start_worker, stop_worker
+def run_demo(
+    settings: Settings, minutes: float, patients: int, speed: float, seed: int, keep_stack: bool = True
+) -> dict:
     from sqlalchemy import func, select
 
+    from icuwatch.deploy import stack
+    from icuwatch.deploy.worker_process import start_worker, stop_worker
+    from icuwatch.sources.simulator import Simulation
+    from icuwatch.sources.simulator.producer import publish, write_ground_truth
     from icuwatch.storage import db, repository
     from icuwatch.storage.models import Score
     from icuwatch.streams.kafka.producer import make_producer
-    from icuwatch.sources.simulator import Simulation
-    from icuwatch.sources.simulator.producer import publish, write_ground_truth
 
     print("icuwatch demo: starting broker, tritonserver and database ...", file=sys.stderr)
     stack.up(settings)
@@ -116,16 +122,22 @@ def run_demo(settings: Settings, minutes: float, patients: int, speed: float, se
     stats_path(settings).unlink(missing_ok=True)
     worker = start_worker(settings, worker_log)
     try:
-        sim = Simulation(n_patients=patients, seed=seed, start_time=time.time(),
-                         duration_s=minutes * 60.0 * max(speed, 1.0), patient_prefix=prefix)
+        sim = Simulation(
+            n_patients=patients,
+            seed=seed,
+            start_time=time.time(),
+            duration_s=minutes * 60.0 * max(speed, 1.0),
+            patient_prefix=prefix,
+        )
         truth_path = settings.state_dir / f"{prefix}truth.json"
         write_ground_truth(sim, truth_path)
         producer = make_producer(settings)
         bad_key = f"{prefix}0000".encode()
         for topic, payload in MALFORMED:
             producer.send(topic, key=bad_key, value=payload.replace(b"%s", bad_key))
-        print(f"icuwatch demo: simulating {patients} patients for {minutes:g} min at speed {speed:g} ...",
-              file=sys.stderr)
+        print(
+            f"icuwatch demo: simulating {patients} patients for {minutes:g} min at speed {speed:g} ...", file=sys.stderr
+        )
         produced = publish(sim, producer, speed=speed, progress=sys.stderr.isatty())
         for topic, payload in MALFORMED:
             producer.send(topic, key=bad_key, value=payload.replace(b"%s", bad_key))
@@ -141,8 +153,14 @@ def run_demo(settings: Settings, minutes: float, patients: int, speed: float, se
     sessions = db.session_factory(db.make_engine(settings.database_url))
     with sessions() as session:
         alerts = [
-            {"alert_id": a.alert_id, "patient_id": a.patient_id, "kind": a.kind, "risk": round(a.risk, 3),
-             "source": a.source, "event_time": a.event_time.timestamp()}
+            {
+                "alert_id": a.alert_id,
+                "patient_id": a.patient_id,
+                "kind": a.kind,
+                "risk": round(a.risk, 3),
+                "source": a.source,
+                "event_time": a.event_time.timestamp(),
+            }
             for a in repository.list_alerts(session, limit=10_000)
             if a.patient_id.startswith(prefix)
         ]
@@ -151,14 +169,18 @@ def run_demo(settings: Settings, minutes: float, patients: int, speed: float, se
                 select(Score.source, func.count()).where(Score.patient_id.startswith(prefix)).group_by(Score.source)
             ).all()
         )
-    from icuwatch.storage.tokens import issue_token
     from icuwatch.deploy import api_server
+    from icuwatch.storage.tokens import issue_token
 
     board = None
     if keep_stack:
         token = issue_token(settings, user="demo-nurse", role="nurse")
-        board = {"url": f"{api_server.url(settings)}/?token={token}", "token": token, "user": "demo-nurse",
-                 "role": "nurse"}
+        board = {
+            "url": f"{api_server.url(settings)}/?token={token}",
+            "token": token,
+            "user": "demo-nurse",
+            "role": "nurse",
+        }
     truth = json.loads(truth_path.read_text())
     alerted = {a["patient_id"] for a in alerts}
     sick = [t["patient_id"] for t in truth if t.get("onset_time") is not None]

@@ -135,4 +135,4 @@ def kafka_client_id(frame: bytes) -> str | None:
     if len(frame) < 14:
         return None
     (length,) = struct.unpack(">h", frame[12:14])
-    return None if length < 0 else frame[14:14 + length].decode("utf-8", "replace")
+    return None if length < 0 else frame[14 : 14 + length].decode("utf-8", "replace")

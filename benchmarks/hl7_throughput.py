@@ -24,9 +24,9 @@ from pathlib import Path
 
 import hl7.mllp
 
-from icuwatch.interfaces.hl7_encode import ack_code, to_hl7
-from icuwatch.core.settings import Settings
 from icuwatch.core.schemas import Vitals
+from icuwatch.core.settings import Settings
+from icuwatch.interfaces.hl7_encode import ack_code, to_hl7
 
 
 def free_port() -> int:
@@ -46,8 +46,22 @@ def wait_port(port: int, timeout_s: float = 30.0) -> None:
 
 
 def messages(client: int, n: int, t0: float) -> list[str]:
-    return [to_hl7(Vitals(patient_id=f"bench-{client}-{i % 16}", event_time=t0 + i, hr=80 + i % 7, spo2=97, rr=16,
-                          sbp=120, dbp=70, map=87, temp=37.0)) for i in range(n)]
+    return [
+        to_hl7(
+            Vitals(
+                patient_id=f"bench-{client}-{i % 16}",
+                event_time=t0 + i,
+                hr=80 + i % 7,
+                spo2=97,
+                rr=16,
+                sbp=120,
+                dbp=70,
+                map=87,
+                temp=37.0,
+            )
+        )
+        for i in range(n)
+    ]
 
 
 async def run_client(port: int, texts: list[str], latencies: list[float]) -> None:
@@ -72,10 +86,16 @@ async def phase(port: int, clients: int, per_client: int, t0: float) -> dict:
     await asyncio.gather(*(run_client(port, b, latencies) for b in batches))
     wall = time.perf_counter() - start
     lat = sorted(latencies)
-    return {"clients": clients, "messages": len(lat), "seconds": round(wall, 3),
-            "messages_per_s": round(len(lat) / wall, 1),
-            "ack_latency_ms": {"p50": round(1000 * statistics.median(lat), 2),
-                               "p95": round(1000 * lat[int(0.95 * (len(lat) - 1))], 2)}}
+    return {
+        "clients": clients,
+        "messages": len(lat),
+        "seconds": round(wall, 3),
+        "messages_per_s": round(len(lat) / wall, 1),
+        "ack_latency_ms": {
+            "p50": round(1000 * statistics.median(lat), 2),
+            "p95": round(1000 * lat[int(0.95 * (len(lat) - 1))], 2),
+        },
+    }
 
 
 def main() -> int:
@@ -91,21 +111,36 @@ def main() -> int:
     started = False
     if args.broker is None:
         from icuwatch.deploy import broker as tansu
+
         tansu.start(settings)
         started = True
     port = free_port()
     env = {**os.environ, "ICUWATCH_BROKER": broker, "ICUWATCH_STATE_DIR": str(state)}
     log = open(state / "hl7-listen.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "icuwatch.cli.main", "hl7-listen", "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "icuwatch.cli.main", "hl7-listen", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     try:
         wait_port(port)
         t0 = 1.7e9
         asyncio.run(phase(port, 1, 20, t0))  # warm-up: connections, metadata
         seq = asyncio.run(phase(port, 1, args.messages, t0 + 1e5))
         conc = asyncio.run(phase(port, args.clients, max(1, args.messages // args.clients), t0 + 2e5))
-        print(json.dumps({"broker": broker, "started_broker": started, "obx_per_message": 7,
-                          "cpu_count": os.cpu_count(), "sequential": seq, "concurrent": conc}))
+        print(
+            json.dumps(
+                {
+                    "broker": broker,
+                    "started_broker": started,
+                    "obx_per_message": 7,
+                    "cpu_count": os.cpu_count(),
+                    "sequential": seq,
+                    "concurrent": conc,
+                }
+            )
+        )
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -56,14 +56,21 @@ def _free_ports(n: int) -> list[int]:
 @contextmanager
 def serving(repository: Path, models: list[str], timeout_s: float = 180.0):
     """A tritonserver on free ports serving ``repository`` only; yields its gRPC url."""
-    from icuwatch.deploy import triton
     from icuwatch.core.settings import get_settings
+    from icuwatch.deploy import triton
 
     with tempfile.TemporaryDirectory(prefix="icuwatch-bench-") as state:
         grpc_port, http_port, metrics_port = _free_ports(3)
-        settings = get_settings().model_copy(update={
-            "state_dir": Path(state), "triton_url": f"127.0.0.1:{grpc_port}", "triton_http_port": http_port,
-            "triton_metrics_port": metrics_port, "triton_extra_repositories": "", "triton_model_repository": None})
+        settings = get_settings().model_copy(
+            update={
+                "state_dir": Path(state),
+                "triton_url": f"127.0.0.1:{grpc_port}",
+                "triton_http_port": http_port,
+                "triton_metrics_port": metrics_port,
+                "triton_extra_repositories": "",
+                "triton_model_repository": None,
+            }
+        )
         try:
             triton.start(settings, model_repository=repository, ready_models=models, timeout_s=timeout_s)
             yield settings.triton_url
@@ -90,37 +97,52 @@ def _slice(batch: dict[str, np.ndarray], s: int, e: int) -> dict[str, np.ndarray
     return {k: v[s:e] for k, v in batch.items()}
 
 
-def infer(client, model: str, batch: dict[str, np.ndarray], keys: list[str], early_exit: bool = True,
-          student: bool = False):
+def infer(
+    client, model: str, batch: dict[str, np.ndarray], keys: list[str], early_exit: bool = True, student: bool = False
+):
     """(probability [B], exit [B] or None) of one request."""
     import tritonclient.grpc as grpcclient
 
     from icuwatch.serving.export import EARLY_EXIT_PARAMETER, EXIT, PROBABILITY
 
-    outputs = [grpcclient.InferRequestedOutput(PROBABILITY)] + ([grpcclient.InferRequestedOutput(EXIT)] if student else [])
-    result = client.infer(model, _inputs(batch, keys), outputs=outputs,
-                          parameters=None if early_exit else {EARLY_EXIT_PARAMETER: False})
+    outputs = [grpcclient.InferRequestedOutput(PROBABILITY)] + (
+        [grpcclient.InferRequestedOutput(EXIT)] if student else []
+    )
+    result = client.infer(
+        model, _inputs(batch, keys), outputs=outputs, parameters=None if early_exit else {EARLY_EXIT_PARAMETER: False}
+    )
     p = result.as_numpy(PROBABILITY).reshape(-1)
     return p, (result.as_numpy(EXIT).reshape(-1) if student else None)
 
 
-def score_all(client, model: str, batch: dict[str, np.ndarray], keys: list[str], early_exit: bool = True,
-              student: bool = False, chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray | None]:
+def score_all(
+    client,
+    model: str,
+    batch: dict[str, np.ndarray],
+    keys: list[str],
+    early_exit: bool = True,
+    student: bool = False,
+    chunk: int = CHUNK,
+) -> tuple[np.ndarray, np.ndarray | None]:
     n = len(batch["present"])
     p = np.empty(n, dtype=np.float32)
     e = np.empty(n, dtype=np.int32) if student else None
     for s in range(0, n, chunk):
         ps, es = infer(client, model, _slice(batch, s, s + chunk), keys, early_exit, student)
-        p[s: s + len(ps)] = ps
+        p[s : s + len(ps)] = ps
         if student:
-            e[s: s + len(es)] = es
+            e[s : s + len(es)] = es
     return p, e
 
 
 def _summary(times_s: list[float], rows: int) -> dict:
     t = np.asarray(times_s) * 1e3
-    return {"p50_ms": round(float(np.percentile(t, 50)), 3), "p99_ms": round(float(np.percentile(t, 99)), 3),
-            "patients_per_s": round(rows / (float(np.mean(t)) / 1e3), 1), "requests": len(t)}
+    return {
+        "p50_ms": round(float(np.percentile(t, 50)), 3),
+        "p99_ms": round(float(np.percentile(t, 99)), 3),
+        "patients_per_s": round(rows / (float(np.mean(t)) / 1e3), 1),
+        "requests": len(t),
+    }
 
 
 def _timed(run, batches: list[dict], repeats: int, warmup: int = 5) -> list[float]:
@@ -143,15 +165,24 @@ def _latency_batches(batch: dict[str, np.ndarray], size: int, limit: int, seed: 
     return [_slice(batch, int(s), int(s) + size) for s in starts]
 
 
-def concurrent_throughput(url: str, model: str, batch: dict[str, np.ndarray], keys: list[str], student: bool,
-                          requests: int = CONCURRENT_REQUESTS, in_flight: int = IN_FLIGHT) -> dict:
+def concurrent_throughput(
+    url: str,
+    model: str,
+    batch: dict[str, np.ndarray],
+    keys: list[str],
+    student: bool,
+    requests: int = CONCURRENT_REQUESTS,
+    in_flight: int = IN_FLIGHT,
+) -> dict:
     """Batch-1 requests, ``in_flight`` at a time (async gRPC): rows/s and the batches Triton formed."""
     import tritonclient.grpc as grpcclient
 
     from icuwatch.serving.export import EXIT, PROBABILITY
 
     client = grpcclient.InferenceServerClient(url)
-    outputs = [grpcclient.InferRequestedOutput(PROBABILITY)] + ([grpcclient.InferRequestedOutput(EXIT)] if student else [])
+    outputs = [grpcclient.InferRequestedOutput(PROBABILITY)] + (
+        [grpcclient.InferRequestedOutput(EXIT)] if student else []
+    )
     rows = [_inputs(_slice(batch, i, i + 1), keys) for i in range(min(256, len(batch["present"])))]
     before = _stats(client, model)
     slots = threading.Semaphore(in_flight)
@@ -180,8 +211,12 @@ def concurrent_throughput(url: str, model: str, batch: dict[str, np.ndarray], ke
     if errors:
         raise RuntimeError(f"{model}: {len(errors)} failed requests, first: {errors[0]}")
     executions = after["executions"] - before["executions"]
-    return {"requests": requests, "in_flight": in_flight, "patients_per_s": round(requests / elapsed, 1),
-            "mean_batch_formed": round((after["inferences"] - before["inferences"]) / max(1, executions), 2)}
+    return {
+        "requests": requests,
+        "in_flight": in_flight,
+        "patients_per_s": round(requests / elapsed, 1),
+        "mean_batch_formed": round((after["inferences"] - before["inferences"]) / max(1, executions), 2),
+    }
 
 
 def _stats(client, model: str) -> dict:
@@ -195,19 +230,26 @@ def _metrics(cohort, test: np.ndarray, p: np.ndarray, threshold: float) -> dict:
 
     groups = cohort.group[test]
     m = row_metrics(per_group(cohort.y[test], groups), per_group(p.astype(np.float64), groups), threshold)
-    return {k: (round(float(m[k]), 4) if m[k] is not None else None)
-            for k in ("auroc", "auprc", "utility", "ece", "alerts_per_patient_day", "threshold")}
+    return {
+        k: (round(float(m[k]), 4) if m[k] is not None else None)
+        for k in ("auroc", "auprc", "utility", "ece", "alerts_per_patient_day", "threshold")
+    }
 
 
-def run(cohort_name: str = "physionet", repository: str | Path | None = None, latency_rows: int = 20000,
-        teacher: str = "attention", progress: bool = True) -> dict:
+def run(
+    cohort_name: str = "physionet",
+    repository: str | Path | None = None,
+    latency_rows: int = 20000,
+    teacher: str = "attention",
+    progress: bool = True,
+) -> dict:
     import torch
     import tritonclient.grpc as grpcclient
 
     from icuwatch.fusion import cohorts, model_store
-    from icuwatch.serving import export as triton_export
     from icuwatch.fusion.cohorts.base import gather
     from icuwatch.fusion.strategies.base import to_tensors
+    from icuwatch.serving import export as triton_export
 
     started = time.time()
     repository = Path(repository) if repository is not None else triton_export.default_repository()
@@ -232,30 +274,47 @@ def run(cohort_name: str = "physionet", repository: str | Path | None = None, la
     results: dict[str, dict] = {}
     try:
         # in-process reference (eager, 1 thread): all test rows, and timings
-        scripted = {role: triton_export.load_torchscript(
-            repository / names[role] / triton_export.VERSION / triton_export.TORCHSCRIPT)
-                    for role in dirs}
+        scripted = {
+            role: triton_export.load_torchscript(
+                repository / names[role] / triton_export.VERSION / triton_export.TORCHSCRIPT
+            )
+            for role in dirs
+        }
         for variant, (role, name, early, student) in variants.items():
             tr = trained[role]
             temperature = None if student else tr.temperature
             _say(progress, f"bench models: {variant} in-process")
-            ref = np.concatenate([triton_export.reference(tr.model, to_tensors(_slice(batch, s, s + 2048)), temperature,
-                                                          early)[0] for s in range(0, len(test), 2048)])
+            ref = np.concatenate(
+                [
+                    triton_export.reference(tr.model, to_tensors(_slice(batch, s, s + 2048)), temperature, early)[0]
+                    for s in range(0, len(test), 2048)
+                ]
+            )
             timings = {"eager": {}, "torchscript": {}}
             for size in BATCH_SIZES:
                 tensors = [to_tensors(b) for b in _latency_batches(batch, size, latency_rows, seed=size)]
                 with torch.inference_mode():
-                    timings["eager"][str(size)] = _summary(_timed(
-                        lambda b: triton_export.reference(tr.model, b, temperature, early), tensors, REPEATS[size]), size)
-                    timings["torchscript"][str(size)] = _summary(_timed(
-                        lambda b: scripted[role](b, early), tensors, REPEATS[size]), size)
-            results[variant] = {"triton_model": name, "early_exit": early if student else None,
-                                "parameters": tr.model.n_parameters(), "in_process_1_thread": timings,
-                                "_reference": ref, "_threshold": float(tr.threshold)}
+                    timings["eager"][str(size)] = _summary(
+                        _timed(
+                            lambda b: triton_export.reference(tr.model, b, temperature, early), tensors, REPEATS[size]
+                        ),
+                        size,
+                    )
+                    timings["torchscript"][str(size)] = _summary(
+                        _timed(lambda b: scripted[role](b, early), tensors, REPEATS[size]), size
+                    )
+            results[variant] = {
+                "triton_model": name,
+                "early_exit": early if student else None,
+                "parameters": tr.model.n_parameters(),
+                "in_process_1_thread": timings,
+                "_reference": ref,
+                "_threshold": float(tr.threshold),
+            }
 
         with serving(repository, sorted(set(names.values()))) as url:
             client = grpcclient.InferenceServerClient(url)
-            for variant, (role, name, early, student) in variants.items():
+            for variant, (_role, name, early, student) in variants.items():
                 _say(progress, f"bench models: {variant} through tritonserver ({len(test)} test rows)")
                 p, e = score_all(client, name, batch, keys, early, student)
                 r = results[variant]
@@ -267,12 +326,14 @@ def run(cohort_name: str = "physionet", repository: str | Path | None = None, la
                 latency = {}
                 for size in BATCH_SIZES:
                     batches = _latency_batches(batch, size, latency_rows, seed=size)
-                    latency[str(size)] = _summary(_timed(lambda b: infer(client, name, b, keys, early, student),
-                                                         batches, REPEATS[size]), size)
+                    latency[str(size)] = _summary(
+                        _timed(lambda b: infer(client, name, b, keys, early, student), batches, REPEATS[size]), size
+                    )
                 r["triton_grpc"] = latency
                 if early or not student:
-                    r["triton_grpc_concurrent_batch1"] = concurrent_throughput(url, name, _slice(batch, 0, latency_rows),
-                                                                               keys, student)
+                    r["triton_grpc_concurrent_batch1"] = concurrent_throughput(
+                        url, name, _slice(batch, 0, latency_rows), keys, student
+                    )
             client.close()
     finally:
         torch.set_num_threads(threads_before)
@@ -281,27 +342,41 @@ def run(cohort_name: str = "physionet", repository: str | Path | None = None, la
     results["student_early_exit"]["parameters_run_to_exit"] = parameters_to_exit
     return {
         "benchmark": "icuwatch bench models",
-        "data": {"cohort": cohort_name, "source": cohort.meta.get("source", cohort_name), "split": "test",
-                 "patients": int(len(np.unique(cohort.group[test]))), "rows": int(len(test)),
-                 "positive_rows": int(cohort.y[test].sum()), "quality_rows": int(len(test)),
-                 "latency_rows": int(min(latency_rows, len(test)))},
-        "machine": {"cpu_cores": len(os.sched_getaffinity(0)), "gpu": None, "python": platform.python_version(),
-                    "torch": torch.__version__, "torch_threads": 1,
-                    "server": "tritonserver 2.51 (nvidia-pytriton 0.7.0 wheel), python backend, one CPU instance "
-                              "per model, torch_threads 1; client tritonclient gRPC on the same machine"},
+        "data": {
+            "cohort": cohort_name,
+            "source": cohort.meta.get("source", cohort_name),
+            "split": "test",
+            "patients": int(len(np.unique(cohort.group[test]))),
+            "rows": int(len(test)),
+            "positive_rows": int(cohort.y[test].sum()),
+            "quality_rows": int(len(test)),
+            "latency_rows": int(min(latency_rows, len(test))),
+        },
+        "machine": {
+            "cpu_cores": len(os.sched_getaffinity(0)),
+            "gpu": None,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torch_threads": 1,
+            "server": "tritonserver 2.51 (nvidia-pytriton 0.7.0 wheel), python backend, one CPU instance "
+            "per model, torch_threads 1; client tritonclient gRPC on the same machine",
+        },
         "repository": str(repository),
-        "exported": {role: {"triton_model": m["triton_model"], "exported_now": m["exported"],
-                            "check": m.get("check")} for role, m in exported["models"].items()},
+        "exported": {
+            role: {"triton_model": m["triton_model"], "exported_now": m["exported"], "check": m.get("check")}
+            for role, m in exported["models"].items()
+        },
         "models": results,
         "notes": "metrics: all test rows, scored by tritonserver; utility at the model card's alert threshold (VAL); "
-                 "triton_grpc: sequential requests, p50/p99 per request, patients_per_s = rows / mean request time; "
-                 "in_process_1_thread: the same batches, eager PyTorch and the exported TorchScript, no Triton",
+        "triton_grpc: sequential requests, p50/p99 per request, patients_per_s = rows / mean request time; "
+        "in_process_1_thread: the same batches, eager PyTorch and the exported TorchScript, no Triton",
         "seconds": round(time.time() - started, 1),
     }
 
 
 def _parameters_to_exit(student) -> list[int]:
     """Parameters a row runs through when it leaves at exit k (stem, blocks and exit heads 0..k)."""
+
     def count(mod):
         return sum(p.numel() for p in mod.parameters())
 

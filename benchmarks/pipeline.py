@@ -42,8 +42,11 @@ at every stage of a 2-6 h ramp) so that alerts come within minutes, as on a real
 
 
 def bench_settings(state_dir: Path, database_url: str | None, scoring_model: str) -> tuple[Settings, dict]:
-    env = {**BENCH_ENV, "ICUWATCH_STATE_DIR": str(state_dir),
-           "ICUWATCH_DATABASE_URL": database_url or f"sqlite:///{state_dir / 'bench.db'}"}
+    env = {
+        **BENCH_ENV,
+        "ICUWATCH_STATE_DIR": str(state_dir),
+        "ICUWATCH_DATABASE_URL": database_url or f"sqlite:///{state_dir / 'bench.db'}",
+    }
     if scoring_model:
         env["ICUWATCH_SCORING_MODEL"] = scoring_model
         env["ICUWATCH_SCORING_MODEL_DIR"] = str(REPO_ROOT / "var" / "models" / scoring_model.replace("_", "-"))
@@ -125,9 +128,15 @@ class Sampler(threading.Thread):
             if not stats:
                 continue
             records, seconds = lag_now(self.acks, stats.get("done_offsets", {}), stats["at"])
-            self.samples.append({"at": stats["at"], "processed": stats.get("processed", 0) +
-                                 stats.get("deadlettered", 0), "lag_records": records, "lag_s": seconds,
-                                 "rss_mb": sum(rss_mb(pid) or 0.0 for pid in self.worker_pids) or None})
+            self.samples.append(
+                {
+                    "at": stats["at"],
+                    "processed": stats.get("processed", 0) + stats.get("deadlettered", 0),
+                    "lag_records": records,
+                    "lag_s": seconds,
+                    "rss_mb": sum(rss_mb(pid) or 0.0 for pid in self.worker_pids) or None,
+                }
+            )
 
 
 def read_stats(paths: list[Path]) -> dict:
@@ -175,8 +184,10 @@ def pregenerate(sim, progress: bool) -> list:
 
     from icuwatch.sources.pacing import RawMessage
 
-    return [(t, topic, RawMessage(msg.key(), msg.to_bytes()))
-            for t, topic, msg in tqdm(sim.timed_messages(), disable=not progress, unit=" msgs", mininterval=2.0)]
+    return [
+        (t, topic, RawMessage(msg.key(), msg.to_bytes()))
+        for t, topic, msg in tqdm(sim.timed_messages(), disable=not progress, unit=" msgs", mininterval=2.0)
+    ]
 
 
 def cpu_s(pid: int | None) -> float | None:
@@ -194,8 +205,12 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"n": 0, "p50": None, "p99": None, "max": None}
     a = np.asarray(values)
-    return {"n": len(values), "p50": round(float(np.percentile(a, 50)), 3),
-            "p99": round(float(np.percentile(a, 99)), 3), "max": round(float(a.max()), 3)}
+    return {
+        "n": len(values),
+        "p50": round(float(np.percentile(a, 50)), 3),
+        "p99": round(float(np.percentile(a, 99)), 3),
+        "max": round(float(a.max()), 3),
+    }
 
 
 def _stored(settings: Settings) -> tuple[list[tuple[float, float]], list[dict]]:
@@ -207,11 +222,20 @@ def _stored(settings: Settings) -> tuple[list[tuple[float, float]], list[dict]]:
 
     engine = db.make_engine(settings.database_url)
     with db.session_factory(engine)() as session:
-        scores = [(s.event_time.timestamp(), s.scored_at.timestamp()) for s in session.execute(
-            select(Score).where(Score.patient_id.startswith(PREFIX))).scalars()]
-        alerts = [{"alert_id": a.alert_id, "patient_id": a.patient_id, "kind": a.kind,
-                   "event_time": a.event_time.timestamp(), "stored_at": a.stored_at.timestamp()}
-                  for a in session.execute(select(Alert).where(Alert.patient_id.startswith(PREFIX))).scalars()]
+        scores = [
+            (s.event_time.timestamp(), s.scored_at.timestamp())
+            for s in session.execute(select(Score).where(Score.patient_id.startswith(PREFIX))).scalars()
+        ]
+        alerts = [
+            {
+                "alert_id": a.alert_id,
+                "patient_id": a.patient_id,
+                "kind": a.kind,
+                "event_time": a.event_time.timestamp(),
+                "stored_at": a.stored_at.timestamp(),
+            }
+            for a in session.execute(select(Alert).where(Alert.patient_id.startswith(PREFIX))).scalars()
+        ]
     engine.dispose()
     return scores, alerts
 
@@ -222,8 +246,14 @@ def _published_alerts(settings: Settings, quiet_s: float = 3.0) -> list[str]:
 
     from icuwatch.core import topics
 
-    consumer = KafkaConsumer(topics.ALERTS, bootstrap_servers=settings.broker, auto_offset_reset="earliest",
-                             enable_auto_commit=False, group_id=None, consumer_timeout_ms=int(quiet_s * 1000))
+    consumer = KafkaConsumer(
+        topics.ALERTS,
+        bootstrap_servers=settings.broker,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        consumer_timeout_ms=int(quiet_s * 1000),
+    )
     ids = [json.loads(m.value)["alert_id"] for m in consumer]
     consumer.close()
     return ids
@@ -245,8 +275,9 @@ def wait_drained(settings: Settings, acks: Acks, timeout_s: float, workers: int 
     while time.monotonic() < deadline:
         stats = read_stats(paths)
         records, _ = lag_now(acks, stats.get("done_offsets", {}), time.time())
-        settled = stats.get("scores_taken", -1) >= stats.get("scores_published", 0) \
-            and stats.get("scores_pending", 1) == 0
+        settled = (
+            stats.get("scores_taken", -1) >= stats.get("scores_published", 0) and stats.get("scores_pending", 1) == 0
+        )
         if stats and records == 0 and settled:
             time.sleep(2.0)
             return read_stats(paths)
@@ -254,18 +285,27 @@ def wait_drained(settings: Settings, acks: Acks, timeout_s: float, workers: int 
     return read_stats(paths)
 
 
-def run(beds: int, minutes: float, scoring_model: str = "", database_url: str | None = None,
-        seed: int = 7, chunk_s: int = 1, workers: int = 1, progress: bool = True, speed: float = 1.0) -> dict:
+def run(
+    beds: int,
+    minutes: float,
+    scoring_model: str = "",
+    database_url: str | None = None,
+    seed: int = 7,
+    chunk_s: int = 1,
+    workers: int = 1,
+    progress: bool = True,
+    speed: float = 1.0,
+) -> dict:
     """``minutes`` of wall time; ``speed`` > 1 runs event time that much faster (``beds / speed`` beds
     then offer the messages/s of ``beds`` at speed 1, and their windows fill ``speed`` times sooner:
     a soak that reaches full per-patient state within the run). Event-to-score and event-to-alert
     latencies are only reported at speed 1."""
     from icuwatch.deploy import broker, processes, triton
     from icuwatch.deploy.worker_process import start_worker, stop_worker
-    from icuwatch.storage import db
     from icuwatch.sources.pacing import send_paced
-    from icuwatch.streams.kafka.producer import make_producer
     from icuwatch.sources.simulator import Simulation
+    from icuwatch.storage import db
+    from icuwatch.streams.kafka.producer import make_producer
 
     state_dir = REPO_ROOT / "var" / "bench" / "pipeline"
     settings, env = bench_settings(state_dir, database_url, scoring_model)
@@ -291,8 +331,15 @@ def run(beds: int, minutes: float, scoring_model: str = "", database_url: str | 
         duration = minutes * 60.0
         expected = beds * duration * speed * (1.0 + 3.0 / chunk_s)
         start = time.time() + 10.0 + expected * GENERATE_US_PER_MESSAGE * 1e-6
-        sim = Simulation(n_patients=beds, seed=seed, start_time=start, duration_s=duration * speed,
-                         onset_window_s=ONSET_WINDOW_S, patient_prefix=PREFIX, waveform_chunk_s=chunk_s)
+        sim = Simulation(
+            n_patients=beds,
+            seed=seed,
+            start_time=start,
+            duration_s=duration * speed,
+            onset_window_s=ONSET_WINDOW_S,
+            patient_prefix=PREFIX,
+            waveform_chunk_s=chunk_s,
+        )
 
         say(f"generating {minutes:g} min of {beds} beds before the clock starts ...")
         items = pregenerate(sim, progress)
@@ -310,14 +357,24 @@ def run(beds: int, minutes: float, scoring_model: str = "", database_url: str | 
         workers_cpu0 = sum(cpu_s(p.pid) or 0.0 for p in procs)
         broker_cpu0 = cpu_s(processes.running_pid(settings, broker.NAME)) or 0.0
         triton_cpu0 = cpu_s(processes.running_pid(settings, triton.NAME)) or 0.0
-        send_paced(timed(), producer, speed=speed, start_time=sim.start_time, end_time=sim.end_time,
-                   progress=progress, unit="s")
+        send_paced(
+            timed(),
+            producer,
+            speed=speed,
+            start_time=sim.start_time,
+            end_time=sim.end_time,
+            progress=progress,
+            unit="s",
+        )
         wall_publish = time.time() - wall0
-        cpu = {"simulator_and_producer": round(time.process_time() - cpu0, 1),
-               "workers": round(sum(cpu_s(p.pid) or 0.0 for p in procs) - workers_cpu0, 1),
-               "broker": round((cpu_s(processes.running_pid(settings, broker.NAME)) or 0.0) - broker_cpu0, 1),
-               "tritonserver": round((cpu_s(processes.running_pid(settings, triton.NAME)) or 0.0) - triton_cpu0, 1),
-               "wall_s": round(wall_publish, 1), "cores": os.cpu_count()}
+        cpu = {
+            "simulator_and_producer": round(time.process_time() - cpu0, 1),
+            "workers": round(sum(cpu_s(p.pid) or 0.0 for p in procs) - workers_cpu0, 1),
+            "broker": round((cpu_s(processes.running_pid(settings, broker.NAME)) or 0.0) - broker_cpu0, 1),
+            "tritonserver": round((cpu_s(processes.running_pid(settings, triton.NAME)) or 0.0) - triton_cpu0, 1),
+            "wall_s": round(wall_publish, 1),
+            "cores": os.cpu_count(),
+        }
         say("published; waiting for the worker to drain ...")
         stats = wait_drained(settings, acks, timeout_s=max(120.0, minutes * 60.0), workers=workers)
         sampler.stop.set()
@@ -330,8 +387,24 @@ def run(beds: int, minutes: float, scoring_model: str = "", database_url: str | 
             stop_worker(proc)
         triton.stop(settings)
         broker.stop(settings)
-    out = summarise(beds, minutes, sim, acks, clock, stats, sampler.samples, scores, alerts, published_alerts,
-                    wall_publish, settings, scoring_model, workers, cpu, speed)
+    out = summarise(
+        beds,
+        minutes,
+        sim,
+        acks,
+        clock,
+        stats,
+        sampler.samples,
+        scores,
+        alerts,
+        published_alerts,
+        wall_publish,
+        settings,
+        scoring_model,
+        workers,
+        cpu,
+        speed,
+    )
     profiles = memory_profiles(settings, workers, sim.start_time)
     if profiles:
         out["worker_memory_profile"] = profiles
@@ -349,19 +422,39 @@ def memory_profiles(settings: Settings, workers: int, t0: float, top: int = 12) 
         if not path.exists():
             continue
         history = json.loads(path.read_text())
-        out.append({
-            "worker": i,
-            "snapshots": [{k: v for k, v in h.items() if not isinstance(v, list)}
-                          | {"t_s": round(h["at"] - t0, 1), "grown_most": h["grown_since_previous"][:5]}
-                          for h in history],
-            "grown_most_by_last_snapshot": history[-1]["grown_since_first"][:top],
-            "largest_at_last_snapshot": history[-1]["top_lines"][:top],
-        })
+        out.append(
+            {
+                "worker": i,
+                "snapshots": [
+                    {k: v for k, v in h.items() if not isinstance(v, list)}
+                    | {"t_s": round(h["at"] - t0, 1), "grown_most": h["grown_since_previous"][:5]}
+                    for h in history
+                ],
+                "grown_most_by_last_snapshot": history[-1]["grown_since_first"][:top],
+                "largest_at_last_snapshot": history[-1]["top_lines"][:top],
+            }
+        )
     return out
 
 
-def summarise(beds, minutes, sim, acks: Acks, clock, stats, samples, scores, alerts, published_alerts,
-              wall_publish, settings, scoring_model, workers, cpu, speed: float = 1.0) -> dict:
+def summarise(
+    beds,
+    minutes,
+    sim,
+    acks: Acks,
+    clock,
+    stats,
+    samples,
+    scores,
+    alerts,
+    published_alerts,
+    wall_publish,
+    settings,
+    scoring_model,
+    workers,
+    cpu,
+    speed: float = 1.0,
+) -> dict:
     from icuwatch.core import topics
 
     produced = {t: acks.total(t) for t in topics.INPUTS}
@@ -387,11 +480,16 @@ def summarise(beds, minutes, sim, acks: Acks, clock, stats, samples, scores, ale
     return {
         "bench": "pipeline",
         "data": "simulated patients (icuwatch simulator), not real data",
-        "beds": beds, "minutes": minutes, "speed": speed, "workers": workers,
-        "waveform_chunk_s": sim.waveform_chunk_s, "scoring_model": scoring_model or settings.triton_model,
+        "beds": beds,
+        "minutes": minutes,
+        "speed": speed,
+        "workers": workers,
+        "waveform_chunk_s": sim.waveform_chunk_s,
+        "scoring_model": scoring_model or settings.triton_model,
         "machine": _machine(),
         "messages": {
-            "produced_acked": sum(produced.values()), "by_topic": produced,
+            "produced_acked": sum(produced.values()),
+            "by_topic": produced,
             "producer_failed": sum(acks.failed.values()),
             "taken_by_worker": sum(taken.values()) + 0,
             "deadlettered": stats.get("deadlettered", 0),
@@ -403,43 +501,56 @@ def summarise(beds, minutes, sim, acks: Acks, clock, stats, samples, scores, ale
         },
         "consumer_lag": {
             "how": "acknowledged producer offsets minus the worker's last taken offset per partition "
-                   "(not the broker's end offsets, which this Tansu reports stale)",
+            "(not the broker's end offsets, which this Tansu reports stale)",
             "records": percentiles([s["lag_records"] for s in steady]),
             "seconds": percentiles([s["lag_s"] for s in steady]),
             "seconds_after_warmup": percentiles([s["lag_s"] for s in warm]),
         },
         "scores": {
-            "published": stats.get("scores_published", 0), "stored_by_alert_agent": stats.get("scores_taken", 0),
+            "published": stats.get("scores_published", 0),
+            "stored_by_alert_agent": stats.get("scores_taken", 0),
             "lost": max(0, stats.get("scores_published", 0) - stats.get("scores_taken", 0)),
-            "rows_in_db": len(scores), "scorer": stats.get("scorer", {}),
+            "rows_in_db": len(scores),
+            "scorer": stats.get("scorer", {}),
             "event_to_scored_s": latency([b - a for a, b in scores]),
             "event_to_scored_s_after_warmup": latency([b - a for a, b in scores if a >= warm_from]),
         },
         "alerts": {
-            "stored": len(alerts), "raised_by_worker": stats.get("alerts_raised", 0),
+            "stored": len(alerts),
+            "raised_by_worker": stats.get("alerts_raised", 0),
             "published_to_topic": len(published_alerts),
             "lost": len(set(published_alerts) - alert_ids) + max(0, stats.get("alerts_raised", 0) - len(alerts)),
             "duplicated": len(published_alerts) - len(set(published_alerts)) - stats.get("alerts_republished", 0),
             "event_to_stored_s": latency([a["stored_at"] - a["event_time"] for a in alerts]),
-            "event_to_stored_s_after_warmup": latency([a["stored_at"] - a["event_time"] for a in alerts
-                                                           if a["event_time"] >= warm_from]),
-            "patients_alerted": {"deteriorating": len(alerted & sick), "of_deteriorating": len(sick),
-                                 "stable": len(alerted - sick), "of_stable": len(truth) - len(sick)},
+            "event_to_stored_s_after_warmup": latency(
+                [a["stored_at"] - a["event_time"] for a in alerts if a["event_time"] >= warm_from]
+            ),
+            "patients_alerted": {
+                "deteriorating": len(alerted & sick),
+                "of_deteriorating": len(sick),
+                "stable": len(alerted - sick),
+                "of_stable": len(truth) - len(sick),
+            },
         },
         "cpu_s_while_publishing": cpu,
-        "worker_rss_mb_all_workers": {"first": rss[0] if rss else None, "last": rss[-1] if rss else None,
-                                      "max": max(rss) if rss else None,
-                                      "growth_mb_per_min_after_warmup": rss_growth_per_min(warm),
-                                      "growth_mb_per_min_second_half": rss_growth_per_min(
-                                          [s for s in steady if s["at"] >= (sim.start_time + wall_end) / 2]),
-                                      "windows_full_after_s": round(windows_full - sim.start_time, 1),
-                                      "growth_mb_per_min_windows_full": rss_growth_per_min(
-                                          [s for s in steady if s["at"] >= windows_full])},
-        "timeline": {"t_s": [round(x["at"] - sim.start_time, 1) for x in samples],  # < 0: generating
-                     "lag_s": [round(x["lag_s"], 2) for x in samples],
-                     "lag_records": [x["lag_records"] for x in samples],
-                     "taken": [x["processed"] for x in samples],
-                     "rss_mb": [None if x["rss_mb"] is None else round(x["rss_mb"], 1) for x in samples]},
+        "worker_rss_mb_all_workers": {
+            "first": rss[0] if rss else None,
+            "last": rss[-1] if rss else None,
+            "max": max(rss) if rss else None,
+            "growth_mb_per_min_after_warmup": rss_growth_per_min(warm),
+            "growth_mb_per_min_second_half": rss_growth_per_min(
+                [s for s in steady if s["at"] >= (sim.start_time + wall_end) / 2]
+            ),
+            "windows_full_after_s": round(windows_full - sim.start_time, 1),
+            "growth_mb_per_min_windows_full": rss_growth_per_min([s for s in steady if s["at"] >= windows_full]),
+        },
+        "timeline": {
+            "t_s": [round(x["at"] - sim.start_time, 1) for x in samples],  # < 0: generating
+            "lag_s": [round(x["lag_s"], 2) for x in samples],
+            "lag_records": [x["lag_records"] for x in samples],
+            "taken": [x["processed"] for x in samples],
+            "rss_mb": [None if x["rss_mb"] is None else round(x["rss_mb"], 1) for x in samples],
+        },
     }
 
 

@@ -41,13 +41,26 @@ def main() -> None:
             t = time.perf_counter()
             for _ in range(20):
                 enc(x)
-        results[kind] = {"val_auroc": card["val"]["auroc"], "val_utility": card["val"]["utility"],
-                         "encoder_parameters": sum(p.numel() for p in enc.parameters()),
-                         "encoder_ms_per_256_rows": round((time.perf_counter() - t) / 20 * 1e3, 2),
-                         "model_parameters": card["parameters"], "fit_s": card["fit_s"]}
+        results[kind] = {
+            "val_auroc": card["val"]["auroc"],
+            "val_utility": card["val"]["utility"],
+            "encoder_parameters": sum(p.numel() for p in enc.parameters()),
+            "encoder_ms_per_256_rows": round((time.perf_counter() - t) / 20 * 1e3, 2),
+            "model_parameters": card["parameters"],
+            "fit_s": card["fit_s"],
+        }
         torch.set_num_threads(2)
-    print(json.dumps({"cohort": args.cohort, "data": cohort.meta.get("source"), "epochs": args.epochs,
-                      "rows_per_epoch": args.rows_per_epoch, "results": results}))
+    print(
+        json.dumps(
+            {
+                "cohort": args.cohort,
+                "data": cohort.meta.get("source"),
+                "epochs": args.epochs,
+                "rows_per_epoch": args.rows_per_epoch,
+                "results": results,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -19,8 +19,7 @@ def _serve(args: argparse.Namespace) -> int:
     db.upgrade(settings.database_url)
     host = args.host or settings.api_host
     port = args.port or settings.api_port
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=args.log_level,
-                timeout_graceful_shutdown=2)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=args.log_level, timeout_graceful_shutdown=2)
     return 0
 
 

@@ -13,16 +13,29 @@ def _bench(args: argparse.Namespace) -> int:
         from icuwatch.benchmarks.models import run
 
         try:
-            summary = run(args.cohort, args.repository, latency_rows=args.latency_rows, teacher=args.teacher,
-                          progress=not args.quiet)
+            summary = run(
+                args.cohort,
+                args.repository,
+                latency_rows=args.latency_rows,
+                teacher=args.teacher,
+                progress=not args.quiet,
+            )
         except FileNotFoundError as exc:
             raise SystemExit(str(exc)) from None
     else:
         from icuwatch.benchmarks.pipeline import run
 
-        summary = run(args.beds, args.minutes, scoring_model=args.model, database_url=args.database_url,
-                      seed=args.seed, chunk_s=args.chunk_s, workers=args.workers,
-                      progress=not args.quiet, speed=args.speed)
+        summary = run(
+            args.beds,
+            args.minutes,
+            scoring_model=args.model,
+            database_url=args.database_url,
+            seed=args.seed,
+            chunk_s=args.chunk_s,
+            workers=args.workers,
+            progress=not args.quiet,
+            speed=args.speed,
+        )
     text = json.dumps(summary) if args.json else json.dumps(summary, indent=2)
     print(text)
     if args.out:
@@ -35,29 +48,46 @@ def register(subparsers) -> None:
     from icuwatch.fusion.cohorts import COHORTS
     from icuwatch.fusion.strategies import STRATEGIES
 
-    p = subparsers.add_parser("bench", help="benchmarks, JSON out: `bench models` (teacher and student through "
-                                            "tritonserver), `bench pipeline` (N simulated beds end to end)")
+    p = subparsers.add_parser(
+        "bench",
+        help="benchmarks, JSON out: `bench models` (teacher and student through "
+        "tritonserver), `bench pipeline` (N simulated beds end to end)",
+    )
     p.add_argument("target", choices=["models", "pipeline"])
     p.add_argument("--json", action="store_true", help="one JSON line")
     p.add_argument("--out", default=None, help="also write the summary (indented JSON) to this file")
     p.add_argument("--quiet", action="store_true")
     g = p.add_argument_group("bench models")
     g.add_argument("--cohort", default="physionet", choices=COHORTS)
-    g.add_argument("--repository", default=None, help="model repository to export to and serve (default var/triton/models)")
+    g.add_argument(
+        "--repository", default=None, help="model repository to export to and serve (default var/triton/models)"
+    )
     g.add_argument("--teacher", default="attention", choices=STRATEGIES)
     g.add_argument("--latency-rows", type=int, default=20000, help="latency batches are drawn from this many test rows")
     g = p.add_argument_group("bench pipeline")
     g.add_argument("--beds", type=int, default=1000)
     g.add_argument("--minutes", type=float, default=5.0)
-    g.add_argument("--model", default="", help="Triton model the worker scores with: empty for the rule model "
-                                               "early_warning, or student_physionet (after `icuwatch distill` and "
-                                               "`icuwatch export-triton`)")
+    g.add_argument(
+        "--model",
+        default="",
+        help="Triton model the worker scores with: empty for the rule model "
+        "early_warning, or student_physionet (after `icuwatch distill` and "
+        "`icuwatch export-triton`)",
+    )
     g.add_argument("--database-url", default=None, help="default: a fresh SQLite file in var/bench/pipeline")
     g.add_argument("--seed", type=int, default=7)
     g.add_argument("--workers", type=int, default=1, help="worker processes in the consumer group (<= partitions)")
-    g.add_argument("--speed", type=float, default=1.0,
-                   help="event time per wall second (> 1: beds' windows fill sooner, for a soak; latencies "
-                        "are reported at 1 only)")
-    g.add_argument("--chunk-s", type=int, default=1, help="seconds of ECG/PPG/respiration per waveform message "
-                                                         "(1: as a monitor streams; 2+: a batching gateway)")
+    g.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="event time per wall second (> 1: beds' windows fill sooner, for a soak; latencies "
+        "are reported at 1 only)",
+    )
+    g.add_argument(
+        "--chunk-s",
+        type=int,
+        default=1,
+        help="seconds of ECG/PPG/respiration per waveform message (1: as a monitor streams; 2+: a batching gateway)",
+    )
     p.set_defaults(func=_bench)

@@ -2,7 +2,8 @@
 
 ``cxr-index [--sim N] [--add FOLDER ...] [--record FILE ...]`` trains the joint X-ray/report embedding on simulated
 studies when none is saved in ``var/models/joint_embedding`` (or with ``--retrain``), adds
-simulated studies, real PNG/JPEG files and/or the X-rays of a recorded ``icu.cxr`` stream to the archive (default ``var/cxr_archive``) and
+simulated studies, real PNG/JPEG files and/or the X-rays of a recorded ``icu.cxr`` stream to the
+archive (default ``var/cxr_archive``) and
 refreshes its embedding cache. With neither ``--sim`` nor ``--add`` on an empty archive it adds
 200 simulated studies.
 
@@ -20,14 +21,26 @@ DEFAULT_SIM = 200
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("cxr-index", help="train the joint X-ray/report embedding if needed, "
-                                                "build or extend the searchable X-ray archive")
+    p = subparsers.add_parser(
+        "cxr-index",
+        help="train the joint X-ray/report embedding if needed, build or extend the searchable X-ray archive",
+    )
     p.add_argument("--sim", type=int, default=None, metavar="N", help="add N simulated studies")
     p.add_argument("--sim-seed", type=int, default=1, help="seed of the simulated studies (default 1)")
-    p.add_argument("--add", action="append", default=[], metavar="FOLDER",
-                   help="index the PNG/JPEG files under FOLDER (copied into the archive); repeatable")
-    p.add_argument("--record", action="append", default=[], metavar="FILE",
-                   help="index the X-rays of an `icuwatch record icu.cxr --out FILE` stream capture; repeatable")
+    p.add_argument(
+        "--add",
+        action="append",
+        default=[],
+        metavar="FOLDER",
+        help="index the PNG/JPEG files under FOLDER (copied into the archive); repeatable",
+    )
+    p.add_argument(
+        "--record",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="index the X-rays of an `icuwatch record icu.cxr --out FILE` stream capture; repeatable",
+    )
     p.add_argument("--archive", default=None, help="archive folder (default var/cxr_archive)")
     p.add_argument("--model", default=None, help="model folder (default var/models/joint_embedding)")
     p.add_argument("--retrain", action="store_true", help="train a new model even if one is saved")
@@ -53,11 +66,18 @@ def _index(args: argparse.Namespace) -> int:
     model_dir = Path(args.model) if args.model else je.default_model_dir()
     summary: dict = {"model": str(model_dir), "trained": False}
     if args.retrain or not (model_dir / je.CARD_FILE).exists():
-        _, card = je.train_on_simulated(n=args.train_pairs or je.DEFAULT_PAIRS, seed=args.seed,
-                                        epochs=args.epochs if args.epochs is not None else je.DEFAULT_EPOCHS,
-                                        progress=not args.quiet, out_dir=model_dir)
-        summary |= {"trained": True, "heldout_retrieval": card["heldout_retrieval"],
-                    "training_seconds": card["training"]["seconds"]}
+        _, card = je.train_on_simulated(
+            n=args.train_pairs or je.DEFAULT_PAIRS,
+            seed=args.seed,
+            epochs=args.epochs if args.epochs is not None else je.DEFAULT_EPOCHS,
+            progress=not args.quiet,
+            out_dir=model_dir,
+        )
+        summary |= {
+            "trained": True,
+            "heldout_retrieval": card["heldout_retrieval"],
+            "training_seconds": card["training"]["seconds"],
+        }
     model = cxr_archive.load_model(model_dir)
 
     archive = cxr_archive.CxrArchive(args.archive)
@@ -71,8 +91,13 @@ def _index(args: argparse.Namespace) -> int:
     for record_file in args.record:
         added_files += archive.add_recorded(record_file)
     emb = archive.embeddings(model)
-    summary |= {"archive": str(archive.root), "studies": len(archive), "added_sim": len(added_sim),
-                "added_files": len(added_files), "embeddings": list(emb.shape)}
+    summary |= {
+        "archive": str(archive.root),
+        "studies": len(archive),
+        "added_sim": len(added_sim),
+        "added_files": len(added_files),
+        "embeddings": list(emb.shape),
+    }
     print(json.dumps(summary))
     return 0
 

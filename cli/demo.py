@@ -10,12 +10,16 @@ from icuwatch.core.settings import get_settings
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from icuwatch.benchmarks.demo import run_demo
+    from icuwatch.benchmarks.demo import describe, run_demo
 
-    from icuwatch.benchmarks.demo import describe
-
-    summary = run_demo(get_settings(), minutes=args.minutes, patients=args.patients, speed=args.speed,
-                       seed=args.seed, keep_stack=not args.stop_stack)
+    summary = run_demo(
+        get_settings(),
+        minutes=args.minutes,
+        patients=args.patients,
+        speed=args.speed,
+        seed=args.seed,
+        keep_stack=not args.stop_stack,
+    )
     print(describe(summary), file=sys.stderr)
     print(json.dumps(summary) if args.json else json.dumps(summary, indent=2))
     return 0 if summary.get("alerts") else 1

@@ -7,8 +7,8 @@ import logging
 
 
 def _listen(args: argparse.Namespace) -> int:
-    from icuwatch.interfaces.dicom_scp import serve
     from icuwatch.core.settings import get_settings
+    from icuwatch.interfaces.dicom_scp import serve
 
     logging.getLogger("icuwatch.interfaces").setLevel(logging.INFO)
     serve(get_settings(), host=args.host, port=args.port, ae_title=args.ae_title)
@@ -18,7 +18,8 @@ def _listen(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "dicom-listen",
-        help="DICOM C-STORE SCP: chest X-rays pushed by PACS into icu.cxr (others refused, dead-lettered)")
+        help="DICOM C-STORE SCP: chest X-rays pushed by PACS into icu.cxr (others refused, dead-lettered)",
+    )
     p.add_argument("--host", default=None, help="listen address (default ICUWATCH_DICOM_HOST, 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="listen port (default ICUWATCH_DICOM_PORT, 11112)")
     p.add_argument("--ae-title", default=None, help="called AE title (default ICUWATCH_DICOM_AE_TITLE, ICUWATCH)")

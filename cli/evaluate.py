@@ -8,22 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-from icuwatch.fusion.evaluation.prediction_dirs import evaluate_dirs, generate_baselines
+from icuwatch.fusion.evaluation.prediction_dirs import evaluate_dirs
 from icuwatch.fusion.evaluation.report import (
     EvaluationError,
-    data_provenance,
-    load_labels,
-    load_predictions,
-    model_summary,
-    select_stays,
-    write_report,
 )
 
 
@@ -48,8 +39,9 @@ def _evaluate_fusion(args: argparse.Namespace) -> int:
     names = [c.strip() for c in args.cohorts.split(",") if c.strip()]
     out = Path(args.out) if args.out else Path("reports") / f"fusion-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
-    summary = compare(names, progress=not args.quiet, baselines=args.baselines != "none",
-                      out_dir=None if args.no_figures else out)
+    summary = compare(
+        names, progress=not args.quiet, baselines=args.baselines != "none", out_dir=None if args.no_figures else out
+    )
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "report.md").write_text(markdown(summary))
     summary["report"] = str(out / "report.md")
@@ -74,8 +66,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     requested = default_baselines() if args.baselines is None else args.baselines
     baselines = [b.strip() for b in requested.split(",") if b.strip() and b.strip() != "none"]
     try:
-        summary = evaluate_dirs(pred_dirs, Path(args.label_dir), out, split=args.split, limit=args.limit,
-                                baselines=baselines, progress=not args.quiet, figures=not args.no_figures)
+        summary = evaluate_dirs(
+            pred_dirs,
+            Path(args.label_dir),
+            out,
+            split=args.split,
+            limit=args.limit,
+            baselines=baselines,
+            progress=not args.quiet,
+            figures=not args.no_figures,
+        )
     except EvaluationError as exc:
         print(f"evaluate: {exc}", file=sys.stderr)
         return 2
@@ -85,30 +85,52 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(summary["data_note"])
         for name, m in summary["models"].items():
             fmt = {k: ("–" if m[k] is None else f"{m[k]:.3f}") for k in ("auroc", "auprc", "utility", "ece")}
-            print(f"{name}: AUROC {fmt['auroc']}  AUPRC {fmt['auprc']}  utility {fmt['utility']}  "
-                  f"ECE {fmt['ece']}")
+            print(f"{name}: AUROC {fmt['auroc']}  AUPRC {fmt['auprc']}  utility {fmt['utility']}  ECE {fmt['ece']}")
         print(f"report: {summary['report']}")
     return 0
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("evaluate", help="score PhysioNet 2019 challenge-format predictions against labels",
-                              description=__doc__)
-    p.add_argument("pred_dir", metavar="PRED_DIR", help="pNNNNNN.psv files: PredictedProbability|PredictedLabel; "
-                   "or `fusion`: compare every trained fusion model and the baselines on the cohorts' test splits "
-                   "with 0/30/50 %% of modalities missing")
-    p.add_argument("label_dir", metavar="LABEL_DIR", nargs="?", default=None,
-                   help="the challenge's pNNNNNN.psv stays (SepsisLabel)")
+    p = subparsers.add_parser(
+        "evaluate", help="score PhysioNet 2019 challenge-format predictions against labels", description=__doc__
+    )
+    p.add_argument(
+        "pred_dir",
+        metavar="PRED_DIR",
+        help="pNNNNNN.psv files: PredictedProbability|PredictedLabel; "
+        "or `fusion`: compare every trained fusion model and the baselines on the cohorts' test splits "
+        "with 0/30/50 %% of modalities missing",
+    )
+    p.add_argument(
+        "label_dir",
+        metavar="LABEL_DIR",
+        nargs="?",
+        default=None,
+        help="the challenge's pNNNNNN.psv stays (SepsisLabel)",
+    )
     p.add_argument("--cohorts", default="physionet,sim", help="evaluate fusion: cohorts to compare on")
     p.add_argument("--out", default=None, help="output folder (default: reports/evaluate-<timestamp>)")
     p.add_argument("--name", default=None, help="name of PRED_DIR's model in the report (default: its folder name)")
-    p.add_argument("--compare", metavar="NAME=DIR", type=_compare, action="append",
-                   help="another model's prediction folder to compare (repeatable)")
-    p.add_argument("--baselines", default=None, metavar="news2,qsofa,gbt",
-                   help="generate these models' predictions with psv_predict.predict_dir and compare them "
-                        "(default: news2,qsofa, and gbt once trained; 'none' for no baselines)")
-    p.add_argument("--split", choices=("train", "val", "test"), default=None,
-                   help="only the stays of this fixed split of LABEL_DIR")
+    p.add_argument(
+        "--compare",
+        metavar="NAME=DIR",
+        type=_compare,
+        action="append",
+        help="another model's prediction folder to compare (repeatable)",
+    )
+    p.add_argument(
+        "--baselines",
+        default=None,
+        metavar="news2,qsofa,gbt",
+        help="generate these models' predictions with psv_predict.predict_dir and compare them "
+        "(default: news2,qsofa, and gbt once trained; 'none' for no baselines)",
+    )
+    p.add_argument(
+        "--split",
+        choices=("train", "val", "test"),
+        default=None,
+        help="only the stays of this fixed split of LABEL_DIR",
+    )
     p.add_argument("--limit", type=int, default=None, help="only the first N stays (after --split)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     p.add_argument("--no-figures", action="store_true", help="numbers only: no PNG figures")

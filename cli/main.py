@@ -8,8 +8,24 @@ import importlib
 import logging
 import sys
 
-COMMAND_MODULES = ("stack", "simulate", "demo", "replay", "predict", "evaluate", "train_baseline", "train",
-                   "distill", "export_triton", "cxr", "api", "hl7", "dicom", "bench", "chaos")
+COMMAND_MODULES = (
+    "stack",
+    "simulate",
+    "demo",
+    "replay",
+    "predict",
+    "evaluate",
+    "train_baseline",
+    "train",
+    "distill",
+    "export_triton",
+    "cxr",
+    "api",
+    "hl7",
+    "dicom",
+    "bench",
+    "chaos",
+)
 """Modules of ``icuwatch.cli``, in the order their commands are listed."""
 
 

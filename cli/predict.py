@@ -13,8 +13,14 @@ from icuwatch.core.settings import get_settings
 def _psv_predict(args: argparse.Namespace) -> int:
     from icuwatch.fusion.psv_predict import predict_dir
 
-    n = predict_dir(args.input_dir, args.output_dir, model=args.model, patients=args.patients,
-                    progress=not args.quiet, split=args.split)
+    n = predict_dir(
+        args.input_dir,
+        args.output_dir,
+        model=args.model,
+        patients=args.patients,
+        progress=not args.quiet,
+        split=args.split,
+    )
     print(json.dumps({"model": args.model, "stays": n, "output_dir": str(args.output_dir)}))
     return 0
 
@@ -32,8 +38,8 @@ def _shadow(args: argparse.Namespace) -> int:
 def _tune(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from icuwatch.sources.physionet import default_data_dir
     from icuwatch.fusion.thresholds import tune
+    from icuwatch.sources.physionet import default_data_dir
 
     models_dir = get_settings().state_dir / "models"
     data = Path(args.data) if args.data else default_data_dir()
@@ -50,8 +56,12 @@ def register(subparsers) -> None:
     p.add_argument("output_dir")
     p.add_argument("--model", default="rules", choices=MODELS)
     p.add_argument("--patients", type=int, default=None, help="only the first N stays")
-    p.add_argument("--split", choices=["train", "val", "test"], default=None,
-                   help="only the stays of this split of the fixed hash split")
+    p.add_argument(
+        "--split",
+        choices=["train", "val", "test"],
+        default=None,
+        help="only the stays of this split of the fixed hash split",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_psv_predict)
 

@@ -19,8 +19,15 @@ def _replay_psv(args: argparse.Namespace) -> int:
 
     producer = _producer()
     try:
-        counts = replay_psv(args.dir, producer, patients=args.patients, speed=args.speed, base_time=args.base_time,
-                            progress=not args.quiet, id_prefix=args.id_prefix)
+        counts = replay_psv(
+            args.dir,
+            producer,
+            patients=args.patients,
+            speed=args.speed,
+            base_time=args.base_time,
+            progress=not args.quiet,
+            id_prefix=args.id_prefix,
+        )
     finally:
         producer.close()
     print(json.dumps(counts))
@@ -32,8 +39,15 @@ def _replay_wfdb(args: argparse.Namespace) -> int:
 
     producer = _producer()
     try:
-        counts = replay_wfdb(args.record, producer, speed=args.speed, base_time=args.base_time,
-                             progress=not args.quiet, patient_id=args.patient_id, nan_policy=args.nan)
+        counts = replay_wfdb(
+            args.record,
+            producer,
+            speed=args.speed,
+            base_time=args.base_time,
+            progress=not args.quiet,
+            patient_id=args.patient_id,
+            nan_policy=args.nan,
+        )
     finally:
         producer.close()
     print(json.dumps(counts))
@@ -45,8 +59,9 @@ def _replay_file(args: argparse.Namespace) -> int:
 
     producer = _producer()
     try:
-        counts = replay_file(args.file, producer, speed=args.speed, progress=not args.quiet,
-                             keep_partitions=args.keep_partitions)
+        counts = replay_file(
+            args.file, producer, speed=args.speed, progress=not args.quiet, keep_partitions=args.keep_partitions
+        )
     finally:
         producer.close()
     print(json.dumps(counts))
@@ -57,8 +72,15 @@ def _record(args: argparse.Namespace) -> int:
     from icuwatch.core.settings import get_settings
     from icuwatch.sources.recording import record
 
-    counts = record(args.topics, args.out, get_settings(), seconds=args.seconds, max_messages=args.max_messages,
-                    from_beginning=args.from_beginning, progress=not args.quiet)
+    counts = record(
+        args.topics,
+        args.out,
+        get_settings(),
+        seconds=args.seconds,
+        max_messages=args.max_messages,
+        from_beginning=args.from_beginning,
+        progress=not args.quiet,
+    )
     print(json.dumps(counts))
     return 0
 
@@ -80,8 +102,12 @@ def register(subparsers) -> None:
     q.add_argument("dir", help="folder of pNNNNNN.psv files")
     q.add_argument("--patients", type=int, default=None, help="the first N stays in name order (default: all)")
     q.add_argument("--speed", type=float, default=0.0, help=speed_help)
-    q.add_argument("--base-time", type=float, default=None,
-                   help="hospital admission of every stay, epoch s (default 2020-01-01T00:00Z)")
+    q.add_argument(
+        "--base-time",
+        type=float,
+        default=None,
+        help="hospital admission of every stay, epoch s (default 2020-01-01T00:00Z)",
+    )
     q.add_argument("--id-prefix", default="", help="prefix for the patient ids (default: the file stem)")
     q.add_argument("--quiet", action="store_true")
     q.set_defaults(func=_replay_psv)
@@ -89,11 +115,19 @@ def register(subparsers) -> None:
     q = sub.add_parser("wfdb", help="a WFDB record (single or multi-segment) -> icu.waveforms (+ icu.vitals)")
     q.add_argument("record", help="record path without extension (or the .hea file)")
     q.add_argument("--speed", type=float, default=0.0, help=speed_help)
-    q.add_argument("--base-time", type=float, default=None,
-                   help="start, epoch s, when the record has no usable date (default 2020-01-01T00:00Z)")
+    q.add_argument(
+        "--base-time",
+        type=float,
+        default=None,
+        help="start, epoch s, when the record has no usable date (default 2020-01-01T00:00Z)",
+    )
     q.add_argument("--patient-id", default=None, help="default: the record name")
-    q.add_argument("--nan", choices=["drop", "interpolate"], default="drop",
-                   help="chunks with NaN samples: drop them (default) or interpolate short gaps")
+    q.add_argument(
+        "--nan",
+        choices=["drop", "interpolate"],
+        default="drop",
+        help="chunks with NaN samples: drop them (default) or interpolate short gaps",
+    )
     q.add_argument("--quiet", action="store_true")
     q.set_defaults(func=_replay_wfdb)
 

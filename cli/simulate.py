@@ -52,9 +52,13 @@ def register(subparsers) -> None:
     p.add_argument("--prefix", default="sim", help="patient id prefix")
     p.add_argument("--truth", default=None, help="where to write the ground truth JSON")
     p.add_argument("--no-waveforms", action="store_true")
-    p.add_argument("--via", choices=["kafka", "hl7", "dicom"], default="kafka",
-                   help="kafka: straight to the topics; hl7: vitals, labs and ADT as HL7 v2 over MLLP to "
-                        "`icuwatch hl7-listen` (no waveforms or X-rays: HL7 has no form for them here); "
-                        "dicom: X-rays by C-STORE to `icuwatch dicom-listen`, the rest to the topics")
+    p.add_argument(
+        "--via",
+        choices=["kafka", "hl7", "dicom"],
+        default="kafka",
+        help="kafka: straight to the topics; hl7: vitals, labs and ADT as HL7 v2 over MLLP to "
+        "`icuwatch hl7-listen` (no waveforms or X-rays: HL7 has no form for them here); "
+        "dicom: X-rays by C-STORE to `icuwatch dicom-listen`, the rest to the topics",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_simulate)

@@ -17,13 +17,21 @@ def _train(args: argparse.Namespace) -> int:
         if args.strategy != "all":
             raise SystemExit(f"joint_embedding needs X-rays and reports; the {args.cohort} cohort has none")
         strategies.remove("joint_embedding")
-    cfg = TrainConfig(epochs=args.epochs, rows_per_epoch=args.rows_per_epoch, batch_size=args.batch_size,
-                      modality_dropout=args.modality_dropout, seed=args.seed, series_kind=args.series_encoder)
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        rows_per_epoch=args.rows_per_epoch,
+        batch_size=args.batch_size,
+        modality_dropout=args.modality_dropout,
+        seed=args.seed,
+        series_kind=args.series_encoder,
+    )
     out = []
     for strategy in strategies:
         model, card = train(strategy, cohort, cfg, progress=not args.quiet)
         directory = model_store.save(model, card, model_store.model_dir(card["model"]))
-        summary = {k: card[k] for k in ("model", "parameters", "best_epoch", "temperature", "threshold", "val", "fit_s")}
+        summary = {
+            k: card[k] for k in ("model", "parameters", "best_epoch", "temperature", "threshold", "val", "fit_s")
+        }
         out.append({**summary, "dir": str(directory)})
         print(json.dumps(out[-1]), flush=True)
     return 0
@@ -34,15 +42,25 @@ def register(subparsers) -> None:
     from icuwatch.fusion.cohorts import COHORTS
     from icuwatch.fusion.strategies import STRATEGIES
 
-    p = subparsers.add_parser("train", help="train a fusion model (or all) on a cohort; saves weights + model card "
-                                            "in var/models/<strategy>-<cohort>/")
+    p = subparsers.add_parser(
+        "train",
+        help="train a fusion model (or all) on a cohort; saves weights + model card in var/models/<strategy>-<cohort>/",
+    )
     p.add_argument("--strategy", required=True, choices=[*STRATEGIES, "all"])
-    p.add_argument("--cohort", default="physionet", choices=COHORTS,
-                   help="physionet: real PhysioNet 2019 stays (vitals, labs); sim: simulated multimodal patients")
+    p.add_argument(
+        "--cohort",
+        default="physionet",
+        choices=COHORTS,
+        help="physionet: real PhysioNet 2019 stays (vitals, labs); sim: simulated multimodal patients",
+    )
     p.add_argument("--limit", type=int, default=None, help="PhysioNet stays / simulated patients (quick runs)")
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--rows-per-epoch", type=int, default=200_000,
-                   help="training rows drawn per epoch (capped at the TRAIN split size)")
+    p.add_argument(
+        "--rows-per-epoch",
+        type=int,
+        default=200_000,
+        help="training rows drawn per epoch (capped at the TRAIN split size)",
+    )
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--modality-dropout", type=float, default=0.4, help="per-modality drop probability (0.3-0.5)")
     p.add_argument("--series-encoder", default=DEFAULT_KIND, choices=KINDS)

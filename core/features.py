@@ -70,14 +70,16 @@ def contributions_as_dicts(c: np.ndarray, decimals: int = 6) -> list[dict[str, d
     weight can be) gives None: a score goes out without an explanation rather than not at all."""
     c = np.asarray(c, dtype=np.float64)
     if c.ndim != 3 or c.shape[1:] != CONTRIBUTIONS_SHAPE:
-        raise ValueError(f"contributions must be [batch, {CONTRIBUTIONS_SHAPE[0]}, {CONTRIBUTIONS_SHAPE[1]}], "
-                         f"got {list(c.shape)}")
+        raise ValueError(
+            f"contributions must be [batch, {CONTRIBUTIONS_SHAPE[0]}, {CONTRIBUTIONS_SHAPE[1]}], got {list(c.shape)}"
+        )
     with np.errstate(invalid="ignore"):
         ok = (np.isfinite(c) & (np.abs(c) <= 1.0)).all(axis=(1, 2))
     c = np.round(np.nan_to_num(c), decimals) + 0.0  # + 0.0 turns -0.0 into 0.0
     return [
         {risk: {m: float(row[r, j]) for j, m in enumerate(MODALITIES)} for r, risk in enumerate(CONTRIBUTION_RISKS)}
-        if good else None
+        if good
+        else None
         for row, good in zip(c, ok)
     ]
 

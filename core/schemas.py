@@ -17,8 +17,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from icuwatch.core import features
-from icuwatch.core import topics
+from icuwatch.core import features, topics
 
 SCHEMA_VERSION = 1
 
@@ -294,14 +293,21 @@ class DeadLetter(Message):
     original_b64: str
 
     @classmethod
-    def of(cls, source: str, raw: bytes, reason: str, patient_id: str | None = None,
-           partition: int = -1, offset: int = -1) -> "DeadLetter":
+    def of(
+        cls, source: str, raw: bytes, reason: str, patient_id: str | None = None, partition: int = -1, offset: int = -1
+    ) -> "DeadLetter":
         """The dead letter of ``raw`` bytes from ``source`` (a topic, or 'hl7' / 'dicom' for the
         listeners), stamped now; keyed by ``patient_id`` when it is a valid id, else 'unknown'."""
         valid = patient_id is not None and re.fullmatch(PATIENT_ID_PATTERN, patient_id) is not None
-        return cls(patient_id=patient_id if valid else "unknown", event_time=time.time(), topic=source,
-                   partition=partition, offset=offset, reason=reason,
-                   original_b64=base64.b64encode(raw).decode("ascii"))
+        return cls(
+            patient_id=patient_id if valid else "unknown",
+            event_time=time.time(),
+            topic=source,
+            partition=partition,
+            offset=offset,
+            reason=reason,
+            original_b64=base64.b64encode(raw).decode("ascii"),
+        )
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {

@@ -6,8 +6,8 @@ import sys
 import time
 import urllib.request
 
-from icuwatch.deploy import processes
 from icuwatch.core.settings import Settings
+from icuwatch.deploy import processes
 
 NAME = "api"
 
@@ -21,10 +21,24 @@ def start(settings: Settings) -> None:
         return
     if processes.port_open(settings.api_host, settings.api_port):
         raise RuntimeError(f"{settings.api_host}:{settings.api_port} is taken by a process this stack did not start")
-    argv = [sys.executable, "-m", "icuwatch.cli.main", "serve", "--host", settings.api_host,
-            "--port", str(settings.api_port), "--log-level", "warning"]
-    processes.spawn(settings, NAME, argv, env={"ICUWATCH_DATABASE_URL": settings.database_url,
-                                                "ICUWATCH_STATE_DIR": str(settings.state_dir)})
+    argv = [
+        sys.executable,
+        "-m",
+        "icuwatch.cli.main",
+        "serve",
+        "--host",
+        settings.api_host,
+        "--port",
+        str(settings.api_port),
+        "--log-level",
+        "warning",
+    ]
+    processes.spawn(
+        settings,
+        NAME,
+        argv,
+        env={"ICUWATCH_DATABASE_URL": settings.database_url, "ICUWATCH_STATE_DIR": str(settings.state_dir)},
+    )
     processes.wait_for_port(settings.api_host, settings.api_port, 60.0, NAME, settings)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -42,5 +56,8 @@ def stop(settings: Settings) -> bool:
 
 
 def status(settings: Settings) -> dict:
-    return {"pid": processes.running_pid(settings, NAME), "url": url(settings),
-            "listening": processes.port_open(settings.api_host, settings.api_port)}
+    return {
+        "pid": processes.running_pid(settings, NAME),
+        "url": url(settings),
+        "listening": processes.port_open(settings.api_host, settings.api_port),
+    }

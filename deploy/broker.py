@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from icuwatch.deploy import processes
-from icuwatch.core.settings import Settings
 from icuwatch.core import topics
+from icuwatch.core.settings import Settings
+from icuwatch.deploy import processes
 
 NAME = "broker"
 ADMIN_CLIENT_ID = "icuwatch-stack"
@@ -41,10 +41,14 @@ def start(settings: Settings, create_topics: bool = True, listen: str | None = N
         raise RuntimeError(f"{host}:{port} is taken by a process this stack did not start")
     advertised = "tcp://{}:{}".format(*processes.split_host_port(settings.broker, 9092))
     argv = [
-        str(tansu_binary()), "broker",
-        "--listener-url", f"tcp://{host}:{port}",
-        "--advertised-listener-url", advertised,
-        "--storage-engine", "memory://tansu/",
+        str(tansu_binary()),
+        "broker",
+        "--listener-url",
+        f"tcp://{host}:{port}",
+        "--advertised-listener-url",
+        advertised,
+        "--storage-engine",
+        "memory://tansu/",
     ]
     processes.spawn(settings, NAME, argv)
     processes.wait_for_port(host, port, 20.0, NAME, settings)
@@ -81,7 +85,10 @@ def ensure_topics(settings: Settings, names: tuple[str, ...] = topics.ALL, parti
         if missing:
             try:
                 admin.create_topics(
-                    [NewTopic(n, num_partitions=partitions, replication_factor=settings.replication_factor) for n in missing]
+                    [
+                        NewTopic(n, num_partitions=partitions, replication_factor=settings.replication_factor)
+                        for n in missing
+                    ]
                 )
             except TopicAlreadyExistsError:
                 pass

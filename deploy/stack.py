@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from icuwatch.deploy import api_server, broker, triton
 from icuwatch.core.settings import Settings
+from icuwatch.deploy import api_server, broker, triton
 
 
 def _redacted(url: str) -> str:
@@ -23,8 +23,11 @@ def up(settings: Settings) -> dict:
 
 
 def down(settings: Settings) -> dict:
-    return {"api_stopped": api_server.stop(settings), "triton_stopped": triton.stop(settings),
-            "broker_stopped": broker.stop(settings)}
+    return {
+        "api_stopped": api_server.stop(settings),
+        "triton_stopped": triton.stop(settings),
+        "broker_stopped": broker.stop(settings),
+    }
 
 
 def status(settings: Settings) -> dict:

@@ -20,8 +20,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from icuwatch.deploy import processes
 from icuwatch.core.settings import Settings
+from icuwatch.deploy import processes
 from icuwatch.serving import MODEL_REPOSITORY
 
 NAME = "triton"
@@ -47,8 +47,9 @@ def backend_directory(settings: Settings) -> Path:
     return target.parent
 
 
-def repositories(settings: Settings, model_repository: Path | None = None,
-                 extra_repositories: Sequence[str | Path] = ()) -> list[Path]:
+def repositories(
+    settings: Settings, model_repository: Path | None = None, extra_repositories: Sequence[str | Path] = ()
+) -> list[Path]:
     """The model repositories to serve: the main one (argument, setting, else ``MODEL_REPOSITORY``),
     then the extra ones of the setting and the argument (duplicates dropped)."""
     main = Path(model_repository or settings.triton_model_repository or MODEL_REPOSITORY)
@@ -61,8 +62,13 @@ def repositories(settings: Settings, model_repository: Path | None = None,
     return out
 
 
-def start(settings: Settings, model_repository: Path | None = None, extra_repositories: Sequence[str | Path] = (),
-          ready_models: Sequence[str] | None = None, timeout_s: float = 90.0) -> None:
+def start(
+    settings: Settings,
+    model_repository: Path | None = None,
+    extra_repositories: Sequence[str | Path] = (),
+    ready_models: Sequence[str] | None = None,
+    timeout_s: float = 90.0,
+) -> None:
     """Start tritonserver (unless this stack's is already up) and wait until ``ready_models``
     (default: ``settings.triton_model``) are ready."""
     host, grpc_port = processes.split_host_port(settings.triton_url, 8001)
@@ -75,9 +81,13 @@ def start(settings: Settings, model_repository: Path | None = None, extra_reposi
         str(server),
         *(f"--model-repository={repo}" for repo in repositories(settings, model_repository, extra_repositories)),
         f"--backend-directory={backend_directory(settings)}",
-        f"--grpc-address={host}", f"--grpc-port={grpc_port}",
-        f"--http-address={host}", f"--http-port={settings.triton_http_port}",
-        "--allow-metrics=true", f"--metrics-address={host}", f"--metrics-port={settings.triton_metrics_port}",
+        f"--grpc-address={host}",
+        f"--grpc-port={grpc_port}",
+        f"--http-address={host}",
+        f"--http-port={settings.triton_http_port}",
+        "--allow-metrics=true",
+        f"--metrics-address={host}",
+        f"--metrics-port={settings.triton_metrics_port}",
         "--log-verbose=0",
     ]
     libdir = sysconfig.get_config_var("LIBDIR") or ""

@@ -17,17 +17,28 @@ __all__ = ["READY", "start_worker", "stop_worker", "stats_path"]
 READY = "Worker]: Ready"
 
 
-def start_worker(settings: Settings, log_path: Path, env: dict[str, str] | None = None,
-                 timeout_s: float = 60.0) -> subprocess.Popen:
+def start_worker(
+    settings: Settings, log_path: Path, env: dict[str, str] | None = None, timeout_s: float = 60.0
+) -> subprocess.Popen:
     """The worker runs on ``settings`` (database, consumer group, web port passed explicitly) plus
     ``env``; its output is appended to ``log_path``. Raises if it exits or is not ready in time."""
-    full_env = {**os.environ, **(env or {}), "ICUWATCH_DATABASE_URL": settings.database_url,
-                "ICUWATCH_APP_ID": settings.app_id, "ICUWATCH_WORKER_WEB_PORT": str(settings.worker_web_port)}
+    full_env = {
+        **os.environ,
+        **(env or {}),
+        "ICUWATCH_DATABASE_URL": settings.database_url,
+        "ICUWATCH_APP_ID": settings.app_id,
+        "ICUWATCH_WORKER_WEB_PORT": str(settings.worker_web_port),
+    }
     log_path.parent.mkdir(parents=True, exist_ok=True)
     start = log_path.stat().st_size if log_path.exists() else 0
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "icuwatch.cli.main", "worker"], stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "icuwatch.cli.main", "worker"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+        )
     deadline = time.monotonic() + timeout_s
     while True:
         with open(log_path, "rb") as f:

@@ -91,7 +91,7 @@ def _to_float_gray(im: Image.Image) -> np.ndarray:
         # common for radiographs), so a 12-bit study isn't squeezed into the darkest 1/16th.
         top = max(float(arr.max()), 255.0)
         bits = int(np.ceil(np.log2(top + 1)))
-        return np.clip(arr, 0, None) / (2.0 ** bits - 1)
+        return np.clip(arr, 0, None) / (2.0**bits - 1)
     if im.mode in ("LA", "RGBA", "PA") or (im.mode == "P" and "transparency" in im.info):
         im = im.convert("RGBA")
         bg = Image.new("RGBA", im.size, (0, 0, 0, 255))
@@ -120,7 +120,7 @@ def png_to_array(data: bytes, size: int = IMAGE_SIZE) -> np.ndarray:
         gray = np.asarray(f.resize((nw, nh), Image.Resampling.LANCZOS), dtype=np.float64)
     out = np.zeros((size, size), dtype=np.uint8)
     top, left = (size - nh) // 2, (size - nw) // 2
-    out[top: top + nh, left: left + nw] = np.clip(np.rint(gray * 255.0), 0, 255).astype(np.uint8)
+    out[top : top + nh, left : left + nw] = np.clip(np.rint(gray * 255.0), 0, 255).astype(np.uint8)
     return out
 
 

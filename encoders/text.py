@@ -20,8 +20,7 @@ class ReportEncoder(nn.Module):
     An all-padding row (no report) encodes from a zero mean, i.e. a constant vector.
     """
 
-    def __init__(self, vocab_size: int = VOCAB_SIZE, embed_dim: int = 32, out_dim: int = 128,
-                 hidden: int = 128):
+    def __init__(self, vocab_size: int = VOCAB_SIZE, embed_dim: int = 32, out_dim: int = 128, hidden: int = 128):
         super().__init__()
         self.out_dim = out_dim
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=0)

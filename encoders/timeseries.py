@@ -37,8 +37,11 @@ class TcnEncoder(nn.Module):
         super().__init__()
         layers, channels = [], in_channels
         for dilation in (1, 2, 4):
-            layers += [nn.ConstantPad1d(((kernel - 1) * dilation, 0), 0.0),
-                       nn.Conv1d(channels, out_dim, kernel, dilation=dilation), nn.GELU()]
+            layers += [
+                nn.ConstantPad1d(((kernel - 1) * dilation, 0), 0.0),
+                nn.Conv1d(channels, out_dim, kernel, dilation=dilation),
+                nn.GELU(),
+            ]
             channels = out_dim
         self.net = nn.Sequential(*layers)
         self.out_dim = out_dim
@@ -54,8 +57,9 @@ class TransformerSeriesEncoder(nn.Module):
         super().__init__()
         self.inp = nn.Linear(in_channels, out_dim)
         self.pos = nn.Parameter(torch.zeros(max_steps, out_dim))
-        self.layer = nn.TransformerEncoderLayer(out_dim, heads, 2 * out_dim, dropout=0.0, batch_first=True,
-                                                norm_first=True)
+        self.layer = nn.TransformerEncoderLayer(
+            out_dim, heads, 2 * out_dim, dropout=0.0, batch_first=True, norm_first=True
+        )
         self.out_dim = out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -97,18 +97,28 @@ class CxrArchive:
             _atomic_write(self.root / rel, s["png"])
             patient, k = divmod(i, studies_per_patient)
             t = SIM_EPOCH + timedelta(days=patient % 365, hours=6 * k)
-            studies.append({
-                "study_id": sid, "file": rel.as_posix(), "report": s["report"],
-                "acquired_at": t.isoformat(), "patient_id": f"sim{seed}-p{patient:04d}", "source": "sim",
-                "sha256": hashlib.sha256(s["png"]).hexdigest(), "pattern": s["pattern"],
-                "severity": s["severity"], "lobe": s["lobe"], "finding": s["finding"],
-            })
+            studies.append(
+                {
+                    "study_id": sid,
+                    "file": rel.as_posix(),
+                    "report": s["report"],
+                    "acquired_at": t.isoformat(),
+                    "patient_id": f"sim{seed}-p{patient:04d}",
+                    "source": "sim",
+                    "sha256": hashlib.sha256(s["png"]).hexdigest(),
+                    "pattern": s["pattern"],
+                    "severity": s["severity"],
+                    "lobe": s["lobe"],
+                    "finding": s["finding"],
+                }
+            )
             added.append(sid)
         self._write_index(studies)
         return added
 
-    def add_images(self, folder: str | Path, recursive: bool = True, copy: bool = True,
-                   patient_id: str | None = None) -> list[str]:
+    def add_images(
+        self, folder: str | Path, recursive: bool = True, copy: bool = True, patient_id: str | None = None
+    ) -> list[str]:
         """Index the PNG/JPEG files under ``folder`` (copied into ``images/`` unless ``copy=False``,
         which indexes them where they are, by absolute path). A sidecar ``NAME.txt`` next to an
         image is its report; a sidecar ``NAME.json`` may give ``report``, ``acquired_at`` and
@@ -117,8 +127,11 @@ class CxrArchive:
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: not a folder")
-        files = sorted(p for p in (folder.rglob("*") if recursive else folder.iterdir())
-                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(
+            p
+            for p in (folder.rglob("*") if recursive else folder.iterdir())
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
         studies = self.studies()
         known = {s.get("sha256") for s in studies}
         ids = {s["study_id"] for s in studies}
@@ -148,10 +161,17 @@ class CxrArchive:
                 file = rel.as_posix()
             else:
                 file = str(src.resolve())
-            studies.append({"study_id": sid, "file": file, "report": report,
-                            "acquired_at": extra.get("acquired_at"),
-                            "patient_id": extra.get("patient_id", patient_id), "source": "file",
-                            "sha256": digest})
+            studies.append(
+                {
+                    "study_id": sid,
+                    "file": file,
+                    "report": report,
+                    "acquired_at": extra.get("acquired_at"),
+                    "patient_id": extra.get("patient_id", patient_id),
+                    "source": "file",
+                    "sha256": digest,
+                }
+            )
             known.add(digest)
             ids.add(sid)
             added.append(sid)
@@ -189,10 +209,17 @@ class CxrArchive:
             rel = Path("images") / f"{sid}.{'jpg' if msg.image_format == 'jpeg' else 'png'}"
             self.images_dir.mkdir(parents=True, exist_ok=True)
             _atomic_write(self.root / rel, data)
-            studies.append({"study_id": sid, "file": rel.as_posix(), "report": msg.report,
-                            "acquired_at": datetime.fromtimestamp(msg.event_time, timezone.utc).isoformat(),
-                            "patient_id": msg.patient_id, "source": "stream",
-                            "sha256": hashlib.sha256(data).hexdigest()})
+            studies.append(
+                {
+                    "study_id": sid,
+                    "file": rel.as_posix(),
+                    "report": msg.report,
+                    "acquired_at": datetime.fromtimestamp(msg.event_time, timezone.utc).isoformat(),
+                    "patient_id": msg.patient_id,
+                    "source": "stream",
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                }
+            )
             ids.add(sid)
             added.append(sid)
         if skipped:
@@ -229,7 +256,7 @@ class CxrArchive:
             if k in cached:
                 out[i] = cached[k]
         for start in range(0, len(todo), batch_size):
-            chunk = todo[start: start + batch_size]
+            chunk = todo[start : start + batch_size]
             images = np.stack([load_cxr(self.path_of(studies[i])) for i in chunk])
             out[chunk] = embed_images(model, images)
         if keys:
@@ -253,8 +280,10 @@ class CxrArchive:
         q = embed_texts(model, [text])[0]
         scores = emb @ q
         order = np.argsort(-scores, kind="stable")[:top_k]
-        return [dict(studies[i], rank=r + 1, score=round(float(scores[i]), 4), path=str(self.path_of(studies[i])))
-                for r, i in enumerate(order)]
+        return [
+            dict(studies[i], rank=r + 1, score=round(float(scores[i]), 4), path=str(self.path_of(studies[i])))
+            for r, i in enumerate(order)
+        ]
 
 
 def load_model(model_dir: str | Path | None = None):

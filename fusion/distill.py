@@ -29,9 +29,19 @@ from icuwatch.fusion.cohorts.base import Cohort, gather
 from icuwatch.fusion.strategies import build
 from icuwatch.fusion.strategies.base import FusionModel, to_tensors
 from icuwatch.fusion.strategies.student import EarlyExitStudent, exit_margins
-from icuwatch.fusion.training import (TrainConfig, _auroc, data_card, fit_temperature, focal_loss, model_spec,
-                                      fit_epochs, predict_logits, set_seeds, utility_threshold,
-                                      validation_rows)
+from icuwatch.fusion.training import (
+    TrainConfig,
+    _auroc,
+    data_card,
+    fit_epochs,
+    fit_temperature,
+    focal_loss,
+    model_spec,
+    predict_logits,
+    set_seeds,
+    utility_threshold,
+    validation_rows,
+)
 
 STUDENT = "student"
 
@@ -56,8 +66,8 @@ def predict_exit_logits(model: EarlyExitStudent, cohort: Cohort, idx: np.ndarray
     model.eval()
     out = np.empty((len(idx), model.n_exits), dtype=np.float32)
     for s in range(0, len(idx), batch_size):
-        model(to_tensors(gather(cohort, idx[s: s + batch_size])))
-        out[s: s + batch_size] = model.exit_logits.numpy()
+        model(to_tensors(gather(cohort, idx[s : s + batch_size])))
+        out[s : s + batch_size] = model.exit_logits.numpy()
     return out
 
 
@@ -75,8 +85,9 @@ def simulate_exits(exit_logits: np.ndarray, temperatures, thresholds) -> tuple[n
     return where, 1.0 / (1.0 + np.exp(-z))
 
 
-def choose_exit_thresholds(exit_logits: np.ndarray, temperatures, y: np.ndarray, tolerance: float,
-                           grid: int = 100) -> list[float]:
+def choose_exit_thresholds(
+    exit_logits: np.ndarray, temperatures, y: np.ndarray, tolerance: float, grid: int = 100
+) -> list[float]:
     """Per early exit (in order, later ones never-exit while an earlier one is chosen), the smallest
     confidence threshold on the grid from which on (it and every larger grid value) the early-exit
     AUROC is >= (1 - tolerance) x the full student's (last exit)."""
@@ -92,11 +103,12 @@ def choose_exit_thresholds(exit_logits: np.ndarray, temperatures, y: np.ndarray,
         conf = 1.0 / (1.0 + np.exp(-np.abs(exit_logits[open_rows, k].astype(np.float64)) / temperatures[k]))
         if len(conf) == 0:
             break
-        candidates = np.unique(np.clip(np.concatenate([np.quantile(conf, np.linspace(0.0, 1.0, grid)), [1.0]]),
-                                       0.5, 1.0))
+        candidates = np.unique(
+            np.clip(np.concatenate([np.quantile(conf, np.linspace(0.0, 1.0, grid)), [1.0]]), 0.5, 1.0)
+        )
         ok = []
         for c in candidates:
-            trial = thresholds[:k] + [float(c)] + thresholds[k + 1:]
+            trial = thresholds[:k] + [float(c)] + thresholds[k + 1 :]
             ok.append(_auroc(y, simulate_exits(exit_logits, temperatures, trial)[1]) >= floor)
         bad = np.flatnonzero(~np.asarray(ok))
         first = 0 if len(bad) == 0 else int(bad[-1]) + 1  # 1.0 (nobody leaves here) is always ok
@@ -118,8 +130,9 @@ def _teacher(teacher) -> tuple[FusionModel, str]:
     return trained.model, trained.card["model"]
 
 
-def distill(teacher, cohort: Cohort, cfg: DistillConfig | None = None, progress: bool = True,
-            spec_overrides: dict | None = None) -> tuple[EarlyExitStudent, dict]:
+def distill(
+    teacher, cohort: Cohort, cfg: DistillConfig | None = None, progress: bool = True, spec_overrides: dict | None = None
+) -> tuple[EarlyExitStudent, dict]:
     """Fit the student on the cohort's TRAIN rows against ``teacher`` (a model directory or name under
     ``var/models``, a ``model_store.TrainedModel`` or a ``FusionModel``); returns the student (eval
     mode, exit temperatures and thresholds set) and its card."""
@@ -128,7 +141,8 @@ def distill(teacher, cohort: Cohort, cfg: DistillConfig | None = None, progress:
     torch.set_num_threads(cfg.threads)
     teacher_model, teacher_name = _teacher(teacher)
     if tuple(teacher_model.spec.modalities) != tuple(cohort.modalities) or any(
-            tuple(teacher_model.spec.dims.get(k, ())) != tuple(v) for k, v in cohort.dims().items()):
+        tuple(teacher_model.spec.dims.get(k, ())) != tuple(v) for k, v in cohort.dims().items()
+    ):
         raise ValueError(f"teacher {teacher_name} was built for other inputs than the {cohort.name} cohort")
     teacher_model.eval()
     rng = set_seeds(cfg.seed)
@@ -148,17 +162,23 @@ def distill(teacher, cohort: Cohort, cfg: DistillConfig | None = None, progress:
             entropy = F.binary_cross_entropy(soft, soft)  # so the soft term is KL (0 when matched)
         model(tensors)
         z = model.exit_logits
-        return sum(w * (alpha * t * t * (F.binary_cross_entropy_with_logits(z[:, k] / t, soft) - entropy)
-                        + (1.0 - alpha) * focal_loss(z[:, k], y, cfg.focal_gamma, cfg.focal_alpha))
-                   for k, w in enumerate(weights))
+        return sum(
+            w
+            * (
+                alpha * t * t * (F.binary_cross_entropy_with_logits(z[:, k] / t, soft) - entropy)
+                + (1.0 - alpha) * focal_loss(z[:, k], y, cfg.focal_gamma, cfg.focal_alpha)
+            )
+            for k, w in enumerate(weights)
+        )
 
     def after_epoch(model: EarlyExitStudent) -> dict:
         val_z = predict_exit_logits(model, cohort, val_rows)
         aurocs = [_auroc(y_val, val_z[:, k]) for k in range(n_exits)]
         return {"val_auroc": aurocs[-1], "val_auroc_exits": [round(a, 4) for a in aurocs]}
 
-    history, best, fit_s = fit_epochs(student, cohort, train_rows, cfg, loss_fn, after_epoch,
-                                      f"distill {teacher_name} -> student", rng, progress)
+    history, best, fit_s = fit_epochs(
+        student, cohort, train_rows, cfg, loss_fn, after_epoch, f"distill {teacher_name} -> student", rng, progress
+    )
     student.load_state_dict(best[1])
     student.eval()
 
@@ -180,12 +200,20 @@ def distill(teacher, cohort: Cohort, cfg: DistillConfig | None = None, progress:
         "parameters": student.n_parameters(),
         "train_config": asdict(cfg),
         "data": data_card(cohort, train_rows, val_rows, np.zeros(0, dtype=np.int64)),
-        "teacher": {"model": teacher_name, "strategy": teacher_model.strategy,
-                    "parameters": teacher_model.n_parameters(), "val_auroc": round(teacher_val, 4)},
-        "distillation": {"temperature": t, "alpha": alpha, "exit_weights": weights,
-                         "loss": "alpha * T^2 * KL(sigmoid(teacher/T) || sigmoid(student_k/T)) + (1 - alpha) * focal, "
-                                 "summed over exits k with exit_weights; teacher and student see the same "
-                                 "modality-dropped inputs"},
+        "teacher": {
+            "model": teacher_name,
+            "strategy": teacher_model.strategy,
+            "parameters": teacher_model.n_parameters(),
+            "val_auroc": round(teacher_val, 4),
+        },
+        "distillation": {
+            "temperature": t,
+            "alpha": alpha,
+            "exit_weights": weights,
+            "loss": "alpha * T^2 * KL(sigmoid(teacher/T) || sigmoid(student_k/T)) + (1 - alpha) * focal, "
+            "summed over exits k with exit_weights; teacher and student see the same "
+            "modality-dropped inputs",
+        },
         "history": history,
         "best_epoch": best[2],
         "temperature": temperatures[-1],
@@ -194,15 +222,20 @@ def distill(teacher, cohort: Cohort, cfg: DistillConfig | None = None, progress:
         "exit_temperatures": temperatures,
         "exit_thresholds": exit_thresholds,
         "exit_shares": [round(float(s), 4) for s in shares],
-        "exit_selection": (f"per early exit, the smallest VAL confidence max(p, 1-p) from which on the early-exit "
-                           f"AUROC stays >= (1 - {cfg.exit_tolerance}) x the full student's; the last exit "
-                           "answers every row left"),
-        "val": {"auroc": round(best[0], 4), "utility": round(float(val_utility), 4),
-                "auroc_exits": [round(_auroc(y_val, val_z[:, k]), 4) for k in range(n_exits)],
-                "early_exit_auroc": round(_auroc(y_val, early_p), 4)},
+        "exit_selection": (
+            f"per early exit, the smallest VAL confidence max(p, 1-p) from which on the early-exit "
+            f"AUROC stays >= (1 - {cfg.exit_tolerance}) x the full student's; the last exit "
+            "answers every row left"
+        ),
+        "val": {
+            "auroc": round(best[0], 4),
+            "utility": round(float(val_utility), 4),
+            "auroc_exits": [round(_auroc(y_val, val_z[:, k]), 4) for k in range(n_exits)],
+            "early_exit_auroc": round(_auroc(y_val, early_p), 4),
+        },
         "fit_s": round(fit_s, 1),
         "calibration": "temperature scaling per exit on VAL logits (probability = sigmoid(logit / temperature of "
-                       "the answering exit); `temperature` is the last exit's, for forward())",
+        "the answering exit); `temperature` is the last exit's, for forward())",
         "imbalance": f"focal loss (gamma {cfg.focal_gamma}, alpha {cfg.focal_alpha} on positives) on the hard labels",
         "modality_dropout": cfg.modality_dropout,
     }

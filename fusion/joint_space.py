@@ -102,9 +102,17 @@ def simulate_studies(n: int, seed: int = 0, prior_fraction: float = 0.3) -> tupl
         png = cxr.render(severity, pattern, lobe, np.random.default_rng(int(rng.integers(2**63))))
         images[i] = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
         text = cxr.report(severity, pattern, lobe, prior)
-        studies.append({"severity": round(severity, 4), "pattern": pattern, "lobe": lobe,
-                        "prior_severity": None if prior is None else round(prior, 4), "report": text,
-                        "finding": finding_from_report(text), "png": png})
+        studies.append(
+            {
+                "severity": round(severity, 4),
+                "pattern": pattern,
+                "lobe": lobe,
+                "prior_severity": None if prior is None else round(prior, 4),
+                "report": text,
+                "finding": finding_from_report(text),
+                "png": png,
+            }
+        )
     return images, studies
 
 
@@ -165,8 +173,10 @@ class JointEmbedding(nn.Module):
         path = Path(path) if path is not None else default_model_dir()
         card = json.loads((path / CARD_FILE).read_text())
         if card.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: joint embedding format {card.get('format_version')!r}, "
-                             f"this code reads {FORMAT_VERSION}; retrain")
+            raise ValueError(
+                f"{path}: joint embedding format {card.get('format_version')!r}, "
+                f"this code reads {FORMAT_VERSION}; retrain"
+            )
         model = cls(**card["config"])
         model.load_state_dict(torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True))
         model.card = card
@@ -193,8 +203,10 @@ def _tokens(texts) -> np.ndarray:
 def embed_images(model: JointEmbedding, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """float32 [N, embed_dim] unit vectors of uint8 [N, 224, 224] images (or float [N, 1, 224, 224])."""
     model.eval()
-    out = [model.encode_image(images_to_tensor(images[i: i + batch_size])).numpy()
-           for i in range(0, len(images), batch_size)]
+    out = [
+        model.encode_image(images_to_tensor(images[i : i + batch_size])).numpy()
+        for i in range(0, len(images), batch_size)
+    ]
     return np.concatenate(out) if out else np.zeros((0, model.embed_dim), np.float32)
 
 
@@ -203,16 +215,19 @@ def embed_texts(model: JointEmbedding, texts, batch_size: int = 256) -> np.ndarr
     """float32 [N, embed_dim] unit vectors of report texts (list of str) or token ids int [N, L]."""
     model.eval()
     ids = _tokens(texts)
-    out = [model.encode_text(torch.from_numpy(ids[i: i + batch_size].astype(np.int64))).numpy()
-           for i in range(0, len(ids), batch_size)]
+    out = [
+        model.encode_text(torch.from_numpy(ids[i : i + batch_size].astype(np.int64))).numpy()
+        for i in range(0, len(ids), batch_size)
+    ]
     return np.concatenate(out) if out else np.zeros((0, model.embed_dim), np.float32)
 
 
 # ------------------------------------------------------------------------------------ training
 
 
-def contrastive_loss(model: JointEmbedding, x: torch.Tensor, ids: torch.Tensor,
-                     text_group: torch.Tensor | None = None) -> torch.Tensor:
+def contrastive_loss(
+    model: JointEmbedding, x: torch.Tensor, ids: torch.Tensor, text_group: torch.Tensor | None = None
+) -> torch.Tensor:
     """Symmetric InfoNCE; pairs with the same ``text_group`` (identical reports) share targets."""
     img, txt = model(x, ids)
     logits = model.logit_scale.clamp(0, math.log(100)).exp() * img @ txt.t()
@@ -233,8 +248,9 @@ def evaluate_loss(model: JointEmbedding, images: np.ndarray, tokens: np.ndarray,
     losses, weights = [], []
     for i in range(0, len(images), batch_size):
         sl = slice(i, i + batch_size)
-        loss = contrastive_loss(model, images_to_tensor(images[sl]),
-                                torch.from_numpy(np.asarray(tokens[sl], dtype=np.int64)), groups[sl])
+        loss = contrastive_loss(
+            model, images_to_tensor(images[sl]), torch.from_numpy(np.asarray(tokens[sl], dtype=np.int64)), groups[sl]
+        )
         losses.append(float(loss))
         weights.append(len(images[sl]))
     return float(np.average(losses, weights=weights))
@@ -255,8 +271,9 @@ def _augment(x: torch.Tensor, gen: torch.Generator, max_shift: int = 8) -> torch
     return (out * gain + bias).clamp_(0, 1)
 
 
-def retrieval_metrics(img_emb: np.ndarray, txt_emb: np.ndarray, findings: list[str],
-                      text_group: np.ndarray | None = None) -> dict:
+def retrieval_metrics(
+    img_emb: np.ndarray, txt_emb: np.ndarray, findings: list[str], text_group: np.ndarray | None = None
+) -> dict:
     """Held-out retrieval figures (see the module docstring); row i of both is one pair.
     ``text_group``: equal for identical reports (adds image->report recall over distinct reports)."""
     n = len(img_emb)
@@ -282,10 +299,19 @@ def retrieval_metrics(img_emb: np.ndarray, txt_emb: np.ndarray, findings: list[s
     return out
 
 
-def train_joint(images: np.ndarray, tokens: np.ndarray, seed: int = 0, epochs: int = DEFAULT_EPOCHS,
-                progress: bool = True, batch_size: int = 64, lr: float = 3e-3, holdout: float = 0.2,
-                findings: list[str] | None = None, data: dict | None = None,
-                embed_dim: int = 64) -> tuple[JointEmbedding, dict]:
+def train_joint(
+    images: np.ndarray,
+    tokens: np.ndarray,
+    seed: int = 0,
+    epochs: int = DEFAULT_EPOCHS,
+    progress: bool = True,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    holdout: float = 0.2,
+    findings: list[str] | None = None,
+    data: dict | None = None,
+    embed_dim: int = 64,
+) -> tuple[JointEmbedding, dict]:
     """Train on uint8 images [S, 224, 224] paired with int token ids [S, L]; returns (model, card).
 
     ``holdout`` of the pairs (seeded) is kept out of training and the retrieval figures are measured
@@ -313,13 +339,18 @@ def train_joint(images: np.ndarray, tokens: np.ndarray, seed: int = 0, epochs: i
     model = JointEmbedding(embed_dim=embed_dim)
     decay = [p for name, p in model.named_parameters() if p.ndim > 1 and "embed.weight" not in name]
     no_decay = [p for name, p in model.named_parameters() if not (p.ndim > 1 and "embed.weight" not in name)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 1e-4}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=lr)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 1e-4}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
     steps_per_epoch = max(1, math.ceil(len(train_idx) / batch_size))
     total = max(1, epochs * steps_per_epoch)
     warmup = min(50, total // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / (warmup + 1) if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
+        opt,
+        lambda s: (
+            (s + 1) / (warmup + 1)
+            if s < warmup
+            else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
+        ),
+    )
     groups = torch.from_numpy(groups_np)
     history = []
     bar = tqdm(total=epochs * steps_per_epoch, desc="joint embedding", unit="batch", disable=not progress)
@@ -328,7 +359,7 @@ def train_joint(images: np.ndarray, tokens: np.ndarray, seed: int = 0, epochs: i
         order = train_idx[rng.permutation(len(train_idx))]
         losses = []
         for b in range(steps_per_epoch):
-            idx = np.sort(order[b * batch_size: (b + 1) * batch_size])
+            idx = np.sort(order[b * batch_size : (b + 1) * batch_size])
             if len(idx) < 2:
                 bar.update(1)
                 continue
@@ -348,44 +379,72 @@ def train_joint(images: np.ndarray, tokens: np.ndarray, seed: int = 0, epochs: i
 
     metrics = None
     if n_val >= 2:
-        metrics = retrieval_metrics(embed_images(model, images[val_idx]), embed_texts(model, tokens[val_idx]),
-                                    [findings[i] for i in val_idx], groups_np[val_idx])
+        metrics = retrieval_metrics(
+            embed_images(model, images[val_idx]),
+            embed_texts(model, tokens[val_idx]),
+            [findings[i] for i in val_idx],
+            groups_np[val_idx],
+        )
         metrics["heldout_loss"] = round(evaluate_loss(model, images[val_idx], tokens[val_idx], batch_size), 4)
         metrics = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
     card = {
         "model": MODEL_NAME,
         "data": data or {"source": "caller-supplied image/report pairs"},
-        "sizes": {"pairs": n, "train": int(len(train_idx)), "heldout": int(n_val),
-                  "distinct_reports": int(groups_np.max() + 1) if n else 0,
-                  "parameters": int(sum(p.numel() for p in model.parameters())),
-                  "image_encoder_parameters": int(sum(p.numel() for p in model.image_encoder.parameters())),
-                  "text_encoder_parameters": int(sum(p.numel() for p in model.text_encoder.parameters()))},
-        "training": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
-                     "optimizer": "AdamW, warmup + cosine", "augmentation": "shift +-8 px, gain/bias jitter",
-                     "loss": "symmetric InfoNCE, soft targets over identical reports",
-                     "train_loss_per_epoch": history, "temperature": round(model.temperature(), 4),
-                     "seconds": round(time.time() - started, 1), "torch": torch.__version__,
-                     "threads": torch.get_num_threads()},
+        "sizes": {
+            "pairs": n,
+            "train": int(len(train_idx)),
+            "heldout": int(n_val),
+            "distinct_reports": int(groups_np.max() + 1) if n else 0,
+            "parameters": int(sum(p.numel() for p in model.parameters())),
+            "image_encoder_parameters": int(sum(p.numel() for p in model.image_encoder.parameters())),
+            "text_encoder_parameters": int(sum(p.numel() for p in model.text_encoder.parameters())),
+        },
+        "training": {
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "seed": seed,
+            "optimizer": "AdamW, warmup + cosine",
+            "augmentation": "shift +-8 px, gain/bias jitter",
+            "loss": "symmetric InfoNCE, soft targets over identical reports",
+            "train_loss_per_epoch": history,
+            "temperature": round(model.temperature(), 4),
+            "seconds": round(time.time() - started, 1),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
         "image_input": "uint8 [224, 224] grayscale (encoders.cxr.load_cxr: aspect kept, black padding)",
-        "text_input": f"encoders.tokenizer hashed uni+bigrams, vocab {tokenizer.VOCAB_SIZE}, max {tokenizer.MAX_TOKENS}",
+        "text_input": (
+            f"encoders.tokenizer hashed uni+bigrams, vocab {tokenizer.VOCAB_SIZE}, max {tokenizer.MAX_TOKENS}"
+        ),
         "heldout_retrieval": metrics,
     }
     model.card = card
     return model, card
 
 
-def train_on_simulated(n: int = DEFAULT_PAIRS, seed: int = 0, epochs: int = DEFAULT_EPOCHS,
-                       progress: bool = True, out_dir: str | Path | None = None) -> tuple[JointEmbedding, dict]:
+def train_on_simulated(
+    n: int = DEFAULT_PAIRS,
+    seed: int = 0,
+    epochs: int = DEFAULT_EPOCHS,
+    progress: bool = True,
+    out_dir: str | Path | None = None,
+) -> tuple[JointEmbedding, dict]:
     """Simulate ``n`` studies (``simulate_studies``), train, save to ``out_dir`` (default
     ``var/models/joint_embedding``; ``out_dir=False``: don't save)."""
     t0 = time.time()
     images, studies = simulate_studies(n, seed=seed)
     tokens = tokenizer.encode([s["report"] for s in studies])
-    data = {"source": "synthetic chest X-rays and reports (sources.simulator.cxr.render/report)",
-            "simulate_seed": seed, "pattern_mix": PATTERN_MIX, "severity": "uniform [0.05, 1] (non-clear)",
-            "simulate_seconds": round(time.time() - t0, 1)}
-    model, card = train_joint(images, tokens, seed=seed, epochs=epochs, progress=progress,
-                              findings=[s["finding"] for s in studies], data=data)
+    data = {
+        "source": "synthetic chest X-rays and reports (sources.simulator.cxr.render/report)",
+        "simulate_seed": seed,
+        "pattern_mix": PATTERN_MIX,
+        "severity": "uniform [0.05, 1] (non-clear)",
+        "simulate_seconds": round(time.time() - t0, 1),
+    }
+    model, card = train_joint(
+        images, tokens, seed=seed, epochs=epochs, progress=progress, findings=[s["finding"] for s in studies], data=data
+    )
     if out_dir is not False:
         model.save(out_dir)
     return model, card

@@ -45,8 +45,8 @@ def hour_times(stay: Stay, base_time: float) -> np.ndarray:
 
 def rule_outputs(stay: Stay, base_time: float | None = None) -> dict[str, np.ndarray]:
     """The rule scores at every hour of the stay, computed from the worker's state."""
-    from icuwatch.streams import patient_state
     from icuwatch.sources.psv import DEFAULT_BASE_TIME, stay_messages
+    from icuwatch.streams import patient_state
 
     base = DEFAULT_BASE_TIME if base_time is None else base_time
     messages = sorted(stay_messages(stay, base), key=lambda m: m[0])
@@ -64,8 +64,9 @@ def rule_outputs(stay: Stay, base_time: float | None = None) -> dict[str, np.nda
     return out
 
 
-def predictor(model: str, model_dir: Path | None = None,
-              use_stored_threshold: bool = True) -> tuple[Callable[[Stay], np.ndarray], float]:
+def predictor(
+    model: str, model_dir: Path | None = None, use_stored_threshold: bool = True
+) -> tuple[Callable[[Stay], np.ndarray], float]:
     """(probabilities-per-row function, threshold) for a model name.
 
     A rule model's threshold is the one ``icuwatch tune-thresholds`` stored, else its clinical default.
@@ -99,8 +100,9 @@ class FusionStayPredictor:
 
         self.trained = model_store.load(directory)
         if self.trained.card["spec"]["cohort"] != "physionet":
-            raise ValueError(f"{directory}: trained on the {self.trained.card['spec']['cohort']} cohort, "
-                             "not on PhysioNet stays")
+            raise ValueError(
+                f"{directory}: trained on the {self.trained.card['spec']['cohort']} cohort, not on PhysioNet stays"
+            )
         self.norm = self.trained.card["data"]["meta"]["norm"]
         self.threshold = self.trained.threshold
 
@@ -124,9 +126,15 @@ def write_predictions(path: Path, probabilities: np.ndarray, threshold: float) -
     path.write_text("\n".join(lines) + "\n")
 
 
-def predict_dir(input_dir: str | Path, output_dir: str | Path, model: str = "rules",
-                patients: int | None = None, progress: bool = True, model_dir: Path | None = None,
-                split: str | None = None) -> int:
+def predict_dir(
+    input_dir: str | Path,
+    output_dir: str | Path,
+    model: str = "rules",
+    patients: int | None = None,
+    progress: bool = True,
+    model_dir: Path | None = None,
+    split: str | None = None,
+) -> int:
     """Write a prediction file for every stay in ``input_dir``; returns the number written."""
     from tqdm import tqdm
 

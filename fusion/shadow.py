@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from icuwatch.sources.physionet import list_stays, read_psv
 from icuwatch.fusion.psv_predict import predictor
+from icuwatch.sources.physionet import list_stays, read_psv
 
 ONSET_SHIFT_H = 6
 """SepsisLabel turns 1 six hours before the clinical onset t_sepsis (challenge definition)."""
@@ -33,8 +33,7 @@ def onset_hour(sepsis_label: np.ndarray | None) -> int | None:
     return int(np.argmax(sepsis_label)) + ONSET_SHIFT_H
 
 
-def compare(source: str | Path, model_a: str, model_b: str, patients: int | None = None,
-            progress: bool = True) -> dict:
+def compare(source: str | Path, model_a: str, model_b: str, patients: int | None = None, progress: bool = True) -> dict:
     from tqdm import tqdm
 
     predict_a, th_a = predictor(model_a)
@@ -51,16 +50,18 @@ def compare(source: str | Path, model_a: str, model_b: str, patients: int | None
             continue
         onset = onset_hour(stay.labels)
         first_a, first_b = (a[0] if a else None), (b[0] if b else None)
-        rows.append({
-            "patient_id": stay.patient_id,
-            "alert_hours_a": a,
-            "alert_hours_b": b,
-            "only_a": sorted(set(a) - set(b)),
-            "only_b": sorted(set(b) - set(a)),
-            "sepsis_onset_hour": onset,
-            "lead_h_a": None if onset is None or first_a is None else onset - first_a,
-            "lead_h_b": None if onset is None or first_b is None else onset - first_b,
-        })
+        rows.append(
+            {
+                "patient_id": stay.patient_id,
+                "alert_hours_a": a,
+                "alert_hours_b": b,
+                "only_a": sorted(set(a) - set(b)),
+                "only_b": sorted(set(b) - set(a)),
+                "sepsis_onset_hour": onset,
+                "lead_h_a": None if onset is None or first_a is None else onset - first_a,
+                "lead_h_b": None if onset is None or first_b is None else onset - first_b,
+            }
+        )
     return {
         "source": str(source),
         "data": "real PhysioNet 2019 stays" if "physionet2019" in str(source) else "not PhysioNet 2019 data",
@@ -96,8 +97,10 @@ def write_report(summary: dict, out_dir: str | Path) -> Path:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in summary["differences"][:200]:
-        lines.append(f"| {r['patient_id']} | {r['alert_hours_a']} | {r['alert_hours_b']} | "
-                     f"{r['sepsis_onset_hour']} | {r['lead_h_a']} | {r['lead_h_b']} |")
+        lines.append(
+            f"| {r['patient_id']} | {r['alert_hours_a']} | {r['alert_hours_b']} | "
+            f"{r['sepsis_onset_hour']} | {r['lead_h_a']} | {r['lead_h_b']} |"
+        )
     path = out / "shadow.md"
     path.write_text("\n".join(lines) + "\n")
     return path

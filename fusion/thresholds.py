@@ -27,16 +27,17 @@ def stored_threshold(models_dir: Path, model: str) -> float | None:
         return None
 
 
-def tune(model: str, data_dir: Path, models_dir: Path, max_stays: int | None = None,
-         progress: bool = True) -> dict:
+def tune(model: str, data_dir: Path, models_dir: Path, max_stays: int | None = None, progress: bool = True) -> dict:
     from tqdm import tqdm
 
     from icuwatch.fusion.evaluation.metrics import auroc, best_threshold
     from icuwatch.fusion.psv_predict import RULE_MODELS, predictor
 
     if model not in RULE_MODELS:
-        raise ValueError(f"tune-thresholds handles the rule models {list(RULE_MODELS)}; "
-                         "learned models tune their threshold when trained")
+        raise ValueError(
+            f"tune-thresholds handles the rule models {list(RULE_MODELS)}; "
+            "learned models tune their threshold when trained"
+        )
     predict, default = predictor(model, use_stored_threshold=False)
     paths = list_stays(data_dir, split="val", limit=max_stays)
     probs, labels = [], []
@@ -51,9 +52,13 @@ def tune(model: str, data_dir: Path, models_dir: Path, max_stays: int | None = N
         "threshold": threshold,
         "default_threshold": default,
         "tuned_for": "PhysioNet 2019 normalized utility",
-        "data": {"source": str(data_dir), "real_data": "physionet2019" in str(data_dir),
-                 "split": "val (fixed hash split)", "stays": len(paths),
-                 "septic_stays": int(sum(1 for y in labels if y.any()))},
+        "data": {
+            "source": str(data_dir),
+            "real_data": "physionet2019" in str(data_dir),
+            "split": "val (fixed hash split)",
+            "stays": len(paths),
+            "septic_stays": int(sum(1 for y in labels if y.any())),
+        },
         "val": {"utility": utility, "auroc": auroc(labels, probs)},
         "tuned_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -48,8 +48,9 @@ def set_seeds(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def modality_dropout(present: np.ndarray, staleness: np.ndarray, p: float,
-                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def modality_dropout(
+    present: np.ndarray, staleness: np.ndarray, p: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Drop each present modality with probability ``p``; a row keeps at least one of its own."""
     if p <= 0:
         return present, staleness
@@ -70,21 +71,28 @@ def focal_loss(logits: torch.Tensor, y: torch.Tensor, gamma: float, alpha: float
 
 
 @torch.no_grad()
-def predict_logits(model: FusionModel, cohort: Cohort, idx: np.ndarray, batch_size: int = 2048,
-                   present: np.ndarray | None = None, progress: bool = False) -> np.ndarray:
+def predict_logits(
+    model: FusionModel,
+    cohort: Cohort,
+    idx: np.ndarray,
+    batch_size: int = 2048,
+    present: np.ndarray | None = None,
+    progress: bool = False,
+) -> np.ndarray:
     """Logits of rows ``idx`` (``present`` overrides the cohort's flags: simulated missingness)."""
     from tqdm import tqdm
 
     model.eval()
     out = np.empty(len(idx), dtype=np.float32)
-    for s in tqdm(range(0, len(idx), batch_size), disable=not progress, desc="predict", unit="batch",
-                  file=sys.stderr, leave=False):
-        rows = idx[s: s + batch_size]
+    for s in tqdm(
+        range(0, len(idx), batch_size), disable=not progress, desc="predict", unit="batch", file=sys.stderr, leave=False
+    ):
+        rows = idx[s : s + batch_size]
         batch = gather(cohort, rows)
         if present is not None:
-            batch["present"] = present[s: s + batch_size]
+            batch["present"] = present[s : s + batch_size]
             batch["staleness_h"] = np.where(batch["present"], batch["staleness_h"], 0.0).astype(np.float32)
-        out[s: s + len(rows)] = model(to_tensors(batch)).numpy()
+        out[s : s + len(rows)] = model(to_tensors(batch)).numpy()
     return out
 
 
@@ -111,9 +119,14 @@ def per_group(values: np.ndarray, groups: np.ndarray) -> list[np.ndarray]:
 def model_spec(strategy: str, cohort: Cohort, cfg: TrainConfig, spec_overrides: dict | None = None) -> InputSpec:
     """The ``InputSpec`` of ``strategy`` on the cohort: ``DEFAULTS``, then ``spec_overrides``."""
     defaults = {**DEFAULTS.get(strategy, {}), **(spec_overrides or {})}
-    return InputSpec(cohort=cohort.name, modalities=cohort.modalities, dims=cohort.dims(),
-                     series_kind=cfg.series_kind, d_model=defaults.get("d_model", 32),
-                     options=defaults.get("options", {}))
+    return InputSpec(
+        cohort=cohort.name,
+        modalities=cohort.modalities,
+        dims=cohort.dims(),
+        series_kind=cfg.series_kind,
+        d_model=defaults.get("d_model", 32),
+        options=defaults.get("options", {}),
+    )
 
 
 def validation_rows(cohort: Cohort, cfg: TrainConfig, rng: np.random.Generator) -> np.ndarray:
@@ -134,22 +147,40 @@ def utility_threshold(p: np.ndarray, y: np.ndarray, groups: np.ndarray) -> tuple
     from icuwatch.fusion.evaluation.metrics import best_threshold
 
     try:
-        return best_threshold(per_group(p, groups), per_group(y, groups),
-                              np.unique(np.quantile(p, np.linspace(0.0, 0.999, 400))))
+        return best_threshold(
+            per_group(p, groups), per_group(y, groups), np.unique(np.quantile(p, np.linspace(0.0, 0.999, 400)))
+        )
     except ValueError:
         return 0.5, float("nan")
 
 
 def data_card(cohort: Cohort, train_rows: np.ndarray, val_rows: np.ndarray, stage2_rows: np.ndarray) -> dict:
     """The card's ``data`` section: which cohort build, how many rows of each split were used."""
-    return {"cohort": cohort.name, "meta": {k: v for k, v in cohort.meta.items()
-                                            if k in ("source", "description", "real", "data_dir", "version", "norm")},
-            "train_rows": int(len(train_rows)), "stage2_rows": int(len(stage2_rows)),
-            "val_rows": int(len(val_rows)), "train_positive_rows": int(cohort.y[train_rows].sum())}
+    return {
+        "cohort": cohort.name,
+        "meta": {
+            k: v
+            for k, v in cohort.meta.items()
+            if k in ("source", "description", "real", "data_dir", "version", "norm")
+        },
+        "train_rows": int(len(train_rows)),
+        "stage2_rows": int(len(stage2_rows)),
+        "val_rows": int(len(val_rows)),
+        "train_positive_rows": int(cohort.y[train_rows].sum()),
+    }
 
 
-def fit_epochs(model: FusionModel, cohort: Cohort, train_rows: np.ndarray, cfg: TrainConfig, loss_fn,
-               after_epoch, desc: str, rng: np.random.Generator, progress: bool) -> tuple[list[dict], tuple, float]:
+def fit_epochs(
+    model: FusionModel,
+    cohort: Cohort,
+    train_rows: np.ndarray,
+    cfg: TrainConfig,
+    loss_fn,
+    after_epoch,
+    desc: str,
+    rng: np.random.Generator,
+    progress: bool,
+) -> tuple[list[dict], tuple, float]:
     """The training loop every strategy and the distillation share: AdamW with a one-cycle schedule
     over ``cfg.epochs`` epochs of ``cfg.rows_per_epoch`` TRAIN rows (drawn without replacement),
     modality dropout on every batch, gradient clipping; after each epoch ``after_epoch(model)``
@@ -158,8 +189,9 @@ def fit_epochs(model: FusionModel, cohort: Cohort, train_rows: np.ndarray, cfg: 
     Returns (history, (best val AUROC, best state_dict, best epoch), seconds)."""
     from tqdm import tqdm
 
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
     steps_per_epoch = max(1, min(cfg.rows_per_epoch, len(train_rows)) // cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
     history, best = [], (-1.0, None, -1)
@@ -168,13 +200,19 @@ def fit_epochs(model: FusionModel, cohort: Cohort, train_rows: np.ndarray, cfg: 
         model.train()
         rows = rng.choice(train_rows, size=steps_per_epoch * cfg.batch_size, replace=False)
         losses = []
-        bar = tqdm(range(steps_per_epoch), desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                   disable=not progress, file=sys.stderr)
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}",
+            unit="batch",
+            disable=not progress,
+            file=sys.stderr,
+        )
         for b in bar:
-            idx = np.sort(rows[b * cfg.batch_size: (b + 1) * cfg.batch_size])
+            idx = np.sort(rows[b * cfg.batch_size : (b + 1) * cfg.batch_size])
             batch = gather(cohort, idx)
             batch["present"], batch["staleness_h"] = modality_dropout(
-                batch["present"], batch["staleness_h"], cfg.modality_dropout, rng)
+                batch["present"], batch["staleness_h"], cfg.modality_dropout, rng
+            )
             loss = loss_fn(model, to_tensors(batch), torch.as_tensor(cohort.y[idx], dtype=torch.float32))
             optimizer.zero_grad()
             loss.backward()
@@ -186,8 +224,13 @@ def fit_epochs(model: FusionModel, cohort: Cohort, train_rows: np.ndarray, cfg: 
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
         figures = after_epoch(model)
         val_auroc = figures["val_auroc"]
-        history.append({"epoch": epoch + 1, "train_loss": round(float(np.mean(losses)), 5),
-                        **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in figures.items()}})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": round(float(np.mean(losses)), 5),
+                **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in figures.items()},
+            }
+        )
         if best[1] is None or val_auroc > best[0]:
             best = (val_auroc, {k: v.detach().clone() for k, v in model.state_dict().items()}, epoch + 1)
     return history, best, time.perf_counter() - t0
@@ -199,8 +242,11 @@ def _step(model: FusionModel, batch: dict, y: torch.Tensor, cfg: TrainConfig, st
     if aux is None:
         return focal_loss(logits, y, cfg.focal_gamma, cfg.focal_alpha)
     present = batch["present"]
-    aux_losses = [focal_loss(aux[present[:, j], j], y[present[:, j]], cfg.focal_gamma, cfg.focal_alpha)
-                  for j in range(aux.shape[1]) if present[:, j].any()]
+    aux_losses = [
+        focal_loss(aux[present[:, j], j], y[present[:, j]], cfg.focal_gamma, cfg.focal_alpha)
+        for j in range(aux.shape[1])
+        if present[:, j].any()
+    ]
     aux_loss = torch.stack(aux_losses).mean()
     if stage1_only:
         return aux_loss
@@ -213,8 +259,13 @@ def _auroc(y: np.ndarray, p: np.ndarray) -> float:
     return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
 
 
-def train(strategy: str, cohort: Cohort, cfg: TrainConfig | None = None, progress: bool = True,
-          spec_overrides: dict | None = None) -> tuple[FusionModel, dict]:
+def train(
+    strategy: str,
+    cohort: Cohort,
+    cfg: TrainConfig | None = None,
+    progress: bool = True,
+    spec_overrides: dict | None = None,
+) -> tuple[FusionModel, dict]:
     """Fit ``strategy`` on the cohort's TRAIN rows; returns the model (eval mode) and its card."""
 
     cfg = cfg or TrainConfig()
@@ -243,8 +294,9 @@ def train(strategy: str, cohort: Cohort, cfg: TrainConfig | None = None, progres
             _fit_stage2(m, cohort, stage2_rows, cfg)
         return {"val_auroc": _auroc(y_val, predict_logits(m, cohort, val_rows))}
 
-    history, best, fit_s = fit_epochs(model, cohort, train_rows, cfg, loss_fn, after_epoch,
-                                      f"{strategy}/{cohort.name}", rng, progress)
+    history, best, fit_s = fit_epochs(
+        model, cohort, train_rows, cfg, loss_fn, after_epoch, f"{strategy}/{cohort.name}", rng, progress
+    )
     model.load_state_dict(best[1])
     model.eval()
     stage2 = _fit_stage2(model, cohort, stage2_rows, cfg) if two_stage else None
@@ -281,6 +333,6 @@ def _fit_stage2(model: FusionModel, cohort: Cohort, rows: np.ndarray, cfg: Train
     feats = []
     with torch.no_grad():
         for s in range(0, len(rows), 2048):
-            batch = to_tensors(gather(cohort, rows[s: s + 2048]))
+            batch = to_tensors(gather(cohort, rows[s : s + 2048]))
             feats.append(model.integrator_inputs(model.head_logits(batch), batch["present"]).numpy())
     return model.fit_integrator(np.concatenate(feats), cohort.y[rows], cfg.seed, cfg.modality_dropout)

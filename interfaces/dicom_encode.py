@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import UID, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
 
 from icuwatch.core import schemas, topics
 
@@ -121,7 +121,7 @@ def cxr_to_dataset(msg: schemas.Cxr, patient_name: str | None = None) -> Dataset
     voi = Dataset()
     voi.add_new(0x00283002, "US", [0 if bits == 16 else 256, 0, bits])  # LUTDescriptor; 0 entries = 65536
     voi.LUTExplanation = "IDENTITY"
-    voi.add_new(0x00283006, "US", list(range(2 ** bits)))  # LUTData
+    voi.add_new(0x00283006, "US", list(range(2**bits)))  # LUTData
     ds.VOILUTSequence = Sequence([voi])
     ds.PixelData = np.ascontiguousarray(pixels.astype("<u2" if bits == 16 else np.uint8)).tobytes()
     ds["PixelData"].VR = "OW" if bits == 16 else "OB"
@@ -131,8 +131,15 @@ def cxr_to_dataset(msg: schemas.Cxr, patient_name: str | None = None) -> Dataset
 class DicomCxrSender:
     """One SCU association to a C-STORE SCP, reopened if the peer drops it."""
 
-    def __init__(self, host: str, port: int, ae_title: str = "ICUWATCH", *,
-                 calling_ae_title: str = "ICUWATCH-SCU", timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ae_title: str = "ICUWATCH",
+        *,
+        calling_ae_title: str = "ICUWATCH-SCU",
+        timeout_s: float = 60.0,
+    ) -> None:
         self.host, self.port, self.ae_title = host, port, ae_title
         self.calling_ae_title = calling_ae_title
         self.timeout_s = timeout_s
@@ -171,9 +178,16 @@ class DicomCxrSender:
             self.assoc = None
 
 
-def send_via_dicom(messages: Iterable[schemas.Cxr], host: str, port: int, ae_title: str = "ICUWATCH", *,
-                   calling_ae_title: str = "ICUWATCH-SCU", patient_names: dict[str, str] | None = None,
-                   strict: bool = True) -> dict[str, Any]:
+def send_via_dicom(
+    messages: Iterable[schemas.Cxr],
+    host: str,
+    port: int,
+    ae_title: str = "ICUWATCH",
+    *,
+    calling_ae_title: str = "ICUWATCH-SCU",
+    patient_names: dict[str, str] | None = None,
+    strict: bool = True,
+) -> dict[str, Any]:
     """C-STORE every message (one association) and check each status.
 
     Returns ``{"sent": n, "stored": k, "refused": [{"study_id", "status", "comment"}, ...]}``.
@@ -191,8 +205,7 @@ def send_via_dicom(messages: Iterable[schemas.Cxr], host: str, port: int, ae_tit
             if status == 0x0000 or 0xB000 <= status <= 0xBFFF:
                 result["stored"] += 1
             else:
-                result["refused"].append({"study_id": msg.study_id, "status": f"0x{status:04X}",
-                                          "comment": comment})
+                result["refused"].append({"study_id": msg.study_id, "status": f"0x{status:04X}", "comment": comment})
     finally:
         sender.close()
     if strict and result["refused"]:
@@ -227,8 +240,9 @@ class DicomRoutingProducer:
     kept open), every other topic to ``producer``. Failed stores (a non-success status, a lost
     association) call the future's errbacks, so ``send_paced`` reports them as undelivered."""
 
-    def __init__(self, producer: Any, host: str, port: int, ae_title: str = "ICUWATCH", *,
-                 calling_ae_title: str = "ICUWATCH-SIM") -> None:
+    def __init__(
+        self, producer: Any, host: str, port: int, ae_title: str = "ICUWATCH", *, calling_ae_title: str = "ICUWATCH-SIM"
+    ) -> None:
         self.producer = producer
         self.sender = DicomCxrSender(host, port, ae_title, calling_ae_title=calling_ae_title)
         self.counts: Counter = Counter()

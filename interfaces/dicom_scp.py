@@ -54,13 +54,13 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 from pydantic import ValidationError
+from pydicom import uid as dcm_uid
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
-from pydicom import uid as dcm_uid
 from pydicom.valuerep import DA, DT, TM
 
-from icuwatch.core.settings import Settings
 from icuwatch.core import schemas, topics
+from icuwatch.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +80,26 @@ CXR_SOP_CLASSES = (CR_STORAGE, DX_PRESENTATION_STORAGE, DX_PROCESSING_STORAGE, S
 CXR_MODALITIES = {"CR", "DX"}
 CHEST_BODY_PARTS = {"CHEST", "THORAX", "LUNG", "CHEST_LAT", "CHEST_PA", "CHEST_AP"}
 CHEST_WORDS = re.compile(r"\b(CHEST|THORAX|THORACIC|CXR|LUNGS?|TORAX|THX)\b", re.IGNORECASE)
-VIEWS = {"AP": "AP", "PA": "PA", "LAT": "LAT", "LATERAL": "LAT", "LL": "LAT", "RL": "LAT",
-         "RLD": "AP", "LLD": "AP"}
+VIEWS = {"AP": "AP", "PA": "PA", "LAT": "LAT", "LATERAL": "LAT", "LL": "LAT", "RL": "LAT", "RLD": "AP", "LLD": "AP"}
 MAX_SIDE = 1024
 DEADLETTER_MAX_ORIGINAL = 256 * 1024
-UNCOMPRESSED_SYNTAXES = (dcm_uid.ExplicitVRLittleEndian, dcm_uid.ImplicitVRLittleEndian,
-                         dcm_uid.DeflatedExplicitVRLittleEndian, dcm_uid.ExplicitVRBigEndian)
-COMPRESSED_SYNTAXES = (dcm_uid.RLELossless, dcm_uid.JPEGBaseline8Bit, dcm_uid.JPEGExtended12Bit,
-                       dcm_uid.JPEGLossless, dcm_uid.JPEGLosslessSV1, dcm_uid.JPEGLSLossless,
-                       dcm_uid.JPEGLSNearLossless, dcm_uid.JPEG2000Lossless, dcm_uid.JPEG2000)
+UNCOMPRESSED_SYNTAXES = (
+    dcm_uid.ExplicitVRLittleEndian,
+    dcm_uid.ImplicitVRLittleEndian,
+    dcm_uid.DeflatedExplicitVRLittleEndian,
+    dcm_uid.ExplicitVRBigEndian,
+)
+COMPRESSED_SYNTAXES = (
+    dcm_uid.RLELossless,
+    dcm_uid.JPEGBaseline8Bit,
+    dcm_uid.JPEGExtended12Bit,
+    dcm_uid.JPEGLossless,
+    dcm_uid.JPEGLosslessSV1,
+    dcm_uid.JPEGLSLossless,
+    dcm_uid.JPEGLSNearLossless,
+    dcm_uid.JPEG2000Lossless,
+    dcm_uid.JPEG2000,
+)
 
 
 class Refused(Exception):
@@ -102,6 +113,7 @@ class Refused(Exception):
 
 
 # --- header checks ---------------------------------------------------------------------------
+
 
 def _text(ds: Dataset, keyword: str) -> str:
     value = ds.get(keyword)
@@ -122,8 +134,10 @@ def is_chest_xray(ds: Dataset) -> bool:
     body = _text(ds, "BodyPartExamined").upper()
     if body:
         return body in CHEST_BODY_PARTS
-    return any(CHEST_WORDS.search(_text(ds, k)) for k in
-               ("ProtocolName", "SeriesDescription", "StudyDescription", "ViewPosition"))
+    return any(
+        CHEST_WORDS.search(_text(ds, k))
+        for k in ("ProtocolName", "SeriesDescription", "StudyDescription", "ViewPosition")
+    )
 
 
 def sanitise_patient_id(raw: Any) -> str | None:
@@ -162,6 +176,7 @@ def acquisition_time(ds: Dataset) -> float:
 
     candidates.append(("AcquisitionDateTime", from_dt))
     for prefix in ("Acquisition", "Content", "Study"):
+
         def from_pair(prefix: str = prefix) -> datetime | None:
             d, t = _text(ds, f"{prefix}Date"), _text(ds, f"{prefix}Time")
             if not d or not t:
@@ -170,6 +185,7 @@ def acquisition_time(ds: Dataset) -> float:
             if not isinstance(day, date) or clock is None:
                 return None
             return datetime.combine(day, clock)
+
         candidates.append((f"{prefix}Date/Time", from_pair))
 
     problems = []
@@ -181,8 +197,16 @@ def acquisition_time(ds: Dataset) -> float:
             continue
         if value is None:
             continue
-        value = datetime(value.year, value.month, value.day, value.hour, value.minute, value.second,
-                         value.microsecond, tzinfo=value.tzinfo or tz)
+        value = datetime(
+            value.year,
+            value.month,
+            value.day,
+            value.hour,
+            value.minute,
+            value.second,
+            value.microsecond,
+            tzinfo=value.tzinfo or tz,
+        )
         return value.timestamp()
     raise ValueError("no acquisition time in the header" + (f": {'; '.join(problems)}" if problems else ""))
 
@@ -195,10 +219,11 @@ def view_of(ds: Dataset) -> str:
 
 # --- pixels ----------------------------------------------------------------------------------
 
+
 def _window_range(ds: Dataset) -> tuple[float, float]:
     """Output range of pydicom's ``apply_windowing`` (it scales a window to this range)."""
     if ds.PixelRepresentation == 0:
-        y_min, y_max = 0.0, float(2 ** ds.BitsStored - 1)
+        y_min, y_max = 0.0, float(2**ds.BitsStored - 1)
     else:
         y_min, y_max = float(-(2 ** (ds.BitsStored - 1))), float(2 ** (ds.BitsStored - 1) - 1)
     slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
@@ -228,7 +253,7 @@ def normalise_pixels(ds: Dataset) -> np.ndarray:
                 values = np.rint(values).astype(np.int64)
             values = apply_voi_lut(values, ds, index=0, prefer_lut=True)
             bits = int(voi_seq[0].LUTDescriptor[2])
-            lo, hi = 0.0, float(2 ** bits - 1)
+            lo, hi = 0.0, float(2**bits - 1)
         elif "WindowCenter" in ds and "WindowWidth" in ds:
             values = apply_voi_lut(values, ds, index=0, prefer_lut=False)
             lo, hi = _window_range(ds)
@@ -261,7 +286,7 @@ def study_id_of(ds: Dataset) -> str:
         raise ValueError("StudyInstanceUID or SOPInstanceUID missing")
     sid = f"{study}/{sop}"
     if len(sid) > 128:
-        sid = f"{study}/{hashlib.sha256(sop.encode()).hexdigest()[:127 - len(study)]}"
+        sid = f"{study}/{hashlib.sha256(sop.encode()).hexdigest()[: 127 - len(study)]}"
     return sid
 
 
@@ -274,15 +299,21 @@ def dataset_to_cxr(ds: Dataset, patient_id: str, arrival_time: float | None = No
     try:
         png = to_png(normalise_pixels(ds))
     except Exception as exc:  # noqa: BLE001 - any decoder failure means we cannot use the image
-        raise Refused(STATUS_CANNOT_UNDERSTAND,
-                      f"pixel data cannot be decoded ({type(exc).__name__}: {str(exc)[:120]})") from None
+        raise Refused(
+            STATUS_CANNOT_UNDERSTAND, f"pixel data cannot be decoded ({type(exc).__name__}: {str(exc)[:120]})"
+        ) from None
     report = _text(ds, "ImageComments") or None
     try:
         return schemas.Cxr(
-            patient_id=patient_id, event_time=event_time,
+            patient_id=patient_id,
+            event_time=event_time,
             arrival_time=time.time() if arrival_time is None else arrival_time,
-            study_id=study_id_of(ds), image_b64=base64.b64encode(png).decode("ascii"),
-            image_format="png", view=view_of(ds), report=report[:20000] if report else None)
+            study_id=study_id_of(ds),
+            image_b64=base64.b64encode(png).decode("ascii"),
+            image_format="png",
+            view=view_of(ds),
+            report=report[:20000] if report else None,
+        )
     except (ValidationError, ValueError) as exc:
         first = exc.errors()[0] if isinstance(exc, ValidationError) else {"loc": (), "msg": str(exc)}
         where = ".".join(str(p) for p in first.get("loc", ())) or "message"
@@ -290,6 +321,7 @@ def dataset_to_cxr(ds: Dataset, patient_id: str, arrival_time: float | None = No
 
 
 # --- patients --------------------------------------------------------------------------------
+
 
 class PatientDirectory:
     """Who ADT admitted, from the ``patients`` table (one short read per object)."""
@@ -324,6 +356,7 @@ class PatientDirectory:
 
 # --- the SCP ---------------------------------------------------------------------------------
 
+
 def accepted_transfer_syntaxes() -> list[str]:
     """Uncompressed syntaxes plus the compressed ones this pydicom can decode (so a sender that
     offers only JPEG Lossless is turned away at association time when no decoder is installed)."""
@@ -349,9 +382,17 @@ class CxrStoreSCP:
     ``patients`` a :class:`PatientDirectory` (default: settings' database, only when admission
     is required)."""
 
-    def __init__(self, settings: Settings, *, host: str | None = None, port: int | None = None,
-                 ae_title: str | None = None, producer: Any = None,
-                 patients: PatientDirectory | None = None, require_admitted: bool | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        ae_title: str | None = None,
+        producer: Any = None,
+        patients: PatientDirectory | None = None,
+        require_admitted: bool | None = None,
+    ) -> None:
         self.settings = settings
         self.host = host if host is not None else settings.dicom_host
         self.port = port if port is not None else settings.dicom_port
@@ -365,8 +406,9 @@ class CxrStoreSCP:
             producer = make_producer(settings)
         self.producer = producer
         self._own_patients = patients is None and self.require_admitted
-        self.patients = patients if patients is not None or not self.require_admitted \
-            else PatientDirectory(settings.database_url)
+        self.patients = (
+            patients if patients is not None or not self.require_admitted else PatientDirectory(settings.database_url)
+        )
         self.counts: Counter = Counter()
         self._lock = threading.Lock()
         self.server = None
@@ -378,11 +420,11 @@ class CxrStoreSCP:
         with self._lock:
             self.counts["stored" if result.status == STATUS_SUCCESS else f"0x{result.status:04X}"] += 1
         if result.status == STATUS_SUCCESS:
-            log.info("DICOM stored: %s from %s in %.2f s", _sop_name(event), _calling(event),
-                     time.monotonic() - t0)
+            log.info("DICOM stored: %s from %s in %.2f s", _sop_name(event), _calling(event), time.monotonic() - t0)
         else:
-            log.warning("DICOM refused 0x%04X: %s (%s from %s)", result.status, result.reason,
-                        _sop_name(event), _calling(event))
+            log.warning(
+                "DICOM refused 0x%04X: %s (%s from %s)", result.status, result.reason, _sop_name(event), _calling(event)
+            )
         status = Dataset()
         status.Status = result.status
         if result.status != STATUS_SUCCESS:
@@ -402,8 +444,7 @@ class CxrStoreSCP:
                     pass
             except Exception as exc:  # noqa: BLE001
                 ds = None
-                raise Refused(STATUS_CANNOT_UNDERSTAND,
-                              f"unreadable dataset ({type(exc).__name__})") from None
+                raise Refused(STATUS_CANNOT_UNDERSTAND, f"unreadable dataset ({type(exc).__name__})") from None
             if truncated:
                 raise Refused(STATUS_CANNOT_UNDERSTAND, f"unreadable dataset (element {truncated} truncated)")
             pid = sanitise_patient_id(ds.get("PatientID"))  # dead letters are keyed by it
@@ -413,8 +454,11 @@ class CxrStoreSCP:
             if _text(ds, "SOPClassUID") and _text(ds, "SOPClassUID") != requested:
                 raise Refused(STATUS_NOT_CXR, "SOPClassUID differs from the request's")
             if not is_chest_xray(ds):
-                raise Refused(STATUS_NOT_CXR, "not a chest X-ray (modality "
-                              f"{_text(ds, 'Modality') or '-'}, body part {_text(ds, 'BodyPartExamined') or '-'})")
+                raise Refused(
+                    STATUS_NOT_CXR,
+                    "not a chest X-ray (modality "
+                    f"{_text(ds, 'Modality') or '-'}, body part {_text(ds, 'BodyPartExamined') or '-'})",
+                )
             if pid is None:
                 raise Refused(STATUS_UNKNOWN_PATIENT, "no usable PatientID")
             try:
@@ -494,8 +538,12 @@ def _truncated_element(ds: Dataset) -> str | None:
 
     for tag in list(ds.keys()):
         raw = ds.get_item(tag)
-        if (isinstance(raw, RawDataElement) and raw.value is not None and raw.length != 0xFFFFFFFF
-                and len(raw.value) != raw.length):
+        if (
+            isinstance(raw, RawDataElement)
+            and raw.value is not None
+            and raw.length != 0xFFFFFFFF
+            and len(raw.value) != raw.length
+        ):
             return str(raw.tag)
     return None
 
@@ -521,13 +569,17 @@ def _calling(event: Any) -> str:
         return "?"
 
 
-def serve(settings: Settings, host: str | None = None, port: int | None = None,
-          ae_title: str | None = None) -> None:
+def serve(settings: Settings, host: str | None = None, port: int | None = None, ae_title: str | None = None) -> None:
     """Run the SCP until interrupted (``icuwatch dicom-listen``)."""
     scp = CxrStoreSCP(settings, host=host, port=port, ae_title=ae_title)
     scp.start(block=False)
-    log.warning("DICOM C-STORE SCP %s listening on %s:%d (require admitted: %s)",
-                scp.ae_title, scp.host, scp.port, scp.require_admitted)
+    log.warning(
+        "DICOM C-STORE SCP %s listening on %s:%d (require admitted: %s)",
+        scp.ae_title,
+        scp.host,
+        scp.port,
+        scp.require_admitted,
+    )
     try:
         while True:
             time.sleep(3600)

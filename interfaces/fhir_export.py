@@ -21,7 +21,7 @@ top-level package and the R4 line only as ``R4B`` (4.3); there is no separate R4
 RiskAssessment, Flag and DetectedIssue did not change between R4 and R4B, whereas R5 did change
 them (DetectedIssue ``patient`` -> ``subject``, new ``category``/``encounter``; RiskAssessment's
 reason elements), so the R4B models validate exactly the R4 shape. The models forbid unknown
-elements, and ``tests/test_fhir.py`` also checks every element against the R4 spec's element
+elements, and ``tests/interfaces/test_fhir.py`` also checks every element against the R4 spec's element
 lists (:data:`R4_ELEMENTS`), so no R5-only field can slip into the JSON.
 
 Identity: every resource of an alert carries ``identifier`` = (:data:`ALERT_IDENTIFIER_SYSTEM`,
@@ -63,27 +63,104 @@ OUTCOME_TEXT = {"deterioration": "clinical deterioration", "sepsis": "sepsis"}
 
 RESOURCE_TYPES = ("RiskAssessment", "Flag", "DetectedIssue")
 
-_DOMAIN_RESOURCE = {"resourceType", "id", "meta", "implicitRules", "language", "text", "contained",
-                    "extension", "modifierExtension"}
+_DOMAIN_RESOURCE = {
+    "resourceType",
+    "id",
+    "meta",
+    "implicitRules",
+    "language",
+    "text",
+    "contained",
+    "extension",
+    "modifierExtension",
+}
 R4_ELEMENTS: dict[str, frozenset[str]] = {
-    "RiskAssessment": frozenset(_DOMAIN_RESOURCE | {
-        "identifier", "basedOn", "parent", "status", "method", "code", "subject", "encounter",
-        "occurrenceDateTime", "occurrencePeriod", "condition", "performer", "reasonCode",
-        "reasonReference", "basis", "prediction", "mitigation", "note"}),
-    "Flag": frozenset(_DOMAIN_RESOURCE | {
-        "identifier", "status", "category", "code", "subject", "period", "encounter", "author"}),
-    "DetectedIssue": frozenset(_DOMAIN_RESOURCE | {
-        "identifier", "status", "code", "severity", "patient", "identifiedDateTime",
-        "identifiedPeriod", "author", "implicated", "evidence", "detail", "reference",
-        "mitigation"}),
-    "Observation": frozenset(_DOMAIN_RESOURCE | {
-        "identifier", "basedOn", "partOf", "status", "category", "code", "subject", "focus",
-        "encounter", "effectiveDateTime", "effectivePeriod", "effectiveTiming", "effectiveInstant",
-        "issued", "performer", "valueQuantity", "valueCodeableConcept", "valueString",
-        "valueBoolean", "valueInteger", "valueRange", "valueRatio", "valueSampledData",
-        "valueTime", "valueDateTime", "valuePeriod", "dataAbsentReason", "interpretation", "note",
-        "bodySite", "method", "specimen", "device", "referenceRange", "hasMember", "derivedFrom",
-        "component"}),
+    "RiskAssessment": frozenset(
+        _DOMAIN_RESOURCE
+        | {
+            "identifier",
+            "basedOn",
+            "parent",
+            "status",
+            "method",
+            "code",
+            "subject",
+            "encounter",
+            "occurrenceDateTime",
+            "occurrencePeriod",
+            "condition",
+            "performer",
+            "reasonCode",
+            "reasonReference",
+            "basis",
+            "prediction",
+            "mitigation",
+            "note",
+        }
+    ),
+    "Flag": frozenset(
+        _DOMAIN_RESOURCE | {"identifier", "status", "category", "code", "subject", "period", "encounter", "author"}
+    ),
+    "DetectedIssue": frozenset(
+        _DOMAIN_RESOURCE
+        | {
+            "identifier",
+            "status",
+            "code",
+            "severity",
+            "patient",
+            "identifiedDateTime",
+            "identifiedPeriod",
+            "author",
+            "implicated",
+            "evidence",
+            "detail",
+            "reference",
+            "mitigation",
+        }
+    ),
+    "Observation": frozenset(
+        _DOMAIN_RESOURCE
+        | {
+            "identifier",
+            "basedOn",
+            "partOf",
+            "status",
+            "category",
+            "code",
+            "subject",
+            "focus",
+            "encounter",
+            "effectiveDateTime",
+            "effectivePeriod",
+            "effectiveTiming",
+            "effectiveInstant",
+            "issued",
+            "performer",
+            "valueQuantity",
+            "valueCodeableConcept",
+            "valueString",
+            "valueBoolean",
+            "valueInteger",
+            "valueRange",
+            "valueRatio",
+            "valueSampledData",
+            "valueTime",
+            "valueDateTime",
+            "valuePeriod",
+            "dataAbsentReason",
+            "interpretation",
+            "note",
+            "bodySite",
+            "method",
+            "specimen",
+            "device",
+            "referenceRange",
+            "hasMember",
+            "derivedFrom",
+            "component",
+        }
+    ),
 }
 """Top-level elements of these resources in FHIR R4 (4.0.1), for the no-R5-fields check."""
 
@@ -124,16 +201,22 @@ _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 def _subject(patient_id: str) -> dict[str, Any]:
     """``Patient/<id>`` plus the icuwatch patient identifier; a patient id FHIR ids cannot hold
     (icuwatch allows '_') gives a logical reference by identifier only."""
-    ref: dict[str, Any] = {"type": "Patient",
-                           "identifier": {"system": PATIENT_IDENTIFIER_SYSTEM, "value": patient_id}}
+    ref: dict[str, Any] = {"type": "Patient", "identifier": {"system": PATIENT_IDENTIFIER_SYSTEM, "value": patient_id}}
     if _FHIR_ID.match(patient_id):
         ref["reference"] = f"Patient/{patient_id}"
     return ref
 
 
 def _meta() -> dict[str, Any]:
-    return {"tag": [{"system": TAG_SYSTEM, "code": "not-for-clinical-use",
-                     "display": "Simulated / research output, not for clinical use"}]}
+    return {
+        "tag": [
+            {
+                "system": TAG_SYSTEM,
+                "code": "not-for-clinical-use",
+                "display": "Simulated / research output, not for clinical use",
+            }
+        ]
+    }
 
 
 def _staleness(score: Any) -> dict[str, Optional[float]]:
@@ -176,8 +259,11 @@ def score_for_alert(session: Session, alert: Any) -> Optional[ScoreRow]:
     model's newest score at or before it, else None (scores are kept per revision-free key, so the
     stored row is the final revision)."""
     t = utc(_get(alert, "event_time"))
-    q = select(ScoreRow).where(ScoreRow.patient_id == _get(alert, "patient_id"),
-                               ScoreRow.model == _get(alert, "model"), ScoreRow.event_time <= t)
+    q = select(ScoreRow).where(
+        ScoreRow.patient_id == _get(alert, "patient_id"),
+        ScoreRow.model == _get(alert, "model"),
+        ScoreRow.event_time <= t,
+    )
     return session.scalars(q.order_by(ScoreRow.event_time.desc()).limit(1)).first()
 
 
@@ -206,40 +292,53 @@ def risk_assessment(alert: Any, score: Any = None) -> dict[str, Any]:
     ages = _staleness(score) if score is not None else {}
     lines = [f"NEWS2 {news2}", f"qSOFA {qsofa}", f"scored by {model} ({source})"]
     if ages:
-        lines.append("data age at scoring: "
-                     + ", ".join(f"{k} {_fmt_age(v)}" for k, v in sorted(ages.items())))
+        lines.append("data age at scoring: " + ", ".join(f"{k} {_fmt_age(v)}" for k, v in sorted(ages.items())))
     contributions = _contributions(alert, score, kind)
     if contributions:
-        lines.append("contributions: " + ", ".join(
-            f"{k} {v:+.3f}" if isinstance(v, (int, float)) else f"{k} {v}"
-            for k, v in contributions.items()))
+        lines.append(
+            "contributions: "
+            + ", ".join(
+                f"{k} {v:+.3f}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in contributions.items()
+            )
+        )
     lines.append("Not for clinical use.")
 
     def observation(oid: str, text: str, value: int) -> dict[str, Any]:
-        return {"resourceType": "Observation", "id": oid, "status": "final",
-                "code": {"text": text}, "subject": _subject(pid),
-                "effectiveDateTime": when, "valueInteger": int(value)}
+        return {
+            "resourceType": "Observation",
+            "id": oid,
+            "status": "final",
+            "code": {"text": text},
+            "subject": _subject(pid),
+            "effectiveDateTime": when,
+            "valueInteger": int(value),
+        }
 
     ra = {
         "resourceType": "RiskAssessment",
         "id": resource_id(alert_id),
         "meta": _meta(),
-        "contained": [observation("news2", "NEWS2 total score", news2),
-                      observation("qsofa", "qSOFA score", qsofa)],
+        "contained": [observation("news2", "NEWS2 total score", news2), observation("qsofa", "qSOFA score", qsofa)],
         "identifier": _identifier(alert_id),
         "status": "final",
-        "method": {"coding": [{"system": MODEL_SYSTEM, "code": model, "display": model}],
-                   "text": f"{model} via {source}"},
+        "method": {
+            "coding": [{"system": MODEL_SYSTEM, "code": model, "display": model}],
+            "text": f"{model} via {source}",
+        },
         "code": {"text": "ICU early warning risk"},
         "subject": _subject(pid),
         "occurrenceDateTime": when,
-        "basis": [{"reference": "#news2", "display": f"NEWS2 {news2}"},
-                  {"reference": "#qsofa", "display": f"qSOFA {qsofa}"}],
-        "prediction": [{
-            "outcome": {"text": OUTCOME_TEXT.get(kind, kind)},
-            "probabilityDecimal": float(_get(alert, "risk")),
-            "rationale": f"{kind} alert episode since {fhir_time(_get(alert, 'episode_start'))}",
-        }],
+        "basis": [
+            {"reference": "#news2", "display": f"NEWS2 {news2}"},
+            {"reference": "#qsofa", "display": f"qSOFA {qsofa}"},
+        ],
+        "prediction": [
+            {
+                "outcome": {"text": OUTCOME_TEXT.get(kind, kind)},
+                "probabilityDecimal": float(_get(alert, "risk")),
+                "rationale": f"{kind} alert episode since {fhir_time(_get(alert, 'episode_start'))}",
+            }
+        ],
         "note": [{"text": "; ".join(lines), "time": when}],
     }
     return _dump(RiskAssessment.model_validate(ra))
@@ -261,8 +360,17 @@ def flag(alert: Any) -> dict[str, Any]:
         "meta": _meta(),
         "identifier": _identifier(alert_id),
         "status": "inactive" if state == "resolved" else "active",
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/flag-category",
-                                  "code": "clinical", "display": "Clinical"}]}],
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/flag-category",
+                        "code": "clinical",
+                        "display": "Clinical",
+                    }
+                ]
+            }
+        ],
         "code": {"text": f"icuwatch: high risk of {OUTCOME_TEXT.get(kind, kind)}"},
         "subject": _subject(_get(alert, "patient_id")),
         "period": period,
@@ -276,8 +384,10 @@ def detected_issue(alert: Any) -> dict[str, Any]:
     alert_id = _get(alert, "alert_id")
     kind = _get(alert, "kind")
     state = _get(alert, "state") or "raised"
-    detail = (f"{OUTCOME_TEXT.get(kind, kind)} risk {float(_get(alert, 'risk')):.2f} "
-              f"(NEWS2 {_get(alert, 'news2')}, qSOFA {_get(alert, 'qsofa')}), state {state}")
+    detail = (
+        f"{OUTCOME_TEXT.get(kind, kind)} risk {float(_get(alert, 'risk')):.2f} "
+        f"(NEWS2 {_get(alert, 'news2')}, qSOFA {_get(alert, 'qsofa')}), state {state}"
+    )
     if _get(alert, "acknowledged_by"):
         detail += f"; acknowledged by {_get(alert, 'acknowledged_by')}"
     d = {
@@ -354,7 +464,9 @@ def searchset(
         "type": "searchset",
         "total": len(resources) if total is None else total,
         "link": [{"relation": "self", "url": self_url}],
-        "entry": [{"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r,
-                   "search": {"mode": "match"}} for r in resources],
+        "entry": [
+            {"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "match"}}
+            for r in resources
+        ],
     }
     return _dump(Bundle.model_validate(b))

@@ -35,8 +35,8 @@ from typing import Any, Awaitable, Callable, Optional
 import aiohttp
 from sqlalchemy.orm import Session
 
-from icuwatch.interfaces import fhir_export as fx
 from icuwatch.core.settings import Settings
+from icuwatch.interfaces import fhir_export as fx
 from icuwatch.storage import lifecycle
 
 log = logging.getLogger(__name__)
@@ -156,8 +156,7 @@ class FhirPusher:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.enabled = bool(settings.fhir_endpoint)
-        self._queue: collections.deque[dict[str, Any]] = collections.deque(
-            maxlen=max(1, settings.fhir_push_queue))
+        self._queue: collections.deque[dict[str, Any]] = collections.deque(maxlen=max(1, settings.fhir_push_queue))
         self._wake = asyncio.Event()
         self._task: Optional[asyncio.Task[None]] = None
         self._session: Optional[aiohttp.ClientSession] = None

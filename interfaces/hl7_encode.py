@@ -61,8 +61,10 @@ def _default_mapping() -> ObservationMap:
 def _msh(trigger: str, control_id: str, t: float, sender: str) -> str:
     kind, event = trigger.split("^")
     structure = "ORU_R01" if kind == "ORU" else "ADT_A01"
-    return (f"MSH|^~\\&|{sender}|ICUWATCH-SIM|ICUWATCH|ICU|{format_ts(t)}||{kind}^{event}^{structure}|"
-            f"{esc(control_id)}|P|2.5|||AL|NE||UNICODE UTF-8")
+    return (
+        f"MSH|^~\\&|{sender}|ICUWATCH-SIM|ICUWATCH|ICU|{format_ts(t)}||{kind}^{event}^{structure}|"
+        f"{esc(control_id)}|P|2.5|||AL|NE||UNICODE UTF-8"
+    )
 
 
 def _pid(pid: str, extra: str = "") -> str:
@@ -86,8 +88,11 @@ def to_hl7(message: Message, control_id: str | None = None, mapping: Observation
     pid = message.patient_id
     ts = format_ts(message.event_time)
     if isinstance(message, Vitals):
-        segs = [_msh("ORU^R01", control_id, message.event_time, "MONITOR-GW"), _pid(pid),
-                f"OBR|1||{esc(control_id)}|VITALS^Vital signs^L|||{ts}"]
+        segs = [
+            _msh("ORU^R01", control_id, message.event_time, "MONITOR-GW"),
+            _pid(pid),
+            f"OBR|1||{esc(control_id)}|VITALS^Vital signs^L|||{ts}",
+        ]
         for name in NUMERIC_VITALS + CODED_VITALS:
             value = getattr(message, name)
             if value is None:
@@ -107,9 +112,12 @@ def to_hl7(message: Message, control_id: str | None = None, mapping: Observation
         if rule is None:
             raise ValueError(f"no HL7 code for analyte {message.analyte!r} in the mapping")
         rts = format_ts(message.result_time)
-        segs = [_msh("ORU^R01", control_id, message.result_time, "LIS"), _pid(pid),
-                f"OBR|1||{esc(control_id)}|{rule.code}^{message.analyte}^LN|||{ts}|||||||||||||||{rts}||||F",
-                f"OBX|1|NM|{rule.code}^{message.analyte}^LN||{_num(message.value)}|{esc(rule.unit)}|||||F|||{ts}"]
+        segs = [
+            _msh("ORU^R01", control_id, message.result_time, "LIS"),
+            _pid(pid),
+            f"OBR|1||{esc(control_id)}|{rule.code}^{message.analyte}^LN|||{ts}|||||||||||||||{rts}||||F",
+            f"OBX|1|NM|{rule.code}^{message.analyte}^LN||{_num(message.value)}|{esc(rule.unit)}|||||F|||{ts}",
+        ]
     elif isinstance(message, Adt):
         trigger = _ADT_TRIGGER[message.event]
         extra = ""
@@ -120,8 +128,12 @@ def to_hl7(message: Message, control_id: str | None = None, mapping: Observation
         pv1 = f"PV1|1|I|{loc}"
         if message.hospital_admit_time is not None:
             pv1 += "|" * 41 + format_ts(message.hospital_admit_time)  # PV1-44
-        segs = [_msh(f"ADT^{trigger}", control_id, message.event_time, "ADT"), f"EVN|{trigger}|{ts}||||{ts}",
-                _pid(pid, extra), pv1]
+        segs = [
+            _msh(f"ADT^{trigger}", control_id, message.event_time, "ADT"),
+            f"EVN|{trigger}|{ts}||||{ts}",
+            _pid(pid, extra),
+            pv1,
+        ]
     else:
         raise TypeError(f"no HL7 form for {type(message).__name__}")
     return "\r".join(segs)
@@ -139,8 +151,9 @@ def ack_code(ack: Any) -> tuple[str, str]:
     return code, text
 
 
-async def _connection_worker(host: str, port: int, queue: asyncio.Queue, results: Counter, failures: list,
-                             timeout_s: float) -> None:
+async def _connection_worker(
+    host: str, port: int, queue: asyncio.Queue, results: Counter, failures: list, timeout_s: float
+) -> None:
     import hl7.mllp
 
     reader, writer = await hl7.mllp.open_hl7_connection(host, port, encoding="utf-8")
@@ -166,8 +179,9 @@ async def _connection_worker(host: str, port: int, queue: asyncio.Queue, results
             pass
 
 
-async def send_via_hl7_async(sim: Any, host: str, port: int, speed: float, *, connections: int = 4,
-                             ack_timeout_s: float = 60.0) -> dict[str, Any]:
+async def send_via_hl7_async(
+    sim: Any, host: str, port: int, speed: float, *, connections: int = 4, ack_timeout_s: float = 60.0
+) -> dict[str, Any]:
     if speed < 0:
         raise ValueError("speed must be >= 0")
     queues = [asyncio.Queue(maxsize=256) for _ in range(max(1, connections))]
@@ -204,8 +218,10 @@ async def send_via_hl7_async(sim: Any, host: str, port: int, speed: float, *, co
         results = await asyncio.gather(*workers, return_exceptions=True)
     errors = [repr(r) for r in results if isinstance(r, BaseException)]
     if errors or failures:
-        raise Hl7DeliveryError(f"{len(failures)} messages not accepted ({failures[:3]}), "
-                               f"connection errors: {errors[:3]}; accepted: {dict(sent)}")
+        raise Hl7DeliveryError(
+            f"{len(failures)} messages not accepted ({failures[:3]}), "
+            f"connection errors: {errors[:3]}; accepted: {dict(sent)}"
+        )
     return {"sent": dict(sent), "skipped": dict(skipped)}
 
 

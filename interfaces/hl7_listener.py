@@ -27,9 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
-from icuwatch.core.settings import Settings
 from icuwatch.core import topics
 from icuwatch.core.schemas import DeadLetter
+from icuwatch.core.settings import Settings
 
 from .hl7_encode import esc
 from .hl7_mapping import ERROR_TEXT, Hl7Reject, ObservationMap, load_mapping, map_message, sanitize_patient_id, zone
@@ -58,8 +58,10 @@ def build_ack(raw: bytes, code: str, text: str = "", reject: Hl7Reject | None = 
 
     trigger = f(9).split("^")[1] if "^" in f(9) else ""
     now = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S+0000")
-    msh = (f"MSH|^~\\&|ICUWATCH|ICU|{f(3)}|{f(4)}|{now}||ACK^{trigger}^ACK|{uuid.uuid4().hex[:20]}|"
-           f"{f(11) or 'P'}|{f(12) or '2.5'}")
+    msh = (
+        f"MSH|^~\\&|ICUWATCH|ICU|{f(3)}|{f(4)}|{now}||ACK^{trigger}^ACK|{uuid.uuid4().hex[:20]}|"
+        f"{f(11) or 'P'}|{f(12) or '2.5'}"
+    )
     segs = [msh, f"MSA|{code}|{f(10)}|{esc(text[:400])}"]
     if code != "AA":
         err_code = reject.code if reject else "207"
@@ -73,8 +75,13 @@ def build_ack(raw: bytes, code: str, text: str = "", reject: Hl7Reject | None = 
 class Hl7Listener:
     """The MLLP server. ``await start()``, then ``server`` serves until :meth:`close`."""
 
-    def __init__(self, settings: Settings, producer: Any | None = None, mapping: ObservationMap | None = None,
-                 max_workers: int = 16) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        producer: Any | None = None,
+        mapping: ObservationMap | None = None,
+        max_workers: int = 16,
+    ) -> None:
         self.settings = settings
         self.mapping = mapping or load_mapping(settings.hl7_mapping)
         self.naive_tz = zone(settings.hl7_timezone)
@@ -120,8 +127,9 @@ class Hl7Listener:
                     log.warning("hl7 %s: bad MLLP frame: %s", peer, exc)
                     continue
                 try:  # producer.send itself may block (broker metadata): bound the wait here too
-                    ack = await asyncio.wait_for(loop.run_in_executor(self.executor, self.handle, raw),
-                                                 self.timeout_s + 5.0)
+                    ack = await asyncio.wait_for(
+                        loop.run_in_executor(self.executor, self.handle, raw), self.timeout_s + 5.0
+                    )
                 except asyncio.TimeoutError:
                     self.stats["AE"] += 1
                     ack = build_ack(raw, "AE", "not stored, retry: broker did not acknowledge in time")

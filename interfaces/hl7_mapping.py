@@ -56,8 +56,16 @@ class Hl7Reject(ValueError):
     ``code`` is the HL7 table 0357 error code (ERR-3).
     """
 
-    def __init__(self, reason: str, *, segment: str | None = None, index: int | None = None,
-                 field: int | None = None, code: str = "207", patient_id: str | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        segment: str | None = None,
+        index: int | None = None,
+        field: int | None = None,
+        code: str = "207",
+        patient_id: str | None = None,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.segment = segment
@@ -68,8 +76,12 @@ class Hl7Reject(ValueError):
 
 
 ERROR_TEXT = {
-    "100": "Segment sequence error", "101": "Required field missing", "102": "Data type error",
-    "103": "Table value not found", "200": "Unsupported message type", "201": "Unsupported event code",
+    "100": "Segment sequence error",
+    "101": "Required field missing",
+    "102": "Data type error",
+    "103": "Table value not found",
+    "200": "Unsupported message type",
+    "201": "Unsupported event code",
     "207": "Application internal error",
 }
 
@@ -171,10 +183,17 @@ def read_rules(text: str, source: str = "<mapping>") -> list[UnitRule]:
             raise ValueError(f"{where}: {fld!r} is not a v1 lab analyte")
         if topic not in ("vitals", "labs", "ignore"):
             raise ValueError(f"{where}: topic must be vitals, labs or ignore, got {topic!r}")
-        out.append(UnitRule(code=code, topic=topic, field=fld, unit=(row.get("unit") or "").strip(),
-                            factor=_number(row.get("factor") or "", "factor", where),
-                            offset=_number(row.get("offset") or "", "offset", where),
-                            note=(row.get("note") or "").strip()))
+        out.append(
+            UnitRule(
+                code=code,
+                topic=topic,
+                field=fld,
+                unit=(row.get("unit") or "").strip(),
+                factor=_number(row.get("factor") or "", "factor", where),
+                offset=_number(row.get("offset") or "", "offset", where),
+                note=(row.get("note") or "").strip(),
+            )
+        )
     return out
 
 
@@ -250,7 +269,6 @@ def completed_years(born: date, on: date) -> int:
 # message access helpers
 
 
-
 def sanitize_patient_id(raw: str) -> str:
     """PID-3 identifier -> the schema's patient id (see ``schemas.sanitize_patient_id``)."""
     return schemas.sanitize_patient_id(raw)
@@ -323,8 +341,9 @@ def _segments(msg: hl7.Message) -> list[_Seg]:
     for i, seg in enumerate(msg):
         name = str(seg[0]) if len(seg) else ""
         if not re.fullmatch(r"[A-Z][A-Z0-9]{2}", name):
-            raise Hl7Reject(f"segment {i + 1}: bad segment id {name[:20]!r}", segment=name[:3] or None,
-                            index=i + 1, code="100")
+            raise Hl7Reject(
+                f"segment {i + 1}: bad segment id {name[:20]!r}", segment=name[:3] or None, index=i + 1, code="100"
+            )
         out.append(_Seg(msg, seg, i + 1))
     return out
 
@@ -419,8 +438,9 @@ def _obx_coded(obx: _Seg, name: str, pid: str):
         if text in _FALSE:
             return False
         raise obx.reject(f"OBX-5: {name} value {text!r} is not Y/N", 5, "103", pid)
-    if text[:1] in ("A", "C", "V", "P", "U") and (len(text) == 1 or text in
-                                                   ("ALERT", "CONFUSION", "CONFUSED", "VOICE", "PAIN", "UNRESPONSIVE")):
+    if text[:1] in ("A", "C", "V", "P", "U") and (
+        len(text) == 1 or text in ("ALERT", "CONFUSION", "CONFUSED", "VOICE", "PAIN", "UNRESPONSIVE")
+    ):
         return text[:1]
     raise obx.reject(f"OBX-5: consciousness value {text!r} is not one of A/C/V/P/U", 5, "103", pid)
 
@@ -458,8 +478,9 @@ def _oru(segs: list[_Seg], hdr: Header, mapping: ObservationMap, naive_tz: tzinf
         if t is None:
             raise seg.reject("no observation time (OBX-14 and OBR-7 empty)", 14, "101", pid)
         if rule.topic == "vitals":
-            value = (_obx_coded(seg, rule.field, pid) if rule.field in CODED_VITALS
-                     else rule.convert(_obx_number(seg, pid)))
+            value = (
+                _obx_coded(seg, rule.field, pid) if rule.field in CODED_VITALS else rule.convert(_obx_number(seg, pid))
+            )
             vitals.setdefault(t, {})[rule.field] = value
             vitals_seg.setdefault(t, seg)
         else:
@@ -467,8 +488,21 @@ def _oru(segs: list[_Seg], hdr: Header, mapping: ObservationMap, naive_tz: tzinf
             rt = result_time
             if rt is None:
                 rt = max(t, hdr.sent_time) if hdr.sent_time is not None else t
-            labs.append((topics.LABS, _validated(Lab, pid, seg, event_time=t, analyte=rule.field, value=value,
-                                                 unit=LAB_UNITS[rule.field], result_time=rt)))
+            labs.append(
+                (
+                    topics.LABS,
+                    _validated(
+                        Lab,
+                        pid,
+                        seg,
+                        event_time=t,
+                        analyte=rule.field,
+                        value=value,
+                        unit=LAB_UNITS[rule.field],
+                        result_time=rt,
+                    ),
+                )
+            )
     if n_obx == 0:
         raise Hl7Reject("ORU^R01 without OBX segments", segment="OBX", code="101", patient_id=pid)
     out: list[tuple[str, Message]] = []
@@ -493,8 +527,13 @@ def _adt(segs: list[_Seg], hdr: Header, naive_tz: tzinfo) -> list[tuple[str, Mes
     if event is None and evn is not None:
         event = ADT_EVENTS.get(evn.get(1))
     if event is None:
-        raise Hl7Reject(f"unsupported ADT event {hdr.trigger or '(none)'} (A01/A02/A03)", segment="MSH",
-                        field=9, code="201", patient_id=pid)
+        raise Hl7Reject(
+            f"unsupported ADT event {hdr.trigger or '(none)'} (A01/A02/A03)",
+            segment="MSH",
+            field=9,
+            code="201",
+            patient_id=pid,
+        )
     t = None
     if evn is not None:
         t = _time(evn, 6, naive_tz, pid)
@@ -503,8 +542,9 @@ def _adt(segs: list[_Seg], hdr: Header, naive_tz: tzinfo) -> list[tuple[str, Mes
     if t is None:
         t = hdr.sent_time
     if t is None:
-        raise Hl7Reject("no event time (EVN-6, EVN-2 and MSH-7 empty)", segment="EVN", field=2, code="101",
-                        patient_id=pid)
+        raise Hl7Reject(
+            "no event time (EVN-6, EVN-2 and MSH-7 empty)", segment="EVN", field=2, code="101", patient_id=pid
+        )
     pid_seg = next(s for s in segs if s.name == "PID")
     pv1 = next((s for s in segs if s.name == "PV1"), None)
     fields: dict = {}
@@ -537,8 +577,9 @@ def _adt(segs: list[_Seg], hdr: Header, naive_tz: tzinfo) -> list[tuple[str, Mes
 # ---------------------------------------------------------------------------------------------
 
 
-def map_message(raw: bytes | str | hl7.Message, mapping: ObservationMap, naive_tz: tzinfo = timezone.utc
-                ) -> list[tuple[str, Message]]:
+def map_message(
+    raw: bytes | str | hl7.Message, mapping: ObservationMap, naive_tz: tzinfo = timezone.utc
+) -> list[tuple[str, Message]]:
     """One HL7 message -> ``[(topic, v1 message), ...]``; :class:`Hl7Reject` if any part is bad.
 
     All or nothing: a message is either mapped whole or rejected whole.
@@ -574,5 +615,9 @@ def _map(msg: hl7.Message, mapping: ObservationMap, naive_tz: tzinfo) -> list[tu
         raise
     except Exception as exc:  # a structure python-hl7 parsed but we cannot read: reject, do not crash
         raise Hl7Reject(f"unreadable {hdr.message_type}^{hdr.trigger}: {type(exc).__name__}: {exc}") from None
-    raise Hl7Reject(f"unsupported message type {hdr.message_type}^{hdr.trigger} (ORU^R01, ADT^A01/A02/A03)",
-                    segment="MSH", field=9, code="200")
+    raise Hl7Reject(
+        f"unsupported message type {hdr.message_type}^{hdr.trigger} (ORU^R01, ADT^A01/A02/A03)",
+        segment="MSH",
+        field=9,
+        code="200",
+    )

@@ -103,6 +103,7 @@ def triton_name(model_name: str) -> str:
 
 # --- inputs ----------------------------------------------------------------------------------------
 
+
 def batch_keys(spec) -> list[str]:
     """The batch entries a model reads, in the order of the Triton inputs."""
     return [*spec.modalities, "static", "present", "staleness_h"]
@@ -156,8 +157,10 @@ def example_batch(spec, n: int, seed: int = 0, present_share: float = 0.75) -> d
 
 # --- traceable networks ----------------------------------------------------------------------------
 
-def _encode_every_row(self, encoder: nn.Module, batch: Dict[str, torch.Tensor], modality: str,
-                      extra: torch.Tensor | None = None) -> torch.Tensor:
+
+def _encode_every_row(
+    self, encoder: nn.Module, batch: Dict[str, torch.Tensor], modality: str, extra: torch.Tensor | None = None
+) -> torch.Tensor:
     """``FusionModel.encode`` without the data-dependent branch: the encoder on every row, the
     outputs of rows without the modality replaced by zeros (the same answer in eval mode)."""
     keep = batch["present"][:, self.spec.modalities.index(modality)]
@@ -226,6 +229,7 @@ def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
 
 # --- served modules (scripted) ---------------------------------------------------------------------
 
+
 class ServedTeacher(nn.Module):
     """(calibrated probability [B], exit [B] = 0): ``sigmoid(net(batch) / temperature)``."""
 
@@ -245,8 +249,9 @@ class ServedStudent(nn.Module):
     (``student.exit_margins`` of the distilled temperatures and thresholds) leave there; the others
     go on through the next block. ``early_exit=False``: every row to the last exit."""
 
-    def __init__(self, stem: nn.Module, stages: list[nn.Module], margins: list[float],
-                 temperatures: torch.Tensor) -> None:
+    def __init__(
+        self, stem: nn.Module, stages: list[nn.Module], margins: list[float], temperatures: torch.Tensor
+    ) -> None:
         super().__init__()
         self.stem = stem
         self.stages = nn.ModuleList(stages)
@@ -281,8 +286,9 @@ class ServedStudent(nn.Module):
         return torch.sigmoid(logits / self.temperatures[exit_index]), exit_index
 
 
-def serving_module(model: nn.Module, temperature: float | None = None, example: dict | None = None
-                   ) -> torch.jit.ScriptModule:
+def serving_module(
+    model: nn.Module, temperature: float | None = None, example: dict | None = None
+) -> torch.jit.ScriptModule:
     """The TorchScript module Triton serves for ``model`` (a trained ``FusionModel``; the student gets
     its early exits). ``temperature``: the teacher's (model card); the student's are its buffers."""
     from icuwatch.fusion.strategies.student import EarlyExitStudent, exit_margins
@@ -310,8 +316,9 @@ def serving_module(model: nn.Module, temperature: float | None = None, example: 
 
 
 @torch.no_grad()
-def reference(model: nn.Module, batch: dict[str, torch.Tensor], temperature: float | None = None,
-              early_exit: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def reference(
+    model: nn.Module, batch: dict[str, torch.Tensor], temperature: float | None = None, early_exit: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """What the eager model answers: (calibrated probability [B] float64, exit [B])."""
     from icuwatch.fusion.strategies.student import EarlyExitStudent
 
@@ -343,26 +350,34 @@ def verify(served, model: nn.Module, temperature: float | None = None, sizes=(1,
                     worst = max(worst, float(np.max(np.abs(p.double().numpy() - p_ref))))
                     exits_equal &= bool(np.array_equal(e.numpy(), e_ref))
     if worst > VERIFY_ATOL or not exits_equal:
-        raise RuntimeError(f"TorchScript export disagrees with the eager model: max |dp| {worst:.2e}, "
-                           f"exits equal: {exits_equal}")
+        raise RuntimeError(
+            f"TorchScript export disagrees with the eager model: max |dp| {worst:.2e}, exits equal: {exits_equal}"
+        )
     return {"max_abs_probability_difference": worst, "exits_equal": exits_equal}
 
 
 # --- repository ------------------------------------------------------------------------------------
 
-def config_pbtxt(name: str, spec, student: bool, source: str, threads: int = 1, queue_delay_us: int = 0,
-                 instances: int = 1) -> str:
+
+def config_pbtxt(
+    name: str, spec, student: bool, source: str, threads: int = 1, queue_delay_us: int = 0, instances: int = 1
+) -> str:
     def dims(shape):
         return ", ".join(str(d) for d in shape)
 
-    inputs = ",\n".join(f'  {{ name: "{input_name(k)}", data_type: {triton_dtype(k)}, dims: [ {dims(row_shape(spec, k))} ] }}'
-                        for k in batch_keys(spec))
+    inputs = ",\n".join(
+        f'  {{ name: "{input_name(k)}", data_type: {triton_dtype(k)}, dims: [ {dims(row_shape(spec, k))} ] }}'
+        for k in batch_keys(spec)
+    )
     outputs = [f'  {{ name: "{PROBABILITY}", data_type: TYPE_FP32, dims: [ 1 ] }}']
     if student:
         outputs.append(f'  {{ name: "{EXIT}", data_type: TYPE_INT32, dims: [ 1 ] }}')
-    what = ("early-exit student: PROBABILITY = calibrated probability of the exit that answered, EXIT = that exit "
-            "(0 = first); request parameter early_exit=false runs every block" if student else
-            "teacher: PROBABILITY = calibrated probability")
+    what = (
+        "early-exit student: PROBABILITY = calibrated probability of the exit that answered, EXIT = that exit "
+        "(0 = first); request parameter early_exit=false runs every block"
+        if student
+        else "teacher: PROBABILITY = calibrated probability"
+    )
     outputs_text = ",\n".join(outputs)
     return f"""# Generated by `icuwatch export-triton` (serving/export.py) from {source}; do not edit.
 # {what}.
@@ -397,8 +412,9 @@ def source_digest(directory: Path) -> str:
     return h.hexdigest()
 
 
-def export_model(trained, repository: str | Path, source_dir: Path | None = None, threads: int = 1,
-                 queue_delay_us: int = 0) -> dict:
+def export_model(
+    trained, repository: str | Path, source_dir: Path | None = None, threads: int = 1, queue_delay_us: int = 0
+) -> dict:
     """Write ``trained`` (a ``model_store.TrainedModel``) as a Triton model into ``repository``."""
     from icuwatch.fusion.strategies.student import EarlyExitStudent
 
@@ -419,12 +435,18 @@ def export_model(trained, repository: str | Path, source_dir: Path | None = None
         torch.jit.save(served, str(version / TORCHSCRIPT))
     shutil.copy2(TEMPLATE, version / "model.py")
     (directory / "config.pbtxt").write_text(config_pbtxt(name, model.spec, student, source, threads, queue_delay_us))
-    info = {"triton_model": name, "source": source, "strategy": trained.card["strategy"],
-            "source_sha256": source_digest(source_dir) if source_dir is not None else None,
-            "parameters": model.n_parameters(), "inputs": {input_name(k): list(row_shape(model.spec, k))
-                                                           for k in batch_keys(model.spec)},
-            "outputs": [PROBABILITY, EXIT] if student else [PROBABILITY], "threshold": trained.card.get("threshold"),
-            "torch": torch.__version__, "check": check}
+    info = {
+        "triton_model": name,
+        "source": source,
+        "strategy": trained.card["strategy"],
+        "source_sha256": source_digest(source_dir) if source_dir is not None else None,
+        "parameters": model.n_parameters(),
+        "inputs": {input_name(k): list(row_shape(model.spec, k)) for k in batch_keys(model.spec)},
+        "outputs": [PROBABILITY, EXIT] if student else [PROBABILITY],
+        "threshold": trained.card.get("threshold"),
+        "torch": torch.__version__,
+        "check": check,
+    }
     if student:
         info["exit_temperatures"] = [float(t) for t in model.exit_temperatures]
         info["exit_thresholds"] = [float(t) for t in model.exit_thresholds]
@@ -438,7 +460,10 @@ def trained_dirs(cohort: str, teacher: str = TEACHER) -> dict[str, Path]:
     """``{"teacher": var/models/<teacher>-<cohort>, "student": var/models/student-<cohort>}``."""
     from icuwatch.fusion import model_store
 
-    return {"teacher": model_store.model_dir(f"{teacher}-{cohort}"), "student": model_store.model_dir(f"{STUDENT}-{cohort}")}
+    return {
+        "teacher": model_store.model_dir(f"{teacher}-{cohort}"),
+        "student": model_store.model_dir(f"{STUDENT}-{cohort}"),
+    }
 
 
 def is_current(repository: str | Path, source_dir: Path) -> bool:
@@ -453,8 +478,14 @@ def is_current(repository: str | Path, source_dir: Path) -> bool:
         return False
 
 
-def export(cohort: str = "physionet", repository: str | Path | None = None, teacher: str = TEACHER,
-           threads: int = 1, queue_delay_us: int = 0, only_if_stale: bool = False) -> dict:
+def export(
+    cohort: str = "physionet",
+    repository: str | Path | None = None,
+    teacher: str = TEACHER,
+    threads: int = 1,
+    queue_delay_us: int = 0,
+    only_if_stale: bool = False,
+) -> dict:
     """Export the trained teacher and student of ``cohort`` into ``repository`` (default
     :func:`default_repository`). ``only_if_stale``: skip models whose export is current."""
     from icuwatch.fusion import model_store
@@ -464,8 +495,11 @@ def export(cohort: str = "physionet", repository: str | Path | None = None, teac
     out = {"repository": str(repository), "models": {}}
     for role, directory in trained_dirs(cohort, teacher).items():
         if not (directory / model_store.CARD).exists():
-            how = (f"icuwatch train --strategy {teacher} --cohort {cohort}" if role == "teacher"
-                   else f"icuwatch distill --cohort {cohort}")
+            how = (
+                f"icuwatch train --strategy {teacher} --cohort {cohort}"
+                if role == "teacher"
+                else f"icuwatch distill --cohort {cohort}"
+            )
             raise FileNotFoundError(f"no trained {role} in {directory}; run `{how}` first")
         if only_if_stale and is_current(repository, directory):
             card = json.loads((directory / model_store.CARD).read_text())
@@ -473,6 +507,8 @@ def export(cohort: str = "physionet", repository: str | Path | None = None, teac
             out["models"][role] = {**info, "dir": str(repository / info["triton_model"]), "exported": False}
             continue
         trained = model_store.load(directory)
-        out["models"][role] = {**export_model(trained, repository, directory, threads, queue_delay_us),
-                               "exported": True}
+        out["models"][role] = {
+            **export_model(trained, repository, directory, threads, queue_delay_us),
+            "exported": True,
+        }
     return out

@@ -146,7 +146,8 @@ def _bandpass(x: np.ndarray, fs: float, lo: float, hi: float, order: int = 2) ->
 
 def ppg_peaks(samples, fs: float) -> np.ndarray:
     """Systolic peak indices of a PPG: band-pass 0.5-8 Hz, ``find_peaks`` with a 220-bpm refractory
-    distance, keeping peaks at least 0.4 times as prominent as the 75th-percentile one (drops diastolic waves, tolerates a few artefacts)."""
+    distance, keeping peaks at least 0.4 times as prominent as the 75th-percentile one (drops diastolic
+    waves, tolerates a few artefacts)."""
     x = _clean(samples, fs)
     if x.size < MIN_PPG_S * fs or np.ptp(x) == 0:
         return np.empty(0, dtype=np.int64)

@@ -88,6 +88,7 @@ def send_paced(
             topic, msg = undelivered.pop(0)
             resent += 1
             send(topic, msg)
+
     wall0 = time.monotonic()
     t0 = start_time
     shown = None

@@ -15,8 +15,17 @@ import numpy as np
 
 from icuwatch.core.physionet_row import DEMOGRAPHIC_COLUMNS, LAB_COLUMNS, VITAL_COLUMNS
 
-__all__ = ["DEMOGRAPHIC_COLUMNS", "LAB_COLUMNS", "VITAL_COLUMNS", "SPLITS", "Stay", "read_psv", "split_of",
-           "list_stays", "default_data_dir"]
+__all__ = [
+    "DEMOGRAPHIC_COLUMNS",
+    "LAB_COLUMNS",
+    "VITAL_COLUMNS",
+    "SPLITS",
+    "Stay",
+    "read_psv",
+    "split_of",
+    "list_stays",
+    "default_data_dir",
+]
 
 SPLITS = ("train", "val", "test")
 

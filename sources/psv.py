@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from icuwatch.sources.physionet import LAB_COLUMNS, VITAL_COLUMNS, Stay, list_stays, read_psv
 from icuwatch.core import topics
-from icuwatch.sources.pacing import send_paced
 from icuwatch.core.schemas import LAB_UNITS, Adt, Lab, Message, Vitals
+from icuwatch.sources.pacing import send_paced
+from icuwatch.sources.physionet import LAB_COLUMNS, VITAL_COLUMNS, Stay, list_stays, read_psv
 
 DEFAULT_BASE_TIME = datetime(2020, 1, 1, tzinfo=timezone.utc).timestamp()
 """2020-01-01T00:00:00Z: hospital admission of every replayed stay unless told otherwise."""
@@ -103,8 +103,12 @@ def _stay_items(stay: Stay, base_time: float, stats: Counter, id_prefix: str = "
     unit = "MICU" if unit1 == 1 else ("SICU" if unit2 == 1 else None)
     sex = {1.0: "M", 0.0: "F"}.get(gender) if gender is not None else None
     hospital = dict(hospital_admit_time=base_time) if base_time <= t_admit else {}
-    admit = _build(Adt, dict(patient_id=pid, event_time=t_admit, event="admit", unit=unit, age=age, sex=sex,
-                             **hospital), stats, topics.ADT)
+    admit = _build(
+        Adt,
+        dict(patient_id=pid, event_time=t_admit, event="admit", unit=unit, age=age, sex=sex, **hospital),
+        stats,
+        topics.ADT,
+    )
     if admit is not None:
         yield t_admit, _ORDER_ADMIT, seq, topics.ADT, admit
         seq += 1
@@ -130,8 +134,19 @@ def _stay_items(stay: Stay, base_time: float, stats: Counter, id_prefix: str = "
             v = float(row[i])
             if not math.isfinite(v):
                 continue
-            msg = _build(Lab, dict(patient_id=pid, event_time=t, analyte=analyte, value=v,
-                                   unit=LAB_UNITS.get(analyte, "?"), result_time=t), stats, topics.LABS)
+            msg = _build(
+                Lab,
+                dict(
+                    patient_id=pid,
+                    event_time=t,
+                    analyte=analyte,
+                    value=v,
+                    unit=LAB_UNITS.get(analyte, "?"),
+                    result_time=t,
+                ),
+                stats,
+                topics.LABS,
+            )
             if msg is not None:
                 yield t, _ORDER_LAB, seq, topics.LABS, msg
                 seq += 1
@@ -141,8 +156,9 @@ def _stay_items(stay: Stay, base_time: float, stats: Counter, id_prefix: str = "
         yield t_dis, _ORDER_DISCHARGE, seq, topics.ADT, dis
 
 
-def stay_messages(stay: Stay, base_time: float, stats: Counter | None = None,
-                  id_prefix: str = "") -> list[tuple[float, str, Message]]:
+def stay_messages(
+    stay: Stay, base_time: float, stats: Counter | None = None, id_prefix: str = ""
+) -> list[tuple[float, str, Message]]:
     """Every message of one stay as ``(publish_time, topic, message)``, in publish-time order.
 
     ``stats`` (optional) collects ``skipped_out_of_range`` (values the v1 schema rejects, also per
@@ -174,8 +190,9 @@ def _quick_span(path: Path) -> tuple[float | None, float | None]:
     return hosp, last
 
 
-def psv_timed_messages(paths: list[Path], base_time: float, stats: Counter, id_prefix: str = "",
-                       admits: list[float] | None = None) -> Iterator[tuple[float, str, Message]]:
+def psv_timed_messages(
+    paths: list[Path], base_time: float, stats: Counter, id_prefix: str = "", admits: list[float] | None = None
+) -> Iterator[tuple[float, str, Message]]:
     """All stays' messages merged in publish-time order (ties: admit, vitals, labs, discharge).
 
     A stay is read only when the merged stream reaches its ICU admission, and dropped once sent, so
@@ -210,9 +227,15 @@ def psv_timed_messages(paths: list[Path], base_time: float, stats: Counter, id_p
         push(n)
 
 
-def replay_psv(directory: str | Path, producer: Any, patients: int | Iterable[str] | None = None,
-               speed: float = 0.0, base_time: float | None = None, progress: bool = True,
-               id_prefix: str = "") -> dict[str, Any]:
+def replay_psv(
+    directory: str | Path,
+    producer: Any,
+    patients: int | Iterable[str] | None = None,
+    speed: float = 0.0,
+    base_time: float | None = None,
+    progress: bool = True,
+    id_prefix: str = "",
+) -> dict[str, Any]:
     """Send the stays of ``directory`` (all, the first ``patients`` in name order, or those ids).
 
     Returns ``{"produced": {topic: n}, "stays": n, "skipped_out_of_range": n, ...}``.
@@ -228,12 +251,21 @@ def replay_psv(directory: str | Path, producer: Any, patients: int | Iterable[st
     admits = [icu_admit_time(h, base_time) for h, _ in spans]
     start = min(admits) if admits else None
     end = max((a + ((last or 0.0) + 1.0) * 3600.0 for a, (_, last) in zip(admits, spans)), default=None)
-    produced = send_paced(psv_timed_messages(paths, base_time, stats, id_prefix, admits), producer, speed,
-                          start_time=start, end_time=end, progress=progress)
-    out: dict[str, Any] = {"produced": produced, "stays": stats.pop("stays", 0),
-                           "skipped_out_of_range": stats.pop("skipped_out_of_range", 0),
-                           "skipped_rows": stats.pop("skipped_rows", 0),
-                           "skipped_messages": stats.pop("skipped_messages", 0)}
+    produced = send_paced(
+        psv_timed_messages(paths, base_time, stats, id_prefix, admits),
+        producer,
+        speed,
+        start_time=start,
+        end_time=end,
+        progress=progress,
+    )
+    out: dict[str, Any] = {
+        "produced": produced,
+        "stays": stats.pop("stays", 0),
+        "skipped_out_of_range": stats.pop("skipped_out_of_range", 0),
+        "skipped_rows": stats.pop("skipped_rows", 0),
+        "skipped_messages": stats.pop("skipped_messages", 0),
+    }
     if stats:
         out["skipped_by_field"] = dict(sorted(stats.items()))
     return out

@@ -34,8 +34,8 @@ from kafka import KafkaConsumer, TopicPartition
 from tqdm import tqdm
 
 from icuwatch.core.settings import Settings
-from icuwatch.streams.kafka.security import kafka_python_config
 from icuwatch.sources.pacing import RawMessage, send_paced
+from icuwatch.streams.kafka.security import kafka_python_config
 
 
 def _event_time(value: bytes | None) -> float | None:
@@ -52,9 +52,17 @@ def _b64(b: bytes | None) -> str | None:
     return None if b is None else base64.b64encode(b).decode("ascii")
 
 
-def record(topic_names: Iterable[str], out_path: str | Path, settings: Settings, seconds: float | None = None,
-           max_messages: int | None = None, from_beginning: bool = False, progress: bool = True,
-           stop: threading.Event | None = None, ready: threading.Event | None = None) -> dict[str, Any]:
+def record(
+    topic_names: Iterable[str],
+    out_path: str | Path,
+    settings: Settings,
+    seconds: float | None = None,
+    max_messages: int | None = None,
+    from_beginning: bool = False,
+    progress: bool = True,
+    stop: threading.Event | None = None,
+    ready: threading.Event | None = None,
+) -> dict[str, Any]:
     """Capture ``topic_names`` (every partition) into ``out_path`` until ``seconds`` pass,
     ``max_messages`` are kept, ``stop`` is set or Ctrl-C; the file is written at the end.
 
@@ -62,9 +70,14 @@ def record(topic_names: Iterable[str], out_path: str | Path, settings: Settings,
     after that are captured. Returns ``{"recorded": {topic: n}, "skipped_before_start": n, ...}``.
     """
     names = list(dict.fromkeys(topic_names))
-    consumer = KafkaConsumer(bootstrap_servers=settings.broker, group_id=None, enable_auto_commit=False,
-                             auto_offset_reset="earliest", client_id="icuwatch-recorder",
-                             **kafka_python_config(settings))
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.broker,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        client_id="icuwatch-recorder",
+        **kafka_python_config(settings),
+    )
     per_part: dict[tuple[str, int], list[dict]] = {}
     counts: Counter = Counter()
     skipped = 0
@@ -106,10 +119,17 @@ def record(topic_names: Iterable[str], out_path: str | Path, settings: Settings,
                         if not from_beginning and r.timestamp is not None and 0 <= r.timestamp < start_ms:
                             skipped += 1
                             continue
-                        per_part.setdefault((tp.topic, tp.partition), []).append({
-                            "topic": tp.topic, "partition": tp.partition, "offset": r.offset,
-                            "key": _b64(r.key), "value": _b64(r.value), "timestamp": r.timestamp,
-                            "event_time": _event_time(r.value)})
+                        per_part.setdefault((tp.topic, tp.partition), []).append(
+                            {
+                                "topic": tp.topic,
+                                "partition": tp.partition,
+                                "offset": r.offset,
+                                "key": _b64(r.key),
+                                "value": _b64(r.value),
+                                "timestamp": r.timestamp,
+                                "event_time": _event_time(r.value),
+                            }
+                        )
                         counts[tp.topic] += 1
                         kept += 1
                         bar.update(1)
@@ -125,8 +145,14 @@ def record(topic_names: Iterable[str], out_path: str | Path, settings: Settings,
     with open(out_path, "w") as f:
         for d in merged:
             f.write(json.dumps(d, separators=(",", ":")) + "\n")
-    return {"recorded": dict(counts), "messages": sum(counts.values()), "skipped_before_start": skipped,
-            "from_beginning": from_beginning, "seconds": round(time.monotonic() - started, 3), "out": str(out_path)}
+    return {
+        "recorded": dict(counts),
+        "messages": sum(counts.values()),
+        "skipped_before_start": skipped,
+        "from_beginning": from_beginning,
+        "seconds": round(time.monotonic() - started, 3),
+        "out": str(out_path),
+    }
 
 
 def read_archive(path: str | Path) -> Iterator[dict]:
@@ -158,8 +184,9 @@ def archive_messages(path: str | Path, keep_partitions: bool = False) -> Iterato
         yield t, d["topic"], RawMessage(d["key"], d["value"], d["partition"] if keep_partitions else None)
 
 
-def replay_file(path: str | Path, producer: Any, speed: float = 0.0, progress: bool = True,
-                keep_partitions: bool = False) -> dict[str, Any]:
+def replay_file(
+    path: str | Path, producer: Any, speed: float = 0.0, progress: bool = True, keep_partitions: bool = False
+) -> dict[str, Any]:
     """Send an archive back into its topics in file order, paced by event time (``speed`` as the
     simulator's). ``keep_partitions`` sends each message to its recorded partition instead of
     letting the partitioner choose by key."""

@@ -34,16 +34,39 @@ import wfdb
 from pydantic import ValidationError
 
 from icuwatch.core import schemas, topics
-from icuwatch.sources.pacing import send_paced
 from icuwatch.core.schemas import EARLIEST_EVENT_TIME, Message, Vitals, Waveform
+from icuwatch.sources.pacing import send_paced
 
 DEFAULT_BASE_TIME = datetime(2020, 1, 1, tzinfo=timezone.utc).timestamp()
 NUMERICS_MAX_FS = 2.0
 BLOCK_S = 300.0
 LATEST_EVENT_TIME = 4.0e9
 
-_ECG_NAMES = {"I", "II", "III", "AVR", "AVL", "AVF", "V", "V1", "V2", "V3", "V4", "V5", "V6", "MLI", "MLII",
-              "MLIII", "ML2", "MCL1", "VX", "VY", "VZ", "D3", "E"}
+_ECG_NAMES = {
+    "I",
+    "II",
+    "III",
+    "AVR",
+    "AVL",
+    "AVF",
+    "V",
+    "V1",
+    "V2",
+    "V3",
+    "V4",
+    "V5",
+    "V6",
+    "MLI",
+    "MLII",
+    "MLIII",
+    "ML2",
+    "MCL1",
+    "VX",
+    "VY",
+    "VZ",
+    "D3",
+    "E",
+}
 _PPG_NAMES = {"PLETH", "PPG", "PLETHR", "PLETHL", "SPO2WAVE"}
 _RESP_NAMES = {"RESP", "RESPIRATION", "IMPEDANCE"}
 
@@ -184,9 +207,14 @@ def _build_vitals(fields: dict[str, Any], stats: Counter) -> Vitals | None:
                 del fields[name]
 
 
-def record_messages(record_path: str | Path, base_time: float | None = None, chunk_s: float = 1.0,
-                    stats: Counter | None = None, patient_id: str | None = None,
-                    nan_policy: str = "drop") -> Iterator[tuple[float, str, Message]]:
+def record_messages(
+    record_path: str | Path,
+    base_time: float | None = None,
+    chunk_s: float = 1.0,
+    stats: Counter | None = None,
+    patient_id: str | None = None,
+    nan_policy: str = "drop",
+) -> Iterator[tuple[float, str, Message]]:
     """``(publish_time, topic, message)`` of a WFDB record, in publish-time order (see the module doc).
 
     ``stats`` (optional) collects per-signal chunk counts (``chunks.ecg``...), ``nan_chunks`` (and
@@ -217,8 +245,9 @@ def record_messages(record_path: str | Path, base_time: float | None = None, chu
                 continue
             block = max(1, int(BLOCK_S * fs))
             for b0 in range(0, length, block):
-                rec = wfdb.rdrecord(seg_path, sampfrom=b0, sampto=min(length, b0 + block),
-                                    channels=sorted(set(chans.values())))
+                rec = wfdb.rdrecord(
+                    seg_path, sampfrom=b0, sampto=min(length, b0 + block), channels=sorted(set(chans.values()))
+                )
                 col = {c: j for j, c in enumerate(sorted(set(chans.values())))}
                 x = rec.p_signal
                 for i in range(x.shape[0]):
@@ -251,7 +280,7 @@ def record_messages(record_path: str | Path, base_time: float | None = None, chu
             for c0 in range(0, x.shape[0], n_chunk):
                 t = round(t_seg + (b0 + c0) / fs, 6)
                 for signal, c in chans.items():
-                    chunk = x[c0:c0 + n_chunk, col[c]]
+                    chunk = x[c0 : c0 + n_chunk, col[c]]
                     if np.isnan(chunk).any():
                         stats["nan_chunks"] += 1
                         stats[f"nan_chunks.{signal}"] += 1
@@ -261,22 +290,45 @@ def record_messages(record_path: str | Path, base_time: float | None = None, chu
                         if chunk is None:
                             continue
                         stats["interpolated_chunks"] += 1
-                    msg = Waveform(patient_id=pid, event_time=t, signal=signal, fs=fs,
-                                   samples=np.round(chunk, dec[signal]).tolist(), units=units[c] or "NU")
+                    msg = Waveform(
+                        patient_id=pid,
+                        event_time=t,
+                        signal=signal,
+                        fs=fs,
+                        samples=np.round(chunk, dec[signal]).tolist(),
+                        units=units[c] or "NU",
+                    )
                     stats[f"chunks.{signal}"] += 1
                     yield round(t + chunk.size / fs, 6), topics.WAVEFORMS, msg
 
 
-def replay_wfdb(record_path: str | Path, producer: Any, speed: float = 0.0, base_time: float | None = None,
-                progress: bool = True, chunk_s: float = 1.0, patient_id: str | None = None,
-                nan_policy: str = "drop") -> dict[str, Any]:
+def replay_wfdb(
+    record_path: str | Path,
+    producer: Any,
+    speed: float = 0.0,
+    base_time: float | None = None,
+    progress: bool = True,
+    chunk_s: float = 1.0,
+    patient_id: str | None = None,
+    nan_policy: str = "drop",
+) -> dict[str, Any]:
     """Send a WFDB record's messages, paced by publish time. Returns produced counts and stats."""
     stats: Counter = Counter()
     name = _record_name(record_path)
     header = wfdb.rdheader(name)
     duration = float(header.sig_len or 0) / float(header.fs)
     t0, _ = _start_time(header, duration, base_time)
-    produced = send_paced(record_messages(name, base_time, chunk_s, stats, patient_id, nan_policy), producer,
-                          speed, start_time=t0, end_time=t0 + duration, progress=progress)
-    return {"produced": produced, "record": Path(name).name,
-            "patient_id": patient_id or sanitize_patient_id(Path(name).name), **dict(sorted(stats.items()))}
+    produced = send_paced(
+        record_messages(name, base_time, chunk_s, stats, patient_id, nan_policy),
+        producer,
+        speed,
+        start_time=t0,
+        end_time=t0 + duration,
+        progress=progress,
+    )
+    return {
+        "produced": produced,
+        "record": Path(name).name,
+        "patient_id": patient_id or sanitize_patient_id(Path(name).name),
+        **dict(sorted(stats.items())),
+    }

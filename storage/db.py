@@ -112,4 +112,3 @@ def current_revision(url: Optional[str | URL] = None) -> Optional[str]:
 def head_revision() -> Optional[str]:
     """The newest revision shipped with this package."""
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
-

@@ -22,9 +22,7 @@ ALERT_KINDS = ("deterioration", "sepsis")
 SECONDS_PER_DAY = 86_400.0
 
 
-def escalate_overdue(
-    session: Session, *, after_s: float, now: float | datetime | None = None
-) -> list[str]:
+def escalate_overdue(session: Session, *, after_s: float, now: float | datetime | None = None) -> list[str]:
     """Escalate raised (unacknowledged) alerts that have waited too long; return their ids, sorted.
 
     An alert is escalated when it was raised (``raised_at``) more than ``after_s`` seconds before
@@ -55,9 +53,7 @@ def escalate_overdue(
     escalated = sorted(session.execute(stmt).all())
     ids = [alert_id for alert_id, _ in escalated]
     for alert_id, level in escalated:
-        record_event(
-            session, alert_id, "escalated", at=t, detail={"level": level, "after_s": after_s}
-        )
+        record_event(session, alert_id, "escalated", at=t, detail={"level": level, "after_s": after_s})
     # Rows of these alerts already loaded in this session are stale now.
     for alert_id in ids:
         loaded = session.identity_map.get(session.identity_key(Alert, alert_id))
@@ -68,11 +64,7 @@ def escalate_overdue(
 
 def alert_events(session: Session, alert_id: str) -> list[AlertEvent]:
     """The audit trail of one alert in the order it was written (empty for an unknown id)."""
-    return list(
-        session.scalars(
-            select(AlertEvent).where(AlertEvent.alert_id == alert_id).order_by(AlertEvent.id)
-        )
-    )
+    return list(session.scalars(select(AlertEvent).where(AlertEvent.alert_id == alert_id).order_by(AlertEvent.id)))
 
 
 def alerts_changed_since(
@@ -99,9 +91,7 @@ def alerts_changed_since(
         if after_id is None:
             stmt = stmt.where(Alert.updated_at > s)
         else:
-            stmt = stmt.where(
-                or_(Alert.updated_at > s, and_(Alert.updated_at == s, Alert.alert_id > after_id))
-            )
+            stmt = stmt.where(or_(Alert.updated_at > s, and_(Alert.updated_at == s, Alert.alert_id > after_id)))
     stmt = stmt.order_by(Alert.updated_at, Alert.alert_id).limit(max(0, limit))
     return list(session.scalars(stmt))
 
@@ -127,12 +117,8 @@ def patient_timeline(
     if start is not None:
         score_q = score_q.where(Score.event_time >= start)
         alert_q = alert_q.where(Alert.event_time >= start)
-    scores = list(
-        session.scalars(score_q.order_by(Score.event_time.desc(), Score.model).limit(cap + 1))
-    )
-    alerts = list(
-        session.scalars(alert_q.order_by(Alert.event_time.desc(), Alert.alert_id).limit(cap + 1))
-    )
+    scores = list(session.scalars(score_q.order_by(Score.event_time.desc(), Score.model).limit(cap + 1)))
+    alerts = list(session.scalars(alert_q.order_by(Alert.event_time.desc(), Alert.alert_id).limit(cap + 1)))
     truncated = len(scores) > cap or len(alerts) > cap
     return {
         "patient": session.get(Patient, patient_id),
@@ -160,17 +146,15 @@ def _patient_days(session: Session, since: Optional[datetime]) -> float:
     the scores keep the earlier stay in). With ``since``, only scores from then on count and the
     span is clipped to start there. A patient with neither a complete admission nor scores counts 0.
     """
-    score_q = select(
-        Score.patient_id, func.min(Score.event_time), func.max(Score.event_time)
-    ).group_by(Score.patient_id)
+    score_q = select(Score.patient_id, func.min(Score.event_time), func.max(Score.event_time)).group_by(
+        Score.patient_id
+    )
     if since is not None:
         score_q = score_q.where(Score.event_time >= since)
     first_last = {pid: (utc(lo), utc(hi)) for pid, lo, hi in session.execute(score_q)}
     patients = {
         pid: (adm, dis)
-        for pid, adm, dis in session.execute(
-            select(Patient.patient_id, Patient.admitted_at, Patient.discharged_at)
-        )
+        for pid, adm, dis in session.execute(select(Patient.patient_id, Patient.admitted_at, Patient.discharged_at))
     }
     total_s = 0.0
     for pid in set(patients) | set(first_last):
@@ -202,36 +186,24 @@ def alert_quality(session: Session, since: float | datetime | None = None) -> di
     alert_filter = [Alert.event_time >= start] if start is not None else []
 
     by_state = dict.fromkeys(ALERT_STATES, 0)
-    for state, n in session.execute(
-        select(Alert.state, func.count()).where(*alert_filter).group_by(Alert.state)
-    ):
+    for state, n in session.execute(select(Alert.state, func.count()).where(*alert_filter).group_by(Alert.state)):
         by_state[state] = n
     by_kind = dict.fromkeys(ALERT_KINDS, 0)
-    for kind, n in session.execute(
-        select(Alert.kind, func.count()).where(*alert_filter).group_by(Alert.kind)
-    ):
+    for kind, n in session.execute(select(Alert.kind, func.count()).where(*alert_filter).group_by(Alert.kind)):
         by_kind[kind] = n
     total = sum(by_state.values())
-    escalated = session.scalar(
-        select(func.count()).select_from(Alert).where(*alert_filter, Alert.escalation_level > 0)
-    )
+    escalated = session.scalar(select(func.count()).select_from(Alert).where(*alert_filter, Alert.escalation_level > 0))
     ack_times = sorted(
         (utc(acked) - utc(raised)).total_seconds()
         for raised, acked in session.execute(
-            select(Alert.raised_at, Alert.acknowledged_at).where(
-                *alert_filter, Alert.acknowledged_at.is_not(None)
-            )
+            select(Alert.raised_at, Alert.acknowledged_at).where(*alert_filter, Alert.acknowledged_at.is_not(None))
         )
     )
-    suppressed_q = select(func.count()).select_from(AlertEvent).where(
-        AlertEvent.action == "suppressed"
-    )
+    suppressed_q = select(func.count()).select_from(AlertEvent).where(AlertEvent.action == "suppressed")
     if start is not None:
         # By the dropped alert's event time, like the alerts. ISO strings of UTC times from one
         # formatter sort like the times ('+' sorts before '.', so whole seconds come first).
-        suppressed_q = suppressed_q.where(
-            AlertEvent.detail["event_time"].as_string() >= start.isoformat()
-        )
+        suppressed_q = suppressed_q.where(AlertEvent.detail["event_time"].as_string() >= start.isoformat())
     patient_days = _patient_days(session, start)
     return {
         "since": start,

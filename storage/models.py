@@ -64,9 +64,7 @@ class UTCDateTime(TypeDecorator[datetime]):
             raise ValueError(f"naive datetime {value!r}: timestamps must be timezone-aware")
         return value.astimezone(timezone.utc)
 
-    def process_result_value(
-        self, value: Optional[datetime], dialect: Dialect
-    ) -> Optional[datetime]:
+    def process_result_value(self, value: Optional[datetime], dialect: Dialect) -> Optional[datetime]:
         if value is None:
             return None
         if value.tzinfo is None:
@@ -149,9 +147,7 @@ class Alert(Base):
 
     __tablename__ = "alerts"
     __table_args__ = (
-        CheckConstraint(
-            "state IN ('raised', 'acknowledged', 'resolved')", name="state"
-        ),
+        CheckConstraint("state IN ('raised', 'acknowledged', 'resolved')", name="state"),
         Index("ix_alerts_state_event_time", "state", "event_time"),
         Index("ix_alerts_patient_id_event_time", "patient_id", "event_time"),
         Index("ix_alerts_updated_at", "updated_at"),
@@ -225,9 +221,7 @@ class ApiToken(Base):
     """A bearer token of the API. Only the SHA-256 of the token is stored."""
 
     __tablename__ = "api_tokens"
-    __table_args__ = (
-        CheckConstraint("role IN ('nurse', 'physician', 'engineer', 'admin')", name="role"),
-    )
+    __table_args__ = (CheckConstraint("role IN ('nurse', 'physician', 'engineer', 'admin')", name="role"),)
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)

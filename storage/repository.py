@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from icuwatch.core import schemas
 from icuwatch.storage.models import (
     ALERT_ACTIONS,
     ALERT_STATES,
@@ -25,7 +26,6 @@ from icuwatch.storage.models import (
     Patient,
     Score,
 )
-from icuwatch.core import schemas
 
 _CHUNK_ROWS = 500
 """Rows per multi-row INSERT: 500 x 13 columns stays well under SQLite's and psycopg's limits."""
@@ -66,9 +66,7 @@ def _insert(session: Session, table: Any) -> postgresql.Insert | sqlite.Insert:
     raise StorageError(f"unsupported database dialect {name!r} (need sqlite or postgresql)")
 
 
-def _insert_ignore(
-    session: Session, table: Any, rows: list[dict[str, Any]], keys: list[str]
-) -> int:
+def _insert_ignore(session: Session, table: Any, rows: list[dict[str, Any]], keys: list[str]) -> int:
     """Insert ``rows`` skipping any that conflict on ``keys``; return how many were inserted.
 
     One multi-row statement per chunk; inserted rows are counted with RETURNING because
@@ -110,7 +108,8 @@ def upsert_patient(session: Session, adt: schemas.Adt) -> Patient:
     """
     ensure_patient(session, adt.patient_id)
     p = session.scalars(
-        select(Patient).where(Patient.patient_id == adt.patient_id)
+        select(Patient)
+        .where(Patient.patient_id == adt.patient_id)
         .with_for_update()
         .execution_options(populate_existing=True)
     ).one()
@@ -228,9 +227,7 @@ def record_event(
 def _lock_patient(session: Session, patient_id: str) -> None:
     """Serialise alert writers of one patient (PostgreSQL row lock; SQLite has one writer anyway,
     and ``ensure_patient``'s INSERT has already taken its write lock)."""
-    session.execute(
-        select(Patient.patient_id).where(Patient.patient_id == patient_id).with_for_update()
-    )
+    session.execute(select(Patient.patient_id).where(Patient.patient_id == patient_id).with_for_update())
 
 
 def open_alert(session: Session, patient_id: str, kind: str) -> Alert | None:
@@ -338,10 +335,7 @@ def store_alert(session: Session, alert: schemas.Alert) -> str:
 
 def _locked_alert(session: Session, alert_id: str) -> Alert:
     alert = session.scalars(
-        select(Alert)
-        .where(Alert.alert_id == alert_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
+        select(Alert).where(Alert.alert_id == alert_id).with_for_update().execution_options(populate_existing=True)
     ).one_or_none()
     if alert is None:
         raise AlertNotFound(f"no alert with id {alert_id!r}")
@@ -366,9 +360,7 @@ def acknowledge(
         raise ValueError("acknowledge needs the name of who acknowledged")
     alert = _locked_alert(session, alert_id)
     if alert.state != "raised":
-        raise AlertStateError(
-            f"alert {alert_id!r} is {alert.state}; only a raised alert can be acknowledged"
-        )
+        raise AlertStateError(f"alert {alert_id!r} is {alert.state}; only a raised alert can be acknowledged")
     alert.state = "acknowledged"
     alert.acknowledged_by = by.strip()
     alert.acknowledged_at = utc(at) if at is not None else _now()

@@ -30,9 +30,7 @@ def create_token(session: Session, user: str, role: str) -> str:
     if not user or not user.strip():
         raise ValueError("a token needs a user name")
     token = secrets.token_urlsafe(32)
-    session.add(
-        ApiToken(token_sha256=token_sha256(token), user=user.strip(), role=role, created_at=_now())
-    )
+    session.add(ApiToken(token_sha256=token_sha256(token), user=user.strip(), role=role, created_at=_now()))
     session.flush()
     return token
 
@@ -41,9 +39,7 @@ def _active(session: Session, token: str) -> Optional[ApiToken]:
     if not token:
         return None
     return session.scalars(
-        select(ApiToken).where(
-            ApiToken.token_sha256 == token_sha256(token), ApiToken.revoked_at.is_(None)
-        )
+        select(ApiToken).where(ApiToken.token_sha256 == token_sha256(token), ApiToken.revoked_at.is_(None))
     ).one_or_none()
 
 

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 from icuwatch.core import schemas
 
-
 DEFAULT_REFRACTORY_S = 1800.0
 """Same as the ``alert_refractory_s`` setting's default."""
 
@@ -43,10 +42,10 @@ RISK_FIELD = {"deterioration": "deterioration_risk", "sepsis": "sepsis_risk"}
 
 
 def new_alert_state() -> dict:
-    return {"last_t": 0.0, "kinds": {
-        k: {"open": None, "run_start": None, "above": 0, "below": 0, "closed_at": None}
-        for k in RISK_FIELD
-    }}
+    return {
+        "last_t": 0.0,
+        "kinds": {k: {"open": None, "run_start": None, "above": 0, "below": 0, "closed_at": None} for k in RISK_FIELD},
+    }
 
 
 def alert_id(patient_id: str, kind: str, episode_start: float) -> str:
@@ -58,8 +57,7 @@ def update(state: dict, score: schemas.Score, thresholds: dict[str, Thresholds])
     return step(state, score, thresholds)[0]
 
 
-def step(state: dict, score: schemas.Score,
-         thresholds: dict[str, Thresholds]) -> tuple[list[schemas.Alert], list[str]]:
+def step(state: dict, score: schemas.Score, thresholds: dict[str, Thresholds]) -> tuple[list[schemas.Alert], list[str]]:
     """Advance the episode state machine with one score: (alerts opened, ids of episodes closed).
 
     A higher revision of the latest score (late data for the same time) replaces it: the state goes

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from icuwatch.core import features, rules
-from icuwatch.core import schemas
+from icuwatch.core import features, rules, schemas
 from icuwatch.streams.scoring import TritonScorer
 
 log = logging.getLogger(__name__)
@@ -46,9 +45,17 @@ class ScoreBatcher:
         self.pending: list[Due] = []
         self._wake = asyncio.Event()
 
-    def submit(self, patient_id: str, t: float, features: np.ndarray,
-               staleness: dict[str, float | None], trigger: str, revision: int = 0,
-               cohort: dict | None = None, published: Callable[[], None] | None = None) -> None:
+    def submit(
+        self,
+        patient_id: str,
+        t: float,
+        features: np.ndarray,
+        staleness: dict[str, float | None],
+        trigger: str,
+        revision: int = 0,
+        cohort: dict | None = None,
+        published: Callable[[], None] | None = None,
+    ) -> None:
         self.pending.append(Due(patient_id, t, features, staleness, trigger, revision, cohort, published))
         if len(self.pending) >= self.batch_max:
             self._wake.set()
@@ -105,4 +112,3 @@ class ScoreBatcher:
                     due.published()
                 except Exception:
                     log.exception("after-publish callback failed")
-

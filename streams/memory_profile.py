@@ -36,20 +36,21 @@ class MemoryProfile:
         self.history: list[dict] = []
 
     def write(self, extra: dict | None = None) -> None:
-        snapshot = tracemalloc.take_snapshot().filter_traces(
-            [tracemalloc.Filter(False, tracemalloc.__file__)])
+        snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
         self.first = self.first or snapshot
         previous, self.previous = self.previous or snapshot, snapshot
         traced, peak = tracemalloc.get_traced_memory()
-        self.history.append({
-            "at": time.time(),
-            "traced_mb": round(traced / 2**20, 2),
-            "peak_mb": round(peak / 2**20, 2),
-            **(extra or {}),
-            "top_lines": [_line(s.traceback, s.size, s.count) for s in snapshot.statistics("lineno")[:TOP]],
-            "grown_since_first": _grown(snapshot, self.first),
-            "grown_since_previous": _grown(snapshot, previous),
-        })
+        self.history.append(
+            {
+                "at": time.time(),
+                "traced_mb": round(traced / 2**20, 2),
+                "peak_mb": round(peak / 2**20, 2),
+                **(extra or {}),
+                "top_lines": [_line(s.traceback, s.size, s.count) for s in snapshot.statistics("lineno")[:TOP]],
+                "grown_since_first": _grown(snapshot, self.first),
+                "grown_since_previous": _grown(snapshot, previous),
+            }
+        )
         tmp = self.path.with_suffix(".tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(self.history))
@@ -57,8 +58,11 @@ class MemoryProfile:
 
 
 def _grown(snapshot: tracemalloc.Snapshot, before: tracemalloc.Snapshot) -> list[dict]:
-    return [_line(d.traceback, d.size_diff, d.count_diff)
-            for d in snapshot.compare_to(before, "lineno")[:TOP] if d.size_diff > 0]
+    return [
+        _line(d.traceback, d.size_diff, d.count_diff)
+        for d in snapshot.compare_to(before, "lineno")[:TOP]
+        if d.size_diff > 0
+    ]
 
 
 def _line(traceback: tracemalloc.Traceback, size: int, count: int) -> dict:

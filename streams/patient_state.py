@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import bisect
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from typing import TYPE_CHECKING
-
-from icuwatch.core import features
-from icuwatch.core import schemas
+from icuwatch.core import features, schemas
 
 if TYPE_CHECKING:
     from icuwatch.streams.waveform_state import WaveformState
@@ -369,8 +367,9 @@ def red_flag(msg: schemas.Vitals) -> bool:
 def _next_period(last: float, now: float, period_s: float, phase_s: float) -> bool:
     """Whether ``now`` is at least half a period after ``last`` and in a later period of the
     patient's own grid (periods shifted by ``phase_s``)."""
-    return now - last >= period_s / 2 and \
-        math.floor((now + phase_s) / period_s) > math.floor((last + phase_s) / period_s)
+    return now - last >= period_s / 2 and math.floor((now + phase_s) / period_s) > math.floor(
+        (last + phase_s) / period_s
+    )
 
 
 def scoring_trigger(state: dict, interval_s: float, phase_s: float = 0.0) -> str | None:

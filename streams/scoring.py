@@ -39,16 +39,22 @@ class TritonScorer:
         self._model_outputs: set[str] | None = None
         """Output names the served model declares (from its metadata); None: not read yet."""
         self.down_until = 0.0
-        self.counts = {"triton_batches": 0, "triton_rows": 0, "fallback_batches": 0, "fallback_rows": 0,
-                       "triton_errors": 0}
+        self.counts = {
+            "triton_batches": 0,
+            "triton_rows": 0,
+            "fallback_batches": 0,
+            "fallback_rows": 0,
+            "triton_errors": 0,
+        }
 
     @property
     def model_name(self) -> str:
         """The model named on scores that came through Triton."""
         return self.model
 
-    async def score(self, x: np.ndarray, rows: dict[str, np.ndarray] | None = None
-                    ) -> tuple[dict[str, np.ndarray], str]:
+    async def score(
+        self, x: np.ndarray, rows: dict[str, np.ndarray] | None = None
+    ) -> tuple[dict[str, np.ndarray], str]:
         """Score a [batch, features] matrix (and, for a cohort-row model, the matching batch of cohort
         rows); returns (outputs, 'triton' | 'fallback')."""
         if time.monotonic() >= self.down_until:
@@ -92,7 +98,8 @@ class TritonScorer:
     async def _outputs(self) -> set[str]:
         if self._model_outputs is None:
             meta = await self.client.get_model_metadata(
-                self.model, as_json=True, client_timeout=self.settings.triton_timeout_s)
+                self.model, as_json=True, client_timeout=self.settings.triton_timeout_s
+            )
             self._model_outputs = {o["name"] for o in meta.get("outputs", [])}
         return self._model_outputs
 
@@ -113,8 +120,9 @@ class TritonScorer:
             if arr is None or arr.shape[0] != x.shape[0]:
                 raise RuntimeError(f"Triton returned no/short {name}")
             out[key] = arr.reshape(-1)
-        out["contributions"] = _contributions(result.as_numpy(features.CONTRIBUTIONS_OUTPUT) if explained else None,
-                                              len(x))
+        out["contributions"] = _contributions(
+            result.as_numpy(features.CONTRIBUTIONS_OUTPUT) if explained else None, len(x)
+        )
         return out
 
     async def close(self) -> None:
@@ -132,8 +140,11 @@ def _contributions(arr: np.ndarray | None, n: int) -> np.ndarray | None:
     if arr.shape != (n, *features.CONTRIBUTIONS_SHAPE):
         if arr.shape[1:] not in _warned_shapes:
             _warned_shapes.add(arr.shape[1:])
-            log.warning("Triton CONTRIBUTIONS shaped %s, expected %s; scores go without contributions",
-                        list(arr.shape), [n, *features.CONTRIBUTIONS_SHAPE])
+            log.warning(
+                "Triton CONTRIBUTIONS shaped %s, expected %s; scores go without contributions",
+                list(arr.shape),
+                [n, *features.CONTRIBUTIONS_SHAPE],
+            )
         return None
     return arr
 
@@ -186,7 +197,8 @@ class StudentScorer(TritonScorer):
     async def _score_triton(self, x: np.ndarray, rows: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
         if rows is None:
             raise ValueError(f"{self.model} scores cohort rows; the worker sent none")
-        from icuwatch.streams.student_row import MODALITIES as COHORT_MODALITIES, leave_one_out
+        from icuwatch.streams.student_row import MODALITIES as COHORT_MODALITIES
+        from icuwatch.streams.student_row import leave_one_out
 
         n = len(x)
         if len(rows["present"]) != n:
@@ -210,9 +222,12 @@ class StudentScorer(TritonScorer):
         """``PROBABILITY`` of every row of ``batch`` (float64, clipped to [0, 1]), in requests of at
         most ``STUDENT_MAX_BATCH`` rows sent together."""
         n = len(batch["present"])
-        parts = await asyncio.gather(*(
-            self._infer_student_part({k: v[i:i + STUDENT_MAX_BATCH] for k, v in batch.items()})
-            for i in range(0, n, STUDENT_MAX_BATCH)))
+        parts = await asyncio.gather(
+            *(
+                self._infer_student_part({k: v[i : i + STUDENT_MAX_BATCH] for k, v in batch.items()})
+                for i in range(0, n, STUDENT_MAX_BATCH)
+            )
+        )
         return np.concatenate(parts) if parts else np.zeros(0)
 
     async def _infer_student_part(self, batch: dict[str, np.ndarray]) -> np.ndarray:
@@ -224,8 +239,11 @@ class StudentScorer(TritonScorer):
             inp.set_data_from_numpy(arr)
             inputs.append(inp)
         result = await self.client.infer(
-            self.model, inputs, outputs=[self._grpc.InferRequestedOutput(PROBABILITY)],
-            client_timeout=self.settings.triton_timeout_s)
+            self.model,
+            inputs,
+            outputs=[self._grpc.InferRequestedOutput(PROBABILITY)],
+            client_timeout=self.settings.triton_timeout_s,
+        )
         arr = result.as_numpy(PROBABILITY)
         if arr is None or arr.shape[0] != n:
             raise RuntimeError(f"Triton returned no/short {PROBABILITY}")

@@ -9,9 +9,9 @@ import logging
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from icuwatch.core import schemas
 from icuwatch.storage import db, repository
 from icuwatch.storage.models import Alert
-from icuwatch.core import schemas
 
 log = logging.getLogger(__name__)
 EPISODE_CLOSED_BY = "system:episode-closed"
@@ -59,7 +59,7 @@ class StorageSink:
         await self._durably("storing an ADT event", repository.upsert_patient, adt)
 
     async def store_alert(self, alert: schemas.Alert) -> str:
-        """"stored", "duplicate" (already stored: republish, the worker may have died before) or
+        """ "stored", "duplicate" (already stored: republish, the worker may have died before) or
         "suppressed" (another alert of this patient and kind is open)."""
         return await self._durably("storing an alert", repository.store_alert, alert)
 

@@ -17,7 +17,7 @@ same normalisation (a model card's ``data.meta.norm``):
                     ADT admission / 100.
 ``present``, ``staleness_h``  [2]  vitals (any of the 7) and labs (any of the 27) at or before ``t``.
 
-Where the stream cannot match the offline row exactly (``tests/test_stream_features.py`` checks the
+Where the stream cannot match the offline row exactly (``tests/streams/test_student_row.py`` checks the
 rest equal, row by row, on real PhysioNet replays):
 
 * **Hourly means vs hourly values.** PhysioNet gives one value per hour; a monitor sends one a
@@ -47,8 +47,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from icuwatch.core.physionet_row import LAB_COLUMNS, LAB_HOURS_SCALE, LABS, MODALITIES, STATIC_CHANNELS, T, \
-    VITAL_COLUMNS, VITALS
+from icuwatch.core.physionet_row import (
+    LAB_COLUMNS,
+    LAB_HOURS_SCALE,
+    LABS,
+    MODALITIES,
+    STATIC_CHANNELS,
+    VITAL_COLUMNS,
+    VITALS,
+    T,
+)
 from icuwatch.core.physionet_row import normalised as _zscore
 from icuwatch.streams import patient_state
 
@@ -115,8 +123,9 @@ def cohort_row(state: dict, t: float, norm: dict) -> dict:
             continue
         values[j], ever[j], since[j] = float(held[1]), True, _hours(t - held[0])
         newest_lab = held[0] if newest_lab is None else max(newest_lab, held[0])
-    labs = np.stack([_zscore(values, norm, "labs"), ever,
-                     np.where(ever, np.log1p(since) / LAB_HOURS_SCALE, 0.0)], axis=1)
+    labs = np.stack(
+        [_zscore(values, norm, "labs"), ever, np.where(ever, np.log1p(since) / LAB_HOURS_SCALE, 0.0)], axis=1
+    )
     labs = labs.reshape(3 * len(ANALYTES)).astype(np.float32)
 
     adt = state.get("adt", {})
@@ -128,15 +137,18 @@ def cohort_row(state: dict, t: float, norm: dict) -> dict:
     hosp = 0.0
     if hosp_t is not None and admit_t is not None:
         hosp = float(np.clip(round((hosp_t - admit_t) / 3600.0, 6) / 1000.0, -1.0, 1.0))
-    static = np.array([
-        0.0 if age is None else age / 100.0,
-        1.0 if adt.get("sex") == "M" else 0.0,
-        1.0 if unit == "MICU" else 0.0,
-        1.0 if unit == "SICU" else 0.0,
-        0.0 if unit is None else 1.0,
-        hosp,
-        hour / 100.0,
-    ], dtype=np.float64).astype(np.float32)
+    static = np.array(
+        [
+            0.0 if age is None else age / 100.0,
+            1.0 if adt.get("sex") == "M" else 0.0,
+            1.0 if unit == "MICU" else 0.0,
+            1.0 if unit == "SICU" else 0.0,
+            0.0 if unit is None else 1.0,
+            hosp,
+            hour / 100.0,
+        ],
+        dtype=np.float64,
+    ).astype(np.float32)
     assert len(static) == len(STATIC_CHANNELS)
 
     present = np.zeros(len(MODALITIES), dtype=bool)
@@ -144,8 +156,12 @@ def cohort_row(state: dict, t: float, norm: dict) -> dict:
     for j, newest in enumerate((_newest_vital_time(state, t), newest_lab)):
         if newest is not None:
             present[j], staleness[j] = True, _hours(t - newest)
-    return {"inputs": {"vitals": vitals, "labs": labs, "static": static}, "present": present,
-            "staleness_h": staleness.astype(np.float32), "hour": np.float32(hour)}
+    return {
+        "inputs": {"vitals": vitals, "labs": labs, "static": static},
+        "present": present,
+        "staleness_h": staleness.astype(np.float32),
+        "hour": np.float32(hour),
+    }
 
 
 def stack_rows(rows: list[dict]) -> dict[str, np.ndarray]:
@@ -155,7 +171,6 @@ def stack_rows(rows: list[dict]) -> dict[str, np.ndarray]:
     batch["present"] = np.stack([r["present"] for r in rows]).astype(bool)
     batch["staleness_h"] = np.stack([r["staleness_h"] for r in rows]).astype(np.float32)
     return batch
-
 
 
 def leave_one_out(batch: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:

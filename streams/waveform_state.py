@@ -2,7 +2,8 @@
 
 The last 10 s of ECG and PPG per patient would make every table update tens of kilobytes; only
 the features derived from them (heart rate from ECG R-peaks, pulse rate from PPG) go into the
-patient's table state. Respiration chunks count for staleness but are not analysed yet. After a worker restart the windows refill within one window length.
+patient's table state. Respiration chunks count for staleness but are not analysed yet. After a
+worker restart the windows refill within one window length.
 """
 
 from __future__ import annotations

@@ -22,17 +22,18 @@ import zlib
 
 import faust
 
+from icuwatch.core import schemas, topics
 from icuwatch.core.settings import get_settings
 from icuwatch.streams import alerting, memory_profile, patient_state
+from icuwatch.streams.batcher import ScoreBatcher
 from icuwatch.streams.kafka import install_patches
-from icuwatch.core import schemas, topics
 from icuwatch.streams.kafka.acks import PendingAcks
 from icuwatch.streams.kafka.security import faust_credentials
-from icuwatch.streams.batcher import ScoreBatcher
 from icuwatch.streams.scoring import StudentScorer, TritonScorer, load_norm
-from icuwatch.streams.waveform_state import WINDOW_S as WAVEFORM_WINDOW_S, WaveformState
 from icuwatch.streams.sink import StorageSink
 from icuwatch.streams.stats import stats_path
+from icuwatch.streams.waveform_state import WINDOW_S as WAVEFORM_WINDOW_S
+from icuwatch.streams.waveform_state import WaveformState
 
 log = logging.getLogger(__name__)
 settings = get_settings()
@@ -69,14 +70,23 @@ patients = app.Table("patient_state", key_type=bytes, partitions=settings.partit
 """Checkpoints of each patient's state; the live copy is in ``live_state`` (see ``checkpoint_due``).
 ``use_partitioner``: checkpoints are also written outside the ingest stream (once a score is
 published, for idle patients), so the changelog partition comes from the key by the same murmur2
-partitioner the producers use (tests/test_acks.py checks they agree), not from the current event."""
+partitioner the producers use (tests/streams/kafka/test_acks.py checks they agree), not from the current event."""
 live_state: dict[bytes, dict] = {}
 pending_acks = PendingAcks(hold_s=WAVEFORM_WINDOW_S)
 episodes = app.Table("alert_state", key_type=bytes, partitions=settings.partitions)
 
-stats: dict[str, int] = {"processed": 0, "duplicates": 0, "deadlettered": 0, "scores_submitted": 0,
-                         "scores_published": 0, "alerts_raised": 0, "alerts_suppressed": 0,
-                         "alerts_republished": 0, "scores_taken": 0, "checkpoints": 0}
+stats: dict[str, int] = {
+    "processed": 0,
+    "duplicates": 0,
+    "deadlettered": 0,
+    "scores_submitted": 0,
+    "scores_published": 0,
+    "alerts_raised": 0,
+    "alerts_suppressed": 0,
+    "alerts_republished": 0,
+    "scores_taken": 0,
+    "checkpoints": 0,
+}
 processed_by_topic: dict[str, int] = {t: 0 for t in topics.INPUTS}
 done_offsets: dict[tuple[str, int], int] = {}
 """Per input topic and partition, the offset of the last record the ingest agent took (the agent
@@ -88,10 +98,20 @@ the worker is in wall time, independent of the broker's end offsets."""
 waveforms = WaveformState(settings.waveform_feature_interval_s)
 storage = StorageSink(settings.database_url)
 thresholds = {
-    "deterioration": alerting.Thresholds(settings.deterioration_on, settings.deterioration_off,
-                                         settings.alert_confirm, settings.alert_clear, settings.alert_refractory_s),
-    "sepsis": alerting.Thresholds(settings.sepsis_on, settings.sepsis_off,
-                                  settings.alert_confirm, settings.alert_clear, settings.alert_refractory_s),
+    "deterioration": alerting.Thresholds(
+        settings.deterioration_on,
+        settings.deterioration_off,
+        settings.alert_confirm,
+        settings.alert_clear,
+        settings.alert_refractory_s,
+    ),
+    "sepsis": alerting.Thresholds(
+        settings.sepsis_on,
+        settings.sepsis_off,
+        settings.alert_confirm,
+        settings.alert_clear,
+        settings.alert_refractory_s,
+    ),
 }
 _batcher: ScoreBatcher | None = None
 student_norm: dict | None = load_norm(settings) if settings.scoring_model else None
@@ -123,8 +143,7 @@ async def dead_letter(event: faust.EventT, reason: str, patient_id: str | None =
     msg = event.message
     if patient_id is None and isinstance(msg.key, bytes):
         patient_id = msg.key.decode(errors="replace")
-    letter = schemas.DeadLetter.of(msg.topic, msg.value or b"", reason[:500], patient_id,
-                                   msg.partition, msg.offset)
+    letter = schemas.DeadLetter.of(msg.topic, msg.value or b"", reason[:500], patient_id, msg.partition, msg.offset)
     await deadletter_topic.send(key=letter.key(), value=letter.to_bytes())
     stats["deadlettered"] += 1
 
@@ -208,8 +227,9 @@ async def ingest(stream: faust.StreamT) -> None:
             if msg.event == "discharge":
                 waveforms.forget(msg.patient_id)
         grid = zlib.crc32(key)  # the patient's own phase for rescoring
-        trigger = patient_state.scoring_trigger(state, settings.score_interval_s,
-                                                phase_s=grid % settings.score_interval_s)
+        trigger = patient_state.scoring_trigger(
+            state, settings.score_interval_s, phase_s=grid % settings.score_interval_s
+        )
         if trigger is not None:
             t = state["now"]
             patient_state.refresh_waveform_features(state, msg.patient_id, t, waveforms)
@@ -217,9 +237,16 @@ async def ingest(stream: faust.StreamT) -> None:
             state["last_scored"] = t
             stats["scores_submitted"] += 1
             pending_acks.score_submitted(key)
-            batcher().submit(msg.patient_id, t, patient_state.features_at(state, t),
-                             patient_state.staleness(state, t), trigger, state["revision"],
-                             cohort_row(state, t), published=score_published(key))
+            batcher().submit(
+                msg.patient_id,
+                t,
+                patient_state.features_at(state, t),
+                patient_state.staleness(state, t),
+                trigger,
+                state["revision"],
+                cohort_row(state, t),
+                published=score_published(key),
+            )
         elif not isinstance(msg, (schemas.Vitals, schemas.Waveform)) or patient_state.checkpoint_due(state):
             checkpoint(key)
 
@@ -312,8 +339,14 @@ if settings.worker_memory_profile_s > 0:
     async def write_memory_profile() -> None:
         """Tracemalloc's view next to what the patient state itself weighs (as JSON)."""
         state_bytes = sum(len(json.dumps(state)) for state in live_state.values())
-        memory.write({"patients_live": len(live_state), "patient_state_json_mb": round(state_bytes / 2**20, 2),
-                      "unacknowledged": pending_acks.unacknowledged(), "processed": stats["processed"]})
+        memory.write(
+            {
+                "patients_live": len(live_state),
+                "patient_state_json_mb": round(state_bytes / 2**20, 2),
+                "unacknowledged": pending_acks.unacknowledged(),
+                "processed": stats["processed"],
+            }
+        )
 
 
 def run_worker(loglevel: str = "info") -> None:
@@ -322,4 +355,3 @@ def run_worker(loglevel: str = "info") -> None:
 
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
-

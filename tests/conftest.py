@@ -12,10 +12,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
+from stack_fixtures import settings_for
 
 from icuwatch.storage import db
-
-from stack_fixtures import settings_for
 
 
 def pytest_collection_modifyitems(config, items):
@@ -42,9 +41,7 @@ def stack(tmp_path_factory):
         broker.stop(settings)
 
 
-PG_URL = os.environ.get(
-    "ICUWATCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
+PG_URL = os.environ.get("ICUWATCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SESSION_TAG = f"icuwatch_test_{uuid.uuid4().hex[:10]}"
 
 

@@ -43,11 +43,21 @@ def toy_cohort(n_groups: int = 60, rows_per_group: int = 10, seed: int = 0, imag
     group = np.repeat(np.arange(n_groups), rows_per_group).astype(np.int32)
     split = np.repeat(rng.choice([0, 0, 0, 1, 2], size=n_groups), rows_per_group).astype(np.uint8)
     split[:rows_per_group] = 1
-    split[rows_per_group: 2 * rows_per_group] = 2
+    split[rows_per_group : 2 * rows_per_group] = 2
     staleness = np.where(present, rng.exponential(5.0, size=(n, m)), 0.0).astype(np.float32)
-    cohort = Cohort(name="toy", modalities=modalities, inputs=inputs, present=present, staleness_h=staleness,
-                    y=y, group=group, hour=np.tile(np.arange(1, rows_per_group + 1), n_groups).astype(np.float32),
-                    split=split, group_ids=[f"g{i}" for i in range(n_groups)], lookups=lookups,
-                    meta={"source": "synthetic toy cohort for tests"})
+    cohort = Cohort(
+        name="toy",
+        modalities=modalities,
+        inputs=inputs,
+        present=present,
+        staleness_h=staleness,
+        y=y,
+        group=group,
+        hour=np.tile(np.arange(1, rows_per_group + 1), n_groups).astype(np.float32),
+        split=split,
+        group_ids=[f"g{i}" for i in range(n_groups)],
+        lookups=lookups,
+        meta={"source": "synthetic toy cohort for tests"},
+    )
     cohort.validate()
     return cohort

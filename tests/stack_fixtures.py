@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from icuwatch.deploy.worker_process import start_worker, stop_worker
 from icuwatch.core.settings import Settings
+from icuwatch.deploy.worker_process import start_worker, stop_worker
 
 TEST_ENV = {
     "ICUWATCH_BROKER": "127.0.0.1:19092",

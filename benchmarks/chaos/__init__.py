@@ -21,5 +21,17 @@ from icuwatch.benchmarks.chaos.scenarios import SCENARIOS
 from icuwatch.benchmarks.chaos.stack import CHAOS_ENV, POSTGRES_ADMIN_URL, Config, Run, triton_settings
 from icuwatch.benchmarks.chaos.states import checkpointed_states, expected_states, state_differences
 
-__all__ = ["CHAOS_ENV", "POSTGRES_ADMIN_URL", "SCENARIOS", "Config", "Run", "checkpointed_states", "compare",
-           "expected_states", "run_chaos", "run_once", "state_differences", "triton_settings"]
+__all__ = [
+    "CHAOS_ENV",
+    "POSTGRES_ADMIN_URL",
+    "SCENARIOS",
+    "Config",
+    "Run",
+    "checkpointed_states",
+    "compare",
+    "expected_states",
+    "run_chaos",
+    "run_once",
+    "state_differences",
+    "triton_settings",
+]

@@ -6,13 +6,27 @@ from collections import defaultdict
 
 
 def worker_summary(stats: dict) -> dict:
-    keys = ("processed", "duplicates", "deadlettered", "scores_published", "scores_taken", "alerts_raised",
-            "alerts_republished", "alerts_suppressed", "checkpoints", "unacknowledged")
-    return {k: stats.get(k) for k in keys} | {"scorer": stats.get("scorer"), "processed_by_topic": stats.get("processed_by_topic")}
+    keys = (
+        "processed",
+        "duplicates",
+        "deadlettered",
+        "scores_published",
+        "scores_taken",
+        "alerts_raised",
+        "alerts_republished",
+        "alerts_suppressed",
+        "checkpoints",
+        "unacknowledged",
+    )
+    return {k: stats.get(k) for k in keys} | {
+        "scorer": stats.get("scorer"),
+        "processed_by_topic": stats.get("processed_by_topic"),
+    }
 
 
 def compare(run: dict, reference: dict) -> dict:
     """Lost and duplicated alerts (see the module docstring), scores lost or changed, ground truth."""
+
     def by_pair(outcome: dict) -> dict[tuple[str, str], set[str]]:
         pairs: dict[tuple[str, str], set[str]] = defaultdict(set)
         for alert_id, pair in outcome["alerts"].items():
@@ -44,8 +58,13 @@ def compare(run: dict, reference: dict) -> dict:
         "alert_ids_equal_reference": set(run["alerts"]) == set(reference["alerts"]),
         "deteriorating_alerted": f"{len(alerted & sick)}/{len(sick)}",
         "stable_alerted": len(alerted - sick),
-        "scores": {"stored": len(scores), "reference": len(ref_scores), "missing": len(missing),
-                   "vital_scores_differing": len(differing), "by_source": dict(sources)},
+        "scores": {
+            "stored": len(scores),
+            "reference": len(ref_scores),
+            "missing": len(missing),
+            "vital_scores_differing": len(differing),
+            "by_source": dict(sources),
+        },
         "produced": run["produced"],
         "settled": run["settled"],
         "patient_ids_in_logs": run["patient_ids_in_logs"],

@@ -43,8 +43,8 @@ def broker_restart(run: Run, cfg: Config) -> None:
     comes back with its topics; the local one keeps them in memory and comes back empty. So that its
     clients meet what they would meet in production, a proxy in front of it turns them away until
     the topics exist again (the records, committed offsets and changelogs are still gone; README)."""
-    from icuwatch.deploy import broker
     from icuwatch.benchmarks.fault_proxy import kafka_client_id
+    from icuwatch.deploy import broker
 
     proxy = run.broker_proxy
     assert proxy is not None, "broker-restart runs with the broker behind a proxy (BROKER_PROXIED)"
@@ -56,8 +56,10 @@ def broker_restart(run: Run, cfg: Config) -> None:
     proxy.restore(admit=lambda frame: kafka_client_id(frame) == broker.ADMIN_CLIENT_ID)
     broker.create_all_topics(run.settings)
     proxy.open()
-    run.note(f"broker started again, empty; its topics created before the clients were let back in "
-             f"({proxy.turned_away} connections turned away meanwhile)")
+    run.note(
+        f"broker started again, empty; its topics created before the clients were let back in "
+        f"({proxy.turned_away} connections turned away meanwhile)"
+    )
 
 
 def control(run: Run, cfg: Config) -> None:

@@ -94,8 +94,10 @@ class Run:
 
 def triton_settings() -> Settings:
     """One tritonserver for every run (its pid file outside the runs' own state directories)."""
-    return Settings(**{k.removeprefix("ICUWATCH_").lower(): v for k, v in CHAOS_ENV.items()},
-                    state_dir=REPO_ROOT / "var" / "chaos" / "triton")
+    return Settings(
+        **{k.removeprefix("ICUWATCH_").lower(): v for k, v in CHAOS_ENV.items()},
+        state_dir=REPO_ROOT / "var" / "chaos" / "triton",
+    )
 
 
 def create_database() -> tuple[str, str]:
@@ -133,10 +135,14 @@ def read_outcome(url: str) -> dict:
     engine = db.make_engine(url)
     with db.session_factory(engine)() as s:
         alerts = {a.alert_id: (a.patient_id, a.kind) for a in s.scalars(select(Alert))}
-        suppressed = {(e.detail or {}).get("suppressed_alert_id") for e in
-                      s.scalars(select(AlertEvent).where(AlertEvent.action == "suppressed"))}
-        scores = {(sc.patient_id, round(sc.event_time.timestamp())): (sc.news2, sc.qsofa, sc.source, sc.trigger)
-                  for sc in s.scalars(select(Score))}
+        suppressed = {
+            (e.detail or {}).get("suppressed_alert_id")
+            for e in s.scalars(select(AlertEvent).where(AlertEvent.action == "suppressed"))
+        }
+        scores = {
+            (sc.patient_id, round(sc.event_time.timestamp())): (sc.news2, sc.qsofa, sc.source, sc.trigger)
+            for sc in s.scalars(select(Score))
+        }
     engine.dispose()
     return {"alerts": alerts, "suppressed": sorted(i for i in suppressed if i), "scores": scores}
 

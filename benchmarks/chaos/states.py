@@ -14,8 +14,8 @@ the topics were read in: after all messages, a pipeline that lost none holds exa
 def expected_states(sim) -> dict[str, dict]:
     """Every simulated message (bar waveform chunks, which live outside the table) folded once into
     each patient's state, as JSON would carry it."""
-    from icuwatch.streams import patient_state
     from icuwatch.core import schemas
+    from icuwatch.streams import patient_state
 
     states: dict[str, dict] = {}
     for _, _, msg in sim.timed_messages():
@@ -53,8 +53,14 @@ def keyed_records(settings: Settings, topic: str) -> list:
     """Every keyed, non-empty record of ``topic`` from its start (until 3 s bring nothing new)."""
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(topic, bootstrap_servers=settings.broker, auto_offset_reset="earliest",
-                             enable_auto_commit=False, group_id=None, consumer_timeout_ms=3000)
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=settings.broker,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        consumer_timeout_ms=3000,
+    )
     try:
         return [m for m in consumer if m.key is not None and m.value is not None]
     finally:

@@ -73,8 +73,10 @@ def check_exported(model: Path, torch_release: str, rows: int = 2) -> str:
     info = json.loads((version / PROVENANCE).read_text())
     written_by = release(str(info.get("torch", "")))
     if written_by != torch_release:
-        raise ValueError(f"{model.name}: exported by torch {info.get('torch')!r}, the image has {torch_release}; "
-                         "export again with the pinned torch or change the pin in both places")
+        raise ValueError(
+            f"{model.name}: exported by torch {info.get('torch')!r}, the image has {torch_release}; "
+            "export again with the pinned torch or change the pin in both places"
+        )
     inputs = config_inputs(config)
     if not inputs:
         raise ValueError(f"{model.name}: no inputs found in config.pbtxt")
@@ -92,15 +94,19 @@ def check_exported(model: Path, torch_release: str, rows: int = 2) -> str:
         with torch.inference_mode():
             probability, exit_index = module(batch, True)
     except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"{model.name}: {TORCHSCRIPT} does not answer its inputs: {type(exc).__name__}: {exc}") from exc
+        raise ValueError(
+            f"{model.name}: {TORCHSCRIPT} does not answer its inputs: {type(exc).__name__}: {exc}"
+        ) from exc
     p = probability.detach().double().numpy().reshape(-1)
     e = exit_index.detach().numpy().reshape(-1)
     if p.shape != (rows,) or e.shape != (rows,):
-        raise ValueError(f"{model.name}: answered shapes {list(probability.shape)}, {list(exit_index.shape)} "
-                         f"for {rows} rows")
+        raise ValueError(
+            f"{model.name}: answered shapes {list(probability.shape)}, {list(exit_index.shape)} for {rows} rows"
+        )
     if not (np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()):
         raise ValueError(f"{model.name}: probabilities {p.tolist()} not in [0, 1]")
-    return f"{model.name}: version {version.name}, torch {info.get('torch')}, p {np.round(p, 4).tolist()}, exits {e.tolist()}"
+    probabilities = np.round(p, 4).tolist()
+    return f"{model.name}: version {version.name}, torch {info.get('torch')}, p {probabilities}, exits {e.tolist()}"
 
 
 def check(repositories: list[Path], torch_release: str) -> list[str]:
@@ -121,8 +127,10 @@ def check(repositories: list[Path], torch_release: str) -> list[str]:
             lines.append(f"{repository}: empty (no models served from it)")
         for model in found:
             if model.name in seen:
-                raise ValueError(f"model {model.name} is in both {seen[model.name]} and {repository}: "
-                                 "tritonserver refuses duplicate names across repositories")
+                raise ValueError(
+                    f"model {model.name} is in both {seen[model.name]} and {repository}: "
+                    "tritonserver refuses duplicate names across repositories"
+                )
             seen[model.name] = repository
             version = newest_version(model)
             if version is not None and (version / TORCHSCRIPT).is_file():

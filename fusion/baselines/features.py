@@ -2,7 +2,7 @@
 
 ``stay_features(stay)`` gives one row per hour of the stay; row ``t`` is computed from rows ``<= t``
 only (forward fills, counts and windows that look back, never forward), so a model scoring hour
-``t`` sees exactly what a bedside system would have had at that hour. ``tests/test_gbt_baseline.py``
+``t`` sees exactly what a bedside system would have had at that hour. ``tests/fusion/test_gbt_baseline.py``
 checks this by truncating stays: the features of the first ``k`` hours are the first ``k`` rows of
 the features of the whole stay.
 
@@ -43,8 +43,13 @@ def _names() -> tuple[str, ...]:
     for c in VITALS + LABS:
         names += [f"{c}_last", f"{c}_hours_since", f"{c}_count"]
     for c in VITALS:
-        names += [f"{c}_measured", f"{c}_delta{WINDOW_H}h", f"{c}_min{WINDOW_H}h", f"{c}_max{WINDOW_H}h",
-                  f"{c}_mean{WINDOW_H}h"]
+        names += [
+            f"{c}_measured",
+            f"{c}_delta{WINDOW_H}h",
+            f"{c}_min{WINDOW_H}h",
+            f"{c}_max{WINDOW_H}h",
+            f"{c}_mean{WINDOW_H}h",
+        ]
     names += [f"{c}_delta_prev" for c in LABS]
     names += ["labs_measured_this_hour"]
     names += list(STATIC)
@@ -84,9 +89,19 @@ def _window_stats(raw: np.ndarray, hours: int) -> tuple[np.ndarray, np.ndarray, 
 def _rule_scores(ffill: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
     """NEWS2, qSOFA and infection signs from forward-filled values, via the shared rule code."""
     x = fusion_features.empty(n)
-    layout = {"hr": "HR", "spo2": "O2Sat", "rr": "Resp", "sbp": "SBP", "map": "MAP", "temp": "Temp",
-              "lactate": "Lactate", "wbc": "WBC", "creatinine": "Creatinine", "platelets": "Platelets",
-              "bilirubin": "Bilirubin_total"}
+    layout = {
+        "hr": "HR",
+        "spo2": "O2Sat",
+        "rr": "Resp",
+        "sbp": "SBP",
+        "map": "MAP",
+        "temp": "Temp",
+        "lactate": "Lactate",
+        "wbc": "WBC",
+        "creatinine": "Creatinine",
+        "platelets": "Platelets",
+        "bilirubin": "Bilirubin_total",
+    }
     for name, psv in layout.items():
         x[:, fusion_features.INDEX[name]] = ffill[psv]
     fio2 = ffill["FiO2"]  # a fraction in the challenge data; a few charts give percent
@@ -121,8 +136,9 @@ def stay_features(stay: Stay) -> np.ndarray:
     v_raw, v_ffill = raw[:, :nv], ffill[:, :nv]
     v_delta = v_ffill - _shift_down(v_ffill, WINDOW_H)
     v_min, v_max, v_mean = _window_stats(v_raw, WINDOW_H)
-    per_vital = np.stack([measured[:, :nv].astype(np.float64), v_delta, v_min, v_max, v_mean],
-                         axis=2).reshape(n, 5 * nv)
+    per_vital = np.stack([measured[:, :nv].astype(np.float64), v_delta, v_min, v_max, v_mean], axis=2).reshape(
+        n, 5 * nv
+    )
 
     # Change since the previous measurement: at a measured row the value before it is the forward
     # fill of the row above; carry that forward with the latest value.

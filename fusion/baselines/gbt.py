@@ -82,8 +82,9 @@ class _Split:
         if fraction >= 1.0:
             return
         negatives = [i for i, y in enumerate(self.labels) if not y.any()]
-        drop = set(rng.choice(negatives, size=len(negatives) - round(fraction * len(negatives)),
-                              replace=False).tolist())
+        drop = set(
+            rng.choice(negatives, size=len(negatives) - round(fraction * len(negatives)), replace=False).tolist()
+        )
         for name in ("patient_ids", "features", "labels"):
             setattr(self, name, [v for i, v in enumerate(getattr(self, name)) if i not in drop])
 
@@ -109,8 +110,13 @@ def _load_split(data_dir: Path, name: str, limit: int | None, rng: np.random.Gen
 
     all_paths = list_stays(data_dir, name)
     split = _Split(name=name, available=len(all_paths))
-    for path in tqdm(_subset(all_paths, limit, rng), desc=f"{name}: read + featurise", unit="stay",
-                     disable=not progress, file=sys.stderr):
+    for path in tqdm(
+        _subset(all_paths, limit, rng),
+        desc=f"{name}: read + featurise",
+        unit="stay",
+        disable=not progress,
+        file=sys.stderr,
+    ):
         stay = read_psv(path)
         if stay.labels is None:
             raise ValueError(f"{path}: no SepsisLabel column")
@@ -157,8 +163,10 @@ class GbtModel:
         path = Path(path) if path is not None else default_out_dir()
         card = json.loads((path / CARD_FILE).read_text())
         if card.get("feature_version") != FEATURE_VERSION:
-            raise ValueError(f"{path}: model built on features {card.get('feature_version')!r}, "
-                             f"this code computes {FEATURE_VERSION!r}; retrain")
+            raise ValueError(
+                f"{path}: model built on features {card.get('feature_version')!r}, "
+                f"this code computes {FEATURE_VERSION!r}; retrain"
+            )
         with open(path / MODEL_FILE, "rb") as f:
             classifier = pickle.load(f)
         if getattr(classifier, "n_features_in_", N_FEATURES) != N_FEATURES:
@@ -187,10 +195,16 @@ class GbtModel:
         (path / CARD_FILE).write_text(json.dumps(self.card, indent=2) + "\n")
 
 
-def train(data_dir: str | Path | None = None, out_dir: str | Path | None = None,
-          max_train_stays: int | None = None, seed: int = 0, progress: bool = True,
-          max_eval_stays: int | None = None, params: dict | None = None,
-          negative_stay_fraction: float = NEGATIVE_STAY_FRACTION) -> dict:
+def train(
+    data_dir: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    max_train_stays: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    max_eval_stays: int | None = None,
+    params: dict | None = None,
+    negative_stay_fraction: float = NEGATIVE_STAY_FRACTION,
+) -> dict:
     """Fit on TRAIN, tune the threshold on VAL, measure on TEST, save; returns the model card.
 
     ``max_train_stays`` / ``max_eval_stays``: seeded random subsets of the train / val and test
@@ -244,8 +258,10 @@ def train(data_dir: str | Path | None = None, out_dir: str | Path | None = None,
     threshold, val_utility = best_threshold(val_p, splits["val"].labels, _candidate_thresholds(val_p))
     threshold = float(threshold)
     test_p = probabilities(splits["test"])
-    test = {**_auc_metrics(test_p, splits["test"].labels),
-            "utility": _finite(_utility_at(test_p, splits["test"].labels, threshold))}
+    test = {
+        **_auc_metrics(test_p, splits["test"].labels),
+        "utility": _finite(_utility_at(test_p, splits["test"].labels, threshold)),
+    }
     evaluate_s = time.perf_counter() - t2
 
     card = {
@@ -255,10 +271,10 @@ def train(data_dir: str | Path | None = None, out_dir: str | Path | None = None,
         "data": {
             "path": str(data_dir.resolve()),
             "description": "real ICU stays: PhysioNet/CinC Challenge 2019 (sepsis), training set B, dev copy; "
-                           "hourly rows, SepsisLabel = 1 from 6 h before clinical onset",
+            "hourly rows, SepsisLabel = 1 from 6 h before clinical onset",
             "real": True,
             "split": "fixed hash split icuwatch.sources.physionet.split_of: sha256(patient id) % 10, "
-                     "0-5 train, 6-7 val, 8-9 test",
+            "0-5 train, 6-7 val, 8-9 test",
             "splits": {name: s.summary() for name, s in splits.items()},
             "max_train_stays": max_train_stays,
             "max_eval_stays": max_eval_stays,
@@ -269,18 +285,25 @@ def train(data_dir: str | Path | None = None, out_dir: str | Path | None = None,
         "feature_version": FEATURE_VERSION,
         "n_features": N_FEATURES,
         "feature_names": list(FEATURE_NAMES),
-        "timing_s": {"read_and_featurise": round(featurise_s, 1), "fit": round(fit_s, 1),
-                     "evaluate": round(evaluate_s, 1), "total": round(time.perf_counter() - t0, 1)},
+        "timing_s": {
+            "read_and_featurise": round(featurise_s, 1),
+            "fit": round(fit_s, 1),
+            "evaluate": round(evaluate_s, 1),
+            "total": round(time.perf_counter() - t0, 1),
+        },
         "threshold": threshold,
         "threshold_selection": "maximum normalized utility on the VAL split over quantiles of its probabilities",
         "val": {"utility": float(val_utility), **_auc_metrics(val_p, splits["val"].labels)},
         "test": test,
         "metric_notes": "AUROC/AUPRC over all hourly rows of the split; utility: the challenge's normalized "
-                        "utility (icuwatch.fusion.evaluation.utility) of 0/1 alarms at the threshold",
+        "utility (icuwatch.fusion.evaluation.utility) of 0/1 alarms at the threshold",
         "versions": {"sklearn": sklearn.__version__, "numpy": np.__version__, "python": platform.python_version()},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "files": {"dir": str(out_dir), "weights": MODEL_FILE,
-                  "format": "pickle (load only files you produced yourself)"},
+        "files": {
+            "dir": str(out_dir),
+            "weights": MODEL_FILE,
+            "format": "pickle (load only files you produced yourself)",
+        },
     }
     GbtModel(classifier=classifier, threshold=threshold, card=card).save(out_dir)
     return card

@@ -30,8 +30,6 @@ from pathlib import Path
 
 import numpy as np
 
-from icuwatch.core.physionet_row import zscore
-
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 IMAGE_SIZE = 224
 LOOKUP_INPUTS = ("cxr", "report")
@@ -73,11 +71,18 @@ class Cohort:
     def subset(self, idx: np.ndarray) -> "Cohort":
         """Rows ``idx`` (lookups are shared, not copied)."""
         return Cohort(
-            name=self.name, modalities=self.modalities,
+            name=self.name,
+            modalities=self.modalities,
             inputs={k: v[idx] for k, v in self.inputs.items()},
-            present=self.present[idx], staleness_h=self.staleness_h[idx], y=self.y[idx],
-            group=self.group[idx], hour=self.hour[idx], split=self.split[idx],
-            group_ids=self.group_ids, lookups=self.lookups, meta=self.meta,
+            present=self.present[idx],
+            staleness_h=self.staleness_h[idx],
+            y=self.y[idx],
+            group=self.group[idx],
+            hour=self.hour[idx],
+            split=self.split[idx],
+            group_ids=self.group_ids,
+            lookups=self.lookups,
+            meta=self.meta,
         )
 
     def dims(self) -> dict[str, tuple[int, ...]]:
@@ -94,11 +99,24 @@ class Cohort:
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {f"input__{k}": v for k, v in self.inputs.items()}
         arrays |= {f"lookup__{k}": v for k, v in self.lookups.items()}
-        header = {"name": self.name, "modalities": list(self.modalities), "group_ids": self.group_ids,
-                  "meta": self.meta}
+        header = {
+            "name": self.name,
+            "modalities": list(self.modalities),
+            "group_ids": self.group_ids,
+            "meta": self.meta,
+        }
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, present=self.present, staleness_h=self.staleness_h, y=self.y, group=self.group,
-                 hour=self.hour, split=self.split, header=np.array(json.dumps(header)), **arrays)
+        np.savez(
+            tmp,
+            present=self.present,
+            staleness_h=self.staleness_h,
+            y=self.y,
+            group=self.group,
+            hour=self.hour,
+            split=self.split,
+            header=np.array(json.dumps(header)),
+            **arrays,
+        )
         tmp.replace(path)
         return path
 
@@ -109,11 +127,17 @@ class Cohort:
         with np.load(path, allow_pickle=False) as z:
             header = json.loads(str(z["header"]))
             return cls(
-                name=header["name"], modalities=tuple(header["modalities"]),
-                inputs={k[len("input__"):]: z[k] for k in z.files if k.startswith("input__")},
-                present=z["present"], staleness_h=z["staleness_h"], y=z["y"], group=z["group"],
-                hour=z["hour"], split=z["split"], group_ids=list(header["group_ids"]),
-                lookups={k[len("lookup__"):]: z[k] for k in z.files if k.startswith("lookup__")},
+                name=header["name"],
+                modalities=tuple(header["modalities"]),
+                inputs={k[len("input__") :]: z[k] for k in z.files if k.startswith("input__")},
+                present=z["present"],
+                staleness_h=z["staleness_h"],
+                y=z["y"],
+                group=z["group"],
+                hour=z["hour"],
+                split=z["split"],
+                group_ids=list(header["group_ids"]),
+                lookups={k[len("lookup__") :]: z[k] for k in z.files if k.startswith("lookup__")},
                 meta=header["meta"],
             )
 

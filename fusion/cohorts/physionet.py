@@ -3,7 +3,7 @@
 Source: the real challenge stays (``pNNNNNN.psv``, training set B, dev copy) under
 :func:`icuwatch.sources.physionet.default_data_dir`. Row ``t`` of a stay is computed from that stay's
 rows ``<= t`` only (forward fills and look-back windows, never forward), so a model scoring hour ``t``
-sees exactly what a bedside system would have had. ``tests/test_physionet_cohort.py`` checks this by
+sees exactly what a bedside system would have had. ``tests/fusion/test_physionet_cohort.py`` checks this by
 truncating stays.
 
 Modalities ``("vitals", "labs")`` plus always-present ``static``:
@@ -35,19 +35,34 @@ from pathlib import Path
 
 import numpy as np
 
+from icuwatch.core.physionet_row import (
+    LAB_HOURS_SCALE,
+    LABS,
+    LABS_LAYOUT,
+    MODALITIES,
+    STATIC_CHANNELS,
+    VITALS,
+    VITALS_LAYOUT,
+    Z_CLIP,
+    T,
+    normalised,
+)
 from icuwatch.fusion.baselines.features import _forward_fill
-from icuwatch.fusion.cohorts.base import (SPLIT_CODES, Cohort, default_cache_dir, load_or_build_cached, progress_bar,
-                                    step_windows, zscore)
-from icuwatch.core.physionet_row import (LAB_COLUMNS, LAB_HOURS_SCALE, LABS, LABS_LAYOUT, MODALITIES,
-                                         STATIC_CHANNELS, T, VITAL_COLUMNS, VITALS, VITALS_LAYOUT, Z_CLIP,
-                                         normalised)
-from icuwatch.sources.physionet import Stay, default_data_dir, list_stays, \
-    read_psv, split_of
+from icuwatch.fusion.cohorts.base import (
+    SPLIT_CODES,
+    Cohort,
+    default_cache_dir,
+    load_or_build_cached,
+    progress_bar,
+    step_windows,
+)
+from icuwatch.sources.physionet import Stay, default_data_dir, list_stays, read_psv, split_of
 
 COHORT_VERSION = "physionet-cohort-v1"
 NAME = "physionet"
 SOURCE = "real PhysioNet 2019 training set B dev copy"
 # --- reading ---------------------------------------------------------------------------------------
+
 
 def read_stay(path: str | Path) -> Stay:
     """The same :class:`Stay` as :func:`read_psv`, about 4x faster (split the text, one float parse);
@@ -87,6 +102,7 @@ def stay_hours(stay: Stay) -> np.ndarray:
 
 # --- normalisation ---------------------------------------------------------------------------------
 
+
 def fit_norm(stays: list[Stay]) -> dict:
     """Per-channel mean/std (ddof 0) of the measured vital and lab values of the TRAIN stays among
     ``stays`` (``split_of(patient_id) == "train"``). A channel without train measurements gets mean 0,
@@ -105,8 +121,12 @@ def fit_norm(stays: list[Stay]) -> dict:
             var = np.where(count > 0, np.nansum((x - mean) ** 2, axis=0) / np.maximum(count, 1), 1.0)
         std = np.sqrt(var)
         std = np.where(std > 1e-6, std, 1.0)
-        out[name] = {"channels": list(cols), "mean": [float(v) for v in mean], "std": [float(v) for v in std],
-                     "count": [int(v) for v in count]}
+        out[name] = {
+            "channels": list(cols),
+            "mean": [float(v) for v in mean],
+            "std": [float(v) for v in std],
+            "count": [int(v) for v in count],
+        }
     return out
 
 
@@ -114,6 +134,7 @@ _zscore = normalised
 
 
 # --- one stay --------------------------------------------------------------------------------------
+
 
 def stay_inputs(stay: Stay, norm: dict) -> dict:
     """The cohort rows of one stay, row ``t`` from rows ``<= t`` only (vectorised numpy).
@@ -134,8 +155,9 @@ def stay_inputs(stay: Stay, norm: dict) -> dict:
     ffill_l, last_l = _forward_fill(raw_l, measured_l)
     ever_l = last_l >= 0
     since_l = np.maximum(hour[:, None] - hour[np.maximum(last_l, 0)], 0.0)
-    labs = np.stack([_zscore(ffill_l, norm, "labs"), ever_l,
-                     np.where(ever_l, np.log1p(since_l) / LAB_HOURS_SCALE, 0.0)], axis=2)
+    labs = np.stack(
+        [_zscore(ffill_l, norm, "labs"), ever_l, np.where(ever_l, np.log1p(since_l) / LAB_HOURS_SCALE, 0.0)], axis=2
+    )
     labs = labs.reshape(n, 3 * len(LABS)).astype(np.float32)
 
     present = np.empty((n, len(MODALITIES)), dtype=bool)
@@ -147,15 +169,18 @@ def stay_inputs(stay: Stay, norm: dict) -> dict:
 
     demo = _columns(stay, ("Age", "Gender", "Unit1", "Unit2", "HospAdmTime"))
     age, gender, unit1, unit2, hosp = (demo[:, i] for i in range(5))
-    static = np.stack([
-        np.nan_to_num(age / 100.0, nan=0.0),
-        np.nan_to_num(gender, nan=0.0),
-        np.nan_to_num(unit1, nan=0.0),
-        np.nan_to_num(unit2, nan=0.0),
-        (~np.isnan(unit1) | ~np.isnan(unit2)).astype(np.float64),
-        np.nan_to_num(np.clip(hosp / 1000.0, -1.0, 1.0), nan=0.0),
-        hour / 100.0,
-    ], axis=1).astype(np.float32)
+    static = np.stack(
+        [
+            np.nan_to_num(age / 100.0, nan=0.0),
+            np.nan_to_num(gender, nan=0.0),
+            np.nan_to_num(unit1, nan=0.0),
+            np.nan_to_num(unit2, nan=0.0),
+            (~np.isnan(unit1) | ~np.isnan(unit2)).astype(np.float64),
+            np.nan_to_num(np.clip(hosp / 1000.0, -1.0, 1.0), nan=0.0),
+            hour / 100.0,
+        ],
+        axis=1,
+    ).astype(np.float32)
 
     labels = stay.labels
     return {
@@ -169,8 +194,8 @@ def stay_inputs(stay: Stay, norm: dict) -> dict:
 
 # --- the cohort ------------------------------------------------------------------------------------
 
-def build(data_dir: str | Path | None = None, limit: int | None = None, seed: int = 0,
-          progress: bool = True) -> Cohort:
+
+def build(data_dir: str | Path | None = None, limit: int | None = None, seed: int = 0, progress: bool = True) -> Cohort:
     """The cohort of every stay of ``data_dir`` (default ``default_data_dir()``), or of a seeded random
     subset of ``limit`` stays (in name order). Normalisation is fitted on the train stays read."""
     started = time.perf_counter()
@@ -187,9 +212,11 @@ def build(data_dir: str | Path | None = None, limit: int | None = None, seed: in
 
     lengths = np.array([s.values.shape[0] for s in stays], dtype=np.int64)
     n = int(lengths.sum())
-    inputs = {"vitals": np.zeros((n, T, 2 * len(VITALS)), np.float32),
-              "labs": np.zeros((n, 3 * len(LABS)), np.float32),
-              "static": np.zeros((n, len(STATIC_CHANNELS)), np.float32)}
+    inputs = {
+        "vitals": np.zeros((n, T, 2 * len(VITALS)), np.float32),
+        "labs": np.zeros((n, 3 * len(LABS)), np.float32),
+        "static": np.zeros((n, len(STATIC_CHANNELS)), np.float32),
+    }
     present = np.zeros((n, len(MODALITIES)), bool)
     staleness = np.zeros((n, len(MODALITIES)), np.float32)
     y = np.zeros(n, np.int8)
@@ -211,9 +238,14 @@ def build(data_dir: str | Path | None = None, limit: int | None = None, seed: in
         hour[start:end] = rows["hour"]
         start = end
 
-    per_split = {s: {"stays": int(sum(split_of(st.patient_id) == s for st in stays)),
-                     "rows": int((split == c).sum()), "positives": int(y[split == c].sum())}
-                 for s, c in SPLIT_CODES.items()}
+    per_split = {
+        s: {
+            "stays": int(sum(split_of(st.patient_id) == s for st in stays)),
+            "rows": int((split == c).sum()),
+            "positives": int(y[split == c].sum()),
+        }
+        for s, c in SPLIT_CODES.items()
+    }
     meta = {
         "version": COHORT_VERSION,
         "source": SOURCE,
@@ -228,16 +260,26 @@ def build(data_dir: str | Path | None = None, limit: int | None = None, seed: in
         "vitals_layout": list(VITALS_LAYOUT),
         "labs_layout": list(LABS_LAYOUT),
         "vitals_values": "forward-filled within the stay up to each step's hour, z-scored, 0 if never "
-                         "measured yet; steps before the first row are zeros",
+        "measured yet; steps before the first row are zeros",
         "staleness": "hours (ICULOS) from the newest measured value of any channel of the modality",
         "norm": norm,
         "per_split": per_split,
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "build_seconds": round(time.perf_counter() - started, 2),
     }
-    return Cohort(name=NAME, modalities=MODALITIES, inputs=inputs, present=present, staleness_h=staleness,
-                  y=y, group=group, hour=hour, split=split, group_ids=[s.patient_id for s in stays],
-                  meta=meta)
+    return Cohort(
+        name=NAME,
+        modalities=MODALITIES,
+        inputs=inputs,
+        present=present,
+        staleness_h=staleness,
+        y=y,
+        group=group,
+        hour=hour,
+        split=split,
+        group_ids=[s.patient_id for s in stays],
+        meta=meta,
+    )
 
 
 def cache_path(cache_dir: str | Path | None = None, limit: int | None = None) -> Path:
@@ -245,11 +287,17 @@ def cache_path(cache_dir: str | Path | None = None, limit: int | None = None) ->
     return cache_dir / f"{COHORT_VERSION}{'' if limit is None else f'-limit{limit}'}.npz"
 
 
-def load_or_build(data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
-                  limit: int | None = None, progress: bool = True) -> Cohort:
+def load_or_build(
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+) -> Cohort:
     """The cached cohort (``var/cache/physionet-cohort-v1[-limitN].npz``), built and saved when the
     cache is missing, unreadable, of another ``COHORT_VERSION`` or of another data directory."""
     wanted_dir = str((Path(data_dir) if data_dir is not None else default_data_dir()).resolve())
     return load_or_build_cached(
-        cache_path(cache_dir, limit), lambda: build(data_dir, limit=limit, progress=progress),
-        lambda c: c.meta.get("version") == COHORT_VERSION and c.meta.get("data_dir") == wanted_dir)
+        cache_path(cache_dir, limit),
+        lambda: build(data_dir, limit=limit, progress=progress),
+        lambda c: c.meta.get("version") == COHORT_VERSION and c.meta.get("data_dir") == wanted_dir,
+    )

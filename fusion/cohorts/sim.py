@@ -57,15 +57,28 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from icuwatch.core.physionet_row import VITAL_COLUMNS, zscore
 from icuwatch.encoders.tokenizer import encode
-from icuwatch.fusion.cohorts.base import (IMAGE_SIZE, SPLIT_CODES, Cohort, default_cache_dir, load_or_build_cached,
-                                    progress_bar, step_windows, zscore)
-from icuwatch.sources.physionet import VITAL_COLUMNS, split_of
+from icuwatch.fusion.cohorts.base import (
+    IMAGE_SIZE,
+    SPLIT_CODES,
+    Cohort,
+    default_cache_dir,
+    load_or_build_cached,
+    progress_bar,
+    step_windows,
+)
+from icuwatch.sources.physionet import split_of
 from icuwatch.sources.simulator import cxr as cxr_images
 from icuwatch.sources.simulator import labs as sim_labs
 from icuwatch.sources.simulator import waveforms as sim_waves
 from icuwatch.sources.simulator.patients import (
-    STREAM_CXR, STREAM_LABS, STREAM_VITALS, STREAM_WAVES, PatientSpec, draw_patients,
+    STREAM_CXR,
+    STREAM_LABS,
+    STREAM_VITALS,
+    STREAM_WAVES,
+    PatientSpec,
+    draw_patients,
 )
 from icuwatch.sources.simulator.physiology import VitalsGenerator
 from icuwatch.sources.simulator.simulation import BLOCK_S, Study, cxr_schedule
@@ -81,16 +94,16 @@ H = 3600
 
 VITALS: tuple[str, ...] = tuple(VITAL_COLUMNS.values())  # hr, spo2, temp, sbp, map, dbp, rr
 WAVEFORM_CHANNELS: tuple[str, ...] = (
-    "ecg_hr",      # 60 / mean R-R interval of the hour's beats (beats/min)
-    "rmssd_ms",    # root mean square of successive R-R differences over the hour (ms)
-    "ppg_amp",     # PPG pulse amplitude (99th - 1st percentile) over the hour's last 10 s (a.u.)
-    "resp_rate",   # breaths/min from the respiration waveform's phase advance over the hour
-    "resp_amp",    # respiration amplitude (99th - 1st percentile) over the hour's last 30 s (a.u.)
+    "ecg_hr",  # 60 / mean R-R interval of the hour's beats (beats/min)
+    "rmssd_ms",  # root mean square of successive R-R differences over the hour (ms)
+    "ppg_amp",  # PPG pulse amplitude (99th - 1st percentile) over the hour's last 10 s (a.u.)
+    "resp_rate",  # breaths/min from the respiration waveform's phase advance over the hour
+    "resp_amp",  # respiration amplitude (99th - 1st percentile) over the hour's last 30 s (a.u.)
 )
 LABS: tuple[str, ...] = sim_labs.FULL
 STATIC_CHANNELS: tuple[str, ...] = (
-    "age_div100",    # age / 100
-    "gender",        # 1 male, 0 female (as PhysioNet's Gender)
+    "age_div100",  # age / 100
+    "gender",  # 1 male, 0 female (as PhysioNet's Gender)
     "hours_div100",  # hours since admission (the row's hour) / 100
 )
 VITALS_LAYOUT = tuple(f"{c}_z" for c in VITALS) + tuple(f"{c}_measured" for c in VITALS)
@@ -114,6 +127,7 @@ _SNIPPET_PPG_S, _SNIPPET_RESP_S = 10, 30
 
 
 # --- one patient -----------------------------------------------------------------------------------
+
 
 class _Replay:
     """Stands in for ``VitalsGenerator.rng``: hands out pre-arranged normals, one array per call."""
@@ -152,8 +166,9 @@ def stream_vitals(p: PatientSpec, n_sec: int, horizon_s: int) -> dict[str, np.nd
     return {k: v[:n_sec] for k, v in out.items()}
 
 
-def beat_times(gen: sim_waves.WaveformGenerator, hr: np.ndarray, until: float,
-               chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def beat_times(
+    gen: sim_waves.WaveformGenerator, hr: np.ndarray, until: float, chunk: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
     """``gen._extend_beats(0, until, hr)`` solved vectorised: the same recursion
     ``t += max(60 / hr[int(t)] * (1 + 0.015 z), 0.25)`` on the same jitter draws, by fixed-point
     iteration chunk by chunk (each pass makes at least one more beat exact). Returns (beat times,
@@ -233,16 +248,17 @@ def waveform_features(p: PatientSpec, v: dict[str, np.ndarray], hours: int, rng:
     ph = phase_at(t_resp)
     resp = depth * (np.sin(ph) + 0.15 * np.sin(2 * ph + 0.7)) + 0.02 * noise[:, n_ppg:].ravel()
 
-    return np.stack([ecg_hr, rmssd, _pctl_range(ppg.reshape(hours, -1)), resp_rate,
-                     _pctl_range(resp.reshape(hours, -1))], axis=1)
+    return np.stack(
+        [ecg_hr, rmssd, _pctl_range(ppg.reshape(hours, -1)), resp_rate, _pctl_range(resp.reshape(hours, -1))], axis=1
+    )
 
 
 @dataclass
 class _Patient:
-    vitals: np.ndarray          # [hours, 7] hourly means
-    waves: np.ndarray | None    # [hours, C] or None (not monitored)
-    labs: np.ndarray            # [L, 4]: collection h, result h, analyte index, value
-    studies: list[Study]        # arrival <= hours
+    vitals: np.ndarray  # [hours, 7] hourly means
+    waves: np.ndarray | None  # [hours, C] or None (not monitored)
+    labs: np.ndarray  # [L, 4]: collection h, result h, analyte index, value
+    studies: list[Study]  # arrival <= hours
     images: list[np.ndarray]
     reports: list[str]
     has_report: list[bool]
@@ -261,8 +277,10 @@ def simulate_patient(p: PatientSpec, hours: int, horizon_h: int) -> _Patient:
         waves = waveform_features(p, v, hours, noise)
     del v
 
-    labs = [((lab.event_time - START_TIME) / H, (lab.result_time - START_TIME) / H, LABS.index(lab.analyte), lab.value)
-            for lab in sim_labs.lab_messages(p, START_TIME, float(horizon_s), p.rng(STREAM_LABS))]
+    labs = [
+        ((lab.event_time - START_TIME) / H, (lab.result_time - START_TIME) / H, LABS.index(lab.analyte), lab.value)
+        for lab in sim_labs.lab_messages(p, START_TIME, float(horizon_s), p.rng(STREAM_LABS))
+    ]
     labs_arr = np.asarray(labs, dtype=float).reshape(-1, 4)
     labs_arr = labs_arr[labs_arr[:, 1] <= hours]
 
@@ -283,6 +301,7 @@ def simulate_patient(p: PatientSpec, hours: int, horizon_h: int) -> _Patient:
 
 
 # --- rows ------------------------------------------------------------------------------------------
+
 
 def _fit(x: np.ndarray) -> dict:
     """Mean/std (ddof 0) per column of [n, C]; std 1 where constant or empty."""
@@ -328,24 +347,44 @@ def build(n_patients: int = 1000, hours: int = 36, seed: int = 0, progress: bool
         raise ValueError("n_patients and hours must be >= 1")
     started = time.perf_counter()
     horizon_h = max(hours, MIN_HORIZON_H)
-    patients = draw_patients(n_patients, seed, float(horizon_h * H), DETERIORATING_FRACTION,
-                             (ONSET_WINDOW_H[0] * H, ONSET_WINDOW_H[1] * H), PATIENT_PREFIX)
-    sims = [simulate_patient(p, hours, horizon_h) for p in progress_bar(patients, n_patients, "sim cohort", "patient", progress)]
+    patients = draw_patients(
+        n_patients,
+        seed,
+        float(horizon_h * H),
+        DETERIORATING_FRACTION,
+        (ONSET_WINDOW_H[0] * H, ONSET_WINDOW_H[1] * H),
+        PATIENT_PREFIX,
+    )
+    sims = [
+        simulate_patient(p, hours, horizon_h)
+        for p in progress_bar(patients, n_patients, "sim cohort", "patient", progress)
+    ]
 
     ids = [p.patient_id for p in patients]
     split_p = np.array([SPLIT_CODES[split_of(i)] for i in ids], np.uint8)
     train = [s for s, c in zip(sims, split_p) if c == SPLIT_CODES["train"]]
     norm = {
-        "computed_on": "train", "n_train_patients": len(train), "z_clip": Z_CLIP,
+        "computed_on": "train",
+        "n_train_patients": len(train),
+        "z_clip": Z_CLIP,
         "vitals": {"channels": list(VITALS), **_fit(np.concatenate([s.vitals for s in train] or [np.zeros((0, 7))]))},
-        "waveforms": {"channels": list(WAVEFORM_CHANNELS), **_fit(np.concatenate(
-            [s.waves for s in train if s.waves is not None] or [np.zeros((0, len(WAVEFORM_CHANNELS)))]))},
+        "waveforms": {
+            "channels": list(WAVEFORM_CHANNELS),
+            **_fit(
+                np.concatenate(
+                    [s.waves for s in train if s.waves is not None] or [np.zeros((0, len(WAVEFORM_CHANNELS)))]
+                )
+            ),
+        },
         "labs": {"channels": list(LABS)},
     }
     lab_vals = np.concatenate([s.labs for s in train] or [np.zeros((0, 4))])
     lab_norm = [_fit(lab_vals[lab_vals[:, 2] == a, 3:4]) for a in range(len(LABS))]
-    norm["labs"] |= {"mean": [n["mean"][0] for n in lab_norm], "std": [n["std"][0] for n in lab_norm],
-                     "count": [n["count"] for n in lab_norm]}
+    norm["labs"] |= {
+        "mean": [n["mean"][0] for n in lab_norm],
+        "std": [n["std"][0] for n in lab_norm],
+        "count": [n["count"] for n in lab_norm],
+    }
 
     n = n_patients * hours
     m = len(MODALITIES)
@@ -380,13 +419,20 @@ def build(n_patients: int = 1000, hours: int = 36, seed: int = 0, progress: bool
         for k, st in enumerate(sim.studies):  # newest acquisition among the arrived studies
             newer = (t * H >= st.arrival_rel) & (st.t_rel >= cxr_t)
             cxr_idx[newer], cxr_t[newer] = base + k, st.t_rel
-            studies_meta.append({
-                "patient": i, "patient_id": p.patient_id, "study_id": f"{p.patient_id}-cxr{st.number:03d}",
-                "time_h": round(st.t_rel / H, 4), "arrival_h": round(st.arrival_rel / H, 4),
-                "severity": round(st.severity, 4), "pattern": st.pattern, "lobe": p.lobe,
-                "prior_severity": None if st.prior_severity is None else round(st.prior_severity, 4),
-                "has_report": sim.has_report[k],
-            })
+            studies_meta.append(
+                {
+                    "patient": i,
+                    "patient_id": p.patient_id,
+                    "study_id": f"{p.patient_id}-cxr{st.number:03d}",
+                    "time_h": round(st.t_rel / H, 4),
+                    "arrival_h": round(st.arrival_rel / H, 4),
+                    "severity": round(st.severity, 4),
+                    "pattern": st.pattern,
+                    "lobe": p.lobe,
+                    "prior_severity": None if st.prior_severity is None else round(st.prior_severity, 4),
+                    "has_report": sim.has_report[k],
+                }
+            )
             report_texts.append(sim.reports[k] if sim.has_report[k] else None)
         images.extend(sim.images)
         has = cxr_idx >= 0
@@ -397,16 +443,26 @@ def build(n_patients: int = 1000, hours: int = 36, seed: int = 0, progress: bool
         age_h = np.where(has, t - np.where(has, cxr_t, 0.0) / H, 0.0)
         staleness[rows, 3], staleness[rows, 4] = age_h, np.where(written, age_h, 0.0)
 
-        inputs["static"][rows] = np.stack([np.full(hours, p.age / 100.0), np.full(hours, float(p.sex == "M")),
-                                           t / 100.0], axis=1)
+        inputs["static"][rows] = np.stack(
+            [np.full(hours, p.age / 100.0), np.full(hours, float(p.sex == "M")), t / 100.0], axis=1
+        )
         onset_h = None if p.onset_s is None else p.onset_s / H
         if onset_h is not None:
             y[rows] = t >= onset_h - LABEL_LEAD_H
-        patients_meta.append({
-            "patient_id": p.patient_id, "condition": p.condition, "onset_h": onset_h,
-            "sepsis_source": p.sepsis_source, "peak": p.peak, "ramp_h": p.ramp_s / H if p.deteriorates else None,
-            "age": p.age, "sex": p.sex, "unit": p.unit, "waveforms_monitored": sim.waves is not None,
-        })
+        patients_meta.append(
+            {
+                "patient_id": p.patient_id,
+                "condition": p.condition,
+                "onset_h": onset_h,
+                "sepsis_source": p.sepsis_source,
+                "peak": p.peak,
+                "ramp_h": p.ramp_s / H if p.deteriorates else None,
+                "age": p.age,
+                "sex": p.sex,
+                "unit": p.unit,
+                "waveforms_monitored": sim.waves is not None,
+            }
+        )
     del sims
 
     s_count = len(images)
@@ -420,27 +476,36 @@ def build(n_patients: int = 1000, hours: int = 36, seed: int = 0, progress: bool
     per_split = {}
     for name, code in SPLIT_CODES.items():
         sel = split == code
-        per_split[name] = {"patients": int((split_p == code).sum()), "rows": int(sel.sum()),
-                           "positive_rows": int(y[sel].sum()),
-                           "positive_patients": int(len(np.unique(group[sel & (y == 1)])))}
+        per_split[name] = {
+            "patients": int((split_p == code).sum()),
+            "rows": int(sel.sum()),
+            "positive_rows": int(y[sel].sum()),
+            "positive_patients": int(len(np.unique(group[sel & (y == 1)]))),
+        }
     meta = {
         "version": COHORT_VERSION,
         "source": SOURCE,
-        "n_patients": n_patients, "hours": hours, "seed": seed, "horizon_h": horizon_h,
+        "n_patients": n_patients,
+        "hours": hours,
+        "seed": seed,
+        "horizon_h": horizon_h,
         "T": T,
-        "onset_window_h": list(ONSET_WINDOW_H), "deteriorating_fraction": DETERIORATING_FRACTION,
-        "no_waveform_fraction": NO_WAVEFORM_FRACTION, "no_report_fraction": NO_REPORT_FRACTION,
+        "onset_window_h": list(ONSET_WINDOW_H),
+        "deteriorating_fraction": DETERIORATING_FRACTION,
+        "no_waveform_fraction": NO_WAVEFORM_FRACTION,
+        "no_report_fraction": NO_REPORT_FRACTION,
         "label_rule": f"y = 1 from onset - {LABEL_LEAD_H:g} h on for deteriorating patients (PhysioNet 2019 rule)",
         "vital_channels": list(VITALS),
         "waveform_channels": list(WAVEFORM_CHANNELS),
         "lab_channels": list(LABS),
         "static_channels": list(STATIC_CHANNELS),
-        "vitals_layout": list(VITALS_LAYOUT), "waveforms_layout": list(WAVEFORMS_LAYOUT),
+        "vitals_layout": list(VITALS_LAYOUT),
+        "waveforms_layout": list(WAVEFORMS_LAYOUT),
         "labs_layout": list(LABS_LAYOUT),
         "causality": "row at hour t: vitals/waveform seconds < t, labs with result time <= t, X-rays with "
-                     "arrival time <= t; staleness / hours-since from collection/acquisition time",
+        "arrival time <= t; staleness / hours-since from collection/acquisition time",
         "staleness": "vitals, waveforms 0 (continuous); labs: hours since the newest available collection; "
-                     "cxr/report: hours since the shown study's acquisition",
+        "cxr/report: hours since the shown study's acquisition",
         "norm": norm,
         "per_split": per_split,
         "n_studies": s_count,
@@ -450,9 +515,20 @@ def build(n_patients: int = 1000, hours: int = 36, seed: int = 0, progress: bool
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "build_seconds": round(time.perf_counter() - started, 2),
     }
-    return Cohort(name=NAME, modalities=MODALITIES, inputs=inputs, present=present,
-                  staleness_h=staleness.astype(np.float32), y=y, group=group, hour=hour, split=split,
-                  group_ids=ids, lookups=lookups, meta=meta)
+    return Cohort(
+        name=NAME,
+        modalities=MODALITIES,
+        inputs=inputs,
+        present=present,
+        staleness_h=staleness.astype(np.float32),
+        y=y,
+        group=group,
+        hour=hour,
+        split=split,
+        group_ids=ids,
+        lookups=lookups,
+        meta=meta,
+    )
 
 
 def cache_path(n_patients: int = 1000, hours: int = 36, seed: int = 0, cache_dir: str | Path | None = None) -> Path:
@@ -460,10 +536,13 @@ def cache_path(n_patients: int = 1000, hours: int = 36, seed: int = 0, cache_dir
     return cache_dir / f"{COHORT_VERSION}-n{n_patients}-h{hours}-s{seed}.npz"
 
 
-def load_or_build(n_patients: int = 1000, hours: int = 36, seed: int = 0, cache_dir: str | Path | None = None,
-                  progress: bool = True) -> Cohort:
+def load_or_build(
+    n_patients: int = 1000, hours: int = 36, seed: int = 0, cache_dir: str | Path | None = None, progress: bool = True
+) -> Cohort:
     """The cached cohort (``var/cache/sim-cohort-v1-n{n}-h{h}-s{seed}.npz``), built and saved when the
     cache is missing, unreadable or of another ``COHORT_VERSION``."""
-    return load_or_build_cached(cache_path(n_patients, hours, seed, cache_dir),
-                                lambda: build(n_patients, hours, seed, progress=progress),
-                                lambda c: c.meta.get("version") == COHORT_VERSION)
+    return load_or_build_cached(
+        cache_path(n_patients, hours, seed, cache_dir),
+        lambda: build(n_patients, hours, seed, progress=progress),
+        lambda c: c.meta.get("version") == COHORT_VERSION,
+    )

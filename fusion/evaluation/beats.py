@@ -20,8 +20,8 @@ import numpy as np
 import wfdb
 from wfdb import processing as wproc
 
-from icuwatch.sources.wfdb_records import _record_name, pick_ecg, segments
 from icuwatch.signals.waveform_features import detect_r_peaks
+from icuwatch.sources.wfdb_records import _record_name, pick_ecg, segments
 
 WINDOW_S = 0.150
 BEAT_SYMBOLS = set("NLRBAaJSVrFejnE/fQ?")
@@ -35,7 +35,7 @@ def detect_record_beats(record_path: str | Path) -> dict[str, Any]:
     peaks: list[np.ndarray] = []
     fs = None
     leads = []
-    for start, seg_path, length, seg_fs in segments(name, stats):
+    for start, seg_path, _length, _seg_fs in segments(name, stats):
         header = wfdb.rdheader(seg_path)
         idx = pick_ecg(list(header.sig_name or []))
         if idx is None:
@@ -71,13 +71,19 @@ def waveform_beats(record_path: str | Path, out_dir: str | Path, window_s: float
     samples, fs = found["samples"], found["fs"]
     if samples.size:
         wfdb.wrann(record, "qrs", samples, symbol=["N"] * samples.size, write_dir=str(out_dir), fs=fs)
-    result: dict[str, Any] = {"record": record, "lead": found["lead"], "fs": fs, "beats": int(samples.size),
-                              "annotation": str(out_file) if samples.size else None}
+    result: dict[str, Any] = {
+        "record": record,
+        "lead": found["lead"],
+        "fs": fs,
+        "beats": int(samples.size),
+        "annotation": str(out_file) if samples.size else None,
+    }
     if found["segments"]:
         result["segments"] = found["segments"]
     if ref_path is None:
-        result.update(reference=None, scored=False,
-                      note="no reference annotation (.atr/.qrs) next to the record: not scored")
+        result.update(
+            reference=None, scored=False, note="no reference annotation (.atr/.qrs) next to the record: not scored"
+        )
         return result
     ref = wfdb.rdann(name, ref_path.suffix[1:])
     ref_samples = np.array([s for s, sym in zip(ref.sample, ref.symbol) if sym in BEAT_SYMBOLS], dtype=np.int64)
@@ -92,6 +98,11 @@ def waveform_beats(record_path: str | Path, out_dir: str | Path, window_s: float
         return result
     window = max(1, int(round(window_s * fs)))
     cmp = wproc.compare_annotations(ref_samples, samples, window)
-    result.update(tp=int(cmp.tp), fp=int(cmp.fp), fn=int(cmp.fn), sensitivity=float(cmp.sensitivity),
-                  positive_predictivity=float(cmp.positive_predictivity))
+    result.update(
+        tp=int(cmp.tp),
+        fp=int(cmp.fp),
+        fn=int(cmp.fn),
+        sensitivity=float(cmp.sensitivity),
+        positive_predictivity=float(cmp.positive_predictivity),
+    )
     return result

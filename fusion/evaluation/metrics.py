@@ -107,8 +107,15 @@ def calibration(labels: Sequence, probabilities: Sequence, n_bins: int = 10) -> 
         rate = float(y[in_bin].mean()) if count else None
         if count:
             ece += count / y.size * abs(mean_p - rate)
-        bins.append({"lo": float(edges[i]), "hi": float(edges[i + 1]), "count": count,
-                     "mean_probability": mean_p, "positive_rate": rate})
+        bins.append(
+            {
+                "lo": float(edges[i]),
+                "hi": float(edges[i + 1]),
+                "count": count,
+                "mean_probability": mean_p,
+                "positive_rate": rate,
+            }
+        )
     return (float(ece) if y.size else float("nan")), bins
 
 
@@ -123,8 +130,7 @@ def alert_episodes(predictions) -> int:
     return int(pred[0] == 1) + int(np.count_nonzero((pred[1:] == 1) & (pred[:-1] == 0)))
 
 
-def patient_alert_stats(labels: Sequence, predictions: Sequence,
-                        params: UtilityParams = DEFAULT) -> dict:
+def patient_alert_stats(labels: Sequence, predictions: Sequence, params: UtilityParams = DEFAULT) -> dict:
     """Per-patient alert metrics (definitions in the module docstring)."""
     _check_lengths(labels, predictions, "prediction")
     septic = detected = before_onset = in_window = never_alerted_nonseptic = nonseptic = 0
@@ -172,8 +178,9 @@ def patient_alert_stats(labels: Sequence, predictions: Sequence,
 # ------------------------------------------------------------------------------------ thresholds
 
 
-def utility_vs_threshold(probabilities: Sequence, labels: Sequence, thresholds=DEFAULT_THRESHOLDS,
-                         params: UtilityParams = DEFAULT) -> np.ndarray:
+def utility_vs_threshold(
+    probabilities: Sequence, labels: Sequence, thresholds=DEFAULT_THRESHOLDS, params: UtilityParams = DEFAULT
+) -> np.ndarray:
     """Normalized utility of ``PredictedLabel = probability >= threshold`` for each threshold.
 
     ``probabilities`` and ``labels``: one array per patient. Exact (same as ``normalized_utility`` of
@@ -200,8 +207,9 @@ def utility_vs_threshold(probabilities: Sequence, labels: Sequence, thresholds=D
     return np.array([normalize(o, best, inaction) for o in observed])
 
 
-def best_threshold(probabilities: Sequence, labels: Sequence, thresholds=DEFAULT_THRESHOLDS,
-                   params: UtilityParams = DEFAULT) -> tuple[float, float]:
+def best_threshold(
+    probabilities: Sequence, labels: Sequence, thresholds=DEFAULT_THRESHOLDS, params: UtilityParams = DEFAULT
+) -> tuple[float, float]:
     """(threshold, normalized utility) maximizing the utility over ``thresholds`` (the lowest on ties).
 
     Raises ValueError when the utility is undefined (no septic patient among ``labels``).

@@ -35,8 +35,9 @@ def roc_plot(path: Path, labels: list, models: dict[str, list], aurocs: dict[str
         auc = aurocs.get(name)
         ax.plot(fpr, tpr, label=f"{name} (AUROC {auc:.3f})" if auc is not None else name)
     ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, hourly rows", xlim=(0, 1),
-           ylim=(0, 1.01))
+    ax.set(
+        xlabel="false positive rate", ylabel="true positive rate", title="ROC, hourly rows", xlim=(0, 1), ylim=(0, 1.01)
+    )
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)
 
@@ -64,11 +65,16 @@ def reliability_plot(path: Path, bins_by_model: dict[str, list[dict]], eces: dic
     for k, (name, bins) in enumerate(bins_by_model.items()):
         used = [b for b in bins if b["count"]]
         ece = eces.get(name)
-        ax.plot([b["mean_probability"] for b in used], [b["positive_rate"] for b in used], marker="o",
-                label=f"{name} (ECE {ece:.3f})" if ece is not None else name)
+        ax.plot(
+            [b["mean_probability"] for b in used],
+            [b["positive_rate"] for b in used],
+            marker="o",
+            label=f"{name} (ECE {ece:.3f})" if ece is not None else name,
+        )
         offset = (k + 0.5) / len(bins_by_model) * width
-        axn.bar([b["lo"] + offset for b in bins], [b["count"] for b in bins],
-                width=width / len(bins_by_model), alpha=0.7)
+        axn.bar(
+            [b["lo"] + offset for b in bins], [b["count"] for b in bins], width=width / len(bins_by_model), alpha=0.7
+        )
     ax.set(ylabel="observed positive rate", title="Reliability (10 equal-width bins)", xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="upper left", fontsize=8)
     axn.set(xlabel="predicted probability", ylabel="rows")
@@ -79,8 +85,9 @@ def reliability_plot(path: Path, bins_by_model: dict[str, list[dict]], eces: dic
     return _save(fig, path)
 
 
-def utility_threshold_plot(path: Path, thresholds: np.ndarray, curves: dict[str, np.ndarray],
-                           own: dict[str, tuple[float | None, float | None]]) -> Path:
+def utility_threshold_plot(
+    path: Path, thresholds: np.ndarray, curves: dict[str, np.ndarray], own: dict[str, tuple[float | None, float | None]]
+) -> Path:
     """Utility of re-thresholded probabilities; ``own``: name -> (implied threshold, utility of its labels)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -90,8 +97,12 @@ def utility_threshold_plot(path: Path, thresholds: np.ndarray, curves: dict[str,
         if thr is not None and util is not None:
             ax.plot([thr], [util], marker="o", c=line.get_color())
     ax.axhline(0, c="grey", lw=1, ls=":")
-    ax.set(xlabel="threshold on PredictedProbability", ylabel="normalized utility",
-           title="Utility against threshold (dot: the model's own labels)", xlim=(0, 1))
+    ax.set(
+        xlabel="threshold on PredictedProbability",
+        ylabel="normalized utility",
+        title="Utility against threshold (dot: the model's own labels)",
+        xlim=(0, 1),
+    )
     ax.legend(fontsize=8)
     return _save(fig, path)
 

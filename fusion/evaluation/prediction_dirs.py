@@ -4,9 +4,7 @@ per stay) against a folder of labelled stays: metrics, plots and a report per mo
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -24,8 +22,9 @@ from icuwatch.fusion.evaluation.report import (
 )
 
 
-def generate_baselines(names, stays: list[Path], label_dir: Path, out_dir: Path,
-                       progress: bool = True) -> dict[str, Path]:
+def generate_baselines(
+    names, stays: list[Path], label_dir: Path, out_dir: Path, progress: bool = True
+) -> dict[str, Path]:
     """Prediction folders ``out_dir/baselines/NAME`` from ``icuwatch.fusion.psv_predict.predict_dir``."""
     try:
         from icuwatch.fusion.psv_predict import predict_dir
@@ -55,9 +54,16 @@ def _examples(labels, preds, implied: dict, n: int) -> list[dict]:
     later = [i for i in septic if int(np.argmax(labels.labels[i])) >= 12]
     septic = (later + [i for i in septic if i not in later])[: (n + 1) // 2]
     others = [i for i, lab in enumerate(labels.labels) if not lab.any() and lab.size >= 12][: n - len(septic)]
-    return [{"patient_id": labels.patient_ids[i], "iculos": labels.iculos[i], "labels": labels.labels[i],
-             "models": {p.name: p.probabilities[i] for p in preds}, "thresholds": implied}
-            for i in septic + others]
+    return [
+        {
+            "patient_id": labels.patient_ids[i],
+            "iculos": labels.iculos[i],
+            "labels": labels.labels[i],
+            "models": {p.name: p.probabilities[i] for p in preds},
+            "thresholds": implied,
+        }
+        for i in septic + others
+    ]
 
 
 def _figures(out_dir: Path, labels, preds, models: dict, examples: int) -> dict:
@@ -65,20 +71,27 @@ def _figures(out_dir: Path, labels, preds, models: dict, examples: int) -> dict:
     figures_dir = out_dir / "figures"
     probs_by_model = {p.name: p.probabilities for p in preds}
     figures = {
-        "roc": plots.roc_plot(figures_dir / "roc.png", labels.labels, probs_by_model,
-                              {n: m["auroc"] for n, m in models.items()}),
-        "pr": plots.pr_plot(figures_dir / "pr.png", labels.labels, probs_by_model,
-                            {n: m["auprc"] for n, m in models.items()}),
-        "reliability": plots.reliability_plot(figures_dir / "reliability.png",
-                                              {n: m["calibration_bins"] for n, m in models.items()},
-                                              {n: m["ece"] for n, m in models.items()}),
+        "roc": plots.roc_plot(
+            figures_dir / "roc.png", labels.labels, probs_by_model, {n: m["auroc"] for n, m in models.items()}
+        ),
+        "pr": plots.pr_plot(
+            figures_dir / "pr.png", labels.labels, probs_by_model, {n: m["auprc"] for n, m in models.items()}
+        ),
+        "reliability": plots.reliability_plot(
+            figures_dir / "reliability.png",
+            {n: m["calibration_bins"] for n, m in models.items()},
+            {n: m["ece"] for n, m in models.items()},
+        ),
     }
     if any(labels.septic):
         thresholds = metrics.DEFAULT_THRESHOLDS
         curves = {p.name: metrics.utility_vs_threshold(p.probabilities, labels.labels, thresholds) for p in preds}
         figures["utility_threshold"] = plots.utility_threshold_plot(
-            figures_dir / "utility_threshold.png", thresholds, curves,
-            {n: (m["implied_threshold"], m["utility"]) for n, m in models.items()})
+            figures_dir / "utility_threshold.png",
+            thresholds,
+            curves,
+            {n: (m["implied_threshold"], m["utility"]) for n, m in models.items()},
+        )
     implied = {name: m["implied_threshold"] for name, m in models.items()}
     chosen = _examples(labels, preds, implied, examples)
     if chosen:
@@ -88,9 +101,18 @@ def _figures(out_dir: Path, labels, preds, models: dict, examples: int) -> dict:
     return figures
 
 
-def evaluate_dirs(pred_dirs: dict[str, Path], label_dir: Path, out_dir: Path, *, split: str | None = None,
-                  limit: int | None = None, baselines=(), progress: bool = True, examples: int = 4,
-                  figures: bool = True) -> dict:
+def evaluate_dirs(
+    pred_dirs: dict[str, Path],
+    label_dir: Path,
+    out_dir: Path,
+    *,
+    split: str | None = None,
+    limit: int | None = None,
+    baselines=(),
+    progress: bool = True,
+    examples: int = 4,
+    figures: bool = True,
+) -> dict:
     """Evaluate every model's prediction folder against ``label_dir``; write ``out_dir/report.md``,
     ``summary.json`` and the figures; return the summary.
 

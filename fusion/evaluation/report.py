@@ -107,11 +107,18 @@ def load_predictions(name: str, pred_dir: str | Path, labels: Labels, progress: 
     missing = [pid for pid in labels.patient_ids if not (pred_dir / f"{pid}.psv").is_file()]
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise EvaluationError(f"{name}: {len(missing)} of {len(labels.patient_ids)} stays of {labels.label_dir} "
-                              f"have no prediction file in {pred_dir}: {shown}")
+        raise EvaluationError(
+            f"{name}: {len(missing)} of {len(labels.patient_ids)} stays of {labels.label_dir} "
+            f"have no prediction file in {pred_dir}: {shown}"
+        )
     probabilities, predictions = [], []
-    for pid, lab in tqdm(list(zip(labels.patient_ids, labels.labels)), desc=f"predictions {name}", unit="stay",
-                         disable=not progress, leave=False):
+    for pid, lab in tqdm(
+        list(zip(labels.patient_ids, labels.labels)),
+        desc=f"predictions {name}",
+        unit="stay",
+        disable=not progress,
+        leave=False,
+    ):
         path = pred_dir / f"{pid}.psv"
         header, (prob, pred) = _read_columns(path, PREDICTION_HEADER)
         if tuple(header) != PREDICTION_HEADER:
@@ -126,8 +133,9 @@ def load_predictions(name: str, pred_dir: str | Path, labels: Labels, progress: 
         predictions.append(pred.astype(int))
     wanted = set(labels.patient_ids)
     ignored = sum(1 for p in pred_dir.glob("p*.psv") if p.stem not in wanted)
-    return Predictions(name=name, pred_dir=pred_dir, probabilities=probabilities, predictions=predictions,
-                       ignored_files=ignored)
+    return Predictions(
+        name=name, pred_dir=pred_dir, probabilities=probabilities, predictions=predictions, ignored_files=ignored
+    )
 
 
 def implied_threshold(pred: Predictions) -> float | None:
@@ -192,11 +200,15 @@ def data_provenance(label_dir: Path, n_stays: int, split: str | None = None, lim
     if limit is not None:
         which += f", the first {limit} by name"
     if real:
-        note = (f"Figures and numbers computed from `{resolved}` ({which}): real PhysioNet/CinC 2019 "
-                "challenge data (retrospective ICU stays, hourly rows).")
+        note = (
+            f"Figures and numbers computed from `{resolved}` ({which}): real PhysioNet/CinC 2019 "
+            "challenge data (retrospective ICU stays, hourly rows)."
+        )
     else:
-        note = (f"Figures and numbers computed from `{resolved}` ({which}): NOT PhysioNet 2019 data "
-                "(the folder is not under physionet2019), e.g. simulated or synthetic stays.")
+        note = (
+            f"Figures and numbers computed from `{resolved}` ({which}): NOT PhysioNet 2019 data "
+            "(the folder is not under physionet2019), e.g. simulated or synthetic stays."
+        )
     return {"label_dir": str(resolved), "real_physionet2019": real, "data_note": note}
 
 
@@ -215,10 +227,17 @@ def _fmt(value, kind: str = "f3") -> str:
 
 
 TABLE = (
-    ("AUROC", "auroc", "f3"), ("AUPRC", "auprc", "f3"), ("utility", "utility", "f3"), ("ECE", "ece", "f3"),
-    ("sensitivity", "sensitivity", "pct"), ("alerted before onset", "alerted_before_onset", "pct"),
-    ("median lead (h)", "median_lead_time_h", "f1"), ("alerts / patient-day", "alerts_per_patient_day", "f2"),
-    ("specificity", "specificity", "pct"), ("patients", "patients", "int"), ("septic", "septic_patients", "int"),
+    ("AUROC", "auroc", "f3"),
+    ("AUPRC", "auprc", "f3"),
+    ("utility", "utility", "f3"),
+    ("ECE", "ece", "f3"),
+    ("sensitivity", "sensitivity", "pct"),
+    ("alerted before onset", "alerted_before_onset", "pct"),
+    ("median lead (h)", "median_lead_time_h", "f1"),
+    ("alerts / patient-day", "alerts_per_patient_day", "f2"),
+    ("specificity", "specificity", "pct"),
+    ("patients", "patients", "int"),
+    ("septic", "septic_patients", "int"),
 )
 
 
@@ -229,29 +248,44 @@ def write_report(out_dir: Path, summary: dict) -> Path:
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     models = summary["models"]
-    lines = ["# Sepsis prediction evaluation", "", summary["data_note"], "",
-             "**Not for clinical use.** Retrospective, offline scores of hourly rows; nothing here is validated "
-             "for patient care.", "",
-             "| model | " + " | ".join(h for h, _, _ in TABLE) + " |",
-             "| --- |" + " ---: |" * len(TABLE)]
+    lines = [
+        "# Sepsis prediction evaluation",
+        "",
+        summary["data_note"],
+        "",
+        "**Not for clinical use.** Retrospective, offline scores of hourly rows; nothing here is validated "
+        "for patient care.",
+        "",
+        "| model | " + " | ".join(h for h, _, _ in TABLE) + " |",
+        "| --- |" + " ---: |" * len(TABLE),
+    ]
     for name, m in models.items():
         lines.append(f"| {name} | " + " | ".join(_fmt(m.get(k), kind) for _, k, kind in TABLE) + " |")
-    lines += ["", "Utility on the models' own `PredictedLabel`s; tuned on this same data (in-sample, optimistic):",
-              ""]
+    lines += ["", "Utility on the models' own `PredictedLabel`s; tuned on this same data (in-sample, optimistic):", ""]
     for name, m in models.items():
-        lines.append(f"* {name}: best threshold {_fmt(m['best_threshold_in_sample'], 'f2')} -> utility "
-                     f"{_fmt(m['utility_at_best_threshold_in_sample'])}; alerts in the reward window "
-                     f"(t_sepsis-12..t_sepsis+3) {_fmt(m['alerted_in_window'], 'pct')}; non-septic alerts / "
-                     f"patient-day {_fmt(m['alerts_per_patient_day_nonseptic'], 'f2')}; predictions from "
-                     f"`{m['pred_dir']}`")
-    lines += ["", "Definitions: utility = PhysioNet 2019 normalized utility (1 = best, 0 = never alert). "
-              "t_sepsis = first SepsisLabel row + 6 h. Sensitivity: septic patients with an alert at or before "
-              "t_sepsis + 3 h; alerted before onset: an alert before t_sepsis; lead time: t_sepsis minus the first "
-              "such alert; an alert = a run of consecutive PredictedLabel = 1 rows; specificity: non-septic "
-              "patients never alerted. AUROC/AUPRC/ECE over all hourly rows (ECE: 10 equal-width bins).", ""]
-    titles = {"roc": "ROC (hourly rows)", "pr": "Precision-recall (hourly rows)",
-              "reliability": "Reliability diagram", "utility_threshold": "Utility against threshold",
-              "timelines": "Risk timelines of example patients"}
+        lines.append(
+            f"* {name}: best threshold {_fmt(m['best_threshold_in_sample'], 'f2')} -> utility "
+            f"{_fmt(m['utility_at_best_threshold_in_sample'])}; alerts in the reward window "
+            f"(t_sepsis-12..t_sepsis+3) {_fmt(m['alerted_in_window'], 'pct')}; non-septic alerts / "
+            f"patient-day {_fmt(m['alerts_per_patient_day_nonseptic'], 'f2')}; predictions from "
+            f"`{m['pred_dir']}`"
+        )
+    lines += [
+        "",
+        "Definitions: utility = PhysioNet 2019 normalized utility (1 = best, 0 = never alert). "
+        "t_sepsis = first SepsisLabel row + 6 h. Sensitivity: septic patients with an alert at or before "
+        "t_sepsis + 3 h; alerted before onset: an alert before t_sepsis; lead time: t_sepsis minus the first "
+        "such alert; an alert = a run of consecutive PredictedLabel = 1 rows; specificity: non-septic "
+        "patients never alerted. AUROC/AUPRC/ECE over all hourly rows (ECE: 10 equal-width bins).",
+        "",
+    ]
+    titles = {
+        "roc": "ROC (hourly rows)",
+        "pr": "Precision-recall (hourly rows)",
+        "reliability": "Reliability diagram",
+        "utility_threshold": "Utility against threshold",
+        "timelines": "Risk timelines of example patients",
+    }
     for key, rel in summary.get("figures", {}).items():
         lines += [f"## {titles.get(key, key)}", "", f"![{key}]({rel})", ""]
     path = out_dir / "report.md"

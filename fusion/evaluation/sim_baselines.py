@@ -91,13 +91,15 @@ def train_gbt(cohort: Cohort, seed: int = 0, dropout: float = 0.4):
     va = cohort.rows("val")
     p = clf.predict_proba(flat_features(cohort, va, cohort.present[va], lung))[:, 1]
     g = cohort.group[va]
-    threshold, _ = best_threshold(per_group(p, g), per_group(cohort.y[va], g),
-                                  np.unique(np.quantile(p, np.linspace(0.05, 0.999, 300))))
+    threshold, _ = best_threshold(
+        per_group(p, g), per_group(cohort.y[va], g), np.unique(np.quantile(p, np.linspace(0.05, 0.999, 300)))
+    )
     return clf, threshold, lung
 
 
-def sim_baseline_rows(cohort: Cohort, test: np.ndarray, keeps: dict[float, np.ndarray],
-                      curves: dict | None = None) -> list[dict]:
+def sim_baseline_rows(
+    cohort: Cohort, test: np.ndarray, keeps: dict[float, np.ndarray], curves: dict | None = None
+) -> list[dict]:
     import time
 
     from icuwatch.fusion.evaluation.fusion_compare import row_metrics
@@ -111,14 +113,29 @@ def sim_baseline_rows(cohort: Cohort, test: np.ndarray, keeps: dict[float, np.nd
         for name, p in rule_probabilities(cohort, test, present).items():
             if rate == 0.0 and curves is not None:
                 curves[name] = per_group(p, groups)
-            rows.append({"model": name, "kind": "rule", "missing": rate,
-                         **row_metrics(y, per_group(p, groups), RULE_THRESHOLDS[name][1]), "parameters": None})
+            rows.append(
+                {
+                    "model": name,
+                    "kind": "rule",
+                    "missing": rate,
+                    **row_metrics(y, per_group(p, groups), RULE_THRESHOLDS[name][1]),
+                    "parameters": None,
+                }
+            )
         t = time.perf_counter()
         p = clf.predict_proba(flat_features(cohort, test, present, lung))[:, 1]
         per_row_ms = (time.perf_counter() - t) / len(test) * 1e3
         if rate == 0.0 and curves is not None:
             curves["gbt"] = per_group(p, groups)
-        rows.append({"model": "gbt", "kind": "gbt", "missing": rate, **row_metrics(y, per_group(p, groups), gbt_threshold),
-                     "parameters": None, "latency_ms_per_patient_batch256": round(per_row_ms, 4),
-                     "latency_note": "per row in one batch of the whole test split, features included"})
+        rows.append(
+            {
+                "model": "gbt",
+                "kind": "gbt",
+                "missing": rate,
+                **row_metrics(y, per_group(p, groups), gbt_threshold),
+                "parameters": None,
+                "latency_ms_per_patient_batch256": round(per_row_ms, 4),
+                "latency_note": "per row in one batch of the whole test split, features included",
+            }
+        )
     return rows

@@ -85,9 +85,9 @@ def row_utilities(labels, params: UtilityParams = DEFAULT) -> tuple[np.ndarray, 
     p = params
     t_sepsis = int(np.argmax(labels)) - p.dt_optimal
     d = np.arange(n, dtype=float) - t_sepsis
-    rising = p.max_u_tp * (d - p.dt_early) / (p.dt_optimal - p.dt_early)      # 0 at dt_early, max at dt_optimal
-    falling = p.max_u_tp * (p.dt_late - d) / (p.dt_late - p.dt_optimal)      # max at dt_optimal, 0 at dt_late
-    missed = p.min_u_fn * (d - p.dt_optimal) / (p.dt_late - p.dt_optimal)    # 0 at dt_optimal, min at dt_late
+    rising = p.max_u_tp * (d - p.dt_early) / (p.dt_optimal - p.dt_early)  # 0 at dt_early, max at dt_optimal
+    falling = p.max_u_tp * (p.dt_late - d) / (p.dt_late - p.dt_optimal)  # max at dt_optimal, 0 at dt_late
+    missed = p.min_u_fn * (d - p.dt_optimal) / (p.dt_late - p.dt_optimal)  # 0 at dt_optimal, min at dt_late
     u_pos = np.where(d <= p.dt_optimal, np.maximum(rising, p.u_fp), falling)
     u_neg = np.where(d <= p.dt_optimal, 0.0, missed)
     late = d > p.dt_late
@@ -118,8 +118,9 @@ def patient_utility(labels, predictions, params: UtilityParams = DEFAULT) -> flo
     return float(np.where(predictions, u_pos, u_neg).sum())
 
 
-def cohort_utilities(labels_list: Sequence, predictions_list: Sequence,
-                     params: UtilityParams = DEFAULT) -> dict[str, float]:
+def cohort_utilities(
+    labels_list: Sequence, predictions_list: Sequence, params: UtilityParams = DEFAULT
+) -> dict[str, float]:
     """Summed ``observed``, ``best`` and ``inaction`` utilities and the ``normalized`` score."""
     if len(labels_list) != len(predictions_list):
         raise ValueError(f"{len(predictions_list)} prediction series for {len(labels_list)} patients")
@@ -129,8 +130,7 @@ def cohort_utilities(labels_list: Sequence, predictions_list: Sequence,
         observed += patient_utility(labels, predictions, params)
         best += patient_utility(labels, best_predictions(labels, params), params)
         inaction += patient_utility(labels, np.zeros(labels.size, dtype=int), params)
-    return {"observed": observed, "best": best, "inaction": inaction,
-            "normalized": normalize(observed, best, inaction)}
+    return {"observed": observed, "best": best, "inaction": inaction, "normalized": normalize(observed, best, inaction)}
 
 
 def normalize(observed: float, best: float, inaction: float) -> float:
@@ -140,8 +140,7 @@ def normalize(observed: float, best: float, inaction: float) -> float:
     return float((observed - inaction) / (best - inaction))
 
 
-def normalized_utility(labels_list: Sequence, predictions_list: Sequence,
-                       params: UtilityParams = DEFAULT) -> float:
+def normalized_utility(labels_list: Sequence, predictions_list: Sequence, params: UtilityParams = DEFAULT) -> float:
     """The challenge score of a cohort: one label series and one binary prediction series per patient.
 
     NaN when the cohort has no septic patient (the score's denominator is then 0).

@@ -38,13 +38,15 @@ class AttentionFusion(FusionModel):
     def __init__(self, spec: InputSpec) -> None:
         super().__init__(spec)
         d = spec.d_model
-        self.encoders = nn.ModuleDict({m: encoders.build(m, spec.dims[m], d, spec.series_kind)
-                                       for m in spec.modalities})
+        self.encoders = nn.ModuleDict(
+            {m: encoders.build(m, spec.dims[m], d, spec.series_kind) for m in spec.modalities}
+        )
         self.context = encoders.build("static", spec.dims["static"], d)
         self.type_embedding = nn.Parameter(torch.randn(len(spec.modalities) + 1, d) * 0.02)
         self.staleness = StalenessEmbedding(d)
-        self.blocks = nn.ModuleList(Block(d, spec.options.get("heads", 4))
-                                    for _ in range(spec.options.get("layers", 2)))
+        self.blocks = nn.ModuleList(
+            Block(d, spec.options.get("heads", 4)) for _ in range(spec.options.get("layers", 2))
+        )
         self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 1))
 
     def tokens(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,7 +4,7 @@ A model takes a batch (``fusion.cohorts.base.gather`` as tensors: one entry per 
 ``present`` [B, M] and ``staleness_h`` [B, M]) and returns one logit per row. Missing modalities are
 never imputed: every strategy gates each modality's input by its ``present`` flag, so what an
 absent modality's input holds cannot change the output (the shared checks in
-``tests/test_fusion_strategies.py`` verify it for every strategy).
+``tests/fusion/test_fusion_strategies.py`` verify it for every strategy).
 
 ``contributions`` explains a score per modality: by default leave-one-modality-out deltas (the
 probability with all present modalities minus the probability with that one masked); attention
@@ -40,9 +40,14 @@ class InputSpec:
 
     @classmethod
     def from_json(cls, d: dict) -> "InputSpec":
-        return cls(cohort=d["cohort"], modalities=tuple(d["modalities"]),
-                   dims={k: tuple(v) for k, v in d["dims"].items()}, series_kind=d["series_kind"],
-                   d_model=d.get("d_model", 32), options=d.get("options", {}))
+        return cls(
+            cohort=d["cohort"],
+            modalities=tuple(d["modalities"]),
+            dims={k: tuple(v) for k, v in d["dims"].items()},
+            series_kind=d["series_kind"],
+            d_model=d.get("d_model", 32),
+            options=d.get("options", {}),
+        )
 
 
 class FusionModel(nn.Module):
@@ -61,8 +66,9 @@ class FusionModel(nn.Module):
         keep = batch["present"][:, self.spec.modalities.index(modality)]
         return x * keep.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
 
-    def encode(self, encoder: nn.Module, batch: dict[str, torch.Tensor], modality: str,
-               extra: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(
+        self, encoder: nn.Module, batch: dict[str, torch.Tensor], modality: str, extra: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``encoder`` run on the rows where ``modality`` is present only; zeros elsewhere. Absent rows
         never reach the encoder, so they cannot move batch-norm statistics in training either.
         ``extra``: a second per-row input the encoder takes (static context)."""

@@ -27,8 +27,15 @@ class EarlyFusion(FusionModel):
         super().__init__(spec)
         width = sum(self._flat_width(m) for m in (*spec.modalities, "static")) + 2 * len(spec.modalities)
         hidden = 4 * spec.d_model
-        self.net = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(), nn.Dropout(0.1),
-                                 nn.Linear(hidden, spec.d_model), nn.GELU(), nn.Linear(spec.d_model, 1))
+        self.net = nn.Sequential(
+            nn.LayerNorm(width),
+            nn.Linear(width, hidden),
+            nn.GELU(),
+            nn.Dropout(0.1),
+            nn.Linear(hidden, spec.d_model),
+            nn.GELU(),
+            nn.Linear(spec.d_model, 1),
+        )
 
     def _flat_width(self, modality: str) -> int:
         if modality == "cxr":

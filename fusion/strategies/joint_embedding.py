@@ -67,12 +67,20 @@ class JointEmbeddingFusion(AttentionFusion):
             studies = np.unique(cohort.inputs["cxr"][train_rows])
             with_report = np.unique(cohort.inputs["report"][train_rows])
             studies = np.intersect1d(studies[studies >= 0], with_report[with_report >= 0])
-            source, _ = je.train_joint(cohort.lookups["cxr"][studies], cohort.lookups["report"][studies],
-                                       progress=progress, data={"cohort": cohort.name, "split": "train",
-                                                                "studies": int(len(studies))})
+            source, _ = je.train_joint(
+                cohort.lookups["cxr"][studies],
+                cohort.lookups["report"][studies],
+                progress=progress,
+                data={"cohort": cohort.name, "split": "train", "studies": int(len(studies))},
+            )
             source.save(directory)
         if source.embed_dim != self.joint.embed_dim:
-            raise ValueError(f"saved joint embedding has {source.embed_dim} dimensions, this model {self.joint.embed_dim}")
+            raise ValueError(
+                f"saved joint embedding has {source.embed_dim} dimensions, this model {self.joint.embed_dim}"
+            )
         self.joint.load_state_dict(source.state_dict())
         self.joint.requires_grad_(False)
-        return {"dir": str(directory), **{k: source.card.get(k) for k in ("data", "heldout_retrieval") if k in source.card}}
+        return {
+            "dir": str(directory),
+            **{k: source.card.get(k) for k in ("data", "heldout_retrieval") if k in source.card},
+        }

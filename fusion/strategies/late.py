@@ -38,8 +38,7 @@ class PerModalityHeads(FusionModel):
 
     def head_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """[B, M] per-modality logits, 0 where the modality is absent (its head never runs there)."""
-        return torch.stack([self.encode(self.heads[m], batch, m, batch["static"]) for m in self.spec.modalities],
-                           dim=1)
+        return torch.stack([self.encode(self.heads[m], batch, m, batch["static"]) for m in self.spec.modalities], dim=1)
 
 
 class LateFusion(PerModalityHeads):

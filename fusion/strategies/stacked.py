@@ -65,7 +65,13 @@ class StackedLateFusion(PerModalityHeads):
         with torch.no_grad():
             self.integrator.weight.copy_(torch.as_tensor(lr.coef_, dtype=torch.float32))
             self.integrator.bias.copy_(torch.as_tensor(lr.intercept_, dtype=torch.float32))
-        return {"rows": int(several.sum()), "positives": int(y[several].sum()),
-                "coefficients": dict(zip([f"logit_{n}" for n in self.spec.modalities]
-                                         + [f"present_{n}" for n in self.spec.modalities],
-                                         np.round(lr.coef_[0], 4).tolist()))}
+        return {
+            "rows": int(several.sum()),
+            "positives": int(y[several].sum()),
+            "coefficients": dict(
+                zip(
+                    [f"logit_{n}" for n in self.spec.modalities] + [f"present_{n}" for n in self.spec.modalities],
+                    np.round(lr.coef_[0], 4).tolist(),
+                )
+            ),
+        }

@@ -102,9 +102,12 @@ class EarlyExitStudent(FusionModel):
         series = opts.get("series", FLAT)
         act = opts.get("activation", "relu")
         self.flat = {m: (m in encoders.TABULAR or (m in encoders.SERIES and series == FLAT)) for m in spec.modalities}
-        self.encoders = nn.ModuleDict({
-            m: FlatEncoder(spec.dims[m], d, act) if self.flat[m] else encoders.build(m, spec.dims[m], d, series)
-            for m in spec.modalities})
+        self.encoders = nn.ModuleDict(
+            {
+                m: FlatEncoder(spec.dims[m], d, act) if self.flat[m] else encoders.build(m, spec.dims[m], d, series)
+                for m in spec.modalities
+            }
+        )
         n_mod = len(spec.modalities)
         self.stem = nn.Linear(n_mod * d + 2 * n_mod + spec.dims["static"][-1], width)
         self.act = ACTIVATIONS[act]
@@ -120,7 +123,7 @@ class EarlyExitStudent(FusionModel):
         parts = []
         for j, m in enumerate(self.spec.modalities):
             if self.flat[m]:  # no batch statistics inside: run on every row, keep the present ones
-                parts.append(torch.where(present[:, j: j + 1], self.encoders[m](batch[m]), 0.0))
+                parts.append(torch.where(present[:, j : j + 1], self.encoders[m](batch[m]), 0.0))
             else:  # image / report / sequence encoders: present rows only (batch norm)
                 parts.append(self.encode(self.encoders[m], batch, m))
         stale = torch.where(present, torch.log1p(batch["staleness_h"].clamp(min=0.0)), 0.0)
@@ -136,9 +139,9 @@ class EarlyExitStudent(FusionModel):
         self.exit_logits = torch.cat(logits, dim=1)
         return logits[-1].squeeze(-1)
 
-    def forward_early_exit(self, batch: dict[str, torch.Tensor],
-                           thresholds: Sequence[float] | torch.Tensor | None = None
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_early_exit(
+        self, batch: dict[str, torch.Tensor], thresholds: Sequence[float] | torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(raw logits [B], exit index [B]): each row answered by the first exit whose calibrated
         confidence reaches its threshold (``thresholds``: one per early exit, ``n_exits - 1``; a
         last entry for the final exit is ignored; default the ``exit_thresholds`` buffer). Rows that

@@ -64,7 +64,9 @@ class TritonPythonModel:
                 raise ValueError(f"{self.name}: input {name} missing")
             x = tensor.as_numpy()
             if tuple(x.shape[1:]) != dims or (rows is not None and len(x) != rows):
-                raise ValueError(f"{self.name}: {name} must be [batch, {', '.join(map(str, dims))}], got {list(x.shape)}")
+                raise ValueError(
+                    f"{self.name}: {name} must be [batch, {', '.join(map(str, dims))}], got {list(x.shape)}"
+                )
             rows = len(x)
             batch[key] = x
         try:
@@ -85,21 +87,30 @@ class TritonPythonModel:
             groups.setdefault(early, []).append((i, batch))
         for early, members in groups.items():
             sizes = [len(next(iter(b.values()))) for _, b in members]
-            batch = {key: torch.from_numpy(np.ascontiguousarray(np.concatenate([b[key] for _, b in members])))
-                     for _, key, _ in self.inputs}
+            batch = {
+                key: torch.from_numpy(np.ascontiguousarray(np.concatenate([b[key] for _, b in members])))
+                for _, key, _ in self.inputs
+            }
             try:
                 with torch.inference_mode():
                     probability, exit_index = self.module(batch, early)
             except Exception as exc:  # noqa: BLE001 - one bad batch must not take the model down
                 for i, _ in members:
-                    responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(
-                        f"{self.name}: {type(exc).__name__}: {exc}"))
+                    responses[i] = pb_utils.InferenceResponse(
+                        output_tensors=[], error=pb_utils.TritonError(f"{self.name}: {type(exc).__name__}: {exc}")
+                    )
                 continue
-            values = {"PROBABILITY": probability.numpy().astype(np.float32).reshape(-1, 1),
-                      "EXIT": exit_index.numpy().astype(np.int32).reshape(-1, 1)}
+            values = {
+                "PROBABILITY": probability.numpy().astype(np.float32).reshape(-1, 1),
+                "EXIT": exit_index.numpy().astype(np.int32).reshape(-1, 1),
+            }
             start = 0
             for (i, _), n in zip(members, sizes):
-                responses[i] = pb_utils.InferenceResponse(output_tensors=[
-                    pb_utils.Tensor(name, np.ascontiguousarray(values[name][start: start + n])) for name in self.outputs])
+                responses[i] = pb_utils.InferenceResponse(
+                    output_tensors=[
+                        pb_utils.Tensor(name, np.ascontiguousarray(values[name][start : start + n]))
+                        for name in self.outputs
+                    ]
+                )
                 start += n
         return responses

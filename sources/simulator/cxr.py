@@ -92,7 +92,7 @@ def render(severity: float, pattern: str, lobe: str, rng: np.random.Generator) -
             spread = float(np.clip((severity - 0.45) * 1.6, 0.0, 1.0))
             zone = (first + spread * (1.0 - first)) * np.clip((yy - 60) / 70, 0.1, 1.0)
         else:
-            zone = 0.55 + 0.45 * np.clip((yy - 60) / 90, 0, 1) + 0.25 * np.exp(-((xx - 112) / 45) ** 2)
+            zone = 0.55 + 0.45 * np.clip((yy - 60) / 90, 0, 1) + 0.25 * np.exp(-(((xx - 112) / 45) ** 2))
         patches = np.clip((field - (0.9 - 1.9 * severity)) / 0.7, 0.0, 1.0)
         opacity = gaussian_filter(patches * np.clip(zone, 0, 1) * mask, 1.5) * 0.9 * severity**0.3
         img += (0.58 - img) * opacity
@@ -111,13 +111,20 @@ def report(severity: float, pattern: str, lobe: str, prior_severity: float | Non
     if pattern == "pneumonia":
         side = "right" if lobe == "right" else "left"
         if severity < 0.45:
-            text = f"{extent} patchy airspace opacity in the {side} lower lobe. Impression: Findings concerning for pneumonia."
+            text = (
+                f"{extent} patchy airspace opacity in the {side} lower lobe. "
+                "Impression: Findings concerning for pneumonia."
+            )
         else:
-            text = (f"{extent} bilateral patchy airspace opacities, most confluent in the {side} lower lobe. "
-                    "Impression: Multifocal pneumonia.")
+            text = (
+                f"{extent} bilateral patchy airspace opacities, most confluent in the {side} lower lobe. "
+                "Impression: Multifocal pneumonia."
+            )
     else:
-        text = (f"{extent} bilateral diffuse hazy and airspace opacities, basal and perihilar predominant. "
-                "Impression: Pulmonary edema versus ARDS in the appropriate clinical setting.")
+        text = (
+            f"{extent} bilateral diffuse hazy and airspace opacities, basal and perihilar predominant. "
+            "Impression: Pulmonary edema versus ARDS in the appropriate clinical setting."
+        )
     if prior_severity is not None:
         if severity > prior_severity + 0.1:
             text += " Opacities have increased compared with the prior study."

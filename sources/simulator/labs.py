@@ -14,26 +14,72 @@ from icuwatch.core.schemas import LAB_UNITS, Lab
 from .patients import PatientSpec
 from .physiology import o2_on
 
-FULL = ("lactate", "wbc", "creatinine", "platelets", "bilirubin", "hemoglobin", "ph", "paco2", "pao2",
-        "bicarbonate", "glucose", "bun", "potassium", "fio2")
+FULL = (
+    "lactate",
+    "wbc",
+    "creatinine",
+    "platelets",
+    "bilirubin",
+    "hemoglobin",
+    "ph",
+    "paco2",
+    "pao2",
+    "bicarbonate",
+    "glucose",
+    "bun",
+    "potassium",
+    "fio2",
+)
 """The analytes the simulator models (the schema accepts more: every PhysioNet 2019 lab)."""
 ROUTINE = tuple(a for a in FULL if a not in ("ph", "paco2", "pao2", "fio2"))
 BLOOD_GAS = ("ph", "paco2", "pao2", "bicarbonate", "fio2")
 
 _DECIMALS = {
-    "lactate": 1, "wbc": 1, "creatinine": 2, "platelets": 0, "bilirubin": 1, "hemoglobin": 1,
-    "ph": 2, "paco2": 0, "pao2": 0, "bicarbonate": 0, "glucose": 0, "bun": 0, "potassium": 1,
+    "lactate": 1,
+    "wbc": 1,
+    "creatinine": 2,
+    "platelets": 0,
+    "bilirubin": 1,
+    "hemoglobin": 1,
+    "ph": 2,
+    "paco2": 0,
+    "pao2": 0,
+    "bicarbonate": 0,
+    "glucose": 0,
+    "bun": 0,
+    "potassium": 1,
     "fio2": 2,
 }
 # Analytical noise: coefficient of variation, except pH (absolute).
 _CV = {
-    "lactate": 0.05, "wbc": 0.04, "creatinine": 0.04, "platelets": 0.05, "bilirubin": 0.06,
-    "hemoglobin": 0.02, "paco2": 0.03, "pao2": 0.04, "bicarbonate": 0.03, "glucose": 0.05,
-    "bun": 0.05, "potassium": 0.03, "fio2": 0.0,
+    "lactate": 0.05,
+    "wbc": 0.04,
+    "creatinine": 0.04,
+    "platelets": 0.05,
+    "bilirubin": 0.06,
+    "hemoglobin": 0.02,
+    "paco2": 0.03,
+    "pao2": 0.04,
+    "bicarbonate": 0.03,
+    "glucose": 0.05,
+    "bun": 0.05,
+    "potassium": 0.03,
+    "fio2": 0.0,
 }
-_FLOOR = {"lactate": 0.3, "wbc": 0.5, "creatinine": 0.2, "platelets": 5.0, "bilirubin": 0.1,
-          "hemoglobin": 3.0, "paco2": 15.0, "pao2": 35.0, "bicarbonate": 5.0, "glucose": 40.0,
-          "bun": 3.0, "potassium": 2.5}
+_FLOOR = {
+    "lactate": 0.3,
+    "wbc": 0.5,
+    "creatinine": 0.2,
+    "platelets": 5.0,
+    "bilirubin": 0.1,
+    "hemoglobin": 3.0,
+    "paco2": 15.0,
+    "pao2": 35.0,
+    "bicarbonate": 5.0,
+    "glucose": 40.0,
+    "bun": 3.0,
+    "potassium": 2.5,
+}
 
 
 def baseline_labs(p: PatientSpec, rng: np.random.Generator) -> dict[str, float]:
@@ -61,22 +107,42 @@ def _shift(p: PatientSpec, base: dict[str, float], analyte: str, s: float) -> fl
     if p.condition == "sepsis":
         pneumonia = p.sepsis_source == "pneumonia"
         d = {
-            "lactate": 6.0 * s, "creatinine": 1.8 * s**1.3, "bilirubin": 2.4 * s**1.5,
-            "platelets": -0.6 * base["platelets"] * s, "glucose": 60.0 * s, "bun": 25.0 * s,
-            "ph": -0.12 * s, "bicarbonate": -8.0 * s, "paco2": -6.0 * s,
-            "pao2": (-30.0 if pneumonia else -8.0) * s, "potassium": 0.5 * s, "hemoglobin": -1.0 * s,
+            "lactate": 6.0 * s,
+            "creatinine": 1.8 * s**1.3,
+            "bilirubin": 2.4 * s**1.5,
+            "platelets": -0.6 * base["platelets"] * s,
+            "glucose": 60.0 * s,
+            "bun": 25.0 * s,
+            "ph": -0.12 * s,
+            "bicarbonate": -8.0 * s,
+            "paco2": -6.0 * s,
+            "pao2": (-30.0 if pneumonia else -8.0) * s,
+            "potassium": 0.5 * s,
+            "hemoglobin": -1.0 * s,
             "wbc": 14.0 * s if p.wbc_up else -(base["wbc"] - 2.2) * s,
         }
     elif p.condition == "hemorrhage":
         d = {
-            "hemoglobin": -5.5 * s, "lactate": 5.0 * s**1.3, "platelets": -70.0 * s, "ph": -0.10 * s,
-            "bicarbonate": -7.0 * s, "creatinine": 0.6 * s, "bun": 15.0 * s, "wbc": 3.0 * s,
-            "paco2": -5.0 * s, "potassium": 0.3 * s,
+            "hemoglobin": -5.5 * s,
+            "lactate": 5.0 * s**1.3,
+            "platelets": -70.0 * s,
+            "ph": -0.10 * s,
+            "bicarbonate": -7.0 * s,
+            "creatinine": 0.6 * s,
+            "bun": 15.0 * s,
+            "wbc": 3.0 * s,
+            "paco2": -5.0 * s,
+            "potassium": 0.3 * s,
         }
     elif p.condition == "respiratory_failure":
         d = {
-            "paco2": 35.0 * s, "ph": -0.22 * s, "pao2": -30.0 * s, "bicarbonate": 3.0 * s,
-            "lactate": 1.2 * s, "wbc": 3.0 * s, "potassium": 0.4 * s,
+            "paco2": 35.0 * s,
+            "ph": -0.22 * s,
+            "pao2": -30.0 * s,
+            "bicarbonate": 3.0 * s,
+            "lactate": 1.2 * s,
+            "wbc": 3.0 * s,
+            "potassium": 0.4 * s,
         }
     else:
         d = {}

@@ -161,9 +161,17 @@ def draw_patients(
             common["baseline"] = Baseline(b.hr if b.hr >= 76 else 76.0, b.rr, b.spo2, b.sbp, b.dbp, b.temp)
             patients.append(
                 PatientSpec(
-                    **common, condition="sepsis", onset_s=onset, ramp_s=7200.0, peak=1.0,
-                    sepsis_source="pneumonia", fever=True, wbc_up=True, confusion_at=0.55,
-                    voice_at=0.92, lobe="right",
+                    **common,
+                    condition="sepsis",
+                    onset_s=onset,
+                    ramp_s=7200.0,
+                    peak=1.0,
+                    sepsis_source="pneumonia",
+                    fever=True,
+                    wbc_up=True,
+                    confusion_at=0.55,
+                    voice_at=0.92,
+                    lobe="right",
                 )
             )
             continue

@@ -36,8 +36,12 @@ class Effect:
 def effect(p: PatientSpec) -> Effect:
     if p.condition == "sepsis":
         return Effect(
-            hr=60.0, rr=16.0, spo2=-9.0 if p.sepsis_source == "pneumonia" else -4.0,
-            sbp_frac=-0.38, dbp_frac=-0.40, temp=2.4 if p.fever else -2.3,
+            hr=60.0,
+            rr=16.0,
+            spo2=-9.0 if p.sepsis_source == "pneumonia" else -4.0,
+            sbp_frac=-0.38,
+            dbp_frac=-0.40,
+            temp=2.4 if p.fever else -2.3,
         )
     if p.condition == "hemorrhage":
         return Effect(hr=55.0, rr=9.0, spo2=-2.0, sbp_frac=-0.45, dbp_frac=-0.40, temp=-0.6, bp_exponent=1.6)

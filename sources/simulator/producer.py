@@ -20,8 +20,15 @@ def publish(sim: Simulation, producer: Any, speed: float, progress: bool = False
     number of messages sent per topic; flushes the producer at the end. (The pacing itself is
     :func:`icuwatch.sources.pacing.send_paced`, shared with the replays.)
     """
-    return send_paced(sim.timed_messages(), producer, speed, start_time=sim.start_time,
-                      end_time=sim.end_time, progress=progress, unit="sim s")
+    return send_paced(
+        sim.timed_messages(),
+        producer,
+        speed,
+        start_time=sim.start_time,
+        end_time=sim.end_time,
+        progress=progress,
+        unit="sim s",
+    )
 
 
 def write_ground_truth(sim: Simulation, path: str | Path) -> Path:

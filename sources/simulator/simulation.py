@@ -15,7 +15,12 @@ from icuwatch.core.schemas import EARLIEST_EVENT_TIME, Adt, Cxr, Message, Vitals
 from . import cxr as cxr_images
 from .labs import lab_messages
 from .patients import (
-    STREAM_CXR, STREAM_LABS, STREAM_VITALS, STREAM_WAVES, PatientSpec, draw_patients,
+    STREAM_CXR,
+    STREAM_LABS,
+    STREAM_VITALS,
+    STREAM_WAVES,
+    PatientSpec,
+    draw_patients,
 )
 from .physiology import VitalsGenerator
 from .waveforms import FS, UNITS, WaveformGenerator
@@ -65,8 +70,11 @@ def cxr_schedule(p: PatientSpec, duration_s: float, rng: np.random.Generator) ->
     elif p.condition == "sepsis" and p.onset_s is not None:
         times.append(p.onset_s + rng.uniform(30.0, 60.0) * 60.0)
 
-    pattern = "pneumonia" if p.sepsis_source == "pneumonia" else (
-        "diffuse" if p.condition == "respiratory_failure" else "clear")
+    pattern = (
+        "pneumonia"
+        if p.sepsis_source == "pneumonia"
+        else ("diffuse" if p.condition == "respiratory_failure" else "clear")
+    )
     studies: list[Study] = []
     prior: float | None = None
     for t in sorted(t for t in times if t >= 0.0):
@@ -186,17 +194,33 @@ class Simulation:
         t0, t1 = self.start_time, self.end_time
         for p in self.patients:
             i = p.index
-            yield (t0, i, _ORDER_ADT, topics.ADT, Adt(
-                patient_id=p.patient_id, event_time=t0, event="admit", unit=p.unit, bed=p.bed,
-                age=p.age, sex=p.sex))
-            yield (t1, i, _ORDER_ADT, topics.ADT, Adt(
-                patient_id=p.patient_id, event_time=t1, event="discharge", unit=p.unit, bed=p.bed))
+            yield (
+                t0,
+                i,
+                _ORDER_ADT,
+                topics.ADT,
+                Adt(
+                    patient_id=p.patient_id, event_time=t0, event="admit", unit=p.unit, bed=p.bed, age=p.age, sex=p.sex
+                ),
+            )
+            yield (
+                t1,
+                i,
+                _ORDER_ADT,
+                topics.ADT,
+                Adt(patient_id=p.patient_id, event_time=t1, event="discharge", unit=p.unit, bed=p.bed),
+            )
             for n, lab in enumerate(lab_messages(p, t0, self.duration_s, p.rng(STREAM_LABS))):
                 yield (lab.result_time, i, _ORDER_LAB + n, topics.LABS, lab)
             if self.cxr:
                 for study in cxr_schedule(p, self.duration_s, p.rng(STREAM_CXR)):
-                    yield (round(t0 + study.arrival_rel, 3), i, _ORDER_CXR + study.number, topics.CXR,
-                           _cxr_thunk(p, study, t0))
+                    yield (
+                        round(t0 + study.arrival_rel, 3),
+                        i,
+                        _ORDER_CXR + study.number,
+                        topics.CXR,
+                        _cxr_thunk(p, study, t0),
+                    )
 
     def _dense(self, p: PatientSpec) -> Iterator[Item]:
         vitals = VitalsGenerator(p, p.rng(STREAM_VITALS))
@@ -207,22 +231,50 @@ class Simulation:
         for k0 in [0, *range(first, n_sec, BLOCK_S)]:
             k = np.arange(k0, min(k0 + (first if k0 == 0 else BLOCK_S), n_sec), dtype=float)
             v = vitals.block(k)
-            cols = {name: v[name].tolist() for name in
-                    ("hr", "spo2", "rr", "sbp", "dbp", "map", "temp", "o2_supplement", "consciousness")}
+            cols = {
+                name: v[name].tolist()
+                for name in ("hr", "spo2", "rr", "sbp", "dbp", "map", "temp", "o2_supplement", "consciousness")
+            }
             # Waveforms skip pydantic validation (WaveformGenerator checks the samples are finite,
             # all other fields are ours): the per-sample Python validator would triple the cost.
             chunks = waves.block(k0, v["hr_true"], v["rr_true"], v["s"]) if waves else None
             for j in range(len(k)):
                 t = self.start_time + k0 + j
-                yield (t, i, _ORDER_VITALS, topics.VITALS, Vitals(
-                    patient_id=pid, event_time=t, hr=cols["hr"][j], spo2=cols["spo2"][j], rr=cols["rr"][j],
-                    sbp=cols["sbp"][j], dbp=cols["dbp"][j], map=cols["map"][j], temp=cols["temp"][j],
-                    o2_supplement=cols["o2_supplement"][j], consciousness=cols["consciousness"][j]))
+                yield (
+                    t,
+                    i,
+                    _ORDER_VITALS,
+                    topics.VITALS,
+                    Vitals(
+                        patient_id=pid,
+                        event_time=t,
+                        hr=cols["hr"][j],
+                        spo2=cols["spo2"][j],
+                        rr=cols["rr"][j],
+                        sbp=cols["sbp"][j],
+                        dbp=cols["dbp"][j],
+                        map=cols["map"][j],
+                        temp=cols["temp"][j],
+                        o2_supplement=cols["o2_supplement"][j],
+                        consciousness=cols["consciousness"][j],
+                    ),
+                )
                 if chunks is not None and ((k0 + j) % chunk_s == 0 or j == 0):
                     # one chunk per chunk_s seconds of signal (cut at block ends), sent at its start
                     n = min(chunk_s - (k0 + j) % chunk_s, len(k) - j)
                     for signal in ("ecg", "ppg", "resp"):
-                        piece = chunks[signal][j] if n == 1 else np.concatenate(chunks[signal][j:j + n])
-                        yield (t, i, _ORDER_WAVE[signal], topics.WAVEFORMS, Waveform.model_construct(
-                            patient_id=pid, event_time=t, signal=signal, fs=FS[signal],
-                            samples=piece.tolist(), units=UNITS[signal]))
+                        piece = chunks[signal][j] if n == 1 else np.concatenate(chunks[signal][j : j + n])
+                        yield (
+                            t,
+                            i,
+                            _ORDER_WAVE[signal],
+                            topics.WAVEFORMS,
+                            Waveform.model_construct(
+                                patient_id=pid,
+                                event_time=t,
+                                signal=signal,
+                                fs=FS[signal],
+                                samples=piece.tolist(),
+                                units=UNITS[signal],
+                            ),
+                        )

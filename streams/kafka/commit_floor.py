@@ -79,8 +79,10 @@ def _filter_committable_offsets(self: Consumer, tps) -> dict:
 
 def install() -> None:
     """Patch Faust's consumer (a private method: pinned faust-streaming; an upgrade must pass
-    ``tests/test_commit_floor.py`` again)."""
+    ``tests/streams/kafka/test_commit_floor.py`` again)."""
     if not callable(getattr(Consumer, "_filter_committable_offsets", None)):
-        raise RuntimeError("faust-streaming changed: Consumer._filter_committable_offsets is gone; "
-                           "re-check streams/kafka/commit_floor.py against the new commit logic")
+        raise RuntimeError(
+            "faust-streaming changed: Consumer._filter_committable_offsets is gone; "
+            "re-check streams/kafka/commit_floor.py against the new commit logic"
+        )
     Consumer._filter_committable_offsets = _filter_committable_offsets

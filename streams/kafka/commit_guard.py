@@ -25,8 +25,11 @@ _do_commit_offsets = GroupCoordinator._do_commit_offsets
 
 
 async def _commit_within_a_generation(self: GroupCoordinator, assignment: Any, offsets: dict) -> None:
-    if (offsets and self.generation == OffsetCommitRequest.DEFAULT_GENERATION_ID
-            and self._subscription.partitions_auto_assigned()):
+    if (
+        offsets
+        and self.generation == OffsetCommitRequest.DEFAULT_GENERATION_ID
+        and self._subscription.partitions_auto_assigned()
+    ):
         # commit_offsets() turns this into CommitFailedError("... already rebalanced ..."), which
         # Faust takes as a commit to retry after the rebalance.
         raise UnknownMemberIdError(self.group_id)

@@ -56,8 +56,14 @@ class ResilientProducer:
         manager = getattr(self._producer, "_transaction_manager", None)
         return bool(manager is not None and manager.has_fatal_error())
 
-    def send(self, topic: str, key: bytes | None = None, value: bytes | None = None,
-             partition: int | None = None, **kwargs: Any) -> FutureRecordMetadata:
+    def send(
+        self,
+        topic: str,
+        key: bytes | None = None,
+        value: bytes | None = None,
+        partition: int | None = None,
+        **kwargs: Any,
+    ) -> FutureRecordMetadata:
         if self.broken():
             self._replace()
         return self._producer.send(topic, key=key, value=value, partition=partition, **kwargs)

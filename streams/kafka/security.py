@@ -15,18 +15,20 @@ from icuwatch.core.settings import Settings
 
 def ssl_context(settings: Settings) -> ssl.SSLContext:
     """Server-verifying TLS (hostname checked) with the configured CA and optional client cert."""
-    context = ssl.create_default_context(
-        cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None)
+    context = ssl.create_default_context(cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None)
     if settings.kafka_ssl_certfile:
-        context.load_cert_chain(str(settings.kafka_ssl_certfile),
-                                str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None)
+        context.load_cert_chain(
+            str(settings.kafka_ssl_certfile), str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None
+        )
     return context
 
 
 def _sasl_login(settings: Settings) -> tuple[str, str]:
     if not settings.kafka_sasl_username or settings.kafka_sasl_password is None:
-        raise ValueError(f"ICUWATCH_KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol} needs "
-                         "ICUWATCH_KAFKA_SASL_USERNAME and ICUWATCH_KAFKA_SASL_PASSWORD")
+        raise ValueError(
+            f"ICUWATCH_KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol} needs "
+            "ICUWATCH_KAFKA_SASL_USERNAME and ICUWATCH_KAFKA_SASL_PASSWORD"
+        )
     return settings.kafka_sasl_username, settings.kafka_sasl_password.get_secret_value()
 
 
@@ -38,8 +40,9 @@ def kafka_python_config(settings: Settings) -> dict[str, Any]:
         config["ssl_context"] = ssl_context(settings)
     if protocol.startswith("SASL_"):
         username, password = _sasl_login(settings)
-        config.update(sasl_mechanism=settings.kafka_sasl_mechanism, sasl_plain_username=username,
-                      sasl_plain_password=password)
+        config.update(
+            sasl_mechanism=settings.kafka_sasl_mechanism, sasl_plain_username=username, sasl_plain_password=password
+        )
     return config
 
 
@@ -53,5 +56,9 @@ def faust_credentials(settings: Settings):
     if protocol == "SSL":
         return SSLCredentials(ssl_context(settings))
     username, password = _sasl_login(settings)
-    return SASLCredentials(username=username, password=password, mechanism=settings.kafka_sasl_mechanism,
-                           ssl_context=ssl_context(settings) if protocol == "SASL_SSL" else None)
+    return SASLCredentials(
+        username=username,
+        password=password,
+        mechanism=settings.kafka_sasl_mechanism,
+        ssl_context=ssl_context(settings) if protocol == "SASL_SSL" else None,
+    )

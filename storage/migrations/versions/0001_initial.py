@@ -4,7 +4,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2025-01-01
 
-Hand-written; tests/test_storage.py checks it against the models with Alembic's compare_metadata.
+Hand-written; tests/storage/test_storage.py checks it against the models with Alembic's compare_metadata.
 No foreign keys to patients on purpose: scores and alerts may arrive before the ADT admit.
 """
 
@@ -59,9 +59,7 @@ def upgrade() -> None:
         sa.Column("trigger", sa.String(32), nullable=False),
         _ts("scored_at"),
         sa.PrimaryKeyConstraint("id", name="pk_scores"),
-        sa.UniqueConstraint(
-            "patient_id", "model", "event_time", name="uq_scores_patient_id_model_event_time"
-        ),
+        sa.UniqueConstraint("patient_id", "model", "event_time", name="uq_scores_patient_id_model_event_time"),
     )
     op.create_index("ix_scores_patient_id_event_time", "scores", ["patient_id", "event_time"])
 
@@ -85,9 +83,7 @@ def upgrade() -> None:
         sa.Column("ack_comment", sa.Text(), nullable=True),
         _ts("resolved_at", nullable=True),
         sa.PrimaryKeyConstraint("alert_id", name="pk_alerts"),
-        sa.CheckConstraint(
-            "state IN ('raised', 'acknowledged', 'resolved')", name="ck_alerts_state"
-        ),
+        sa.CheckConstraint("state IN ('raised', 'acknowledged', 'resolved')", name="ck_alerts_state"),
     )
     op.create_index("ix_alerts_state_event_time", "alerts", ["state", "event_time"])
     op.create_index("ix_alerts_patient_id_event_time", "alerts", ["patient_id", "event_time"])

@@ -4,7 +4,7 @@ Revision ID: 0003
 Revises: 0002
 Create Date: 2026-12-01
 
-Hand-written; tests/test_storage.py checks it against the models with Alembic's compare_metadata.
+Hand-written; tests/storage/test_storage.py checks it against the models with Alembic's compare_metadata.
 Existing alerts get ``updated_at`` = their latest known change (resolution, acknowledgement or
 storage) and an audit trail rebuilt from their columns (``detail["backfilled"]`` is true), so
 every alert has at least its 'raised' event.
@@ -29,9 +29,7 @@ def _ts(name: str, nullable: bool = False) -> sa.Column:
 
 
 def _id() -> sa.Column:
-    return sa.Column(
-        "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
-    )
+    return sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False)
 
 
 def _aware(t):  # type: ignore[no-untyped-def]
@@ -41,17 +39,13 @@ def _aware(t):  # type: ignore[no-untyped-def]
 
 def upgrade() -> None:
     # SQLite rebuilds the table for the NOT NULL change (batch mode; the reflected CHECK constraint
-    # on state is carried over, tests/test_alert_lifecycle.py checks it).
+    # on state is carried over, tests/storage/test_alert_lifecycle.py checks it).
     with op.batch_alter_table("alerts") as batch:
         batch.add_column(sa.Column("resolved_by", sa.String(128), nullable=True))
-        batch.add_column(
-            sa.Column("escalation_level", sa.SmallInteger(), nullable=False, server_default="0")
-        )
+        batch.add_column(sa.Column("escalation_level", sa.SmallInteger(), nullable=False, server_default="0"))
         batch.add_column(_ts("escalated_at", nullable=True))
         batch.add_column(_ts("updated_at", nullable=True))
-    op.execute(
-        "UPDATE alerts SET updated_at = COALESCE(resolved_at, acknowledged_at, stored_at)"
-    )
+    op.execute("UPDATE alerts SET updated_at = COALESCE(resolved_at, acknowledged_at, stored_at)")
     with op.batch_alter_table("alerts") as batch:
         batch.alter_column("updated_at", existing_type=sa.DateTime(timezone=True), nullable=False)
         batch.create_index("ix_alerts_updated_at", ["updated_at"])
@@ -82,9 +76,7 @@ def upgrade() -> None:
         _ts("revoked_at", nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_api_tokens"),
         sa.UniqueConstraint("token_sha256", name="uq_api_tokens_token_sha256"),
-        sa.CheckConstraint(
-            "role IN ('nurse', 'physician', 'engineer', 'admin')", name="role"
-        ),
+        sa.CheckConstraint("role IN ('nurse', 'physician', 'engineer', 'admin')", name="role"),
     )
 
     _backfill_audit(events)
@@ -106,18 +98,33 @@ def _backfill_audit(events: sa.Table) -> None:
     for a in result:
         base = {"alert_id": a.alert_id}
         rows.append(
-            {**base, "at": _aware(a.raised_at), "actor": "system", "action": "raised",
-             "detail": {"backfilled": True, "risk": a.risk}}
+            {
+                **base,
+                "at": _aware(a.raised_at),
+                "actor": "system",
+                "action": "raised",
+                "detail": {"backfilled": True, "risk": a.risk},
+            }
         )
         if a.acknowledged_at is not None:
             rows.append(
-                {**base, "at": _aware(a.acknowledged_at), "actor": a.acknowledged_by or "unknown",
-                 "action": "acknowledged", "detail": {"backfilled": True, "comment": a.ack_comment}}
+                {
+                    **base,
+                    "at": _aware(a.acknowledged_at),
+                    "actor": a.acknowledged_by or "unknown",
+                    "action": "acknowledged",
+                    "detail": {"backfilled": True, "comment": a.ack_comment},
+                }
             )
         if a.resolved_at is not None:
             rows.append(
-                {**base, "at": _aware(a.resolved_at), "actor": "system", "action": "resolved",
-                 "detail": {"backfilled": True}}
+                {
+                    **base,
+                    "at": _aware(a.resolved_at),
+                    "actor": "system",
+                    "action": "resolved",
+                    "detail": {"backfilled": True},
+                }
             )
     if rows:
         op.bulk_insert(events, rows)

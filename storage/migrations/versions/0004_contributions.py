@@ -4,7 +4,7 @@ Revision ID: 0004
 Revises: 0003
 Create Date: 2026-12-08
 
-Hand-written; tests/test_storage.py checks it against the models with Alembic's compare_metadata.
+Hand-written; tests/storage/test_storage.py checks it against the models with Alembic's compare_metadata.
 Scores: ``{risk kind: {modality: value}}``; alerts: ``{modality: value}`` for the alert's kind.
 Rows from before stay NULL (no explanation was computed for them). On SQLite the downgrade
 rebuilds both tables (batch mode; the reflected CHECK constraint on alerts.state is carried over).

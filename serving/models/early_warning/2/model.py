@@ -48,8 +48,9 @@ class TritonPythonModel:
                         pb_utils.Tensor("SEPSIS_RISK", out["sepsis_risk"].reshape(-1, 1)),
                         pb_utils.Tensor("NEWS2", out["news2"].astype(np.int32).reshape(-1, 1)),
                         pb_utils.Tensor("QSOFA", out["qsofa"].astype(np.int32).reshape(-1, 1)),
-                        pb_utils.Tensor(features.CONTRIBUTIONS_OUTPUT,
-                                        np.ascontiguousarray(out["contributions"], dtype=np.float32)),
+                        pb_utils.Tensor(
+                            features.CONTRIBUTIONS_OUTPUT, np.ascontiguousarray(out["contributions"], dtype=np.float32)
+                        ),
                     ]
                 )
             )

@@ -1,0 +1,97 @@
+"""``icuwatch bench pipeline``: the lag arithmetic against acknowledged offsets (pure), and one short
+real run (broker, tritonserver, worker, SQLite) whose books must balance."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from icuwatch.benchmarks.pipeline import Acks, lag_now, read_stats
+
+
+def test_lag_counts_records_past_the_last_taken_offset_and_the_oldest_ones_age():
+    acks = Acks()
+    for offset, t in enumerate([100.0, 101.0, 102.0, 103.0]):
+        acks.acked("icu.vitals", 0, 50 + offset, t)  # the partition already held 50 records
+    acks.acked("icu.vitals", 1, 0, 100.5)
+    # partition 0: took up to offset 51 -> 52, 53 waiting (sent at 102); partition 1: nothing taken
+    records, seconds = lag_now(acks, {"icu.vitals": {"0": 51}}, now=110.0)
+    assert records == 3
+    assert seconds == pytest.approx(110.0 - 100.5)
+    records, seconds = lag_now(acks, {"icu.vitals": {"0": 53, "1": 0}}, now=110.0)
+    assert (records, seconds) == (0, 0.0)
+    assert acks.end(("icu.vitals", 0)) == 54 and acks.total("icu.vitals") == 5
+
+
+def test_out_of_order_acks_keep_offsets_aligned():
+    acks = Acks()
+    acks.acked("icu.labs", 2, 10, 1.0)
+    acks.acked("icu.labs", 2, 12, 3.0)  # 11 acknowledged later (a retry)
+    assert acks.end(("icu.labs", 2)) == 13
+    assert lag_now(acks, {"icu.labs": {"2": 10}}, now=5.0) == (2, 5.0 - 3.0)
+
+
+def test_stats_of_several_workers_merge(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(
+        json.dumps(
+            {
+                "at": 10.0,
+                "processed": 5,
+                "processed_by_topic": {"icu.vitals": 5},
+                "done_offsets": {"icu.vitals": {"0": 4}},
+                "scorer": {"triton_rows": 2},
+            }
+        )
+    )
+    assert read_stats([a, b]) == {}  # not every worker has written yet
+    b.write_text(
+        json.dumps(
+            {
+                "at": 9.0,
+                "processed": 7,
+                "processed_by_topic": {"icu.vitals": 7},
+                "done_offsets": {"icu.vitals": {"1": 6}},
+                "scorer": {"triton_rows": 3},
+            }
+        )
+    )
+    merged = read_stats([a, b])
+    assert merged["at"] == 9.0 and merged["processed"] == 12
+    assert merged["processed_by_topic"] == {"icu.vitals": 12} and merged["scorer"] == {"triton_rows": 5}
+    assert merged["done_offsets"] == {"icu.vitals": {"0": 4, "1": 6}}
+
+
+def test_kafka_producer_uses_the_c_crc32c():
+    """Without the crc32c package kafka-python checksums every batch in Python (5x the CPU per send)."""
+    from kafka.record import util
+
+    assert util.crc32c_c is not None
+
+
+@pytest.mark.stack
+def test_a_short_bench_balances_its_books():
+    from icuwatch.benchmarks.pipeline import run
+
+    out = run(beds=20, minutes=0.4, workers=1, progress=False)
+    msgs = out["messages"]
+    assert msgs["produced_acked"] > 20 * 24 * 4 * 0.9
+    assert msgs["lost"] == 0 and msgs["taken_by_worker"] == msgs["produced_acked"]
+    assert out["scores"]["lost"] == 0 and out["scores"]["published"] >= 20
+    assert out["scores"]["scorer"]["triton_rows"] == out["scores"]["published"]
+    assert out["alerts"]["lost"] == 0 and out["alerts"]["stored"] == out["alerts"]["published_to_topic"]
+    assert out["consumer_lag"]["seconds"]["n"] >= 15
+    assert out["scores"]["event_to_scored_s"]["p50"] is not None
+    assert out["data"].startswith("simulated")
+    json.dumps(out)
+
+
+def test_rss_growth_is_the_slope_in_mb_per_minute():
+    from icuwatch.benchmarks.pipeline import rss_growth_per_min
+
+    flat = [{"at": 1000.0 + i, "rss_mb": 400.0 + (i % 2)} for i in range(120)]
+    assert abs(rss_growth_per_min(flat)) < 0.1
+    leak = [{"at": 1000.0 + i, "rss_mb": 400.0 + i / 30.0} for i in range(120)]  # 2 MB a minute
+    assert rss_growth_per_min(leak) == pytest.approx(2.0, abs=0.01)
+    assert rss_growth_per_min(flat[:5]) is None

@@ -1,0 +1,503 @@
+"""HL7 v2 interface: mapping tables, unit conversion, timestamps, ORU/ADT mapping, the encoder's round
+trip, ACKs; and the MLLP listener against the real broker (``stack``)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+import uuid
+from zoneinfo import ZoneInfo
+
+import hl7
+import hl7.mllp
+import pytest
+
+from icuwatch.core import topics
+from icuwatch.core.schemas import LAB_UNITS, Adt, Lab, Vitals
+from icuwatch.interfaces import hl7_encode
+from icuwatch.interfaces.hl7_encode import send_via_hl7_async, to_hl7
+from icuwatch.interfaces.hl7_listener import Hl7Listener, build_ack
+from icuwatch.interfaces.hl7_mapping import (
+    Hl7Reject,
+    completed_years,
+    load_mapping,
+    map_message,
+    parse_ts,
+    sanitize_patient_id,
+)
+
+MAPPING = load_mapping()
+T0 = 1732550400.0  # 2024-11-25T16:00:00Z
+TS = "20241125160000"
+
+
+def oru(pid: str, *obx: str, obr_time: str = TS, extra_obr: str = "", msh_time: str = "20241125170000") -> str:
+    segs = [
+        f"MSH|^~\\&|GW|WARD|ICUWATCH|ICU|{msh_time}||ORU^R01|{uuid.uuid4().hex[:12]}|P|2.5",
+        f"PID|1||{pid}^^^HOSP^MR||Doe^Jane",
+        f"OBR|1||ORD1|PANEL|||{obr_time}{extra_obr}",
+    ]
+    segs += [f"OBX|{i}|{o}" for i, o in enumerate(obx, 1)]
+    return "\r".join(segs)
+
+
+def adt(
+    pid: str,
+    trigger: str,
+    evn_time: str = TS,
+    loc: str = "MICU^12^MICU-012",
+    born: str = "19570601",
+    sex: str = "F",
+    admitted: str = "",
+) -> str:
+    pv1 = f"PV1|1|I|{loc}" + ("|" * 41 + admitted if admitted else "")  # PV1-44 admit date/time
+    return "\r".join(
+        [
+            f"MSH|^~\\&|ADT|HOSP|ICUWATCH|ICU|20241125163000||ADT^{trigger}|{uuid.uuid4().hex[:12]}|P|2.5",
+            f"EVN|{trigger}|{evn_time}",
+            f"PID|1||{pid}^^^HOSP^MR||Doe^Jane||{born}|{sex}",
+            pv1,
+        ]
+    )
+
+
+# ---- pure: timestamps -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("202411251600", T0),
+        ("20241125160000", T0),
+        ("20241125160000.5", T0 + 0.5),
+        ("20241125160000.1234", T0 + 0.1234),
+        ("20241125170000+0100", T0),
+        ("20241125110000-0500", T0),
+        ("20241125163000+0030", T0),
+    ],
+)
+def test_parse_ts(text, expected):
+    assert parse_ts(text) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2024",
+        "2024112516",
+        "20241325160000",
+        "20241125250000",
+        "20241125160000.",
+        "20241125160000.12345",
+        "20241125160000+01",
+        "20241125160000Z",
+        "2024-11-25T16:00",
+        "",
+        "20241125160000+2500",
+        "1732550400",
+    ],
+)
+def test_parse_ts_rejects(text):
+    with pytest.raises(ValueError):
+        parse_ts(text)
+
+
+def test_naive_time_in_configured_zone():
+    assert parse_ts(TS) == T0  # UTC by default
+    assert parse_ts("20241125170000", ZoneInfo("Europe/Berlin")) == T0  # CET in November
+    assert parse_ts("20240701180000", ZoneInfo("Europe/Berlin")) == parse_ts("20240701160000")  # CEST
+
+
+def test_completed_years_and_ids():
+    from datetime import date
+
+    assert completed_years(date(1957, 6, 1), date(2024, 11, 25)) == 67
+    assert completed_years(date(1957, 11, 26), date(2024, 11, 25)) == 66
+    assert sanitize_patient_id(" MRN 12/34 ") == "MRN_12_34"
+    with pytest.raises(ValueError):
+        sanitize_patient_id("   ")
+
+
+# ---- pure: mapping tables and unit conversion --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "code,unit,value,field,expected",
+    [
+        ("2524-7", "mg/dL", 18.02, "lactate", 2.0),
+        ("32693-4", "mmol/L", 2.5, "lactate", 2.5),
+        ("2160-0", "umol/L", 88.4, "creatinine", 1.0),
+        ("2160-0", "µmol/L", 176.8, "creatinine", 2.0),
+        ("2345-7", "mmol/L", 5.0, "glucose", 90.08),
+        ("718-7", "g/L", 135, "hemoglobin", 13.5),
+        ("6690-2", "10*9/L", 12.1, "wbc", 12.1),
+        ("6690-2", "10^9/L", 12.1, "wbc", 12.1),
+        ("2019-8", "kPa", 5.33, "paco2", 39.98),
+        ("3150-0", "%", 40, "fio2", 0.4),
+        ("8310-5", "[degF]", 98.6, "temp", 37.0),
+        ("8310-5", "Cel", 38.2, "temp", 38.2),
+        ("8480-6", "mm[Hg]", 120, "sbp", 120),
+    ],
+)
+def test_unit_conversion(code, unit, value, field, expected):
+    rule = MAPPING.lookup(code, unit)
+    assert rule.field == field
+    assert rule.convert(value) == pytest.approx(expected, abs=0.01)
+
+
+def test_unknown_code_and_unit_have_reasons():
+    with pytest.raises(LookupError, match="unknown observation code '9999-9'"):
+        MAPPING.lookup("9999-9", "mmol/L")
+    with pytest.raises(LookupError, match="unit 'g/dL' not accepted for 2524-7 \\(lactate\\)"):
+        MAPPING.lookup("2524-7", "g/dL")
+
+
+def test_every_lab_rule_targets_a_schema_analyte():
+    for by_unit in MAPPING.rules.values():
+        for rule in by_unit.values():
+            if rule.topic == "labs":
+                assert rule.field in LAB_UNITS
+    # the simulator's analytes all have an identity row (the encoder's code and unit)
+    from icuwatch.sources.simulator.labs import FULL
+
+    assert all(MAPPING.preferred("labs", a) for a in FULL)
+
+
+def test_extra_mapping_file_extends_and_overrides(tmp_path):
+    extra = tmp_path / "site.csv"
+    extra.write_text(
+        "# site codes\ncode,topic,field,unit,factor,offset,note\n"
+        "LOC-LAC,labs,lactate,mg/dL,1/9.01,,local lactate\n"
+        "2160-0,labs,creatinine,umol/L,0.0113,0,rounded factor\n"
+        "8867-4,labs,lactate,mmol/L,1,0,silly remap\n"
+        "147842,ignore,,,,,monitor ECG HR duplicate\n"
+    )
+    m = load_mapping(extra)
+    assert m.lookup("LOC-LAC", "mg/dL").convert(9.01) == pytest.approx(1.0)
+    assert m.lookup("2160-0", "umol/L").factor == 0.0113
+    assert m.lookup("2160-0", "mg/dL").factor == 1  # built-in rows of the code stay
+    assert m.lookup("8867-4", "mmol/L").field == "lactate"
+    with pytest.raises(LookupError):
+        m.lookup("8867-4", "/min")  # remapped code: built-in rows dropped
+    assert m.lookup("147842", "").topic == "ignore"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("code,topic,field,unit\nX,labs,unobtainium,mg/dL\n")
+    with pytest.raises(ValueError, match="not a v1 lab analyte"):
+        load_mapping(bad)
+
+
+# ---- pure: ORU / ADT mapping -------------------------------------------------------------------
+
+
+def test_oru_vitals_one_message_per_observation_time():
+    text = oru(
+        "P1",
+        f"NM|8867-4^Heart rate^LN||88|/min|||||F|||{TS}",
+        f"NM|59408-5^SpO2^LN||94|%|||||F|||{TS}",
+        f"NM|8310-5^Temp^LN||101.3|[degF]|||||F|||{TS}",
+        "NM|9279-1^RR^LN||22|/min|||||F|||20241125160100",
+        "NM|8480-6^SBP^LN||95|mm[Hg]|||||F",
+    )  # no OBX-14: OBR-7
+    out = map_message(text, MAPPING)
+    assert [t for t, _ in out] == [topics.VITALS, topics.VITALS]
+    first, second = out[0][1], out[1][1]
+    assert isinstance(first, Vitals) and first.event_time == T0
+    assert (first.hr, first.spo2, first.sbp) == (88, 94, 95)
+    assert first.temp == pytest.approx(38.5, abs=0.01)
+    assert second.event_time == T0 + 60 and second.rr == 22
+
+
+def test_oru_labs_with_conversion_and_times():
+    text = oru(
+        "P2",
+        f"NM|2524-7^Lactate^LN||36.04|mg/dL|||||F|||{TS}",
+        "NM|2160-0^Creat^LN||132.6|umol/L|||||F",
+        extra_obr="|||||||||||||||20241125164500",
+    )
+    out = map_message(text, MAPPING)
+    labs = {m.analyte: m for _, m in out}
+    assert labs["lactate"].value == pytest.approx(4.0, abs=1e-3) and labs["lactate"].unit == "mmol/L"
+    assert labs["creatinine"].value == pytest.approx(1.5, abs=1e-3) and labs["creatinine"].unit == "mg/dL"
+    assert all(m.event_time == T0 and m.result_time == T0 + 45 * 60 for m in labs.values())
+    # without OBR-22, the result time is the message time
+    out = map_message(oru("P2", "NM|2345-7||6|mmol/L|||||F"), MAPPING)
+    assert out[0][1].result_time == T0 + 3600 and out[0][1].value == pytest.approx(108.1, abs=0.01)
+
+
+def test_cancelled_observations_are_skipped():
+    out = map_message(oru("P3", "NM|8867-4||90|/min|||||F", "NM|2524-7||||||||X"), MAPPING)
+    assert [t for t, _ in out] == [topics.VITALS]
+
+
+@pytest.mark.parametrize(
+    "obx,reason",
+    [
+        ("NM|9999-9^Mystery||1|mmol/L|||||F", "unknown observation code '9999-9'"),
+        ("NM|2524-7^Lactate||2|g/dL|||||F", "unit 'g/dL' not accepted"),
+        ("NM|8867-4^HR||fast|/min|||||F", "not a number"),
+        ("NM|8867-4^HR||900|/min|||||F", "vitals hr"),
+        ("NM|8867-4^HR||90|/min|||||F|||20241125256100", "OBX-14: bad HL7 timestamp"),
+        ("NM|8867-4^HR||90|/min|||||F|||19990101000000", "event_time"),
+    ],
+)
+def test_oru_rejects(obx, reason):
+    with pytest.raises(Hl7Reject) as exc:
+        map_message(oru("P4", "NM|59408-5||97|%|||||F", obx), MAPPING)
+    assert reason in exc.value.reason
+    assert exc.value.patient_id == "P4"
+
+
+def test_malformed_messages_rejected():
+    for text, reason in [
+        ("hello", "no MSH segment"),
+        (oru("P5", "NM|8867-4||90|/min|||||F").replace("OBX|1", "obx!1"), "bad segment id"),
+        (oru("P5", "NM|8867-4||90|/min|||||F").replace("PID|1||P5^^^HOSP^MR", "PID|1||"), "PID-3"),
+        (oru("P5", "NM|8867-4||90|/min|||||F", obr_time=""), "no observation time"),
+        (adt("P5", "A08"), "unsupported ADT event A08"),
+        (oru("P5").replace("ORU^R01", "ORM^O01"), "unsupported message type ORM^O01"),
+    ]:
+        with pytest.raises(Hl7Reject, match=None) as exc:
+            map_message(text, MAPPING)
+        assert reason in exc.value.reason, (text, exc.value.reason)
+
+
+def test_adt_mapping():
+    ((topic, msg),) = map_message(adt("MRN/77", "A01"), MAPPING)
+    assert topic == topics.ADT and isinstance(msg, Adt)
+    assert (msg.patient_id, msg.event, msg.unit, msg.bed, msg.age, msg.sex, msg.event_time) == (
+        "MRN_77",
+        "admit",
+        "MICU",
+        "MICU-012",
+        67.0,
+        "F",
+        T0,
+    )
+    assert map_message(adt("X", "A02", loc="SICU^3"), MAPPING)[0][1].bed == "3"
+    dis = map_message(adt("X", "A03", evn_time="", sex="O"), MAPPING)[0][1]
+    assert dis.event == "discharge" and dis.sex == "U" and dis.event_time == T0 + 1800  # MSH-7
+    assert msg.hospital_admit_time is None
+    # PV1-44 (admit date/time of the visit) is the hospital admission, when usable
+    admitted = map_message(adt("X", "A02", admitted="20241123081500"), MAPPING)[0][1]
+    assert admitted.hospital_admit_time == T0 - 2 * 86400 - 7 * 3600 - 45 * 60
+    assert map_message(adt("X", "A01", admitted=TS), MAPPING)[0][1].hospital_admit_time == T0
+    for unusable in ("20241125160001", "20241123", "garbage"):  # after the event, a date only, malformed
+        assert map_message(adt("X", "A01", admitted=unusable), MAPPING)[0][1].hospital_admit_time is None
+
+
+def test_encoder_round_trip():
+    v = Vitals(
+        patient_id="sim0001",
+        event_time=T0 + 0.123,
+        hr=71.3,
+        spo2=96.0,
+        rr=18,
+        sbp=121,
+        dbp=70,
+        map=87,
+        temp=37.2,
+        o2_supplement=False,
+        consciousness="V",
+    )
+    lab = Lab(patient_id="sim0001", event_time=T0, analyte="fio2", value=0.35, unit="fraction", result_time=T0 + 600)
+    a = Adt(patient_id="sim0001", event_time=T0, event="discharge", unit="MICU", bed="MICU-001", age=80, sex="M")
+    h = Adt(patient_id="sim0001", event_time=T0 + 0.123, event="admit", unit="MICU", hospital_admit_time=T0 - 36000.5)
+    times = {"event_time", "result_time", "hospital_admit_time"}
+    for msg in (v, lab, a, h):
+        ((topic, back),) = map_message(to_hl7(msg), MAPPING)
+        assert back.model_dump(exclude=times) == msg.model_dump(exclude=times)
+        assert back.event_time == pytest.approx(msg.event_time, abs=1e-4)
+        if isinstance(msg, Adt):
+            assert back.hospital_admit_time == (
+                None if msg.hospital_admit_time is None else pytest.approx(msg.hospital_admit_time, abs=1e-4)
+            )
+    from icuwatch.sources.simulator import Simulation
+
+    sim = Simulation(n_patients=2, seed=3, start_time=T0, duration_s=1200, waveforms=False, patient_prefix="rt")
+    n = 0
+    for _, topic, msg in sim.timed_messages():
+        if topic in (topics.VITALS, topics.LABS, topics.ADT):
+            ((t2, back),) = map_message(to_hl7(msg), MAPPING)
+            assert t2 == topic and back.patient_id == msg.patient_id
+            n += 1
+    assert n > 100
+
+
+def test_ack_segments():
+    raw = oru("P6", "NM|8867-4||90|/min|||||F").encode()
+    ack = hl7.parse(
+        build_ack(raw, "AR", "unit 'x|y' not accepted", Hl7Reject("r", segment="OBX", index=4, field=6, code="103"))
+    )
+    assert str(ack.segment("MSH")[9]) == "ACK^R01^ACK"
+    assert str(ack.segment("MSA")[1]) == "AR"
+    assert str(ack.segment("MSA")[2]) == str(hl7.parse(raw.decode()).segment("MSH")[10])
+    assert ack.unescape(str(ack.segment("MSA")[3])) == "unit 'x|y' not accepted"
+    assert str(ack.segment("ERR")[2]) == "OBX^4^6" and str(ack.segment("ERR")[3]).startswith("103^")
+    assert hl7.parse(build_ack(b"garbage", "AR", "no MSH")).segment("MSA")[1] == ["AR"]
+
+
+class _DownProducer:
+    """A producer whose broker never acknowledges."""
+
+    def send(self, topic, key=None, value=None):
+        from kafka.errors import KafkaTimeoutError
+
+        class F:
+            def get(self, timeout=None):
+                raise KafkaTimeoutError("broker down")
+
+        return F()
+
+    def flush(self, timeout=None):
+        pass
+
+
+def test_broker_down_is_ae(tmp_path):
+    from stack_fixtures import settings_for
+
+    settings, _ = settings_for(tmp_path)
+    listener = Hl7Listener(settings, producer=_DownProducer())
+    try:
+        ack = hl7.parse(listener.handle(oru("P7", "NM|8867-4||90|/min|||||F").encode()))
+        assert str(ack.segment("MSA")[1]) == "AE" and "broker" in str(ack.segment("MSA")[3])
+        ack = hl7.parse(listener.handle(oru("P7", "NM|9999-9||90|/min|||||F").encode()))
+        assert str(ack.segment("MSA")[1]) == "AE"  # rejected but could not be dead-lettered: sender keeps it
+    finally:
+        listener.executor.shutdown()
+
+
+# ---- with the real broker ----------------------------------------------------------------------
+
+
+def _consume(settings, topic: str, patient_id: str, n: int, timeout_s: float = 20.0) -> list[dict]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.broker, enable_auto_commit=False, group_id=None, consumer_timeout_ms=500
+    )
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        found: list[dict] = []
+        deadline = time.monotonic() + timeout_s
+        while len(found) < n and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                for r in records:
+                    if r.key == patient_id.encode():
+                        found.append(json.loads(r.value))
+        return found
+    finally:
+        consumer.close()
+
+
+async def _exchange(port: int, texts: list[str]) -> list[tuple[str, str]]:
+    """Send each message on one connection, waiting for its ACK: [(MSA-1, MSA-3)]."""
+    reader, writer = await hl7.mllp.open_hl7_connection("127.0.0.1", port, encoding="utf-8")
+    out = []
+    try:
+        for text in texts:
+            writer.writeblock(text.encode("utf-8"))
+            await writer.drain()
+            ack = await asyncio.wait_for(reader.readmessage(), 30)
+            out.append(hl7_encode.ack_code(ack))
+    finally:
+        writer.close()
+    return out
+
+
+async def _with_listener(settings, body):
+    listener = Hl7Listener(settings)
+    await listener.start("127.0.0.1", 0)
+    try:
+        return await body(listener.port)
+    finally:
+        await listener.close()
+
+
+@pytest.mark.stack
+def test_listener_end_to_end(stack):
+    settings, _ = stack
+    pid = f"hl7-{uuid.uuid4().hex[:8]}"
+    good_vitals = oru(
+        pid,
+        f"NM|8867-4^HR^LN||112|/min|||||F|||{TS}",
+        f"NM|8310-5^T^LN||102.2|[degF]|||||F|||{TS}",
+        "NM|59408-5^SpO2^LN||91|%|||||F|||20241125160500+0100",
+    )
+    good_labs = oru(
+        pid,
+        "NM|2524-7^Lactate^LN||37.84|mg/dL|||||F",
+        "NM|6690-2^WBC^LN||14.2|10*9/L|||||F",
+        obr_time="20241125153000",
+        extra_obr="|||||||||||||||20241125161500",
+    )
+    bad = [
+        oru(pid, "NM|8867-4||90|/min|||||F").replace("OBX|1", "OB\x01|1"),  # bad segment
+        oru(pid, "NM|1234-5^What||1|mg/dL|||||F"),  # unknown code
+        oru(pid, "NM|2524-7^Lactate||2|mg/mL|||||F"),  # wrong unit
+        oru(pid, "NM|8867-4||90|/min|||||F|||20241131120000"),  # bad timestamp
+    ]
+    after = oru(pid, "NM|8867-4^HR^LN||64|/min|||||F|||20241125170000")
+
+    async def body(port):
+        first = await _exchange(
+            port, [good_vitals, good_labs, adt(pid, "A01"), adt(pid, "A03", evn_time="20241126090000")]
+        )
+        second = await _exchange(port, bad + [after])  # one connection: rejects, then a good one
+        return first, second
+
+    first, second = asyncio.run(_with_listener(settings, body))
+    assert [c for c, _ in first] == ["AA"] * 4, first
+    assert [c for c, _ in second] == ["AR"] * 4 + ["AA"], second
+    for (_, reason), expect in zip(
+        second,
+        [
+            "bad segment id",
+            "unknown observation code '1234-5'",
+            "unit 'mg/mL' not accepted",
+            "OBX-14: bad HL7 timestamp",
+        ],
+    ):
+        assert expect in reason
+
+    vitals = sorted(_consume(settings, topics.VITALS, pid, 3), key=lambda m: m["event_time"])
+    assert [v["event_time"] for v in vitals] == [T0 - 3600 + 300, T0, T0 + 3600]
+    assert vitals[1]["hr"] == 112 and vitals[1]["temp"] == pytest.approx(39.0, abs=0.01)
+    assert vitals[0]["spo2"] == 91 and vitals[2]["hr"] == 64
+    labs = {m["analyte"]: m for m in _consume(settings, topics.LABS, pid, 2)}
+    assert labs["lactate"]["value"] == pytest.approx(4.2, abs=1e-3) and labs["lactate"]["unit"] == "mmol/L"
+    assert labs["lactate"]["event_time"] == T0 - 1800 and labs["lactate"]["result_time"] == T0 + 900
+    assert labs["wbc"]["value"] == 14.2
+    adts = sorted(_consume(settings, topics.ADT, pid, 2), key=lambda m: m["event_time"])
+    assert [(a["event"], a["event_time"]) for a in adts] == [("admit", T0), ("discharge", T0 + 17 * 3600)]
+    assert adts[0]["unit"] == "MICU" and adts[0]["age"] == 67 and adts[0]["sex"] == "F"
+    dead = _consume(settings, topics.DEADLETTER, pid, 4)
+    assert len(dead) == 4 and all(d["topic"] == "hl7" for d in dead)
+    assert {base64.b64decode(d["original_b64"]).decode() for d in dead} == set(bad)
+    assert any("unknown observation code" in d["reason"] for d in dead)
+
+
+@pytest.mark.stack
+def test_simulator_via_hl7(stack):
+    from icuwatch.sources.simulator import Simulation
+
+    settings, _ = stack
+    prefix = f"h{uuid.uuid4().hex[:6]}-"
+    sim = Simulation(n_patients=2, seed=11, start_time=T0, duration_s=120, waveforms=False, patient_prefix=prefix)
+    expected, first_vitals = {}, []
+    for _, topic, msg in sim.timed_messages():
+        if topic in (topics.VITALS, topics.LABS, topics.ADT):
+            expected[topic] = expected.get(topic, 0) + 1
+        if topic == topics.VITALS and msg.patient_id == f"{prefix}0000":
+            first_vitals.append(msg.event_time)
+
+    async def body(port):
+        return await send_via_hl7_async(sim, "127.0.0.1", port, speed=0, connections=2)
+
+    result = asyncio.run(_with_listener(settings, body))
+    assert result["sent"] == expected
+    got = _consume(settings, topics.VITALS, f"{prefix}0000", len(first_vitals))
+    assert sorted(g["event_time"] for g in got) == pytest.approx(sorted(first_vitals), abs=1e-3)

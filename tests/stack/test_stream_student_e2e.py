@@ -1,0 +1,229 @@
+"""The worker scoring with the distilled student (``ICUWATCH_SCORING_MODEL=student_physionet``):
+PhysioNet stays replayed through broker -> worker -> tritonserver, stored sepsis risks equal the
+student's own probabilities (in-process, early exit as served) on the rows the stream builds, and
+the stored sepsis contributions its leave-one-modality-out differences p(row) - p(row without the
+modality) on those rows.
+
+A tiny student is distilled from a tiny teacher on a small PhysioNet cohort with toy labels (what is
+checked is the plumbing, not the model), exported, and served by a tritonserver of this module on
+ports 18200-18202 beside the session's broker.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from icuwatch.sources.physionet import Stay, default_data_dir, list_stays, read_psv
+
+DATA = default_data_dir()
+pytestmark = [
+    pytest.mark.stack,
+    pytest.mark.usefixtures("one_torch_thread"),
+    pytest.mark.skipif(not DATA.is_dir(), reason=f"no PhysioNet stays in {DATA}"),
+]
+PORTS = {
+    "ICUWATCH_TRITON_URL": "127.0.0.1:18201",
+    "ICUWATCH_TRITON_HTTP_PORT": "18200",
+    "ICUWATCH_TRITON_METRICS_PORT": "18202",
+}
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory, one_torch_thread):
+    """(TrainedModel, its directory): a toy-trained student on PhysioNet-shaped rows."""
+    from icuwatch.fusion import model_store
+    from icuwatch.fusion.cohorts import physionet
+    from icuwatch.fusion.distill import DistillConfig, distill
+    from icuwatch.fusion.training import TrainConfig, train
+
+    cohort = physionet.build(limit=80, progress=False)
+    # toy labels: positives in every split, whatever sepsis cases the 80 stays hold
+    cohort.y = (cohort.inputs["vitals"][:, -1, 0] > 0.3).astype(np.int8)
+    models = tmp_path_factory.mktemp("models")
+    cfg = dict(epochs=1, rows_per_epoch=2000, batch_size=64, threads=1, modality_dropout=0.3)
+    teacher, teacher_card = train("attention", cohort, TrainConfig(**cfg), progress=False)
+    teacher_dir = model_store.save(teacher, teacher_card, models / teacher_card["model"])
+    model, card = distill(teacher_dir, cohort, DistillConfig(**cfg), progress=False)
+    directory = model_store.save(model, card, models / card["model"])
+    return model_store.load(directory), directory
+
+
+@pytest.fixture(scope="module")
+def served(student, tmp_path_factory):
+    from stack_fixtures import settings_for
+
+    from icuwatch.deploy import triton
+    from icuwatch.serving import export as triton_export
+
+    trained, directory = student
+    repo = tmp_path_factory.mktemp("triton-repo")
+    triton_export.export_model(trained, repo, directory)
+    settings, _ = settings_for(
+        tmp_path_factory.mktemp("triton-student"), **PORTS, ICUWATCH_TRITON_EXTRA_REPOSITORIES=str(repo)
+    )
+    try:
+        triton.start(settings, ready_models=[settings.triton_model, "student_physionet"], timeout_s=120)
+        yield settings
+    finally:
+        triton.stop(settings)
+
+
+def _stays(n: int) -> list[Stay]:
+    from icuwatch.sources.psv import stay_messages
+
+    out = []
+    for path in list_stays(DATA, split="test"):
+        stay = read_psv(path)
+        stats: Counter = Counter()
+        if 10 <= len(stay.values) <= 30:
+            stay_messages(stay, 1_600_000_000.0, stats)
+            if not stats["skipped_out_of_range"]:
+                out.append(stay)
+        if len(out) == n:
+            break
+    return out
+
+
+def _without(row: dict, j: int) -> dict:
+    """The cohort row with modality ``j`` (0 vitals, 1 labs) absent: zeros, flag off, staleness 0."""
+    name = ("vitals", "labs")[j]
+    out = {
+        "inputs": {**row["inputs"], name: np.zeros_like(row["inputs"][name])},
+        "present": row["present"].copy(),
+        "staleness_h": row["staleness_h"].copy(),
+    }
+    out["present"][j], out["staleness_h"][j] = False, 0.0
+    return out
+
+
+def _expected(trained, stay: Stay, base: float) -> dict[float, tuple[float, dict[str, float]]]:
+    """Per hour time, the served student's probability (early exit) on the stream's row and its
+    sepsis contributions (p(row) - p(row without the modality); 0 for an absent one)."""
+    from icuwatch.fusion.psv_predict import hour_times
+    from icuwatch.fusion.strategies.base import to_tensors
+    from icuwatch.sources.psv import stay_messages
+    from icuwatch.streams import patient_state
+    from icuwatch.streams.student_row import cohort_row, stack_rows
+
+    norm = trained.card["data"]["meta"]["norm"]
+    messages = sorted(stay_messages(stay, base), key=lambda m: m[0])
+    state, rows, i = patient_state.new_state(), [], 0
+    times = [float(t) for t in hour_times(stay, base)]
+    for t in times:
+        while i < len(messages) and messages[i][0] <= t:
+            patient_state.apply(state, messages[i][2])
+            i += 1
+        rows.append(cohort_row(state, t, norm))
+    model = trained.model
+
+    def probability(batch_rows: list[dict]) -> np.ndarray:
+        with torch.no_grad():
+            logits, where = model.forward_early_exit(to_tensors(stack_rows(batch_rows)))
+            return torch.sigmoid(model.calibrated(logits, where)).numpy().astype(np.float64)
+
+    p = probability(rows)
+    out = {}
+    for i, (t, row) in enumerate(zip(times, rows)):
+        contributions = {"vitals": 0.0, "waveforms": 0.0, "labs": 0.0, "cxr": 0.0}
+        for j, name in enumerate(("vitals", "labs")):
+            if row["present"][j]:
+                contributions[name] = float(p[i] - probability([_without(row, j)])[0])
+        out[t] = (float(p[i]), contributions)
+    return out
+
+
+def test_stored_sepsis_risks_are_the_students(stack, served, student, tmp_path):
+    from stack_fixtures import running_worker, wait_for, wait_for_scores
+
+    from icuwatch.core import topics
+    from icuwatch.fusion.psv_predict import hour_times, rule_outputs
+    from icuwatch.sources.psv import stay_messages
+    from icuwatch.storage import db
+    from icuwatch.storage.repository import utc
+    from icuwatch.streams.kafka.producer import make_producer
+
+    trained, directory = student
+    base_settings, env = stack
+    url = f"sqlite:///{tmp_path / 'student.db'}"
+    settings = base_settings.model_copy(
+        update={"database_url": url, "app_id": f"student-{uuid.uuid4().hex[:6]}", "worker_web_port": 16068}
+    )
+    env = {
+        **env,
+        "ICUWATCH_TRITON_URL": served.triton_url,
+        "ICUWATCH_SCORING_MODEL": "student_physionet",
+        "ICUWATCH_SCORING_MODEL_DIR": str(directory),
+    }
+    db.upgrade(url)
+    chosen = _stays(2)
+    base = 1_700_000_000.0 + (time.time() % 1_000_000)
+    suffix = uuid.uuid4().hex[:6]
+    renamed = [Stay(f"{s.patient_id}x{suffix}", s.columns, s.values) for s in chosen]
+    # Per hour: labs and ADT first, and only once the worker has taken them (its stats file) the vital
+    # signs. A lab taken after the next hour's vital signs would only count from that hour on (the
+    # worker revises the latest score, not an older one); the rule sepsis risk rarely moves with a
+    # lab, the student's moves with every one, so the replay must not race here.
+    messages = sorted((m for s in renamed for m in stay_messages(s, base)), key=lambda m: (m[0], m[1] == topics.VITALS))
+    stats_path = settings.run_dir / f"worker-{settings.worker_web_port}.json"
+    sent: Counter = Counter()
+
+    def processed() -> dict[str, int] | None:
+        try:
+            return json.loads(stats_path.read_text())["processed_by_topic"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def settled() -> dict[str, int] | None:
+        """The worker's counts once it has drained what other tests left in the topics."""
+        before = processed()
+        time.sleep(2.5)  # the stats file is written every second
+        return before if before is not None and before == processed() else None
+
+    def taken() -> bool:
+        done = processed() or {}
+        return all(done.get(t, 0) - baseline.get(t, 0) >= n for t, n in sent.items() if t != topics.VITALS)
+
+    with running_worker(settings, env, tmp_path / "worker.log"):
+        baseline = wait_for(settled, timeout_s=120, interval_s=0.1)
+        assert baseline is not None, "the worker never settled"
+        producer = make_producer(settings)
+        last, last_topic = None, None
+        for t, topic, msg in messages:
+            if topic == topics.VITALS and last_topic not in (None, topics.VITALS):
+                producer.flush()
+                assert wait_for(taken, timeout_s=30, interval_s=0.05), f"worker did not take {dict(sent)}"
+            elif last is not None and t > last:
+                producer.flush()
+                time.sleep(0.1)
+            last_topic, last = topic, t
+            producer.send(topic, key=msg.key(), value=msg.to_bytes())
+            sent[topic] += 1
+        producer.flush()
+        producer.close()
+        rows = wait_for_scores(url, {s.patient_id for s in renamed})
+
+    compared = moved = 0
+    for stay in renamed:
+        expected = _expected(trained, stay, base)
+        offline = rule_outputs(stay, base)
+        streamed = {r.event_time: r for r in rows if r.patient_id == stay.patient_id}
+        for i, t in enumerate(hour_times(stay, base)):
+            row = streamed.get(utc(float(t)))
+            if row is None:
+                continue  # an hour without vital signs advances no clock
+            assert row.source == "triton" and row.model == "student_physionet+rules"
+            risk, contributions = expected[float(t)]
+            assert row.sepsis_risk == pytest.approx(risk, abs=1e-5), (stay.patient_id, i, row.revision)
+            assert row.contributions["sepsis"] == pytest.approx(contributions, abs=2e-5), (stay.patient_id, i)
+            moved += any(abs(v) > 1e-4 for v in contributions.values())
+            for field in ("deterioration_risk", "news2", "qsofa"):
+                assert getattr(row, field) == pytest.approx(float(offline[field][i]), abs=1e-5), (i, field)
+            compared += 1
+    assert compared >= sum(len(s.values) for s in chosen) // 2 and moved > 0

@@ -1,0 +1,89 @@
+"""Faust commits past messages it has not seen acknowledged (faust-streaming 0.15.3); the worker's
+patch (``streams/kafka/commit_floor.py``) does not. Pure: Faust's own bookkeeping on a bare object."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+from faust.transport.consumer import Consumer
+from intervaltree import IntervalTree
+
+from icuwatch.streams.kafka.commit_floor import _filter_committable_offsets, new_offset, oldest_unacked
+
+TP = ("icu.labs", 2)
+
+
+@dataclass(eq=False)
+class Message:
+    tp: tuple
+    offset: int
+    acked: bool
+    generation_id: int | None = None
+
+
+def books(committed: int | None, acked: list[int], held: list[int]) -> SimpleNamespace:
+    """A consumer's books: ``acked`` offsets acknowledged, ``held`` delivered and not acknowledged."""
+    messages = [Message(TP, o, False) for o in held]
+    messages += [Message(TP, o, True) for o in acked]
+    c = SimpleNamespace(
+        _acked=defaultdict(list, {TP: list(acked)}),
+        _acked_index=defaultdict(set, {TP: set(acked)}),
+        _gap=defaultdict(IntervalTree),
+        _committed_offset=defaultdict(lambda: None, {TP: committed}),
+        _unacked_messages=set(messages),
+    )
+    c._should_commit = lambda tp, offset: Consumer._should_commit(c, tp, offset)
+    return c
+
+
+def test_faust_alone_commits_past_held_messages():
+    """The hole the patch closes: both cases lose the held messages to a worker killed after the commit."""
+    fresh_group = books(committed=None, acked=[5, 6], held=[0, 1, 2, 3, 4])
+    assert Consumer._new_offset(fresh_group, TP) == 7
+    one_held = books(committed=10, acked=[11, 12], held=[10])
+    assert Consumer._new_offset(one_held, TP) == 13
+
+
+def test_the_patch_never_commits_past_the_oldest_held_message():
+    assert _filter_committable_offsets(books(committed=None, acked=[5, 6], held=[0, 1, 2, 3, 4]), [TP]) == {}
+    assert _filter_committable_offsets(books(committed=10, acked=[11, 12], held=[10]), [TP]) == {}
+    # held in the middle: commit up to it, keep the rest of the acknowledged offsets for later
+    c = books(committed=10, acked=[10, 11, 13, 14], held=[12])
+    assert _filter_committable_offsets(c, [TP]) == {TP: 12}
+    assert c._acked[TP] == [13, 14] and c._acked_index[TP] == {13, 14}
+    # held after a run that Faust too would stop at: the same answer as Faust
+    assert new_offset(books(committed=None, acked=[0, 1, 2], held=[3]), TP, floor=3) == 3
+    assert Consumer._new_offset(books(committed=None, acked=[0, 1, 2], held=[3]), TP) == 3
+
+
+def test_nothing_held_commits_what_faust_commits():
+    for committed, acked in ((None, [0, 1, 2]), (4, [4, 5, 6, 9]), (7, [7])):
+        assert new_offset(books(committed, acked, []), TP, floor=None) == Consumer._new_offset(
+            books(committed, acked, []), TP
+        )
+
+
+def test_gaps_in_the_log_count_as_acknowledged():
+    c = books(committed=0, acked=[0, 1, 5], held=[])
+    c._gap[TP].addi(2, 5)  # offsets 2-4 are not in the log (compacted away)
+    assert new_offset(c, TP, floor=None) == 6
+
+
+def test_the_floor_is_the_oldest_unacknowledged_offset_per_partition():
+    c = books(committed=0, acked=[0, 1], held=[7, 3])
+    other = ("icu.vitals", 0)
+    c._unacked_messages.add(Message(other, 42, False))
+    assert oldest_unacked(c) == {TP: 3, other: 42}
+
+
+def test_messages_of_an_earlier_generation_do_not_hold_commits_back():
+    """After a rebalance the partition is read again from its committed offset: a message object
+    left over from before (unacknowledged, still referenced somewhere) must not block commits."""
+    c = books(committed=3, acked=[3, 4, 5], held=[])
+    c._unacked_messages.add(Message(TP, 4, False, generation_id=1))
+    c.app = SimpleNamespace(consumer_generation_id=2)
+    assert oldest_unacked(c) == {}
+    c._unacked_messages.add(Message(TP, 5, False, generation_id=2))
+    assert oldest_unacked(c) == {TP: 5}

@@ -1,0 +1,152 @@
+from icuwatch.core import schemas
+from icuwatch.streams import alerting
+
+T = 1_764_000_000.0
+# refractory_s=0: these tests are about the hysteresis alone (the refractory period has its own).
+TH = {
+    "deterioration": alerting.Thresholds(0.5, 0.3, confirm=2, clear=3, refractory_s=0),
+    "sepsis": alerting.Thresholds(0.5, 0.3, confirm=2, clear=3, refractory_s=0),
+}
+
+
+def score(t, risk, sepsis=0.0):
+    return schemas.Score(
+        patient_id="p1",
+        event_time=t,
+        model="m",
+        source="triton",
+        deterioration_risk=risk,
+        sepsis_risk=sepsis,
+        news2=7,
+        qsofa=1,
+        staleness_s={},
+        scored_at=t,
+    )
+
+
+def run(risks, state=None, start=0, th=TH, step=60):
+    state = state or alerting.new_alert_state()
+    alerts = []
+    for i, r in enumerate(risks):
+        alerts += alerting.update(state, score(T + step * (start + i), r), th)
+    return state, alerts
+
+
+def test_one_episode_gives_one_alert():
+    _, alerts = run([0.1, 0.6, 0.7, 0.9, 0.8, 0.45, 0.7, 0.9])
+    assert len(alerts) == 1
+    assert alerts[0].kind == "deterioration"
+    assert alerts[0].episode_start == T + 60
+    assert alerts[0].event_time == T + 120
+
+
+def test_single_spike_does_not_alert():
+    _, alerts = run([0.1, 0.9, 0.1, 0.9, 0.1])
+    assert alerts == []
+
+
+def test_episode_closes_after_clear_run_and_reopens():
+    _, alerts = run([0.9, 0.9, 0.2, 0.2, 0.2, 0.9, 0.9])
+    assert len(alerts) == 2
+    assert alerts[0].alert_id != alerts[1].alert_id
+
+
+def test_redelivered_scores_do_not_raise_again_and_ids_are_deterministic():
+    state, first = run([0.9, 0.9, 0.9])
+    _, again = run([0.9, 0.9, 0.9], state=state)
+    assert again == []
+    _, replay = run([0.9, 0.9, 0.9])
+    assert replay[0].alert_id == first[0].alert_id
+
+
+def test_kinds_are_independent():
+    state = alerting.new_alert_state()
+    out = []
+    for i in range(3):
+        out += alerting.update(state, score(T + 60 * i, 0.1, sepsis=0.8), TH)
+    assert [a.kind for a in out] == ["sepsis"]
+
+
+REFRACTORY = {k: alerting.Thresholds(0.5, 0.3, confirm=2, clear=3, refractory_s=1800) for k in TH}
+
+
+def test_refractory_period_defaults_to_the_setting():
+    from icuwatch.core.settings import Settings
+
+    assert alerting.Thresholds(0.5, 0.3).refractory_s == Settings().alert_refractory_s == 1800.0
+
+
+def test_no_new_episode_within_the_refractory_period_after_close():
+    # Episode 1 opens at T+60 (start T), closes at T+240 (third low score); high again from T+300.
+    risks = [0.9, 0.9, 0.2, 0.2, 0.2] + [0.9] * 40
+    _, alerts = run(risks, th=REFRACTORY)
+    assert len(alerts) == 2
+    first, second = alerts
+    assert first.episode_start == T and first.event_time == T + 60
+    # Not before T+240+1800 = T+2040, the first score after which the run (from T+300) counts.
+    assert second.event_time == T + 2040
+    assert second.episode_start == T + 300
+    assert second.alert_id == alerting.alert_id("p1", "deterioration", T + 300)
+
+
+def test_a_broken_run_during_the_refractory_period_must_confirm_again():
+    # Closed at T+240; a short run ends inside the period, then a fresh one after it.
+    risks = [0.9, 0.9, 0.2, 0.2, 0.2] + [0.9] * 5 + [0.4] * 30 + [0.9, 0.9]
+    _, alerts = run(risks, th=REFRACTORY)
+    assert [a.event_time for a in alerts] == [T + 60, T + 60 * 41]
+    assert alerts[1].episode_start == T + 60 * 40
+
+
+def test_refractory_is_per_kind_and_counts_event_time():
+    state = alerting.new_alert_state()
+    out = []
+    times = [0, 60, 120, 180, 240, 300, 360]
+    det = [0.9, 0.9, 0.2, 0.2, 0.2, 0.9, 0.9]  # closes at 240, blocked at 300/360
+    sep = [0.0, 0.0, 0.0, 0.0, 0.0, 0.9, 0.9]  # first sepsis episode: not blocked
+    for t, d, s in zip(times, det, sep):
+        out += alerting.update(state, score(T + t, d, sepsis=s), REFRACTORY)
+    assert [(a.kind, a.event_time) for a in out] == [("deterioration", T + 60), ("sepsis", T + 360)]
+    # Sparse scores: 1800 s of event time, not a number of scores.
+    out = []
+    for t, d in [(2000, 0.9), (2039, 0.9), (2041, 0.9)]:
+        out += alerting.update(state, score(T + t, d), REFRACTORY)
+    assert [a.event_time for a in out] == [T + 2041]
+
+
+def test_refractory_ids_are_deterministic_under_replay():
+    risks = [0.9, 0.9, 0.2, 0.2, 0.2] + [0.9] * 40
+    _, a = run(risks, th=REFRACTORY)
+    _, b = run(risks, th=REFRACTORY)
+    assert [x.alert_id for x in a] == [x.alert_id for x in b]
+
+
+def test_state_saved_before_the_refractory_period_existed_still_works():
+    state = alerting.new_alert_state()
+    for ks in state["kinds"].values():
+        del ks["closed_at"]
+    _, alerts = run([0.9, 0.9, 0.2, 0.2, 0.2, 0.9, 0.9], state=state, th=REFRACTORY)
+    assert len(alerts) == 1  # the close is recorded, so the reopen 60 s later is held back
+
+
+def test_step_reports_the_episode_it_closes():
+    th = {k: alerting.Thresholds(0.5, 0.3, confirm=2, clear=3, refractory_s=0) for k in alerting.RISK_FIELD}
+    state = alerting.new_alert_state()
+    opened, closed = [], []
+    for i, r in enumerate([0.9, 0.9, 0.1, 0.1, 0.1]):
+        o, c = alerting.step(state, score(T + 60 * i, r), th)
+        opened += o
+        closed += c
+    assert [a.alert_id for a in opened] == closed
+
+
+def test_a_revised_score_can_open_the_episode_its_first_version_did_not():
+    th = {k: alerting.Thresholds(0.5, 0.3, confirm=2, clear=3, refractory_s=0) for k in alerting.RISK_FIELD}
+    state = alerting.new_alert_state()
+    assert alerting.step(state, score(T, 0.1, sepsis=0.9), th)[0] == []
+    first = score(T + 60, 0.1, sepsis=0.2)
+    assert alerting.step(state, first, th)[0] == []
+    revised = first.model_copy(update={"sepsis_risk": 0.8, "revision": 1})
+    opened, _ = alerting.step(state, revised, th)
+    assert [a.kind for a in opened] == ["sepsis"] and opened[0].episode_start == T
+    assert alerting.step(state, revised, th) == ([], [])  # redelivered revision: nothing new
+    assert alerting.step(state, first, th) == ([], [])  # the older revision arriving late: ignored
