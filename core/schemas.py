@@ -225,11 +225,16 @@ contributed to one risk: a leave-one-modality-out risk difference (rule model) o
 weight; finite, in [-1, 1]. Layout and meaning: :data:`icuwatch.core.features.CONTRIBUTIONS_SHAPE`."""
 
 
+AlertKind = Literal["deterioration", "sepsis"]
+ScoreSource = Literal["triton", "fallback"]
+"""Where a score came from: the served model, or the in-process rules while Triton is unreachable."""
+
+
 class Score(Message):
     """A risk score for one patient at ``event_time`` (using only data with event time <= it)."""
 
     model: str
-    source: Literal["triton", "fallback"]
+    source: ScoreSource
     deterioration_risk: Annotated[float, Field(ge=0, le=1)]
     sepsis_risk: Annotated[float, Field(ge=0, le=1)]
     news2: Annotated[int, Field(ge=0, le=20)]
@@ -262,12 +267,12 @@ class Alert(Message):
     """An alert episode opening. ``alert_id`` is unique per patient, kind and episode."""
 
     alert_id: Annotated[str, Field(min_length=1, max_length=200)]
-    kind: Literal["deterioration", "sepsis"]
+    kind: AlertKind
     risk: Annotated[float, Field(ge=0, le=1)]
     news2: Annotated[int, Field(ge=0, le=20)]
     qsofa: Annotated[int, Field(ge=0, le=3)]
     model: str
-    source: Literal["triton", "fallback"]
+    source: ScoreSource
     episode_start: EventTime
     raised_at: EventTime
     """Wall-clock time the alert was raised."""
@@ -300,7 +305,7 @@ class DeadLetter(Message):
         listeners), stamped now; keyed by ``patient_id`` when it is a valid id, else 'unknown'."""
         valid = patient_id is not None and re.fullmatch(PATIENT_ID_PATTERN, patient_id) is not None
         return cls(
-            patient_id=patient_id if valid else "unknown",
+            patient_id=patient_id if valid and patient_id is not None else "unknown",
             event_time=time.time(),
             topic=source,
             partition=partition,
@@ -343,4 +348,11 @@ def decode(topic: str, raw: bytes | None, key: bytes | None = None) -> Message:
         raise SchemaError(f"{topic} v1: {where}: {first.get('msg', 'invalid')}") from None
     if key is not None and key != msg.key():
         raise SchemaError("message key does not match patient_id")
+    return msg
+
+
+def decode_score(raw: bytes | None, key: bytes | None = None) -> Score:
+    """:func:`decode` for ``icu.scores``, typed as the :class:`Score` it returns."""
+    msg = decode(topics.SCORES, raw, key)
+    assert isinstance(msg, Score)  # MESSAGE_TYPES maps the topic to Score
     return msg

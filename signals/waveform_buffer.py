@@ -83,9 +83,12 @@ class WaveformBuffer:
         return True
 
     def _evict(self) -> None:
-        horizon = self.newest_end - self.window_s  # type: ignore[operator]
+        fs, newest_end = self.fs, self.newest_end
+        if fs is None or newest_end is None:
+            return
+        horizon = newest_end - self.window_s
         n = 0
-        while n < len(self._chunks) and self._starts[n] + len(self._chunks[n]) / self.fs <= horizon:
+        while n < len(self._chunks) and self._starts[n] + len(self._chunks[n]) / fs <= horizon:
             n += 1
         if n:
             del self._starts[:n]

@@ -152,7 +152,7 @@ def add_scores(session: Session, scores: Sequence[schemas.Score]) -> int:
     if not scores:
         return 0
     _ensure_patients(session, (s.patient_id for s in scores))
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "patient_id": s.patient_id,
             "event_time": utc(s.event_time),
@@ -182,11 +182,11 @@ def _upsert_revisions(session: Session, rows: list[dict[str, Any]]) -> int:
     keys = ["patient_id", "model", "event_time"]
     changed = 0
     for row in rows:
-        stmt = _insert(session, tbl).values(row)
-        stmt = stmt.on_conflict_do_update(
+        insert = _insert(session, tbl).values(row)
+        stmt = insert.on_conflict_do_update(
             index_elements=keys,
-            set_={c: stmt.excluded[c] for c in row if c not in keys},
-            where=tbl.c.revision < stmt.excluded.revision,
+            set_={c: insert.excluded[c] for c in row if c not in keys},
+            where=tbl.c.revision < insert.excluded.revision,
         ).returning(tbl.c.id)
         changed += len(session.execute(stmt).all())
     return changed
@@ -295,7 +295,7 @@ def store_alert(session: Session, alert: schemas.Alert) -> str:
                 },
             )
         return "suppressed"
-    row = {
+    row: dict[str, Any] = {
         "alert_id": alert.alert_id,
         "patient_id": alert.patient_id,
         "kind": alert.kind,

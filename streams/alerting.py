@@ -38,7 +38,7 @@ class Thresholds:
     """Event-time seconds after an episode closes during which no new episode opens (0: none)."""
 
 
-RISK_FIELD = {"deterioration": "deterioration_risk", "sepsis": "sepsis_risk"}
+RISK_FIELD: dict[schemas.AlertKind, str] = {"deterioration": "deterioration_risk", "sepsis": "sepsis_risk"}
 
 
 def new_alert_state() -> dict:
@@ -87,19 +87,20 @@ def step(state: dict, score: schemas.Score, thresholds: dict[str, Thresholds]) -
         closed_at = ks.get("closed_at")
         refractory = closed_at is not None and score.event_time - closed_at < th.refractory_s
         if ks["open"] is None and ks["above"] >= th.confirm and not refractory:
-            ks["open"] = ks["run_start"]
+            start: float = ks["run_start"]
+            ks["open"] = start
             raised.append(
                 schemas.Alert(
                     patient_id=score.patient_id,
                     event_time=score.event_time,
-                    alert_id=alert_id(score.patient_id, kind, ks["open"]),
+                    alert_id=alert_id(score.patient_id, kind, start),
                     kind=kind,
                     risk=risk,
                     news2=score.news2,
                     qsofa=score.qsofa,
                     model=score.model,
                     source=score.source,
-                    episode_start=ks["open"],
+                    episode_start=start,
                     raised_at=time.time(),
                     contributions=(score.contributions or {}).get(kind),
                 )

@@ -82,7 +82,7 @@ class ScoreBatcher:
         if batch[0].cohort is not None:
             from icuwatch.streams.student_row import stack_rows
 
-            rows = stack_rows([d.cohort for d in batch])
+            rows = stack_rows([d.cohort for d in batch if d.cohort is not None])
         out, source = await self.scorer.score(x, rows)
         model = self.scorer.model_name if source == "triton" else rules.MODEL_NAME
         c = out.get("contributions")

@@ -16,16 +16,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import numpy as np
 
-from icuwatch.core import features, rules
+from icuwatch.core import features, rules, schemas
 from icuwatch.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
 OUTPUTS = ("DETERIORATION_RISK", "SEPSIS_RISK", "NEWS2", "QSOFA")
 OUTPUT_KEYS = ("deterioration_risk", "sepsis_risk", "news2", "qsofa")
+
+Outputs = dict[str, Any]
+"""A scored batch: a float array per ``OUTPUT_KEYS`` name, and ``contributions`` (an array of
+``features.CONTRIBUTIONS_SHAPE`` per row, or None when the model gives none)."""
 
 
 class TritonScorer:
@@ -54,7 +59,7 @@ class TritonScorer:
 
     async def score(
         self, x: np.ndarray, rows: dict[str, np.ndarray] | None = None
-    ) -> tuple[dict[str, np.ndarray], str]:
+    ) -> tuple[Outputs, schemas.ScoreSource]:
         """Score a [batch, features] matrix (and, for a cohort-row model, the matching batch of cohort
         rows); returns (outputs, 'triton' | 'fallback')."""
         if time.monotonic() >= self.down_until:
@@ -77,7 +82,7 @@ class TritonScorer:
         self.counts["fallback_rows"] += len(x)
         return rules.score_explained(x), "fallback"
 
-    async def _score_triton(self, x: np.ndarray, rows: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    async def _score_triton(self, x: np.ndarray, rows: dict[str, np.ndarray] | None) -> Outputs:
         return await self._infer(x)
 
     def _connect(self):
@@ -103,7 +108,7 @@ class TritonScorer:
             self._model_outputs = {o["name"] for o in meta.get("outputs", [])}
         return self._model_outputs
 
-    async def _infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
+    async def _infer(self, x: np.ndarray) -> Outputs:
         explained = features.CONTRIBUTIONS_OUTPUT in await self._outputs()
         inp = self._grpc.InferInput("FEATURES", list(x.shape), "FP32")
         inp.set_data_from_numpy(np.ascontiguousarray(x, dtype=np.float32))
@@ -114,7 +119,7 @@ class TritonScorer:
             outputs=[self._grpc.InferRequestedOutput(n) for n in names],
             client_timeout=self.settings.triton_timeout_s,
         )
-        out: dict[str, np.ndarray | None] = {}
+        out: Outputs = {}
         for name, key in zip(OUTPUTS, OUTPUT_KEYS):
             arr = result.as_numpy(name)
             if arr is None or arr.shape[0] != x.shape[0]:
@@ -194,7 +199,7 @@ class StudentScorer(TritonScorer):
     def model_name(self) -> str:
         return f"{self.model}+rules"
 
-    async def _score_triton(self, x: np.ndarray, rows: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    async def _score_triton(self, x: np.ndarray, rows: dict[str, np.ndarray] | None) -> Outputs:
         if rows is None:
             raise ValueError(f"{self.model} scores cohort rows; the worker sent none")
         from icuwatch.streams.student_row import MODALITIES as COHORT_MODALITIES

@@ -8,6 +8,7 @@ import asyncio
 import logging
 
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
 
 from icuwatch.core import schemas
 from icuwatch.storage import db, repository
@@ -28,7 +29,7 @@ def _resolve_if_acknowledged(session, alert_id: str) -> None:
 class StorageSink:
     def __init__(self, url: str) -> None:
         self.url = url
-        self._sessions = None
+        self._sessions: sessionmaker[Session] | None = None
         self.scores_stored = 0
 
     @property

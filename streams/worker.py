@@ -19,6 +19,7 @@ import json
 import logging
 import time
 import zlib
+from typing import Any
 
 import faust
 
@@ -60,7 +61,7 @@ app = faust.App(
     datadir=str(settings.state_dir / "faust"),
 )
 
-raw = {"key_serializer": "raw", "value_serializer": "raw", "partitions": settings.partitions}
+raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw", "partitions": settings.partitions}
 inputs_topic = app.topic(*topics.INPUTS, **raw)
 scores_topic = app.topic(topics.SCORES, **raw)
 alerts_topic = app.topic(topics.ALERTS, **raw)
@@ -184,7 +185,7 @@ def score_published(key: bytes):
 
 @app.agent(inputs_topic)
 async def ingest(stream: faust.StreamT) -> None:
-    async for event in stream.noack().events():
+    async for event in stream.noack().events():  # type: ignore[attr-defined]
         topic = event.message.topic
         if event.message.timestamp:
             last_record_ts[topic] = float(event.message.timestamp)
@@ -221,7 +222,7 @@ async def ingest(stream: faust.StreamT) -> None:
             event.ack()
             continue
         event.message.value = event.value = None  # held until a checkpoint: keep only the offset
-        pending_acks.add(key, event, msg.end_time() if is_waveform else None)
+        pending_acks.add(key, event, msg.end_time() if isinstance(msg, schemas.Waveform) else None)
         if isinstance(msg, schemas.Adt):
             await storage.upsert_patient(msg)
             if msg.event == "discharge":
@@ -258,7 +259,7 @@ async def checkpoint_idle_patients() -> None:
         checkpoint(key, everything=True)
 
 
-@app.on_partitions_revoked.connect
+@app.on_partitions_revoked.connect  # type: ignore[arg-type]
 async def forget_live_state(sender, revoked, **kwargs) -> None:
     """Partitions may move to another worker: drop live copies and unacknowledged events (Faust
     seeks back to the committed offsets, so they are read again); the checkpoints are the truth."""
@@ -270,7 +271,7 @@ async def forget_live_state(sender, revoked, **kwargs) -> None:
 async def raise_alerts(stream: faust.StreamT) -> None:
     async for event in stream.events():
         try:
-            score = schemas.decode(topics.SCORES, event.message.value, event.message.key)
+            score = schemas.decode_score(event.message.value, event.message.key)
         except schemas.SchemaError as exc:
             await dead_letter(event, exc.reason)
             continue
@@ -321,7 +322,7 @@ async def write_stats() -> None:
         "scores_stored": storage.scores_stored,
         "scores_pending": len(batcher().pending),
         "unacknowledged": pending_acks.unacknowledged(),
-        "in_recovery": int(app.tables.recovery.in_recovery),
+        "in_recovery": int(app.tables.recovery.in_recovery),  # type: ignore[attr-defined]
         "consumer_lag": consumer_lag(),
         "done_offsets": {t: {str(p): o for (tt, p), o in done_offsets.items() if tt == t} for t in topics.INPUTS},
         "record_age_s": {t: round(time.time() - ts, 3) for t, ts in last_record_ts.items()},

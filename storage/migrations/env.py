@@ -25,7 +25,7 @@ target_metadata = Base.metadata
 _PG_MIGRATION_LOCK = 0x1C0_3A7C
 
 
-def _url():  # type: ignore[no-untyped-def]
+def _url():
     url = config.attributes.get("url") or context.get_x_argument(as_dictionary=True).get("url")
     return resolve_url(url or config.get_main_option("sqlalchemy.url") or None)
 

@@ -75,11 +75,9 @@ class PendingAcks:
             out, p.events = [e for e, _ in p.events], []
             return out
         keep_after = p.newest_waveform_t - self.hold_s
-        out, held = [], []
-        for event, end_t in p.events:
-            (held if end_t is not None and end_t > keep_after else out).append((event, end_t))
-        p.events = held
-        return [e for e, _ in out]
+        released = [e for e, end_t in p.events if end_t is None or end_t <= keep_after]
+        p.events = [(e, end_t) for e, end_t in p.events if end_t is not None and end_t > keep_after]
+        return released
 
     def idle(self, after_s: float) -> list[bytes]:
         """Patients with unacknowledged events and nothing new for ``after_s`` wall seconds (a monitor

@@ -85,4 +85,4 @@ def install() -> None:
             "faust-streaming changed: Consumer._filter_committable_offsets is gone; "
             "re-check streams/kafka/commit_floor.py against the new commit logic"
         )
-    Consumer._filter_committable_offsets = _filter_committable_offsets
+    Consumer._filter_committable_offsets = _filter_committable_offsets  # type: ignore[method-assign]

@@ -15,4 +15,4 @@ def install(ms: int) -> None:
         consumer._fetch_max_wait_ms = ms
         return consumer
 
-    driver.AIOKafkaConsumerThread._create_worker_consumer = create_with_wait
+    driver.AIOKafkaConsumerThread._create_worker_consumer = create_with_wait  # type: ignore[method-assign]

@@ -32,7 +32,7 @@ def _id() -> sa.Column:
     return sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False)
 
 
-def _aware(t):  # type: ignore[no-untyped-def]
+def _aware(t):
     # SQLite hands back naive UTC values.
     return None if t is None else (t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t)
 
