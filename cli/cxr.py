@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
-
-DEFAULT_SIM = 200
 
 
 def register(subparsers) -> None:
@@ -61,43 +58,20 @@ def register(subparsers) -> None:
 
 def _index(args: argparse.Namespace) -> int:
     from icuwatch.fusion import cxr_archive
-    from icuwatch.fusion import joint_space as je
 
-    model_dir = Path(args.model) if args.model else je.default_model_dir()
-    summary: dict = {"model": str(model_dir), "trained": False}
-    if args.retrain or not (model_dir / je.CARD_FILE).exists():
-        _, card = je.train_on_simulated(
-            n=args.train_pairs or je.DEFAULT_PAIRS,
-            seed=args.seed,
-            epochs=args.epochs if args.epochs is not None else je.DEFAULT_EPOCHS,
-            progress=not args.quiet,
-            out_dir=model_dir,
-        )
-        summary |= {
-            "trained": True,
-            "heldout_retrieval": card["heldout_retrieval"],
-            "training_seconds": card["training"]["seconds"],
-        }
-    model = cxr_archive.load_model(model_dir)
-
-    archive = cxr_archive.CxrArchive(args.archive)
-    n_sim = args.sim
-    if n_sim is None and not args.add and not args.record and len(archive) == 0:
-        n_sim = DEFAULT_SIM
-    added_sim = archive.add_simulated(n_sim, seed=args.sim_seed) if n_sim else []
-    added_files = []
-    for folder in args.add:
-        added_files += archive.add_images(folder)
-    for record_file in args.record:
-        added_files += archive.add_recorded(record_file)
-    emb = archive.embeddings(model)
-    summary |= {
-        "archive": str(archive.root),
-        "studies": len(archive),
-        "added_sim": len(added_sim),
-        "added_files": len(added_files),
-        "embeddings": list(emb.shape),
-    }
+    summary = cxr_archive.build_index(
+        args.archive,
+        model_dir=args.model,
+        retrain=args.retrain,
+        train_pairs=args.train_pairs,
+        train_seed=args.seed,
+        epochs=args.epochs,
+        n_sim=args.sim,
+        sim_seed=args.sim_seed,
+        image_folders=args.add,
+        record_files=args.record,
+        progress=not args.quiet,
+    )
     print(json.dumps(summary))
     return 0
 

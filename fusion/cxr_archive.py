@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -310,3 +311,61 @@ def add_images(folder: str | Path, root: str | Path | None = None, **kwargs) -> 
 def search(text: str, top_k: int = 5, root: str | Path | None = None, model=None) -> list[dict]:
     """Rank the archive's images by similarity to ``text`` (see :meth:`CxrArchive.search`)."""
     return CxrArchive(root).search(text, top_k, model=model)
+
+
+DEFAULT_SIM = 200
+"""Simulated studies an empty archive gets when ``build_index`` is given nothing to add."""
+
+
+def build_index(
+    archive_dir: str | Path | None = None,
+    *,
+    model_dir: str | Path | None = None,
+    retrain: bool = False,
+    train_pairs: int | None = None,
+    train_seed: int = 0,
+    epochs: int | None = None,
+    n_sim: int | None = None,
+    sim_seed: int = 1,
+    image_folders: Sequence[str | Path] = (),
+    record_files: Sequence[str | Path] = (),
+    progress: bool = False,
+) -> dict:
+    """``icuwatch cxr-index``: train the joint embedding on simulated studies when none is saved in
+    ``model_dir`` (or ``retrain``), add simulated studies, real image folders and recorded ``icu.cxr``
+    streams to the archive, refresh its embedding cache, and say what was done."""
+    from icuwatch.fusion import joint_space
+
+    model_path = Path(model_dir) if model_dir else joint_space.default_model_dir()
+    summary: dict = {"model": str(model_path), "trained": False}
+    if retrain or not (model_path / joint_space.CARD_FILE).exists():
+        _, card = joint_space.train_on_simulated(
+            n=train_pairs or joint_space.DEFAULT_PAIRS,
+            seed=train_seed,
+            epochs=epochs if epochs is not None else joint_space.DEFAULT_EPOCHS,
+            progress=progress,
+            out_dir=model_path,
+        )
+        summary |= {
+            "trained": True,
+            "heldout_retrieval": card["heldout_retrieval"],
+            "training_seconds": card["training"]["seconds"],
+        }
+    model = load_model(model_path)
+    archive = CxrArchive(archive_dir)
+    if n_sim is None and not image_folders and not record_files and len(archive) == 0:
+        n_sim = DEFAULT_SIM
+    added_sim = archive.add_simulated(n_sim, seed=sim_seed) if n_sim else []
+    added_files: list = []
+    for folder in image_folders:
+        added_files += archive.add_images(folder)
+    for record_file in record_files:
+        added_files += archive.add_recorded(record_file)
+    emb = archive.embeddings(model)
+    return summary | {
+        "archive": str(archive.root),
+        "studies": len(archive),
+        "added_sim": len(added_sim),
+        "added_files": len(added_files),
+        "embeddings": list(emb.shape),
+    }

@@ -1,4 +1,5 @@
-"""Per-patient picture of every modality, as a plain JSON-able dict (the Faust table's value).
+"""Per-patient picture of every modality: a :class:`PatientState`, a JSON-able typed dict (the
+Faust table's value, stored as is).
 
 Pure functions, no I/O. Event-time rules:
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import numpy as np
 
@@ -41,8 +42,51 @@ LAB_FEATURES = ("lactate", "wbc", "creatinine", "platelets", "bilirubin")
 RED_FLAG_DELAY_S = 60.0
 CHECKPOINT_EVERY_S = 60.0
 
+History = list[list[Any]]
+"""``[[event_time, value], ...]`` oldest first, at most ``HISTORY`` entries, one per event time."""
 
-def new_state() -> dict:
+
+class PatientState(TypedDict):
+    """One patient's state. Lists, not tuples, and str keys throughout: it goes through JSON."""
+
+    now: float | None
+    """The patient's clock: the newest vital-sign event time (None before the first)."""
+    vitals: dict[str, list[Any]]
+    """Per vital field, ``[event_time, value]`` of its newest sample."""
+    recent_vitals_t: list[float]
+    """Event times of the last ``RECENT_VITALS`` vital-sign samples (duplicates are recognised by them)."""
+    window: list[list[float]]
+    """Per minute ``[minute_start, n_hr, sum_hr, n_spo2, ...]`` (``VITAL_WINDOW_FIELDS``), the last hour."""
+    hourly: list[list[float]]
+    """Per hour ``[bucket, n_hr, sum_hr, ...]`` (``HOURLY_FIELDS``), at most ``HOURLY_BUCKETS``."""
+    hourly_anchor: float | None
+    """Event time the hourly buckets count from (the first vital sign)."""
+    hourly_carry: dict[str, list[float]]
+    """Per field ``[bucket, mean]`` of the newest bucket pushed out of ``hourly``."""
+    labs: dict[str, History]
+    """Per analyte, its newest results."""
+    waveforms_t: History
+    """Event times at which waveform chunks arrived (values None): staleness of the waveforms."""
+    waveform_features: dict[str, History]
+    """Per waveform feature (heart rate from ECG, pulse rate from PPG...), its newest values."""
+    cxr: History
+    """The newest X-ray studies: ``[event_time, {"study_id", "report"}]``."""
+    adt: dict[str, Any]
+    """Admission: newest event and its time, unit, bed, age, sex, admit and hospital admit times, and
+    the ``seen`` events (``event@time``)."""
+    pending: list[list[Any]]
+    """Important events ``[event_time, kind]`` that trigger a score once the clock reaches them."""
+    last_scored: float | None
+    """Event time of the last score submitted."""
+    checkpoint_t: float
+    """Event time of the last checkpoint to the table."""
+    offsets: dict[str, list[float]]
+    """Per ``topic/partition``, ``[offset, timestamp]`` of the newest record applied (redelivery)."""
+    revision: NotRequired[int]
+    """Revision of the last score (> 0 when late data recomputed a score already published)."""
+
+
+def new_state() -> PatientState:
     return {
         "now": None,
         "vitals": {},
@@ -83,11 +127,11 @@ def _at(history: list, t: float) -> list | None:
     return None
 
 
-def _pending(state: dict, t: float, event: str) -> None:
+def _pending(state: PatientState, t: float, event: str) -> None:
     state["pending"].append([t, event])
 
 
-def apply_vitals(state: dict, msg: schemas.Vitals) -> bool:
+def apply_vitals(state: PatientState, msg: schemas.Vitals) -> bool:
     """Fold a vitals sample into last values and the per-minute window; False for a duplicate."""
     t = msg.event_time
     recent = state["recent_vitals_t"]
@@ -109,7 +153,7 @@ def apply_vitals(state: dict, msg: schemas.Vitals) -> bool:
     return True
 
 
-def _add_to_window(state: dict, msg: schemas.Vitals) -> None:
+def _add_to_window(state: PatientState, msg: schemas.Vitals) -> None:
     """Window rows: [minute_start, n_hr, sum_hr, n_spo2, sum_spo2, ...], oldest first."""
     minute = math.floor(msg.event_time / 60.0) * 60.0
     window = state["window"]
@@ -132,16 +176,17 @@ def hour_bucket(anchor: float, t: float) -> int:
     return math.ceil(round((t - anchor) / 3600.0, 6))
 
 
-def _add_to_hourly(state: dict, msg: schemas.Vitals) -> None:
+def _add_to_hourly(state: PatientState, msg: schemas.Vitals) -> None:
     """Hourly buckets ``[b, n_hr, sum_hr, n_spo2, ...]`` (``HOURLY_FIELDS``), oldest first, at most
     ``HOURLY_BUCKETS``; a bucket pushed out (or a sample older than all of them) leaves its means in
     ``hourly_carry`` ({field: [b, mean]}, the newest such per field) for the forward fill. States
     checkpointed before the hourly window existed start one on their next vital sign."""
-    if state.get("hourly_anchor") is None:
-        state["hourly_anchor"] = msg.event_time
+    anchor = state.get("hourly_anchor")
+    if anchor is None:
+        anchor = state["hourly_anchor"] = msg.event_time
     hourly = state.setdefault("hourly", [])
     carry = state.setdefault("hourly_carry", {})
-    b = hour_bucket(state["hourly_anchor"], msg.event_time)
+    b = hour_bucket(anchor, msg.event_time)
     row = next((r for r in reversed(hourly) if r[0] == b), None)
     if row is None:
         row = [b] + [0.0] * (2 * len(HOURLY_FIELDS))
@@ -172,7 +217,7 @@ def _to_carry(carry: dict, row: list) -> None:
             carry[field] = [row[0], row[2 + 2 * i] / n]
 
 
-def window_means(state: dict) -> dict[str, list[tuple[float, float]]]:
+def window_means(state: PatientState) -> dict[str, list[tuple[float, float]]]:
     """Per vital, the (minute_start, mean) series of the recent window."""
     out: dict[str, list[tuple[float, float]]] = {f: [] for f in VITAL_WINDOW_FIELDS}
     for row in state["window"]:
@@ -183,7 +228,7 @@ def window_means(state: dict) -> dict[str, list[tuple[float, float]]]:
     return out
 
 
-def apply_lab(state: dict, msg: schemas.Lab) -> bool:
+def apply_lab(state: PatientState, msg: schemas.Lab) -> bool:
     history = state["labs"].setdefault(msg.analyte, [])
     if not _push(history, msg.event_time, msg.value):
         return False
@@ -191,25 +236,25 @@ def apply_lab(state: dict, msg: schemas.Lab) -> bool:
     return True
 
 
-def apply_waveform_features(state: dict, t: float, values: dict[str, float | None]) -> None:
+def apply_waveform_features(state: PatientState, t: float, values: dict[str, float | None]) -> None:
     """Store features derived from the waveform buffers (heart rate from ECG, pulse rate...)."""
     for name, value in values.items():
         if value is not None:
             _push(state["waveform_features"].setdefault(name, []), t, float(value))
 
 
-def refresh_waveform_features(state: dict, patient_id: str, t: float, waveforms: "WaveformState") -> None:
+def refresh_waveform_features(state: PatientState, patient_id: str, t: float, waveforms: "WaveformState") -> None:
     """Before scoring at ``t``: features from the waveform windows up to ``t`` (see
     :meth:`WaveformState.features_until`), kept in the state's histories like any other value."""
     for t_end, values in waveforms.features_until(patient_id, t):
         apply_waveform_features(state, t_end, values)
 
 
-def touch_waveform(state: dict, t: float) -> None:
+def touch_waveform(state: PatientState, t: float) -> None:
     _push(state["waveforms_t"], t, None)
 
 
-def apply_cxr(state: dict, msg: schemas.Cxr) -> bool:
+def apply_cxr(state: PatientState, msg: schemas.Cxr) -> bool:
     if any(h[1]["study_id"] == msg.study_id for h in state["cxr"]):
         return False
     _push(state["cxr"], msg.event_time, {"study_id": msg.study_id, "report": msg.report})
@@ -217,7 +262,7 @@ def apply_cxr(state: dict, msg: schemas.Cxr) -> bool:
     return True
 
 
-def apply_adt(state: dict, msg: schemas.Adt) -> bool:
+def apply_adt(state: PatientState, msg: schemas.Adt) -> bool:
     adt = state["adt"]
     key = f"{msg.event}@{msg.event_time}"
     if key in adt.get("seen", []):
@@ -239,7 +284,7 @@ def apply_adt(state: dict, msg: schemas.Adt) -> bool:
     return True
 
 
-def apply(state: dict, msg: schemas.Message, waveforms: "WaveformState | None" = None) -> bool:
+def apply(state: PatientState, msg: schemas.Message, waveforms: "WaveformState | None" = None) -> bool:
     """Apply one decoded message of any input topic; False for a duplicate. Shared by the worker and
     the offline paths (``psv-predict``) so both derive the same features from the same messages."""
     if isinstance(msg, schemas.Vitals):
@@ -260,7 +305,7 @@ def apply(state: dict, msg: schemas.Message, waveforms: "WaveformState | None" =
     raise TypeError(type(msg).__name__)
 
 
-def redelivered(state: dict, topic: str, partition: int, offset: int, timestamp: float) -> bool:
+def redelivered(state: PatientState, topic: str, partition: int, offset: int, timestamp: float) -> bool:
     """Whether the record at ``offset`` of ``topic``/``partition``, stamped ``timestamp`` by its
     producer, is already folded into this state.
 
@@ -277,7 +322,7 @@ def redelivered(state: dict, topic: str, partition: int, offset: int, timestamp:
     return applied is not None and offset <= applied[0] and timestamp <= applied[1]
 
 
-def mark_applied(state: dict, topic: str, partition: int, offset: int, timestamp: float) -> None:
+def mark_applied(state: PatientState, topic: str, partition: int, offset: int, timestamp: float) -> None:
     """Record the newest offset applied (a lower one only when the topic started a new life)."""
     applied = state.setdefault("offsets", {})
     source = f"{topic}/{partition}"
@@ -286,12 +331,12 @@ def mark_applied(state: dict, topic: str, partition: int, offset: int, timestamp
         applied[source] = [offset, timestamp]
 
 
-def checkpoint_due(state: dict) -> bool:
+def checkpoint_due(state: PatientState) -> bool:
     """Whether a minute of event time has passed since the state was last written to the table."""
     return state["now"] is not None and state["now"] - state["checkpoint_t"] >= CHECKPOINT_EVERY_S
 
 
-def mark_checkpoint(state: dict, phase_s: float) -> None:
+def mark_checkpoint(state: PatientState, phase_s: float) -> None:
     """Record a write to the table at ``state['now']``, rounded down to the patient's own minute
     (``phase_s`` in [0, 60), e.g. from a hash of the patient id): patients admitted together then
     checkpoint in different seconds instead of all in the same one every minute (a 1,000-bed
@@ -300,12 +345,12 @@ def mark_checkpoint(state: dict, phase_s: float) -> None:
     state["checkpoint_t"] = now - (now + phase_s) % CHECKPOINT_EVERY_S
 
 
-def discharged(state: dict, t: float) -> bool:
+def discharged(state: PatientState, t: float) -> bool:
     adt = state["adt"]
     return adt.get("event") == "discharge" and adt["t"] <= t
 
 
-def _last_time(state: dict, modality: str, t: float) -> float | None:
+def _last_time(state: PatientState, modality: str, t: float) -> float | None:
     if modality == "vitals":
         times = [h[0] for h in state["vitals"].values() if h[0] <= t]
         return max(times) if times else None
@@ -316,7 +361,7 @@ def _last_time(state: dict, modality: str, t: float) -> float | None:
     return held[0] if held else None
 
 
-def staleness(state: dict, t: float) -> dict[str, float | None]:
+def staleness(state: PatientState, t: float) -> dict[str, float | None]:
     """Per modality, seconds from its newest message at or before ``t`` to ``t`` (None: none yet)."""
     out = {}
     for m in MODALITIES:
@@ -330,7 +375,7 @@ def _value_at(history: list | None, t: float) -> float:
     return math.nan if held is None else float(held[1])
 
 
-def features_at(state: dict, t: float) -> np.ndarray:
+def features_at(state: PatientState, t: float) -> np.ndarray:
     """The feature row (see :mod:`icuwatch.core.features`) from data with event time <= ``t``."""
     x = features.empty(1)
     row = x[0]
@@ -372,7 +417,7 @@ def _next_period(last: float, now: float, period_s: float, phase_s: float) -> bo
     )
 
 
-def scoring_trigger(state: dict, interval_s: float, phase_s: float = 0.0) -> str | None:
+def scoring_trigger(state: PatientState, interval_s: float, phase_s: float = 0.0) -> str | None:
     """Why the patient should be scored now (at ``state['now']``), or None.
 
     Pending important events whose event time the clock has reached fire first (a red flag at most

@@ -70,7 +70,7 @@ def _hours(seconds: float) -> float:
     return max(round(seconds / 3600.0, 6), 0.0)
 
 
-def _hourly_steps(state: dict, t: float) -> tuple[np.ndarray, np.ndarray]:
+def _hourly_steps(state: patient_state.PatientState, t: float) -> tuple[np.ndarray, np.ndarray]:
     """([T, 7] forward-filled hourly means (NaN: none yet), [T, 7] measured-this-hour flags)."""
     ffill = np.full((T, len(FIELDS)), np.nan)
     measured = np.zeros((T, len(FIELDS)), dtype=bool)
@@ -99,13 +99,13 @@ def _hourly_steps(state: dict, t: float) -> tuple[np.ndarray, np.ndarray]:
     return ffill, measured
 
 
-def _newest_vital_time(state: dict, t: float) -> float | None:
+def _newest_vital_time(state: patient_state.PatientState, t: float) -> float | None:
     times = [h[0] for f, h in state["vitals"].items() if f in FIELDS and h[0] <= t]
     times += [x for x in state["recent_vitals_t"] if x <= t]
     return max(times) if times else None
 
 
-def cohort_row(state: dict, t: float, norm: dict) -> dict:
+def cohort_row(state: patient_state.PatientState, t: float, norm: dict) -> dict:
     """One PhysioNet-cohort row of the patient at event time ``t``: ``{"inputs": {"vitals" [8, 14],
     "labs" [81], "static" [7]}, "present" [2] bool, "staleness_h" [2] float32, "hour"}`` (float32
     arrays, the layouts of row ``i`` of ``stay_inputs``); ``norm`` is a model card's

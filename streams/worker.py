@@ -18,18 +18,25 @@ from __future__ import annotations
 import json
 import logging
 import time
-import zlib
-from typing import Any
 
 import faust
 
 from icuwatch.core import schemas, topics
-from icuwatch.core.settings import get_settings
 from icuwatch.streams import alerting, memory_profile, patient_state
+from icuwatch.streams import ingest as decisions
+from icuwatch.streams.app import (
+    alerts_topic,
+    app,
+    deadletter_topic,
+    episodes,
+    inputs_topic,
+    patients,
+    scores_topic,
+    settings,
+)
 from icuwatch.streams.batcher import ScoreBatcher
-from icuwatch.streams.kafka import install_patches
 from icuwatch.streams.kafka.acks import PendingAcks
-from icuwatch.streams.kafka.security import faust_credentials
+from icuwatch.streams.patient_state import PatientState
 from icuwatch.streams.scoring import StudentScorer, TritonScorer, load_norm
 from icuwatch.streams.sink import StorageSink
 from icuwatch.streams.stats import stats_path
@@ -37,44 +44,10 @@ from icuwatch.streams.waveform_state import WINDOW_S as WAVEFORM_WINDOW_S
 from icuwatch.streams.waveform_state import WaveformState
 
 log = logging.getLogger(__name__)
-settings = get_settings()
 
-install_patches(settings)
-app = faust.App(
-    settings.app_id,
-    broker=f"kafka://{settings.broker}",
-    broker_credentials=faust_credentials(settings),
-    key_serializer="raw",
-    value_serializer="json",
-    topic_partitions=settings.partitions,
-    topic_replication_factor=settings.replication_factor,
-    store="memory://",
-    web_enabled=False,
-    web_host="127.0.0.1",
-    web_port=settings.worker_web_port,
-    broker_session_timeout=6,
-    broker_heartbeat_interval=1,
-    broker_rebalance_timeout=3,
-    consumer_auto_offset_reset="earliest",
-    stream_wait_empty=False,  # ingest holds acks until a checkpoint: a rebalance must not wait for them
-    producer_max_batch_size=settings.worker_producer_max_batch_bytes,
-    datadir=str(settings.state_dir / "faust"),
-)
-
-raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw", "partitions": settings.partitions}
-inputs_topic = app.topic(*topics.INPUTS, **raw)
-scores_topic = app.topic(topics.SCORES, **raw)
-alerts_topic = app.topic(topics.ALERTS, **raw)
-deadletter_topic = app.topic(topics.DEADLETTER, **raw)
-
-patients = app.Table("patient_state", key_type=bytes, partitions=settings.partitions, use_partitioner=True)
-"""Checkpoints of each patient's state; the live copy is in ``live_state`` (see ``checkpoint_due``).
-``use_partitioner``: checkpoints are also written outside the ingest stream (once a score is
-published, for idle patients), so the changelog partition comes from the key by the same murmur2
-partitioner the producers use (tests/streams/kafka/test_acks.py checks they agree), not from the current event."""
-live_state: dict[bytes, dict] = {}
+live_state: dict[bytes, PatientState] = {}
+"""Each patient's live state; ``patients`` holds its last checkpoint."""
 pending_acks = PendingAcks(hold_s=WAVEFORM_WINDOW_S)
-episodes = app.Table("alert_state", key_type=bytes, partitions=settings.partitions)
 
 stats: dict[str, int] = {
     "processed": 0,
@@ -127,7 +100,7 @@ def batcher() -> ScoreBatcher:
     return _batcher
 
 
-def cohort_row(state: dict, t: float) -> dict | None:
+def cohort_row(state: PatientState, t: float) -> dict | None:
     if student_norm is None:
         return None
     from icuwatch.streams.student_row import cohort_row as row
@@ -160,7 +133,7 @@ def checkpoint(key: bytes, everything: bool = False) -> bool:
     state = live_state.get(key)
     if state is None or not pending_acks.can_checkpoint(key):
         return False
-    patient_state.mark_checkpoint(state, zlib.crc32(key) % patient_state.CHECKPOINT_EVERY_S)
+    patient_state.mark_checkpoint(state, decisions.phase_s(key, patient_state.CHECKPOINT_EVERY_S))
     patients[key] = state
     stats["checkpoints"] += 1
     _ack(pending_acks.release(key, everything))
@@ -204,12 +177,8 @@ async def ingest(stream: faust.StreamT) -> None:
         state = live_state.get(key) or patients.get(key) or patient_state.new_state()
         live_state[key] = state
         where = (topic, event.message.partition, event.message.offset, event.message.timestamp or 0.0)
-        is_waveform = isinstance(msg, schemas.Waveform)
-        redelivered = not is_waveform and patient_state.redelivered(state, *where)
         try:
-            accepted = not redelivered and patient_state.apply(state, msg, waveforms)
-            if not is_waveform:
-                patient_state.mark_applied(state, *where)
+            accepted = decisions.apply_message(state, msg, where, waveforms)
         except Exception as exc:  # a valid message the feature code cannot handle: never kill the agent
             log.warning("message from %s not applied: %s", topic, type(exc).__name__)
             await dead_letter(event, f"not processable: {type(exc).__name__}: {exc}"[:300])
@@ -225,17 +194,9 @@ async def ingest(stream: faust.StreamT) -> None:
         pending_acks.add(key, event, msg.end_time() if isinstance(msg, schemas.Waveform) else None)
         if isinstance(msg, schemas.Adt):
             await storage.upsert_patient(msg)
-            if msg.event == "discharge":
-                waveforms.forget(msg.patient_id)
-        grid = zlib.crc32(key)  # the patient's own phase for rescoring
-        trigger = patient_state.scoring_trigger(
-            state, settings.score_interval_s, phase_s=grid % settings.score_interval_s
-        )
-        if trigger is not None:
-            t = state["now"]
-            patient_state.refresh_waveform_features(state, msg.patient_id, t, waveforms)
-            state["revision"] = state.get("revision", 0) + 1 if trigger == "revision" else 0
-            state["last_scored"] = t
+        step = decisions.next_step(state, msg, key, waveforms, settings.score_interval_s)
+        if step.score_reason is not None:
+            t = step.score_time
             stats["scores_submitted"] += 1
             pending_acks.score_submitted(key)
             batcher().submit(
@@ -243,12 +204,12 @@ async def ingest(stream: faust.StreamT) -> None:
                 t,
                 patient_state.features_at(state, t),
                 patient_state.staleness(state, t),
-                trigger,
+                step.score_reason,
                 state["revision"],
                 cohort_row(state, t),
                 published=score_published(key),
             )
-        elif not isinstance(msg, (schemas.Vitals, schemas.Waveform)) or patient_state.checkpoint_due(state):
+        elif step.checkpoint:
             checkpoint(key)
 
 

@@ -155,10 +155,10 @@ def test_compose_topics_init_creates_every_topic_equally():
     assert "--replication-factor 3" in script and "min.insync.replicas=2" in script
     assert script.count('--partitions "$$PARTITIONS"') == 2  # topics and changelogs alike
     # Faust's table changelogs are pre-created, else the worker makes them with RF 1
-    worker_src = (ROOT / "streams" / "worker.py").read_text()
+    app_src = (ROOT / "streams" / "app.py").read_text()
     assert tuple(env["CHANGELOGS"].split()) == topics.TABLES
     for table in topics.TABLES:
-        assert f'app.Table("{table}"' in worker_src, table
+        assert f'app.Table("{table}"' in app_src, table
 
 
 def test_worker_replicas_bounded_by_partitions():

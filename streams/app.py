@@ -1,0 +1,52 @@
+"""The worker's Faust app (faust-streaming's ``app.py``): the app, its topics and its two tables,
+built from the settings once the Kafka client patches are in. The agents that run on it are in
+``worker.py``; what they decide per message is in ``ingest.py``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from icuwatch.core import topics
+from icuwatch.core.settings import get_settings
+from icuwatch.streams.kafka import install_patches
+from icuwatch.streams.kafka.security import faust_credentials
+
+settings = get_settings()
+install_patches(settings)
+app = faust.App(
+    settings.app_id,
+    broker=f"kafka://{settings.broker}",
+    broker_credentials=faust_credentials(settings),
+    key_serializer="raw",
+    value_serializer="json",
+    topic_partitions=settings.partitions,
+    topic_replication_factor=settings.replication_factor,
+    store="memory://",
+    web_enabled=False,
+    web_host="127.0.0.1",
+    web_port=settings.worker_web_port,
+    broker_session_timeout=6,
+    broker_heartbeat_interval=1,
+    broker_rebalance_timeout=3,
+    consumer_auto_offset_reset="earliest",
+    stream_wait_empty=False,  # ingest holds acks until a checkpoint: a rebalance must not wait for them
+    producer_max_batch_size=settings.worker_producer_max_batch_bytes,
+    datadir=str(settings.state_dir / "faust"),
+)
+
+raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw", "partitions": settings.partitions}
+inputs_topic = app.topic(*topics.INPUTS, **raw)
+scores_topic = app.topic(topics.SCORES, **raw)
+alerts_topic = app.topic(topics.ALERTS, **raw)
+deadletter_topic = app.topic(topics.DEADLETTER, **raw)
+
+patients = app.Table("patient_state", key_type=bytes, partitions=settings.partitions, use_partitioner=True)
+"""Checkpoints of each patient's state; the live copy is in ``worker.live_state`` (see
+``patient_state.checkpoint_due``). ``use_partitioner``: checkpoints are also written outside the
+ingest stream (once a score is published, for idle patients), so the changelog partition comes from
+the key by the same murmur2 partitioner the producers use (tests/streams/kafka/test_acks.py checks
+they agree), not from the current event."""
+episodes = app.Table("alert_state", key_type=bytes, partitions=settings.partitions)
+"""Each patient's alert episodes (``alerting.new_alert_state``)."""
