@@ -24,8 +24,8 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	rm -rf $(LINT_TREE) && mkdir -p $(LINT_TREE)/icuwatch && cp icuwatch/__init__.py $(LINT_TREE)/icuwatch/
 	for f in $(FOLDERS); do cp -r $$f $(LINT_TREE)/icuwatch/$$f; done
-	cd $(LINT_TREE) && PYTHONPATH=. ../../$(VENV)/bin/lint-imports ../../pyproject.toml
-	cd $(LINT_TREE) && MYPYPATH=. ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml
+	cd $(LINT_TREE) && PYTHONPATH=. $(abspath $(VENV))/bin/lint-imports $(CURDIR)/pyproject.toml
+	cd $(LINT_TREE) && MYPYPATH=. $(abspath $(VENV))/bin/mypy --config-file $(CURDIR)/pyproject.toml
 
 test: setup lint
 	$(PY) -m pytest

@@ -1,1 +1,2 @@
-"""Scoring models: rule scores (NEWS2, qSOFA), fusion models, and their Triton export."""
+"""Models: cohorts, fusion strategies, the joint X-ray–report space, training, distillation,
+evaluation, baselines (rule scores themselves are in ``core.rules``; Triton export in ``serving``)."""

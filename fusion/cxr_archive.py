@@ -78,7 +78,7 @@ class CxrArchive:
     # ------------------------------------------------------------------------------- adding
 
     def add_simulated(self, n: int, seed: int = 1, studies_per_patient: int = 4) -> list[str]:
-        """Write ``n`` simulated studies (``joint_embedding.simulate_studies``, seed ``seed``);
+        """Write ``n`` simulated studies (``joint_space.simulate_studies``, seed ``seed``);
         ids ``sim{seed}-NNNNN``, so rerunning with the same seed adds nothing twice. Returns the
         new study ids. Acquisition times are synthetic: each patient's studies 6 h apart."""
         from icuwatch.fusion.joint_space import simulate_studies

@@ -1,1 +1,2 @@
-"""Everything that flows through Kafka: schemas, topics, producers and the Faust worker."""
+"""The Faust worker: ingest into per-patient state, scoring through Triton, alerting, the sink to
+storage, and the Kafka plumbing it runs on (``kafka/``)."""

@@ -79,10 +79,13 @@ class ScoreBatcher:
     async def flush(self, batch: list[Due]) -> None:
         x = np.concatenate([d.features for d in batch], axis=0)
         rows = None
-        if batch[0].cohort is not None:
+        cohorts = [d.cohort for d in batch if d.cohort is not None]
+        if cohorts:
             from icuwatch.streams.student_row import stack_rows
 
-            rows = stack_rows([d.cohort for d in batch if d.cohort is not None])
+            if len(cohorts) != len(batch):  # the worker gives every score a row or none (one model)
+                raise ValueError("a scoring batch mixes rows with and without a student row")
+            rows = stack_rows(cohorts)
         out, source = await self.scorer.score(x, rows)
         model = self.scorer.model_name if source == "triton" else rules.MODEL_NAME
         c = out.get("contributions")
