@@ -4,34 +4,27 @@ For each kind, the attention fusion model is trained with that series encoder on
 cohort (real stays, fixed split; same seed, epochs and rows for all) and we report validation AUROC,
 the encoder's parameters, and its CPU time per 256-row batch (one thread). Prints one JSON object.
 
-    python benchmarks/timeseries_encoders.py [--epochs 4] [--rows-per-epoch 100000]
+    icuwatch bench encoders [--epochs 4] [--rows-per-epoch 100000] [--cohort physionet]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
 import torch
 
 
-def main() -> None:
+def run(epochs: int = 4, rows_per_epoch: int = 100_000, cohort_name: str = "physionet") -> dict:
+    """``icuwatch bench encoders``: one attention model per series encoder kind, same seed and rows."""
     from icuwatch.encoders.timeseries import KINDS, build
     from icuwatch.fusion import cohorts
     from icuwatch.fusion.training import TrainConfig, train
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--rows-per-epoch", type=int, default=100_000)
-    parser.add_argument("--cohort", default="physionet")
-    args = parser.parse_args()
-
-    cohort = cohorts.load(args.cohort)
+    cohort = cohorts.load(cohort_name)
     dims = cohort.dims()["vitals"]
     results = {}
     for kind in KINDS:
-        cfg = TrainConfig(epochs=args.epochs, rows_per_epoch=args.rows_per_epoch, series_kind=kind)
+        cfg = TrainConfig(epochs=epochs, rows_per_epoch=rows_per_epoch, series_kind=kind)
         _, card = train("attention", cohort, cfg, progress=False)
         torch.set_num_threads(1)
         enc = build(kind, dims[-1], 64).eval()
@@ -50,18 +43,10 @@ def main() -> None:
             "fit_s": card["fit_s"],
         }
         torch.set_num_threads(2)
-    print(
-        json.dumps(
-            {
-                "cohort": args.cohort,
-                "data": cohort.meta.get("source"),
-                "epochs": args.epochs,
-                "rows_per_epoch": args.rows_per_epoch,
-                "results": results,
-            }
-        )
-    )
-
-
-if __name__ == "__main__":
-    main()
+    return {
+        "cohort": cohort_name,
+        "data": cohort.meta.get("source"),
+        "epochs": epochs,
+        "rows_per_epoch": rows_per_epoch,
+        "results": results,
+    }

@@ -22,6 +22,14 @@ def _bench(args: argparse.Namespace) -> int:
             )
         except FileNotFoundError as exc:
             raise SystemExit(str(exc)) from None
+    elif args.target == "hl7":
+        from icuwatch.benchmarks.hl7_throughput import run as run_hl7
+
+        summary = run_hl7(args.messages, args.clients, args.broker)
+    elif args.target == "encoders":
+        from icuwatch.benchmarks.timeseries_encoders import run as run_encoders
+
+        summary = run_encoders(args.epochs, args.rows_per_epoch, args.cohort)
     else:
         from icuwatch.benchmarks.pipeline import run
 
@@ -51,9 +59,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "bench",
         help="benchmarks, JSON out: `bench models` (teacher and student through "
-        "tritonserver), `bench pipeline` (N simulated beds end to end)",
+        "tritonserver), `bench pipeline` (N simulated beds end to end), `bench hl7` (HL7 listener "
+        "throughput), `bench encoders` (series encoder kinds compared)",
     )
-    p.add_argument("target", choices=["models", "pipeline"])
+    p.add_argument("target", choices=["models", "pipeline", "hl7", "encoders"])
     p.add_argument("--json", action="store_true", help="one JSON line")
     p.add_argument("--out", default=None, help="also write the summary (indented JSON) to this file")
     p.add_argument("--quiet", action="store_true")
@@ -64,6 +73,13 @@ def register(subparsers) -> None:
     )
     g.add_argument("--teacher", default="attention", choices=STRATEGIES)
     g.add_argument("--latency-rows", type=int, default=20000, help="latency batches are drawn from this many test rows")
+    g = p.add_argument_group("bench hl7")
+    g.add_argument("--messages", type=int, default=400, help="messages per phase")
+    g.add_argument("--clients", type=int, default=4, help="connections of the concurrent phase")
+    g.add_argument("--broker", default=None, help="use this broker instead of starting one")
+    g = p.add_argument_group("bench encoders (and models: --cohort)")
+    g.add_argument("--epochs", type=int, default=4)
+    g.add_argument("--rows-per-epoch", type=int, default=100_000)
     g = p.add_argument_group("bench pipeline")
     g.add_argument("--beds", type=int, default=1000)
     g.add_argument("--minutes", type=float, default=5.0)

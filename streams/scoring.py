@@ -183,7 +183,7 @@ class StudentScorer(TritonScorer):
 
     The sepsis contributions are the student's own, leave-one-modality-out like the rules': the same
     call carries, per row and present cohort modality (vitals, labs), a copy of the row with that
-    modality absent (``stream_features.leave_one_out``: inputs zeroed, ``present`` False, as the
+    modality absent (``student_row.leave_one_out``: inputs zeroed, ``present`` False, as the
     cohort gives an absent modality), so a batch of ``n`` rows sends up to ``3n`` (split into requests
     of at most ``STUDENT_MAX_BATCH`` rows). Contribution of a modality = p(row) - p(row without it),
     clipped to [-1, 1]; 0 for a modality absent from the row and for waveforms and X-rays (the student

@@ -65,6 +65,11 @@ def default_out_dir() -> Path:
     return get_settings().state_dir / "models" / MODEL_NAME
 
 
+def is_trained(out_dir: Path | None = None) -> bool:
+    """Whether ``train-baseline gbt`` has saved a model (in ``out_dir``, default ``var/models/gbt``)."""
+    return ((out_dir or default_out_dir()) / CARD_FILE).exists()
+
+
 @dataclass
 class _Split:
     name: str

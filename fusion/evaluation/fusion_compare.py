@@ -11,6 +11,7 @@ before the rule scores and the gradient-boosted trees compute their features.
 
 from __future__ import annotations
 
+import json
 import platform
 import sys
 import time
@@ -369,3 +370,12 @@ def markdown(summary: dict) -> str:
             lines.append(f"![{name} {label}]({Path(path).name})")
         lines.append("")
     return "\n".join(lines)
+
+
+def write_report(summary: dict, out: Path) -> Path:
+    """``summary.json`` and ``report.md`` in ``out``; returns the report's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    report = out / "report.md"
+    report.write_text(markdown(summary))
+    return report
