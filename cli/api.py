@@ -13,12 +13,14 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from icuwatch.api.app import create_app
+    from icuwatch.cli.errors import require_free_port
     from icuwatch.storage import db
 
     settings = get_settings()
-    db.upgrade(settings.database_url)
     host = args.host or settings.api_host
     port = args.port or settings.api_port
+    require_free_port(host, port)  # before migrating the database
+    db.upgrade(settings.database_url)
     uvicorn.run(create_app(settings), host=host, port=port, log_level=args.log_level, timeout_graceful_shutdown=2)
     return 0
 

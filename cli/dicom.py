@@ -7,11 +7,16 @@ import logging
 
 
 def _listen(args: argparse.Namespace) -> int:
+    from icuwatch.cli.errors import require_free_port
     from icuwatch.core.settings import get_settings
     from icuwatch.interfaces.dicom_scp import serve
 
+    settings = get_settings()
+    host = args.host if args.host is not None else settings.dicom_host
+    port = args.port if args.port is not None else settings.dicom_port
+    require_free_port(host, port)  # before connecting to the broker
     logging.getLogger("icuwatch.interfaces").setLevel(logging.INFO)
-    serve(get_settings(), host=args.host, port=args.port, ae_title=args.ae_title)
+    serve(settings, host=host, port=port, ae_title=args.ae_title)
     return 0
 
 

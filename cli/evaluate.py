@@ -12,10 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from icuwatch.cli.errors import report_failed
 from icuwatch.fusion.evaluation.prediction_dirs import evaluate_dirs
-from icuwatch.fusion.evaluation.report import (
-    EvaluationError,
-)
 
 
 def _compare(value: str) -> tuple[str, Path]:
@@ -27,14 +25,13 @@ def _compare(value: str) -> tuple[str, Path]:
 
 def default_baselines() -> str:
     """The rule scores always; the gradient-boosted baseline once ``train-baseline gbt`` has run."""
-    from icuwatch.core.settings import get_settings
+    from icuwatch.fusion.baselines import gbt
 
-    trained = (get_settings().state_dir / "models" / "gbt" / "model_card.json").exists()
-    return "news2,qsofa,gbt" if trained else "news2,qsofa"
+    return "news2,qsofa,gbt" if gbt.is_trained() else "news2,qsofa"
 
 
 def _evaluate_fusion(args: argparse.Namespace) -> int:
-    from icuwatch.fusion.evaluation.fusion_compare import compare, markdown
+    from icuwatch.fusion.evaluation.fusion_compare import compare, markdown, write_report
 
     names = [c.strip() for c in args.cohorts.split(",") if c.strip()]
     out = Path(args.out) if args.out else Path("reports") / f"fusion-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -42,9 +39,7 @@ def _evaluate_fusion(args: argparse.Namespace) -> int:
     summary = compare(
         names, progress=not args.quiet, baselines=args.baselines != "none", out_dir=None if args.no_figures else out
     )
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "report.md").write_text(markdown(summary))
-    summary["report"] = str(out / "report.md")
+    summary["report"] = str(write_report(summary, out))
     print(json.dumps(summary) if args.json else markdown(summary))
     return 0
 
@@ -65,20 +60,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("reports") / f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}"
     requested = default_baselines() if args.baselines is None else args.baselines
     baselines = [b.strip() for b in requested.split(",") if b.strip() and b.strip() != "none"]
-    try:
-        summary = evaluate_dirs(
-            pred_dirs,
-            Path(args.label_dir),
-            out,
-            split=args.split,
-            limit=args.limit,
-            baselines=baselines,
-            progress=not args.quiet,
-            figures=not args.no_figures,
-        )
-    except EvaluationError as exc:
-        print(f"evaluate: {exc}", file=sys.stderr)
-        return 2
+    summary = evaluate_dirs(  # folders checked before any work; EvaluationError: one line (main)
+        pred_dirs,
+        Path(args.label_dir),
+        out,
+        split=args.split,
+        limit=args.limit,
+        baselines=baselines,
+        progress=not args.quiet,
+        figures=not args.no_figures,
+    )
     if args.json:
         print(json.dumps(summary))
     else:
@@ -87,7 +78,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             fmt = {k: ("–" if m[k] is None else f"{m[k]:.3f}") for k in ("auroc", "auprc", "utility", "ece")}
             print(f"{name}: AUROC {fmt['auroc']}  AUPRC {fmt['auprc']}  utility {fmt['utility']}  ECE {fmt['ece']}")
         print(f"report: {summary['report']}")
-    return 0
+    return report_failed("evaluate", summary["failed_files"])
 
 
 def register(subparsers) -> None:

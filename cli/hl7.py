@@ -8,14 +8,16 @@ import logging
 
 
 def _listen(args: argparse.Namespace) -> int:
+    from icuwatch.cli.errors import require_free_port
     from icuwatch.core.settings import get_settings
-
-    from .hl7_listener import serve
+    from icuwatch.interfaces.hl7_listener import serve
 
     settings = get_settings()
+    host, port = args.host or settings.hl7_host, args.port or settings.hl7_port
+    require_free_port(host, port)  # before connecting to the broker
     logging.getLogger("icuwatch.interfaces").setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:
-        asyncio.run(serve(settings, args.host or settings.hl7_host, args.port or settings.hl7_port))
+        asyncio.run(serve(settings, host, port))
     except KeyboardInterrupt:
         pass
     return 0

@@ -1,5 +1,8 @@
 """``icuwatch`` command line: one entry point, one subcommand per job. Each command module of this
-package has ``register(subparsers)`` and does no work but parse, call a library, and print."""
+package has ``register(subparsers)`` and does no work but parse, call a library, and print.
+
+An operator's mistake (a missing or malformed input, a busy port, an unknown topic) ends a command
+with one line on stderr and exit status 2; ``icuwatch --debug ...`` shows the traceback instead."""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ import argparse
 import importlib
 import logging
 import sys
+
+from icuwatch.core.errors import is_operator_error, one_line
 
 COMMAND_MODULES = (
     "stack",
@@ -31,6 +36,7 @@ COMMAND_MODULES = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="icuwatch", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="a traceback instead of one line for operator errors")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(f"icuwatch.cli.{name}").register(sub)
@@ -42,7 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "worker":
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         logging.getLogger("kafka").setLevel(logging.ERROR)  # event-loop timing chatter from kafka-python
-    return args.func(args)
+    try:
+        return args.func(args)
+    except Exception as exc:
+        if args.debug or not is_operator_error(exc):
+            raise
+        print(f"icuwatch {args.command}: {one_line(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

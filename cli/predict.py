@@ -7,12 +7,14 @@ import argparse
 import json
 import time
 
+from icuwatch.cli.errors import report_failed
 from icuwatch.core.settings import get_settings
 
 
 def _psv_predict(args: argparse.Namespace) -> int:
     from icuwatch.fusion.psv_predict import predict_dir
 
+    failed: dict[str, str] = {}
     n = predict_dir(
         args.input_dir,
         args.output_dir,
@@ -20,14 +22,19 @@ def _psv_predict(args: argparse.Namespace) -> int:
         patients=args.patients,
         progress=not args.quiet,
         split=args.split,
+        failed=failed,
     )
-    print(json.dumps({"model": args.model, "stays": n, "output_dir": str(args.output_dir)}))
-    return 0
+    failed_files = list(failed.values())
+    summary = {"model": args.model, "stays": n, "output_dir": str(args.output_dir), "failed": len(failed)}
+    print(json.dumps({**summary, "failed_files": failed_files}))
+    return report_failed("psv-predict", failed_files)
 
 
 def _shadow(args: argparse.Namespace) -> int:
     from icuwatch.fusion.shadow import compare, write_report
+    from icuwatch.sources.physionet import stay_folder
 
+    stay_folder(args.source)
     summary = compare(args.source, args.a, args.b, patients=args.patients, progress=not args.quiet)
     report = write_report(summary, args.out or f"reports/shadow-{time.strftime('%Y%m%d-%H%M%S')}")
     brief = {k: v for k, v in summary.items() if k != "differences"}
@@ -39,10 +46,10 @@ def _tune(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from icuwatch.fusion.thresholds import tune
-    from icuwatch.sources.physionet import default_data_dir
+    from icuwatch.sources.physionet import default_data_dir, stay_folder
 
     models_dir = get_settings().state_dir / "models"
-    data = Path(args.data) if args.data else default_data_dir()
+    data = stay_folder(Path(args.data) if args.data else default_data_dir())
     cards = [tune(m, data, models_dir, max_stays=args.max_stays, progress=not args.quiet) for m in args.models]
     print(json.dumps(cards))
     return 0

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from icuwatch.cli.errors import report_failed
+
 
 def _producer():
     from icuwatch.core.settings import get_settings
@@ -15,8 +17,10 @@ def _producer():
 
 
 def _replay_psv(args: argparse.Namespace) -> int:
+    from icuwatch.sources.physionet import stay_folder
     from icuwatch.sources.psv import replay_psv
 
+    stay_folder(args.dir)  # before connecting to the broker
     producer = _producer()
     try:
         counts = replay_psv(
@@ -31,12 +35,13 @@ def _replay_psv(args: argparse.Namespace) -> int:
     finally:
         producer.close()
     print(json.dumps(counts))
-    return 0
+    return report_failed("replay psv", counts["failed_files"])
 
 
 def _replay_wfdb(args: argparse.Namespace) -> int:
-    from icuwatch.sources.wfdb_records import replay_wfdb
+    from icuwatch.sources.wfdb_records import read_header, replay_wfdb
 
+    read_header(args.record)  # before connecting to the broker
     producer = _producer()
     try:
         counts = replay_wfdb(
@@ -57,6 +62,7 @@ def _replay_wfdb(args: argparse.Namespace) -> int:
 def _replay_file(args: argparse.Namespace) -> int:
     from icuwatch.sources.recording import replay_file
 
+    open(args.file, "rb").close()  # there and readable, before connecting to the broker
     producer = _producer()
     try:
         counts = replay_file(

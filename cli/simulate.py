@@ -9,6 +9,12 @@ import time
 from icuwatch.core.settings import get_settings
 
 
+def _default_start(args: argparse.Namespace) -> float:
+    """Now; through the HL7 listener, which refuses observation times ahead of its clock, the
+    simulated hours end now instead, so a run faster than real time never gets ahead of the clock."""
+    return time.time() - (args.hours * 3600.0 if args.via == "hl7" else 0.0)
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from icuwatch.sources.simulator import Simulation
     from icuwatch.sources.simulator.producer import publish, write_ground_truth
@@ -18,7 +24,7 @@ def _simulate(args: argparse.Namespace) -> int:
     sim = Simulation(
         n_patients=args.patients,
         seed=args.seed,
-        start_time=args.start if args.start is not None else time.time(),
+        start_time=args.start if args.start is not None else _default_start(args),
         duration_s=args.hours * 3600.0,
         waveforms=not args.no_waveforms and args.via != "hl7",
         patient_prefix=args.prefix,
@@ -48,7 +54,12 @@ def register(subparsers) -> None:
     p.add_argument("--speed", type=float, default=60.0, help="simulated seconds per wall second; 0 = max")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--hours", type=float, default=3.0, help="simulated hours per patient")
-    p.add_argument("--start", type=float, default=None, help="simulated start, epoch seconds (default: now)")
+    p.add_argument(
+        "--start",
+        type=float,
+        default=None,
+        help="simulated start, epoch seconds (default: now; with --via hl7, now minus --hours)",
+    )
     p.add_argument("--prefix", default="sim", help="patient id prefix")
     p.add_argument("--truth", default=None, help="where to write the ground truth JSON")
     p.add_argument("--no-waveforms", action="store_true")

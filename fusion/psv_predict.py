@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from icuwatch.core import rules
-from icuwatch.sources.physionet import Stay, list_stays, read_psv
+from icuwatch.core.errors import UNREADABLE, BadFile, OperatorError, one_line
+from icuwatch.sources.physionet import Stay, list_stays, read_psv, stay_folder
 
 RULE_MODELS = {
     "rules": ("sepsis_risk", 0.5),
@@ -134,20 +135,33 @@ def predict_dir(
     progress: bool = True,
     model_dir: Path | None = None,
     split: str | None = None,
+    failed: dict[str, str] | None = None,
 ) -> int:
-    """Write a prediction file for every stay in ``input_dir``; returns the number written."""
+    """Write a prediction file for every stay in ``input_dir``; returns the number written.
+
+    A stay file that is malformed or unreadable raises :class:`BadFile` (or the OS error), or, when a
+    ``failed`` dict is given, is skipped and recorded there (stay id -> one line naming the file).
+    """
     from tqdm import tqdm
 
+    paths = list_stays(stay_folder(input_dir), split=split, limit=patients)
+    if not paths:
+        raise OperatorError(f"{input_dir}: no stays selected" + (f" (split {split})" if split else ""))
     predict, threshold = predictor(model, model_dir)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = list_stays(input_dir, split=split, limit=patients)
-    if not paths:
-        raise FileNotFoundError(f"no pNNNNNN.psv files in {input_dir}")
+    written = 0
     for path in tqdm(paths, desc=f"psv-predict {model}", unit="stay", disable=not progress):
-        stay = read_psv(path)
+        try:
+            stay = read_psv(path)
+        except (BadFile, *UNREADABLE) as exc:
+            if failed is None:
+                raise
+            failed[path.stem] = one_line(exc)
+            continue
         probabilities = predict(stay)
         if len(probabilities) != len(stay.values):
             raise RuntimeError(f"{model} gave {len(probabilities)} rows for {len(stay.values)} in {path.name}")
         write_predictions(out / path.name, probabilities, threshold)
-    return len(paths)
+        written += 1
+    return written

@@ -512,12 +512,22 @@ class CxrStoreSCP:
         return ae
 
     def start(self, block: bool = False):
-        """Listen; with ``block=False`` return the server (``stop()`` shuts it down)."""
+        """Listen; with ``block=False`` return the server (``stop()`` shuts it down). A port in use is
+        an :class:`~icuwatch.core.errors.OperatorError` naming it."""
+        import errno
+
         from pynetdicom import evt
+
+        from icuwatch.core.errors import OperatorError
 
         ae = self.application_entity()
         handlers = [(evt.EVT_C_STORE, self.handle_store)]
-        self.server = ae.start_server((self.host, self.port), block=block, evt_handlers=handlers)
+        try:
+            self.server = ae.start_server((self.host, self.port), block=block, evt_handlers=handlers)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise OperatorError(f"port {self.port} on {self.host} is already in use") from exc
         return self.server
 
     def stop(self) -> None:

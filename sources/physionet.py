@@ -8,11 +8,13 @@ Each file is one ICU stay, one row per hour (``ICULOS`` hours since ICU admissio
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from icuwatch.core.errors import BadFile, OperatorError
 from icuwatch.core.physionet_row import DEMOGRAPHIC_COLUMNS, LAB_COLUMNS, VITAL_COLUMNS
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "read_psv",
     "split_of",
     "list_stays",
+    "stay_folder",
     "default_data_dir",
 ]
 
@@ -46,13 +49,39 @@ class Stay:
 
 
 def read_psv(path: str | Path) -> Stay:
+    """One stay; :class:`BadFile` (naming the file and, for a ragged row, the line) when it is not one.
+    A value that is not a number reads as NaN."""
     path = Path(path)
-    with open(path) as f:
-        header = f.readline().strip().split("|")
-    values = np.genfromtxt(path, delimiter="|", skip_header=1, dtype=np.float64, ndmin=2)
-    if values.shape[1] != len(header):
-        raise ValueError(f"{path.name}: {values.shape[1]} values per row, header has {len(header)}")
+    try:
+        with open(path) as f:
+            header = f.readline().strip().split("|")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "Empty input file": reported below
+            values = np.genfromtxt(path, delimiter="|", skip_header=1, dtype=np.float64, ndmin=2)
+    except UnicodeDecodeError:
+        raise BadFile(path, "not a text file") from None
+    except ValueError as exc:  # rows of different widths
+        ragged = _ragged_row(path, len(header))
+        if ragged is None:
+            raise BadFile(path, " ".join(str(exc).split())) from None
+        line, width = ragged
+        raise BadFile(path, f"{width} values, the header has {len(header)}", line=line) from None
+    if values.size == 0:
+        raise BadFile(path, "no rows under the header" if header != [""] else "empty file")
+    if values.shape[1] != len(header):  # every row alike, none as wide as the header
+        raise BadFile(path, f"{values.shape[1]} values, the header has {len(header)}", line=2)
     return Stay(patient_id=path.stem, columns=tuple(header), values=values)
+
+
+def _ragged_row(path: Path, width: int) -> tuple[int, int] | None:
+    """(line number, values) of the first row whose width is not the header's; blank lines skipped."""
+    with open(path) as f:
+        f.readline()
+        for lineno, line in enumerate(f, start=2):
+            n = len(line.strip().split("|"))
+            if line.strip() and n != width:
+                return lineno, n
+    return None
 
 
 def split_of(patient_id: str) -> str:
@@ -69,6 +98,16 @@ def list_stays(directory: str | Path, split: str | None = None, limit: int | Non
     if split is not None:
         paths = [p for p in paths if split_of(p.stem) == split]
     return paths[:limit] if limit is not None else paths
+
+
+def stay_folder(directory: str | Path) -> Path:
+    """``directory``, checked to be a folder with at least one ``pNNNNNN.psv`` stay (else :class:`OperatorError`)."""
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise OperatorError(f"{folder}: {'not a folder' if folder.exists() else 'no such folder'}")
+    if next(folder.glob("p*.psv"), None) is None:
+        raise OperatorError(f"{folder}: no pNNNNNN.psv stays in this folder")
+    return folder
 
 
 def default_data_dir() -> Path:

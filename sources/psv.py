@@ -32,9 +32,10 @@ import numpy as np
 from pydantic import ValidationError
 
 from icuwatch.core import topics
+from icuwatch.core.errors import UNREADABLE, BadFile, one_line
 from icuwatch.core.schemas import LAB_UNITS, Adt, Lab, Message, Vitals
 from icuwatch.sources.pacing import send_paced
-from icuwatch.sources.physionet import LAB_COLUMNS, VITAL_COLUMNS, Stay, list_stays, read_psv
+from icuwatch.sources.physionet import LAB_COLUMNS, VITAL_COLUMNS, Stay, list_stays, read_psv, stay_folder
 
 DEFAULT_BASE_TIME = datetime(2020, 1, 1, tzinfo=timezone.utc).timestamp()
 """2020-01-01T00:00:00Z: hospital admission of every replayed stay unless told otherwise."""
@@ -169,24 +170,41 @@ def stay_messages(
     return [(t, topic, msg) for t, _, _, topic, msg in _stay_items(stay, base_time, stats, id_prefix)]
 
 
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan  # as read_psv reads it
+
+
 def _quick_span(path: Path) -> tuple[float | None, float | None]:
-    """(HospAdmTime, last ICULOS) of a stay without building messages (to schedule the merge)."""
-    with open(path) as f:
-        header = f.readline().strip().split("|")
-        ih = header.index("HospAdmTime") if "HospAdmTime" in header else None
-        il = header.index("ICULOS") if "ICULOS" in header else None
-        hosp = last = None
-        for line in f:
-            parts = line.rstrip("\n").split("|")
-            if len(parts) != len(header):
-                continue
-            if ih is not None and hosp is None:
-                v = float(parts[ih])
-                hosp = v if math.isfinite(v) else None
-            if il is not None:
-                v = float(parts[il])
-                if math.isfinite(v):
-                    last = v if last is None else max(last, v)
+    """(HospAdmTime, last ICULOS) of a stay without building messages (to schedule the merge).
+    Raises :class:`BadFile` where ``read_psv`` would: no rows, a row with the wrong number of values."""
+    try:
+        with open(path) as f:
+            header = f.readline().strip().split("|")
+            ih = header.index("HospAdmTime") if "HospAdmTime" in header else None
+            il = header.index("ICULOS") if "ICULOS" in header else None
+            hosp = last = None
+            rows = 0
+            for lineno, line in enumerate(f, start=2):
+                parts = line.strip().split("|")
+                if parts == [""]:
+                    continue
+                if len(parts) != len(header):
+                    raise BadFile(path, f"{len(parts)} values, the header has {len(header)}", line=lineno)
+                rows += 1
+                if ih is not None and hosp is None:
+                    v = _number(parts[ih])
+                    hosp = v if math.isfinite(v) else None
+                if il is not None:
+                    v = _number(parts[il])
+                    if math.isfinite(v):
+                        last = v if last is None else max(last, v)
+    except UnicodeDecodeError:
+        raise BadFile(path, "not a text file") from None
+    if not rows:
+        raise BadFile(path, "no rows under the header" if header != [""] else "empty file")
     return hosp, last
 
 
@@ -238,16 +256,27 @@ def replay_psv(
 ) -> dict[str, Any]:
     """Send the stays of ``directory`` (all, the first ``patients`` in name order, or those ids).
 
-    Returns ``{"produced": {topic: n}, "stays": n, "skipped_out_of_range": n, ...}``.
+    A stay file that is malformed or unreadable is left out and the others are sent: ``failed`` counts
+    them, ``failed_files`` says why (naming the file and line). A folder without stays raises
+    :class:`OperatorError`. Returns ``{"produced": {topic: n}, "stays": n, "skipped_out_of_range": n,
+    ..., "failed": n, "failed_files": [...]}``.
     """
     base_time = DEFAULT_BASE_TIME if base_time is None else float(base_time)
+    directory = stay_folder(directory)
     if patients is None or isinstance(patients, int):
         paths = list_stays(directory, limit=patients)
     else:
         wanted = set(patients)
         paths = [p for p in list_stays(directory) if p.stem in wanted]
     stats: Counter = Counter()
-    spans = [_quick_span(p) for p in paths]
+    failed: list[str] = []
+    readable = []
+    for path in paths:
+        try:
+            readable.append((path, _quick_span(path)))
+        except (BadFile, *UNREADABLE) as exc:
+            failed.append(one_line(exc))
+    paths, spans = [p for p, _ in readable], [s for _, s in readable]
     admits = [icu_admit_time(h, base_time) for h, _ in spans]
     start = min(admits) if admits else None
     end = max((a + ((last or 0.0) + 1.0) * 3600.0 for a, (_, last) in zip(admits, spans)), default=None)
@@ -265,6 +294,8 @@ def replay_psv(
         "skipped_out_of_range": stats.pop("skipped_out_of_range", 0),
         "skipped_rows": stats.pop("skipped_rows", 0),
         "skipped_messages": stats.pop("skipped_messages", 0),
+        "failed": len(failed),
+        "failed_files": failed,
     }
     if stats:
         out["skipped_by_field"] = dict(sorted(stats.items()))

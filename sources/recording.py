@@ -33,6 +33,8 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 from tqdm import tqdm
 
+from icuwatch.core import topics
+from icuwatch.core.errors import BadFile, OperatorError
 from icuwatch.core.settings import Settings
 from icuwatch.sources.pacing import RawMessage, send_paced
 from icuwatch.streams.kafka.security import kafka_python_config
@@ -52,6 +54,19 @@ def _b64(b: bytes | None) -> str | None:
     return None if b is None else base64.b64encode(b).decode("ascii")
 
 
+def check_topics(topic_names: Iterable[str], settings: Settings) -> list[str]:
+    """The names, once each; :class:`OperatorError` listing the known topics if one is not icuwatch's
+    (its topics and the worker's table changelogs)."""
+    names = list(dict.fromkeys(topic_names))
+    unknown = [n for n in names if n not in (*topics.ALL, *topics.changelogs(settings.app_id))]
+    if unknown:
+        raise OperatorError(
+            f"unknown topic {', '.join(map(repr, unknown))}; known topics: {', '.join(topics.ALL)} "
+            f"(and the changelogs {', '.join(topics.changelogs(settings.app_id))})"
+        )
+    return names
+
+
 def record(
     topic_names: Iterable[str],
     out_path: str | Path,
@@ -68,8 +83,12 @@ def record(
 
     ``ready`` (optional) is set once every partition's start position is known: messages produced
     after that are captured. Returns ``{"recorded": {topic: n}, "skipped_before_start": n, ...}``.
+    An unknown topic or an output file that cannot be written fails before anything is consumed.
     """
-    names = list(dict.fromkeys(topic_names))
+    names = check_topics(topic_names, settings)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.open("a").close()  # writable? (it is written at the end)
     consumer = KafkaConsumer(
         bootstrap_servers=settings.broker,
         group_id=None,
@@ -139,8 +158,6 @@ def record(
             bar.close()
     finally:
         consumer.close()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     merged = heapq.merge(*per_part.values(), key=lambda d: d["timestamp"] if d["timestamp"] is not None else -1)
     with open(out_path, "w") as f:
         for d in merged:
@@ -156,26 +173,33 @@ def record(
 
 
 def read_archive(path: str | Path) -> Iterator[dict]:
-    """The archive's lines as dicts, with ``key``/``value`` decoded to bytes."""
+    """The archive's lines as dicts, with ``key``/``value`` decoded to bytes; :class:`BadFile` (naming
+    the line) for a line that is not one :func:`record` writes."""
     with open(path) as f:
-        for line in f:
-            if not line.strip():
-                continue
-            d = json.loads(line)
-            d["key"] = None if d.get("key") is None else base64.b64decode(d["key"])
-            d["value"] = None if d.get("value") is None else base64.b64decode(d["value"])
-            yield d
+        try:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    d = json.loads(line)
+                    if not isinstance(d.get("topic"), str) or not isinstance(d.get("partition"), int):
+                        raise ValueError("no topic or partition")
+                    d["key"] = None if d.get("key") is None else base64.b64decode(d["key"], validate=True)
+                    d["value"] = None if d.get("value") is None else base64.b64decode(d["value"], validate=True)
+                    if d.get("event_time") is not None:
+                        d["event_time"] = float(d["event_time"])
+                except (ValueError, TypeError, AttributeError) as exc:
+                    raise BadFile(path, f"not an archive line ({' '.join(str(exc).split())})", line=lineno) from None
+                yield d
+        except UnicodeDecodeError:
+            raise BadFile(path, "not a text file") from None
 
 
 def archive_messages(path: str | Path, keep_partitions: bool = False) -> Iterator[tuple[float, str, RawMessage]]:
     """``(pacing time, topic, RawMessage)`` in file order; pacing time = event time, or the previous
     line's when a line has none (it then goes out right after its predecessor)."""
-    last = None
-    with open(path) as f:  # lines before the first event time go out at once
-        for line in f:
-            if line.strip() and json.loads(line).get("event_time") is not None:
-                last = float(json.loads(line)["event_time"])
-                break
+    # lines before the first event time go out at once
+    last = next((d["event_time"] for d in read_archive(path) if d.get("event_time") is not None), None)
     for d in read_archive(path):
         t = d.get("event_time")
         if t is None:
@@ -189,7 +213,10 @@ def replay_file(
 ) -> dict[str, Any]:
     """Send an archive back into its topics in file order, paced by event time (``speed`` as the
     simulator's). ``keep_partitions`` sends each message to its recorded partition instead of
-    letting the partitioner choose by key."""
+    letting the partitioner choose by key. The archive is read through once first, so a malformed
+    line fails the replay before anything is sent."""
+    for _ in read_archive(path):
+        pass
     items = archive_messages(path, keep_partitions)
     produced = send_paced(items, producer, speed, progress=progress, unit="stream s")
     return {"replayed": produced, "messages": sum(produced.values()), "file": str(path)}

@@ -34,6 +34,7 @@ import wfdb
 from pydantic import ValidationError
 
 from icuwatch.core import schemas, topics
+from icuwatch.core.errors import BadFile
 from icuwatch.core.schemas import EARLIEST_EVENT_TIME, Message, Vitals, Waveform
 from icuwatch.sources.pacing import send_paced
 
@@ -136,6 +137,16 @@ def _record_name(record_path: str | Path) -> str:
     return s[:-4] if s.endswith(".hea") else s
 
 
+def read_header(record_path: str | Path) -> Any:
+    """``wfdb.rdheader`` of a record (path without extension, or its ``.hea``): the OS error of a
+    missing file, :class:`BadFile` naming the ``.hea`` when it is not a WFDB header."""
+    name = _record_name(record_path)
+    try:
+        return wfdb.rdheader(name)
+    except (ValueError, IndexError) as exc:  # wfdb's HeaderSyntaxError is a ValueError; a short file an IndexError
+        raise BadFile(f"{name}.hea", f"not a WFDB header ({' '.join(str(exc).split())})") from None
+
+
 def _start_time(header: Any, duration_s: float, base_time: float | None) -> tuple[float, str]:
     dt = getattr(header, "base_datetime", None)
     if dt is None and getattr(header, "base_date", None) is not None and getattr(header, "base_time", None) is not None:
@@ -157,7 +168,7 @@ def segments(record_path: str | Path, stats: Counter | None = None) -> Iterator[
     """
     stats = Counter() if stats is None else stats
     name = _record_name(record_path)
-    header = wfdb.rdheader(name)
+    header = read_header(name)
     if not getattr(header, "seg_name", None):
         yield 0, name, int(header.sig_len or 0), float(header.fs)
         return
@@ -225,7 +236,7 @@ def record_messages(
         raise ValueError("nan_policy must be 'drop' or 'interpolate'")
     stats = Counter() if stats is None else stats
     name = _record_name(record_path)
-    header = wfdb.rdheader(name)
+    header = read_header(name)
     fs_rec = float(header.fs)
     duration = float(header.sig_len or 0) / fs_rec if fs_rec else 0.0
     t_start, source = _start_time(header, duration, base_time)
@@ -233,7 +244,7 @@ def record_messages(
     pid = patient_id or sanitize_patient_id(Path(name).name)
 
     for start, seg_path, length, fs in segments(name, stats):
-        seg_header = wfdb.rdheader(seg_path)
+        seg_header = read_header(seg_path)
         fs = float(seg_header.fs or fs)
         t_seg = t_start + start / fs
         names = list(seg_header.sig_name or [])
@@ -315,7 +326,7 @@ def replay_wfdb(
     """Send a WFDB record's messages, paced by publish time. Returns produced counts and stats."""
     stats: Counter = Counter()
     name = _record_name(record_path)
-    header = wfdb.rdheader(name)
+    header = read_header(name)
     duration = float(header.sig_len or 0) / float(header.fs)
     t0, _ = _start_time(header, duration, base_time)
     produced = send_paced(

@@ -18,14 +18,16 @@ from icuwatch.fusion.evaluation.report import (
     load_predictions,
     model_summary,
     select_stays,
+    without,
     write_report,
 )
 
 
 def generate_baselines(
-    names, stays: list[Path], label_dir: Path, out_dir: Path, progress: bool = True
+    names, stays: list[Path], label_dir: Path, out_dir: Path, progress: bool = True, failed: dict | None = None
 ) -> dict[str, Path]:
-    """Prediction folders ``out_dir/baselines/NAME`` from ``icuwatch.fusion.psv_predict.predict_dir``."""
+    """Prediction folders ``out_dir/baselines/NAME`` from ``icuwatch.fusion.psv_predict.predict_dir``
+    (stays it cannot read go into ``failed``, when given)."""
     try:
         from icuwatch.fusion.psv_predict import predict_dir
     except ImportError as exc:
@@ -43,7 +45,7 @@ def generate_baselines(
     out = {}
     for name in names:
         target = base / name
-        predict_dir(input_dir, target, model=name, progress=progress)
+        predict_dir(input_dir, target, model=name, progress=progress, failed=failed)
         out[name] = target
     return out
 
@@ -101,6 +103,11 @@ def _figures(out_dir: Path, labels, preds, models: dict, examples: int) -> dict:
     return figures
 
 
+def _some_left(labels, failed: dict[str, str]) -> None:
+    if not labels.patient_ids:
+        raise EvaluationError(f"no stay could be evaluated ({len(failed)} failed), e.g. {next(iter(failed.values()))}")
+
+
 def evaluate_dirs(
     pred_dirs: dict[str, Path],
     label_dir: Path,
@@ -119,7 +126,9 @@ def evaluate_dirs(
     ``pred_dirs``: model name -> folder (the first is the main model). ``split``/``limit`` select stays
     of ``label_dir`` (``physionet.list_stays``). ``baselines``: names for ``psv_predict.predict_dir``,
     generated into ``out_dir/baselines/NAME`` and added to the comparison. ``figures=False``: numbers only.
-    Raises ``EvaluationError`` when a folder does not match the stays.
+    Raises ``EvaluationError`` when a folder is missing or does not match the stays (checked before any
+    prediction is generated). A stay whose label or prediction file is malformed or unreadable is left
+    out for every model and reported: ``failed`` (how many), ``failed_files`` (one line each).
     """
     started = time.time()
     label_dir, out_dir = Path(label_dir), Path(out_dir)
@@ -130,22 +139,30 @@ def evaluate_dirs(
         raise EvaluationError(f"model names used twice: {', '.join(sorted(clash))}")
     if not pred_dirs and not baselines:
         raise EvaluationError("nothing to evaluate")
+    for name, folder in pred_dirs.items():
+        if not folder.is_dir():
+            raise EvaluationError(f"prediction folder {folder} ({name}) does not exist")
     stays = select_stays(label_dir, split=split, limit=limit)
-    labels = load_labels(stays, progress=progress)
+    failed: dict[str, str] = {}
+    labels = load_labels(stays, progress=progress, failed=failed)
+    _some_left(labels, failed)
     out_dir.mkdir(parents=True, exist_ok=True)
     if baselines:
-        pred_dirs.update(generate_baselines(baselines, stays, label_dir, out_dir, progress=progress))
-    preds = [load_predictions(name, d, labels, progress=progress) for name, d in pred_dirs.items()]
+        readable = [p for p in stays if p.stem not in failed]
+        pred_dirs.update(generate_baselines(baselines, readable, label_dir, out_dir, progress, failed))
+    preds = [load_predictions(name, d, labels, progress=progress, failed=failed) for name, d in pred_dirs.items()]
+    labels, preds = without(labels, preds, failed)
+    _some_left(labels, failed)
 
     models = {p.name: model_summary(labels, p) for p in preds}
     figures = _figures(out_dir, labels, preds, models, examples) if figures else {}
     chosen = figures.pop("_examples", [])
 
     summary = {
-        **data_provenance(label_dir, len(stays), split=split, limit=limit),
+        **data_provenance(label_dir, len(labels.patient_ids), split=split, limit=limit),
         "split": split,
         "limit": limit,
-        "patients": len(stays),
+        "patients": len(labels.patient_ids),
         "septic_patients": int(sum(labels.septic)),
         "rows": int(sum(lab.size for lab in labels.labels)),
         "main_model": next(iter(pred_dirs)),
@@ -155,6 +172,10 @@ def evaluate_dirs(
         "report": str(out_dir / "report.md"),
         "figures": figures,
         "seconds": round(time.time() - started, 2),
+        "failed": len(failed),
+        "failed_files": sorted(failed.values()),
     }
+    if failed:
+        summary["data_note"] += f" {len(failed)} selected stays left out: malformed or unreadable files."
     write_report(out_dir, summary)
     return summary

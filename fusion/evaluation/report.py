@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from icuwatch.core.errors import UNREADABLE, OperatorError, one_line
 from icuwatch.fusion.evaluation import metrics
 from icuwatch.fusion.evaluation.utility import cohort_utilities
 
 PREDICTION_HEADER = ("PredictedProbability", "PredictedLabel")
 
 
-class EvaluationError(ValueError):
+class EvaluationError(OperatorError, ValueError):
     """Prediction and label folders that do not match, or malformed files."""
 
 
@@ -49,22 +50,25 @@ class Predictions:
 
 def _read_columns(path: Path, names: tuple[str, ...]) -> tuple[list[str], list[np.ndarray]]:
     """Selected columns of a ``|``-separated file as float arrays (fast: no full parse)."""
-    with open(path) as f:
-        header = f.readline().strip().split("|")
-        missing = [n for n in names if n not in header]
-        if missing:
-            raise EvaluationError(f"{path}: no column {', '.join(missing)} (header: {'|'.join(header)})")
-        index = [header.index(n) for n in names]
-        cols: list[list[str]] = [[] for _ in names]
-        for lineno, line in enumerate(f, start=2):
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.split("|")
-            if len(parts) != len(header):
-                raise EvaluationError(f"{path}:{lineno}: {len(parts)} values, header has {len(header)}")
-            for col, i in zip(cols, index):
-                col.append(parts[i])
+    try:
+        with open(path) as f:
+            header = f.readline().strip().split("|")
+            missing = [n for n in names if n not in header]
+            if missing:
+                raise EvaluationError(f"{path}: no column {', '.join(missing)} (header: {'|'.join(header)})")
+            index = [header.index(n) for n in names]
+            cols: list[list[str]] = [[] for _ in names]
+            for lineno, line in enumerate(f, start=2):
+                line = line.strip()
+                if not line:
+                    continue
+                parts = line.split("|")
+                if len(parts) != len(header):
+                    raise EvaluationError(f"{path}:{lineno}: {len(parts)} values, header has {len(header)}")
+                for col, i in zip(cols, index):
+                    col.append(parts[i])
+    except UnicodeDecodeError:
+        raise EvaluationError(f"{path}: not a text file") from None
     try:
         return header, [np.array(c, dtype=np.float64) for c in cols]
     except ValueError as exc:
@@ -83,28 +87,43 @@ def select_stays(label_dir: str | Path, split: str | None = None, limit: int | N
     return paths
 
 
-def load_labels(paths: list[Path], progress: bool = True) -> Labels:
+def load_labels(paths: list[Path], progress: bool = True, failed: dict[str, str] | None = None) -> Labels:
+    """The labels of ``paths``. A malformed or unreadable file raises, or, with a ``failed`` dict, is
+    left out and recorded there (stay id -> one line naming the file)."""
     from tqdm import tqdm
 
     ids, labels, iculos = [], [], []
     for path in tqdm(paths, desc="labels", unit="stay", disable=not progress, leave=False):
-        _, (lab, hours) = _read_columns(path, ("SepsisLabel", "ICULOS"))
-        if lab.size and not np.isin(lab, (0, 1)).all():
-            raise EvaluationError(f"{path}: SepsisLabel must be 0 or 1")
+        try:
+            _, (lab, hours) = _read_columns(path, ("SepsisLabel", "ICULOS"))
+            if lab.size and not np.isin(lab, (0, 1)).all():
+                raise EvaluationError(f"{path}: SepsisLabel must be 0 or 1")
+        except (EvaluationError, *UNREADABLE) as exc:
+            if failed is None:
+                raise
+            failed[path.stem] = one_line(exc)
+            continue
         ids.append(path.stem)
         labels.append(lab.astype(int))
         iculos.append(hours)
     return Labels(label_dir=paths[0].parent, patient_ids=ids, labels=labels, iculos=iculos)
 
 
-def load_predictions(name: str, pred_dir: str | Path, labels: Labels, progress: bool = True) -> Predictions:
-    """One model's predictions for every stay of ``labels``; EvaluationError on any mismatch."""
+def load_predictions(
+    name: str, pred_dir: str | Path, labels: Labels, progress: bool = True, failed: dict[str, str] | None = None
+) -> Predictions:
+    """One model's predictions for every stay of ``labels``; EvaluationError on any mismatch.
+
+    With a ``failed`` dict (stay id -> reason), the stays already in it are not read (empty arrays
+    hold their places) and a malformed or unreadable prediction file is recorded there, not raised;
+    a prediction file missing altogether is still an error (the wrong folder, most likely)."""
     from tqdm import tqdm
 
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise EvaluationError(f"prediction folder {pred_dir} ({name}) does not exist")
-    missing = [pid for pid in labels.patient_ids if not (pred_dir / f"{pid}.psv").is_file()]
+    skip = failed if failed is not None else {}
+    missing = [pid for pid in labels.patient_ids if pid not in skip and not (pred_dir / f"{pid}.psv").is_file()]
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise EvaluationError(
@@ -119,16 +138,14 @@ def load_predictions(name: str, pred_dir: str | Path, labels: Labels, progress: 
         disable=not progress,
         leave=False,
     ):
-        path = pred_dir / f"{pid}.psv"
-        header, (prob, pred) = _read_columns(path, PREDICTION_HEADER)
-        if tuple(header) != PREDICTION_HEADER:
-            raise EvaluationError(f"{path}: header must be {'|'.join(PREDICTION_HEADER)}, not {'|'.join(header)}")
-        if prob.size != lab.size:
-            raise EvaluationError(f"{name}: {path.name} has {prob.size} prediction rows, the stay has {lab.size}")
-        if prob.size and (not np.isfinite(prob).all() or prob.min() < 0 or prob.max() > 1):
-            raise EvaluationError(f"{path}: PredictedProbability must be in [0, 1]")
-        if pred.size and not np.isin(pred, (0, 1)).all():
-            raise EvaluationError(f"{path}: PredictedLabel must be 0 or 1")
+        prob = pred = np.empty(0)
+        if pid not in skip:
+            try:
+                prob, pred = _read_predictions(pred_dir / f"{pid}.psv", lab.size)
+            except (EvaluationError, *UNREADABLE) as exc:
+                if failed is None:
+                    raise
+                failed[pid] = one_line(exc)
         probabilities.append(prob)
         predictions.append(pred.astype(int))
     wanted = set(labels.patient_ids)
@@ -136,6 +153,34 @@ def load_predictions(name: str, pred_dir: str | Path, labels: Labels, progress: 
     return Predictions(
         name=name, pred_dir=pred_dir, probabilities=probabilities, predictions=predictions, ignored_files=ignored
     )
+
+
+def _read_predictions(path: Path, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    header, (prob, pred) = _read_columns(path, PREDICTION_HEADER)
+    if tuple(header) != PREDICTION_HEADER:
+        raise EvaluationError(f"{path}: header must be {'|'.join(PREDICTION_HEADER)}, not {'|'.join(header)}")
+    if prob.size != rows:
+        raise EvaluationError(f"{path}: {prob.size} prediction rows, the stay has {rows}")
+    if prob.size and (not np.isfinite(prob).all() or prob.min() < 0 or prob.max() > 1):
+        raise EvaluationError(f"{path}: PredictedProbability must be in [0, 1]")
+    if pred.size and not np.isin(pred, (0, 1)).all():
+        raise EvaluationError(f"{path}: PredictedLabel must be 0 or 1")
+    return prob, pred
+
+
+def without(labels: Labels, preds: list[Predictions], drop) -> tuple[Labels, list[Predictions]]:
+    """``labels`` and ``preds`` less the stays whose ids are in ``drop``."""
+    keep = [i for i, pid in enumerate(labels.patient_ids) if pid not in drop]
+    kept = Labels(
+        label_dir=labels.label_dir,
+        patient_ids=[labels.patient_ids[i] for i in keep],
+        labels=[labels.labels[i] for i in keep],
+        iculos=[labels.iculos[i] for i in keep],
+    )
+    return kept, [
+        replace(p, probabilities=[p.probabilities[i] for i in keep], predictions=[p.predictions[i] for i in keep])
+        for p in preds
+    ]
 
 
 def implied_threshold(pred: Predictions) -> float | None:
