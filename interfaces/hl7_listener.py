@@ -11,6 +11,10 @@ its raw block so a rejected one can be dead-lettered byte for byte. Per message:
 * malformed, unknown code or unit, bad time, out-of-range value -> **AR** with the reason in MSA-3 and
   ERR, once the original bytes are durably on ``icu.deadletter`` (topic ``hl7``); if even that
   fails, AE. A bad message never closes the connection; later messages on it are handled normally.
+* an event time more than ``settings.live_max_future_s`` ahead of this listener's clock, or more than
+  ``settings.live_max_age_s`` behind it, is refused the same way (AR, ERR naming OBX-14/OBR-7/EVN-6...):
+  one observation dated next month would otherwise stop the patient's scoring for a month. What
+  is accepted goes out with ``LIVE_HEADER``, so the worker checks it against the record's timestamp.
 
 Messages of one connection are handled in order (the next is read after the ACK is written); many
 connections run concurrently, their broker waits in worker threads.
@@ -32,7 +36,16 @@ from icuwatch.core.schemas import DeadLetter
 from icuwatch.core.settings import Settings
 
 from .hl7_encode import esc
-from .hl7_mapping import ERROR_TEXT, Hl7Reject, ObservationMap, load_mapping, map_message, sanitize_patient_id, zone
+from .hl7_mapping import (
+    ERROR_TEXT,
+    Hl7Reject,
+    ObservationMap,
+    TimeWindow,
+    load_mapping,
+    map_message,
+    sanitize_patient_id,
+    zone,
+)
 
 log = logging.getLogger(__name__)
 
@@ -144,15 +157,16 @@ class Hl7Listener:
 
     def handle(self, raw: bytes) -> str:
         """Map, publish durably, and return the ACK text for one raw HL7 message."""
+        window = TimeWindow(time.time(), self.settings.live_max_future_s, self.settings.live_max_age_s)
         try:
-            derived = map_message(raw, self.mapping, self.naive_tz)
+            derived = map_message(raw, self.mapping, self.naive_tz, window)
         except Hl7Reject as rej:
             return self._reject(raw, rej)
         except Exception as exc:  # never let one message take the listener down
             log.exception("hl7: unexpected error mapping a message")
             return self._reject(raw, Hl7Reject(f"cannot map message: {type(exc).__name__}: {exc}"))
         try:
-            self._publish([(topic, m.key(), m.to_bytes()) for topic, m in derived])
+            self._publish([(topic, m.key(), m.to_bytes()) for topic, m in derived], live=True)
         except Exception as exc:
             self.stats["AE"] += 1
             log.warning("hl7: broker did not acknowledge: %r", exc)
@@ -162,9 +176,12 @@ class Hl7Listener:
             self.stats[topic] += 1
         return build_ack(raw, "AA")
 
-    def _publish(self, records: list[tuple[str, bytes, bytes]]) -> None:
+    def _publish(self, records: list[tuple[str, bytes, bytes]], live: bool = False) -> None:
+        from icuwatch.streams.kafka.producer import LIVE_HEADER
+
         deadline = time.monotonic() + self.timeout_s
-        futures = [self.producer.send(topic, key=key, value=value) for topic, key, value in records]
+        extra = {"headers": [LIVE_HEADER]} if live else {}
+        futures = [self.producer.send(topic, key=key, value=value, **extra) for topic, key, value in records]
         self.producer.flush(timeout=max(0.1, deadline - time.monotonic()))  # do not wait out linger_ms
         for fut in futures:
             fut.get(timeout=max(0.1, deadline - time.monotonic()))

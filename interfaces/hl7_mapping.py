@@ -21,6 +21,10 @@ Event times are the observation times carried in the message, never the arrival 
 
 HL7 timestamps are ``YYYYMMDDHHMM[SS[.S[S[S[S]]]]][+/-ZZZZ]`` (a ``TS`` degree-of-precision component
 is ignored); a timestamp without an offset is in ``settings.hl7_timezone`` (UTC by default).
+
+A live listener passes a :class:`TimeWindow` around its own clock: an event time outside it (an
+observation dated next month, or years back) is refused, naming the field it came from (OBX-14,
+OBR-7, EVN-6, EVN-2, MSH-7). PV1-44 (hospital admission) is not an event time and is not checked.
 """
 
 from __future__ import annotations
@@ -261,6 +265,28 @@ def format_ts(t: float) -> str:
     return datetime.fromtimestamp(whole, timezone.utc).strftime("%Y%m%d%H%M%S") + f".{frac:04d}+0000"
 
 
+@dataclass(frozen=True)
+class TimeWindow:
+    """Event times a live listener accepts: at most ``max_future_s`` ahead of its clock ``now`` (clock
+    skew between systems) and ``max_age_s`` behind it (0: that side unchecked)."""
+
+    now: float
+    max_future_s: float
+    max_age_s: float
+
+    def problem(self, t: float) -> str | None:
+        """Why ``t`` is outside the window, or None."""
+        if self.max_future_s and t - self.now > self.max_future_s:
+            return f"{_span(t - self.now)} ahead of the receiving clock (at most {_span(self.max_future_s)})"
+        if self.max_age_s and self.now - t > self.max_age_s:
+            return f"{_span(self.now - t)} older than the receiving clock (at most {_span(self.max_age_s)})"
+        return None
+
+
+def _span(s: float) -> str:
+    return f"{s:.0f} s" if s < 3600 else f"{s / 3600:.1f} h" if s < 86400 else f"{s / 86400:.1f} d"
+
+
 def completed_years(born: date, on: date) -> int:
     return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
 
@@ -378,6 +404,12 @@ def _time(seg: _Seg, n: int, naive_tz: tzinfo, pid: str | None = None) -> float 
         raise seg.reject(f"{seg.name}-{n}: {exc}", n, "102", pid) from None
 
 
+def _check_time(window: TimeWindow | None, t: float, seg: _Seg, n: int, pid: str) -> None:
+    problem = window.problem(t) if window is not None else None
+    if problem is not None:
+        raise seg.reject(f"{seg.name}-{n}: event time {seg.get(n)} is {problem}", n, "102", pid)
+
+
 def _patient_id(segs: list[_Seg]) -> str:
     pid_seg = next((s for s in segs if s.name == "PID"), None)
     if pid_seg is None:
@@ -445,8 +477,11 @@ def _obx_coded(obx: _Seg, name: str, pid: str):
     raise obx.reject(f"OBX-5: consciousness value {text!r} is not one of A/C/V/P/U", 5, "103", pid)
 
 
-def _oru(segs: list[_Seg], hdr: Header, mapping: ObservationMap, naive_tz: tzinfo) -> list[tuple[str, Message]]:
+def _oru(
+    segs: list[_Seg], hdr: Header, mapping: ObservationMap, naive_tz: tzinfo, window: TimeWindow | None = None
+) -> list[tuple[str, Message]]:
     pid = _patient_id(segs)
+    obr: _Seg | None = None
     obr_time: float | None = None
     result_time: float | None = None
     vitals: dict[float, dict] = {}
@@ -455,6 +490,7 @@ def _oru(segs: list[_Seg], hdr: Header, mapping: ObservationMap, naive_tz: tzinf
     n_obx = 0
     for seg in segs:
         if seg.name == "OBR":
+            obr = seg
             obr_time = _time(seg, 7, naive_tz, pid)
             result_time = _time(seg, 22, naive_tz, pid)
             continue
@@ -473,9 +509,12 @@ def _oru(segs: list[_Seg], hdr: Header, mapping: ObservationMap, naive_tz: tzinf
         if rule.topic == "ignore":
             continue
         t = _time(seg, 14, naive_tz, pid)
-        if t is None:
+        if t is not None:
+            _check_time(window, t, seg, 14, pid)
+        elif obr_time is not None and obr is not None:
             t = obr_time
-        if t is None:
+            _check_time(window, t, obr, 7, pid)
+        else:
             raise seg.reject("no observation time (OBX-14 and OBR-7 empty)", 14, "101", pid)
         if rule.topic == "vitals":
             value = (
@@ -520,7 +559,9 @@ def _oru(segs: list[_Seg], hdr: Header, mapping: ObservationMap, naive_tz: tzinf
 ADT_EVENTS = {"A01": "admit", "A02": "transfer", "A03": "discharge"}
 
 
-def _adt(segs: list[_Seg], hdr: Header, naive_tz: tzinfo) -> list[tuple[str, Message]]:
+def _adt(
+    segs: list[_Seg], hdr: Header, naive_tz: tzinfo, window: TimeWindow | None = None
+) -> list[tuple[str, Message]]:
     pid = _patient_id(segs)
     event = ADT_EVENTS.get(hdr.trigger)
     evn = next((s for s in segs if s.name == "EVN"), None)
@@ -536,11 +577,15 @@ def _adt(segs: list[_Seg], hdr: Header, naive_tz: tzinfo) -> list[tuple[str, Mes
         )
     t = None
     if evn is not None:
-        t = _time(evn, 6, naive_tz, pid)
-        if t is None:
-            t = _time(evn, 2, naive_tz, pid)
+        for n in (6, 2):
+            t = _time(evn, n, naive_tz, pid)
+            if t is not None:
+                _check_time(window, t, evn, n, pid)
+                break
     if t is None:
         t = hdr.sent_time
+        if t is not None:
+            _check_time(window, t, segs[0], 7, pid)
     if t is None:
         raise Hl7Reject(
             "no event time (EVN-6, EVN-2 and MSH-7 empty)", segment="EVN", field=2, code="101", patient_id=pid
@@ -578,15 +623,19 @@ def _adt(segs: list[_Seg], hdr: Header, naive_tz: tzinfo) -> list[tuple[str, Mes
 
 
 def map_message(
-    raw: bytes | str | hl7.Message, mapping: ObservationMap, naive_tz: tzinfo = timezone.utc
+    raw: bytes | str | hl7.Message,
+    mapping: ObservationMap,
+    naive_tz: tzinfo = timezone.utc,
+    window: TimeWindow | None = None,
 ) -> list[tuple[str, Message]]:
-    """One HL7 message -> ``[(topic, v1 message), ...]``; :class:`Hl7Reject` if any part is bad.
+    """One HL7 message -> ``[(topic, v1 message), ...]``; :class:`Hl7Reject` if any part is bad
+    (with ``window``: an event time outside it, too).
 
     All or nothing: a message is either mapped whole or rejected whole.
     """
     msg = raw if isinstance(raw, hl7.Message) else parse_hl7(raw)
     try:
-        return _map(msg, mapping, naive_tz)
+        return _map(msg, mapping, naive_tz, window)
     except Hl7Reject as rej:
         if rej.patient_id is None:  # key the dead letter by patient where the PID is readable
             rej.patient_id = _best_effort_patient_id(msg)
@@ -603,14 +652,16 @@ def _best_effort_patient_id(msg: hl7.Message) -> str | None:
     return None
 
 
-def _map(msg: hl7.Message, mapping: ObservationMap, naive_tz: tzinfo) -> list[tuple[str, Message]]:
+def _map(
+    msg: hl7.Message, mapping: ObservationMap, naive_tz: tzinfo, window: TimeWindow | None
+) -> list[tuple[str, Message]]:
     segs = _segments(msg)
     hdr = header(msg, naive_tz)
     try:
         if hdr.message_type == "ORU" and hdr.trigger in ("R01", ""):
-            return _oru(segs, hdr, mapping, naive_tz)
+            return _oru(segs, hdr, mapping, naive_tz, window)
         if hdr.message_type == "ADT":
-            return _adt(segs, hdr, naive_tz)
+            return _adt(segs, hdr, naive_tz, window)
     except Hl7Reject:
         raise
     except Exception as exc:  # a structure python-hl7 parsed but we cannot read: reject, do not crash

@@ -2,7 +2,8 @@
 state (no Kafka, no I/O), so each decision can be tested alone:
 
 1. :func:`apply_message`: fold the message into the state; False when it brings nothing new (a
-   duplicate, or a redelivery after a restart or rebalance: ``patient_state.redelivered``).
+   duplicate, or a redelivery after a restart or rebalance: ``patient_state.redelivered``); raises
+   :class:`Refused`, the state untouched, when its event time is implausible (:func:`implausible_time`).
 2. :func:`next_step`: once applied, whether the patient is scored now (and for what reason) or the
    state is checkpointed, or neither (a vital sign or waveform chunk between checkpoints).
 """
@@ -13,6 +14,7 @@ import zlib
 from dataclasses import dataclass
 
 from icuwatch.core import schemas
+from icuwatch.core.settings import Settings
 from icuwatch.streams import patient_state
 from icuwatch.streams.patient_state import PatientState
 from icuwatch.streams.waveform_state import WaveformState
@@ -31,11 +33,87 @@ class NextStep:
     """Write the state to the table now (when not scored: a score checkpoints once published)."""
 
 
-def apply_message(state: PatientState, msg: schemas.Message, where: Where, waveforms: WaveformState) -> bool:
+@dataclass(frozen=True)
+class ClockRule:
+    """Which event times the worker refuses (``core/settings.py``: ``live_max_future_s``,
+    ``live_max_age_s``, ``clock_max_jump_s``; 0 turns a check off)."""
+
+    live_max_future_s: float = 300.0
+    live_max_age_s: float = 7 * 86400.0
+    max_jump_s: float = 86400.0
+
+    @classmethod
+    def of(cls, settings: Settings) -> ClockRule:
+        return cls(settings.live_max_future_s, settings.live_max_age_s, settings.clock_max_jump_s)
+
+
+class Refused(ValueError):
+    """A message whose event time is implausible: dead-lettered with ``reason``, the state untouched."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _span(s: float) -> str:
+    return f"{s:.0f} s" if s < 3600 else f"{s / 3600:.1f} h" if s < 86400 else f"{s / 86400:.1f} d"
+
+
+def implausible_time(
+    state: PatientState, msg: schemas.Message, timestamp: float, live: bool, rule: ClockRule
+) -> str | None:
+    """Why ``msg``'s event time is implausible, or None.
+
+    A single message must not be able to stop a patient's scoring: the clock is the newest vital-sign
+    time and scores wait for it, so one vital sign dated a month ahead froze the patient for a month.
+
+    * A record a live source marked (``live``; the HL7 listener, which sends what it receives at
+      once) is checked against its own Kafka ``timestamp``, the sender's clock: any topic, at most
+      ``live_max_future_s`` ahead and ``live_max_age_s`` behind.
+    * Any other record (replays, the simulator at any speed: event times far from wall time by
+      design) is checked against the patient's own clock, vital signs only (other topics are consumed
+      at their own pace in a replay, ahead of or behind the vital signs): at most ``max_jump_s`` ahead
+      of the clock, or of a later admission (a new stay of the same patient id), nor behind it. A
+      patient's first vital sign has nothing to be compared with and sets the clock.
+    """
+    t = msg.event_time
+    if live and timestamp:
+        if rule.live_max_future_s and t - timestamp > rule.live_max_future_s:
+            limit = _span(rule.live_max_future_s)
+            return f"event time {_span(t - timestamp)} ahead of the live source's clock (at most {limit})"
+        if rule.live_max_age_s and timestamp - t > rule.live_max_age_s:
+            limit = _span(rule.live_max_age_s)
+            return f"event time {_span(timestamp - t)} older than the live source's clock (at most {limit})"
+        return None
+    now = state["now"]
+    if not isinstance(msg, schemas.Vitals) or now is None or not rule.max_jump_s:
+        return None
+    ahead = t - max(now, state["adt"].get("admit_t", now))
+    if ahead > rule.max_jump_s:
+        return f"vital sign {_span(ahead)} ahead of the patient's clock (at most {_span(rule.max_jump_s)})"
+    if now - t > rule.max_jump_s:
+        return f"vital sign {_span(now - t)} behind the patient's clock (at most {_span(rule.max_jump_s)})"
+    return None
+
+
+def apply_message(
+    state: PatientState,
+    msg: schemas.Message,
+    where: Where,
+    waveforms: WaveformState,
+    clock: ClockRule | None = None,
+    live: bool = False,
+) -> bool:
     """Fold ``msg`` into ``state``; False when it brings nothing new. Waveform chunks are not
-    tracked by offset (the waveform buffers recognise a repeated chunk themselves)."""
+    tracked by offset (the waveform buffers recognise a repeated chunk themselves). With a ``clock``
+    rule, raises :class:`Refused` before touching the state when the event time is implausible (a
+    record already applied is recognised first, so a re-read one is never refused)."""
     is_waveform = isinstance(msg, schemas.Waveform)
     redelivered = not is_waveform and patient_state.redelivered(state, *where)
+    if not redelivered and clock is not None:
+        reason = implausible_time(state, msg, where[3], live, clock)
+        if reason is not None:
+            raise Refused(reason)
     applied = not redelivered and patient_state.apply(state, msg, waveforms)
     if not is_waveform:
         patient_state.mark_applied(state, *where)

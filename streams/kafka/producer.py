@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from kafka import KafkaProducer
@@ -14,6 +15,15 @@ from icuwatch.streams.kafka.security import kafka_python_config
 
 log = logging.getLogger(__name__)
 RECREATE_TIMEOUT_S = 600.0
+LIVE_HEADER = ("icuwatch-clock", b"live")
+"""Kafka header of the records a live source (the HL7 listener) sends as it receives them: the worker
+checks their event times against the record's timestamp, the sender's clock (``streams/ingest.py``)."""
+
+
+def is_live(headers: Any) -> bool:
+    """Whether a consumed record's headers (``(key, value)`` pairs or a mapping) carry ``LIVE_HEADER``."""
+    pairs = headers.items() if isinstance(headers, Mapping) else (headers or ())
+    return any((k, v) == LIVE_HEADER for k, v in pairs)
 
 
 def _kafka_producer(settings: Settings) -> KafkaProducer:

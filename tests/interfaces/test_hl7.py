@@ -8,6 +8,7 @@ import base64
 import json
 import time
 import uuid
+from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
 import hl7
@@ -21,6 +22,7 @@ from icuwatch.interfaces.hl7_encode import send_via_hl7_async, to_hl7
 from icuwatch.interfaces.hl7_listener import Hl7Listener, build_ack
 from icuwatch.interfaces.hl7_mapping import (
     Hl7Reject,
+    TimeWindow,
     completed_years,
     load_mapping,
     map_message,
@@ -31,6 +33,11 @@ from icuwatch.interfaces.hl7_mapping import (
 MAPPING = load_mapping()
 T0 = 1732550400.0  # 2024-11-25T16:00:00Z
 TS = "20241125160000"
+
+
+def fixed_times_accepted(settings):
+    """These tests' times are fixed in 2024: older than a live listener accepts by default."""
+    return settings.model_copy(update={"live_max_age_s": 0.0})
 
 
 def oru(pid: str, *obx: str, obr_time: str = TS, extra_obr: str = "", msh_time: str = "20241125170000") -> str:
@@ -341,7 +348,7 @@ def test_ack_segments():
 class _DownProducer:
     """A producer whose broker never acknowledges."""
 
-    def send(self, topic, key=None, value=None):
+    def send(self, topic, key=None, value=None, **kwargs):
         from kafka.errors import KafkaTimeoutError
 
         class F:
@@ -358,7 +365,7 @@ def test_broker_down_is_ae(tmp_path):
     from stack_fixtures import settings_for
 
     settings, _ = settings_for(tmp_path)
-    listener = Hl7Listener(settings, producer=_DownProducer())
+    listener = Hl7Listener(fixed_times_accepted(settings), producer=_DownProducer())
     try:
         ack = hl7.parse(listener.handle(oru("P7", "NM|8867-4||90|/min|||||F").encode()))
         assert str(ack.segment("MSA")[1]) == "AE" and "broker" in str(ack.segment("MSA")[3])
@@ -449,7 +456,7 @@ def test_listener_end_to_end(stack):
         second = await _exchange(port, bad + [after])  # one connection: rejects, then a good one
         return first, second
 
-    first, second = asyncio.run(_with_listener(settings, body))
+    first, second = asyncio.run(_with_listener(fixed_times_accepted(settings), body))
     assert [c for c, _ in first] == ["AA"] * 4, first
     assert [c for c, _ in second] == ["AR"] * 4 + ["AA"], second
     for (_, reason), expect in zip(
@@ -497,7 +504,163 @@ def test_simulator_via_hl7(stack):
     async def body(port):
         return await send_via_hl7_async(sim, "127.0.0.1", port, speed=0, connections=2)
 
-    result = asyncio.run(_with_listener(settings, body))
+    result = asyncio.run(_with_listener(fixed_times_accepted(settings), body))
     assert result["sent"] == expected
     got = _consume(settings, topics.VITALS, f"{prefix}0000", len(first_vitals))
     assert sorted(g["event_time"] for g in got) == pytest.approx(sorted(first_vitals), abs=1e-3)
+
+
+# ---- event times a live listener refuses (issue 18) ---------------------------------------------
+
+
+def hl7_ts(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y%m%d%H%M%S+0000")
+
+
+def test_event_times_outside_the_live_window_are_refused_naming_the_field():
+    window = TimeWindow(now=T0, max_future_s=300.0, max_age_s=7 * 86400.0)
+    ahead, old = hl7_ts(T0 + 30 * 86400), hl7_ts(T0 - 8 * 86400)
+    cases = [
+        (oru("W1", "NM|59408-5||97|%|||||F", f"NM|8867-4||90|/min|||||F|||{ahead}"), ("OBX", 5, 14), "30.0 d ahead"),
+        (oru("W1", "NM|8867-4||90|/min|||||F", obr_time=old), ("OBR", 3, 7), "8.0 d older"),
+        (oru("W1", "NM|2524-7||9|mg/dL|||||F", obr_time=hl7_ts(T0 + 301)), ("OBR", 3, 7), "301 s ahead"),
+        (adt("W1", "A01", evn_time=ahead), ("EVN", 2, 2), "30.0 d ahead"),
+        (adt("W1", "A03", evn_time="").replace("20241125163000", old), ("MSH", 1, 7), "8.0 d older"),
+    ]
+    for text, (segment, index, field), reason in cases:
+        assert map_message(text, MAPPING)  # without a window (replayed files, tests): mapped
+        with pytest.raises(Hl7Reject) as exc:
+            map_message(text, MAPPING, window=window)
+        rej = exc.value
+        assert (rej.segment, rej.index, rej.field, rej.code, rej.patient_id) == (segment, index, field, "102", "W1")
+        assert rej.reason.startswith(f"{segment}-{field}: event time ") and reason in rej.reason, rej.reason
+        assert "receiving clock" in rej.reason
+    # clock skew within the window, a lab drawn days ago, and a hospital admission weeks back: accepted
+    inside = [
+        oru("W1", f"NM|8867-4||90|/min|||||F|||{hl7_ts(T0 + 299)}"),
+        oru("W1", "NM|2524-7||9|mg/dL|||||F", obr_time=hl7_ts(T0 - 6 * 86400)),
+        adt("W1", "A02", admitted=hl7_ts(T0 - 40 * 86400)),
+    ]
+    assert all(map_message(text, MAPPING, window=window) for text in inside)
+    assert map_message(cases[0][0], MAPPING, window=TimeWindow(T0, 0.0, 0.0))  # 0: not checked
+
+
+class _Recorder:
+    """A producer that acknowledges everything, keeping what was sent (and its headers)."""
+
+    def __init__(self):
+        self.sent = []
+
+    def send(self, topic, key=None, value=None, headers=None):
+        self.sent.append((topic, key, headers))
+
+        class F:
+            def get(self, timeout=None):
+                return None
+
+        return F()
+
+    def flush(self, timeout=None):
+        pass
+
+
+def test_the_listener_refuses_against_its_own_clock_and_marks_what_it_sends_live(tmp_path):
+    from stack_fixtures import settings_for
+
+    from icuwatch.streams.kafka.producer import LIVE_HEADER
+
+    settings, _ = settings_for(tmp_path)
+    producer = _Recorder()
+    listener = Hl7Listener(settings, producer=producer)
+    now = time.time()
+    try:
+        far = oru("W2", f"NM|8867-4^HR^LN||150|/min|||||F|||{hl7_ts(now + 30 * 86400)}")
+        ack = hl7.parse(listener.handle(far.encode()))
+        assert str(ack.segment("MSA")[1]) == "AR"
+        assert ack.unescape(str(ack.segment("MSA")[3])).startswith("OBX-14: event time ")
+        assert str(ack.segment("ERR")[2]) == "OBX^4^14"
+        assert producer.sent == [(topics.DEADLETTER, b"W2", None)]  # dead-lettered, not marked live
+        ack = hl7.parse(listener.handle(oru("W2", f"NM|8867-4||90|/min|||||F|||{hl7_ts(now - 60)}").encode()))
+        assert str(ack.segment("MSA")[1]) == "AA"
+        assert producer.sent[1] == (topics.VITALS, b"W2", [LIVE_HEADER])
+    finally:
+        listener.executor.shutdown()
+
+
+@pytest.mark.stack
+def test_a_far_future_observation_cannot_stop_a_patients_scoring(stack, tmp_path):
+    """Issue 18, through the real listener, broker, worker and database: an ORU with OBX-14 = now +
+    30 days got AA, moved the patient's clock 30 days ahead, and the patient's current vital signs
+    were no longer scored. Now it is refused (AR) and dead-lettered; so is a record marked live that
+    bypasses the listener (the worker's own check, the header through the broker); and the current
+    vital signs that follow are scored like a control patient's."""
+    from sqlalchemy import func, select
+    from stack_fixtures import free_port, running_worker, wait_for
+
+    from icuwatch.benchmarks.bad_input import read_deadletters
+    from icuwatch.storage import db
+    from icuwatch.storage.models import Score
+    from icuwatch.streams.kafka.producer import LIVE_HEADER, make_producer
+
+    base, env = stack
+    tag = uuid.uuid4().hex[:6]
+    victim, control = f"fut-{tag}", f"ctl-{tag}"
+    url = f"sqlite:///{tmp_path / 'icu.db'}"
+    db.upgrade(url)
+    settings = base.model_copy(
+        update={"database_url": url, "app_id": f"icuwatch-clock-{tag}", "worker_web_port": free_port()}
+    )
+    now = time.time()
+    times = [now - 900 + 30 * i for i in range(31)]  # 15 min of current data, every 30 s
+
+    def current(pid):
+        return [
+            oru(pid, "NM|8867-4^HR^LN||80|/min|||||F", "NM|9279-1^RR^LN||16|/min|||||F", obr_time=hl7_ts(t))
+            for t in times
+        ]
+
+    far = oru(victim, f"NM|8867-4^HR^LN||150|/min|||||F|||{hl7_ts(now + 30 * 86400)}", obr_time=hl7_ts(now))
+    bypass = Vitals(patient_id=victim, event_time=now + 30 * 86400, hr=150, rr=16).to_bytes()
+
+    async def body(port):
+        refused = await _exchange(port, [far])
+        return refused, await _exchange(port, [m for pair in zip(current(victim), current(control)) for m in pair])
+
+    sessions = db.session_factory(db.make_engine(url))
+
+    def scores():
+        with sessions() as s:
+            rows = s.execute(
+                select(Score.patient_id, func.count(), func.max(Score.event_time))
+                .where(Score.patient_id.in_([victim, control]))
+                .group_by(Score.patient_id)
+            ).all()
+        return {
+            pid: (n, last.timestamp() if last.tzinfo else last.replace(tzinfo=timezone.utc).timestamp())
+            for pid, n, last in rows
+        }
+
+    def cadence_kept(got):
+        return len(got) == 2 and all(times[-1] - 330 <= last <= times[-1] + 1 for _, last in got.values())
+
+    with running_worker(settings, env, tmp_path / "worker.log"):
+        producer = make_producer(settings)
+        producer.send(topics.VITALS, key=victim.encode(), value=bypass, headers=[LIVE_HEADER]).get(timeout=30)
+        producer.close()
+        refused, accepted = asyncio.run(_with_listener(settings, body))
+        assert refused[0][0] == "AR" and refused[0][1].startswith("OBX-14: event time "), refused
+        assert "ahead of the receiving clock" in refused[0][1]
+        assert [c for c, _ in accepted] == ["AA"] * 62, accepted
+        # scored at the cadence (every 300 s on each patient's own grid) up to its last vital sign
+        assert wait_for(lambda: cadence_kept(scores()), timeout_s=60), f"scores: {scores()}"
+        time.sleep(2.0)  # the last scores may still be landing
+        found = scores()
+    (n_victim, last_victim), (n_control, last_control) = found[victim], found[control]
+    assert n_victim >= 3 and abs(n_victim - n_control) <= 1, found
+    assert max(last_victim, last_control) <= times[-1] + 1, found  # no score dated next month
+    letters = read_deadletters(settings, expected=2, timeout_s=20.0, key=victim.encode())
+    by_topic = {d["topic"]: d for d in letters}
+    assert set(by_topic) == {"hl7", topics.VITALS}, letters
+    assert base64.b64decode(by_topic["hl7"]["original_b64"]).decode() == far
+    assert base64.b64decode(by_topic[topics.VITALS]["original_b64"]) == bypass
+    assert "ahead of the live source's clock" in by_topic[topics.VITALS]["reason"]
