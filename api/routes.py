@@ -2,17 +2,19 @@
 patient's timeline and the alert-quality summary.
 
 Every route needs a valid bearer token (:mod:`icuwatch.api.auth`); acknowledging and resolving
-need the nurse or physician role. Times are ISO-8601 UTC strings. Database work happens in plain
+need the nurse or physician role, and resolving a reason (kept in the audit trail). An alert comes
+with its opening risk (``risk``, ``news2``: the score that raised it) and the patient's current one
+(``current_*``: the newest score). Times are ISO-8601 UTC strings. Database work happens in plain
 ``def`` handlers, which FastAPI runs in its thread pool, one transaction per request.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Iterable, Literal, Optional
+from typing import Annotated, Any, Iterable, Literal, Optional
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -21,6 +23,7 @@ from icuwatch.storage import lifecycle
 from icuwatch.storage import repository as repo
 from icuwatch.storage.models import Alert as AlertRow
 from icuwatch.storage.models import Patient as PatientRow
+from icuwatch.storage.models import Score as ScoreRow
 
 router = APIRouter(prefix="/api", tags=["api"])
 
@@ -72,10 +75,22 @@ class Alert(BaseModel):
     """Per modality (vitals, waveforms, labs, cxr), its contribution to this alert's kind of risk
     in the score that opened it (rule model: risk minus the risk without that modality's data);
     null when that score had none."""
+    current_risk: Optional[float] = None
+    """This alert's kind of risk in the patient's newest score (``risk`` is the opening one); null
+    when the patient has no score."""
+    current_news2: Optional[int] = None
+    """NEWS2 of the patient's newest score (``news2`` is the opening one)."""
+    current_at: Optional[datetime] = None
+    """Event time of the patient's newest score."""
 
 
 class AcknowledgeBody(BaseModel):
     comment: Optional[str] = Field(None, max_length=2000)
+
+
+class ResolveBody(BaseModel):
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
+    """Why it is resolved (required, not blank): kept in the 'resolved' audit event's detail."""
 
 
 class AlertEvent(BaseModel):
@@ -160,8 +175,9 @@ def _patients(session: Session, ids: Iterable[str]) -> dict[str, PatientRow]:
     return {p.patient_id: p for p in rows}
 
 
-def alert_out(a: AlertRow, patient: Optional[PatientRow]) -> Alert:
-    """The API shape of an alert row, with the patient's current unit and bed."""
+def alert_out(a: AlertRow, patient: Optional[PatientRow], current: Optional[ScoreRow] = None) -> Alert:
+    """The API shape of an alert row, with the patient's current unit and bed and, from
+    ``current`` (the patient's newest score), the current risk."""
     return Alert(
         alert_id=a.alert_id,
         patient_id=a.patient_id,
@@ -185,12 +201,16 @@ def alert_out(a: AlertRow, patient: Optional[PatientRow]) -> Alert:
         unit=patient.unit if patient is not None else None,
         bed=patient.bed if patient is not None else None,
         contributions=a.contributions,
+        current_risk=getattr(current, f"{a.kind}_risk", None) if current is not None else None,
+        current_news2=current.news2 if current is not None else None,
+        current_at=current.event_time if current is not None else None,
     )
 
 
 def alerts_out(session: Session, alerts: list[AlertRow]) -> list[Alert]:
     pats = _patients(session, (a.patient_id for a in alerts))
-    return [alert_out(a, pats.get(a.patient_id)) for a in alerts]
+    latest = lifecycle.latest_scores(session, (a.patient_id for a in alerts))
+    return [alert_out(a, pats.get(a.patient_id), latest.get(a.patient_id)) for a in alerts]
 
 
 def _one_alert(session: Session, alert_id: str) -> AlertRow:
@@ -260,17 +280,20 @@ def acknowledge(
         404: {"description": "Unknown alert"},
         409: {"description": "The alert cannot be resolved from its state"},
     },
-    summary="Resolve an alert (nurse, physician)",
+    summary="Resolve an alert with a reason (nurse, physician)",
 )
 def resolve(
     request: Request,
     alert_id: str,
+    body: ResolveBody,
     who: Principal = Depends(require_roles(*CLINICAL_ROLES)),
 ) -> Alert:
-    """Records who resolved it and when; resolving a resolved alert changes nothing."""
+    """Records who resolved it, when and why (the reason is in the 'resolved' audit event);
+    resolving a resolved alert changes nothing. If the patient's risk stays high, the worker
+    raises a new alert of this kind after ``ICUWATCH_ALERT_REALERT_AFTER_RESOLVE_S``."""
     with _session(request) as s:
         try:
-            a = repo.resolve(s, alert_id, by=who.user)
+            a = repo.resolve(s, alert_id, by=who.user, reason=body.reason)
         except repo.AlertNotFound:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no alert {alert_id!r}") from None
         except repo.AlertStateError as exc:
@@ -317,7 +340,7 @@ def timeline(
         return Timeline(
             patient=Patient.model_validate(patient, from_attributes=True),
             scores=[TimelineScore.model_validate(x, from_attributes=True) for x in t["scores"]],
-            alerts=[alert_out(a, patient) for a in t["alerts"]],
+            alerts=alerts_out(s, t["alerts"]),
             truncated=bool(t.get("truncated", False)),
         )
 

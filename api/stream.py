@@ -2,14 +2,17 @@
 
 On connect the client gets one ``event: snapshot`` whose data is the JSON array of open alerts
 (raised or acknowledged); from then on an ``event: alert`` with one Alert object whenever an
-alert is raised or changes state (acknowledged, escalated, resolved). A ``: keep-alive`` comment
-goes out when nothing happened for ``api_stream_keepalive_s``.
+alert is raised or changes state (acknowledged, escalated, resolved), or an open alert's current
+risk (the patient's newest score) changed. A ``: keep-alive`` comment goes out when nothing
+happened for ``api_stream_keepalive_s``.
 
 The database is the source of truth: every ``api_stream_poll_s`` the stream asks for alerts whose
 ``updated_at`` is newer than its cursor. The cursor trails the newest change seen by an overlap
 window, because a writer stamps ``updated_at`` before it commits and a slow transaction can
 become visible after a later one; changes already sent are recognised by (alert id,
-``updated_at``, state) and not sent twice.
+``updated_at``, state) and not sent twice. A new score does not change its patients' alerts, so
+every ``CURRENT_EVERY_POLLS`` polls the stream re-reads the open alerts and sends those whose
+current risk moved since it last sent them.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ log = logging.getLogger(__name__)
 OVERLAP = timedelta(seconds=10)
 SNAPSHOT_LIMIT = 1000
 PAGE = 200
+CURRENT_EVERY_POLLS = 10
+"""Open alerts' current risk is re-read every this many polls (10 s at the default poll)."""
 
 
 def _sse(event: str, data: object, id: Optional[str] = None) -> str:
@@ -75,15 +80,33 @@ def _changed(sessions, since: datetime) -> tuple[list[dict], list[tuple]]:
     return [a.model_dump(mode="json") for a in out], keys
 
 
+def _current(alert: dict) -> tuple:
+    return alert.get("current_at"), alert.get("current_risk"), alert.get("current_news2")
+
+
 async def alert_events(request: Request, poll_s: float, keepalive_s: float) -> AsyncIterator[str]:
     sessions = request.app.state.sessions
     cursor = datetime.now(timezone.utc) - OVERLAP
     snapshot, sent = await run_in_threadpool(_snapshot, sessions)
+    shown = {a["alert_id"]: _current(a) for a in snapshot}  # per open alert, the current risk last sent
     yield "retry: 3000\n\n"
     yield _sse("snapshot", snapshot)
     last_out = time.monotonic()
+    polls = 0
     while not await request.is_disconnected():
         await asyncio.sleep(poll_s)
+        polls += 1
+        if polls % CURRENT_EVERY_POLLS == 0:
+            try:
+                open_now, _ = await run_in_threadpool(_snapshot, sessions)
+            except Exception:  # database briefly unavailable: refresh next time
+                log.warning("alert stream refresh failed", exc_info=True)
+            else:
+                for alert in open_now:
+                    if alert["alert_id"] in shown and shown[alert["alert_id"]] != _current(alert):
+                        yield _sse("alert", alert)
+                        last_out = time.monotonic()
+                shown = {a["alert_id"]: _current(a) for a in open_now}
         try:
             alerts, keys = await run_in_threadpool(_changed, sessions, cursor)
         except Exception:  # database briefly unavailable: keep the connection, try again next poll
@@ -95,6 +118,7 @@ async def alert_events(request: Request, poll_s: float, keepalive_s: float) -> A
             if sent.get(alert_id) == (updated_at, state):
                 continue
             sent[alert_id] = (updated_at, state)
+            shown[alert_id] = _current(alert)
             yield _sse("alert", alert, id=f"{alert_id}@{updated_at.isoformat()}")
             last_out = time.monotonic()
         if newest > cursor:

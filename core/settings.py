@@ -89,6 +89,17 @@ class Settings(BaseSettings):
     checkpointed and acknowledged anyway (``streams/kafka/acks.py``)."""
     batch_max: int = 256
     batch_wait_s: float = 0.2
+    live_max_future_s: float = 300.0
+    """Live sources know the time: the HL7 listener refuses an event time more than this ahead of its
+    clock (clock skew between systems), and the worker one more than this ahead of the timestamp of a
+    record a live source marked (``streams/kafka/producer.py``: ``LIVE_HEADER``). 0: not checked."""
+    live_max_age_s: float = 7 * 86400.0
+    """The same for event times older than this (late lab results, a feed catching up). 0: not checked."""
+    clock_max_jump_s: float = 86400.0
+    """Records not marked live (replays, the simulator, feeds writing straight to the topics): the
+    worker refuses a vital sign more than this ahead of the patient's clock (or of a later admission)
+    or behind it. 24 h covers the longest gap between vital signs of a PhysioNet stay (17 h in set B).
+    0: not checked."""
 
     deterioration_on: float = 0.5
     deterioration_off: float = 0.3
@@ -100,6 +111,11 @@ class Settings(BaseSettings):
     """Consecutive scores below the 'off' threshold needed to close it."""
     alert_refractory_s: float = 1800.0
     """Event-time seconds after an episode closes before another of the same kind may open."""
+    alert_realert_after_resolve_s: float = 1800.0
+    """Re-alert time after a resolve: when a nurse resolves an alert while its episode is still open
+    (the risk has not come down), the worker closes that episode at its next score of the patient
+    and opens a new one (a new alert) once the risk has stayed at or above 'on' for
+    ``alert_confirm`` scores and this many event-time seconds have passed since that score."""
     alert_escalate_after_s: float = 300.0
     """An alert left unacknowledged this long (wall clock) is escalated, and again every as long."""
 

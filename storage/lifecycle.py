@@ -1,6 +1,7 @@
 """Alert lifecycle reads and writes beyond raise/acknowledge/resolve (those are in
 :mod:`icuwatch.storage.repository`): escalation of unacknowledged alerts, the audit trail, the
-change feed for server-sent events, a patient's timeline and alert-quality figures.
+change feed for server-sent events, a patient's timeline, each patient's latest score (the board's
+current risk) and alert-quality figures.
 
 Like the repository, every function takes a :class:`~sqlalchemy.orm.Session` and leaves
 transaction control to the caller.
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
@@ -126,6 +127,27 @@ def patient_timeline(
         "alerts": alerts[:cap][::-1],
         "truncated": truncated,
     }
+
+
+def latest_scores(session: Session, patient_ids: Iterable[str]) -> dict[str, Score]:
+    """Each patient's newest score (by event time; of any model, the latest stored at a tie), for the
+    board's current risk beside an alert's opening risk. Patients without scores are left out."""
+    ids = sorted(set(patient_ids))
+    latest: dict[str, Score] = {}
+    for i in range(0, len(ids), 500):  # well under every driver's bound-parameter limit
+        newest = (
+            select(Score.patient_id, func.max(Score.event_time).label("t"))
+            .where(Score.patient_id.in_(ids[i : i + 500]))
+            .group_by(Score.patient_id)
+            .subquery()
+        )
+        stmt = (
+            select(Score)
+            .join(newest, and_(Score.patient_id == newest.c.patient_id, Score.event_time == newest.c.t))
+            .order_by(Score.id)
+        )
+        latest.update((sc.patient_id, sc) for sc in session.scalars(stmt))
+    return latest
 
 
 def _quantile(sorted_values: list[float], q: float) -> Optional[float]:

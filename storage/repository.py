@@ -245,6 +245,16 @@ def open_alert(session: Session, patient_id: str, kind: str) -> Alert | None:
     ).first()
 
 
+def open_alert_kinds(session: Session, patient_id: str) -> set[str]:
+    """Kinds of which this patient has an open (raised or acknowledged) alert: the worker closes an
+    open episode whose kind is not among them (a nurse resolved its alert, see ``streams/alerting``)."""
+    return set(
+        session.scalars(
+            select(Alert.kind).where(Alert.patient_id == patient_id, Alert.state.in_(OPEN_ALERT_STATES)).distinct()
+        )
+    )
+
+
 def add_alert(session: Session, alert: schemas.Alert) -> bool:
     """:func:`store_alert`, True only when the alert was newly stored."""
     return store_alert(session, alert) == "stored"
@@ -383,15 +393,22 @@ def resolve(
     *,
     by: str | None = None,
     at: float | datetime | None = None,
+    reason: str | None = None,
 ) -> Alert:
     """Mark an alert resolved (from 'raised' or 'acknowledged') by ``by`` (None: the system), write
-    the 'resolved' audit event, and return the alert.
+    the 'resolved' audit event with ``reason`` (``detail["reason"]``; the API requires one from a
+    person), and return the alert.
 
     Resolving an already resolved alert changes nothing and writes no event (the episode end may be
     redelivered). Raises :class:`AlertNotFound` for an unknown id.
+
+    While the patient's risk stays high the worker raises a new alert of this kind after
+    ``alert_realert_after_resolve_s`` (see ``streams/alerting``).
     """
     if by is not None:
         by = by.strip() or None
+    if reason is not None:
+        reason = reason.strip() or None
     alert = _locked_alert(session, alert_id)
     if alert.state != "resolved":
         previous = alert.state
@@ -405,7 +422,7 @@ def resolve(
             "resolved",
             actor=by or SYSTEM_ACTOR,
             at=alert.resolved_at,
-            detail={"from_state": previous},
+            detail={"from_state": previous, "reason": reason},
         )
     return alert
 

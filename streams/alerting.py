@@ -10,6 +10,13 @@ event time (counted from the score that closed it): scores in that period still 
 run, and an episode confirmed during it opens at the first score once the period is over, with
 its episode start (and id) at the start of that run.
 
+A nurse may resolve an alert while its episode is still open (the risk has not come down). The
+database is the truth about that: the worker passes the kinds whose open episode has no open alert
+there any more (``resolved``) and ``step`` closes those episodes at this score, which starts the
+quiet period ``realert_after_resolve_s`` (event time, from this score) and a new 'above' run from
+this score. A risk that stays high then opens a new episode, with a new id, once the period is over
+and the run is confirmed; one that comes down raises nothing.
+
 An alert carries the contributions to its kind of risk from the score that opened it (None when
 that score had none).
 
@@ -20,12 +27,15 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from icuwatch.core import schemas
 
 DEFAULT_REFRACTORY_S = 1800.0
 """Same as the ``alert_refractory_s`` setting's default."""
+DEFAULT_REALERT_AFTER_RESOLVE_S = 1800.0
+"""Same as the ``alert_realert_after_resolve_s`` setting's default."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,8 @@ class Thresholds:
     clear: int = 3
     refractory_s: float = DEFAULT_REFRACTORY_S
     """Event-time seconds after an episode closes during which no new episode opens (0: none)."""
+    realert_after_resolve_s: float = DEFAULT_REALERT_AFTER_RESOLVE_S
+    """Event-time seconds after an episode is closed by a resolve during which no new one opens."""
 
 
 RISK_FIELD: dict[schemas.AlertKind, str] = {"deterioration": "deterioration_risk", "sepsis": "sepsis_risk"}
@@ -44,7 +56,10 @@ RISK_FIELD: dict[schemas.AlertKind, str] = {"deterioration": "deterioration_risk
 def new_alert_state() -> dict:
     return {
         "last_t": 0.0,
-        "kinds": {k: {"open": None, "run_start": None, "above": 0, "below": 0, "closed_at": None} for k in RISK_FIELD},
+        "kinds": {
+            k: {"open": None, "run_start": None, "above": 0, "below": 0, "closed_at": None, "resolved_at": None}
+            for k in RISK_FIELD
+        },
     }
 
 
@@ -52,13 +67,28 @@ def alert_id(patient_id: str, kind: str, episode_start: float) -> str:
     return f"{patient_id}:{kind}:{episode_start:.0f}"
 
 
-def update(state: dict, score: schemas.Score, thresholds: dict[str, Thresholds]) -> list[schemas.Alert]:
+def open_kinds(state: dict) -> set[str]:
+    """Kinds with an open episode, before or after the latest score (a revision of it goes back to
+    before): the kinds whose alert the worker asks the database about."""
+    kinds = {k for k, ks in state["kinds"].items() if ks["open"] is not None}
+    return kinds | {k for k, ks in state.get("before_last", {}).items() if ks["open"] is not None}
+
+
+def update(
+    state: dict, score: schemas.Score, thresholds: dict[str, Thresholds], resolved: Collection[str] = ()
+) -> list[schemas.Alert]:
     """Advance the episode state machine with one score; return the alerts it opens."""
-    return step(state, score, thresholds)[0]
+    return step(state, score, thresholds, resolved)[0]
 
 
-def step(state: dict, score: schemas.Score, thresholds: dict[str, Thresholds]) -> tuple[list[schemas.Alert], list[str]]:
+def step(
+    state: dict, score: schemas.Score, thresholds: dict[str, Thresholds], resolved: Collection[str] = ()
+) -> tuple[list[schemas.Alert], list[str]]:
     """Advance the episode state machine with one score: (alerts opened, ids of episodes closed).
+
+    ``resolved``: kinds whose open episode has no open alert in the database any more (a nurse
+    resolved it); such an episode is closed at this score before the score is applied, and its id
+    is not in the returned list (its alert is resolved already).
 
     A higher revision of the latest score (late data for the same time) replaces it: the state goes
     back to before that score and the revision is applied instead. Older scores are ignored.
@@ -76,6 +106,8 @@ def step(state: dict, score: schemas.Score, thresholds: dict[str, Thresholds]) -
     for kind, field in RISK_FIELD.items():
         th, ks = thresholds[kind], state["kinds"][kind]
         risk = getattr(score, field)
+        if kind in resolved and ks["open"] is not None:
+            ks.update(open=None, above=0, below=0, resolved_at=score.event_time)
         if risk >= th.on:
             if ks["above"] == 0:
                 ks["run_start"] = score.event_time
@@ -83,9 +115,11 @@ def step(state: dict, score: schemas.Score, thresholds: dict[str, Thresholds]) -
         else:
             ks["above"] = 0
         ks["below"] = ks["below"] + 1 if risk < th.off else 0
-        # .get: episode states saved before the refractory period existed have no closed_at.
-        closed_at = ks.get("closed_at")
-        refractory = closed_at is not None and score.event_time - closed_at < th.refractory_s
+        # .get: episode states saved before these periods existed have no closed_at / resolved_at.
+        closed_at, resolved_at = ks.get("closed_at"), ks.get("resolved_at")
+        refractory = (closed_at is not None and score.event_time - closed_at < th.refractory_s) or (
+            resolved_at is not None and score.event_time - resolved_at < th.realert_after_resolve_s
+        )
         if ks["open"] is None and ks["above"] >= th.confirm and not refractory:
             start: float = ks["run_start"]
             ks["open"] = start

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -16,6 +17,7 @@ from icuwatch.storage.models import Alert
 
 log = logging.getLogger(__name__)
 EPISODE_CLOSED_BY = "system:episode-closed"
+EPISODE_CLOSED_REASON = "risk back below the alert threshold after acknowledgement"
 
 
 def _resolve_if_acknowledged(session, alert_id: str) -> None:
@@ -23,7 +25,14 @@ def _resolve_if_acknowledged(session, alert_id: str) -> None:
     recovered: an unseen alert must not vanish on its own."""
     alert = session.get(Alert, alert_id)
     if alert is not None and alert.state == "acknowledged":
-        repository.resolve(session, alert_id, by=EPISODE_CLOSED_BY)
+        repository.resolve(session, alert_id, by=EPISODE_CLOSED_BY, reason=EPISODE_CLOSED_REASON)
+
+
+def _store_score(session, score: schemas.Score, open_episodes: Collection[str]) -> tuple[int, set[str]]:
+    stored = repository.add_scores(session, [score])
+    if not open_episodes:
+        return stored, set()
+    return stored, set(open_episodes) - repository.open_alert_kinds(session, score.patient_id)
 
 
 class StorageSink:
@@ -64,10 +73,17 @@ class StorageSink:
         "suppressed" (another alert of this patient and kind is open)."""
         return await self._durably("storing an alert", repository.store_alert, alert)
 
-    async def store_score(self, score: schemas.Score) -> None:
+    async def store_score(self, score: schemas.Score, open_episodes: Collection[str] = ()) -> set[str]:
         """One score, written before its event is acknowledged (scores come at most a few per
-        patient-minute, so a transaction each is cheap and nothing waits in memory)."""
-        self.scores_stored += await self._durably("storing a score", repository.add_scores, [score])
+        patient-minute, so a transaction each is cheap and nothing waits in memory).
+
+        Returns those of ``open_episodes`` (kinds of the patient's open episodes in the worker) that
+        have no open alert in the database any more: a nurse resolved it. Asked on every score in
+        the same transaction (one indexed read), so no cache can go stale, and the answer comes
+        from the database, which survives a worker restart."""
+        stored, resolved = await self._durably("storing a score", _store_score, score, open_episodes)
+        self.scores_stored += stored
+        return resolved
 
     async def close_episode(self, alert_id: str) -> None:
         """The episode ended (risk back below 'off'): resolve its alert if a nurse acknowledged it, so

@@ -36,6 +36,7 @@ from icuwatch.streams.app import (
 )
 from icuwatch.streams.batcher import ScoreBatcher
 from icuwatch.streams.kafka.acks import PendingAcks
+from icuwatch.streams.kafka.producer import is_live
 from icuwatch.streams.patient_state import PatientState
 from icuwatch.streams.scoring import StudentScorer, TritonScorer, load_norm
 from icuwatch.streams.sink import StorageSink
@@ -60,6 +61,7 @@ stats: dict[str, int] = {
     "alerts_republished": 0,
     "scores_taken": 0,
     "checkpoints": 0,
+    "refused_time": 0,
 }
 processed_by_topic: dict[str, int] = {t: 0 for t in topics.INPUTS}
 done_offsets: dict[tuple[str, int], int] = {}
@@ -70,6 +72,7 @@ last_record_ts: dict[str, float] = {}
 """Per input topic, the Kafka timestamp (producer time) of the last record taken: how far behind
 the worker is in wall time, independent of the broker's end offsets."""
 waveforms = WaveformState(settings.waveform_feature_interval_s)
+clock_rule = decisions.ClockRule.of(settings)
 storage = StorageSink(settings.database_url)
 thresholds = {
     "deterioration": alerting.Thresholds(
@@ -78,6 +81,7 @@ thresholds = {
         settings.alert_confirm,
         settings.alert_clear,
         settings.alert_refractory_s,
+        settings.alert_realert_after_resolve_s,
     ),
     "sepsis": alerting.Thresholds(
         settings.sepsis_on,
@@ -85,6 +89,7 @@ thresholds = {
         settings.alert_confirm,
         settings.alert_clear,
         settings.alert_refractory_s,
+        settings.alert_realert_after_resolve_s,
     ),
 }
 _batcher: ScoreBatcher | None = None
@@ -178,7 +183,14 @@ async def ingest(stream: faust.StreamT) -> None:
         live_state[key] = state
         where = (topic, event.message.partition, event.message.offset, event.message.timestamp or 0.0)
         try:
-            accepted = decisions.apply_message(state, msg, where, waveforms)
+            accepted = decisions.apply_message(
+                state, msg, where, waveforms, clock_rule, live=is_live(event.message.headers)
+            )
+        except decisions.Refused as exc:  # implausible event time: the state is untouched
+            stats["refused_time"] += 1
+            await dead_letter(event, exc.reason)
+            event.ack()
+            continue
         except Exception as exc:  # a valid message the feature code cannot handle: never kill the agent
             log.warning("message from %s not applied: %s", topic, type(exc).__name__)
             await dead_letter(event, f"not processable: {type(exc).__name__}: {exc}"[:300])
@@ -238,8 +250,10 @@ async def raise_alerts(stream: faust.StreamT) -> None:
             continue
         key = score.key()
         state = episodes.get(key) or alerting.new_alert_state()
-        raised, closed = alerting.step(state, score, thresholds)
-        await storage.store_score(score)
+        # The database is the truth about a nurse's resolve: an open episode without an open alert
+        # there is closed, so a risk that stays high alerts again (alerting.py).
+        resolved = await storage.store_score(score, alerting.open_kinds(state))
+        raised, closed = alerting.step(state, score, thresholds, resolved)
         stats["scores_taken"] += 1
         for alert in raised:
             outcome = await storage.store_alert(alert)

@@ -15,6 +15,10 @@
   const conn = document.getElementById("conn");
 
   const KIND_LABEL = { deterioration: "Deterioration", sepsis: "Sepsis" };
+  const CLINICAL_ROLES = ["nurse", "physician"];  // who may acknowledge and resolve (api/auth.py)
+
+  // The patient's risk now (newest score), or the opening risk when there is no newer score.
+  function riskNow(a) { return a.current_risk == null ? a.risk : a.current_risk; }
 
   function active(a) { return a.state === "raised" || a.state === "acknowledged"; }
 
@@ -23,13 +27,14 @@
     if (active(a)) alerts.set(a.alert_id, a); else alerts.delete(a.alert_id);
   }
 
-  // Needs action first (raised), then escalated, then most severe, then newest.
+  // Needs action first (raised), then escalated, then highest current risk, then newest.
   function compare(a, b) {
     const ra = a.state === "raised" ? 0 : 1, rb = b.state === "raised" ? 0 : 1;
     if (ra !== rb) return ra - rb;
     const ea = a.escalation_level || 0, eb = b.escalation_level || 0;
     if (ea !== eb) return eb - ea;
-    if ((b.risk || 0) !== (a.risk || 0)) return (b.risk || 0) - (a.risk || 0);
+    const na = riskNow(a) || 0, nb = riskNow(b) || 0;
+    if (nb !== na) return nb - na;
     return (ICU.parseTime(b.raised_at) || 0) - (ICU.parseTime(a.raised_at) || 0);
   }
 
@@ -66,25 +71,43 @@
   }
 
   function actionCell(a) {
-    if (a.state !== "raised") return el("td", { class: "action" });
-    const comment = el("input", { type: "text", class: "ack-comment-input", placeholder: "comment (optional)",
-                                  "aria-label": "comment for " + a.patient_id, maxlength: "500" });
-    const button = el("button", { type: "button", class: "ack", dataset: { alertId: a.alert_id } }, "Acknowledge");
-    button.addEventListener("click", () => acknowledge(a.alert_id, button, comment));
-    comment.addEventListener("keydown", (ev) => { if (ev.key === "Enter") button.click(); });
-    return el("td", { class: "action" }, comment, button);
+    if (!me || !CLINICAL_ROLES.includes(me.role)) return el("td", { class: "action" });
+    let ack = null;
+    if (a.state === "raised") {
+      const comment = el("input", { type: "text", class: "ack-comment-input", placeholder: "comment (optional)",
+                                    "aria-label": "comment for " + a.patient_id, maxlength: "500" });
+      const button = el("button", { type: "button", class: "ack", dataset: { alertId: a.alert_id } }, "Acknowledge");
+      button.addEventListener("click", () => acknowledge(a.alert_id, button, comment));
+      comment.addEventListener("keydown", (ev) => { if (ev.key === "Enter") button.click(); });
+      ack = el("div", { class: "ack-line" }, comment, button);
+    }
+    const reason = el("input", { type: "text", class: "resolve-reason", placeholder: "reason (required)",
+                                 "aria-label": "reason for resolving " + a.patient_id, maxlength: "500" });
+    const resolveButton = el("button", { type: "button", class: "resolve", dataset: { alertId: a.alert_id } }, "Resolve");
+    resolveButton.addEventListener("click", () => resolve(a.alert_id, resolveButton, reason));
+    reason.addEventListener("keydown", (ev) => { if (ev.key === "Enter") resolveButton.click(); });
+    return el("td", { class: "action" }, ack, el("div", { class: "resolve-line" }, reason, resolveButton));
+  }
+
+  // The current value (the newest score; the opening one if there is none), the opening one under it.
+  function nowAndOpening(now, opening, digits, title) {
+    const fmt = (v) => v == null ? "–" : (digits ? Number(v).toFixed(digits) : String(v));
+    const shown = now == null ? opening : now;
+    return [el("span", { class: "now", title }, fmt(shown)),
+            el("div", { class: "opening", title: "when the alert was raised" }, "opened " + fmt(opening))];
   }
 
   function row(a) {
     const place = [a.unit, a.bed].filter(Boolean).join(" · ");
     const href = "/patients/" + encodeURIComponent(a.patient_id);
-    return el("tr", { class: "alert " + a.state + " " + severity(a.risk), dataset: { alertId: a.alert_id, state: a.state } },
+    const latest = a.current_at ? "latest score, observed " + clock(a.current_at) : "no newer score";
+    return el("tr", { class: "alert " + a.state + " " + severity(riskNow(a)), dataset: { alertId: a.alert_id, state: a.state } },
       el("td", { class: "patient" }, el("a", { href, class: "patient-link" }, a.patient_id),
          place ? el("div", { class: "place" }, place) : null),
       el("td", { class: "kind" }, KIND_LABEL[a.kind] || a.kind,
          el("div", { class: "model" }, [a.model, a.source === "fallback" ? "fallback rules" : null].filter(Boolean).join(" · "))),
-      el("td", { class: "num risk" }, a.risk == null ? "–" : Number(a.risk).toFixed(2)),
-      el("td", { class: "num" }, a.news2 ?? "–"),
+      el("td", { class: "num risk" }, nowAndOpening(a.current_risk, a.risk, 2, latest)),
+      el("td", { class: "num news2" }, nowAndOpening(a.current_news2, a.news2, 0, latest)),
       el("td", { class: "num" }, a.qsofa ?? "–"),
       el("td", { class: "when" },
          el("span", { class: "ago", dataset: { time: a.raised_at || a.event_time || "" } }, ago(a.raised_at || a.event_time)),
@@ -95,20 +118,23 @@
 
   function render() {
     const list = Array.from(alerts.values()).sort(compare);
-    // Keep a comment being typed (and focus) across re-renders.
+    // Keep a comment or reason being typed (and focus) across re-renders.
     const typing = {};
     let focused = null;
     for (const tr of rows.querySelectorAll("tr")) {
-      const input = tr.querySelector(".ack-comment-input");
-      if (input && input.value) typing[tr.dataset.alertId] = input.value;
-      if (input && document.activeElement === input) focused = tr.dataset.alertId;
+      for (const input of tr.querySelectorAll("input")) {
+        const k = tr.dataset.alertId + " " + input.className;
+        if (input.value) typing[k] = input.value;
+        if (document.activeElement === input) focused = k;
+      }
     }
     rows.replaceChildren(...list.map(row));
     for (const tr of rows.querySelectorAll("tr")) {
-      const input = tr.querySelector(".ack-comment-input");
-      if (!input) continue;
-      if (typing[tr.dataset.alertId]) input.value = typing[tr.dataset.alertId];
-      if (focused === tr.dataset.alertId) input.focus();
+      for (const input of tr.querySelectorAll("input")) {
+        const k = tr.dataset.alertId + " " + input.className;
+        if (typing[k]) input.value = typing[k];
+        if (focused === k) input.focus();
+      }
     }
     const raised = list.filter((a) => a.state === "raised").length;
     empty.hidden = list.length > 0;
@@ -141,6 +167,33 @@
       setNotice("Could not acknowledge " + id + ": " + e.message);
       button.disabled = false;
       button.textContent = "Acknowledge";
+      if (e.status === 409 || e.status === 404) reloadAlerts();
+    }
+  }
+
+  async function resolve(id, button, reasonInput) {
+    const reason = reasonInput.value.trim();
+    if (!reason) {
+      setNotice("Give a reason to resolve the alert.");
+      reasonInput.focus();
+      return;
+    }
+    button.disabled = true;
+    button.textContent = "Resolving…";
+    try {
+      const updated = await api("/api/alerts/" + encodeURIComponent(id) + "/resolve", {
+        method: "POST", body: { reason },
+      });
+      alerts.delete(id);
+      if (updated && updated.alert_id) upsert(updated);
+      const a = updated || {};
+      setNotice("Resolved " + (a.patient_id || id) + ". If the risk stays high it will alert again.");
+      render();
+    } catch (e) {
+      if (e.status === 401) { ICU.clearToken(); window.location.reload(); return; }
+      setNotice("Could not resolve " + id + ": " + e.message);
+      button.disabled = false;
+      button.textContent = "Resolve";
       if (e.status === 409 || e.status === 404) reloadAlerts();
     }
   }

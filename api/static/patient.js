@@ -139,7 +139,7 @@
     body.replaceChildren(...sorted.map((a) => {
       let state = a.state;
       if (a.state === "acknowledged") state += " by " + (a.acknowledged_by || "?") + " " + clock(a.acknowledged_at);
-      if (a.state === "resolved") state += " " + clock(a.resolved_at);
+      if (a.state === "resolved") state += " by " + (a.resolved_by || "system") + " " + clock(a.resolved_at);
       return el("tr", { class: "alert " + a.state, dataset: { alertId: a.alert_id } },
         el("td", { class: "kind" }, a.kind), el("td", { class: "num risk" }, Number(a.risk).toFixed(2)),
         el("td", {}, clock(a.event_time)),

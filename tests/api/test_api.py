@@ -47,6 +47,7 @@ PROTECTED = [
     ("GET", "/metrics"),
 ]
 PUBLIC = ["/", "/patients/p1", "/healthz", "/openapi.json", "/docs"]
+REASON = {"reason": "reviewed at the bedside"}
 ALL_ROLES = ("nurse", "physician", "engineer", "admin")
 ROUTE_ROLES = {
     ("GET", "/api/me"): ALL_ROLES,
@@ -118,7 +119,13 @@ def admit(sessions, pid: str, unit: str, bed: str, t: float = NOW - 7200) -> Non
 
 
 def raise_alert(
-    sessions, pid: str = "p1", kind: str = "deterioration", t: float = NOW - 600, raised_at: float | None = None
+    sessions,
+    pid: str = "p1",
+    kind: str = "deterioration",
+    t: float = NOW - 600,
+    raised_at: float | None = None,
+    risk: float = 0.8,
+    news2: int = 8,
 ) -> str:
     alert_id = f"{pid}:{kind}:{int(t)}"
     with sessions.begin() as s:
@@ -129,8 +136,8 @@ def raise_alert(
                 event_time=t + 300,
                 alert_id=alert_id,
                 kind=kind,
-                risk=0.8,
-                news2=8,
+                risk=risk,
+                news2=news2,
                 qsofa=2,
                 model="early_warning",
                 source="triton",
@@ -141,7 +148,9 @@ def raise_alert(
     return alert_id
 
 
-def add_score(sessions, pid: str, t: float, risk: float = 0.4, source: str = "triton") -> None:
+def add_score(
+    sessions, pid: str, t: float, risk: float = 0.4, source: str = "triton", news2: int = 5, sepsis: float = 0.1
+) -> None:
     with sessions.begin() as s:
         repo.add_scores(
             s,
@@ -152,8 +161,8 @@ def add_score(sessions, pid: str, t: float, risk: float = 0.4, source: str = "tr
                     model="early_warning",
                     source=source,
                     deterioration_risk=risk,
-                    sepsis_risk=0.1,
-                    news2=5,
+                    sepsis_risk=sepsis,
+                    news2=news2,
                     qsofa=1,
                     staleness_s={"vitals": 1.0, "labs": None},
                     scored_at=t + 1,
@@ -222,7 +231,7 @@ def test_roles(client, sessions, tokens):
     with sessions.begin() as s:
         assert s.get(Alert, a).state == "raised"  # the 403s changed nothing
     assert client.post(f"/api/alerts/{a}/acknowledge", headers=bearer(tokens["physician"])).status_code == 200
-    assert client.post(f"/api/alerts/{b}/resolve", headers=bearer(tokens["nurse"])).status_code == 200
+    assert client.post(f"/api/alerts/{b}/resolve", headers=bearer(tokens["nurse"]), json=REASON).status_code == 200
 
 
 # ----------------------------------------------------------------------------------------- alerts
@@ -249,10 +258,16 @@ def test_acknowledge_resolve_and_audit_trail(client, sessions, tokens):
     r = client.post(f"/api/alerts/{a}/acknowledge", headers=doc)
     assert r.status_code == 409
     assert client.post("/api/alerts/nope/acknowledge", headers=nurse).status_code == 404
-    assert client.post("/api/alerts/nope/resolve", headers=nurse).status_code == 404
+    assert client.post("/api/alerts/nope/resolve", headers=nurse, json=REASON).status_code == 404
     assert client.get("/api/alerts/nope/events", headers=nurse).status_code == 404
 
-    r = client.post(f"/api/alerts/{a}/resolve", headers=doc)
+    # A resolve needs a reason: none, an empty or a blank one is refused and changes nothing.
+    for body in (None, {}, {"reason": ""}, {"reason": "  \n "}, {"reason": 3}, {"reason": "x" * 2001}):
+        r = client.post(f"/api/alerts/{a}/resolve", headers=doc, json=body)
+        assert r.status_code == 422, (body, r.status_code)
+    with sessions.begin() as s:
+        assert s.get(Alert, a).state == "acknowledged"
+    r = client.post(f"/api/alerts/{a}/resolve", headers=doc, json={"reason": " sepsis ruled out "})
     assert r.status_code == 200, r.text
     assert r.json()["state"] == "resolved" and r.json()["resolved_by"] == "physician-1"
     with sessions.begin() as s:
@@ -265,6 +280,10 @@ def test_acknowledge_resolve_and_audit_trail(client, sessions, tokens):
         ("acknowledged", "nurse-1"),
         ("resolved", "physician-1"),
     ]
+    assert events[-1]["detail"] == {"from_state": "acknowledged", "reason": "sepsis ruled out"}
+    # resolving again changes nothing and writes no event
+    assert client.post(f"/api/alerts/{a}/resolve", headers=nurse, json={"reason": "again"}).status_code == 200
+    assert len(client.get(f"/api/alerts/{a}/events", headers=nurse).json()) == len(events)
     assert events[0]["action"] == "raised"
     assert all(e["alert_id"] == a for e in events)
 
@@ -316,10 +335,33 @@ def test_alert_filters(client, sessions, tokens):
         "unit",
         "bed",
         "contributions",
+        "current_risk",
+        "current_news2",
+        "current_at",
     }
     assert alert["contributions"] is None  # raised without contributions (see test_contributions.py)
     assert alert["event_time"].endswith("Z") or alert["event_time"].endswith("+00:00")
     assert datetime.fromisoformat(alert["episode_start"]).timestamp() == pytest.approx(NOW - 700, abs=1e-3)
+
+
+def test_alerts_show_the_current_risk_beside_the_opening_risk(client, sessions, tokens):
+    """The defect: a row showed the episode's opening risk (0.66 / NEWS2 7) while the latest score
+    was 1.00 / NEWS2 16. Each alert now carries the patient's newest score of its kind."""
+    add_score(sessions, "p1", NOW - 900, risk=0.66, news2=7, sepsis=0.2)
+    a = raise_alert(sessions, "p1", t=NOW - 960, risk=0.66, news2=7)
+    add_score(sessions, "p1", NOW - 300, risk=1.0, news2=16, sepsis=0.35)
+    add_score(sessions, "p1", NOW - 600, risk=0.7, news2=9)  # late, older: not the current one
+    b = raise_alert(sessions, "p1", kind="sepsis", t=NOW - 1200, risk=0.9)
+    c = raise_alert(sessions, "p2", t=NOW - 100, risk=0.55)  # no score stored yet
+    h = bearer(tokens["nurse"])
+    alerts = {x["alert_id"]: x for x in client.get("/api/alerts", headers=h).json()}
+    assert (alerts[a]["risk"], alerts[a]["news2"]) == (0.66, 7)  # opening
+    assert (alerts[a]["current_risk"], alerts[a]["current_news2"]) == (1.0, 16)
+    assert datetime.fromisoformat(alerts[a]["current_at"]).timestamp() == pytest.approx(NOW - 300, abs=1e-3)
+    assert (alerts[b]["risk"], alerts[b]["current_risk"]) == (0.9, 0.35)  # its kind's risk
+    assert (alerts[c]["current_risk"], alerts[c]["current_news2"], alerts[c]["current_at"]) == (None, None, None)
+    timeline = client.get("/api/patients/p1/timeline", headers=h).json()
+    assert {x["alert_id"]: x["current_risk"] for x in timeline["alerts"]} == {a: 1.0, b: 0.35}
 
 
 def test_timeline_and_quality(client, sessions, tokens):
@@ -449,7 +491,7 @@ def test_metrics(client, settings, sessions, tokens):
     add_score(sessions, "p1", NOW)  # observed for 2 h: 1/12 patient-day
     raise_alert(sessions, "p1")
     b = raise_alert(sessions, "p2")
-    client.post(f"/api/alerts/{b}/resolve", headers=bearer(tokens["nurse"]))
+    client.post(f"/api/alerts/{b}/resolve", headers=bearer(tokens["nurse"]), json=REASON)
 
     r = client.get("/metrics", headers=bearer(tokens["engineer"]))
     assert r.status_code == 200
@@ -596,6 +638,40 @@ def test_stream_pushes_alert_changes(app, sessions, tokens):
             with http.stream("GET", "/api/stream", headers=bearer(tokens["engineer"])) as r:
                 snap = read_events(r.iter_lines(), lambda ev: len(ev) >= 1, time.monotonic() + 10)
                 assert {a["alert_id"] for a in snap[0][1]} == {old, new}
+
+
+def test_stream_pushes_a_new_current_risk(app, sessions, tokens):
+    """A new score changes no alert row, yet the board's current risk must follow it: the stream
+    re-reads open alerts every few polls and sends those whose current risk moved."""
+    from icuwatch.api.stream import CURRENT_EVERY_POLLS
+
+    add_score(sessions, "p1", NOW - 900, risk=0.66, news2=7)
+    a = raise_alert(sessions, "p1", t=NOW - 960, risk=0.66, news2=7)
+    quiet = raise_alert(sessions, "p2", t=NOW - 960)
+    with serving(app) as base:
+        with httpx.Client(base_url=base, timeout=httpx.Timeout(5.0, read=3.0)) as http:
+            with http.stream("GET", "/api/stream", params={"token": tokens["nurse"]}) as r:
+                lines = r.iter_lines()
+                deadline = time.monotonic() + 20
+                (snapshot,) = read_events(lines, lambda ev: len(ev) >= 1, deadline)
+                assert {x["alert_id"]: x["current_risk"] for x in snapshot[1]} == {a: 0.66, quiet: None}
+                t0 = time.monotonic()
+                add_score(sessions, "p1", NOW - 300, risk=1.0, news2=16)
+                got = read_events(lines, lambda ev: any(e == "alert" for e, _ in ev), deadline)
+                alert = [d for e, d in got if e == "alert"][-1]
+                assert (alert["alert_id"], alert["risk"], alert["current_risk"], alert["current_news2"]) == (
+                    a,
+                    0.66,
+                    1.0,
+                    16,
+                )
+                assert time.monotonic() - t0 < CURRENT_EVERY_POLLS * 0.2 + 3
+                # nothing else moved: no event for the other patient's alert, only keep-alives
+                for line in lines:
+                    assert quiet not in line
+                    if line.startswith(":") or time.monotonic() > deadline:
+                        break
+                assert line == ": keep-alive"
 
 
 # -------------------------------------------------------------------------------------------- CLI

@@ -143,3 +143,21 @@ def test_alert_actions_on_unknown_ids_and_odd_bodies(api, alert_id, action, body
     assert r.status_code in (403, 404, 405, 422), r.status_code
     held = client.get("/api/alerts", params={"patient_id": "p1"}, headers=bearer(tokens["nurse"])).json()
     assert [(a["alert_id"], a["state"]) for a in held] == [(known, "raised")]
+
+
+@FUZZ
+@given(reason=st.text(max_size=60) | st.sampled_from(["", " ", "\t\n", "\u00a0\u2003"]))
+def test_a_resolve_without_a_real_reason_is_refused(api, reason):
+    """A blank reason is 422 whoever the alert; any other reaches the alert lookup (404 here)."""
+    client, tokens, known = api
+    r = client.post("/api/alerts/p9:sepsis:1/resolve", json={"reason": reason}, headers=bearer(tokens["nurse"]))
+    deliberate(r)
+    assert r.status_code == (422 if not reason.strip() else 404), (reason, r.status_code)
+    r = client.post(
+        f"/api/alerts/{quote(known, safe='')}/resolve",
+        json={"reason": " " * len(reason)},
+        headers=bearer(tokens["nurse"]),
+    )
+    assert r.status_code == 422
+    held = client.get("/api/alerts", params={"patient_id": "p1"}, headers=bearer(tokens["nurse"])).json()
+    assert [(a["alert_id"], a["state"]) for a in held] == [(known, "raised")]

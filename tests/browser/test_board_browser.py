@@ -3,8 +3,12 @@
 simulator -> Tansu -> Faust worker -> tritonserver -> SQLite <- ``icuwatch serve`` <- headless
 Chromium. A nurse logs in with a token, a simulated patient deteriorates, the alert appears on the
 open board without a reload (server-sent events), the nurse clicks Acknowledge, and the database
-records the acknowledgement under that nurse's name. The patient page then draws the risk chart.
-A screenshot of the board goes to ``reports/board.png``.
+records the acknowledgement under that nurse's name. The patient page then draws the risk chart;
+back on the board the row shows the patient's current risk (the newest score) and the nurse
+resolves the alert with a reason. A screenshot of the board goes to ``reports/board.png``.
+
+Without the stack, on a hand-made ward served by ``icuwatch serve``: rows sort by current risk and
+follow new scores live, Resolve needs a reason, and only clinical roles see the action buttons.
 """
 
 from __future__ import annotations
@@ -20,11 +24,15 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from stack_fixtures import free_port, running_worker, wait_for
 
-from icuwatch.core.settings import REPO_ROOT
-from icuwatch.storage import db
-from icuwatch.storage.models import Alert
+from icuwatch.core import schemas
+from icuwatch.core.settings import REPO_ROOT, Settings
+from icuwatch.storage import db, lifecycle
+from icuwatch.storage import repository as repo
+from icuwatch.storage.models import Alert, Score
+from icuwatch.storage.tokens import create_token
 
 CHROMIUM = os.environ.get("ICUWATCH_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -56,8 +64,6 @@ def issue_nurse_token(settings) -> str:
         issue_token = None
     if issue_token is not None:
         return issue_token(settings, NURSE, "nurse")
-    from icuwatch.storage.tokens import create_token
-
     factory = db.session_factory(db.make_engine(settings.database_url))
     with factory.begin() as s:
         return create_token(s, NURSE, "nurse")
@@ -222,4 +228,133 @@ def test_alert_appears_live_and_nurse_acknowledges_it(browser_page, board):
     expect(page.locator("#contributions-table tr[data-modality='cxr'] td").first).to_have_text("0.00")
     page.screenshot(path=str(reports / "patient.png"), full_page=True)
 
+    # Back on the board once the worker is done with this patient: the row shows the current risk
+    # of the alert's kind, then the nurse resolves the alert with a reason.
+    def scores():
+        with factory() as s:
+            return s.scalars(select(Score).where(Score.patient_id == patient_id).order_by(Score.event_time)).all()
+
+    settled = []
+    wait_for(lambda: settled.append(len(scores())) or settled[-3:] == [settled[-1]] * 3, timeout_s=120, interval_s=2)
+    latest = scores()[-1]
+    page.goto(base_url)
+    row = page.locator(f"tr.alert[data-alert-id='{alert_id}']")
+    expect(row.locator("td.risk .now")).to_have_text(f"{getattr(latest, stored.kind + '_risk'):.2f}", timeout=15_000)
+    expect(row.locator("td.risk .opening")).to_have_text(f"opened {stored.risk:.2f}")
+    expect(row.locator("td.news2 .now")).to_have_text(str(latest.news2))
+    row.locator(".resolve-reason").fill("reviewed with the physician")
+    row.locator("button.resolve").click()
+    expect(row).to_have_count(0)
+    with factory() as s:
+        stored = s.get(Alert, alert_id)
+        trail = lifecycle.alert_events(s, alert_id)
+    assert (stored.state, stored.resolved_by) == ("resolved", NURSE)
+    assert (trail[-1].action, trail[-1].actor, trail[-1].detail["reason"]) == (
+        "resolved",
+        NURSE,
+        "reviewed with the physician",
+    )
+
     assert not errors, f"JavaScript errors: {errors}"
+
+
+def test_rows_sort_by_current_risk_and_a_nurse_resolves_with_a_reason(browser_page, tmp_path):
+    from playwright.sync_api import expect
+
+    url = f"sqlite:///{tmp_path / 'ward.db'}"
+    db.upgrade(url)
+    settings = Settings(database_url=url, state_dir=tmp_path / "state")
+    factory = db.session_factory(db.make_engine(url))
+    now = time.time()
+
+    def add_score(pid: str, t: float, risk: float, news2: int) -> None:
+        with factory.begin() as s:
+            repo.add_scores(
+                s,
+                [
+                    schemas.Score(
+                        patient_id=pid,
+                        event_time=t,
+                        model="early_warning",
+                        source="triton",
+                        deterioration_risk=risk,
+                        sepsis_risk=0.1,
+                        news2=news2,
+                        qsofa=1,
+                        staleness_s={},
+                        scored_at=t,
+                    )
+                ],
+            )
+
+    ids = {}
+    with factory.begin() as s:
+        tokens = {role: create_token(s, user, role) for user, role in ((NURSE, "nurse"), ("eng.lee", "engineer"))}
+        for pid, opening, news2 in (("bed-a", 0.9, 9), ("bed-b", 0.66, 7)):
+            ids[pid] = f"{pid}:deterioration:{int(now - 900)}"
+            repo.add_alert(
+                s,
+                schemas.Alert(
+                    patient_id=pid,
+                    event_time=now - 840,
+                    alert_id=ids[pid],
+                    kind="deterioration",
+                    risk=opening,
+                    news2=news2,
+                    qsofa=1,
+                    model="early_warning",
+                    source="triton",
+                    episode_start=now - 900,
+                    raised_at=now,
+                ),
+            )
+    add_score("bed-a", now - 300, 0.55, 5)
+    add_score("bed-b", now - 300, 1.0, 16)  # the defect's numbers: opened 0.66 / 7, now 1.00 / 16
+
+    port = free_port()
+    api = serve(settings, {"ICUWATCH_STATE_DIR": str(tmp_path / "state")}, port, tmp_path / "serve.log")
+    try:
+        page = browser_page
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"http://127.0.0.1:{port}/?token={tokens['nurse']}")
+        rows = page.locator("tr.alert")
+        expect(rows).to_have_count(2)
+        page.evaluate("window.__sameDocument = true")
+        assert [rows.nth(i).get_attribute("data-alert-id") for i in range(2)] == [ids["bed-b"], ids["bed-a"]]
+        b = page.locator(f"tr.alert[data-alert-id='{ids['bed-b']}']")
+        expect(b.locator("td.risk .now")).to_have_text("1.00")
+        expect(b.locator("td.risk .opening")).to_have_text("opened 0.66")
+        expect(b.locator("td.news2 .now")).to_have_text("16")
+        expect(b.locator("td.news2 .opening")).to_have_text("opened 7")
+
+        # New scores change no alert, yet the board follows them live and re-sorts.
+        add_score("bed-a", now - 60, 0.97, 14)
+        add_score("bed-b", now - 60, 0.7, 8)
+        a = page.locator(f"tr.alert[data-alert-id='{ids['bed-a']}']")
+        expect(a.locator("td.risk .now")).to_have_text("0.97", timeout=15_000)  # re-read every 10 polls of 0.5 s
+        expect(rows.first).to_have_attribute("data-alert-id", ids["bed-a"])
+        assert page.evaluate("window.__sameDocument === true"), "the board reloaded instead of updating live"
+
+        # Resolve needs a reason: without one nothing is sent.
+        b.locator("button.resolve").click()
+        expect(page.locator("#notice")).to_contain_text("reason")
+        b.locator(".resolve-reason").fill("reviewed, on antibiotics, physician aware")
+        b.locator("button.resolve").click()
+        expect(b).to_have_count(0)
+        expect(page.locator("#notice")).to_contain_text("alert again")
+        with factory() as s:
+            resolved = s.get(Alert, ids["bed-b"])
+            trail = lifecycle.alert_events(s, ids["bed-b"])
+        assert (resolved.state, resolved.resolved_by) == ("resolved", NURSE)
+        assert trail[-1].detail == {"from_state": "raised", "reason": "reviewed, on antibiotics, physician aware"}
+        assert not errors, f"JavaScript errors: {errors}"
+
+        # An engineer sees the board but no buttons (the API would refuse them: 403).
+        page.goto(f"http://127.0.0.1:{port}/?token={tokens['engineer']}")
+        expect(page.locator("#who")).to_contain_text("eng.lee")
+        expect(rows).to_have_count(1)
+        expect(page.locator("tr.alert button")).to_have_count(0)
+    finally:
+        api.terminate()
+        api.wait(timeout=10)

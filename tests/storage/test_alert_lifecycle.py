@@ -53,9 +53,9 @@ def test_raise_acknowledge_resolve_writes_a_complete_audit_trail(
     with sessions.begin() as s:
         repo.acknowledge(s, a.alert_id, by=" nurse.kim ", comment="at bedside", at=T0 + 61)
     with sessions.begin() as s:
-        repo.resolve(s, a.alert_id, by="dr.who", at=T0 + 900)
+        repo.resolve(s, a.alert_id, by="dr.who", at=T0 + 900, reason=" sepsis ruled out, antibiotics stopped ")
     with sessions.begin() as s:
-        repo.resolve(s, a.alert_id, by="someone.else", at=T0 + 999)  # idempotent, no event
+        repo.resolve(s, a.alert_id, by="someone.else", at=T0 + 999, reason="again")  # idempotent, no event
         assert repo.add_alert(s, a) is False  # redelivery: no event either
 
     with sessions() as s:
@@ -66,7 +66,7 @@ def test_raise_acknowledge_resolve_writes_a_complete_audit_trail(
             ("resolved", "dr.who", ts(T0 + 900)),
         ]
         assert events[1].detail == {"comment": "at bedside"}
-        assert events[2].detail == {"from_state": "acknowledged"}
+        assert events[2].detail == {"from_state": "acknowledged", "reason": "sepsis ruled out, antibiotics stopped"}
         row = s.get(Alert, a.alert_id)
         assert row is not None
         assert (row.state, row.resolved_by, row.resolved_at) == ("resolved", "dr.who", ts(T0 + 900))
@@ -88,7 +88,22 @@ def test_failed_transitions_write_no_event_and_system_resolve(
         assert _events(s, a.alert_id) == [("raised", "system"), ("resolved", "system")]
         row = s.get(Alert, a.alert_id)
         assert row is not None and row.resolved_by is None
-        assert lifecycle.alert_events(s, a.alert_id)[1].detail == {"from_state": "raised"}
+        assert lifecycle.alert_events(s, a.alert_id)[1].detail == {"from_state": "raised", "reason": None}
+
+
+def test_open_alert_kinds_is_what_the_worker_asks_after_a_resolve(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as s:
+        assert repo.open_alert_kinds(s, "p1") == set()
+        repo.add_alert(s, alert(kind="deterioration"))
+        repo.add_alert(s, alert(kind="sepsis"))
+        repo.add_alert(s, alert(pid="p2", kind="sepsis"))
+        repo.acknowledge(s, "p1:sepsis:0", by="nurse.kim")
+    with sessions.begin() as s:
+        assert repo.open_alert_kinds(s, "p1") == {"deterioration", "sepsis"}  # raised or acknowledged
+        repo.resolve(s, "p1:deterioration:0", by="nurse.kim", reason="reviewed")
+    with sessions.begin() as s:
+        assert repo.open_alert_kinds(s, "p1") == {"sepsis"}
+        assert repo.open_alert_kinds(s, "p2") == {"sepsis"}
 
 
 # ----------------------------------------------------------------------------------- suppression
@@ -276,6 +291,28 @@ def test_patient_timeline(sessions: sessionmaker[Session]) -> None:
 
         nobody = lifecycle.patient_timeline(s, "nobody")
         assert nobody == {"patient": None, "scores": [], "alerts": [], "truncated": False}
+
+
+def test_latest_scores_are_each_patients_newest(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as s:
+        repo.add_scores(
+            s,
+            [
+                score(t=T0 + 600, deterioration_risk=1.0, news2=16),
+                score(t=T0, deterioration_risk=0.66, news2=7),
+                score(pid="p2", t=T0 + 30, sepsis_risk=0.4),
+                score(pid="p2", t=T0 + 30, model="ew-v2", sepsis_risk=0.5),  # same time, stored later
+                score(pid="p3", t=T0 + 900),
+            ],
+        )
+        repo.add_scores(s, [score(t=T0 + 600, deterioration_risk=0.9, revision=1)])  # late data: revised
+    with sessions() as s:
+        latest = lifecycle.latest_scores(s, ["p1", "p2", "p2", "nobody"])
+        assert set(latest) == {"p1", "p2"}
+        assert (latest["p1"].event_time, latest["p1"].deterioration_risk, latest["p1"].news2) == (ts(T0 + 600), 0.9, 3)
+        assert (latest["p2"].model, latest["p2"].sepsis_risk) == ("ew-v2", 0.5)
+        assert lifecycle.latest_scores(s, []) == {}
+        assert set(lifecycle.latest_scores(s, [f"x{i}" for i in range(1200)] + ["p3"])) == {"p3"}  # chunked
 
 
 # ---------------------------------------------------------------------------------- alert quality

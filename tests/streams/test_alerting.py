@@ -1,3 +1,6 @@
+from hypothesis import given
+from hypothesis import strategies as st
+
 from icuwatch.core import schemas
 from icuwatch.streams import alerting
 
@@ -150,3 +153,120 @@ def test_a_revised_score_can_open_the_episode_its_first_version_did_not():
     assert [a.kind for a in opened] == ["sepsis"] and opened[0].episode_start == T
     assert alerting.step(state, revised, th) == ([], [])  # redelivered revision: nothing new
     assert alerting.step(state, first, th) == ([], [])  # the older revision arriving late: ignored
+
+
+# ------------------------------------------------------------------------ re-alert after a resolve
+
+REALERT = {
+    k: alerting.Thresholds(0.5, 0.3, confirm=2, clear=3, refractory_s=1800, realert_after_resolve_s=600) for k in TH
+}
+
+
+def run_with_resolves(risks, resolve_at, th=REALERT, step=60):
+    """Scores every ``step`` s; at the scores whose index is in ``resolve_at`` the database says the
+    open deterioration alert was resolved (what the worker passes when a nurse resolved it)."""
+    state, alerts = alerting.new_alert_state(), []
+    for i, r in enumerate(risks):
+        resolved = {"deterioration"} & alerting.open_kinds(state) if i in resolve_at else set()
+        alerts += alerting.update(state, score(T + step * i, r), th, resolved)
+    return state, alerts
+
+
+def test_realert_defaults_to_the_setting():
+    from icuwatch.core.settings import Settings
+
+    assert alerting.Thresholds(0.5, 0.3).realert_after_resolve_s == Settings().alert_realert_after_resolve_s == 1800.0
+
+
+def test_a_resolved_episode_whose_risk_stays_high_alerts_again_after_the_realert_time():
+    # Opens at T+60; the worker learns of the resolve at the score of T+300; high all along.
+    _, alerts = run_with_resolves([1.0] * 30, resolve_at={5})
+    assert [a.event_time for a in alerts] == [T + 60, T + 300 + 600]
+    second = alerts[1]
+    assert second.episode_start == T + 300  # the new run starts at the score that saw the resolve
+    assert second.alert_id == alerting.alert_id("p1", "deterioration", T + 300) != alerts[0].alert_id
+
+
+def test_without_the_resolve_the_open_episode_never_alerts_again():
+    """The defect: the worker's episode stayed open after the resolve, so nothing was raised."""
+    _, alerts = run_with_resolves([1.0] * 30, resolve_at=set())
+    assert len(alerts) == 1
+
+
+def test_a_resolved_episode_whose_risk_comes_down_raises_nothing():
+    _, alerts = run_with_resolves([1.0] * 6 + [0.2] * 30, resolve_at={5})
+    assert len(alerts) == 1
+
+
+def test_after_a_resolve_the_risk_must_be_confirmed_again():
+    # Resolved at T+300 (risk high), low from T+360 to T+1140, high again from T+1200: the new
+    # run needs two scores, so the alert comes at T+1260 (the quiet period ended at T+900).
+    _, alerts = run_with_resolves([1.0] * 6 + [0.4] * 14 + [1.0] * 5, resolve_at={5})
+    assert [(a.event_time, a.episode_start) for a in alerts] == [(T + 60, T), (T + 1260, T + 1200)]
+
+
+def test_a_resolve_closes_only_its_kind_and_only_an_open_episode():
+    state = alerting.new_alert_state()
+    out = []
+    for i in range(3):
+        out += alerting.update(state, score(T + 60 * i, 0.9, sepsis=0.9), REALERT)
+    assert sorted(a.kind for a in out) == ["deterioration", "sepsis"]
+    alerting.update(state, score(T + 180, 0.9, sepsis=0.9), REALERT, {"sepsis"})
+    assert state["kinds"]["sepsis"]["open"] is None and state["kinds"]["deterioration"]["open"] == T
+    assert alerting.open_kinds(state) == {"deterioration", "sepsis"}  # sepsis was open before this score
+    before = dict(state["kinds"]["sepsis"])
+    alerting.update(state, score(T + 240, 0.9, sepsis=0.9), REALERT, {"sepsis"})  # no open episode: nothing
+    assert state["kinds"]["sepsis"]["resolved_at"] == before["resolved_at"] == T + 180
+
+
+def test_a_revision_of_the_score_that_saw_the_resolve_keeps_the_episode_closed():
+    state, _ = run_with_resolves([1.0] * 6, resolve_at={5})
+    last = score(T + 300, 1.0)
+    assert state["kinds"]["deterioration"]["open"] is None
+    # A revision restores the state before that score, where the episode was open: the worker asks
+    # about it again (open_kinds looks there too) and the database still says resolved.
+    assert "deterioration" in alerting.open_kinds(state)
+    revised = last.model_copy(update={"revision": 1})
+    assert alerting.step(state, revised, REALERT, {"deterioration"}) == ([], [])
+    assert state["kinds"]["deterioration"]["open"] is None
+    assert state["kinds"]["deterioration"]["resolved_at"] == T + 300
+
+
+def test_state_saved_before_the_realert_period_existed_still_works():
+    state = alerting.new_alert_state()
+    for ks in state["kinds"].values():
+        del ks["resolved_at"]
+    _, alerts = run([0.9, 0.9, 0.2, 0.2, 0.2, 0.9, 0.9], state=state, th=REFRACTORY)
+    assert len(alerts) == 1
+
+
+@given(
+    risks=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=80),
+    resolve_at=st.sets(st.integers(0, 79), max_size=6),
+    realert=st.sampled_from([0.0, 60.0, 300.0, 600.0]),
+    tail=st.integers(0, 30),
+)
+def test_a_resolve_never_silences_a_patient_and_never_alerts_early(risks, resolve_at, realert, tail):
+    """Property: after a resolve the next alert comes no sooner than the re-alert time, and a risk
+    that stays at 1.0 long enough always alerts again."""
+    th = {
+        k: alerting.Thresholds(0.5, 0.3, confirm=2, clear=3, refractory_s=0, realert_after_resolve_s=realert)
+        for k in TH
+    }
+    needed = int(realert // 60) + 2  # high scores after the resolve that must alert (confirm 2)
+    risks = risks + [1.0] * (tail + needed)
+    resolve_at = {i for i in resolve_at if i < len(risks) - needed} | {len(risks) - needed}
+    state, seen = alerting.new_alert_state(), []
+    last_resolve = None
+    for i, r in enumerate(risks):
+        t = T + 60 * i
+        resolved = {"deterioration"} & alerting.open_kinds(state) if i in resolve_at else set()
+        if resolved and state["kinds"]["deterioration"]["open"] is not None:
+            last_resolve = t
+        for a in alerting.update(state, score(t, r), th, resolved):
+            if a.kind == "deterioration":
+                seen.append(a)
+                assert last_resolve is None or a.event_time - last_resolve >= realert
+    assert seen and len({a.alert_id for a in seen}) == len(seen)
+    # The last resolve is followed by enough scores at 1.0 to alert again.
+    assert last_resolve is None or seen[-1].event_time > last_resolve, "silenced after the resolve"
