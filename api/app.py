@@ -1,8 +1,10 @@
 """The FastAPI application: ``create_app(settings)``.
 
 Public: ``/`` and ``/patients/{patient_id}`` (HTML shells of the board, no patient data),
-``/static/*``, ``/healthz``, ``/openapi.json``, ``/docs``. Everything else needs a bearer token
-(see :mod:`icuwatch.api.auth`).
+``/static/*``, ``/healthz``. Everything else needs a bearer token (see :mod:`icuwatch.api.auth`),
+``/openapi.json`` and ``/docs`` included (header or ``?token=``; off with ``api_docs=false``).
+Every response carries a Content-Security-Policy and the usual hardening headers; a request body
+over ``api_max_body_bytes`` is refused with 413 before anything parses it.
 
 While the app runs, a background task escalates alerts left unacknowledged for
 ``alert_escalate_after_s`` every ``api_escalate_interval_s``.
@@ -16,15 +18,17 @@ import logging
 import re
 from pathlib import Path
 from typing import Any, AsyncIterator, Optional
+from urllib.parse import quote
 
 from fastapi import Depends, FastAPI
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from icuwatch.api import routes, stream
-from icuwatch.api.auth import OPERATOR_ROLES, Principal, require_roles
+from icuwatch.api.auth import OPERATOR_ROLES, Principal, current_user_header_or_query, require_roles
 from icuwatch.api.metrics import make_registry
 from icuwatch.core.settings import Settings, get_settings
 from icuwatch.storage import db, lifecycle
@@ -131,6 +135,95 @@ class NoStoreMiddleware:
         await self.app(scope, receive, send_no_store)
 
 
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+"""The board's pages load only their own scripts (no inline script). Inline styles stay allowed:
+the patient page's legend uses ``style=`` attributes."""
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; img-src 'self' data: https:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+"""Swagger UI (``/docs``) is an inline script plus its bundle from the CDN."""
+
+
+class SecurityHeadersMiddleware:
+    """CSP, ``X-Frame-Options: DENY``, ``X-Content-Type-Options: nosniff`` and ``Referrer-Policy:
+    no-referrer`` (the stream's URL carries a token) on every HTTP response. Plain ASGI."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        csp = DOCS_CSP if scope["path"] == "/docs" else CSP
+        extra = [
+            (b"content-security-policy", csp.encode()),
+            (b"x-frame-options", b"DENY"),
+            (b"x-content-type-options", b"nosniff"),
+            (b"referrer-policy", b"no-referrer"),
+        ]
+        names = {k for k, _ in extra}
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() not in names]
+                message = {**message, "headers": headers + extra}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class BodyLimitMiddleware:
+    """413 for a request body over ``max_bytes``, by its Content-Length or, chunked, as it arrives.
+
+    The body is read here (API bodies are small) and handed on whole, so nothing downstream ever
+    sees more than ``max_bytes``; after it, ``receive`` is the server's again (disconnects)."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._refuse(scope, receive, send)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Any, receive: Any, send: Any) -> None:
+        response = JSONResponse({"detail": f"request body over {self.max_bytes} bytes"}, status_code=413)
+        await response(scope, receive, send)
+
+
 def create_app(settings: Optional[Settings] = None, *, escalate: bool = True) -> FastAPI:
     """The API on ``settings.database_url`` (the schema must already be migrated).
 
@@ -163,6 +256,9 @@ def create_app(settings: Optional[Settings] = None, *, escalate: bool = True) ->
         summary="ICU alert board API. Not for clinical use.",
         version="1",
         lifespan=lifespan,
+        openapi_url=None,  # served below, behind a token
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -176,6 +272,19 @@ def create_app(settings: Optional[Settings] = None, *, escalate: bool = True) ->
     app.include_router(fhir_router)
 
     app.add_middleware(NoStoreMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(SecurityHeadersMiddleware)  # outermost: a 413 gets the headers too
+
+    if settings.api_docs:
+
+        @app.get("/openapi.json", include_in_schema=False)
+        def openapi(_: Principal = Depends(current_user_header_or_query)) -> JSONResponse:
+            return JSONResponse(app.openapi())
+
+        @app.get("/docs", include_in_schema=False)
+        def docs(who: Principal = Depends(current_user_header_or_query)) -> HTMLResponse:
+            """Swagger UI; open it as ``/docs?token=...`` (a browser tab sends no Authorization header)."""
+            return get_swagger_ui_html(openapi_url=f"/openapi.json?token={quote(who.token, safe='')}", title="icuwatch")
 
     @app.get(
         "/metrics",

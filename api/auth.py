@@ -4,16 +4,17 @@ Tokens live in the database (``create_token`` / ``authenticate`` in the storage 
 only ever sees the token the client sends. Every route that returns patient data depends on
 :func:`current_user`; routes that change an alert depend on :func:`require_roles`.
 
-* no token, or a token the database does not know: **401** with ``WWW-Authenticate: Bearer``;
+* no token, or a token the database does not know (or expired or revoked): **401** with ``WWW-Authenticate: Bearer``;
 * a valid token whose role may not do this: **403**.
 
-The SSE stream also accepts ``?token=`` (``EventSource`` cannot set headers), see
-:func:`current_user_header_or_query`.
+The SSE stream and ``/docs`` also accept ``?token=`` (``EventSource`` and a browser tab cannot set
+headers), see :func:`current_user_header_or_query`; the stream re-checks the token while it runs
+(:func:`still_valid`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from fastapi import Depends, HTTPException, Query, Request, status
@@ -35,6 +36,8 @@ _bearer = HTTPBearer(auto_error=False, description="A token from `icuwatch token
 class Principal:
     user: str
     role: str
+    token: str = field(default="", repr=False, compare=False)
+    """The credential it was authenticated with (the stream re-checks it while it runs)."""
 
 
 def _unauthorized(detail: str) -> HTTPException:
@@ -47,9 +50,9 @@ def _lookup(request: Request, token: Optional[str]) -> Principal:
     with request.app.state.sessions.begin() as session:
         found = tokens.authenticate(session, token)
     if found is None:
-        raise _unauthorized("invalid or revoked token")
+        raise _unauthorized("invalid, expired or revoked token")
     user, role = found
-    return Principal(user=user, role=role)
+    return Principal(user=user, role=role, token=token)
 
 
 def current_user(request: Request, creds: Optional[HTTPAuthorizationCredentials] = Depends(_bearer)) -> Principal:
@@ -66,6 +69,12 @@ def current_user_header_or_query(
 ) -> Principal:
     """The caller, from the ``Authorization`` header or else the ``token`` query parameter."""
     return _lookup(request, creds.credentials if creds else token)
+
+
+def still_valid(request: Request, who: Principal) -> bool:
+    """Whether ``who``'s token is still valid (not revoked, not expired) now."""
+    with request.app.state.sessions.begin() as session:
+        return tokens.authenticate(session, who.token) is not None
 
 
 def require_roles(*roles: str) -> Callable[..., Principal]:

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Annotated, Any, Iterable, Literal, Optional
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, status
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -88,8 +88,17 @@ class AcknowledgeBody(BaseModel):
     comment: Optional[str] = Field(None, max_length=2000)
 
 
+def _not_blank(text: str) -> str:
+    """Stripped as Python strips (every Unicode whitespace, control separators included): pydantic's
+    ``strip_whitespace`` keeps some of them, which let a reason of one U+001F through."""
+    text = text.strip()
+    if not text:
+        raise ValueError("a reason is required")
+    return text
+
+
 class ResolveBody(BaseModel):
-    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
+    reason: Annotated[str, StringConstraints(max_length=2000), AfterValidator(_not_blank)]
     """Why it is resolved (required, not blank): kept in the 'resolved' audit event's detail."""
 
 

@@ -4,7 +4,8 @@ On connect the client gets one ``event: snapshot`` whose data is the JSON array 
 (raised or acknowledged); from then on an ``event: alert`` with one Alert object whenever an
 alert is raised or changes state (acknowledged, escalated, resolved), or an open alert's current
 risk (the patient's newest score) changed. A ``: keep-alive`` comment goes out when nothing
-happened for ``api_stream_keepalive_s``.
+happened for ``api_stream_keepalive_s``. Once the caller's token is revoked or expires, an
+``event: revoked`` and the end of the stream (checked every poll).
 
 The database is the source of truth: every ``api_stream_poll_s`` the stream asks for alerts whose
 ``updated_at`` is newer than its cursor. The cursor trails the newest change seen by an overlap
@@ -28,7 +29,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from icuwatch.api.auth import Principal, current_user_header_or_query
+from icuwatch.api.auth import Principal, current_user_header_or_query, still_valid
 from icuwatch.api.routes import alerts_out
 from icuwatch.storage import lifecycle
 from icuwatch.storage import repository as repo
@@ -84,7 +85,11 @@ def _current(alert: dict) -> tuple:
     return alert.get("current_at"), alert.get("current_risk"), alert.get("current_news2")
 
 
-async def alert_events(request: Request, poll_s: float, keepalive_s: float) -> AsyncIterator[str]:
+async def alert_events(
+    request: Request, poll_s: float, keepalive_s: float, who: Optional[Principal] = None
+) -> AsyncIterator[str]:
+    """With ``who``, the caller's token is re-checked every poll: once it is revoked or expired the
+    stream sends ``event: revoked`` and ends (the browser's reconnect then gets a 401)."""
     sessions = request.app.state.sessions
     cursor = datetime.now(timezone.utc) - OVERLAP
     snapshot, sent = await run_in_threadpool(_snapshot, sessions)
@@ -96,6 +101,15 @@ async def alert_events(request: Request, poll_s: float, keepalive_s: float) -> A
     while not await request.is_disconnected():
         await asyncio.sleep(poll_s)
         polls += 1
+        if who is not None:
+            try:
+                valid = await run_in_threadpool(still_valid, request, who)
+            except Exception:  # database briefly unavailable: check again next poll
+                log.warning("alert stream token check failed", exc_info=True)
+            else:
+                if not valid:
+                    yield _sse("revoked", {"detail": "token expired or revoked"})
+                    return
         if polls % CURRENT_EVERY_POLLS == 0:
             try:
                 open_now, _ = await run_in_threadpool(_snapshot, sessions)
@@ -142,10 +156,10 @@ async def alert_events(request: Request, poll_s: float, keepalive_s: float) -> A
     },
     summary="Live alerts (server-sent events)",
 )
-async def stream(request: Request, _: Principal = Depends(current_user_header_or_query)) -> StreamingResponse:
+async def stream(request: Request, who: Principal = Depends(current_user_header_or_query)) -> StreamingResponse:
     settings = request.app.state.settings
     return StreamingResponse(
-        alert_events(request, settings.api_stream_poll_s, settings.api_stream_keepalive_s),
+        alert_events(request, settings.api_stream_poll_s, settings.api_stream_keepalive_s, who),
         media_type="text/event-stream",
         headers={"X-Accel-Buffering": "no"},
     )

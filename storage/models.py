@@ -229,6 +229,8 @@ class ApiToken(Base):
     role: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime]
     revoked_at: Mapped[Optional[datetime]]
+    expires_at: Mapped[Optional[datetime]]
+    """None: never expires (tokens from before migration 0005, or a lifetime of 0)."""
 
     def __repr__(self) -> str:
         return f"ApiToken({self.user!r}, {self.role!r}, revoked={self.revoked_at is not None})"

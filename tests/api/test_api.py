@@ -46,7 +46,9 @@ PROTECTED = [
     ("GET", "/api/stream"),
     ("GET", "/metrics"),
 ]
-PUBLIC = ["/", "/patients/p1", "/healthz", "/openapi.json", "/docs"]
+PUBLIC = ["/", "/patients/p1", "/healthz"]
+DOCS = ["/openapi.json", "/docs"]
+"""Public once; now behind a token (header or ``?token=``), and off with ``api_docs=false``."""
 REASON = {"reason": "reviewed at the bedside"}
 ALL_ROLES = ("nurse", "physician", "engineer", "admin")
 ROUTE_ROLES = {
@@ -197,7 +199,8 @@ def test_every_patient_route_needs_a_valid_token(client, sessions, tokens):
 
 def test_every_route_refuses_no_token_a_bad_token_and_the_wrong_role(client, sessions, tokens):
     """Driven by the OpenAPI document, so a route added later without an entry here fails."""
-    documented = {(m.upper(), path) for path, ops in client.get("/openapi.json").json()["paths"].items() for m in ops}
+    spec = client.get("/openapi.json", headers=bearer(tokens["nurse"])).json()
+    documented = {(m.upper(), path) for path, ops in spec["paths"].items() for m in ops}
     assert documented - {("GET", "/healthz")} == set(ROUTE_ROLES)
     alert_id = raise_alert(sessions, "p1")
     for (method, template), allowed in ROUTE_ROLES.items():
@@ -524,8 +527,8 @@ def test_metrics(client, settings, sessions, tokens):
 # ---------------------------------------------------------------------------------------- openapi
 
 
-def test_openapi_documents_the_routes(client):
-    spec = client.get("/openapi.json").json()
+def test_openapi_documents_the_routes(client, tokens):
+    spec = client.get("/openapi.json", headers=bearer(tokens["engineer"])).json()
     paths = spec["paths"]
     for method, path in [
         ("get", "/api/me"),
@@ -690,3 +693,168 @@ def test_cli_token_and_serve_parser(settings, client):
     assert (args.user, args.role) == ("bo", "physician")
     with pytest.raises(SystemExit):
         parser.parse_args(["token", "create", "--user", "bo", "--role", "janitor"])
+
+
+# ------------------------------------------------------------------------------ access hardening
+
+
+def expire(sessions, token: str) -> None:
+    """Backdate a token's expiry, as if its shift had ended."""
+    from icuwatch.storage.models import ApiToken
+    from icuwatch.storage.tokens import token_sha256
+
+    with sessions.begin() as s:
+        row = s.query(ApiToken).filter_by(token_sha256=token_sha256(token)).one()
+        row.expires_at = datetime.now(timezone.utc) - timedelta(seconds=1)
+
+
+def test_tokens_expire_after_their_roles_lifetime(settings, client, sessions):
+    """Regression: tokens never expired. A nurse's lasts a shift (``api_token_ttl_s``), an engineer's
+    ``api_operator_token_ttl_s``; once past it the API answers 401."""
+    from icuwatch.storage.models import ApiToken
+    from icuwatch.storage.tokens import issue_token
+
+    settings = settings.model_copy(update={"api_token_ttl_s": 12 * 3600.0, "api_operator_token_ttl_s": 86400.0})
+    nurse, engineer = issue_token(settings, "amy", "nurse"), issue_token(settings, "eve", "engineer")
+    forever = issue_token(settings, "scraper", "engineer", ttl_s=0)
+    with sessions.begin() as s:
+        rows = {r.user: r for r in s.query(ApiToken)}
+        assert rows["amy"].expires_at - rows["amy"].created_at == timedelta(hours=12)
+        assert rows["eve"].expires_at - rows["eve"].created_at == timedelta(days=1)
+        assert rows["scraper"].expires_at is None
+    for token in (nurse, engineer, forever):
+        assert client.get("/api/me", headers=bearer(token)).status_code == 200
+    expire(sessions, nurse)
+    r = client.get("/api/me", headers=bearer(nurse))
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert client.get("/api/stream", params={"token": nurse}).status_code == 401
+    assert client.get("/api/me", headers=bearer(engineer)).status_code == 200
+
+
+def test_cli_token_list_and_revoke(settings, client, monkeypatch, capsys):
+    """Regression: tokens could not be revoked from the command line. ``token list`` shows ids and
+    states but never a token or its hash; ``token revoke`` by id or by user takes effect at once."""
+    from icuwatch.cli.main import main
+    from icuwatch.storage.tokens import issue_token, token_sha256
+
+    monkeypatch.setattr("icuwatch.cli.api.get_settings", lambda: settings)
+    amy = issue_token(settings, "amy", "nurse")
+    amy2 = issue_token(settings, "amy", "physician")
+    bo = issue_token(settings, "bo", "engineer")
+    capsys.readouterr()
+    assert main(["token", "list"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert len(lines) == 4 and all(line.split()[-1] == "active" for line in lines[1:])
+    for secret in (amy, amy2, bo):
+        assert secret not in out and token_sha256(secret) not in out
+    bo_id = next(line.split()[0] for line in lines if " bo " in line)
+
+    assert main(["token", "revoke", bo_id]) == 0
+    capsys.readouterr()
+    assert client.get("/api/me", headers=bearer(bo)).status_code == 401
+    assert client.get("/api/me", headers=bearer(amy)).status_code == 200
+    assert main(["token", "revoke", "--user", "amy"]) == 0
+    assert capsys.readouterr().out.startswith("revoked 2 token(s)")
+    assert all(client.get("/api/me", headers=bearer(t)).status_code == 401 for t in (amy, amy2))
+
+    assert main(["token", "list"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1  # only active ones by default
+    assert main(["token", "list", "--all"]) == 0
+    assert [line.split()[-1] for line in capsys.readouterr().out.splitlines()[1:]] == ["revoked"] * 3
+    assert main(["token", "revoke", bo_id]) == 1  # already revoked: one line, no traceback
+    assert main(["token", "revoke"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 2 and "Traceback" not in err
+    assert main(["token", "create", "--user", "cy", "--role", "nurse", "--ttl-h", "-1"]) == 2
+
+
+@pytest.mark.parametrize("how", ["revoke", "expire"])
+def test_stream_closes_when_its_token_is_revoked_or_expires(app, sessions, tokens, how):
+    """Regression: a live stream opened before a revocation kept running. It re-checks its token every
+    poll and ends with ``event: revoked``; the browser's reconnect then gets a 401."""
+    from icuwatch.storage.tokens import revoke_token
+
+    raise_alert(sessions, "p1")
+    with serving(app) as base:
+        with httpx.Client(base_url=base, timeout=httpx.Timeout(5.0, read=3.0)) as http:
+            with http.stream("GET", "/api/stream", params={"token": tokens["nurse"]}) as r:
+                lines = r.iter_lines()
+                deadline = time.monotonic() + 15
+                read_events(lines, lambda ev: len(ev) >= 1, deadline)
+                t0 = time.monotonic()
+                if how == "revoke":
+                    with sessions.begin() as s:
+                        assert revoke_token(s, tokens["nurse"])
+                else:
+                    expire(sessions, tokens["nurse"])
+                got = read_events(lines, lambda ev: ev[-1][0] == "revoked", deadline)
+                assert time.monotonic() - t0 < 3
+                assert [e for e, _ in got] == ["revoked"]
+                assert list(lines) == []  # the server ended the response
+            assert http.get("/api/stream", params={"token": tokens["nurse"]}).status_code == 401
+            with http.stream("GET", "/api/stream", params={"token": tokens["physician"]}) as r:
+                assert r.status_code == 200  # other tokens are untouched
+
+
+def test_security_headers_on_every_response(client, tokens):
+    """Regression: no Content-Security-Policy, X-Frame-Options or nosniff."""
+    alert = ("POST", "/api/alerts/nope/acknowledge")
+    for method, path, headers in [
+        ("GET", "/", {}),
+        ("GET", "/patients/p1", {}),
+        ("GET", "/static/board.js", {}),
+        ("GET", "/healthz", {}),
+        ("GET", "/api/me", {}),
+        ("GET", "/api/alerts", bearer(tokens["nurse"])),
+        (*alert, bearer(tokens["nurse"])),
+        ("GET", "/no-such-page", {}),
+    ]:
+        r = client.request(method, path, headers=headers)
+        csp = r.headers.get("content-security-policy", "")
+        assert "script-src 'self';" in csp and "frame-ancestors 'none'" in csp, (path, csp)
+        assert r.headers.get("x-frame-options") == "DENY", path
+        assert r.headers.get("x-content-type-options") == "nosniff", path
+        assert r.headers.get("referrer-policy") == "no-referrer", path
+    for page in ("index.html", "patient.html"):  # the CSP allows no inline script: the board has none
+        html = (Path(__file__).resolve().parents[2] / "api" / "static" / page).read_text()
+        assert "<script>" not in html
+
+
+def test_request_bodies_over_the_limit_are_refused(settings, sessions, tokens):
+    """Regression: a 20 MB body was parsed. Over ``api_max_body_bytes`` it is 413 before parsing,
+    whether it declares its length or comes chunked; the alert is untouched."""
+    alert_id = raise_alert(sessions, "p1")
+    with TestClient(create_app(settings, escalate=False)) as client:
+        nurse = bearer(tokens["nurse"])
+        big = b'{"reason": "' + b"x" * (20 * 1024 * 1024) + b'"}'
+        for content in (big, iter([big[i : i + 65536] for i in range(0, len(big), 65536)])):
+            r = client.post(f"/api/alerts/{alert_id}/resolve", headers=nurse, content=content)
+            assert r.status_code == 413, r.text[:200]
+            assert r.headers["x-content-type-options"] == "nosniff"
+        with sessions.begin() as s:
+            assert s.get(Alert, alert_id).state == "raised"
+    small = settings.model_copy(update={"api_max_body_bytes": 100})
+    with TestClient(create_app(small, escalate=False)) as client:
+        body = {"reason": "r" * 200}
+        assert client.post(f"/api/alerts/{alert_id}/resolve", headers=nurse, json=body).status_code == 413
+        r = client.post(f"/api/alerts/{alert_id}/resolve", headers=nurse, json=REASON)
+        assert r.status_code == 200 and r.json()["state"] == "resolved"
+        assert client.get("/api/me", headers=nurse).status_code == 200
+
+
+def test_docs_need_a_token_and_can_be_switched_off(settings, client, tokens):
+    """Regression: ``/docs`` and ``/openapi.json`` opened without a token."""
+    for path in DOCS:
+        assert client.get(path).status_code == 401, path
+        assert client.get(path, params={"token": "bogus"}).status_code == 401, path
+        assert client.get(path, headers=bearer(tokens["nurse"])).status_code == 200, path
+    assert "/api/alerts" in client.get("/openapi.json", params={"token": tokens["admin"]}).json()["paths"]
+    page = client.get("/docs", params={"token": tokens["admin"]})
+    assert f"/openapi.json?token={tokens['admin']}" in page.text
+    assert "cdn.jsdelivr.net" in page.headers["content-security-policy"]
+    assert client.get("/redoc", headers=bearer(tokens["admin"])).status_code == 404
+    off = settings.model_copy(update={"api_docs": False})
+    with TestClient(create_app(off, escalate=False)) as c:
+        for path in DOCS:
+            assert c.get(path, headers=bearer(tokens["admin"])).status_code == 404, path

@@ -372,3 +372,30 @@ def test_scp_on_real_broker(stack, tmp_path):
     assert unreadable["patient_id"] == "unknown" and unreadable["partition"] == -1
     ct_dl = next(d for d in dead if "CT Image" in d["reason"])
     assert base64.b64decode(ct_dl["original_b64"])[128:132] == b"DICM"  # the original Part 10 bytes
+
+
+def test_association_calling_another_ae_title_is_rejected(tmp_path):
+    """Regression: the SCP accepted any called AE title. Now only ``dicom_ae_title`` (A-ASSOCIATE-RJ
+    otherwise: rejected permanent, by the service user, "called AE title not recognised")."""
+    from pynetdicom import AE
+    from stack_fixtures import settings_for
+
+    settings, _ = settings_for(tmp_path, ICUWATCH_DICOM_AE_TITLE="ICU-CXR")
+    port = free_port()
+    scp = dicom_scp.CxrStoreSCP(settings, port=port, producer=FailingProducer(), require_admitted=False)
+    scp.start(block=False)
+    try:
+        for called in ("ICUWATCH", "ANY-SCP"):
+            ae = AE(ae_title="TEST-SCU")
+            ae.add_requested_context(dicom_scp.DX_PRESENTATION_STORAGE, [ExplicitVRLittleEndian])
+            assoc = ae.associate("127.0.0.1", port, ae_title=called)
+            assert assoc.is_rejected and not assoc.is_established, called
+            rj = assoc.acceptor.primitive
+            assert (rj.result, rj.result_source, rj.diagnostic) == (0x01, 0x01, 0x07), called
+        ae = AE(ae_title="TEST-SCU")
+        ae.add_requested_context(dicom_scp.DX_PRESENTATION_STORAGE, [ExplicitVRLittleEndian])
+        assoc = ae.associate("127.0.0.1", port, ae_title="ICU-CXR")
+        assert assoc.is_established
+        assoc.release()
+    finally:
+        scp.stop()

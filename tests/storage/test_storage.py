@@ -84,7 +84,7 @@ def test_upgrade_creates_schema_and_is_idempotent(url: str) -> None:
     assert db.current_revision(url) is None
     db.upgrade(url)
     head = db.head_revision()
-    assert head == "0004"
+    assert head == "0005"
     assert db.current_revision(url) == head
     db.upgrade(url)  # a second run is a no-op
     assert db.current_revision(url) == head
