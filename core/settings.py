@@ -17,6 +17,9 @@ class Settings(BaseSettings):
 
     broker: str = "127.0.0.1:9092"
     """Kafka bootstrap servers, ``host:port[,host:port]``."""
+    broker_retry_max_s: float = 5.0
+    """Longest pause between attempts to reach a broker that is not up (yet): the worker and the
+    listeners start without it, retry with backoff up to this, and connect once it answers."""
     partitions: int = 4
     """Partitions of every topic (all co-partitioned by patient id)."""
     replication_factor: int = 1
@@ -59,6 +62,9 @@ class Settings(BaseSettings):
     """After a failed call, score in-process for this long before trying Triton again."""
 
     database_url: str = f"sqlite:///{REPO_ROOT / 'var' / 'icuwatch.db'}"
+    database_wait_s: float = 300.0
+    """How long ``storage.db.upgrade`` (run as ``icuwatch api`` and ``icuwatch db upgrade`` start) waits,
+    retrying with backoff, for a database server that refuses connections (not up yet)."""
 
     state_dir: Path = REPO_ROOT / "var"
     """Pid files, logs and worker state of the local stack."""
@@ -128,11 +134,20 @@ class Settings(BaseSettings):
     """Idle time after which the stream sends a keep-alive comment."""
     api_escalate_interval_s: float = 30.0
     """How often the API escalates alerts left unacknowledged too long."""
+    api_token_ttl_s: float = 12 * 3600.0
+    """Lifetime of a new nurse or physician token (``icuwatch token create``): about a shift. 0: never expires."""
+    api_operator_token_ttl_s: float = 30 * 86400.0
+    """Lifetime of a new engineer or admin token (e.g. a Prometheus scraper's). 0: never expires."""
+    api_max_body_bytes: int = 1_000_000
+    """Larger request bodies are refused with 413 before the API parses them."""
+    api_docs: bool = True
+    """Serve ``/docs`` and ``/openapi.json`` (both need a token even then); false in production."""
 
     dicom_host: str = "127.0.0.1"
     """Where ``icuwatch dicom-listen`` (the C-STORE SCP for chest X-rays) listens."""
     dicom_port: int = 11112
     dicom_ae_title: str = "ICUWATCH"
+    """The SCP's AE title; associations calling any other title are rejected."""
     dicom_require_admitted: bool = True
     """Refuse DICOM objects whose PatientID is not a patient ADT admitted (``patients`` table)."""
     dicom_broker_timeout_s: float = 30.0

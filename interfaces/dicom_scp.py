@@ -401,9 +401,9 @@ class CxrStoreSCP:
         self.timeout_s = settings.dicom_broker_timeout_s
         self._own_producer = producer is None
         if producer is None:
-            from icuwatch.streams.kafka.producer import make_producer
+            from icuwatch.streams.kafka.producer import WaitingProducer
 
-            producer = make_producer(settings)
+            producer = WaitingProducer(settings, "dicom")  # starts without the broker, connects when it is up
         self.producer = producer
         self._own_patients = patients is None and self.require_admitted
         self.patients = (
@@ -504,6 +504,9 @@ class CxrStoreSCP:
         from pynetdicom.sop_class import Verification
 
         ae = AE(ae_title=self.ae_title)
+        # An association calling another title is rejected (permanent, service user: "called AE
+        # title not recognised"): a modality configured for another node must not land here.
+        ae.require_called_aet = True
         syntaxes = accepted_transfer_syntaxes()
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, syntaxes)

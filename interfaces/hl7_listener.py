@@ -18,6 +18,11 @@ its raw block so a rejected one can be dead-lettered byte for byte. Per message:
 
 Messages of one connection are handled in order (the next is read after the ACK is written); many
 connections run concurrently, their broker waits in worker threads.
+
+The port opens at once, broker or not: until the broker is first reached (``WaitingProducer``,
+retried with backoff) and while it is away, every message gets AE, so senders keep and resend them;
+one log line per outage. Bytes outside an MLLP frame are skipped up to the next start-of-block byte
+(:func:`read_frame`), so noise before a frame does not cost that frame its ACK.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import Any
 from icuwatch.core import topics
 from icuwatch.core.schemas import DeadLetter
 from icuwatch.core.settings import Settings
+from icuwatch.streams.kafka.producer import BrokerUnavailable, WaitingProducer
 
 from .hl7_encode import esc
 from .hl7_mapping import (
@@ -51,6 +57,38 @@ log = logging.getLogger(__name__)
 
 DEADLETTER_SOURCE = "hl7"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+START_BLOCK, END_BLOCK = b"\x0b", b"\x1c\r"
+
+
+class FrameTooLarge(ValueError):
+    """An MLLP frame over the reader's limit (skipped whole)."""
+
+
+async def _skip_through(reader: asyncio.StreamReader, sep: bytes) -> tuple[bytes, int]:
+    """Read through the next ``sep``: (the bytes before it if within the reader's limit else b"",
+    how many bytes were discarded because they were not). EOF raises ``IncompleteReadError``."""
+    dropped = 0
+    while True:
+        try:
+            return (await reader.readuntil(sep))[: -len(sep)], dropped
+        except asyncio.LimitOverrunError as exc:
+            dropped += len(await reader.readexactly(exc.consumed))
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[bytes, int]:
+    """The content of the next MLLP frame, and how many bytes before it were not part of a frame.
+
+    Resynchronises on the start-of-block byte: whatever precedes it (noise, a half frame cut off
+    by a new one) is skipped, and the frame after it is read whole. Raises :class:`FrameTooLarge`
+    (after skipping the frame) for a frame over the reader's limit.
+    """
+    before, dropped = await _skip_through(reader, START_BLOCK)
+    block, over = await _skip_through(reader, END_BLOCK)
+    if over:
+        raise FrameTooLarge(f"frame over {MAX_MESSAGE_BYTES} bytes")
+    restart = block.rfind(START_BLOCK)  # a frame that never ended, then a new one
+    skipped = len(before) + dropped + restart + 1
+    return block[restart + 1 :], skipped
 
 
 def _msh_fields(raw: bytes) -> list[str] | None:
@@ -100,10 +138,9 @@ class Hl7Listener:
         self.naive_tz = zone(settings.hl7_timezone)
         self._own_producer = producer is None
         if producer is None:
-            from icuwatch.streams.kafka.producer import make_producer
-
-            producer = make_producer(settings)
+            producer = WaitingProducer(settings, "hl7")
         self.producer = producer
+        self._broker_down = False
         self.timeout_s = settings.hl7_ack_timeout_s
         self.executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="hl7-ack")
         self.server: asyncio.AbstractServer | None = None
@@ -123,22 +160,22 @@ class Hl7Listener:
         return self.server.sockets[0].getsockname()[1]
 
     async def _client(self, reader, writer) -> None:
-        import hl7.mllp
-
         peer = writer.get_extra_info("peername")
         self.stats["connections"] += 1
         loop = asyncio.get_running_loop()
         try:
             while True:
                 try:
-                    raw = await reader.readblock()
+                    raw, skipped = await read_frame(reader)
                 except asyncio.IncompleteReadError:
                     return  # peer closed (possibly mid-block: nothing was acknowledged for it)
-                except (hl7.mllp.InvalidBlockError, ValueError) as exc:
-                    # bytes outside an MLLP block, or a block over the limit: skip to the next block
+                except FrameTooLarge as exc:
                     self.stats["bad_frames"] += 1
                     log.warning("hl7 %s: bad MLLP frame: %s", peer, exc)
                     continue
+                if skipped:
+                    self.stats["bad_frames"] += 1
+                    log.warning("hl7 %s: skipped %d bytes outside an MLLP frame", peer, skipped)
                 try:  # producer.send itself may block (broker metadata): bound the wait here too
                     ack = await asyncio.wait_for(
                         loop.run_in_executor(self.executor, self.handle, raw), self.timeout_s + 5.0
@@ -169,12 +206,26 @@ class Hl7Listener:
             self._publish([(topic, m.key(), m.to_bytes()) for topic, m in derived], live=True)
         except Exception as exc:
             self.stats["AE"] += 1
-            log.warning("hl7: broker did not acknowledge: %r", exc)
+            self._broker_failed(exc)
+            if isinstance(exc, BrokerUnavailable):
+                return build_ack(raw, "AE", "not stored, retry: broker unavailable")
             return build_ack(raw, "AE", f"not stored, retry: broker did not acknowledge ({type(exc).__name__}: {exc})")
+        self._broker_ok()
         self.stats["AA"] += 1
         for topic, _ in derived:
             self.stats[topic] += 1
         return build_ack(raw, "AA")
+
+    def _broker_failed(self, exc: Exception) -> None:
+        """One warning per outage, not one per message (``WaitingProducer`` logs its own wait)."""
+        if not self._broker_down and not isinstance(exc, BrokerUnavailable):
+            log.warning("hl7: broker did not acknowledge (%s); answering AE until it does", type(exc).__name__)
+            self._broker_down = True
+
+    def _broker_ok(self) -> None:
+        if self._broker_down:
+            self._broker_down = False
+            log.warning("hl7: broker acknowledging again")
 
     def _publish(self, records: list[tuple[str, bytes, bytes]], live: bool = False) -> None:
         from icuwatch.streams.kafka.producer import LIVE_HEADER
@@ -197,8 +248,9 @@ class Hl7Listener:
             self._publish([(topics.DEADLETTER, letter.key(), letter.to_bytes())])
         except Exception as exc:
             self.stats["AE"] += 1
-            log.warning("hl7: could not dead-letter a rejected message: %r", exc)
+            self._broker_failed(exc)
             return build_ack(raw, "AE", f"rejected ({rej.reason}) but not dead-lettered, retry: {type(exc).__name__}")
+        self._broker_ok()
         self.stats["AR"] += 1
         log.info("hl7: rejected: %s", rej.reason)
         return build_ack(raw, "AR", rej.reason, rej)

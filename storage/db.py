@@ -9,6 +9,8 @@ installed or editable package. The same files serve the CLI::
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,10 +20,13 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from icuwatch.core.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 ALEMBIC_INI = PACKAGE_DIR / "alembic.ini"
@@ -86,11 +91,37 @@ def alembic_config(url: Optional[str | URL] = None) -> Config:
     return cfg
 
 
-def upgrade(url: Optional[str | URL] = None, revision: str = "head") -> None:
-    """Run ``alembic upgrade head`` (idempotent: a database already at head is left alone)."""
+NOT_UP = ("connection refused", "could not connect", "the database system is starting up", "no such file or directory")
+"""What a server that is not up (yet) answers, as opposed to a wrong password or database name."""
+
+
+def wait_for_database(engine: Engine, wait_s: float) -> None:
+    """Connect once, retrying with backoff for up to ``wait_s`` while the server is not up; one log
+    line while waiting. Any other error (credentials, unknown database) is raised at once."""
+    deadline, delay, waited = time.monotonic() + wait_s, 0.25, False
+    while True:
+        try:
+            engine.connect().close()
+            if waited:
+                log.warning("database %s is up", engine.url.render_as_string())
+            return
+        except OperationalError as exc:
+            if time.monotonic() + delay > deadline or not any(s in str(exc).lower() for s in NOT_UP):
+                raise
+            if not waited:
+                log.warning("database %s is not up; waiting for it", engine.url.render_as_string())
+                waited = True
+        time.sleep(delay)
+        delay = min(5.0, delay * 2)
+
+
+def upgrade(url: Optional[str | URL] = None, revision: str = "head", wait_s: float | None = None) -> None:
+    """Run ``alembic upgrade head`` (idempotent: a database already at head is left alone), once the
+    server is up: waits up to ``wait_s`` (default ``settings.database_wait_s``) for one that is not."""
     u = resolve_url(url)
     engine = make_engine(u, poolclass=NullPool)
     try:
+        wait_for_database(engine, get_settings().database_wait_s if wait_s is None else wait_s)
         with engine.begin() as conn:
             cfg = alembic_config(u)
             cfg.attributes["connection"] = conn

@@ -326,8 +326,16 @@ if settings.worker_memory_profile_s > 0:
 
 
 def run_worker(loglevel: str = "info") -> None:
-    """Run the worker in this process until SIGTERM/SIGINT."""
+    """Run the worker in this process until SIGTERM/SIGINT.
+
+    A broker that is not up yet is waited for (backoff, one log line) before Faust starts: its
+    producer gives up at once on a refused bootstrap and the worker would exit with a traceback.
+    Once running, aiokafka reconnects on its own when the broker goes away and comes back."""
     from faust.worker import Worker
 
+    from icuwatch.streams.kafka.producer import wait_for_broker
+
+    settings.state_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level of its datadir
+    wait_for_broker(settings, "worker")  # before Faust configures logging: Python's last-resort stderr line
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

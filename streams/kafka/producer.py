@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -109,3 +111,101 @@ class ResilientProducer:
 
 def make_producer(settings: Settings) -> ResilientProducer:
     return ResilientProducer(settings)
+
+
+class BrokerUnavailable(ConnectionError):
+    """Raised by :class:`WaitingProducer` while it has not reached the broker yet."""
+
+
+def broker_reachable(settings: Settings, timeout_s: float = 2.0) -> bool:
+    """Whether one of the bootstrap servers accepts a TCP connection (cheap, and silent, unlike a
+    Kafka client's own bootstrap loop)."""
+    for server in settings.broker.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port or 9092)), timeout=timeout_s).close()
+            return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def wait_for_broker(settings: Settings, what: str, stop: threading.Event | None = None) -> bool:
+    """Block until the broker accepts connections, retrying with backoff (at most
+    ``settings.broker_retry_max_s`` apart); one log line when it is not up and one when it is.
+    False if ``stop`` was set first."""
+    stop = stop or threading.Event()
+    delay, waited = 0.25, False
+    while not stop.is_set():
+        if broker_reachable(settings):
+            if waited:
+                log.warning("%s: broker %s is up", what, settings.broker)
+            return True
+        if not waited:
+            log.warning("%s: broker %s is not reachable; waiting for it", what, settings.broker)
+            waited = True
+        stop.wait(delay)
+        delay = min(settings.broker_retry_max_s, delay * 2)
+    return False
+
+
+class WaitingProducer:
+    """A :class:`ResilientProducer` that a service can hold before the broker is up.
+
+    Built at once when the broker answers; otherwise a background thread waits for it
+    (:func:`wait_for_broker`) and then builds the producer. Until then ``send`` raises
+    :class:`BrokerUnavailable` at once, so a listener answers "retry later" (HL7 AE, DICOM out of
+    resources) instead of exiting or blocking its port.
+    """
+
+    def __init__(self, settings: Settings, what: str) -> None:
+        self.settings, self.what = settings, what
+        self._producer: ResilientProducer | None = None
+        if broker_reachable(settings):  # the usual case: connected before the service answers anything
+            try:
+                self._producer = make_producer(settings)
+            except Exception:  # noqa: BLE001 - starting up: the thread below retries
+                pass
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._connect, name=f"{what}-broker", daemon=True)
+        if self._producer is None:
+            self._thread.start()
+
+    def _connect(self) -> None:
+        while wait_for_broker(self.settings, self.what, self._stop):
+            try:
+                producer = make_producer(self.settings)
+                if self._stop.is_set():  # closed meanwhile
+                    producer.close(0)
+                else:
+                    self._producer = producer
+                return
+            except Exception as exc:  # up but not answering yet (starting): try again shortly
+                log.warning("%s: broker %s not ready (%s)", self.what, self.settings.broker, type(exc).__name__)
+                self._stop.wait(self.settings.broker_retry_max_s)
+
+    @property
+    def connected(self) -> bool:
+        return self._producer is not None
+
+    def _ready(self) -> ResilientProducer:
+        if self._producer is None:
+            raise BrokerUnavailable(f"broker {self.settings.broker} unavailable")
+        return self._producer
+
+    def send(self, topic: str, key: bytes | None = None, value: bytes | None = None, **kwargs: Any) -> Any:
+        return self._ready().send(topic, key=key, value=value, **kwargs)
+
+    def flush(self, timeout: float | None = None) -> None:
+        if self._producer is not None:
+            self._producer.flush(timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5.0)
+        if self._producer is not None:
+            self._producer.close(timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ready(), name)
