@@ -56,8 +56,8 @@ from icuwatch.core.physionet_row import (
     VITAL_COLUMNS,
     VITALS,
     T,
+    normalised,
 )
-from icuwatch.core.physionet_row import normalised as _zscore
 from icuwatch.streams import patient_state
 
 ANALYTES: tuple[str, ...] = tuple(LAB_COLUMNS[c] for c in LABS)
@@ -111,7 +111,7 @@ def cohort_row(state: patient_state.PatientState, t: float, norm: dict) -> dict:
     arrays, the layouts of row ``i`` of ``stay_inputs``); ``norm`` is a model card's
     ``data.meta.norm``."""
     ffill, measured = _hourly_steps(state, t)
-    vitals = np.concatenate([_zscore(ffill, norm, "vitals"), measured], axis=1).astype(np.float32)
+    vitals = np.concatenate([normalised(ffill, norm, "vitals"), measured], axis=1).astype(np.float32)
 
     values = np.full(len(ANALYTES), np.nan)
     ever = np.zeros(len(ANALYTES), dtype=bool)
@@ -124,7 +124,7 @@ def cohort_row(state: patient_state.PatientState, t: float, norm: dict) -> dict:
         values[j], ever[j], since[j] = float(held[1]), True, _hours(t - held[0])
         newest_lab = held[0] if newest_lab is None else max(newest_lab, held[0])
     labs = np.stack(
-        [_zscore(values, norm, "labs"), ever, np.where(ever, np.log1p(since) / LAB_HOURS_SCALE, 0.0)], axis=1
+        [normalised(values, norm, "labs"), ever, np.where(ever, np.log1p(since) / LAB_HOURS_SCALE, 0.0)], axis=1
     )
     labs = labs.reshape(3 * len(ANALYTES)).astype(np.float32)
 

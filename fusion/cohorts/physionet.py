@@ -130,9 +130,6 @@ def fit_norm(stays: list[Stay]) -> dict:
     return out
 
 
-_zscore = normalised
-
-
 # --- one stay --------------------------------------------------------------------------------------
 
 
@@ -148,7 +145,7 @@ def stay_inputs(stay: Stay, norm: dict) -> dict:
     raw_v = _columns(stay, VITALS)
     measured_v = ~np.isnan(raw_v)
     ffill_v, last_v = _forward_fill(raw_v, measured_v)
-    vitals = step_windows(np.concatenate([_zscore(ffill_v, norm, "vitals"), measured_v], axis=1), T)
+    vitals = step_windows(np.concatenate([normalised(ffill_v, norm, "vitals"), measured_v], axis=1), T)
 
     raw_l = _columns(stay, LABS)
     measured_l = ~np.isnan(raw_l)
@@ -156,7 +153,7 @@ def stay_inputs(stay: Stay, norm: dict) -> dict:
     ever_l = last_l >= 0
     since_l = np.maximum(hour[:, None] - hour[np.maximum(last_l, 0)], 0.0)
     labs = np.stack(
-        [_zscore(ffill_l, norm, "labs"), ever_l, np.where(ever_l, np.log1p(since_l) / LAB_HOURS_SCALE, 0.0)], axis=2
+        [normalised(ffill_l, norm, "labs"), ever_l, np.where(ever_l, np.log1p(since_l) / LAB_HOURS_SCALE, 0.0)], axis=2
     )
     labs = labs.reshape(n, 3 * len(LABS)).astype(np.float32)
 
