@@ -27,7 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from icuwatch.api import routes, stream
+from icuwatch.api import feeds_routes, routes, stream
 from icuwatch.api.auth import OPERATOR_ROLES, Principal, current_user_header_or_query, require_roles
 from icuwatch.api.metrics import make_registry
 from icuwatch.core.settings import Settings, get_settings
@@ -70,13 +70,14 @@ async def _fhir_push_loop(app: FastAPI, interval_s: float = 2.0) -> None:
     from icuwatch.interfaces.fhir_push import FhirPusher, changed_alert_bundles
 
     pusher = FhirPusher(app.state.settings)
+    system = app.state.settings.fhir_patient_identifier_system
     await pusher.start()
     cursor: tuple = (datetime.now(timezone.utc), None)
     try:
         while True:
             try:
                 with app.state.sessions() as s:
-                    bundles, cursor = await run_in_threadpool(changed_alert_bundles, s, *cursor)
+                    bundles, cursor = await run_in_threadpool(changed_alert_bundles, s, *cursor, patient_system=system)
                 for bundle in bundles:
                     pusher.submit(bundle)
             except Exception:
@@ -267,6 +268,7 @@ def create_app(settings: Optional[Settings] = None, *, escalate: bool = True) ->
 
     app.include_router(routes.router)
     app.include_router(stream.router)
+    app.include_router(feeds_routes.router)
     from icuwatch.api.fhir_routes import router as fhir_router  # FHIR R4 search (/fhir)
 
     app.include_router(fhir_router)

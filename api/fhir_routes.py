@@ -9,9 +9,11 @@ rest of the API (401 without a valid one; every role may read).
 * ``GET /fhir/Flag?patient=<id>[&status=active|inactive][&_count=N]`` -- one Flag per alert.
 * ``GET /fhir/DetectedIssue?patient=<id>[&_count=N]`` -- one DetectedIssue per alert.
 
-``patient`` also accepts ``Patient/<id>``; ``_count`` (or ``limit``) defaults to 50, at most 1000;
-``total`` is the number of all matches. An unknown patient gives an empty searchset (FHIR search
-semantics), a missing ``patient`` a 400 OperationOutcome.
+``patient`` is the hospital's patient identifier (the ``identifier.value`` of every subject, whose
+system is ``ICUWATCH_FHIR_PATIENT_IDENTIFIER_SYSTEM``; ``Patient/<id>`` is accepted too); ``_count``
+(or ``limit``) defaults to 50, at most 1000; ``total`` is the number of all matches. An unknown
+patient gives an empty searchset (FHIR search semantics), a missing ``patient`` a 400
+OperationOutcome.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ def _search(
     count: int,
     build: Callable[[Session, AlertRow], dict[str, Any]],
     state_in: Optional[tuple[str, ...]] = None,
+    risk_only: bool = False,
 ) -> Response:
     if not patient:
         return _outcome(400, "the 'patient' search parameter is required")
@@ -72,6 +75,8 @@ def _search(
         q = select(AlertRow).where(AlertRow.patient_id == pid)
         if state_in is not None:
             q = q.where(AlertRow.state.in_(state_in))
+        if risk_only:  # a data-liveness alert assessed no risk
+            q = q.where(AlertRow.kind != fx.LIVENESS_KIND)
         total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
         rows = s.scalars(q.order_by(AlertRow.event_time.desc(), AlertRow.alert_id).limit(count))
         resources = [build(s, a) for a in rows]
@@ -82,6 +87,11 @@ def _search(
 _PATIENT = Query(None, description="Patient id (or Patient/<id>)")
 _COUNT = Query(None, alias="_count", ge=1, le=1000, description="page size (default 50)")
 _LIMIT = Query(None, ge=1, le=1000, description="same as _count")
+
+
+def _patient_system(request: Request) -> str:
+    """The EHR's patient identifier system every subject carries (``ICUWATCH_FHIR_PATIENT_IDENTIFIER_SYSTEM``)."""
+    return str(request.app.state.settings.fhir_patient_identifier_system)
 
 
 def _n(count: Optional[int], limit: Optional[int]) -> int:
@@ -101,7 +111,14 @@ def risk_assessments(
     limit: Optional[int] = _LIMIT,
     _: Principal = Depends(current_user),
 ) -> Response:
-    return _search(request, patient, _n(count, limit), lambda s, a: fx.risk_assessment(a, fx.score_for_alert(s, a)))
+    system = _patient_system(request)
+    return _search(
+        request,
+        patient,
+        _n(count, limit),
+        lambda s, a: fx.risk_assessment(a, fx.score_for_alert(s, a), patient_system=system),
+        risk_only=True,
+    )
 
 
 @router.get(
@@ -119,7 +136,8 @@ def flags(
     _: Principal = Depends(current_user),
 ) -> Response:
     states = {None: None, "active": ("raised", "acknowledged"), "inactive": ("resolved",)}[status]
-    return _search(request, patient, _n(count, limit), lambda s, a: fx.flag(a), states)
+    system = _patient_system(request)
+    return _search(request, patient, _n(count, limit), lambda s, a: fx.flag(a, patient_system=system), states)
 
 
 @router.get(
@@ -135,4 +153,5 @@ def detected_issues(
     limit: Optional[int] = _LIMIT,
     _: Principal = Depends(current_user),
 ) -> Response:
-    return _search(request, patient, _n(count, limit), lambda s, a: fx.detected_issue(a))
+    system = _patient_system(request)
+    return _search(request, patient, _n(count, limit), lambda s, a: fx.detected_issue(a, patient_system=system))

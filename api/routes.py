@@ -28,7 +28,7 @@ from icuwatch.storage.models import Score as ScoreRow
 router = APIRouter(prefix="/api", tags=["api"])
 
 AlertState = Literal["raised", "acknowledged", "resolved"]
-AlertKind = Literal["deterioration", "sepsis"]
+AlertKind = Literal["deterioration", "sepsis", "data_liveness"]
 
 _AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing or invalid bearer token"},
@@ -57,6 +57,9 @@ class Alert(BaseModel):
     news2: int
     qsofa: int
     model: str
+    model_version: Optional[str] = None
+    """The version of ``model`` whose score opened the episode (for a Triton model the version that
+    answered, e.g. "2"); null when unknown (the fallback rules, data liveness, older alerts)."""
     source: str
     state: AlertState
     event_time: datetime
@@ -71,6 +74,9 @@ class Alert(BaseModel):
     escalation_level: int = 0
     unit: Optional[str] = None
     bed: Optional[str] = None
+    admitted: bool = False
+    """Whether ADT has admitted the patient (an admission on record). False: the data came with no
+    ADT admission (taken in under ``ICUWATCH_UNADMITTED_DATA=accept``); the board says so."""
     contributions: Optional[dict[str, float]] = None
     """Per modality (vitals, waveforms, labs, cxr), its contribution to this alert's kind of risk
     in the score that opened it (rule model: risk minus the risk without that modality's data);
@@ -82,6 +88,11 @@ class Alert(BaseModel):
     """NEWS2 of the patient's newest score (``news2`` is the opening one)."""
     current_at: Optional[datetime] = None
     """Event time of the patient's newest score."""
+    current_model: Optional[str] = None
+    """Model of the patient's newest score (after a promotion or during a fallback it can differ
+    from the one that opened the episode)."""
+    current_model_version: Optional[str] = None
+    """Version of ``current_model`` that gave the newest score; null when unknown."""
 
 
 class AcknowledgeBody(BaseModel):
@@ -121,6 +132,8 @@ class Patient(BaseModel):
     sex: Optional[str] = None
     admitted_at: Optional[datetime] = None
     discharged_at: Optional[datetime] = None
+    admitted: bool = False
+    """Whether ADT has admitted the patient (``admitted_at`` set; see :class:`Alert`)."""
 
 
 class TimelineScore(BaseModel):
@@ -131,6 +144,8 @@ class TimelineScore(BaseModel):
     qsofa: int
     source: str
     model: str
+    model_version: Optional[str] = None
+    """The version of ``model`` that gave this score; null for the fallback rules and older scores."""
     staleness: dict[str, Optional[float]]
     """Per modality: seconds since its last message at this score, or null if never seen."""
     revision: int = 0
@@ -195,6 +210,7 @@ def alert_out(a: AlertRow, patient: Optional[PatientRow], current: Optional[Scor
         news2=a.news2,
         qsofa=a.qsofa,
         model=a.model,
+        model_version=a.model_version,
         source=a.source,
         state=a.state,
         event_time=a.event_time,
@@ -209,10 +225,13 @@ def alert_out(a: AlertRow, patient: Optional[PatientRow], current: Optional[Scor
         escalation_level=a.escalation_level or 0,
         unit=patient.unit if patient is not None else None,
         bed=patient.bed if patient is not None else None,
+        admitted=patient is not None and patient.admitted_at is not None,
         contributions=a.contributions,
         current_risk=getattr(current, f"{a.kind}_risk", None) if current is not None else None,
         current_news2=current.news2 if current is not None else None,
         current_at=current.event_time if current is not None else None,
+        current_model=current.model if current is not None else None,
+        current_model_version=current.model_version if current is not None else None,
     )
 
 
@@ -347,7 +366,9 @@ def timeline(
         if patient is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no patient {patient_id!r}")
         return Timeline(
-            patient=Patient.model_validate(patient, from_attributes=True),
+            patient=Patient.model_validate(patient, from_attributes=True).model_copy(
+                update={"admitted": patient.admitted_at is not None}
+            ),
             scores=[TimelineScore.model_validate(x, from_attributes=True) for x in t["scores"]],
             alerts=alerts_out(s, t["alerts"]),
             truncated=bool(t.get("truncated", False)),

@@ -65,6 +65,55 @@ def lead_times(alerts: list[dict], truth: list[dict]) -> list[dict]:
     return out
 
 
+def model_key(model: str, version: str | None) -> str:
+    """``<name>/<version>``, or the name alone for a model without a version (the fallback rules)."""
+    return f"{model}/{version}" if version else model
+
+
+def score_counts(rows) -> dict:
+    """Stored scores as the summary reports them, from ``(model, model_version, source, count)``
+    rows: ``{"by_model": {"<name>/<version>": n, ...}, "triton": n, "fallback": n}``."""
+    by_model: dict[str, int] = {}
+    by_source = {"triton": 0, "fallback": 0}
+    for model, version, source, count in rows:
+        key = model_key(model, version)
+        by_model[key] = by_model.get(key, 0) + int(count)
+        by_source[source] = by_source.get(source, 0) + int(count)
+    return {"by_model": dict(sorted(by_model.items())), **by_source}
+
+
+def read_back(session, prefix: str) -> tuple[list[dict], dict]:
+    """What the run stored, for the summary: its alerts (each with the model and version that opened
+    it) and its scores counted by model and by source (:func:`score_counts`)."""
+    from sqlalchemy import func, select
+
+    from icuwatch.storage import repository
+    from icuwatch.storage.models import Score
+
+    alerts = [
+        {
+            "alert_id": a.alert_id,
+            "patient_id": a.patient_id,
+            "kind": a.kind,
+            "risk": round(a.risk, 3),
+            "model": a.model,
+            "model_version": a.model_version,
+            "source": a.source,
+            "event_time": a.event_time.timestamp(),
+        }
+        for a in repository.list_alerts(session, limit=10_000)
+        if a.patient_id.startswith(prefix)
+    ]
+    scores = score_counts(
+        session.execute(
+            select(Score.model, Score.model_version, Score.source, func.count())
+            .where(Score.patient_id.startswith(prefix))
+            .group_by(Score.model, Score.model_version, Score.source)
+        ).all()
+    )
+    return alerts, scores
+
+
 def describe(summary: dict) -> str:
     """What happened and where to look, for a person (the JSON line is for machines)."""
     p = summary["patients"]
@@ -75,14 +124,16 @@ def describe(summary: dict) -> str:
         f"({', '.join(f'{k} {v}' for k, v in summary['produced'].items())})",
         f"  processed by the worker: {summary['processed']}, dead-lettered: {summary['deadlettered']}, "
         f"produced but never taken by the worker: {summary['not_taken']}",
-        f"  scores stored: {summary['scores']['triton']} via Triton, {summary['scores']['fallback']} by fallback rules",
+        f"  scores stored: {summary['scores']['triton']} via Triton, {summary['scores']['fallback']} by fallback rules "
+        f"({', '.join(f'{k} {v}' for k, v in summary['scores']['by_model'].items()) or 'none'})",
         f"  patients: {p['total']}, deteriorating {p['deteriorating']}, of which alerted {p['deteriorating_alerted']}; "
         f"stable patients alerted: {p['stable_alerted']}",
     ]
     for a in summary["alerts"]:
         lag = a["minutes_after_onset"]
         when = "no onset (stable)" if lag is None else f"{lag:+.1f} min after the simulated onset"
-        lines.append(f"  ALERT {a['kind']:<13} {a['patient_id']} ({a['true_condition']}), {when}")
+        model = model_key(a["model"], a.get("model_version"))
+        lines.append(f"  ALERT {a['kind']:<13} {a['patient_id']} ({a['true_condition']}), {when}, by {model}")
     lines += [
         f"  database: {summary['database']} (tables patients, scores, alerts)",
         f"  ground truth: {summary['ground_truth']}",
@@ -102,14 +153,11 @@ def describe(summary: dict) -> str:
 def run_demo(
     settings: Settings, minutes: float, patients: int, speed: float, seed: int, keep_stack: bool = True
 ) -> dict:
-    from sqlalchemy import func, select
-
     from icuwatch.deploy import stack
     from icuwatch.deploy.worker_process import start_worker, stop_worker
     from icuwatch.sources.simulator import Simulation
     from icuwatch.sources.simulator.producer import publish, write_ground_truth
-    from icuwatch.storage import db, repository
-    from icuwatch.storage.models import Score
+    from icuwatch.storage import db
     from icuwatch.streams.kafka.producer import make_producer
 
     print("icuwatch demo: starting broker, tritonserver and database ...", file=sys.stderr)
@@ -152,23 +200,7 @@ def run_demo(
 
     sessions = db.session_factory(db.make_engine(settings.database_url))
     with sessions() as session:
-        alerts = [
-            {
-                "alert_id": a.alert_id,
-                "patient_id": a.patient_id,
-                "kind": a.kind,
-                "risk": round(a.risk, 3),
-                "source": a.source,
-                "event_time": a.event_time.timestamp(),
-            }
-            for a in repository.list_alerts(session, limit=10_000)
-            if a.patient_id.startswith(prefix)
-        ]
-        scores = dict(
-            session.execute(
-                select(Score.source, func.count()).where(Score.patient_id.startswith(prefix)).group_by(Score.source)
-            ).all()
-        )
+        alerts, scores = read_back(session, prefix)
     from icuwatch.deploy import api_server
     from icuwatch.storage.tokens import issue_token
 
@@ -193,7 +225,7 @@ def run_demo(
         "deadlettered": stats.get("deadlettered", 0),
         "duplicates_ignored": stats.get("duplicates", 0),
         "not_taken": max(0, produced_total - stats.get("processed", 0) - stats.get("deadlettered", 0)),
-        "scores": {"triton": scores.get("triton", 0), "fallback": scores.get("fallback", 0)},
+        "scores": scores,
         "patients": {
             "total": len(truth),
             "deteriorating": len(sick),

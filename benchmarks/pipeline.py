@@ -234,7 +234,9 @@ def _stored(settings: Settings) -> tuple[list[tuple[float, float]], list[dict]]:
                 "event_time": a.event_time.timestamp(),
                 "stored_at": a.stored_at.timestamp(),
             }
-            for a in session.execute(select(Alert).where(Alert.patient_id.startswith(PREFIX))).scalars()
+            for a in session.execute(
+                select(Alert).where(Alert.patient_id.startswith(PREFIX), Alert.kind != "data_liveness")
+            ).scalars()
         ]
     engine.dispose()
     return scores, alerts

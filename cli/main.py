@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "train",
     "distill",
     "export_triton",
+    "models",
     "cxr",
     "api",
     "hl7",

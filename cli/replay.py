@@ -39,9 +39,10 @@ def _replay_psv(args: argparse.Namespace) -> int:
 
 
 def _replay_wfdb(args: argparse.Namespace) -> int:
-    from icuwatch.sources.wfdb_records import read_header, replay_wfdb
+    from icuwatch.sources.wfdb_records import read_header, record_patient_id, replay_wfdb
 
     read_header(args.record)  # before connecting to the broker
+    record_patient_id(args.record, args.patient_id)  # a record name that is no patient id: say so now
     producer = _producer()
     try:
         counts = replay_wfdb(
@@ -127,7 +128,11 @@ def register(subparsers) -> None:
         default=None,
         help="start, epoch s, when the record has no usable date (default 2020-01-01T00:00Z)",
     )
-    q.add_argument("--patient-id", default=None, help="default: the record name")
+    q.add_argument(
+        "--patient-id",
+        default=None,
+        help="the patient id, exactly (letters, digits, '_', '.', '-'; at most 64); default: the record name",
+    )
     q.add_argument(
         "--nan",
         choices=["drop", "interpolate"],

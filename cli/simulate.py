@@ -10,9 +10,9 @@ from icuwatch.core.settings import get_settings
 
 
 def _default_start(args: argparse.Namespace) -> float:
-    """Now; through the HL7 listener, which refuses observation times ahead of its clock, the
-    simulated hours end now instead, so a run faster than real time never gets ahead of the clock."""
-    return time.time() - (args.hours * 3600.0 if args.via == "hl7" else 0.0)
+    """Now; through the HL7 or DICOM listener, which refuse observation times ahead of their clock,
+    the simulated hours end now instead, so a run faster than real time never gets ahead of the clock."""
+    return time.time() - (args.hours * 3600.0 if args.via in ("hl7", "dicom") else 0.0)
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -58,7 +58,7 @@ def register(subparsers) -> None:
         "--start",
         type=float,
         default=None,
-        help="simulated start, epoch seconds (default: now; with --via hl7, now minus --hours)",
+        help="simulated start, epoch seconds (default: now; with --via hl7 or dicom, now minus --hours)",
     )
     p.add_argument("--prefix", default="sim", help="patient id prefix")
     p.add_argument("--truth", default=None, help="where to write the ground truth JSON")

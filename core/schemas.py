@@ -36,16 +36,29 @@ class SchemaError(ValueError):
         self.reason = reason
 
 
-def sanitize_patient_id(raw: object) -> str:
-    """A hospital identifier (HL7 PID-3, DICOM PatientID, a record name) as a v1 patient id: spaces
-    around it stripped, any character outside ``[A-Za-z0-9_.-]`` replaced by ``_``. Empty or longer
-    than 64 characters is a :class:`SchemaError`: truncating could make two patients one."""
-    text = str(raw or "").strip()
-    pid = re.sub(r"[^A-Za-z0-9_.\-]", "_", text)
+_PATIENT_ID_DISALLOWED = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+def check_patient_id(raw: object) -> str:
+    """A hospital identifier (HL7 PID-3, DICOM PatientID, a record name) as the v1 patient id,
+    exactly as given: only the spaces around it are stripped (DICOM and HL7 pad values with them).
+
+    Never rewritten: an identifier the id pattern (``[A-Za-z0-9_.-]{1,64}``) cannot hold is a
+    :class:`SchemaError` saying what is wrong (empty; too long; the first character not allowed
+    and its 1-based position), never echoing the identifier. Rewriting it (``MRN 1001`` and
+    ``MRN/1001`` both to ``MRN_1001``) or truncating it could make two patients one, and the
+    EHR would not know the rewritten id."""
+    pid = ("" if raw is None else str(raw)).strip(" ")
     if not pid:
-        raise SchemaError("empty patient identifier")
+        raise SchemaError("patient identifier is empty")
     if len(pid) > 64:
-        raise SchemaError("patient identifier longer than 64 characters")
+        raise SchemaError(f"patient identifier is {len(pid)} characters, at most 64")
+    bad = _PATIENT_ID_DISALLOWED.search(pid)
+    if bad is not None:
+        raise SchemaError(
+            f"patient identifier has {bad.group()!r} at position {bad.start() + 1} "
+            "(allowed: letters, digits, '_', '.', '-')"
+        )
     return pid
 
 
@@ -225,15 +238,26 @@ contributed to one risk: a leave-one-modality-out risk difference (rule model) o
 weight; finite, in [-1, 1]. Layout and meaning: :data:`icuwatch.core.features.CONTRIBUTIONS_SHAPE`."""
 
 
-AlertKind = Literal["deterioration", "sepsis"]
+AlertKind = Literal["deterioration", "sepsis", "data_liveness"]
+"""``data_liveness``: a monitored patient's vital signs stopped arriving (monitor off, network
+down); ``episode_start`` is when the last one arrived, ``risk``/``news2``/``qsofa`` are 0."""
 ScoreSource = Literal["triton", "fallback"]
 """Where a score came from: the served model, or the in-process rules while Triton is unreachable."""
+AlertSource = Literal["triton", "fallback", "liveness"]
+"""A risk alert's score source, or ``liveness`` (the worker's data-liveness check)."""
+ModelVersion = Annotated[str, Field(min_length=1, max_length=64)]
+"""The version of the model that gave a score, as its server names it: for a Triton model the
+version directory that answered (``ModelInferResponse.model_version``, e.g. ``"2"``). Optional on
+scores and alerts (added without a version bump, like ``contributions``: a message without it is
+still valid v1 and reads as "unknown"); the in-process fallback rules (model ``rules_v1``) have none."""
 
 
 class Score(Message):
     """A risk score for one patient at ``event_time`` (using only data with event time <= it)."""
 
     model: str
+    model_version: ModelVersion | None = None
+    """The served version of ``model`` that gave this score (see :data:`ModelVersion`)."""
     source: ScoreSource
     deterioration_risk: Annotated[float, Field(ge=0, le=1)]
     sepsis_risk: Annotated[float, Field(ge=0, le=1)]
@@ -272,7 +296,9 @@ class Alert(Message):
     news2: Annotated[int, Field(ge=0, le=20)]
     qsofa: Annotated[int, Field(ge=0, le=3)]
     model: str
-    source: ScoreSource
+    model_version: ModelVersion | None = None
+    """The version of ``model`` whose score opened the episode (see :data:`ModelVersion`)."""
+    source: AlertSource
     episode_start: EventTime
     raised_at: EventTime
     """Wall-clock time the alert was raised."""

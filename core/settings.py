@@ -122,6 +122,18 @@ class Settings(BaseSettings):
     (the risk has not come down), the worker closes that episode at its next score of the patient
     and opens a new one (a new alert) once the risk has stayed at or above 'on' for
     ``alert_confirm`` scores and this many event-time seconds have passed since that score."""
+    silence_vitals_s: float = 300.0
+    """Data liveness: a patient whose vital signs have not arrived for this many wall seconds is
+    "silent" on the board and patient page, and gets a ``data_liveness`` alert (monitor off,
+    network down) with the same lifecycle as a risk alert. 0: not watched."""
+    silence_waveforms_s: float = 300.0
+    """The same for waveform chunks (shown, no alert of its own). 0: not watched."""
+    silence_labs_s: float = 86400.0
+    """The same for lab results (shown, no alert). 0: not watched."""
+    silence_cxr_s: float = 0.0
+    """The same for chest X-rays (shown, no alert). 0: not watched (days apart is normal)."""
+    liveness_check_s: float = 15.0
+    """How often the worker checks every patient's data liveness and stores when data last arrived."""
     alert_escalate_after_s: float = 300.0
     """An alert left unacknowledged this long (wall clock) is escalated, and again every as long."""
 
@@ -148,11 +160,24 @@ class Settings(BaseSettings):
     dicom_port: int = 11112
     dicom_ae_title: str = "ICUWATCH"
     """The SCP's AE title; associations calling any other title are rejected."""
-    dicom_require_admitted: bool = True
-    """Refuse DICOM objects whose PatientID is not a patient ADT admitted (``patients`` table)."""
     dicom_broker_timeout_s: float = 30.0
     """How long the SCP waits for the broker to confirm an ``icu.cxr`` message before refusing."""
 
+    patient_id_authority: str = ""
+    """This site's assigning authority of patient identifiers (HL7 PID-3.4, its first subcomponent;
+    DICOM IssuerOfPatientID). Set: an identifier another authority assigned is refused, one without
+    an authority is taken as this site's. Unset (default): not checked -- for a site whose HL7 and
+    DICOM feeds carry one hospital's identifiers only."""
+    unadmitted_data: Literal["accept", "refuse"] = "accept"
+    """Data (HL7 ORU, DICOM images) about a patient ADT never admitted, or discharged before the
+    observation; one policy for both listeners. ``accept`` (default): taken in and scored, and the
+    board shows "no ADT admission" (refusing it would silence a real patient whenever the ADT feed
+    is late or down). ``refuse``: HL7 AE (not known / no admission: retry, the ADT may be late) or AR
+    (discharged before the observation), DICOM 0xC001; both look the patient up in the database's
+    ``patients`` table (``interfaces/patient_directory.py``)."""
+    fhir_patient_identifier_system: str = "urn:icuwatch:patient"
+    """The identifier system (URI) of the hospital's patient identifiers in the EHR (its MRN system):
+    every FHIR resource's subject is the logical reference ``{system, value: patient id}``."""
     fhir_endpoint: str | None = None
     """FHIR R4 base URL that each alert's transaction Bundle is pushed to; unset: no push."""
     fhir_token: str | None = None
@@ -176,6 +201,15 @@ class Settings(BaseSettings):
     """IANA zone for HL7 timestamps sent without a UTC offset."""
     hl7_ack_timeout_s: float = 30.0
     """How long the HL7 listener waits for the broker's acknowledgement before answering AE."""
+
+    def silence_after_s(self) -> dict[str, float]:
+        """Per modality, seconds without data after which it counts as silent (0: not watched)."""
+        return {
+            "vitals": self.silence_vitals_s,
+            "waveforms": self.silence_waveforms_s,
+            "labs": self.silence_labs_s,
+            "cxr": self.silence_cxr_s,
+        }
 
     @property
     def log_dir(self) -> Path:

@@ -5,6 +5,11 @@ The repository is ``settings.triton_model_repository`` when set, else ``MODEL_RE
 ``settings.triton_extra_repositories`` (or ``start(..., extra_repositories=...)``) adds more, e.g. the
 fusion models ``icuwatch export-triton`` writes to ``var/triton/models``. Unset, nothing changes.
 
+Explicit model control (``--model-control-mode=explicit --load-model=*``): every model of the
+repositories loads at start, as before, and ``icuwatch models promote|rollback``
+(``deploy/triton_models.py``) switches a model's served version on the running server through the
+load API; ``start`` serves each pinned version again after a restart.
+
 Two fixes from shared/DESIGN.md: the backend directory must hold a *symlink* to the python-3.11
 stub (it finds its bundled libraries relative to its real path), and ``LD_LIBRARY_PATH`` must start
 with this interpreter's LIBDIR, else the stub links the system libpython and models fail.
@@ -21,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from icuwatch.core.settings import Settings
-from icuwatch.deploy import processes
+from icuwatch.deploy import processes, triton_models
 from icuwatch.serving import MODEL_REPOSITORY
 
 NAME = "triton"
@@ -77,9 +82,12 @@ def start(
     if processes.port_open(host, grpc_port):
         raise RuntimeError(f"{host}:{grpc_port} is taken by a process this stack did not start")
     server = _pytriton_server_dir() / "bin" / "tritonserver"
+    repos = repositories(settings, model_repository, extra_repositories)
     argv = [
         str(server),
-        *(f"--model-repository={repo}" for repo in repositories(settings, model_repository, extra_repositories)),
+        *(f"--model-repository={repo}" for repo in repos),
+        "--model-control-mode=explicit",
+        "--load-model=*",
         f"--backend-directory={backend_directory(settings)}",
         f"--grpc-address={host}",
         f"--grpc-port={grpc_port}",
@@ -96,8 +104,11 @@ def start(
         "ICUWATCH_SITE_PACKAGES": sysconfig.get_paths()["purelib"],
     }
     processes.spawn(settings, NAME, argv, env)
+    triton_models.record_repositories(settings, repos)
     processes.wait_for_port(host, grpc_port, 60.0, NAME, settings)
     wait_ready(settings, timeout_s=timeout_s, models=ready_models)
+    for line in triton_models.reapply_pins(settings):
+        print(f"tritonserver: {line}", file=sys.stderr)
 
 
 def wait_ready(settings: Settings, timeout_s: float, models: Sequence[str] | None = None) -> None:

@@ -15,22 +15,28 @@ The message
     = now; ``study_id`` = ``StudyInstanceUID/SOPInstanceUID`` (two views of one study are two
     messages; a PACS resending the same instance gives the same id, which the worker ignores);
     ``view`` from ViewPosition; ``report`` from ImageComments. The patient is ``PatientID``
-    sanitised to the schema's id pattern (:func:`sanitise_patient_id`) and, with
-    ``ICUWATCH_DICOM_REQUIRE_ADMITTED`` (default true), must be a patient ADT admitted (the
-    ``patients`` table) and not discharged before the acquisition.
+    exactly as sent (:func:`patient_id_of`): one the v1 id cannot hold (a space, '/', '\\', over
+    64 characters) is refused saying what is wrong, never rewritten; with
+    ``ICUWATCH_PATIENT_ID_AUTHORITY`` set, an IssuerOfPatientID (0010,0021) naming another
+    authority is refused. A patient ADT never admitted, or discharged before the acquisition:
+    ``ICUWATCH_UNADMITTED_DATA`` decides, one policy with the HL7 listener
+    (:mod:`icuwatch.interfaces.patient_directory`): ``accept`` (default) stores it, ``refuse``
+    answers 0xC001.
 
 Statuses (PS3.4 Annex B, Storage Service Class)
     ``0x0000`` success: sent only once the broker acknowledged the message (acks=all, future
     ``.get(timeout)``).
     ``0xA700`` Refused, out of resources: the broker did not confirm in
-    ``ICUWATCH_DICOM_BROKER_TIMEOUT_S``; transient, the sender should retry. (The producer may
-    still deliver it later; a resend has the same study_id and is ignored by the worker.)
+    ``ICUWATCH_DICOM_BROKER_TIMEOUT_S``, or (under ``refuse``) the database could not be asked;
+    transient, the sender should retry. (The producer may still deliver it later; a resend has the
+    same study_id and is ignored by the worker.)
     ``0xA900`` Error, data set does not match SOP class: not a chest X-ray (other storage class,
     modality or body part), or the dataset's SOPClassUID differs from the request's.
     ``0xC000`` Error, cannot understand: unreadable/corrupt dataset, pixel data that cannot be
     decoded, no usable acquisition time.
-    ``0xC001`` Error, cannot understand (patient): no usable PatientID, or the patient is not known
-    to ADT / not admitted.
+    ``0xC001`` Error, cannot understand (patient): no usable PatientID (the reason says what is
+    wrong with it), another site's IssuerOfPatientID, or (under ``refuse``) a patient not known to
+    ADT / not admitted / discharged before the acquisition.
     Every refusal carries an ErrorComment, is written to ``icu.deadletter`` (``topic`` "dicom",
     the reason, the original Part 10 bytes base64 when under 256 KB, else a note) and is logged
     without patient identifiers (reason, storage class, modality, sizes only). A broker failure
@@ -43,6 +49,7 @@ import base64
 import hashlib
 import io
 import logging
+import os
 import re
 import threading
 import time
@@ -61,6 +68,10 @@ from pydicom.valuerep import DA, DT, TM
 
 from icuwatch.core import schemas, topics
 from icuwatch.core.settings import Settings
+from icuwatch.interfaces.clock import TimeWindow
+from icuwatch.streams.kafka.producer import LIVE_HEADER
+
+from .patient_directory import DirectoryUnavailable, PatientDirectory
 
 log = logging.getLogger(__name__)
 
@@ -140,14 +151,22 @@ def is_chest_xray(ds: Dataset) -> bool:
     )
 
 
-def sanitise_patient_id(raw: Any) -> str | None:
-    """PatientID as the schemas' id (``[A-Za-z0-9_.-]{1,64}``): surrounding spaces stripped, any
-    other character replaced by ``_`` (the rule the WFDB replay uses). None when empty or longer
-    than 64 characters (truncating could match another patient)."""
+def patient_id_of(ds: Dataset, authority: str = "") -> str:
+    """PatientID exactly as sent (:func:`schemas.check_patient_id`: padding spaces stripped, never
+    rewritten); :class:`Refused` 0xC001 saying what is wrong with it. With ``authority``
+    (``settings.patient_id_authority``) set, an IssuerOfPatientID naming another authority is
+    refused; one without an issuer is taken as this site's."""
+    value = ds.get("PatientID")
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        value = "\\".join(str(v) for v in value)  # a backslash (DICOM's value separator): refused below
     try:
-        return schemas.sanitize_patient_id(raw)
-    except schemas.SchemaError:
-        return None
+        pid = schemas.check_patient_id(value)
+    except schemas.SchemaError as exc:  # ErrorComment holds 64 characters: the field name leads
+        raise Refused(STATUS_UNKNOWN_PATIENT, exc.reason.replace("patient identifier", "PatientID", 1)) from None
+    issuer = _text(ds, "IssuerOfPatientID")
+    if authority and issuer and issuer != authority:
+        raise Refused(STATUS_UNKNOWN_PATIENT, f"IssuerOfPatientID {issuer[:40]!r} is not this site's")
+    return pid
 
 
 def _offset(text: str) -> timezone | None:
@@ -320,40 +339,6 @@ def dataset_to_cxr(ds: Dataset, patient_id: str, arrival_time: float | None = No
         raise Refused(STATUS_CANNOT_UNDERSTAND, f"icu.cxr v1: {where}: {first.get('msg')}") from None
 
 
-# --- patients --------------------------------------------------------------------------------
-
-
-class PatientDirectory:
-    """Who ADT admitted, from the ``patients`` table (one short read per object)."""
-
-    def __init__(self, database_url: str) -> None:
-        from icuwatch.storage import db
-
-        self.engine = db.make_engine(database_url)
-        self.sessions = db.session_factory(self.engine)
-
-    def check(self, patient_id: str, event_time: float) -> str | None:
-        """None if the patient is admitted (admitted_at set, and not discharged before
-        ``event_time``); otherwise the reason, without the id."""
-        from sqlalchemy import select
-
-        from icuwatch.storage.models import Patient
-        from icuwatch.storage.repository import utc
-
-        with self.sessions() as session:
-            p = session.scalars(select(Patient).where(Patient.patient_id == patient_id)).first()
-        if p is None:
-            return "patient not known to ADT"
-        if p.admitted_at is None:
-            return "patient has no admission from ADT"
-        if p.discharged_at is not None and utc(p.discharged_at) < utc(event_time):
-            return "patient discharged before the acquisition"
-        return None
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-
 # --- the SCP ---------------------------------------------------------------------------------
 
 
@@ -379,8 +364,8 @@ class StoreResult:
 
 class CxrStoreSCP:
     """The C-STORE SCP. ``producer`` is a kafka-python producer (default: ``make_producer``);
-    ``patients`` a :class:`PatientDirectory` (default: settings' database, only when admission
-    is required)."""
+    ``patients`` a :class:`~icuwatch.interfaces.patient_directory.PatientDirectory` (default: one
+    on settings' database, made only under ``unadmitted_data=refuse``)."""
 
     def __init__(
         self,
@@ -391,13 +376,13 @@ class CxrStoreSCP:
         ae_title: str | None = None,
         producer: Any = None,
         patients: PatientDirectory | None = None,
-        require_admitted: bool | None = None,
     ) -> None:
         self.settings = settings
         self.host = host if host is not None else settings.dicom_host
         self.port = port if port is not None else settings.dicom_port
         self.ae_title = ae_title or settings.dicom_ae_title
-        self.require_admitted = settings.dicom_require_admitted if require_admitted is None else require_admitted
+        self.authority = settings.patient_id_authority.strip()
+        self.refuse_unadmitted = settings.unadmitted_data == "refuse"
         self.timeout_s = settings.dicom_broker_timeout_s
         self._own_producer = producer is None
         if producer is None:
@@ -405,10 +390,8 @@ class CxrStoreSCP:
 
             producer = WaitingProducer(settings, "dicom")  # starts without the broker, connects when it is up
         self.producer = producer
-        self._own_patients = patients is None and self.require_admitted
-        self.patients = (
-            patients if patients is not None or not self.require_admitted else PatientDirectory(settings.database_url)
-        )
+        self._own_patients = patients is None and self.refuse_unadmitted
+        self.patients = PatientDirectory(settings.database_url) if self._own_patients else patients
         self.counts: Counter = Counter()
         self._lock = threading.Lock()
         self.server = None
@@ -447,7 +430,11 @@ class CxrStoreSCP:
                 raise Refused(STATUS_CANNOT_UNDERSTAND, f"unreadable dataset ({type(exc).__name__})") from None
             if truncated:
                 raise Refused(STATUS_CANNOT_UNDERSTAND, f"unreadable dataset (element {truncated} truncated)")
-            pid = sanitise_patient_id(ds.get("PatientID"))  # dead letters are keyed by it
+            try:
+                pid = patient_id_of(ds, self.authority)  # dead letters are keyed by it
+                bad_pid = None
+            except Refused as refusal:
+                pid, bad_pid = None, refusal
             requested = str(event.request.AffectedSOPClassUID)
             if requested not in CXR_SOP_CLASSES:
                 raise Refused(STATUS_NOT_CXR, f"storage class {_uid_name(requested)} is not a chest X-ray")
@@ -459,14 +446,21 @@ class CxrStoreSCP:
                     "not a chest X-ray (modality "
                     f"{_text(ds, 'Modality') or '-'}, body part {_text(ds, 'BodyPartExamined') or '-'})",
                 )
-            if pid is None:
-                raise Refused(STATUS_UNKNOWN_PATIENT, "no usable PatientID")
+            if bad_pid is not None or pid is None:
+                raise bad_pid or Refused(STATUS_UNKNOWN_PATIENT, "no usable PatientID")
             try:
                 event_time = acquisition_time(ds)
             except ValueError as exc:
                 raise Refused(STATUS_CANNOT_UNDERSTAND, str(exc)) from None
-            if self.require_admitted:
-                why = self.patients.check(pid, event_time)
+            window = TimeWindow(time.time(), self.settings.live_max_future_s, self.settings.live_max_age_s)
+            if (problem := window.problem(event_time)) is not None:
+                raise Refused(STATUS_CANNOT_UNDERSTAND, f"acquisition time {problem}")
+            if self.refuse_unadmitted and self.patients is not None:
+                try:
+                    why = self.patients.check(pid, event_time)
+                except DirectoryUnavailable as exc:
+                    log.warning("DICOM: %s", exc)
+                    return StoreResult(STATUS_OUT_OF_RESOURCES, str(exc))
                 if why:
                     raise Refused(STATUS_UNKNOWN_PATIENT, why)
             msg = dataset_to_cxr(ds, pid)
@@ -479,7 +473,9 @@ class CxrStoreSCP:
             self._dead_letter(event, pid, reason)
             return StoreResult(STATUS_CANNOT_UNDERSTAND, reason)
         try:
-            self.producer.send(topics.CXR, key=msg.key(), value=msg.to_bytes()).get(timeout=self.timeout_s)
+            self.producer.send(topics.CXR, key=msg.key(), value=msg.to_bytes(), headers=[LIVE_HEADER]).get(
+                timeout=self.timeout_s
+            )
         except Exception as exc:  # noqa: BLE001 - KafkaTimeoutError, KafkaError, ...
             return StoreResult(STATUS_OUT_OF_RESOURCES, f"broker did not confirm ({type(exc).__name__})")
         return StoreResult(STATUS_SUCCESS)
@@ -586,12 +582,19 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None, 
     """Run the SCP until interrupted (``icuwatch dicom-listen``)."""
     scp = CxrStoreSCP(settings, host=host, port=port, ae_title=ae_title)
     scp.start(block=False)
+    if os.environ.get("ICUWATCH_DICOM_REQUIRE_ADMITTED") is not None:
+        log.warning(
+            "ICUWATCH_DICOM_REQUIRE_ADMITTED is no longer read: ICUWATCH_UNADMITTED_DATA (accept|refuse) "
+            "decides for HL7 and DICOM alike (now %s)",
+            settings.unadmitted_data,
+        )
     log.warning(
-        "DICOM C-STORE SCP %s listening on %s:%d (require admitted: %s)",
+        "DICOM C-STORE SCP %s listening on %s:%d (unadmitted data: %s; patient id authority: %s)",
         scp.ae_title,
         scp.host,
         scp.port,
-        scp.require_admitted,
+        settings.unadmitted_data,
+        scp.authority or "not checked",
     )
     try:
         while True:

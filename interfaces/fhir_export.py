@@ -28,13 +28,20 @@ Identity: every resource of an alert carries ``identifier`` = (:data:`ALERT_IDEN
 alert id) and a deterministic logical id (:func:`resource_id`), so pushing the same alert twice
 updates rather than duplicates (see :mod:`icuwatch.interfaces.fhir_push`).
 
+The patient: every ``subject`` (``patient`` of a DetectedIssue) is a logical reference by
+identifier only, ``{"type": "Patient", "identifier": {"system": <the EHR's MRN system>, "value":
+<the hospital's identifier, exactly as PID-3 / PatientID gave it>}}`` (:func:`subject`). The system
+is ``settings.fhir_patient_identifier_system`` (``ICUWATCH_FHIR_PATIENT_IDENTIFIER_SYSTEM``), passed
+in by the callers as ``patient_system``. No ``Patient/<id>`` literal reference: icuwatch does not
+know the EHR's logical ids, and guessing one from the MRN points at a resource the EHR lacks (or
+another patient's).
+
 Not for clinical use: every resource is tagged ``not-for-clinical-use`` in ``meta.tag``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 import uuid
 from datetime import datetime
 from typing import Any, Mapping, Optional
@@ -53,12 +60,17 @@ from icuwatch.storage.repository import utc
 ALERT_IDENTIFIER_SYSTEM = "urn:icuwatch:alert"
 """Identifier system of the resources made from an alert; the value is the alert id."""
 PATIENT_IDENTIFIER_SYSTEM = "urn:icuwatch:patient"
-"""Identifier system of icuwatch's patient ids (also given in every subject reference)."""
+"""Default identifier system of the patient ids in subject references (the settings' default of
+``fhir_patient_identifier_system``; a site sets its EHR's MRN system URI)."""
 MODEL_SYSTEM = "urn:icuwatch:model"
 TAG_SYSTEM = "urn:icuwatch:tag"
 _UUID_NAMESPACE = uuid.UUID("5b0f5c8e-6a57-4c1f-9d1e-1c2b7e0a1c55")
 
 OUTCOME_TEXT = {"deterioration": "clinical deterioration", "sepsis": "sepsis"}
+LIVENESS_KIND = "data_liveness"
+"""An alert that the patient's vital signs stopped arriving: no risk was assessed, so it has a Flag
+and a DetectedIssue but no RiskAssessment."""
+LIVENESS_TEXT = "icuwatch: no vital signs received (monitor off or network down?)"
 """``prediction[0].outcome.text`` per alert kind."""
 
 RESOURCE_TYPES = ("RiskAssessment", "Flag", "DetectedIssue")
@@ -195,16 +207,10 @@ def _identifier(alert_id: str) -> list[dict[str, str]]:
     return [{"system": ALERT_IDENTIFIER_SYSTEM, "value": alert_id}]
 
 
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-
-
-def _subject(patient_id: str) -> dict[str, Any]:
-    """``Patient/<id>`` plus the icuwatch patient identifier; a patient id FHIR ids cannot hold
-    (icuwatch allows '_') gives a logical reference by identifier only."""
-    ref: dict[str, Any] = {"type": "Patient", "identifier": {"system": PATIENT_IDENTIFIER_SYSTEM, "value": patient_id}}
-    if _FHIR_ID.match(patient_id):
-        ref["reference"] = f"Patient/{patient_id}"
-    return ref
+def subject(patient_id: str, patient_system: str = PATIENT_IDENTIFIER_SYSTEM) -> dict[str, Any]:
+    """The patient as a logical reference by identifier only: ``patient_system`` (the EHR's MRN
+    system) and the hospital's identifier exactly; no ``Patient/<id>`` (see the module doc)."""
+    return {"type": "Patient", "identifier": {"system": patient_system, "value": patient_id}}
 
 
 def _meta() -> dict[str, Any]:
@@ -270,9 +276,12 @@ def score_for_alert(session: Session, alert: Any) -> Optional[ScoreRow]:
 # -------------------------------------------------------------------------------------------- builders
 
 
-def risk_assessment(alert: Any, score: Any = None) -> dict[str, Any]:
+def risk_assessment(
+    alert: Any, score: Any = None, *, patient_system: str = PATIENT_IDENTIFIER_SYSTEM
+) -> dict[str, Any]:
     """A validated R4 RiskAssessment (as JSON dict) for ``alert`` (a storage row, a
-    ``schemas.Alert`` or a mapping) and the ``score`` it came from (row, schema or None).
+    ``schemas.Alert`` or a mapping) and the ``score`` it came from (row, schema or None);
+    ``patient_system``: the identifier system of the subject (:func:`subject`).
 
     ``occurrenceDateTime`` is the score's event time (the alert's when no score is given).
     """
@@ -309,7 +318,7 @@ def risk_assessment(alert: Any, score: Any = None) -> dict[str, Any]:
             "id": oid,
             "status": "final",
             "code": {"text": text},
-            "subject": _subject(pid),
+            "subject": subject(pid, patient_system),
             "effectiveDateTime": when,
             "valueInteger": int(value),
         }
@@ -326,7 +335,7 @@ def risk_assessment(alert: Any, score: Any = None) -> dict[str, Any]:
             "text": f"{model} via {source}",
         },
         "code": {"text": "ICU early warning risk"},
-        "subject": _subject(pid),
+        "subject": subject(pid, patient_system),
         "occurrenceDateTime": when,
         "basis": [
             {"reference": "#news2", "display": f"NEWS2 {news2}"},
@@ -344,7 +353,7 @@ def risk_assessment(alert: Any, score: Any = None) -> dict[str, Any]:
     return _dump(RiskAssessment.model_validate(ra))
 
 
-def flag(alert: Any) -> dict[str, Any]:
+def flag(alert: Any, *, patient_system: str = PATIENT_IDENTIFIER_SYSTEM) -> dict[str, Any]:
     """A validated R4 Flag: active while the alert is raised or acknowledged, inactive once
     resolved (``period.end`` = resolution time)."""
     alert_id = _get(alert, "alert_id")
@@ -371,23 +380,28 @@ def flag(alert: Any) -> dict[str, Any]:
                 ]
             }
         ],
-        "code": {"text": f"icuwatch: high risk of {OUTCOME_TEXT.get(kind, kind)}"},
-        "subject": _subject(_get(alert, "patient_id")),
+        "code": {
+            "text": LIVENESS_TEXT if kind == LIVENESS_KIND else f"icuwatch: high risk of {OUTCOME_TEXT.get(kind, kind)}"
+        },
+        "subject": subject(_get(alert, "patient_id"), patient_system),
         "period": period,
     }
     return _dump(Flag.model_validate(f))
 
 
-def detected_issue(alert: Any) -> dict[str, Any]:
+def detected_issue(alert: Any, *, patient_system: str = PATIENT_IDENTIFIER_SYSTEM) -> dict[str, Any]:
     """A validated R4 DetectedIssue (severity high) implicating the alert's RiskAssessment;
     ``preliminary`` until acknowledged or resolved, then ``final``."""
     alert_id = _get(alert, "alert_id")
     kind = _get(alert, "kind")
     state = _get(alert, "state") or "raised"
-    detail = (
-        f"{OUTCOME_TEXT.get(kind, kind)} risk {float(_get(alert, 'risk')):.2f} "
-        f"(NEWS2 {_get(alert, 'news2')}, qSOFA {_get(alert, 'qsofa')}), state {state}"
-    )
+    if kind == LIVENESS_KIND:
+        detail = f"no vital signs received since {fhir_time(_get(alert, 'episode_start'))}, state {state}"
+    else:
+        detail = (
+            f"{OUTCOME_TEXT.get(kind, kind)} risk {float(_get(alert, 'risk')):.2f} "
+            f"(NEWS2 {_get(alert, 'news2')}, qSOFA {_get(alert, 'qsofa')}), state {state}"
+        )
     if _get(alert, "acknowledged_by"):
         detail += f"; acknowledged by {_get(alert, 'acknowledged_by')}"
     d = {
@@ -398,17 +412,23 @@ def detected_issue(alert: Any) -> dict[str, Any]:
         "status": "preliminary" if state == "raised" else "final",
         "code": {"text": f"icuwatch {kind} alert"},
         "severity": "high",
-        "patient": _subject(_get(alert, "patient_id")),
+        "patient": subject(_get(alert, "patient_id"), patient_system),
         "identifiedDateTime": fhir_time(_get(alert, "event_time")),
-        "implicated": [{"reference": f"RiskAssessment/{resource_id(alert_id)}"}],
         "detail": detail,
     }
+    if kind != LIVENESS_KIND:
+        d["implicated"] = [{"reference": f"RiskAssessment/{resource_id(alert_id)}"}]
     return _dump(DetectedIssue.model_validate(d))
 
 
-def resources_for_alert(alert: Any, score: Any = None) -> list[dict[str, Any]]:
-    """``[RiskAssessment, Flag, DetectedIssue]`` of one alert."""
-    return [risk_assessment(alert, score), flag(alert), detected_issue(alert)]
+def resources_for_alert(
+    alert: Any, score: Any = None, *, patient_system: str = PATIENT_IDENTIFIER_SYSTEM
+) -> list[dict[str, Any]]:
+    """``[RiskAssessment, Flag, DetectedIssue]`` of one alert (no RiskAssessment for a data-liveness one)."""
+    resources = [flag(alert, patient_system=patient_system), detected_issue(alert, patient_system=patient_system)]
+    if _get(alert, "kind") == LIVENESS_KIND:
+        return resources
+    return [risk_assessment(alert, score, patient_system=patient_system), *resources]
 
 
 def conditional_url(resource_type: str, alert_id: str) -> str:
@@ -416,7 +436,9 @@ def conditional_url(resource_type: str, alert_id: str) -> str:
     return f"{resource_type}?identifier={quote(ALERT_IDENTIFIER_SYSTEM + '|' + alert_id, safe=':|')}"
 
 
-def bundle_for_alert(alert: Any, score: Any = None, *, type: str = "transaction") -> dict[str, Any]:
+def bundle_for_alert(
+    alert: Any, score: Any = None, *, type: str = "transaction", patient_system: str = PATIENT_IDENTIFIER_SYSTEM
+) -> dict[str, Any]:
     """A validated R4 Bundle of the alert's RiskAssessment, Flag and DetectedIssue.
 
     ``type="transaction"`` (default, for pushing): each entry is a conditional update
@@ -426,16 +448,17 @@ def bundle_for_alert(alert: Any, score: Any = None, *, type: str = "transaction"
     turns the Flag inactive). Resource ids are left out: the server assigns them.
     ``type="collection"``: the same resources with their deterministic ids, no requests.
     In both, the DetectedIssue implicates the RiskAssessment by its ``urn:uuid`` fullUrl.
+    ``patient_system``: the identifier system of every subject (:func:`subject`).
     """
     if type not in ("transaction", "collection"):
         raise ValueError(f"bundle type {type!r}: expected transaction or collection")
     alert_id = _get(alert, "alert_id")
     entries = []
     ra_url = full_url("RiskAssessment", alert_id)
-    for res in resources_for_alert(alert, score):
+    for res in resources_for_alert(alert, score, patient_system=patient_system):
         rtype = res["resourceType"]
         res = dict(res)
-        if rtype == "DetectedIssue":  # resolvable inside the Bundle
+        if rtype == "DetectedIssue" and "implicated" in res:  # resolvable inside the Bundle
             res["implicated"] = [{"reference": ra_url}]
         entry: dict[str, Any] = {"fullUrl": full_url(rtype, alert_id), "resource": res}
         if type == "transaction":

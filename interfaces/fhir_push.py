@@ -179,7 +179,7 @@ class FhirPusher:
         if not self.enabled:
             return False
         try:
-            bundle = fx.bundle_for_alert(alert, score)
+            bundle = fx.bundle_for_alert(alert, score, patient_system=self.settings.fhir_patient_identifier_system)
         except Exception:  # a bad alert must not reach the caller's stream
             log.exception("could not build a FHIR Bundle for an alert")
             self.stats["failed"] += 1
@@ -246,10 +246,13 @@ def changed_alert_bundles(
     since: Optional[datetime],
     after_id: Optional[str] = None,
     limit: int = 200,
+    *,
+    patient_system: str,
 ) -> tuple[list[dict[str, Any]], tuple[Optional[datetime], Optional[str]]]:
     """Transaction Bundles of the alerts changed after the cursor ``(since, after_id)``, oldest
-    change first, and the next cursor. For a periodic task: ``pusher.submit`` each Bundle."""
+    change first, and the next cursor. For a periodic task: ``pusher.submit`` each Bundle.
+    ``patient_system``: ``settings.fhir_patient_identifier_system`` (the subjects' identifier system)."""
     rows = lifecycle.alerts_changed_since(session, since, limit, after_id=after_id)
-    bundles = [fx.bundle_for_alert(a, fx.score_for_alert(session, a)) for a in rows]
+    bundles = [fx.bundle_for_alert(a, fx.score_for_alert(session, a), patient_system=patient_system) for a in rows]
     cursor = (rows[-1].updated_at, rows[-1].alert_id) if rows else (since, after_id)
     return bundles, cursor

@@ -15,6 +15,16 @@ its raw block so a rejected one can be dead-lettered byte for byte. Per message:
   ``settings.live_max_age_s`` behind it, is refused the same way (AR, ERR naming OBX-14/OBR-7/EVN-6...):
   one observation dated next month would otherwise stop the patient's scoring for a month. What
   is accepted goes out with ``LIVE_HEADER``, so the worker checks it against the record's timestamp.
+* the patient is PID-3 exactly as sent (:func:`~icuwatch.interfaces.hl7_mapping._patient_id`): an
+  identifier the v1 id cannot hold (a space, '/', over 64 characters) is refused (AR) saying what is
+  wrong, never rewritten; with ``settings.patient_id_authority`` set, one another assigning
+  authority gave (PID-3.4) is refused too.
+* a patient ADT never admitted (``settings.unadmitted_data``, one policy with the DICOM listener,
+  see :mod:`icuwatch.interfaces.patient_directory`): ``accept`` (default) forwards the data;
+  ``refuse`` answers **AE** (ERR PID-3, code 204; dead-lettered; the sender retries, the ADT may be
+  late) for a patient not known or not admitted and **AR** for one discharged before the
+  observation. An A01 this listener forwarded counts as an admission at once (the worker writes
+  the ``patients`` table a moment later). ADT messages themselves are never refused for this.
 
 Messages of one connection are handled in order (the next is read after the ACK is written); many
 connections run concurrently, their broker waits in worker threads.
@@ -37,7 +47,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from icuwatch.core import topics
-from icuwatch.core.schemas import DeadLetter
+from icuwatch.core.schemas import Adt, DeadLetter
 from icuwatch.core.settings import Settings
 from icuwatch.streams.kafka.producer import BrokerUnavailable, WaitingProducer
 
@@ -49,9 +59,10 @@ from .hl7_mapping import (
     TimeWindow,
     load_mapping,
     map_message,
-    sanitize_patient_id,
+    pid_segment_index,
     zone,
 )
+from .patient_directory import DISCHARGED, DirectoryUnavailable, PatientDirectory
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +135,10 @@ def build_ack(raw: bytes, code: str, text: str = "", reject: Hl7Reject | None = 
 
 
 class Hl7Listener:
-    """The MLLP server. ``await start()``, then ``server`` serves until :meth:`close`."""
+    """The MLLP server. ``await start()``, then ``server`` serves until :meth:`close`.
+
+    ``patients``: the :class:`PatientDirectory` asked under ``unadmitted_data=refuse`` (default: one
+    on ``settings.database_url``, made only then)."""
 
     def __init__(
         self,
@@ -132,10 +146,15 @@ class Hl7Listener:
         producer: Any | None = None,
         mapping: ObservationMap | None = None,
         max_workers: int = 16,
+        patients: PatientDirectory | None = None,
     ) -> None:
         self.settings = settings
         self.mapping = mapping or load_mapping(settings.hl7_mapping)
         self.naive_tz = zone(settings.hl7_timezone)
+        self.authority = settings.patient_id_authority.strip()
+        self.refuse_unadmitted = settings.unadmitted_data == "refuse"
+        self._own_patients = patients is None and self.refuse_unadmitted
+        self.patients = PatientDirectory(settings.database_url) if self._own_patients else patients
         self._own_producer = producer is None
         if producer is None:
             producer = WaitingProducer(settings, "hl7")
@@ -196,12 +215,21 @@ class Hl7Listener:
         """Map, publish durably, and return the ACK text for one raw HL7 message."""
         window = TimeWindow(time.time(), self.settings.live_max_future_s, self.settings.live_max_age_s)
         try:
-            derived = map_message(raw, self.mapping, self.naive_tz, window)
+            derived = map_message(raw, self.mapping, self.naive_tz, window, self.authority)
         except Hl7Reject as rej:
             return self._reject(raw, rej)
         except Exception as exc:  # never let one message take the listener down
             log.exception("hl7: unexpected error mapping a message")
             return self._reject(raw, Hl7Reject(f"cannot map message: {type(exc).__name__}: {exc}"))
+        if self.refuse_unadmitted:
+            try:
+                refused = self._unadmitted(raw, derived)
+            except DirectoryUnavailable as exc:
+                self.stats["AE"] += 1
+                log.warning("hl7: %s", exc)
+                return build_ack(raw, "AE", f"not stored, retry: {exc}")
+            if refused is not None:
+                return refused
         try:
             self._publish([(topic, m.key(), m.to_bytes()) for topic, m in derived], live=True)
         except Exception as exc:
@@ -212,9 +240,32 @@ class Hl7Listener:
             return build_ack(raw, "AE", f"not stored, retry: broker did not acknowledge ({type(exc).__name__}: {exc})")
         self._broker_ok()
         self.stats["AA"] += 1
-        for topic, _ in derived:
+        for topic, m in derived:
             self.stats[topic] += 1
+            if topic == topics.ADT and self.patients is not None and isinstance(m, Adt):
+                self.patients.note_adt(m)  # admitted from now on, before the worker writes it down
         return build_ack(raw, "AA")
+
+    def _unadmitted(self, raw: bytes, derived: list) -> str | None:
+        """Under ``unadmitted_data=refuse``: the ACK refusing observations about a patient ADT has
+        not admitted at their event time (AE: not known / not admitted; AR: discharged before),
+        or None when every observation may go."""
+        assert self.patients is not None
+        for topic, m in derived:
+            if topic == topics.ADT:
+                continue
+            why = self.patients.check(m.patient_id, m.event_time)
+            if why:
+                rej = Hl7Reject(
+                    f"PID-3: {why}",
+                    segment="PID",
+                    index=pid_segment_index(raw),
+                    field=3,
+                    code="204",
+                    patient_id=m.patient_id,
+                )
+                return self._reject(raw, rej, "AR" if why == DISCHARGED else "AE")
+        return None
 
     def _broker_failed(self, exc: Exception) -> None:
         """One warning per outage, not one per message (``WaitingProducer`` logs its own wait)."""
@@ -237,13 +288,9 @@ class Hl7Listener:
         for fut in futures:
             fut.get(timeout=max(0.1, deadline - time.monotonic()))
 
-    def _reject(self, raw: bytes, rej: Hl7Reject) -> str:
-        pid = rej.patient_id or "unknown"
-        try:
-            pid = sanitize_patient_id(pid)
-        except ValueError:
-            pid = "unknown"
-        letter = DeadLetter.of(DEADLETTER_SOURCE, raw, rej.reason[:1000], pid)
+    def _reject(self, raw: bytes, rej: Hl7Reject, code: str = "AR") -> str:
+        """Dead-letter ``raw`` and answer ``code`` (AR; AE for a refusal the sender should retry)."""
+        letter = DeadLetter.of(DEADLETTER_SOURCE, raw, rej.reason[:1000], rej.patient_id)  # 'unknown' if invalid
         try:
             self._publish([(topics.DEADLETTER, letter.key(), letter.to_bytes())])
         except Exception as exc:
@@ -251,9 +298,9 @@ class Hl7Listener:
             self._broker_failed(exc)
             return build_ack(raw, "AE", f"rejected ({rej.reason}) but not dead-lettered, retry: {type(exc).__name__}")
         self._broker_ok()
-        self.stats["AR"] += 1
-        log.info("hl7: rejected: %s", rej.reason)
-        return build_ack(raw, "AR", rej.reason, rej)
+        self.stats[code] += 1
+        log.info("hl7: rejected (%s): %s", code, rej.reason)
+        return build_ack(raw, code, rej.reason if code == "AR" else f"not stored, retry: {rej.reason}", rej)
 
     async def close(self) -> None:
         if self.server is not None:
@@ -262,13 +309,22 @@ class Hl7Listener:
         self.executor.shutdown(wait=True)
         if self._own_producer:
             self.producer.close()
+        if self._own_patients and self.patients is not None:
+            self.patients.close()
 
 
 async def serve(settings: Settings, host: str, port: int) -> None:
     """Run a listener until cancelled (Ctrl-C)."""
     listener = Hl7Listener(settings)
     await listener.start(host, port)
-    log.warning("hl7: listening for MLLP on %s:%d (broker %s)", host, listener.port, settings.broker)
+    log.warning(
+        "hl7: listening for MLLP on %s:%d (broker %s; unadmitted data: %s; patient id authority: %s)",
+        host,
+        listener.port,
+        settings.broker,
+        settings.unadmitted_data,
+        listener.authority or "not checked",
+    )
     try:
         await asyncio.Event().wait()
     finally:

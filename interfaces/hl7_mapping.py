@@ -19,6 +19,11 @@ Event times are the observation times carried in the message, never the arrival 
   message is still accepted (the field is optional, and feeds that send a date only or a pre-admit
   time were accepted before it was read).
 
+The patient is PID-3 exactly as the hospital wrote it (the MR identifier of several; padding spaces
+stripped, never rewritten: :func:`_patient_id`); one the v1 id cannot hold is refused saying what is
+wrong ("PID-3: patient identifier has ' ' at position 4 ..."), and with an ``authority``
+(``settings.patient_id_authority``) one another assigning authority gave (PID-3.4) is refused too.
+
 HL7 timestamps are ``YYYYMMDDHHMM[SS[.S[S[S[S]]]]][+/-ZZZZ]`` (a ``TS`` degree-of-precision component
 is ignored); a timestamp without an offset is in ``settings.hl7_timezone`` (UTC by default).
 
@@ -44,6 +49,7 @@ from pydantic import ValidationError
 
 from icuwatch.core import schemas, topics
 from icuwatch.core.schemas import LAB_UNITS, Adt, Lab, Message, Vitals
+from icuwatch.interfaces.clock import TimeWindow
 
 TOPICS = {"vitals": topics.VITALS, "labs": topics.LABS}
 NUMERIC_VITALS = ("hr", "spo2", "rr", "sbp", "dbp", "map", "temp")
@@ -86,6 +92,7 @@ ERROR_TEXT = {
     "103": "Table value not found",
     "200": "Unsupported message type",
     "201": "Unsupported event code",
+    "204": "Unknown key identifier",
     "207": "Application internal error",
 }
 
@@ -265,39 +272,12 @@ def format_ts(t: float) -> str:
     return datetime.fromtimestamp(whole, timezone.utc).strftime("%Y%m%d%H%M%S") + f".{frac:04d}+0000"
 
 
-@dataclass(frozen=True)
-class TimeWindow:
-    """Event times a live listener accepts: at most ``max_future_s`` ahead of its clock ``now`` (clock
-    skew between systems) and ``max_age_s`` behind it (0: that side unchecked)."""
-
-    now: float
-    max_future_s: float
-    max_age_s: float
-
-    def problem(self, t: float) -> str | None:
-        """Why ``t`` is outside the window, or None."""
-        if self.max_future_s and t - self.now > self.max_future_s:
-            return f"{_span(t - self.now)} ahead of the receiving clock (at most {_span(self.max_future_s)})"
-        if self.max_age_s and self.now - t > self.max_age_s:
-            return f"{_span(self.now - t)} older than the receiving clock (at most {_span(self.max_age_s)})"
-        return None
-
-
-def _span(s: float) -> str:
-    return f"{s:.0f} s" if s < 3600 else f"{s / 3600:.1f} h" if s < 86400 else f"{s / 86400:.1f} d"
-
-
 def completed_years(born: date, on: date) -> int:
     return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
 
 
 # ---------------------------------------------------------------------------------------------
 # message access helpers
-
-
-def sanitize_patient_id(raw: str) -> str:
-    """PID-3 identifier -> the schema's patient id (see ``schemas.sanitize_patient_id``)."""
-    return schemas.sanitize_patient_id(raw)
 
 
 class _Seg:
@@ -333,6 +313,25 @@ class _Seg:
         if isinstance(node, hl7.Component):
             node = node[0] if len(node) else ""
         return self.msg.unescape(str(node))
+
+    def subcomponents(self, n: int, rep: int = 1, comp: int = 1) -> int:
+        """How many subcomponents component ``comp`` of repetition ``rep`` of field ``n`` has (``get``
+        returns the first only)."""
+        f = self.field(n)
+        if f is None or str(f) == "" or (self.name == "MSH" and n <= 2):
+            return 0
+        node = f
+        if isinstance(node, hl7.Field) and node and isinstance(node[0], hl7.Repetition):
+            if rep > len(node):
+                return 0
+            node = node[rep - 1]
+        if isinstance(node, hl7.Repetition):
+            if comp > len(node):
+                return 0
+            node = node[comp - 1]
+        elif comp > 1:
+            return 0
+        return len(node) if isinstance(node, hl7.Component) else 1
 
     def repetitions(self, n: int) -> int:
         f = self.field(n)
@@ -410,22 +409,40 @@ def _check_time(window: TimeWindow | None, t: float, seg: _Seg, n: int, pid: str
         raise seg.reject(f"{seg.name}-{n}: event time {seg.get(n)} is {problem}", n, "102", pid)
 
 
-def _patient_id(segs: list[_Seg]) -> str:
+def _patient_id(segs: list[_Seg], authority: str = "") -> str:
+    """The patient id from PID-3, exactly as the hospital wrote it (:func:`schemas.check_patient_id`).
+
+    Of several repetitions, the medical record number (PID-3.5 ``MR``) is preferred. With
+    ``authority`` (``settings.patient_id_authority``) set, only identifiers whose assigning
+    authority (PID-3.4, first subcomponent) is this site's, or is not given, are considered, and
+    of those one that names it is preferred; an identifier only another authority assigned is
+    refused. An identifier the v1 id cannot hold is refused, saying what is wrong."""
     pid_seg = next((s for s in segs if s.name == "PID"), None)
     if pid_seg is None:
         raise Hl7Reject("no PID segment", segment="PID", code="100")
     reps = max(pid_seg.repetitions(3), 1)
-    chosen = ""
-    for r in range(1, reps + 1):  # prefer the medical record number
-        ident = pid_seg.get(3, rep=r, comp=1)
-        if ident and (not chosen or pid_seg.get(3, rep=r, comp=5) == "MR"):
-            chosen = ident
-            if pid_seg.get(3, rep=r, comp=5) == "MR":
-                break
+    # (identifier, assigning authority, identifier type, repetition) of each non-empty repetition
+    found = [
+        (pid_seg.get(3, rep=r, comp=1), pid_seg.get(3, rep=r, comp=4).strip(), pid_seg.get(3, rep=r, comp=5).strip(), r)
+        for r in range(1, reps + 1)
+    ]
+    found = [f for f in found if f[0].strip(" ")]
+    if not found:
+        raise pid_seg.reject("PID-3: no patient identifier", 3, "101")
+    if authority:
+        ours = [f for f in found if f[1] in ("", authority)]
+        if not ours:
+            raise pid_seg.reject(f"PID-3.4: assigning authority {found[0][1][:40]!r} is not this site's", 3, "204")
+        found = ours
+    # stable sort: the first MR (of this site's authority when one is set), else the first identifier
+    ident, _, _, rep = sorted(found, key=lambda f: (f[2] != "MR", bool(authority) and f[1] != authority))[0]
+    if pid_seg.subcomponents(3, rep=rep, comp=1) > 1:
+        # an unescaped '&' in the identifier: reading its first part only could merge two patients
+        raise pid_seg.reject("PID-3.1: patient identifier has subcomponents ('&' must be escaped as \\T\\)", 3, "102")
     try:
-        return sanitize_patient_id(chosen)
-    except ValueError:
-        raise pid_seg.reject("PID-3: no patient identifier", 3, "101") from None
+        return schemas.check_patient_id(ident)
+    except schemas.SchemaError as exc:
+        raise pid_seg.reject(f"PID-3: {exc.reason}", 3, "102") from None
 
 
 def _validated(model, pid: str, seg: _Seg | None = None, **fields) -> Message:
@@ -478,9 +495,14 @@ def _obx_coded(obx: _Seg, name: str, pid: str):
 
 
 def _oru(
-    segs: list[_Seg], hdr: Header, mapping: ObservationMap, naive_tz: tzinfo, window: TimeWindow | None = None
+    segs: list[_Seg],
+    hdr: Header,
+    mapping: ObservationMap,
+    naive_tz: tzinfo,
+    window: TimeWindow | None = None,
+    authority: str = "",
 ) -> list[tuple[str, Message]]:
-    pid = _patient_id(segs)
+    pid = _patient_id(segs, authority)
     obr: _Seg | None = None
     obr_time: float | None = None
     result_time: float | None = None
@@ -560,9 +582,9 @@ ADT_EVENTS = {"A01": "admit", "A02": "transfer", "A03": "discharge"}
 
 
 def _adt(
-    segs: list[_Seg], hdr: Header, naive_tz: tzinfo, window: TimeWindow | None = None
+    segs: list[_Seg], hdr: Header, naive_tz: tzinfo, window: TimeWindow | None = None, authority: str = ""
 ) -> list[tuple[str, Message]]:
-    pid = _patient_id(segs)
+    pid = _patient_id(segs, authority)
     event = ADT_EVENTS.get(hdr.trigger)
     evn = next((s for s in segs if s.name == "EVN"), None)
     if event is None and evn is not None:
@@ -627,41 +649,52 @@ def map_message(
     mapping: ObservationMap,
     naive_tz: tzinfo = timezone.utc,
     window: TimeWindow | None = None,
+    authority: str = "",
 ) -> list[tuple[str, Message]]:
     """One HL7 message -> ``[(topic, v1 message), ...]``; :class:`Hl7Reject` if any part is bad
-    (with ``window``: an event time outside it, too).
+    (with ``window``: an event time outside it, too; with ``authority``: a PID-3 another assigning
+    authority gave, see :func:`_patient_id`).
 
     All or nothing: a message is either mapped whole or rejected whole.
     """
     msg = raw if isinstance(raw, hl7.Message) else parse_hl7(raw)
     try:
-        return _map(msg, mapping, naive_tz, window)
+        return _map(msg, mapping, naive_tz, window, authority)
     except Hl7Reject as rej:
         if rej.patient_id is None:  # key the dead letter by patient where the PID is readable
-            rej.patient_id = _best_effort_patient_id(msg)
+            rej.patient_id = _best_effort_patient_id(msg, authority)
         raise
 
 
-def _best_effort_patient_id(msg: hl7.Message) -> str | None:
+def _best_effort_patient_id(msg: hl7.Message, authority: str = "") -> str | None:
     try:
         for i, seg in enumerate(msg):
             if len(seg) and str(seg[0]) == "PID":
-                return _patient_id([_Seg(msg, seg, i + 1)])
+                return _patient_id([_Seg(msg, seg, i + 1)], authority)
     except Exception:
         pass
     return None
 
 
+def pid_segment_index(raw: bytes | str | hl7.Message) -> int | None:
+    """Position (1-based) of the first PID segment in a message, for ERR-2; None without one."""
+    try:
+        msg = raw if isinstance(raw, hl7.Message) else parse_hl7(raw)
+        return next((i + 1 for i, seg in enumerate(msg) if len(seg) and str(seg[0]) == "PID"), None)
+    except Exception:
+        return None
+
+
 def _map(
-    msg: hl7.Message, mapping: ObservationMap, naive_tz: tzinfo, window: TimeWindow | None
+    msg: hl7.Message, mapping: ObservationMap, naive_tz: tzinfo, window: TimeWindow | None, authority: str = ""
 ) -> list[tuple[str, Message]]:
     segs = _segments(msg)
     hdr = header(msg, naive_tz)
     try:
         if hdr.message_type == "ORU" and hdr.trigger in ("R01", ""):
-            return _oru(segs, hdr, mapping, naive_tz, window)
+            return _oru(segs, hdr, mapping, naive_tz, window, authority)
         if hdr.message_type == "ADT":
-            return _adt(segs, hdr, naive_tz, window)
+            return _adt(segs, hdr, naive_tz, window, authority)
     except Hl7Reject:
         raise
     except Exception as exc:  # a structure python-hl7 parsed but we cannot read: reject, do not crash

@@ -16,7 +16,9 @@
 * Time: the record's base date and time when it has both and the whole record falls in the v1
   event-time range (MIMIC's shifted years such as 2137 do not); otherwise ``base_time`` (default
   2020-01-01T00:00Z). The ``time_source`` count says which.
-* Patient id: the record name with characters outside ``[A-Za-z0-9_.-]`` replaced by ``_``.
+* Patient id: ``--patient-id`` when given, else the record name, exactly (:func:`record_patient_id`);
+  a record name the v1 id cannot hold (a space, ':', over 64 characters) is an operator error that
+  says to pass ``--patient-id``, never rewritten (two records must not become one patient).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import wfdb
 from pydantic import ValidationError
 
 from icuwatch.core import schemas, topics
-from icuwatch.core.errors import BadFile
+from icuwatch.core.errors import BadFile, OperatorError
 from icuwatch.core.schemas import EARLIEST_EVENT_TIME, Message, Vitals, Waveform
 from icuwatch.sources.pacing import send_paced
 
@@ -87,12 +89,23 @@ def _norm(name: str) -> str:
     return re.sub(r"[\s%_\-()]", "", name).upper()
 
 
-def sanitize_patient_id(name: str) -> str:
-    """A record name as a patient id (``schemas.sanitize_patient_id``); 'unknown' if unusable."""
+def record_patient_id(record_path: str | Path, patient_id: str | None = None) -> str:
+    """The patient id of a record's messages: ``patient_id`` when given, else the record's name,
+    either exactly (:func:`schemas.check_patient_id`, never rewritten). One the v1 id cannot hold is
+    an :class:`OperatorError` (:class:`BadFile` naming the record's ``.hea`` for its name) saying
+    what is wrong and to pass ``--patient-id``."""
+    if patient_id is not None:
+        try:
+            return schemas.check_patient_id(patient_id)
+        except schemas.SchemaError as exc:
+            raise OperatorError(f"--patient-id: {exc.reason}") from None
+    name = _record_name(record_path)
     try:
-        return schemas.sanitize_patient_id(name)
-    except schemas.SchemaError:
-        return "unknown"
+        return schemas.check_patient_id(Path(name).name)
+    except schemas.SchemaError as exc:
+        raise BadFile(
+            f"{name}.hea", f"the record name is not a usable patient id ({exc.reason}); pass --patient-id"
+        ) from None
 
 
 def pick_ecg(sig_names: list[str]) -> int | None:
@@ -241,7 +254,7 @@ def record_messages(
     duration = float(header.sig_len or 0) / fs_rec if fs_rec else 0.0
     t_start, source = _start_time(header, duration, base_time)
     stats[f"time_source.{source}"] = 1
-    pid = patient_id or sanitize_patient_id(Path(name).name)
+    pid = record_patient_id(name, patient_id)
 
     for start, seg_path, length, fs in segments(name, stats):
         seg_header = read_header(seg_path)
@@ -326,11 +339,12 @@ def replay_wfdb(
     """Send a WFDB record's messages, paced by publish time. Returns produced counts and stats."""
     stats: Counter = Counter()
     name = _record_name(record_path)
+    pid = record_patient_id(name, patient_id)
     header = read_header(name)
     duration = float(header.sig_len or 0) / float(header.fs)
     t0, _ = _start_time(header, duration, base_time)
     produced = send_paced(
-        record_messages(name, base_time, chunk_s, stats, patient_id, nan_policy),
+        record_messages(name, base_time, chunk_s, stats, pid, nan_policy),
         producer,
         speed,
         start_time=t0,
@@ -340,6 +354,6 @@ def replay_wfdb(
     return {
         "produced": produced,
         "record": Path(name).name,
-        "patient_id": patient_id or sanitize_patient_id(Path(name).name),
+        "patient_id": pid,
         **dict(sorted(stats.items())),
     }

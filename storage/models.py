@@ -104,6 +104,24 @@ class Patient(Base):
         return f"Patient({self.patient_id!r}, unit={self.unit!r}, bed={self.bed!r})"
 
 
+class DataFeed(Base):
+    """When a patient's data of one modality last arrived, written by the worker's liveness check
+    (``streams/liveness.py``) every ``liveness_check_s``: the board and the patient page measure
+    silence against now from it, not from the last score."""
+
+    __tablename__ = "data_feeds"
+
+    patient_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    modality: Mapped[str] = mapped_column(String(16), primary_key=True)
+    last_received_at: Mapped[datetime]
+    """Wall clock: the Kafka timestamp of the newest record of this modality the worker took."""
+    last_event_time: Mapped[Optional[datetime]]
+    """Event time of the newest data of this modality in the patient's state."""
+
+    def __repr__(self) -> str:
+        return f"DataFeed({self.patient_id!r}, {self.modality!r})"
+
+
 class Score(Base):
     """One risk score. Unique per (patient, model, event time) so redelivery cannot duplicate; a
     later revision of the same score replaces the stored values."""
@@ -118,6 +136,9 @@ class Score(Base):
     patient_id: Mapped[str] = mapped_column(String(64))
     event_time: Mapped[datetime]
     model: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[Optional[str]] = mapped_column(String(64))
+    """The version of ``model`` that gave the score (``schemas.Score.model_version``); NULL for the
+    fallback rules, a message without it, or a score stored before migration 0007."""
     source: Mapped[str] = mapped_column(String(16))
     deterioration_risk: Mapped[float] = mapped_column(Float)
     sepsis_risk: Mapped[float] = mapped_column(Float)
@@ -160,6 +181,9 @@ class Alert(Base):
     news2: Mapped[int] = mapped_column(SmallInteger)
     qsofa: Mapped[int] = mapped_column(SmallInteger)
     model: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[Optional[str]] = mapped_column(String(64))
+    """The version of ``model`` whose score opened the episode (``schemas.Alert.model_version``);
+    NULL when unknown (fallback rules, data liveness, before migration 0007)."""
     source: Mapped[str] = mapped_column(String(16))
     episode_start: Mapped[datetime]
     event_time: Mapped[datetime]

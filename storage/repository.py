@@ -157,6 +157,7 @@ def add_scores(session: Session, scores: Sequence[schemas.Score]) -> int:
             "patient_id": s.patient_id,
             "event_time": utc(s.event_time),
             "model": s.model,
+            "model_version": s.model_version,
             "source": s.source,
             "deterioration_risk": s.deterioration_risk,
             "sepsis_risk": s.sepsis_risk,
@@ -255,6 +256,18 @@ def open_alert_kinds(session: Session, patient_id: str) -> set[str]:
     )
 
 
+def open_alert_ids(session: Session, alert_ids: Iterable[str]) -> set[str]:
+    """Those of ``alert_ids`` that are open (raised or acknowledged)."""
+    ids = sorted(set(alert_ids))
+    found: set[str] = set()
+    for i in range(0, len(ids), _CHUNK_ROWS):
+        chunk = ids[i : i + _CHUNK_ROWS]
+        found.update(
+            session.scalars(select(Alert.alert_id).where(Alert.alert_id.in_(chunk), Alert.state.in_(OPEN_ALERT_STATES)))
+        )
+    return found
+
+
 def add_alert(session: Session, alert: schemas.Alert) -> bool:
     """:func:`store_alert`, True only when the alert was newly stored."""
     return store_alert(session, alert) == "stored"
@@ -313,6 +326,7 @@ def store_alert(session: Session, alert: schemas.Alert) -> str:
         "news2": alert.news2,
         "qsofa": alert.qsofa,
         "model": alert.model,
+        "model_version": alert.model_version,
         "source": alert.source,
         "episode_start": utc(alert.episode_start),
         "event_time": utc(alert.event_time),
@@ -335,6 +349,7 @@ def store_alert(session: Session, alert: schemas.Alert) -> str:
             "news2": alert.news2,
             "qsofa": alert.qsofa,
             "model": alert.model,
+            "model_version": alert.model_version,
             "source": alert.source,
             "episode_start": _iso(row["episode_start"]),
             "event_time": _iso(row["event_time"]),

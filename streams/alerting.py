@@ -133,6 +133,7 @@ def step(
                     news2=score.news2,
                     qsofa=score.qsofa,
                     model=score.model,
+                    model_version=score.model_version,
                     source=score.source,
                     episode_start=start,
                     raised_at=time.time(),

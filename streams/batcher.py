@@ -88,6 +88,7 @@ class ScoreBatcher:
             rows = stack_rows(cohorts)
         out, source = await self.scorer.score(x, rows)
         model = self.scorer.model_name if source == "triton" else rules.MODEL_NAME
+        version = out.get("model_version") if source == "triton" else None
         c = out.get("contributions")
         explained = features.contributions_as_dicts(c) if c is not None else [None] * len(batch)
         now = time.time()
@@ -97,6 +98,7 @@ class ScoreBatcher:
                     patient_id=due.patient_id,
                     event_time=due.event_time,
                     model=model,
+                    model_version=version,
                     source=source,
                     deterioration_risk=float(out["deterioration_risk"][i]),
                     sepsis_risk=float(out["sepsis_risk"][i]),

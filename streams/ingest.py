@@ -115,6 +115,7 @@ def apply_message(
         if reason is not None:
             raise Refused(reason)
     applied = not redelivered and patient_state.apply(state, msg, waveforms)
+    patient_state.mark_received(state, where[0], where[3])
     if not is_waveform:
         patient_state.mark_applied(state, *where)
     return applied

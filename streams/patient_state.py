@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import numpy as np
 
-from icuwatch.core import features, schemas
+from icuwatch.core import features, schemas, topics
 
 if TYPE_CHECKING:
     from icuwatch.streams.waveform_state import WaveformState
@@ -84,6 +84,9 @@ class PatientState(TypedDict):
     """Per ``topic/partition``, ``[offset, timestamp]`` of the newest record applied (redelivery)."""
     revision: NotRequired[int]
     """Revision of the last score (> 0 when late data recomputed a score already published)."""
+    received: NotRequired[dict[str, float]]
+    """Per modality, the Kafka timestamp (wall clock, the sender's) of the newest record taken,
+    duplicates included: how long its data has been silent (``streams/liveness.py``)."""
 
 
 def new_state() -> PatientState:
@@ -343,6 +346,22 @@ def mark_checkpoint(state: PatientState, phase_s: float) -> None:
     bench stalled ~6 s a minute on that)."""
     now = state["now"] or 0.0
     state["checkpoint_t"] = now - (now + phase_s) % CHECKPOINT_EVERY_S
+
+
+MODALITY_OF_TOPIC = {topics.VITALS: "vitals", topics.WAVEFORMS: "waveforms", topics.LABS: "labs", topics.CXR: "cxr"}
+
+
+def mark_received(state: PatientState, topic: str, timestamp: float) -> None:
+    """A record of ``topic`` with Kafka ``timestamp`` arrived (ADT is not a data modality)."""
+    modality = MODALITY_OF_TOPIC.get(topic)
+    if modality is not None and timestamp:
+        received = state.setdefault("received", {})
+        received[modality] = max(timestamp, received.get(modality, 0.0))
+
+
+def last_event_time(state: PatientState, modality: str) -> float | None:
+    """Event time of the newest data of ``modality`` held (None: none)."""
+    return _last_time(state, modality, math.inf)
 
 
 def discharged(state: PatientState, t: float) -> bool:

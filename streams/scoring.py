@@ -9,6 +9,11 @@ requested only when the served model declares that output (its metadata, read on
 connection); a model without it, or a response without it, gives ``contributions`` None. The
 fallback computes them with the same code as the first Triton model. :class:`StudentScorer`
 computes its sepsis contributions itself (leave-one-modality-out, in the same Triton call).
+
+Model version: every Triton response names the version that answered it
+(``ModelInferResponse.model_version``); a scored batch carries it (``model_version``), so when
+``icuwatch models promote`` or ``rollback`` switches the served version the next batch's scores say
+so, with no extra round trip and no worker restart. The fallback's batches have none.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ OUTPUTS = ("DETERIORATION_RISK", "SEPSIS_RISK", "NEWS2", "QSOFA")
 OUTPUT_KEYS = ("deterioration_risk", "sepsis_risk", "news2", "qsofa")
 
 Outputs = dict[str, Any]
-"""A scored batch: a float array per ``OUTPUT_KEYS`` name, and ``contributions`` (an array of
-``features.CONTRIBUTIONS_SHAPE`` per row, or None when the model gives none)."""
+"""A scored batch: a float array per ``OUTPUT_KEYS`` name, ``contributions`` (an array of
+``features.CONTRIBUTIONS_SHAPE`` per row, or None when the model gives none), and ``model_version``
+(the Triton model version that answered, a string; None for the fallback or when not known)."""
 
 
 class TritonScorer:
@@ -43,6 +49,8 @@ class TritonScorer:
         self.client = self._connect()
         self._model_outputs: set[str] | None = None
         """Output names the served model declares (from its metadata); None: not read yet."""
+        self.served_version: str | None = None
+        """The model version that answered the last Triton call (None: none yet)."""
         self.down_until = 0.0
         self.counts = {
             "triton_batches": 0,
@@ -80,7 +88,18 @@ class TritonScorer:
                 return out, "triton"
         self.counts["fallback_batches"] += 1
         self.counts["fallback_rows"] += len(x)
-        return rules.score_explained(x), "fallback"
+        ruled: Outputs = {**rules.score_explained(x), "model_version": None}
+        return ruled, "fallback"
+
+    def _answered_by(self, version: str | None) -> None:
+        """Note the version that answered; when it changed (a promotion or rollback on the server),
+        say so once and read the model's outputs again at the next call."""
+        if version is None or version == self.served_version:
+            return
+        if self.served_version is not None:
+            log.info("Triton model %s now answers at version %s (was %s)", self.model, version, self.served_version)
+            self._model_outputs = None
+        self.served_version = version
 
     async def _score_triton(self, x: np.ndarray, rows: dict[str, np.ndarray] | None) -> Outputs:
         return await self._infer(x)
@@ -128,10 +147,22 @@ class TritonScorer:
         out["contributions"] = _contributions(
             result.as_numpy(features.CONTRIBUTIONS_OUTPUT) if explained else None, len(x)
         )
+        out["model_version"] = response_version(result)
+        self._answered_by(out["model_version"])
         return out
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def response_version(result: Any) -> str | None:
+    """The model version named in a Triton inference result (``InferResult.get_response()``'s
+    ``model_version``); None when the result does not say."""
+    get_response = getattr(result, "get_response", None)
+    if get_response is None:
+        return None
+    version = getattr(get_response(), "model_version", None)
+    return str(version) if version not in (None, "") else None
 
 
 _warned_shapes: set[tuple[int, ...]] = set()
@@ -208,9 +239,9 @@ class StudentScorer(TritonScorer):
         n = len(x)
         if len(rows["present"]) != n:
             raise ValueError(f"{n} feature rows but {len(rows['present'])} cohort rows")
-        out = rules.score_explained(x)
+        out: Outputs = dict(rules.score_explained(x))
         extended, without = leave_one_out(rows)
-        p = await self._infer_student(extended)
+        p, version = await self._infer_student(extended)
         full = p[:n]
         out["sepsis_risk"] = full
         contributions = np.array(out["contributions"], dtype=np.float64)
@@ -221,21 +252,33 @@ class StudentScorer(TritonScorer):
             delta = np.where(has, full - p[np.where(has, without[:, j], 0)], 0.0)
             contributions[:, sepsis, features.MODALITIES.index(modality)] = np.clip(delta, -1.0, 1.0)
         out["contributions"] = contributions
+        out["model_version"] = version
+        self._answered_by(version)
         return out
 
-    async def _infer_student(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+    async def _infer_student(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, str | None]:
         """``PROBABILITY`` of every row of ``batch`` (float64, clipped to [0, 1]), in requests of at
-        most ``STUDENT_MAX_BATCH`` rows sent together."""
-        n = len(batch["present"])
-        parts = await asyncio.gather(
-            *(
-                self._infer_student_part({k: v[i : i + STUDENT_MAX_BATCH] for k, v in batch.items()})
-                for i in range(0, n, STUDENT_MAX_BATCH)
-            )
-        )
-        return np.concatenate(parts) if parts else np.zeros(0)
+        most ``STUDENT_MAX_BATCH`` rows sent together, and the model version that answered them.
 
-    async def _infer_student_part(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        Requests answered by two versions (the server switched versions between them) are sent
+        again once, so one batch is one version's."""
+        n = len(batch["present"])
+        for _ in range(2):
+            parts = await asyncio.gather(
+                *(
+                    self._infer_student_part({k: v[i : i + STUDENT_MAX_BATCH] for k, v in batch.items()})
+                    for i in range(0, n, STUDENT_MAX_BATCH)
+                )
+            )
+            versions = {version for _, version in parts}
+            if len(versions) <= 1:
+                break
+        else:
+            raise RuntimeError(f"Triton answered one batch with versions {sorted(map(str, versions))} of {self.model}")
+        p = np.concatenate([q for q, _ in parts]) if parts else np.zeros(0)
+        return p, next(iter(versions), None)
+
+    async def _infer_student_part(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, str | None]:
         n = len(batch["present"])
         inputs = []
         for key in STUDENT_INPUTS:
@@ -255,4 +298,4 @@ class StudentScorer(TritonScorer):
         p = arr.reshape(-1).astype(np.float64)
         if not np.isfinite(p).all():
             raise RuntimeError(f"Triton returned a non-finite {PROBABILITY}")
-        return np.clip(p, 0.0, 1.0)
+        return np.clip(p, 0.0, 1.0), response_version(result)

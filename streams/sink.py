@@ -12,20 +12,21 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from icuwatch.core import schemas
-from icuwatch.storage import db, repository
+from icuwatch.storage import data_feeds, db, repository
 from icuwatch.storage.models import Alert
 
 log = logging.getLogger(__name__)
 EPISODE_CLOSED_BY = "system:episode-closed"
 EPISODE_CLOSED_REASON = "risk back below the alert threshold after acknowledgement"
+DATA_BACK_REASON = "data arriving again after acknowledgement"
 
 
-def _resolve_if_acknowledged(session, alert_id: str) -> None:
+def _resolve_if_acknowledged(session, alert_id: str, reason: str = EPISODE_CLOSED_REASON) -> None:
     """An alert nobody has acknowledged stays on the board (and escalates) even if the patient
     recovered: an unseen alert must not vanish on its own."""
     alert = session.get(Alert, alert_id)
     if alert is not None and alert.state == "acknowledged":
-        repository.resolve(session, alert_id, by=EPISODE_CLOSED_BY, reason=EPISODE_CLOSED_REASON)
+        repository.resolve(session, alert_id, by=EPISODE_CLOSED_BY, reason=reason)
 
 
 def _store_score(session, score: schemas.Score, open_episodes: Collection[str]) -> tuple[int, set[str]]:
@@ -85,10 +86,19 @@ class StorageSink:
         self.scores_stored += stored
         return resolved
 
-    async def close_episode(self, alert_id: str) -> None:
+    async def close_episode(self, alert_id: str, reason: str = EPISODE_CLOSED_REASON) -> None:
         """The episode ended (risk back below 'off'): resolve its alert if a nurse acknowledged it, so
         the next episode of that kind can alert (one open alert per patient and kind)."""
         try:
-            await self._durably("closing an episode", _resolve_if_acknowledged, alert_id)
+            await self._durably("closing an episode", _resolve_if_acknowledged, alert_id, reason)
         except repository.AlertNotFound:
             pass
+
+    async def open_alert_ids(self, alert_ids: Collection[str]) -> set[str]:
+        """Those of ``alert_ids`` still open in the database (the others were resolved)."""
+        return await self._durably("reading open alerts", repository.open_alert_ids, alert_ids)
+
+    async def record_feeds(self, feeds: data_feeds.FeedTimes) -> None:
+        """When each patient's data last arrived (``storage/data_feeds.py``), one statement a chunk."""
+        if feeds:
+            await self._durably("storing data liveness", data_feeds.record, feeds)

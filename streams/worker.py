@@ -22,7 +22,7 @@ import time
 import faust
 
 from icuwatch.core import schemas, topics
-from icuwatch.streams import alerting, memory_profile, patient_state
+from icuwatch.streams import alerting, liveness, memory_profile, patient_state
 from icuwatch.streams import ingest as decisions
 from icuwatch.streams.app import (
     alerts_topic,
@@ -39,7 +39,7 @@ from icuwatch.streams.kafka.acks import PendingAcks
 from icuwatch.streams.kafka.producer import is_live
 from icuwatch.streams.patient_state import PatientState
 from icuwatch.streams.scoring import StudentScorer, TritonScorer, load_norm
-from icuwatch.streams.sink import StorageSink
+from icuwatch.streams.sink import DATA_BACK_REASON, StorageSink
 from icuwatch.streams.stats import stats_path
 from icuwatch.streams.waveform_state import WINDOW_S as WAVEFORM_WINDOW_S
 from icuwatch.streams.waveform_state import WaveformState
@@ -92,6 +92,13 @@ thresholds = {
         settings.alert_realert_after_resolve_s,
     ),
 }
+liveness_rule = liveness.LivenessRule.of(settings)
+watches: dict[bytes, liveness.Watch] = {}
+"""Each patient's data-liveness episode (``streams/liveness.py``)."""
+feeds_written: liveness.FeedTimes = {}
+"""What the ``data_feeds`` table was last sent, so each check writes only what changed."""
+watch_start = time.time()
+"""Silence is counted from no earlier than when this worker took its partitions."""
 _batcher: ScoreBatcher | None = None
 student_norm: dict | None = load_norm(settings) if settings.scoring_model else None
 """Normalisation of the PhysioNet cohort rows sent to ``scoring_model`` (None: rules model)."""
@@ -236,8 +243,11 @@ async def checkpoint_idle_patients() -> None:
 async def forget_live_state(sender, revoked, **kwargs) -> None:
     """Partitions may move to another worker: drop live copies and unacknowledged events (Faust
     seeks back to the committed offsets, so they are read again); the checkpoints are the truth."""
+    global watch_start
     live_state.clear()
     pending_acks.clear()
+    watches.clear()
+    watch_start = time.time()
 
 
 @app.agent(scores_topic)
@@ -256,15 +266,50 @@ async def raise_alerts(stream: faust.StreamT) -> None:
         raised, closed = alerting.step(state, score, thresholds, resolved)
         stats["scores_taken"] += 1
         for alert in raised:
-            outcome = await storage.store_alert(alert)
-            if outcome == "suppressed":
-                stats["alerts_suppressed"] += 1
-                continue
-            stats["alerts_raised" if outcome == "stored" else "alerts_republished"] += 1
-            await alerts_topic.send(key=alert.key(), value=alert.to_bytes())
+            await send_alert(alert)
         for closed_id in closed:
             await storage.close_episode(closed_id)
         episodes[key] = state
+
+
+async def send_alert(alert: schemas.Alert) -> None:
+    """Store ``alert`` and publish it to ``icu.alerts`` (again, if stored before a restart)."""
+    outcome = await storage.store_alert(alert)
+    if outcome == "suppressed":
+        stats["alerts_suppressed"] += 1
+        return
+    stats["alerts_raised" if outcome == "stored" else "alerts_republished"] += 1
+    await alerts_topic.send(key=alert.key(), value=alert.to_bytes())
+
+
+@app.timer(interval=settings.liveness_check_s)
+async def check_liveness() -> None:
+    """Every patient of this worker's partitions (live, or only checkpointed: a monitor that stopped
+    while no worker ran): silent vital signs raise a data-liveness alert, data that came back ends
+    it, and when each feed last arrived goes to the database for the board."""
+    if app.tables.recovery.in_recovery:  # type: ignore[attr-defined]
+        return
+    now = time.time()
+    open_ids = {w.alert_id for w in watches.values() if w.alert_id is not None}
+    still_open = await storage.open_alert_ids(open_ids) if open_ids else set()
+    changed: liveness.FeedTimes = {}
+    for key in set(live_state) | set(patients.keys()):
+        state = live_state.get(key) or patients.get(key)
+        if state is None:
+            continue
+        pid = key.decode()
+        watch = watches.setdefault(key, liveness.Watch())
+        liveness.resolved_by_nurse(watch, still_open, now)
+        alert, ended = liveness.check(pid, state, watch, now, watch_start, liveness_rule)
+        if alert is not None:
+            await send_alert(alert)
+        if ended is not None:
+            await storage.close_episode(ended, reason=DATA_BACK_REASON)
+        for feed, times in liveness.feed_times(pid, state).items():
+            if feeds_written.get(feed) != times:
+                changed[feed] = times
+    await storage.record_feeds(changed)
+    feeds_written.update(changed)
 
 
 @app.task

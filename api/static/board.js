@@ -14,11 +14,18 @@
   const notice = document.getElementById("notice");
   const conn = document.getElementById("conn");
 
-  const KIND_LABEL = { deterioration: "Deterioration", sepsis: "Sepsis" };
+  const KIND_LABEL = { deterioration: "Deterioration", sepsis: "Sepsis", data_liveness: "No data" };
+  const MODALITY_LABEL = { vitals: "vital signs", waveforms: "waveforms", labs: "lab results", cxr: "chest X-rays" };
+  const silentRows = document.getElementById("silent-rows");
+  const silentSection = document.getElementById("silent");
   const CLINICAL_ROLES = ["nurse", "physician"];  // who may acknowledge and resolve (api/auth.py)
 
-  // The patient's risk now (newest score), or the opening risk when there is no newer score.
-  function riskNow(a) { return a.current_risk == null ? a.risk : a.current_risk; }
+  // The patient's risk now (newest score), or the opening risk when there is no newer score. A
+  // patient whose data stopped ranks with the highest risks: silence is not stability.
+  function riskNow(a) {
+    if (a.kind === "data_liveness") return 1;
+    return a.current_risk == null ? a.risk : a.current_risk;
+  }
 
   function active(a) { return a.state === "raised" || a.state === "acknowledged"; }
 
@@ -97,17 +104,42 @@
             el("div", { class: "opening", title: "when the alert was raised" }, "opened " + fmt(opening))];
   }
 
+  // Data taken in for a patient ADT never admitted (ICUWATCH_UNADMITTED_DATA=accept).
+  function noAdmission() {
+    return el("span", { class: "badge badge-no-adt", title: "data received, but ADT has not admitted this patient" },
+              "no ADT admission");
+  }
+
+  // "early_warning v2 · triton": the model (and version) that scored; the fallback rules say so.
+  function modelLabel(model, version, source) {
+    const name = model + (version ? " v" + version : "");
+    return [name, source === "fallback" ? "fallback rules" : source === "triton" ? "triton" : null].filter(Boolean).join(" · ");
+  }
+
+  // Which model opened the alert and, when another one (a promoted version, the fallback) gave the
+  // patient's newest score, that one too.
+  function modelCell(a) {
+    const opened = modelLabel(a.model, a.model_version, a.source);
+    const moved = a.kind !== "data_liveness" && a.current_model && (a.current_model !== a.model || (a.current_model_version || null) !== (a.model_version || null));
+    return [el("div", { class: "model", title: "the model that opened the alert" }, opened),
+            moved ? el("div", { class: "model model-now", title: "the model of the newest score" },
+                       "now " + modelLabel(a.current_model, a.current_model_version, null)) : null];
+  }
+
   function row(a) {
     const place = [a.unit, a.bed].filter(Boolean).join(" · ");
     const href = "/patients/" + encodeURIComponent(a.patient_id);
     const latest = a.current_at ? "latest score, observed " + clock(a.current_at) : "no newer score";
     return el("tr", { class: "alert " + a.state + " " + severity(riskNow(a)), dataset: { alertId: a.alert_id, state: a.state } },
       el("td", { class: "patient" }, el("a", { href, class: "patient-link" }, a.patient_id),
-         place ? el("div", { class: "place" }, place) : null),
-      el("td", { class: "kind" }, KIND_LABEL[a.kind] || a.kind,
-         el("div", { class: "model" }, [a.model, a.source === "fallback" ? "fallback rules" : null].filter(Boolean).join(" · "))),
-      el("td", { class: "num risk" }, nowAndOpening(a.current_risk, a.risk, 2, latest)),
-      el("td", { class: "num news2" }, nowAndOpening(a.current_news2, a.news2, 0, latest)),
+         place ? el("div", { class: "place" }, place) : null,
+         a.admitted === false ? noAdmission() : null),
+      el("td", { class: "kind" }, KIND_LABEL[a.kind] || a.kind, ...modelCell(a)),
+      a.kind === "data_liveness"
+        ? el("td", { class: "num risk silent", colspan: "2" }, "no vital signs since ",
+             el("span", { class: "since", title: a.episode_start || "" }, clock(a.episode_start)))
+        : el("td", { class: "num risk" }, nowAndOpening(a.current_risk, a.risk, 2, latest)),
+      a.kind === "data_liveness" ? null : el("td", { class: "num news2" }, nowAndOpening(a.current_news2, a.news2, 0, latest)),
       el("td", { class: "num" }, a.qsofa ?? "–"),
       el("td", { class: "when" },
          el("span", { class: "ago", dataset: { time: a.raised_at || a.event_time || "" } }, ago(a.raised_at || a.event_time)),
@@ -144,6 +176,18 @@
 
   function refreshTimes() {
     for (const span of rows.querySelectorAll(".ago")) span.textContent = ago(span.dataset.time);
+  }
+
+  // Feeds silent past their modality's threshold (GET /api/feeds/silent), measured against now.
+  async function loadSilent() {
+    let feeds;
+    try { feeds = await api("/api/feeds/silent?limit=200"); } catch (e) { return; }
+    silentRows.replaceChildren(...feeds.map((f) => el("tr", { class: "silent-feed", dataset: { patientId: f.patient_id, modality: f.modality } },
+      el("td", {}, el("a", { href: "/patients/" + encodeURIComponent(f.patient_id) }, f.patient_id),
+         [f.unit, f.bed].filter(Boolean).length ? el("div", { class: "place" }, [f.unit, f.bed].filter(Boolean).join(" · ")) : null),
+      el("td", {}, "no " + (MODALITY_LABEL[f.modality] || f.modality) + " for " + ICU.duration(f.silent_s)),
+      el("td", { class: "when", title: f.last_received_at }, "last " + clock(f.last_received_at)))));
+    silentSection.hidden = feeds.length === 0;
   }
 
   async function acknowledge(id, button, commentInput) {
@@ -252,6 +296,8 @@
   ICU.login((who) => {
     me = who;
     connect();
+    loadSilent();
     setInterval(refreshTimes, 15000);
+    setInterval(loadSilent, 15000);
   });
 })();

@@ -85,13 +85,34 @@
     return el("td", { class: old ? "stale-old" : "" }, duration(seconds) + " ago");
   }
 
+  // Per modality, when its data last arrived, measured against now (GET .../feeds: the worker's
+  // liveness check), and its age at the latest score beside it.
+  function renderFreshness(feeds, latest) {
+    const byModality = Object.fromEntries((feeds || []).map((f) => [f.modality, f]));
+    const atScore = latest ? (latest.staleness || latest.staleness_s || {}) : {};
+    const now = (f) => {
+      if (!f) return el("td", { class: "stale-never" }, "never");
+      const age = duration((Date.now() - (ICU.parseTime(f.last_received_at) || Date.now())) / 1000);
+      return f.silent ? el("td", { class: "stale-old silent", title: "received " + clock(f.last_received_at) }, "no data for " + age)
+        : el("td", { title: "received " + clock(f.last_received_at) }, age + " ago");
+    };
+    document.getElementById("staleness").replaceChildren(
+      el("tr", {}, el("th", {}), el("th", {}, "now"), el("th", { class: "muted" }, "at the latest score")),
+      ...MODALITIES.map(([key, label]) =>
+        el("tr", { dataset: { modality: key, silent: String(Boolean(byModality[key] && byModality[key].silent)) } },
+          el("th", {}, label), now(byModality[key]), latest ? staleness(atScore[key], key) : el("td", { class: "muted" }, "–"))));
+  }
+
+  // "early_warning v2": a model and, when the score says, the version that gave it.
+  function versioned(model, version) {
+    return model + (version ? " v" + version : "");
+  }
+
   function renderLatest(latest) {
     const latestTable = document.getElementById("latest");
-    const staleTable = document.getElementById("staleness");
     const contrib = document.getElementById("contributions");
     if (!latest) {
       latestTable.replaceChildren(el("tr", {}, el("td", { class: "muted" }, "No scores yet.")));
-      staleTable.replaceChildren();
       contrib.replaceChildren(el("p", { class: "muted" }, "No scores yet."));
       return;
     }
@@ -101,10 +122,8 @@
       kv("Deterioration risk", Number(latest.deterioration_risk).toFixed(2)),
       kv("Sepsis risk", Number(latest.sepsis_risk).toFixed(2)),
       kv("NEWS2 / qSOFA", latest.news2 + " / " + latest.qsofa),
-      kv("Model", latest.model + (latest.source === "fallback" ? " (fallback rules: Triton unreachable)" : " via " + latest.source)));
-    const st = latest.staleness || latest.staleness_s || {};
-    staleTable.replaceChildren(...MODALITIES.map(([key, label]) =>
-      el("tr", { dataset: { modality: key } }, el("th", {}, label), staleness(st[key], key))));
+      kv("Model", versioned(latest.model, latest.model_version) +
+         (latest.source === "fallback" ? " (fallback rules: Triton unreachable)" : " via " + latest.source)));
 
     // contributions: {deterioration: {vitals: x, ...}, sepsis: {...}}, for the rule model the risk
     // minus the risk without that modality's data; a flat {modality: x} is shown as one column.
@@ -141,7 +160,10 @@
       if (a.state === "acknowledged") state += " by " + (a.acknowledged_by || "?") + " " + clock(a.acknowledged_at);
       if (a.state === "resolved") state += " by " + (a.resolved_by || "system") + " " + clock(a.resolved_at);
       return el("tr", { class: "alert " + a.state, dataset: { alertId: a.alert_id } },
-        el("td", { class: "kind" }, a.kind), el("td", { class: "num risk" }, Number(a.risk).toFixed(2)),
+        el("td", { class: "kind" }, a.kind,
+           a.kind === "data_liveness" ? null : el("div", { class: "model muted", title: "the model that opened the alert" },
+                                                  versioned(a.model, a.model_version) + (a.source === "fallback" ? " · fallback rules" : ""))),
+        el("td", { class: "num risk" }, Number(a.risk).toFixed(2)),
         el("td", {}, clock(a.event_time)),
         el("td", {}, el("span", { class: "badge badge-" + (a.state === "acknowledged" ? "ack" : a.state) }, a.state),
            state.slice(a.state.length)));
@@ -151,25 +173,33 @@
   async function load(pid) {
     const notice = document.getElementById("notice");
     try {
-      const data = await api("/api/patients/" + encodeURIComponent(pid) + "/timeline");
+      const [data, feeds] = await Promise.all([api("/api/patients/" + encodeURIComponent(pid) + "/timeline"),
+        api("/api/patients/" + encodeURIComponent(pid) + "/feeds").catch(() => [])]);
       notice.textContent = "";
       const p = data.patient || {};
       const facts = [p.unit && "unit " + p.unit, p.bed && "bed " + p.bed,
                      p.age != null && Math.round(p.age) + " y", p.sex].filter(Boolean);
       document.getElementById("patient-facts").textContent = facts.join(" · ");
+      document.getElementById("no-adt").hidden = p.admitted !== false;
       const all = (data.scores || []).slice().sort((a, b) => (ICU.parseTime(a.event_time) || 0) - (ICU.parseTime(b.event_time) || 0));
       // Scores of every model come back (a shadow model may score beside the live one): chart the
       // model of the newest score so two models' lines never interleave.
       const model = all.length ? all[all.length - 1].model : null;
       const scores = all.filter((sc) => sc.model === model);
       const others = [...new Set(all.map((sc) => sc.model))].filter((m) => m !== model);
+      // A promoted or rolled-back version continues the same model's line; the text names them.
+      const versions = [...new Set(scores.map((sc) => sc.model_version).filter(Boolean))];
+      const newest = versions.length ? versions[versions.length - 1] : null;
+      const earlier = versions.filter((v) => v !== newest);
       document.getElementById("chart-model").textContent = model
-        ? "model " + model + (others.length ? " (also scored by " + others.join(", ") + ", not shown)" : "") : "";
+        ? "model " + versioned(model, newest) + (earlier.length ? " (earlier scores: v" + earlier.join(", v") + ")" : "") +
+          (others.length ? " (also scored by " + others.join(", ") + ", not shown)" : "") : "";
       const alerts = data.alerts || [];
       const box = document.getElementById("chart");
       if (scores.length) box.replaceChildren(chart(scores, alerts));
       else box.replaceChildren(el("p", { class: "muted" }, "No scores yet."));
       renderLatest(scores[scores.length - 1]);
+      renderFreshness(feeds, scores[scores.length - 1]);
       renderAlerts(alerts);
       document.getElementById("updated").textContent = "updated " + clock(new Date().toISOString());
     } catch (e) {

@@ -58,6 +58,8 @@ ROUTE_ROLES = {
     ("POST", "/api/alerts/{alert_id}/resolve"): ("nurse", "physician"),
     ("GET", "/api/alerts/{alert_id}/events"): ALL_ROLES,
     ("GET", "/api/patients/{patient_id}/timeline"): ALL_ROLES,
+    ("GET", "/api/patients/{patient_id}/feeds"): ALL_ROLES,
+    ("GET", "/api/feeds/silent"): ALL_ROLES,
     ("GET", "/api/quality"): ALL_ROLES,
     ("GET", "/api/stream"): ALL_ROLES,
     ("GET", "/fhir/RiskAssessment"): ALL_ROLES,
@@ -323,6 +325,7 @@ def test_alert_filters(client, sessions, tokens):
         "news2",
         "qsofa",
         "model",
+        "model_version",
         "source",
         "state",
         "event_time",
@@ -337,12 +340,16 @@ def test_alert_filters(client, sessions, tokens):
         "escalation_level",
         "unit",
         "bed",
+        "admitted",
         "contributions",
         "current_risk",
         "current_news2",
         "current_at",
+        "current_model",
+        "current_model_version",
     }
     assert alert["contributions"] is None  # raised without contributions (see test_contributions.py)
+    assert alert["admitted"] is True  # ADT admitted p2 (test_admission.py: one it did not)
     assert alert["event_time"].endswith("Z") or alert["event_time"].endswith("+00:00")
     assert datetime.fromisoformat(alert["episode_start"]).timestamp() == pytest.approx(NOW - 700, abs=1e-3)
 
@@ -393,6 +400,7 @@ def test_timeline_and_quality(client, sessions, tokens):
         "qsofa",
         "source",
         "model",
+        "model_version",
         "staleness",
         "revision",
         "contributions",

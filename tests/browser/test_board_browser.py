@@ -29,7 +29,7 @@ from stack_fixtures import free_port, running_worker, wait_for
 
 from icuwatch.core import schemas
 from icuwatch.core.settings import REPO_ROOT, Settings
-from icuwatch.storage import db, lifecycle
+from icuwatch.storage import data_feeds, db, lifecycle
 from icuwatch.storage import repository as repo
 from icuwatch.storage.models import Alert, Score
 from icuwatch.storage.tokens import create_token
@@ -219,9 +219,9 @@ def test_alert_appears_live_and_nurse_acknowledges_it(browser_page, board):
     assert chart.locator("circle.point.det").count() >= 2
     assert len(chart.locator("polyline.det").get_attribute("points").split()) >= 2
     assert chart.locator(f"g.alert-marker[data-alert-id='{alert_id}']").count() == 1
-    expect(page.locator("#staleness tr")).to_have_count(4)
-    expect(page.locator("#staleness tr[data-modality='vitals'] td")).to_contain_text("ago")
-    expect(page.locator("#staleness tr[data-modality='cxr'] td")).to_have_text("never")
+    expect(page.locator("#staleness tr[data-modality]")).to_have_count(4)
+    expect(page.locator("#staleness tr[data-modality='vitals'] td").nth(1)).to_contain_text("ago")  # at the score
+    expect(page.locator("#staleness tr[data-modality='cxr'] td").first).to_have_text("never")
     # per-modality contributions of the latest score: a column per risk, a row per modality
     expect(page.locator("#contributions-table th[data-risk]")).to_have_count(2)
     expect(page.locator("#contributions-table tr[data-modality]")).to_have_count(4)
@@ -358,3 +358,91 @@ def test_rows_sort_by_current_risk_and_a_nurse_resolves_with_a_reason(browser_pa
     finally:
         api.terminate()
         api.wait(timeout=10)
+
+
+def test_a_silent_patient_is_on_the_board_and_its_page_says_no_data_since(browser_page, tmp_path):
+    """The defect: nothing marked a patient whose data stopped, and the patient page said "Vital
+    signs 0 s ago" from the last score while the data were 10 minutes old."""
+    from playwright.sync_api import expect
+
+    url = f"sqlite:///{tmp_path / 'ward.db'}"
+    db.upgrade(url)
+    settings = Settings(database_url=url, state_dir=tmp_path / "state")
+    factory = db.session_factory(db.make_engine(url))
+    now = time.time()
+    with factory.begin() as s:
+        token = create_token(s, NURSE, "nurse")
+        for pid in ("bed-c", "bed-d"):
+            repo.upsert_patient(
+                s, schemas.Adt(patient_id=pid, event_time=now - 7200, event="admit", bed=pid[-1].upper())
+            )
+            repo.add_scores(
+                s,
+                [
+                    schemas.Score(
+                        patient_id=pid,
+                        event_time=now - 600,
+                        model="early_warning",
+                        source="triton",
+                        deterioration_risk=0.2,
+                        sepsis_risk=0.1,
+                        news2=2,
+                        qsofa=0,
+                        staleness_s={"vitals": 0.0, "waveforms": None, "labs": None, "cxr": None},
+                        scored_at=now - 600,
+                    )
+                ],
+            )
+        data_feeds.record(s, {("bed-c", "vitals"): (now - 600, now - 600), ("bed-d", "vitals"): (now - 5, now - 5)})
+        repo.add_alert(s, _alert("bed-d", "deterioration", now - 900, risk=0.9))
+        repo.add_alert(s, _alert("bed-c", "data_liveness", now - 600, risk=0.0))
+
+    port = free_port()
+    api = serve(settings, {"ICUWATCH_STATE_DIR": str(tmp_path / "state")}, port, tmp_path / "serve.log")
+    try:
+        page = browser_page
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"http://127.0.0.1:{port}/?token={token}")
+        rows = page.locator("tr.alert")
+        expect(rows).to_have_count(2)
+        first = rows.first  # a silent patient ranks with the highest risks
+        expect(first).to_have_attribute("data-alert-id", f"bed-c:data_liveness:{int(now - 600)}")
+        expect(first.locator("td.kind")).to_contain_text("No data")
+        expect(first.locator("td.silent")).to_contain_text("no vital signs since")
+        silent = page.locator("#silent tr.silent-feed")
+        expect(page.locator("#silent")).to_be_visible()
+        expect(silent).to_have_count(1)
+        expect(silent.first).to_have_attribute("data-patient-id", "bed-c")
+        expect(silent.first).to_contain_text("no vital signs for 10 min")
+
+        page.goto(f"http://127.0.0.1:{port}/patients/bed-c")
+        vitals = page.locator("#staleness tr[data-modality='vitals']")
+        expect(vitals).to_have_attribute("data-silent", "true")
+        expect(vitals.locator("td").first).to_have_text("no data for 10 min")
+        expect(vitals.locator("td").nth(1)).to_have_text("0 s ago")  # what the last score saw, beside it
+        page.goto(f"http://127.0.0.1:{port}/patients/bed-d")
+        vitals = page.locator("#staleness tr[data-modality='vitals']")
+        expect(vitals).to_have_attribute("data-silent", "false")
+        expect(vitals.locator("td").first).to_contain_text("s ago")
+        assert not errors, f"JavaScript errors: {errors}"
+    finally:
+        api.terminate()
+        api.wait(timeout=10)
+
+
+def _alert(pid: str, kind: str, start: float, risk: float) -> schemas.Alert:
+    liveness = kind == "data_liveness"
+    return schemas.Alert(
+        patient_id=pid,
+        event_time=start + 300,
+        alert_id=f"{pid}:{kind}:{int(start)}",
+        kind=kind,
+        risk=risk,
+        news2=0 if liveness else 9,
+        qsofa=0 if liveness else 1,
+        model="liveness" if liveness else "early_warning",
+        source="liveness" if liveness else "triton",
+        episode_start=start,
+        raised_at=start + 300,
+    )

@@ -12,7 +12,7 @@ import io
 import json
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
@@ -28,12 +28,18 @@ from icuwatch.interfaces.dicom_scp import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_NOT_CXR,
     STATUS_OUT_OF_RESOURCES,
+    STATUS_SUCCESS,
     STATUS_UNKNOWN_PATIENT,
 )
 from icuwatch.sources.simulator import cxr as sim_cxr
 
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ACQ = datetime(2024, 3, 5, 14, 30, 15, 500000, tzinfo=timezone.utc)
+
+
+def historic(settings):
+    """The studies here were acquired in 2024 (``ACQ``): no limit on their age at the listener."""
+    return settings.model_copy(update={"live_max_age_s": 0.0})
 
 
 def make_xray(
@@ -156,8 +162,27 @@ def test_chest_detection_and_view():
     assert dicom_scp.view_of(make_xray(x, ViewPosition="LL")) == "LAT"
     assert dicom_scp.view_of(make_xray(x, ViewPosition="PA")) == "PA"
     assert dicom_scp.view_of(make_xray(x)) == "AP"
-    assert dicom_scp.sanitise_patient_id(" MRN 12/3 ") == "MRN_12_3"
-    assert dicom_scp.sanitise_patient_id("") is None and dicom_scp.sanitise_patient_id("x" * 65) is None
+
+
+def test_patient_id_is_kept_exactly_or_refused_saying_why():
+    x = ramp12()
+    assert dicom_scp.patient_id_of(make_xray(x, patient_id="MRN.12-3 ")) == "MRN.12-3"  # LO padding only
+    for pid, reason in [
+        ("MRN 12", "PatientID has ' ' at position 4"),
+        ("MRN/12", "PatientID has '/' at position 4"),
+        ("MRN\\12", "PatientID has '\\\\' at position 4"),  # DICOM's value separator
+        ("", "PatientID is empty"),
+    ]:
+        with pytest.raises(dicom_scp.Refused) as exc:
+            dicom_scp.patient_id_of(make_xray(x, patient_id=pid))
+        assert exc.value.status == STATUS_UNKNOWN_PATIENT and exc.value.reason.startswith(reason), exc.value.reason
+        assert "12" not in exc.value.reason
+    foreign = make_xray(x, patient_id="A1", IssuerOfPatientID="OTHER")
+    assert dicom_scp.patient_id_of(foreign) == "A1"  # no authority set: not checked
+    with pytest.raises(dicom_scp.Refused, match="IssuerOfPatientID 'OTHER' is not this site's"):
+        dicom_scp.patient_id_of(foreign, "HOSP")
+    assert dicom_scp.patient_id_of(make_xray(x, patient_id="A1", IssuerOfPatientID="HOSP"), "HOSP") == "A1"
+    assert dicom_scp.patient_id_of(make_xray(x, patient_id="A1"), "HOSP") == "A1"  # no issuer: this site's
 
 
 def sim_message(patient_id: str, t: float = 1.7e9, view: str = "PA") -> schemas.Cxr:
@@ -207,9 +232,54 @@ class FailingProducer:
 
             raise KafkaTimeoutError("no broker")
 
-    def send(self, topic, key=None, value=None):
+    def send(self, topic, key=None, value=None, headers=None):
         self.sent.append(topic)
         return self._Future()
+
+
+class RecordingProducer:
+    """Acknowledges at once; keeps (topic, headers) of what was sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, list | None]] = []
+
+    class _Future:
+        def get(self, timeout=None):
+            return None
+
+    def send(self, topic, key=None, value=None, headers=None):
+        self.sent.append((topic, headers))
+        return self._Future()
+
+
+def test_acquisition_times_outside_the_live_window_are_refused_and_what_is_taken_is_marked_live(tmp_path):
+    """An X-ray dated a day ahead (a wrong modality clock) or a month old is refused with the
+    reason; a current one goes to icu.cxr marked live, so the worker checks it against the
+    record's timestamp too."""
+    from stack_fixtures import settings_for
+
+    from icuwatch.streams.kafka.producer import LIVE_HEADER
+
+    settings, _ = settings_for(tmp_path)
+    producer = RecordingProducer()
+    port = free_port()
+    scp = dicom_scp.CxrStoreSCP(settings, port=port, producer=producer)
+    scp.start(block=False)
+    now = datetime.now(timezone.utc)
+    try:
+        assoc = scu(port, dicom_scp.DX_PRESENTATION_STORAGE)
+        at = lambda t: make_xray(ramp12(), bits_stored=12, AcquisitionDateTime=t.strftime("%Y%m%d%H%M%S"))  # noqa: E731
+        ahead = assoc.send_c_store(at(now + timedelta(days=1)))
+        old = assoc.send_c_store(at(now - timedelta(days=30)))
+        current = assoc.send_c_store(at(now - timedelta(minutes=20)))
+        assoc.release()
+    finally:
+        scp.stop()
+    assert ahead.Status == STATUS_CANNOT_UNDERSTAND
+    assert ahead.ErrorComment.startswith("acquisition time 24.0 h ahead of the receiving clock")
+    assert old.Status == STATUS_CANNOT_UNDERSTAND and "older than the receiving clock" in old.ErrorComment
+    assert current.Status == STATUS_SUCCESS
+    assert producer.sent == [(topics.DEADLETTER, None), (topics.DEADLETTER, None), (topics.CXR, [LIVE_HEADER])]
 
 
 def test_broker_failure_is_out_of_resources(tmp_path):
@@ -217,7 +287,7 @@ def test_broker_failure_is_out_of_resources(tmp_path):
 
     settings, _ = settings_for(tmp_path, ICUWATCH_DICOM_BROKER_TIMEOUT_S="0.1")
     port = free_port()
-    scp = dicom_scp.CxrStoreSCP(settings, port=port, producer=FailingProducer(), require_admitted=False)
+    scp = dicom_scp.CxrStoreSCP(historic(settings), port=port, producer=FailingProducer())
     scp.start(block=False)
     try:
         assoc = scu(port, dicom_scp.DX_PRESENTATION_STORAGE)
@@ -286,7 +356,8 @@ def test_scp_on_real_broker(stack, tmp_path):
     engine.dispose()
 
     port = free_port()
-    scp = dicom_scp.CxrStoreSCP(settings.model_copy(update={"database_url": url}), port=port)
+    refusing = settings.model_copy(update={"database_url": url, "unadmitted_data": "refuse"})
+    scp = dicom_scp.CxrStoreSCP(historic(refusing), port=port)
     scp.start(block=False)
     marker = uuid.uuid4().hex.encode()
     bad_path = tmp_path / "corrupt.dcm"
@@ -374,6 +445,83 @@ def test_scp_on_real_broker(stack, tmp_path):
     assert base64.b64decode(ct_dl["original_b64"])[128:132] == b"DICM"  # the original Part 10 bytes
 
 
+@pytest.mark.stack
+def test_patient_identity_and_never_admitted_patients_through_the_scp(stack, tmp_path):
+    """Issue 18, the SCP's half (``test_hl7.py`` has the listener's), through the real SCP, broker
+    and database. PatientID ``MRN 1001`` / ``MRN/1001`` were stored as ``MRN_1001``: now refused
+    (0xC001) saying what is wrong; ``MRN-1001`` and ``MRN.1001`` are two patients; another site's
+    IssuerOfPatientID is refused when this site's authority is set. Never-admitted patients, one
+    policy with HL7: accept (default) stores them, refuse answers 0xC001 (and a patient
+    discharged before the acquisition too), while an admitted one is stored."""
+    from icuwatch.storage import db, repository
+
+    base, _ = stack
+    url = f"sqlite:///{tmp_path / 'adt.db'}"
+    db.upgrade(url)
+    tag = uuid.uuid4().hex[:8]
+    stranger, known, gone = (f"{k}-{tag}" for k in ("never", "known", "gone"))
+    engine = db.make_engine(url)
+    with db.session_factory(engine).begin() as session:
+        repository.upsert_patient(
+            session, schemas.Adt(patient_id=known, event_time=ACQ.timestamp() - 86400, event="admit")
+        )
+        repository.upsert_patient(
+            session, schemas.Adt(patient_id=gone, event_time=ACQ.timestamp() - 86400, event="admit")
+        )
+        repository.upsert_patient(
+            session, schemas.Adt(patient_id=gone, event_time=ACQ.timestamp() - 60, event="discharge")
+        )
+    engine.dispose()
+
+    def store(settings, datasets) -> list:
+        port = free_port()
+        scp = dicom_scp.CxrStoreSCP(historic(settings), port=port)
+        scp.start(block=False)
+        try:
+            assoc = scu(port, dicom_scp.DX_PRESENTATION_STORAGE)
+            out = [assoc.send_c_store(ds) for ds in datasets]
+            assoc.release()
+            return out
+        finally:
+            scp.stop()
+
+    settings = base.model_copy(update={"database_url": url})
+    assert settings.unadmitted_data == "accept"  # the default
+    got = store(
+        settings,
+        [make_xray(ramp12(), patient_id=p) for p in (f"MRN {tag}", f"MRN/{tag}", f"MRN-{tag}", f"MRN.{tag}", stranger)],
+    )
+    assert [r.Status for r in got] == [STATUS_UNKNOWN_PATIENT] * 2 + [0x0000] * 3
+    assert got[0].ErrorComment.startswith("PatientID has ' ' at position 4")
+    assert got[1].ErrorComment.startswith("PatientID has '/' at position 4")
+    assert all(tag not in r.ErrorComment for r in got[:2])
+
+    got = store(
+        settings.model_copy(update={"patient_id_authority": "HOSP"}),
+        [
+            make_xray(ramp12(), patient_id=f"F{tag}", IssuerOfPatientID="OTHER"),
+            make_xray(ramp12(), patient_id=f"H{tag}", IssuerOfPatientID="HOSP"),
+        ],
+    )
+    assert [(r.Status, r.get("ErrorComment")) for r in got] == [
+        (STATUS_UNKNOWN_PATIENT, "IssuerOfPatientID 'OTHER' is not this site's"),
+        (0x0000, None),
+    ]
+
+    got = store(
+        settings.model_copy(update={"unadmitted_data": "refuse"}),
+        [make_xray(ramp12(), patient_id=p) for p in (stranger, known, gone)],
+    )
+    assert [(r.Status, r.get("ErrorComment")) for r in got] == [
+        (STATUS_UNKNOWN_PATIENT, "patient not known to ADT"),
+        (0x0000, None),
+        (STATUS_UNKNOWN_PATIENT, "patient discharged before the observation"),
+    ]
+
+    keys = sorted(r.key.decode() for r in read_topic(base, topics.CXR, lambda r: tag.encode() in (r.key or b""), 99, 8))
+    assert keys == sorted([f"MRN-{tag}", f"MRN.{tag}", stranger, f"H{tag}", known]), keys  # no MRN_..., no gone
+
+
 def test_association_calling_another_ae_title_is_rejected(tmp_path):
     """Regression: the SCP accepted any called AE title. Now only ``dicom_ae_title`` (A-ASSOCIATE-RJ
     otherwise: rejected permanent, by the service user, "called AE title not recognised")."""
@@ -382,7 +530,7 @@ def test_association_calling_another_ae_title_is_rejected(tmp_path):
 
     settings, _ = settings_for(tmp_path, ICUWATCH_DICOM_AE_TITLE="ICU-CXR")
     port = free_port()
-    scp = dicom_scp.CxrStoreSCP(settings, port=port, producer=FailingProducer(), require_admitted=False)
+    scp = dicom_scp.CxrStoreSCP(historic(settings), port=port, producer=FailingProducer())
     scp.start(block=False)
     try:
         for called in ("ICUWATCH", "ANY-SCP"):

@@ -97,7 +97,8 @@ def test_resources_validate_round_trip_and_are_r4():
         assert res["identifier"] == [{"system": fx.ALERT_IDENTIFIER_SYSTEM, "value": alert.alert_id}]
 
     assert ra["status"] == "final"
-    assert ra["subject"]["reference"] == "Patient/p1"
+    p1 = {"type": "Patient", "identifier": {"system": fx.PATIENT_IDENTIFIER_SYSTEM, "value": "p1"}}
+    assert ra["subject"] == p1 and all(c["subject"] == p1 for c in ra["contained"])
     assert ra["occurrenceDateTime"] == iso(score.event_time)
     assert ra["method"]["coding"][0]["code"] == "early_warning" and "triton" in ra["method"]["text"]
     assert ra["prediction"][0]["outcome"]["text"] == "sepsis"
@@ -110,7 +111,8 @@ def test_resources_validate_round_trip_and_are_r4():
 
     assert fl["status"] == "active" and fl["period"] == {"start": iso(alert.episode_start)}
     assert di["status"] == "preliminary" and di["severity"] == "high"
-    assert di["patient"]["reference"] == "Patient/p1" and "subject" not in di  # R4, not R5
+    assert fl["subject"] == p1
+    assert di["patient"] == p1 and "subject" not in di  # R4, not R5
     assert di["identifiedDateTime"] == iso(alert.event_time)
     assert di["implicated"] == [{"reference": f"RiskAssessment/{ra['id']}"}]
 
@@ -135,14 +137,49 @@ def test_state_changes_contributions_and_odd_patient_ids():
     ra = fx.risk_assessment(make_alert(), score)
     assert "lactate +0.210" in ra["note"][0]["text"]
 
-    odd = fx.flag(make_alert(pid="pt_7"))  # '_' is not allowed in FHIR ids
+    odd = fx.flag(make_alert(pid="pt_7"))  # '_' is not allowed in FHIR ids: no matter, no Patient/ reference
     check_r4(odd)
-    assert "reference" not in odd["subject"]
-    assert odd["subject"]["identifier"] == {"system": fx.PATIENT_IDENTIFIER_SYSTEM, "value": "pt_7"}
+    assert odd["subject"] == {
+        "type": "Patient",
+        "identifier": {"system": fx.PATIENT_IDENTIFIER_SYSTEM, "value": "pt_7"},
+    }
 
     no_score = fx.risk_assessment(make_alert())  # falls back to the alert's own figures and time
     check_r4(no_score)
     assert no_score["occurrenceDateTime"] == iso(T0)
+
+
+def _strings(node: Any):
+    if isinstance(node, dict):
+        for v in node.values():
+            yield from _strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _strings(v)
+    elif isinstance(node, str):
+        yield node
+
+
+@pytest.mark.parametrize("pid", ["MRN-1001", "MRN.1001", "mrn_1001", "0042", "A" * 64])
+def test_the_subject_is_the_hospitals_identifier_in_the_ehrs_system(pid):
+    """Issue 18: subjects were ``Patient/<icuwatch id>`` -- a guess at the EHR's logical id (after
+    a lossy rewrite: ``Patient/MRN_1001``), which the EHR did not know. Now every subject is a
+    logical reference by identifier only: the EHR's MRN system and the hospital's identifier exactly."""
+    system = "urn:oid:2.16.840.1.113883.3.999.1"
+    alert, score = make_alert(pid=pid), make_score(pid=pid)
+    expected = {"type": "Patient", "identifier": {"system": system, "value": pid}}
+    ra, fl, di = fx.resources_for_alert(alert, score, patient_system=system)
+    for res in (ra, fl, di):
+        check_r4(res)  # fhir.resources validates the logical reference
+    assert ra["subject"] == fl["subject"] == di["patient"] == expected
+    assert all(c["subject"] == expected for c in ra["contained"])
+    for bundle in (
+        fx.bundle_for_alert(alert, score, patient_system=system),
+        fx.bundle_for_alert(alert, score, type="collection", patient_system=system),
+    ):
+        Bundle.model_validate(bundle)
+        assert not [t for t in _strings(bundle) if t.startswith("Patient/")]
+        assert [e["resource"].get("subject", e["resource"].get("patient")) for e in bundle["entry"]] == [expected] * 3
 
 
 def test_bundles():
@@ -166,6 +203,31 @@ def test_bundles():
     assert all(e["resource"]["id"] == fx.resource_id(alert.alert_id) for e in col["entry"])
 
 
+def test_a_data_liveness_alert_is_a_flag_and_a_detected_issue_without_a_risk_assessment():
+    alert = schemas.Alert(
+        patient_id="p1",
+        event_time=T0 + 400,
+        alert_id=f"p1:data_liveness:{T0:.0f}",
+        kind="data_liveness",
+        risk=0.0,
+        news2=0,
+        qsofa=0,
+        model="liveness",
+        source="liveness",
+        episode_start=T0,
+        raised_at=T0 + 400,
+    )
+    tx = fx.bundle_for_alert(alert)
+    Bundle.model_validate(tx)
+    by_type = {e["resource"]["resourceType"]: e["resource"] for e in tx["entry"]}
+    assert set(by_type) == {"Flag", "DetectedIssue"}
+    assert by_type["Flag"]["code"]["text"] == fx.LIVENESS_TEXT
+    assert "implicated" not in by_type["DetectedIssue"]
+    assert by_type["DetectedIssue"]["detail"].startswith(f"no vital signs received since {iso(T0)}")
+    for res in by_type.values():
+        check_r4(res)
+
+
 # ---------------------------------------------------------------------------------- API routes
 
 
@@ -182,8 +244,11 @@ ROUTES = ["/fhir/RiskAssessment", "/fhir/Flag", "/fhir/DetectedIssue"]
 def test_fhir_routes(url: str, tmp_path: Path):
     from icuwatch.storage.tokens import create_token
 
-    app = create_app(Settings(database_url=url, state_dir=tmp_path / "state"), escalate=False)
+    system = "urn:oid:2.16.840.1.113883.3.999.1"
+    settings = Settings(database_url=url, state_dir=tmp_path / "state", fhir_patient_identifier_system=system)
+    app = create_app(settings, escalate=False)
     sessions = app.state.sessions
+    p1 = {"type": "Patient", "identifier": {"system": system, "value": "p1"}}
     t1, t2 = T0, T0 + 7200
     older, newer = make_alert(t=t1, risk=0.66), make_alert(kind="deterioration", t=t2, risk=0.81)
     with sessions.begin() as s:
@@ -209,7 +274,7 @@ def test_fhir_routes(url: str, tmp_path: Path):
         for e, ra in zip(b["entry"], ras):
             check_r4(ra)
             assert e["fullUrl"].endswith(f"/fhir/RiskAssessment/{ra['id']}")
-            assert ra["subject"]["reference"] == "Patient/p1"
+            assert ra["subject"] == p1  # the EHR's MRN system, from the settings
         # newest first; probability = the alert's risk; occurrence = the score's event time
         assert [ra["prediction"][0]["outcome"]["text"] for ra in ras] == ["clinical deterioration", "sepsis"]
         assert [ra["prediction"][0]["probabilityDecimal"] for ra in ras] == pytest.approx([0.81, 0.66])
@@ -237,17 +302,24 @@ def test_fhir_routes(url: str, tmp_path: Path):
         assert active["total"] == 1 and active["entry"][0]["resource"]["status"] == "active"
 
         with sessions.begin() as s:  # the change feed a background pusher would poll
-            bundles, cursor = fp.changed_alert_bundles(s, None)
+            bundles, cursor = fp.changed_alert_bundles(s, None, patient_system=system)
             assert {b["identifier"]["value"] for b in bundles} == {
                 older.alert_id,
                 newer.alert_id,
                 "p2:sepsis:1699999400",
             }
             assert all(b["type"] == "transaction" for b in bundles)
-            assert fp.changed_alert_bundles(s, *cursor)[0] == []
+            assert all(
+                e["resource"]["subject" if "subject" in e["resource"] else "patient"]["identifier"]["system"] == system
+                for b in bundles
+                for e in b["entry"]
+            )
+            assert fp.changed_alert_bundles(s, *cursor, patient_system=system)[0] == []
 
         di = c.get("/fhir/DetectedIssue", params={"patient": "p1"}, headers=h).json()
         assert [e["resource"]["status"] for e in di["entry"]] == ["preliminary", "final"]
+        assert all(e["resource"]["patient"] == p1 for e in di["entry"])
+        assert all(e["resource"]["subject"] == p1 for e in fl["entry"])
         assert di["entry"][0]["resource"]["implicated"][0]["reference"] == f"RiskAssessment/{ras[0]['id']}"
 
 
@@ -337,7 +409,8 @@ def test_push_retries_arrives_once_and_is_idempotent():
             assert flag["status"] == "inactive" and len(server.store) == 3
 
             # background pusher: submit returns at once, pushes in the background
-            pusher = fp.FhirPusher(settings)
+            system = "urn:oid:2.16.840.1.113883.3.999.1"
+            pusher = fp.FhirPusher(settings.model_copy(update={"fhir_patient_identifier_system": system}))
             await pusher.start()
             t = time.perf_counter()
             assert pusher.submit_alert(make_alert(pid="p9"), make_score(pid="p9"))
@@ -345,6 +418,10 @@ def test_push_retries_arrives_once_and_is_idempotent():
             assert await pusher.drain(10)
             await pusher.stop()
             assert pusher.stats["pushed"] == 1 and server.creates == 6
+            pushed = server.requests[-1]["body"]["entry"]
+            assert {
+                e["resource"].get("subject", e["resource"].get("patient"))["identifier"]["system"] for e in pushed
+            } == {system}
         finally:
             await runner.cleanup()
 
@@ -406,7 +483,8 @@ def test_the_api_pushes_alert_changes_when_an_endpoint_is_configured(tmp_path):
     runner, endpoint = asyncio.run_coroutine_threadsafe(_serve(server), loop).result(10)
     url = f"sqlite:///{tmp_path / 'push.db'}"
     db.upgrade(url)
-    settings = _push_settings(endpoint, database_url=url)
+    system = "urn:oid:2.16.840.1.113883.3.999.1"
+    settings = _push_settings(endpoint, database_url=url, fhir_patient_identifier_system=system)
     sessions = db.session_factory(db.make_engine(url))
     try:
         with TestClient(create_app(settings, escalate=False)):
@@ -424,6 +502,7 @@ def test_the_api_pushes_alert_changes_when_an_endpoint_is_configured(tmp_path):
         assert server.creates == 3 and len(server.store) == 3
         issue = next(v for (t, _), v in server.store.items() if t == "DetectedIssue")
         assert issue["status"] == "final"  # acknowledged
+        assert issue["patient"] == {"type": "Patient", "identifier": {"system": system, "value": "push1"}}
     finally:
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)

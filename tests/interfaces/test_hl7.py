@@ -27,7 +27,6 @@ from icuwatch.interfaces.hl7_mapping import (
     load_mapping,
     map_message,
     parse_ts,
-    sanitize_patient_id,
 )
 
 MAPPING = load_mapping()
@@ -117,14 +116,11 @@ def test_naive_time_in_configured_zone():
     assert parse_ts("20240701180000", ZoneInfo("Europe/Berlin")) == parse_ts("20240701160000")  # CEST
 
 
-def test_completed_years_and_ids():
+def test_completed_years():
     from datetime import date
 
     assert completed_years(date(1957, 6, 1), date(2024, 11, 25)) == 67
     assert completed_years(date(1957, 11, 26), date(2024, 11, 25)) == 66
-    assert sanitize_patient_id(" MRN 12/34 ") == "MRN_12_34"
-    with pytest.raises(ValueError):
-        sanitize_patient_id("   ")
 
 
 # ---- pure: mapping tables and unit conversion --------------------------------------------------
@@ -271,10 +267,10 @@ def test_malformed_messages_rejected():
 
 
 def test_adt_mapping():
-    ((topic, msg),) = map_message(adt("MRN/77", "A01"), MAPPING)
+    ((topic, msg),) = map_message(adt("MRN.77", "A01"), MAPPING)
     assert topic == topics.ADT and isinstance(msg, Adt)
     assert (msg.patient_id, msg.event, msg.unit, msg.bed, msg.age, msg.sex, msg.event_time) == (
-        "MRN_77",
+        "MRN.77",
         "admit",
         "MICU",
         "MICU-012",
@@ -664,3 +660,227 @@ def test_a_far_future_observation_cannot_stop_a_patients_scoring(stack, tmp_path
     assert base64.b64decode(by_topic["hl7"]["original_b64"]).decode() == far
     assert base64.b64decode(by_topic[topics.VITALS]["original_b64"]) == bypass
     assert "ahead of the live source's clock" in by_topic[topics.VITALS]["reason"]
+
+
+# ---- patient identity and never-admitted patients (issue 18, must-have 3) ----------------------
+
+
+def with_pid3(text: str, pid3: str, pid: str = "P9") -> str:
+    """``text`` (from :func:`oru`/:func:`adt` for ``pid``) with PID-3 replaced by ``pid3`` whole."""
+    return text.replace(f"PID|1||{pid}^^^HOSP^MR", f"PID|1||{pid3}")
+
+
+@pytest.mark.parametrize(
+    "pid3, reason, code",
+    [
+        ("MRN 1001^^^HOSP^MR", "PID-3: patient identifier has ' ' at position 4", "102"),
+        ("MRN/1001^^^HOSP^MR", "PID-3: patient identifier has '/' at position 4", "102"),
+        ("MRN\\S\\1001^^^HOSP^MR", "PID-3: patient identifier has '^' at position 4", "102"),  # escaped '^'
+        ("x" * 65 + "^^^HOSP^MR", "PID-3: patient identifier is 65 characters, at most 64", "102"),
+        ("^^^HOSP^MR", "PID-3: no patient identifier", "101"),
+        ("MRN&1001^^^HOSP^MR", "PID-3.1: patient identifier has subcomponents", "102"),  # unescaped '&'
+    ],
+)
+def test_pid3_is_refused_saying_what_is_wrong(pid3, reason, code):
+    text = with_pid3(oru("P9", "NM|8867-4||90|/min|||||F"), pid3)
+    with pytest.raises(Hl7Reject) as exc:
+        map_message(text, MAPPING)
+    rej = exc.value
+    assert rej.reason.startswith(reason), rej.reason
+    assert (rej.segment, rej.index, rej.field, rej.code, rej.patient_id) == ("PID", 2, 3, code, None)
+    assert "1001" not in rej.reason and "xxxxx" not in rej.reason  # the identifier is not echoed
+
+
+def test_pid3_is_kept_exactly_and_the_site_authority_is_checked():
+    def pid_of(pid3: str, authority: str = "") -> str:
+        ((_, msg),) = map_message(with_pid3(oru("P9", "NM|8867-4||90|/min|||||F"), pid3), MAPPING, authority=authority)
+        return msg.patient_id
+
+    assert pid_of("MRN-1001^^^HOSP^MR") == "MRN-1001" and pid_of("MRN.1001^^^HOSP^MR") == "MRN.1001"
+    assert pid_of("  007 ^^^HOSP^MR") == "007"  # padding only
+    assert pid_of("V1^^^HOSP^VN~M1^^^HOSP^MR") == "M1"  # the medical record number preferred
+    # unset: not checked (a single-source site)
+    assert pid_of("A1^^^OTHER^MR") == "A1"
+    # set: this site's identifier, or one without an authority, is taken; another site's is refused
+    assert pid_of("A1^^^HOSP^MR", "HOSP") == "A1" and pid_of("A1", "HOSP") == "A1"
+    assert pid_of("A1^^^HOSP&2.16.840.1.1&ISO^MR", "HOSP") == "A1"  # PID-3.4's first subcomponent
+    assert pid_of("A1^^^OTHER^MR~B2^^^HOSP^MR", "HOSP") == "B2"
+    assert pid_of("A1^^^^MR~B2^^^HOSP^MR", "HOSP") == "B2"  # the one naming this site first
+    with pytest.raises(Hl7Reject) as exc:
+        pid_of("A1^^^OTHER^MR~B2^^^OTHER^PI", "HOSP")
+    assert exc.value.reason == "PID-3.4: assigning authority 'OTHER' is not this site's"
+    assert (exc.value.segment, exc.value.field, exc.value.code, exc.value.patient_id) == ("PID", 3, "204", None)
+    # ADT takes the same identifier
+    ((_, admit),) = map_message(with_pid3(adt("P9", "A01"), "MRN.1001^^^HOSP^MR"), MAPPING, authority="HOSP")
+    assert admit.patient_id == "MRN.1001"
+
+
+def _exchange_acks(port: int, texts: list[str]) -> list:
+    """Like :func:`_exchange`, returning the parsed ACKs (MSA and ERR)."""
+
+    async def run():
+        reader, writer = await hl7.mllp.open_hl7_connection("127.0.0.1", port, encoding="utf-8")
+        out = []
+        try:
+            for text in texts:
+                writer.writeblock(text.encode("utf-8"))
+                await writer.drain()
+                out.append(await asyncio.wait_for(reader.readmessage(), 30))
+        finally:
+            writer.close()
+        return out
+
+    return asyncio.run(run())
+
+
+class _Listening:
+    """A started :class:`Hl7Listener` on a free port in its own event loop thread (``with``)."""
+
+    def __init__(self, settings, **kw):
+        self.settings, self.kw = settings, kw
+
+    def __enter__(self):
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.listener = Hl7Listener(self.settings, **self.kw)
+        asyncio.run_coroutine_threadsafe(self.listener.start("127.0.0.1", 0), self.loop).result(10)
+        return self.listener
+
+    def __exit__(self, *exc):
+        asyncio.run_coroutine_threadsafe(self.listener.close(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def _topic(settings, topic: str, match, timeout_s: float = 10.0, expected: int | None = None) -> list:
+    """Every record of ``topic`` for which ``match(record)`` holds (reads until ``expected`` are
+    found, or for ``timeout_s`` when no count is expected)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.broker, enable_auto_commit=False, group_id=None, consumer_timeout_ms=500
+    )
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        found: list = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and (expected is None or len(found) < expected):
+            for records in consumer.poll(timeout_ms=500).values():
+                found += [r for r in records if match(r)]
+        return found
+    finally:
+        consumer.close()
+
+
+@pytest.mark.stack
+def test_patient_identity_through_the_listener_and_broker(stack):
+    """Issue 18: ``MRN 1001`` and ``MRN/1001`` were both forwarded as ``MRN_1001`` (one patient of
+    two), and 65 characters were refused as "no patient identifier". Through the real listener and
+    broker: each is refused (AR) saying what is wrong, dead-lettered without a key; ``MRN-1001`` and
+    ``MRN.1001`` go out as two patients, exactly; with this site's authority set, another
+    authority's identifier is refused."""
+    settings, _ = stack
+    settings = fixed_times_accepted(settings)
+    tag = uuid.uuid4().hex[:8]
+    vitals = "NM|8867-4^HR^LN||88|/min|||||F"
+    sent = [
+        with_pid3(oru("P9", vitals), f"{pid3}^^^HOSP^MR")
+        for pid3 in (f"MRN {tag}", f"MRN/{tag}", f"MRN-{tag}", f"MRN.{tag}", f"{tag}{'x' * 57}")
+    ]
+    with _Listening(settings) as listener:
+        acks = _exchange_acks(listener.port, sent)
+    codes = [hl7_encode.ack_code(a) for a in acks]
+    assert [c for c, _ in codes] == ["AR", "AR", "AA", "AA", "AR"], codes
+    assert codes[0][1].startswith("PID-3: patient identifier has ' ' at position 4 (allowed: letters, digits")
+    assert codes[1][1].startswith("PID-3: patient identifier has '/' at position 4")
+    assert codes[4][1] == "PID-3: patient identifier is 65 characters, at most 64"
+    for i in (0, 1, 4):
+        assert str(acks[i].segment("ERR")[2]) == "PID^2^3" and str(acks[i].segment("ERR")[3]).startswith("102^")
+        assert tag not in codes[i][1]
+
+    foreign = with_pid3(oru("P9", vitals), f"F{tag}^^^OTHER^MR")
+    ours = with_pid3(oru("P9", vitals), f"H{tag}^^^HOSP^MR~F{tag}^^^OTHER^PI")
+    with _Listening(settings.model_copy(update={"patient_id_authority": "HOSP"})) as listener:
+        codes = [hl7_encode.ack_code(a) for a in _exchange_acks(listener.port, [foreign, ours])]
+    assert codes == [("AR", "PID-3.4: assigning authority 'OTHER' is not this site's"), ("AA", "")], codes
+
+    keys = {
+        r.key.decode()
+        for r in _topic(settings, topics.VITALS, lambda r: tag.encode() in (r.key or b""), expected=3, timeout_s=20)
+    }
+    assert keys == {f"MRN-{tag}", f"MRN.{tag}", f"H{tag}"}  # two patients stay two; nothing as MRN_...
+    dead = [
+        json.loads(r.value)
+        for r in _topic(
+            settings,
+            topics.DEADLETTER,
+            lambda r: tag.encode() in base64.b64decode(json.loads(r.value).get("original_b64") or ""),
+            expected=4,
+            timeout_s=20,
+        )
+    ]
+    assert len(dead) == 4 and all(d["topic"] == "hl7" and d["patient_id"] == "unknown" for d in dead), dead
+    assert all(tag not in d["reason"] for d in dead)
+    assert {base64.b64decode(d["original_b64"]).decode() for d in dead} == {sent[0], sent[1], sent[4], foreign}
+
+
+@pytest.mark.stack
+def test_never_admitted_patients_one_policy(stack, tmp_path):
+    """Issue 18: HL7 forwarded vitals of a patient ADT never admitted while DICOM refused them. One
+    policy now (``unadmitted_data``), here for HL7 through the real listener, broker and database
+    (``test_dicom.py`` has the SCP's half). accept: forwarded. refuse: AE naming PID-3 (the ADT may
+    be late), AR for a patient discharged before the observation; a patient the database knows as
+    admitted, and one whose A01 this listener itself just forwarded, are accepted."""
+    from icuwatch.core.schemas import Adt
+    from icuwatch.storage import db, repository
+
+    base, _ = stack
+    url = f"sqlite:///{tmp_path / 'adt.db'}"
+    db.upgrade(url)
+    tag = uuid.uuid4().hex[:8]
+    stranger, known, gone, fresh = (f"{k}-{tag}" for k in ("never", "known", "gone", "fresh"))
+    engine = db.make_engine(url)
+    with db.session_factory(engine).begin() as s:
+        repository.upsert_patient(s, Adt(patient_id=known, event_time=T0 - 86400, event="admit"))
+        repository.upsert_patient(s, Adt(patient_id=gone, event_time=T0 - 2 * 86400, event="admit"))
+        repository.upsert_patient(s, Adt(patient_id=gone, event_time=T0 - 3600, event="discharge"))
+    engine.dispose()
+    settings = fixed_times_accepted(base).model_copy(update={"database_url": url})
+    hr = f"NM|8867-4^HR^LN||101|/min|||||F|||{TS}"
+
+    assert settings.unadmitted_data == "accept"  # the default
+    with _Listening(settings) as listener:
+        accepted = [hl7_encode.ack_code(a) for a in _exchange_acks(listener.port, [oru(stranger, hr)])]
+        assert listener.patients is None  # accept: no lookup at all
+    assert accepted == [("AA", "")]
+
+    refusing = settings.model_copy(update={"unadmitted_data": "refuse"})
+    texts = [oru(stranger, hr), oru(known, hr), oru(gone, hr), adt(fresh, "A01"), oru(fresh, hr)]
+    with _Listening(refusing) as listener:
+        acks = _exchange_acks(listener.port, texts)
+    codes = [hl7_encode.ack_code(a) for a in acks]
+    assert codes == [
+        ("AE", "not stored, retry: PID-3: patient not known to ADT"),
+        ("AA", ""),
+        ("AR", "PID-3: patient discharged before the observation"),
+        ("AA", ""),
+        ("AA", ""),  # its own A01 counts before the worker has written it down (no worker here)
+    ], codes
+    for i in (0, 2):
+        assert str(acks[i].segment("ERR")[2]) == "PID^2^3" and str(acks[i].segment("ERR")[3]).startswith("204^")
+
+    keys = [r.key.decode() for r in _topic(settings, topics.VITALS, lambda r: tag.encode() in (r.key or b""))]
+    assert sorted(keys) == sorted([stranger, known, fresh]), keys  # nothing for the discharged patient
+    dead = [
+        json.loads(r.value)
+        for r in _topic(settings, topics.DEADLETTER, lambda r: r.key in (stranger.encode(), gone.encode()), expected=2)
+    ]
+    assert sorted(d["reason"] for d in dead) == [
+        "PID-3: patient discharged before the observation",
+        "PID-3: patient not known to ADT",
+    ]

@@ -20,7 +20,7 @@ from icuwatch.fusion.evaluation.beats import waveform_beats
 from icuwatch.sources.physionet import LAB_COLUMNS, VITAL_COLUMNS, Stay, default_data_dir, list_stays, read_psv
 from icuwatch.sources.psv import DEFAULT_BASE_TIME, icu_admit_time, psv_timed_messages, replay_psv, stay_messages
 from icuwatch.sources.recording import archive_messages, read_archive, record, replay_file
-from icuwatch.sources.wfdb_records import record_messages, sanitize_patient_id
+from icuwatch.sources.wfdb_records import record_messages, record_patient_id
 
 PSV_DIR = default_data_dir()
 WFDB_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "wfdb"
@@ -237,7 +237,64 @@ def test_wfdb_numerics_record_and_record_time(tmp_path):
         (2, None, 95, 18),
         (4, 85, 94, 19),
     ]
-    assert sanitize_patient_id("a b/c:d") == "a_b_c_d"
+    assert {m.patient_id for _, _, m in items} == {"numrec"}  # the record name, exactly
+
+
+def _numerics_record(directory: Path, name: str) -> Path:
+    """A two-sample HR record written as ``numrec`` and its header copied to ``name.hea`` (wfdb
+    writes only names it likes; a hospital's file names are what they are)."""
+    import shutil
+
+    wfdb.wrsamp(
+        "numrec",
+        fs=1,
+        units=["bpm"],
+        sig_name=["HR"],
+        p_signal=np.array([[80.0], [82.0]]),
+        fmt=["16"],
+        adc_gain=[10.0],
+        baseline=[0],
+        write_dir=str(directory),
+    )
+    shutil.copy(directory / "numrec.hea", directory / f"{name}.hea")
+    return directory / name
+
+
+def test_a_record_name_that_is_no_patient_id_is_an_operator_error(tmp_path, capsys, monkeypatch):
+    """Issue 18: record names were rewritten (``a b/c:d`` -> ``a_b_c_d``: two records could become
+    one patient) or replaced by 'unknown'. Now the name is the id exactly, or the replay stops
+    before sending anything with one line naming the record and saying to pass --patient-id."""
+    from icuwatch.cli.main import main
+    from icuwatch.core.errors import BadFile, OperatorError
+
+    spaced = _numerics_record(tmp_path, "bed 7")
+    long = _numerics_record(tmp_path, "r" * 65)
+    assert record_patient_id(tmp_path / "numrec") == "numrec"
+    assert record_patient_id(spaced, "MRN-7") == "MRN-7"  # --patient-id, exactly
+    with pytest.raises(BadFile) as exc:
+        record_patient_id(spaced)
+    assert str(exc.value).startswith(f"{spaced}.hea: the record name is not a usable patient id")
+    assert "has ' ' at position 4" in str(exc.value) and str(exc.value).endswith("pass --patient-id")
+    with pytest.raises(BadFile, match="is 65 characters, at most 64"):
+        list(record_messages(long))  # not silently 'unknown'
+    with pytest.raises(OperatorError, match="--patient-id: patient identifier has '/' at position 4"):
+        list(record_messages(tmp_path / "numrec", patient_id="MRN/7"))
+    assert {m.patient_id for _, _, m in record_messages(spaced, patient_id="MRN-7")} == {"MRN-7"}
+
+    class Producer(FakeProducer):
+        def close(self):
+            pass
+
+    producer = Producer()
+    monkeypatch.setattr("icuwatch.cli.replay._producer", lambda: producer)
+    assert main(["replay", "wfdb", str(spaced), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert f"{spaced}.hea" in err and "pass --patient-id" in err
+    assert producer.sent == []  # refused before anything was sent
+    assert main(["replay", "wfdb", str(spaced), "--quiet", "--speed", "0", "--patient-id", "MRN-7"]) == 0
+    assert {k for _, k, _ in producer.sent} == {b"MRN-7"}
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["patient_id"] == "MRN-7"
 
 
 # ---------------------------------------------------------------- beats

@@ -36,6 +36,11 @@ def test_demo_run_logs_carry_no_patient_identifier(stack, tmp_path, monkeypatch)
     ids = {t["patient_id"] for t in truth}
     assert len(ids) == 3 and summary["processed"] > 0 and summary["deadlettered"] > 0
     assert summary["scores"]["triton"] > 0, summary["scores"]
+    # issue 19: scores per model version beside the source split; every alert names its model
+    scores = summary["scores"]
+    assert scores["by_model"].get("early_warning/2", 0) == scores["triton"], scores
+    assert sum(scores["by_model"].values()) == scores["triton"] + scores["fallback"]
+    assert all(a["model"] and "model_version" in a for a in summary["alerts"]), summary["alerts"]
 
     logs = sorted(settings.log_dir.glob("*.log"))
     names = {p.name for p in logs}

@@ -97,6 +97,7 @@ def test_simulated_deterioration_alert_lands_in_database(pipeline, worker_log):
         assert gt["onset_time"] is not None
         assert alert.event_time.timestamp() >= gt["onset_time"] - 3600, "alert long before onset"
         assert alert.state == "raised" and alert.source == "triton"
+        assert (alert.model, alert.model_version) == ("early_warning", "2")  # the version that answered
         # per-modality contributions of the alert's risk (served by Triton's early_warning v2)
         assert alert.contributions is not None and set(alert.contributions) == set(MODALITIES)
         assert all(math.isfinite(v) for v in alert.contributions.values())
@@ -105,6 +106,7 @@ def test_simulated_deterioration_alert_lands_in_database(pipeline, worker_log):
     with factory() as s:
         scores = s.scalars(select(Score).where(Score.patient_id.startswith(prefix))).all()
     assert scores and all(sc.source == "triton" for sc in scores)
+    assert {(sc.model, sc.model_version) for sc in scores} == {("early_warning", "2")}
     assert all(
         set(sc.contributions) == {"deterioration", "sepsis"}
         and all(set(c) == set(MODALITIES) for c in sc.contributions.values())
@@ -236,4 +238,5 @@ def test_worker_falls_back_to_rules_when_triton_is_down_and_returns(stack, pipel
         tr.qsofa,
     )
     assert fb.contributions == tr.contributions and fb.contributions is not None
+    assert (fb.model, fb.model_version, tr.model, tr.model_version) == ("rules_v1", None, "early_warning", "2")
     assert fb.contributions["sepsis"]["vitals"] > 0 and fb.contributions["sepsis"]["labs"] == 0.0

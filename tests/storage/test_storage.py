@@ -84,7 +84,7 @@ def test_upgrade_creates_schema_and_is_idempotent(url: str) -> None:
     assert db.current_revision(url) is None
     db.upgrade(url)
     head = db.head_revision()
-    assert head == "0005"
+    assert head == "0007"
     assert db.current_revision(url) == head
     db.upgrade(url)  # a second run is a no-op
     assert db.current_revision(url) == head
@@ -93,7 +93,7 @@ def test_upgrade_creates_schema_and_is_idempotent(url: str) -> None:
         names = set(sa.inspect(eng).get_table_names())
     finally:
         eng.dispose()
-    assert {"patients", "scores", "alerts", "alert_events", "api_tokens", "alembic_version"} <= names
+    assert {"patients", "scores", "alerts", "alert_events", "api_tokens", "data_feeds", "alembic_version"} <= names
 
 
 def test_models_match_migrations(engine: Engine) -> None:
