@@ -12,20 +12,21 @@ from icuwatch.core.settings import get_settings
 
 
 def _psv_predict(args: argparse.Namespace) -> int:
-    from icuwatch.fusion.psv_predict import predict_dir
+    from icuwatch.fusion.psv_predict import SERVED, predict_dir, served_model
 
+    model = served_model(get_settings()) if args.model == SERVED else args.model
     failed: dict[str, str] = {}
     n = predict_dir(
         args.input_dir,
         args.output_dir,
-        model=args.model,
+        model=model,
         patients=args.patients,
         progress=not args.quiet,
         split=args.split,
         failed=failed,
     )
     failed_files = list(failed.values())
-    summary = {"model": args.model, "stays": n, "output_dir": str(args.output_dir), "failed": len(failed)}
+    summary = {"model": model, "stays": n, "output_dir": str(args.output_dir), "failed": len(failed)}
     print(json.dumps({**summary, "failed_files": failed_files}))
     return report_failed("psv-predict", failed_files)
 
@@ -61,7 +62,13 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("psv-predict", help="PhysioNet 2019 challenge predictions for a folder of .psv stays")
     p.add_argument("input_dir")
     p.add_argument("output_dir")
-    p.add_argument("--model", default="rules", choices=MODELS)
+    p.add_argument(
+        "--model",
+        default="served",
+        choices=MODELS,
+        help="served (default): the model the worker scores sepsis with (the student when "
+        "ICUWATCH_SCORING_MODEL names one, else rules); student: the distilled student in var/models",
+    )
     p.add_argument("--patients", type=int, default=None, help="only the first N stays")
     p.add_argument(
         "--split",

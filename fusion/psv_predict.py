@@ -4,21 +4,28 @@
 ``PredictedProbability|PredictedLabel`` and one row per input row. Strictly causal: the row of hour
 t is computed from rows <= t only.
 
-The rule models go through exactly the streaming path's code: the stay becomes the same v1
-messages the replay publishes (``icuwatch.sources.psv``), folded into the worker's patient
-state in publish order, and scored at each hour with the features the worker would send to Triton.
-A test replays stays through broker -> worker -> tritonserver and checks the scores agree.
+The rule models and the distilled student go through exactly the streaming path's code: the stay
+becomes the same v1 messages the replay publishes (``icuwatch.sources.psv``), folded into the worker's
+patient state in publish order, and scored at each hour with what the worker sends to Triton: the
+rules' feature row, or the student's cohort row (``streams.student_row.cohort_row``, answered with
+early exit and the exit's temperature, as the served student does). Tests replay stays through
+broker -> worker -> tritonserver and check the scores agree (``tests/stack/test_stream_student_e2e.py``).
+
+``served`` (the default) is the model the worker scores sepsis with: the student when
+``ICUWATCH_SCORING_MODEL`` names one (``student_physionet``), else the rules.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from icuwatch.core import rules
 from icuwatch.core.errors import UNREADABLE, BadFile, OperatorError, one_line
+from icuwatch.core.settings import Settings, get_settings
 from icuwatch.sources.physionet import Stay, list_stays, read_psv, stay_folder
 
 RULE_MODELS = {
@@ -31,7 +38,10 @@ model's sepsis output; ``qsofa`` is qSOFA / 3, so the threshold means qSOFA >= 2
 FUSION_MODELS = ("early", "late", "stacked", "attention")
 """Fusion strategies trained on the PhysioNet cohort (``icuwatch train --strategy S``), loaded from
 ``var/models/<strategy>-physionet``."""
-MODELS = (*RULE_MODELS, "gbt", *FUSION_MODELS)
+STUDENT = "student"
+"""The distilled early-exit student (``icuwatch distill``), from ``var/models/student-physionet``."""
+SERVED = "served"
+MODELS = (SERVED, *RULE_MODELS, "gbt", *FUSION_MODELS, STUDENT)
 
 
 def hour_times(stay: Stay, base_time: float) -> np.ndarray:
@@ -44,21 +54,28 @@ def hour_times(stay: Stay, base_time: float) -> np.ndarray:
     return np.where(np.isfinite(times), times, by_row)
 
 
-def rule_outputs(stay: Stay, base_time: float | None = None) -> dict[str, np.ndarray]:
-    """The rule scores at every hour of the stay, computed from the worker's state."""
+def states_at_hours(stay: Stay, base_time: float | None = None) -> Iterator[tuple[float, Any]]:
+    """``(event time, patient state)`` at every hour of the stay: the replay's messages folded into
+    the worker's state in publish order, up to that hour (the same state object, advanced)."""
     from icuwatch.sources.psv import DEFAULT_BASE_TIME, stay_messages
     from icuwatch.streams import patient_state
 
     base = DEFAULT_BASE_TIME if base_time is None else base_time
     messages = sorted(stay_messages(stay, base), key=lambda m: m[0])
-    times = hour_times(stay, base)
     state = patient_state.new_state()
-    rows, i = [], 0
-    for t in times:
+    i = 0
+    for t in hour_times(stay, base):
         while i < len(messages) and messages[i][0] <= t:
             patient_state.apply(state, messages[i][2])
             i += 1
-        rows.append(patient_state.features_at(state, float(t)))
+        yield float(t), state
+
+
+def rule_outputs(stay: Stay, base_time: float | None = None) -> dict[str, np.ndarray]:
+    """The rule scores at every hour of the stay, computed from the worker's state."""
+    from icuwatch.streams import patient_state
+
+    rows = [patient_state.features_at(state, t) for t, state in states_at_hours(stay, base_time)]
     x = np.concatenate(rows, axis=0) if rows else np.empty((0, 0), dtype=np.float32)
     out = rules.score(x)
     out["qsofa_fraction"] = out["qsofa"].astype(np.float32) / 3.0
@@ -66,15 +83,16 @@ def rule_outputs(stay: Stay, base_time: float | None = None) -> dict[str, np.nda
 
 
 def predictor(
-    model: str, model_dir: Path | None = None, use_stored_threshold: bool = True
+    model: str, model_dir: Path | None = None, use_stored_threshold: bool = True, settings: Settings | None = None
 ) -> tuple[Callable[[Stay], np.ndarray], float]:
-    """(probabilities-per-row function, threshold) for a model name.
+    """(probabilities-per-row function, threshold) for a model name (``served``: see :func:`served_model`).
 
     A rule model's threshold is the one ``icuwatch tune-thresholds`` stored, else its clinical default.
     """
-    from icuwatch.core.settings import get_settings
-
-    models_dir = get_settings().state_dir / "models"
+    settings = settings or get_settings()
+    models_dir = settings.state_dir / "models"
+    if model == SERVED:
+        model = served_model(settings)
     if model in RULE_MODELS:
         from icuwatch.fusion.thresholds import stored_threshold
 
@@ -90,6 +108,9 @@ def predictor(
     if model in FUSION_MODELS:
         predictor_ = FusionStayPredictor(model_dir or models_dir / f"{model}-physionet")
         return predictor_.predict_stay, predictor_.threshold
+    if model == STUDENT:
+        student = StudentStayPredictor(model_dir or models_dir / "student-physionet")
+        return student.predict_stay, student.threshold
     raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODELS)}")
 
 
@@ -120,6 +141,48 @@ class FusionStayPredictor:
         return self.trained.probabilities(logits)
 
 
+class StudentStayPredictor:
+    """The distilled student on the rows the worker builds from its patient state
+    (``streams.student_row.cohort_row``), answered as the served student answers: early exit, the
+    exit's temperature, sigmoid."""
+
+    def __init__(self, directory: Path) -> None:
+        from icuwatch.fusion import model_store
+
+        if not (directory / "model_card.json").is_file():
+            raise OperatorError(f"{directory}: no trained student (run icuwatch distill first)")
+        self.trained = model_store.load(directory)
+        self.norm = self.trained.card["data"]["meta"]["norm"]
+        self.threshold = self.trained.threshold
+
+    def rows(self, stay: Stay, base_time: float | None = None) -> list[dict]:
+        from icuwatch.streams.student_row import cohort_row
+
+        return [cohort_row(state, t, self.norm) for t, state in states_at_hours(stay, base_time)]
+
+    def probabilities(self, rows: list[dict]) -> np.ndarray:
+        import torch
+
+        from icuwatch.fusion.strategies.base import to_tensors
+        from icuwatch.streams.student_row import stack_rows
+
+        if not rows:
+            return np.empty(0, np.float64)
+        model = self.trained.model
+        with torch.no_grad():
+            logits, exit_index = model.forward_early_exit(to_tensors(stack_rows(rows)))
+            return torch.sigmoid(model.calibrated(logits, exit_index)).numpy().astype(np.float64)
+
+    def predict_stay(self, stay: Stay) -> np.ndarray:
+        return self.probabilities(self.rows(stay))
+
+
+def served_model(settings: Settings) -> str:
+    """The model the worker scores sepsis with: ``student`` when ``ICUWATCH_SCORING_MODEL`` names
+    a student, else ``rules``."""
+    return STUDENT if settings.scoring_model.startswith("student") else "rules"
+
+
 def write_predictions(path: Path, probabilities: np.ndarray, threshold: float) -> None:
     labels = (probabilities >= threshold).astype(int)
     lines = ["PredictedProbability|PredictedLabel"]
@@ -130,7 +193,7 @@ def write_predictions(path: Path, probabilities: np.ndarray, threshold: float) -
 def predict_dir(
     input_dir: str | Path,
     output_dir: str | Path,
-    model: str = "rules",
+    model: str = SERVED,
     patients: int | None = None,
     progress: bool = True,
     model_dir: Path | None = None,

@@ -132,3 +132,21 @@ def test_tuned_threshold_is_stored_and_read_back(tmp_path):
     assert card["data"]["split"].startswith("val") and card["data"]["real_data"] is True
     assert stored_threshold(tmp_path, "qsofa") == card["threshold"]
     assert stored_threshold(tmp_path, "news2") is None
+
+
+def test_the_default_is_the_served_model(tmp_path):
+    """``psv-predict`` without ``--model`` scores with what the worker serves: the rules, or the
+    student once ``ICUWATCH_SCORING_MODEL`` names one (then its trained weights are required)."""
+    from icuwatch.core.errors import OperatorError
+    from icuwatch.core.settings import Settings
+    from icuwatch.fusion.psv_predict import predictor, rule_outputs, served_model
+
+    rules_served = Settings(state_dir=tmp_path, scoring_model="")
+    assert served_model(rules_served) == "rules"
+    (stay,) = stays(1)
+    predict, _ = predictor("served", settings=rules_served)
+    np.testing.assert_array_equal(predict(stay), rule_outputs(stay)["sepsis_risk"].astype(np.float64))
+    student_served = Settings(state_dir=tmp_path, scoring_model="student_physionet")
+    assert served_model(student_served) == "student"
+    with pytest.raises(OperatorError, match="no trained student"):
+        predictor("served", settings=student_served)

@@ -18,7 +18,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import torch
 
 from icuwatch.sources.physionet import Stay, default_data_dir, list_stays, read_psv
 
@@ -103,39 +102,22 @@ def _without(row: dict, j: int) -> dict:
     return out
 
 
-def _expected(trained, stay: Stay, base: float) -> dict[float, tuple[float, dict[str, float]]]:
-    """Per hour time, the served student's probability (early exit) on the stream's row and its
-    sepsis contributions (p(row) - p(row without the modality); 0 for an absent one)."""
-    from icuwatch.fusion.psv_predict import hour_times
-    from icuwatch.fusion.strategies.base import to_tensors
-    from icuwatch.sources.psv import stay_messages
-    from icuwatch.streams import patient_state
-    from icuwatch.streams.student_row import cohort_row, stack_rows
+def _expected(directory, stay: Stay, base: float) -> dict[float, tuple[float, dict[str, float]]]:
+    """Per hour time, what ``icuwatch psv-predict --model student`` gives offline (the worker's row
+    builder, early exit) and the sepsis contributions (p(row) - p(row without the modality); 0 for
+    an absent one)."""
+    from icuwatch.fusion.psv_predict import StudentStayPredictor, hour_times
 
-    norm = trained.card["data"]["meta"]["norm"]
-    messages = sorted(stay_messages(stay, base), key=lambda m: m[0])
-    state, rows, i = patient_state.new_state(), [], 0
-    times = [float(t) for t in hour_times(stay, base)]
-    for t in times:
-        while i < len(messages) and messages[i][0] <= t:
-            patient_state.apply(state, messages[i][2])
-            i += 1
-        rows.append(cohort_row(state, t, norm))
-    model = trained.model
-
-    def probability(batch_rows: list[dict]) -> np.ndarray:
-        with torch.no_grad():
-            logits, where = model.forward_early_exit(to_tensors(stack_rows(batch_rows)))
-            return torch.sigmoid(model.calibrated(logits, where)).numpy().astype(np.float64)
-
-    p = probability(rows)
+    predictor = StudentStayPredictor(directory)
+    rows = predictor.rows(stay, base)
+    p = predictor.probabilities(rows)
     out = {}
-    for i, (t, row) in enumerate(zip(times, rows)):
+    for i, (t, row) in enumerate(zip(hour_times(stay, base), rows)):
         contributions = {"vitals": 0.0, "waveforms": 0.0, "labs": 0.0, "cxr": 0.0}
         for j, name in enumerate(("vitals", "labs")):
             if row["present"][j]:
-                contributions[name] = float(p[i] - probability([_without(row, j)])[0])
-        out[t] = (float(p[i]), contributions)
+                contributions[name] = float(p[i] - predictor.probabilities([_without(row, j)])[0])
+        out[float(t)] = (float(p[i]), contributions)
     return out
 
 
@@ -211,7 +193,7 @@ def test_stored_sepsis_risks_are_the_students(stack, served, student, tmp_path):
 
     compared = moved = 0
     for stay in renamed:
-        expected = _expected(trained, stay, base)
+        expected = _expected(directory, stay, base)
         offline = rule_outputs(stay, base)
         streamed = {r.event_time: r for r in rows if r.patient_id == stay.patient_id}
         for i, t in enumerate(hour_times(stay, base)):
