@@ -1,5 +1,6 @@
 """``icuwatch evaluate PRED_DIR LABEL_DIR``: score challenge-format predictions, write a report;
-``icuwatch evaluate fusion``: compare the trained fusion models and baselines (``fusion_compare``).
+``icuwatch evaluate fusion``: compare the trained fusion models and baselines (``fusion_compare``);
+``icuwatch evaluate cv --model M``: patient-level K-fold cross-validation of a sepsis model (``cv``).
 
 The library behind it: ``fusion/evaluation/prediction_dirs.py``.
 """
@@ -44,9 +45,41 @@ def _evaluate_fusion(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_cv(args: argparse.Namespace) -> int:
+    from icuwatch.core.errors import OperatorError
+    from icuwatch.core.settings import get_settings
+    from icuwatch.fusion.evaluation.cv import MODELS, cross_validate, markdown
+    from icuwatch.sources.physionet import default_data_dir, stay_folder
+
+    if args.model not in MODELS:
+        raise OperatorError(f"evaluate cv: --model must be one of {', '.join(MODELS)}, not {args.model!r}")
+    if args.folds < 2:
+        raise OperatorError("evaluate cv: --folds must be at least 2")
+    if (args.weights != "none" or args.tune) and args.model != "lightgbm":
+        raise OperatorError("evaluate cv: --weights and --tune apply to --model lightgbm only")
+    data = stay_folder(args.data or default_data_dir())
+    suffix = ("" if args.weights == "none" else f"-{args.weights}") + ("-tuned" if args.tune else "")
+    out = Path(args.out) if args.out else get_settings().state_dir / "reports" / f"cv-{args.model}{suffix}"
+    summary = cross_validate(
+        args.model,
+        data,
+        folds=args.folds,
+        seed=args.seed,
+        patients=args.patients,
+        progress=not args.quiet,
+        options={"weights": args.weights, "tune": args.tune} if args.model == "lightgbm" else {},
+        out_dir=out,
+        figures=not args.no_figures,
+    )
+    print(json.dumps(summary) if args.json else markdown(summary))
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     if args.pred_dir == "fusion" and args.label_dir is None:
         return _evaluate_fusion(args)
+    if args.pred_dir == "cv" and args.label_dir is None:
+        return _evaluate_cv(args)
     if args.label_dir is None:
         print("evaluate: LABEL_DIR is required (or `icuwatch evaluate fusion`)", file=sys.stderr)
         return 2
@@ -90,7 +123,8 @@ def register(subparsers) -> None:
         metavar="PRED_DIR",
         help="pNNNNNN.psv files: PredictedProbability|PredictedLabel; "
         "or `fusion`: compare every trained fusion model and the baselines on the cohorts' test splits "
-        "with 0/30/50 %% of modalities missing",
+        "with 0/30/50 %% of modalities missing; "
+        "or `cv`: patient-level K-fold cross-validation of --model over the PhysioNet stays",
     )
     p.add_argument(
         "label_dir",
@@ -100,7 +134,20 @@ def register(subparsers) -> None:
         help="the challenge's pNNNNNN.psv stays (SepsisLabel)",
     )
     p.add_argument("--cohorts", default="physionet,sim", help="evaluate fusion: cohorts to compare on")
-    p.add_argument("--out", default=None, help="output folder (default: reports/evaluate-<timestamp>)")
+    p.add_argument(
+        "--out", default=None, help="output folder (default: reports/evaluate-<timestamp>; cv: var/reports/cv-<model>)"
+    )
+    p.add_argument("--model", default="lightgbm", help="evaluate cv: lightgbm or gbt")
+    p.add_argument("--folds", type=int, default=5, help="evaluate cv: number of folds")
+    p.add_argument("--seed", type=int, default=0, help="evaluate cv: seed of folds, inner splits and models")
+    p.add_argument("--patients", type=int, default=None, help="evaluate cv: a seeded random N stays only")
+    p.add_argument("--data", default=None, help="evaluate cv: folder of pNNNNNN.psv stays (default: the shared set B)")
+    p.add_argument(
+        "--weights",
+        choices=("none", "utility"),
+        default="none",
+        help="evaluate cv --model lightgbm: row weights (utility: target u_pos > u_neg, weight |u_pos - u_neg|)",
+    )
     p.add_argument("--name", default=None, help="name of PRED_DIR's model in the report (default: its folder name)")
     p.add_argument(
         "--compare",
@@ -123,6 +170,11 @@ def register(subparsers) -> None:
         help="only the stays of this fixed split of LABEL_DIR",
     )
     p.add_argument("--limit", type=int, default=None, help="only the first N stays (after --split)")
+    p.add_argument(
+        "--tune",
+        action="store_true",
+        help="evaluate cv --model lightgbm: pick LightGBM settings from a small grid by inner-validation utility",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     p.add_argument("--no-figures", action="store_true", help="numbers only: no PNG figures")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
