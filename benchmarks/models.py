@@ -14,7 +14,15 @@ from what Triton returned:
   per second (rows / mean request time); batch-1 requests with many in flight (what the dynamic
   batcher makes of them, and the mean batch it formed);
 * the same timings in-process on one torch thread, eager and the exported TorchScript module, as
-  a reference for what Triton adds.
+  a reference for what Triton adds;
+* early exit against the full student (both as Triton returned them): the share of rows whose alert
+  decision (probability >= the student card's threshold) is the same, the AUROC and utility change,
+  and the speed-ups (full student over teacher, early exit over full student) per batch size,
+  through Triton and in-process;
+* the fixed cost of a request: a python-backend model with the student's inputs and outputs that
+  computes nothing (``serving/templates/floor_model.py``), timed like the others, and for every
+  model Triton's own per-request split (queue, input, execute, output) against what the client
+  waited, so what gRPC, Triton and the python backend cost is measured rather than guessed.
 
 Prints one JSON object; the server is stopped at the end.
 """
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import socket
 import sys
 import tempfile
@@ -54,8 +63,9 @@ def _free_ports(n: int) -> list[int]:
 
 
 @contextmanager
-def serving(repository: Path, models: list[str], timeout_s: float = 180.0):
-    """A tritonserver on free ports serving ``repository`` only; yields its gRPC url."""
+def serving(repository: Path, models: list[str], timeout_s: float = 180.0, extra_repositories=()):
+    """A tritonserver on free ports serving ``repository`` (and ``extra_repositories``) only; yields
+    its gRPC url."""
     from icuwatch.core.settings import get_settings
     from icuwatch.deploy import triton
 
@@ -72,7 +82,13 @@ def serving(repository: Path, models: list[str], timeout_s: float = 180.0):
             }
         )
         try:
-            triton.start(settings, model_repository=repository, ready_models=models, timeout_s=timeout_s)
+            triton.start(
+                settings,
+                model_repository=repository,
+                extra_repositories=extra_repositories,
+                ready_models=models,
+                timeout_s=timeout_s,
+            )
             yield settings.triton_url
         finally:
             triton.stop(settings)
@@ -224,6 +240,54 @@ def _stats(client, model: str) -> dict:
     return {"inferences": int(stats.get("inference_count", 0)), "executions": int(stats.get("execution_count", 0))}
 
 
+SERVER_PARTS = ("queue", "compute_input", "compute_infer", "compute_output")
+
+
+def _server_stats(client, model: str) -> dict:
+    """Triton's cumulative counters of ``model``: successful requests, their total time and its parts (ns)."""
+    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]["inference_stats"]
+    return {
+        "count": int(stats.get("success", {}).get("count", 0)),
+        "ns": int(stats.get("success", {}).get("ns", 0)),
+        **{part: int(stats.get(part, {}).get("ns", 0)) for part in SERVER_PARTS},
+    }
+
+
+def _server_split(before: dict, after: dict, client_times_s: list[float]) -> dict:
+    """Per request (ms): Triton's time (queue, input, execute, output), and what the client waited on
+    top of it (gRPC both ways, the client's serialization)."""
+    n = max(1, after["count"] - before["count"])
+    out = {"server_ms": round((after["ns"] - before["ns"]) / n / 1e6, 3)}
+    for part in SERVER_PARTS:
+        out[f"{part}_ms"] = round((after[part] - before[part]) / n / 1e6, 3)
+    out["client_minus_server_ms"] = round(float(np.mean(client_times_s)) * 1e3 - out["server_ms"], 3)
+    return out
+
+
+def floor_model(repository: Path, spec, name: str) -> str:
+    """Write the compute-free python-backend model (``floor_model.py``) with ``spec``'s inputs and the
+    student's outputs into ``repository``; returns its name."""
+    from icuwatch.serving import TEMPLATES
+    from icuwatch.serving.export import VERSION, config_pbtxt
+
+    directory = repository / name
+    (directory / VERSION).mkdir(parents=True, exist_ok=True)
+    shutil.copy2(TEMPLATES / "floor_model.py", directory / VERSION / "model.py")
+    (directory / "config.pbtxt").write_text(config_pbtxt(name, spec, True, "floor: no compute"))
+    return name
+
+
+def _ratios(results: dict, num: str, den: str, path: tuple[str, ...]) -> dict:
+    """p50 of ``num`` over p50 of ``den`` per batch size, at ``results[variant][path...]``."""
+    out = {}
+    for size in BATCH_SIZES:
+        a, b = results[num], results[den]
+        for key in path:
+            a, b = a[key], b[key]
+        out[str(size)] = round(a[str(size)]["p50_ms"] / b[str(size)]["p50_ms"], 2)
+    return out
+
+
 def _metrics(cohort, test: np.ndarray, p: np.ndarray, threshold: float) -> dict:
     from icuwatch.fusion.evaluation.fusion_compare import row_metrics
     from icuwatch.fusion.training import per_group
@@ -234,6 +298,29 @@ def _metrics(cohort, test: np.ndarray, p: np.ndarray, threshold: float) -> dict:
         k: (round(float(m[k]), 4) if m[k] is not None else None)
         for k in ("auroc", "auprc", "utility", "ece", "alerts_per_patient_day", "threshold")
     }
+
+
+def _grpc_latency(client, name: str, batch: dict, keys: list[str], early: bool, student: bool, latency_rows: int):
+    """Sequential requests per batch size: the client's p50/p99 and Triton's own split of the time."""
+    latency = {}
+    for size in BATCH_SIZES:
+        batches = _latency_batches(batch, size, latency_rows, seed=size)
+
+        def request(b):
+            return infer(client, name, b, keys, early, student)
+
+        _timed(request, batches, 0)  # warm-up only
+        before = _server_stats(client, name)
+        times = _timed(request, batches, REPEATS[size], warmup=0)
+        after = _server_stats(client, name)
+        latency[str(size)] = {**_summary(times, size), "server": _server_split(before, after, times)}
+    return latency
+
+
+def _change(results: dict, metric: str) -> float | None:
+    a = results["student_early_exit"]["metrics"].get(metric)
+    b = results["student_full"]["metrics"].get(metric)
+    return None if a is None or b is None else round(a - b, 4)
 
 
 def run(
@@ -300,9 +387,10 @@ def run(
                         ),
                         size,
                     )
-                    timings["torchscript"][str(size)] = _summary(
-                        _timed(lambda b: scripted[role](b, early), tensors, REPEATS[size]), size
-                    )
+                    with torch.jit.optimized_execution(False):  # as model.py runs it in Triton
+                        timings["torchscript"][str(size)] = _summary(
+                            _timed(lambda b: scripted[role](b, early), tensors, REPEATS[size]), size
+                        )
             results[variant] = {
                 "triton_model": name,
                 "early_exit": early if student else None,
@@ -312,34 +400,73 @@ def run(
                 "_threshold": float(tr.threshold),
             }
 
-        with serving(repository, sorted(set(names.values()))) as url:
-            client = grpcclient.InferenceServerClient(url)
-            for variant, (_role, name, early, student) in variants.items():
-                _say(progress, f"bench models: {variant} through tritonserver ({len(test)} test rows)")
-                p, e = score_all(client, name, batch, keys, early, student)
-                r = results[variant]
-                r["metrics"] = _metrics(cohort, test, p, r.pop("_threshold"))
-                r["max_abs_probability_difference_vs_in_process"] = float(np.max(np.abs(p - r.pop("_reference"))))
-                if student:
-                    shares = np.bincount(e, minlength=student_model.n_exits) / len(e)
-                    r["exit_shares"] = [round(float(s), 4) for s in shares]
-                latency = {}
-                for size in BATCH_SIZES:
-                    batches = _latency_batches(batch, size, latency_rows, seed=size)
-                    latency[str(size)] = _summary(
-                        _timed(lambda b: infer(client, name, b, keys, early, student), batches, REPEATS[size]), size
-                    )
-                r["triton_grpc"] = latency
-                if early or not student:
-                    r["triton_grpc_concurrent_batch1"] = concurrent_throughput(
-                        url, name, _slice(batch, 0, latency_rows), keys, student
-                    )
-            client.close()
+        floor_dir = Path(tempfile.mkdtemp(prefix="icuwatch-bench-floor-"))
+        floor = floor_model(floor_dir, student_model.spec, f"{names['student']}_floor")
+        served: dict[str, np.ndarray] = {}
+        try:
+            with serving(repository, sorted({*names.values(), floor}), extra_repositories=[floor_dir]) as url:
+                client = grpcclient.InferenceServerClient(url)
+                for variant, (_role, name, early, student) in variants.items():
+                    _say(progress, f"bench models: {variant} through tritonserver ({len(test)} test rows)")
+                    p, e = score_all(client, name, batch, keys, early, student)
+                    served[variant] = p
+                    r = results[variant]
+                    r["metrics"] = _metrics(cohort, test, p, r.pop("_threshold"))
+                    r["max_abs_probability_difference_vs_in_process"] = float(np.max(np.abs(p - r.pop("_reference"))))
+                    if student:
+                        shares = np.bincount(e, minlength=student_model.n_exits) / len(e)
+                        r["exit_shares"] = [round(float(s), 4) for s in shares]
+                    r["triton_grpc"] = _grpc_latency(client, name, batch, keys, early, student, latency_rows)
+                    if early or not student:
+                        r["triton_grpc_concurrent_batch1"] = concurrent_throughput(
+                            url, name, _slice(batch, 0, latency_rows), keys, student
+                        )
+                _say(progress, "bench models: the compute-free floor model through tritonserver")
+                floor_latency = _grpc_latency(client, floor, batch, keys, True, True, latency_rows)
+                client.close()
+        finally:
+            shutil.rmtree(floor_dir, ignore_errors=True)
+        client_side = {}
+        for size in BATCH_SIZES:  # building the gRPC inputs (copies into protobuf) alone, in this process
+            batches = _latency_batches(batch, size, latency_rows, seed=size)
+            client_side[str(size)] = _summary(_timed(lambda b: _inputs(b, keys), batches, REPEATS[size]), size)
     finally:
         torch.set_num_threads(threads_before)
 
-    parameters_to_exit = _parameters_to_exit(student_model)
-    results["student_early_exit"]["parameters_run_to_exit"] = parameters_to_exit
+    threshold = float(trained["student"].threshold)
+    early_vs_full = {
+        "threshold": threshold,
+        "alert_agreement": round(
+            float(np.mean((served["student_early_exit"] >= threshold) == (served["student_full"] >= threshold))), 5
+        ),
+        "auroc_change": _change(results, "auroc"),
+        "utility_change": _change(results, "utility"),
+        "exit_shares": results["student_early_exit"]["exit_shares"],
+        "speedup_triton_grpc": _ratios(results, "student_full", "student_early_exit", ("triton_grpc",)),
+        "speedup_in_process_torchscript": _ratios(
+            results, "student_full", "student_early_exit", ("in_process_1_thread", "torchscript")
+        ),
+    }
+    student_vs_teacher = {
+        "auroc_change_relative": round(
+            results["student_full"]["metrics"]["auroc"] / results["teacher"]["metrics"]["auroc"] - 1.0, 4
+        ),
+        "speedup_triton_grpc": _ratios(results, "teacher", "student_full", ("triton_grpc",)),
+        "speedup_in_process_torchscript": _ratios(
+            results, "teacher", "student_full", ("in_process_1_thread", "torchscript")
+        ),
+        "early_exit_speedup_triton_grpc": _ratios(results, "teacher", "student_early_exit", ("triton_grpc",)),
+    }
+    fixed_cost = {
+        "floor_model_triton_grpc": floor_latency,
+        "client_inputs_in_process": client_side,
+        "note": "floor_model: the student's inputs and outputs through gRPC, Triton and the python backend, "
+        "no computation (serving/templates/floor_model.py); client_inputs_in_process: building the gRPC "
+        "inputs alone; triton_grpc.<batch>.server (every model): Triton's per-request time and its parts, "
+        "and what the client waited beyond it",
+    }
+
+    results["student_early_exit"]["parameters_run_to_exit"] = student_model.parameters_to_exit()
     return {
         "benchmark": "icuwatch bench models",
         "data": {
@@ -367,24 +494,15 @@ def run(
             for role, m in exported["models"].items()
         },
         "models": results,
+        "early_exit_vs_full_student": early_vs_full,
+        "student_vs_teacher": student_vs_teacher,
+        "fixed_cost": fixed_cost,
         "notes": "metrics: all test rows, scored by tritonserver; utility at the model card's alert threshold (VAL); "
         "triton_grpc: sequential requests, p50/p99 per request, patients_per_s = rows / mean request time; "
-        "in_process_1_thread: the same batches, eager PyTorch and the exported TorchScript, no Triton",
+        "in_process_1_thread: the same batches, eager PyTorch and the exported TorchScript (run as model.py "
+        "runs it: without TorchScript's profiling optimiser), no Triton",
         "seconds": round(time.time() - started, 1),
     }
-
-
-def _parameters_to_exit(student) -> list[int]:
-    """Parameters a row runs through when it leaves at exit k (stem, blocks and exit heads 0..k)."""
-
-    def count(mod):
-        return sum(p.numel() for p in mod.parameters())
-
-    out, used = [], count(student.encoders) + count(student.stem)
-    for block, head in zip(student.blocks, student.exits):
-        used += count(block) + count(head)
-        out.append(used)
-    return out
 
 
 def _say(progress: bool, text: str) -> None:

@@ -19,8 +19,10 @@ FP32 [8, 14], ``LABS`` FP32 [81], ``STATIC`` FP32 [7]; ``CXR`` FP32 [1, 224, 224
 the cohort's order), the layouts of ``fusion.cohorts.base.gather``. Outputs ``PROBABILITY`` FP32 [1], the
 calibrated probability (``sigmoid(logit / temperature)``, as ``model_store.TrainedModel.probabilities``);
 the student also gives ``EXIT`` INT32 [1], the exit that answered the row. The student runs its early
-exits inside the batch (``EarlyExitStudent.forward_early_exit``: confident rows leave at exit 0, only
-the rest run the deeper blocks) with the per-exit temperatures and thresholds it was distilled with;
+exits inside the batch (``EarlyExitStudent.forward_early_exit``: rows whose calibrated logit is far
+enough from the alert threshold's leave at exit 0, only the rows near it run the deeper blocks) with
+the per-exit temperatures, the centre (``logit`` of the alert threshold) and the margins it was
+distilled with (``export.json`` records them);
 a request parameter ``early_exit: false`` runs every row through every block (the full student).
 
 **What is traced, what is scripted.** The networks are traced (``torch.jit.trace``): the teacher
@@ -74,6 +76,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from icuwatch.fusion.strategies.student import exit_decided
 from icuwatch.serving import TEMPLATES
 
 TEMPLATE = TEMPLATES / "fusion_model.py"
@@ -245,18 +248,26 @@ class ServedTeacher(nn.Module):
 
 class ServedStudent(nn.Module):
     """``EarlyExitStudent.forward_early_exit`` followed by ``calibrated``, scriptable: (calibrated
-    probability [B], exit index [B]). Rows whose |logit| at early exit k reaches ``margins[k]``
-    (``student.exit_margins`` of the distilled temperatures and thresholds) leave there; the others
-    go on through the next block. ``early_exit=False``: every row to the last exit."""
+    probability [B], exit index [B]). Rows whose calibrated logit at early exit k is at least
+    ``margins[k]`` from ``center`` (the alert threshold's logit; ``student.exit_decided``) leave
+    there; the others go on through the next block. ``early_exit=False``: every row to the last exit."""
 
     def __init__(
-        self, stem: nn.Module, stages: list[nn.Module], margins: list[float], temperatures: torch.Tensor
+        self,
+        stem: nn.Module,
+        stages: list[nn.Module],
+        center: torch.Tensor,
+        margins: torch.Tensor,
+        temperatures: torch.Tensor,
     ) -> None:
         super().__init__()
         self.stem = stem
         self.stages = nn.ModuleList(stages)
         self.n_exits = len(stages)
-        self.register_buffer("margins", torch.tensor(list(margins) + [math.inf], dtype=torch.float32))
+        self.register_buffer("center", center.detach().clone().float().reshape(()))
+        self.register_buffer(
+            "margins", torch.cat([margins.detach().clone().float().reshape(-1), torch.tensor([math.inf])])
+        )
         self.register_buffer("temperatures", temperatures.detach().clone().float())
 
     def forward(self, batch: Dict[str, torch.Tensor], early_exit: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -272,8 +283,8 @@ class ServedStudent(nn.Module):
                 h, z = stage(h)
                 if k == last:
                     logits[rows] = z
-                elif early_exit:
-                    stop = z.abs() >= self.margins[k]
+                elif early_exit and not bool(torch.isinf(self.margins[k])):
+                    stop = exit_decided(z, self.temperatures[k], self.center, self.margins[k])
                     leave = stop.nonzero().squeeze(1)
                     if leave.size(0) > 0:
                         done = rows[leave]
@@ -291,7 +302,7 @@ def serving_module(
 ) -> torch.jit.ScriptModule:
     """The TorchScript module Triton serves for ``model`` (a trained ``FusionModel``; the student gets
     its early exits). ``temperature``: the teacher's (model card); the student's are its buffers."""
-    from icuwatch.fusion.strategies.student import EarlyExitStudent, exit_margins
+    from icuwatch.fusion.strategies.student import EarlyExitStudent
 
     example = example if example is not None else example_batch(model.spec, 64, seed=1)
     if isinstance(model, EarlyExitStudent):
@@ -306,8 +317,7 @@ def serving_module(
             stages.append(_trace(_Stage(block, head), h))
             with torch.no_grad():
                 h = block(h)
-        margins = exit_margins(student.exit_temperatures.tolist(), [float(t) for t in student.exit_thresholds])
-        served = ServedStudent(stem, stages, margins, student.exit_temperatures)
+        served = ServedStudent(stem, stages, student.exit_center, student.exit_margins, student.exit_temperatures)
     else:
         if temperature is None:
             raise ValueError("the teacher's temperature (model card) is needed")
@@ -398,6 +408,7 @@ dynamic_batching {{
 instance_group [ {{ count: {int(instances)}, kind: KIND_CPU }} ]
 version_policy: {{ latest: {{ num_versions: 1 }} }}
 parameters: {{ key: "torch_threads", value: {{ string_value: "{int(threads)}" }} }}
+parameters: {{ key: "malloc_keep_mb", value: {{ string_value: "64" }} }}
 parameters: {{ key: "icuwatch_model", value: {{ string_value: "{source}" }} }}
 """
 
@@ -449,7 +460,8 @@ def export_model(
     }
     if student:
         info["exit_temperatures"] = [float(t) for t in model.exit_temperatures]
-        info["exit_thresholds"] = [float(t) for t in model.exit_thresholds]
+        info["exit_center"] = float(model.exit_center)
+        info["exit_margins"] = [None if math.isinf(float(m)) else float(m) for m in model.exit_margins]
     else:
         info["temperature"] = temperature
     (version / PROVENANCE).write_text(json.dumps(info, indent=2) + "\n")

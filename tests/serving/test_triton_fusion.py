@@ -57,7 +57,7 @@ def cohort():
 @pytest.fixture(scope="module")
 def trained(cohort, tmp_path_factory, one_torch_thread):
     """(teacher, student) as ``model_store.TrainedModel``, saved under a tmp models dir; the student's
-    exit thresholds set so that every exit answers some test rows."""
+    exit margins (around its alert threshold) set so that every exit answers some test rows."""
     models = tmp_path_factory.mktemp("models")
     teacher, teacher_card = train(
         "attention",
@@ -75,9 +75,10 @@ def trained(cohort, tmp_path_factory, one_torch_thread):
     with torch.no_grad():
         student(to_tensors(gather(cohort, cohort.rows("test"))))
         z = student.exit_logits
-        mid = [float(torch.sigmoid(z[:, k].abs() / student.exit_temperatures[k]).median()) for k in range(2)]
-    student.set_exits(thresholds=mid)
-    card["exit_thresholds"] = mid
+        center = float(student.exit_center)
+        mid = [float((z[:, k] / student.exit_temperatures[k] - center).abs().median()) for k in range(2)]
+    student.set_exits(margins=mid)
+    card["exit_margins"] = mid
     student_dir = model_store.save(student, card, models / card["model"])
     return model_store.load(teacher_dir), model_store.load(student_dir), teacher_dir, student_dir
 
@@ -119,6 +120,10 @@ def test_export_writes_a_triton_model_per_network(repository, trained):
         provenance = json.loads((version / "export.json").read_text())
         assert provenance["source"] == info[role]["source"] and provenance["check"]["exits_equal"]
         assert provenance["check"]["max_abs_probability_difference"] <= triton_export.VERIFY_ATOL
+        if role == "student":  # the exit rule travels with the model
+            student = trained[1].model
+            assert provenance["exit_center"] == pytest.approx(float(student.exit_center))
+            assert provenance["exit_margins"] == pytest.approx(student.exit_margins.tolist())
     _, _, teacher_dir, student_dir = trained
     assert triton_export.is_current(repo, teacher_dir) and triton_export.is_current(repo, student_dir)
 
@@ -185,17 +190,31 @@ def test_export_says_what_to_train_when_a_model_is_missing(tmp_path, monkeypatch
 # --- served by tritonserver ------------------------------------------------------------------------
 
 
+FLOOR = "student_toy_floor"
+
+
 @pytest.fixture(scope="module")
-def served(repository, tmp_path_factory):
-    """tritonserver on test ports: the committed repository plus the exported one as an extra."""
+def served(repository, trained, tmp_path_factory):
+    """tritonserver on test ports: the committed repository plus the exported one as an extra (and,
+    in a third repository, ``bench models``' compute-free floor model with the student's interface)."""
+    import os
+
     import tritonclient.grpc as grpcclient
 
+    from icuwatch.benchmarks.models import floor_model
+
     repo, _ = repository
+    floor_repo = tmp_path_factory.mktemp("floor-repo")
+    floor_model(floor_repo, trained[1].model.spec, FLOOR)
     settings, _ = settings_for(
-        tmp_path_factory.mktemp("triton-fusion"), **PORTS, ICUWATCH_TRITON_EXTRA_REPOSITORIES=str(repo)
+        tmp_path_factory.mktemp("triton-fusion"),
+        **PORTS,
+        ICUWATCH_TRITON_EXTRA_REPOSITORIES=os.pathsep.join([str(repo), str(floor_repo)]),
     )
     try:
-        triton.start(settings, ready_models=[settings.triton_model, "attention_toy", "student_toy"], timeout_s=120)
+        triton.start(
+            settings, ready_models=[settings.triton_model, "attention_toy", "student_toy", FLOOR], timeout_s=120
+        )
         client = grpcclient.InferenceServerClient(settings.triton_url)
         yield client
         client.close()
@@ -239,21 +258,96 @@ def test_triton_student_equals_the_in_process_early_exit_and_full_student(served
 
 
 @pytest.mark.stack
-def test_a_mixed_batch_sends_only_its_uncertain_rows_deeper(served, trained, cohort):
+def test_a_mixed_batch_sends_only_the_rows_near_the_alert_threshold_deeper(served, trained, cohort):
     student = trained[1].model
     rows = cohort.rows("test")
     with torch.no_grad():
         student(to_tensors(gather(cohort, rows)))
-        conf0 = torch.sigmoid(student.exit_logits[:, 0].abs() / student.exit_temperatures[0]).numpy()
-    order = np.argsort(conf0)
-    uncertain, confident = rows[order[:8]], rows[order[-8:]]
-    thr0 = float(student.exit_thresholds[0])
-    assert (conf0[order[-8:]] >= thr0).all() and (conf0[order[:8]] < thr0).all()
+        distance0 = (student.exit_logits[:, 0] / student.exit_temperatures[0] - student.exit_center).abs().numpy()
+    order = np.argsort(distance0)
+    near, far = rows[order[:8]], rows[order[-8:]]
+    margin0 = float(student.exit_margins[0])
+    assert (distance0[order[-8:]] >= margin0).all() and (distance0[order[:8]] < margin0).all()
     mixed = np.empty(16, dtype=rows.dtype)
-    mixed[0::2], mixed[1::2] = confident, uncertain
+    mixed[0::2], mixed[1::2] = far, near
     _, e = _infer(served, "student_toy", _numpy_batch(cohort, mixed), student=True)
-    assert (e[0::2] == 0).all(), "a confident row went deeper than exit 0"
-    assert (e[1::2] > 0).all(), "an uncertain row left at exit 0"
+    assert (e[0::2] == 0).all(), "a row far from the alert threshold went deeper than exit 0"
+    assert (e[1::2] > 0).all(), "a row near the alert threshold left at exit 0"
+
+
+@pytest.mark.stack
+def test_concurrent_requests_batched_together_get_their_own_answers(served, trained, cohort):
+    """Many small requests in flight at once, early exit on and off: whatever Triton's dynamic
+    batcher puts together (concatenated, run, split back in model.py), each request gets the
+    in-process answer for its own rows."""
+    import threading
+
+    import tritonclient.grpc as grpcclient
+
+    from icuwatch.benchmarks.models import _inputs, _stats
+    from icuwatch.serving.export import EARLY_EXIT_PARAMETER, EXIT, PROBABILITY
+
+    student = trained[1].model
+    rows = cohort.rows("test")
+    batch = _numpy_batch(cohort, rows)
+    with torch.no_grad():
+        logits, where = student.forward_early_exit(to_tensors(batch))
+        early_p = torch.sigmoid(student.calibrated(logits, where)).numpy()
+        full_p = torch.sigmoid(student(to_tensors(batch)) / student.exit_temperatures[-1]).numpy()
+    client = grpcclient.InferenceServerClient(PORTS["ICUWATCH_TRITON_URL"])
+    before = _stats(client, "student_toy")
+    outputs = [grpcclient.InferRequestedOutput(PROBABILITY), grpcclient.InferRequestedOutput(EXIT)]
+    results, done, lock = {}, threading.Event(), threading.Lock()
+    jobs = [(s, min(s + 3, len(rows)), early) for early in (True, False) for s in range(0, len(rows), 3)]
+
+    def callback(job, result, error):
+        with lock:
+            results[job] = error if error is not None else (result.as_numpy(PROBABILITY), result.as_numpy(EXIT))
+            if len(results) == len(jobs):
+                done.set()
+
+    try:
+        for job in jobs:
+            s, e, early = job
+            client.async_infer(
+                "student_toy",
+                _inputs({k: v[s:e] for k, v in batch.items()}, KEYS),
+                lambda result, error, job=job: callback(job, result, error),
+                outputs=outputs,
+                parameters=None if early else {EARLY_EXIT_PARAMETER: False},
+            )
+        assert done.wait(60), "not every request was answered"
+        after = _stats(client, "student_toy")
+    finally:
+        client.close()
+    # the batcher did put requests together (else this tested the one-request path only)
+    assert after["executions"] - before["executions"] < len(jobs)
+    for (s, e, early), answer in results.items():
+        assert not isinstance(answer, Exception), answer
+        p, exits = answer[0].reshape(-1), answer[1].reshape(-1)
+        if early:
+            np.testing.assert_allclose(p, early_p[s:e], rtol=0, atol=1e-6)
+            assert np.array_equal(exits, where.numpy()[s:e])
+        else:
+            np.testing.assert_allclose(p, full_p[s:e], rtol=0, atol=1e-6)
+            assert (exits == 2).all()
+
+
+@pytest.mark.stack
+def test_the_floor_model_answers_the_students_outputs_without_computing_and_triton_splits_its_time(served, cohort):
+    from icuwatch.benchmarks.models import _server_split, _server_stats
+
+    batch = _numpy_batch(cohort, cohort.rows("test")[:50])
+    before = _server_stats(served, FLOOR)
+    p, e = _infer(served, FLOOR, batch, student=True)
+    after = _server_stats(served, FLOOR)
+    assert p.shape == (50,) and e.shape == (50,) and not p.any() and not e.any()
+    split = _server_split(before, after, [1.0])
+    assert after["count"] == before["count"] + 1
+    assert split["server_ms"] > 0 and split["compute_infer_ms"] > 0
+    parts = sum(split[f"{part}_ms"] for part in ("queue", "compute_input", "compute_infer", "compute_output"))
+    assert parts <= split["server_ms"] + 1e-3
+    assert split["client_minus_server_ms"] == pytest.approx(1000.0 - split["server_ms"], abs=1e-2)
 
 
 @pytest.mark.stack
