@@ -10,9 +10,9 @@ from typing import Any, Optional
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
 
+from icuwatch.api import routes
 from icuwatch.api.auth import Principal, current_user
 from icuwatch.storage import data_feeds
-from icuwatch.storage.models import Patient as PatientRow
 
 router = APIRouter(prefix="/api", tags=["api"])
 _RESPONSES: dict[int | str, dict[str, Any]] = {401: {"description": "Missing or invalid bearer token"}}
@@ -71,9 +71,7 @@ def silent_feeds(
     after = request.app.state.settings.silence_after_s()
     with request.app.state.sessions.begin() as s:
         found = data_feeds.silent(s, datetime.now(timezone.utc), after, limit)
-        patients = {
-            p.patient_id: p for p in s.query(PatientRow).filter(PatientRow.patient_id.in_({p for p, _ in found}))
-        }
+        patients = routes._patients(s, (pid for pid, _ in found))
         out = []
         for pid, feed in found:
             p = patients.get(pid)

@@ -119,16 +119,24 @@ def _column(stay: Stay, name: str) -> np.ndarray:
     return np.full(stay.values.shape[0], np.nan)
 
 
+def measurements(stay: Stay, cols: tuple[str, ...]) -> tuple[np.ndarray, ...]:
+    """Per hour and column (``[hours, len(cols)]`` each): the raw value (NaN when not measured), the
+    measured flag, the forward-filled value, hours since measured (``NEVER`` before the first) and the
+    count of measurements so far; row ``t`` from rows ``<= t`` only."""
+    raw = np.stack([_column(stay, c) for c in cols], axis=1)
+    measured = ~np.isnan(raw)
+    ffill, last = _forward_fill(raw, measured)
+    rows = np.arange(raw.shape[0])[:, None]
+    hours_since = np.where(last >= 0, rows - last, NEVER).astype(np.float64)
+    count = np.cumsum(measured, axis=0).astype(np.float64)
+    return raw, measured, ffill, hours_since, count
+
+
 def stay_features(stay: Stay) -> np.ndarray:
     """``[hours, N_FEATURES]`` float32 features, row ``t`` from rows ``<= t`` only (see module doc)."""
     n = stay.values.shape[0]
     cols = VITALS + LABS
-    raw = np.stack([_column(stay, c) for c in cols], axis=1)
-    measured = ~np.isnan(raw)
-    ffill, last = _forward_fill(raw, measured)
-    rows = np.arange(n)[:, None]
-    hours_since = np.where(last >= 0, rows - last, NEVER).astype(np.float64)
-    count = np.cumsum(measured, axis=0).astype(np.float64)
+    raw, measured, ffill, hours_since, count = measurements(stay, cols)
 
     nv = len(VITALS)
     per_column = np.stack([ffill, hours_since, count], axis=2).reshape(n, 3 * len(cols))

@@ -28,12 +28,11 @@ import warnings
 
 import numpy as np
 
-from icuwatch.fusion.baselines.features import _column, _forward_fill, _rule_scores, _shift_down
+from icuwatch.fusion.baselines.features import NEVER as NEVER  # the same "never measured" hours
+from icuwatch.fusion.baselines.features import _column, _forward_fill, _rule_scores, _shift_down, measurements
 from icuwatch.sources.physionet import LAB_COLUMNS, VITAL_COLUMNS, Stay
 
 FEATURE_VERSION = "leader-features-v1"
-NEVER = 1000.0
-"""Hours since a value that was never measured (longer than any stay in the data)."""
 WINDOWS_H: tuple[int, ...] = (6, 12, 24)
 """Look-backs of the vital signs' rolling statistics, hours."""
 DELTAS_H: tuple[int, ...] = (1, 6, 24)
@@ -114,12 +113,7 @@ def stay_features(stay: Stay) -> np.ndarray:
     """``[hours, N_FEATURES]`` float32 features, row ``t`` from rows ``<= t`` only (see module doc)."""
     n = stay.values.shape[0]
     cols = VITALS + LABS
-    raw = np.stack([_column(stay, c) for c in cols], axis=1)
-    measured = ~np.isnan(raw)
-    ffill, last = _forward_fill(raw, measured)
-    rows = np.arange(n)[:, None]
-    hours_since = np.where(last >= 0, rows - last, NEVER).astype(np.float64)
-    count = np.cumsum(measured, axis=0).astype(np.float64)
+    raw, measured, ffill, hours_since, count = measurements(stay, cols)
     per_column = np.stack([ffill, hours_since, count, _recent_count(measured, 24)], axis=2).reshape(n, -1)
 
     nv = len(VITALS)
