@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "train_baseline",
     "train",
     "distill",
+    "distill_live",
     "export_triton",
     "models",
     "cxr",

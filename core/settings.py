@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -10,6 +11,11 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+SHIPPED_MODEL_REPOSITORY = Path(__file__).resolve().parents[1] / "serving" / "models"
+"""The committed Triton model repository (``icuwatch.serving.MODEL_REPOSITORY``; a path here so the
+worker can read a served model's ``export.json`` without importing the serving layer)."""
 
 
 class Settings(BaseSettings):
@@ -48,15 +54,23 @@ class Settings(BaseSettings):
     triton_extra_repositories: str = ""
     """More model repositories served beside it, ``os.pathsep``-separated (e.g. ``var/triton/models``
     from ``icuwatch export-triton``); model names must be unique across repositories."""
-    scoring_model: str = ""
-    """Unset (default): the worker sends the feature row to ``triton_model`` (the rule scores of
-    ``early_warning``). ``student_physionet`` (any Triton model exported from a PhysioNet-trained
-    fusion model by ``export-triton``): the worker sends the PhysioNet-cohort rows
-    (``streams/student_row.py``) to that model and publishes its ``PROBABILITY`` as the sepsis
-    risk; deterioration risk, NEWS2 and qSOFA stay the rule values (model ``<name>+rules``)."""
+    scoring_model: str = "student_live"
+    """The learned model the worker scores with, served by Triton. ``student_live`` (default; committed
+    in ``serving/models``, made by ``icuwatch distill-live``): the worker sends the live rows
+    (``streams/live_row.py``: all five modalities) and publishes its sepsis and deterioration
+    probabilities; NEWS2 and qSOFA are the rule values beside them. ``student_physionet`` (a model
+    exported from a PhysioNet-trained fusion model by ``export-triton``): PhysioNet-cohort rows
+    (``streams/student_row.py``), sepsis only, deterioration from the rules (model ``<name>+rules``).
+    Empty: the feature row to ``triton_model`` (the rule scores of ``early_warning``)."""
     scoring_model_dir: Path | None = None
-    """Trained model directory whose ``model_card.json`` gives the normalisation (``data.meta.norm``)
-    of ``scoring_model``; unset: ``<state_dir>/models/<scoring_model with _ as ->``."""
+    """Directory with the ``export.json`` (an exported model version) or ``model_card.json`` (a trained
+    model) that gives ``scoring_model``'s normalisation, risks and alert thresholds; unset: the highest
+    version's ``export.json`` in the served repositories, else ``<state_dir>/models/<name with _ as ->``."""
+    alert_thresholds: Literal["model", "settings"] = "model"
+    """``model``: a risk the scoring model answers alerts at the threshold its card chose on validation
+    data (the 'off' threshold keeps the settings' off/on ratio), unless that risk's ``*_on`` is set
+    explicitly (``ICUWATCH_SEPSIS_ON=...``: the setting wins); ``settings``: at ``*_on``/``*_off``
+    below, whatever scores."""
     triton_timeout_s: float = 2.0
     triton_retry_s: float = 5.0
     """After a failed call, score in-process for this long before trying Triton again."""
@@ -218,6 +232,14 @@ class Settings(BaseSettings):
     @property
     def run_dir(self) -> Path:
         return self.state_dir / "run"
+
+
+def model_repositories(settings: Settings) -> list[Path]:
+    """The Triton model repositories served: the main one (``triton_model_repository`` or the shipped
+    one), then ``triton_extra_repositories``."""
+    main = settings.triton_model_repository or SHIPPED_MODEL_REPOSITORY
+    extra = [Path(p) for p in settings.triton_extra_repositories.split(os.pathsep) if p.strip()]
+    return [Path(main), *extra]
 
 
 @lru_cache(maxsize=1)

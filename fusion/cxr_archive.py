@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from icuwatch.encoders.cxr import load_cxr, png_to_array
+from icuwatch.signals.cxr_image import load_cxr, png_to_array
 
 INDEX_FILE = "index.json"
 EMB_FILE = "embeddings.npy"

@@ -11,8 +11,9 @@ rules' feature row, or the student's cohort row (``streams.student_row.cohort_ro
 early exit and the exit's temperature, as the served student does). Tests replay stays through
 broker -> worker -> tritonserver and check the scores agree (``tests/stack/test_stream_student_e2e.py``).
 
-``served`` (the default) is the model the worker scores sepsis with: the student when
-``ICUWATCH_SCORING_MODEL`` names one (``student_physionet``), else the rules.
+``served`` (the default) is the model the worker scores sepsis with: the live student
+(``student_live``, the default ``ICUWATCH_SCORING_MODEL``), the PhysioNet student when the setting
+names that one (``student_physionet``), the rules when it is empty.
 """
 
 from __future__ import annotations
@@ -40,8 +41,11 @@ FUSION_MODELS = ("early", "late", "stacked", "attention")
 ``var/models/<strategy>-physionet``."""
 STUDENT = "student"
 """The distilled early-exit student (``icuwatch distill``), from ``var/models/student-physionet``."""
+LIVE_STUDENT = "student_live"
+"""The live student (``icuwatch distill-live``): the served TorchScript itself, from the served
+repository (``serving/models/student_live``), on ``streams.live_row`` rows; its sepsis column."""
 SERVED = "served"
-MODELS = (SERVED, *RULE_MODELS, "gbt", *FUSION_MODELS, STUDENT)
+MODELS = (SERVED, *RULE_MODELS, "gbt", *FUSION_MODELS, STUDENT, LIVE_STUDENT)
 
 
 def hour_times(stay: Stay, base_time: float) -> np.ndarray:
@@ -111,6 +115,9 @@ def predictor(
     if model == STUDENT:
         student = StudentStayPredictor(model_dir or models_dir / "student-physionet")
         return student.predict_stay, student.threshold
+    if model == LIVE_STUDENT:
+        live = LiveStudentStayPredictor(settings, model_dir)
+        return live.predict_stay, live.threshold
     raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODELS)}")
 
 
@@ -178,9 +185,54 @@ class StudentStayPredictor:
 
 
 def served_model(settings: Settings) -> str:
-    """The model the worker scores sepsis with: ``student`` when ``ICUWATCH_SCORING_MODEL`` names
-    a student, else ``rules``."""
+    """The model the worker scores sepsis with: ``student_live``, ``student`` when
+    ``ICUWATCH_SCORING_MODEL`` names another student, else ``rules``."""
+    if settings.scoring_model == LIVE_STUDENT:
+        return LIVE_STUDENT
     return STUDENT if settings.scoring_model.startswith("student") else "rules"
+
+
+class LiveStudentStayPredictor:
+    """The served live student on the rows the worker builds (``streams.live_row.row``): the exported
+    TorchScript Triton runs (``model.pt`` of the served version, early exit inside), in process; the
+    sepsis column and the sepsis alert threshold of its ``export.json``."""
+
+    def __init__(self, settings: Settings, directory: Path | None = None) -> None:
+        import json
+
+        from icuwatch.streams.scoring import served_model_info
+
+        if directory is None:
+            live = settings.model_copy(update={"scoring_model": LIVE_STUDENT})
+            directory = Path(served_model_info(live)["dir"])
+        info_path = directory / "export.json"
+        if not (directory / "model.pt").is_file() or not info_path.is_file():
+            raise OperatorError(f"{directory}: no exported live student (run icuwatch distill-live --export-to ...)")
+        info = json.loads(info_path.read_text())
+        self.norm = info["norm"]
+        self.threshold = float(info["thresholds"]["sepsis"])
+        self.sepsis = list(info["heads"]).index("sepsis")
+        import warnings
+
+        import torch
+
+        with warnings.catch_warnings():  # torch.jit's deprecation notice
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.module = torch.jit.load(str(directory / "model.pt"), map_location="cpu").eval()
+
+    def predict_stay(self, stay: Stay) -> np.ndarray:
+        import torch
+
+        from icuwatch.streams.live_row import row
+        from icuwatch.streams.student_row import stack_rows
+
+        rows = [row(state, t, self.norm) for t, state in states_at_hours(stay)]
+        if not rows:
+            return np.empty(0, np.float64)
+        batch = {k: torch.from_numpy(v) for k, v in stack_rows(rows).items()}
+        with torch.inference_mode(), torch.jit.optimized_execution(False):
+            p, _ = self.module(batch, True)
+        return p.reshape(len(rows), -1)[:, self.sepsis].double().numpy()
 
 
 def write_predictions(path: Path, probabilities: np.ndarray, threshold: float) -> None:

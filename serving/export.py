@@ -124,12 +124,27 @@ def row_shape(spec, key: str) -> tuple[int, ...]:
     return (1, *dims) if key == "cxr" else dims
 
 
-def triton_dtype(key: str) -> str:
+def report_is_bag(spec) -> bool:
+    """Whether the model reads the report as a float bag of words (the live student,
+    ``core.live_row``) rather than token ids."""
+    return "report" in (getattr(spec, "options", None) or {}).get("flat_inputs", ())
+
+
+def triton_dtype(key: str, spec=None) -> str:
+    if key == "report" and report_is_bag(spec):
+        return "TYPE_FP32"
     return {"present": "TYPE_BOOL", "report": "TYPE_INT64"}.get(key, "TYPE_FP32")
 
 
-def numpy_dtype(key: str) -> np.dtype:
+def numpy_dtype(key: str, spec=None) -> np.dtype:
+    if key == "report" and report_is_bag(spec):
+        return np.dtype(np.float32)
     return {"present": np.dtype(bool), "report": np.dtype(np.int64)}.get(key, np.dtype(np.float32))
+
+
+def n_heads(spec) -> int:
+    """Risks a model answers: 1, or the live student's 2 (``PROBABILITY`` [B, n_heads])."""
+    return int((getattr(spec, "options", None) or {}).get("n_heads", 1))
 
 
 def example_batch(spec, n: int, seed: int = 0, present_share: float = 0.75) -> dict[str, torch.Tensor]:
@@ -142,7 +157,9 @@ def example_batch(spec, n: int, seed: int = 0, present_share: float = 0.75) -> d
     batch: dict[str, np.ndarray] = {}
     for j, key in enumerate(spec.modalities):
         shape = (n, *row_shape(spec, key))
-        if key == "report":
+        if key == "report" and report_is_bag(spec):
+            x = (rng.random(shape) < 0.05).astype(np.float32)
+        elif key == "report":
             from icuwatch.encoders.tokenizer import VOCAB_SIZE
 
             x = rng.integers(0, VOCAB_SIZE, size=shape)
@@ -151,7 +168,7 @@ def example_batch(spec, n: int, seed: int = 0, present_share: float = 0.75) -> d
         else:
             x = rng.normal(size=shape)
         keep = present[:, j].reshape(-1, *([1] * (len(shape) - 1)))
-        batch[key] = (x * keep).astype(numpy_dtype(key))
+        batch[key] = (x * keep).astype(numpy_dtype(key, spec))
     batch["static"] = rng.normal(size=(n, *row_shape(spec, "static"))).astype(np.float32)
     batch["present"] = present
     batch["staleness_h"] = np.where(present, rng.exponential(5.0, size=(n, m)), 0.0).astype(np.float32)
@@ -199,7 +216,7 @@ class _Stem(nn.Module):
 
 
 class _Stage(nn.Module):
-    """One residual block and its exit head: h -> (h', logit [B])."""
+    """One residual block and its exit head: h -> (h', logit [B] or [B, n_heads])."""
 
     def __init__(self, block: nn.Module, head: nn.Module) -> None:
         super().__init__()
@@ -248,9 +265,10 @@ class ServedTeacher(nn.Module):
 
 class ServedStudent(nn.Module):
     """``EarlyExitStudent.forward_early_exit`` followed by ``calibrated``, scriptable: (calibrated
-    probability [B], exit index [B]). Rows whose calibrated logit at early exit k is at least
-    ``margins[k]`` from ``center`` (the alert threshold's logit; ``student.exit_decided``) leave
-    there; the others go on through the next block. ``early_exit=False``: every row to the last exit."""
+    probability [B] (one risk) or [B, n_heads], exit index [B]). Rows whose calibrated logit at early
+    exit k is at least ``margins[k]`` from ``center`` (the alert threshold's logit;
+    ``student.exit_decided``) for every risk leave there; the others go on through the next block.
+    ``early_exit=False``: every row to the last exit."""
 
     def __init__(
         self,
@@ -264,9 +282,17 @@ class ServedStudent(nn.Module):
         self.stem = stem
         self.stages = nn.ModuleList(stages)
         self.n_exits = len(stages)
-        self.register_buffer("center", center.detach().clone().float().reshape(()))
+        self.n_heads = 1 if center.dim() == 0 else int(center.numel())
+        heads = [self.n_heads] if self.n_heads > 1 else []
+        self.register_buffer("center", center.detach().clone().float().reshape(heads))
         self.register_buffer(
-            "margins", torch.cat([margins.detach().clone().float().reshape(-1), torch.tensor([math.inf])])
+            "margins",
+            torch.cat(
+                [
+                    margins.detach().clone().float().reshape([-1] + heads),
+                    torch.full([1] + heads, math.inf),
+                ]
+            ),
         )
         self.register_buffer("temperatures", temperatures.detach().clone().float())
 
@@ -274,7 +300,7 @@ class ServedStudent(nn.Module):
         h = self.stem(batch)
         n = h.size(0)
         last = self.n_exits - 1
-        logits = torch.zeros([n], dtype=h.dtype)
+        logits = torch.zeros([n] if self.n_heads == 1 else [n, self.n_heads], dtype=h.dtype)
         exit_index = torch.full([n], last, dtype=torch.long)
         rows = torch.arange(n)
         k = 0
@@ -283,8 +309,10 @@ class ServedStudent(nn.Module):
                 h, z = stage(h)
                 if k == last:
                     logits[rows] = z
-                elif early_exit and not bool(torch.isinf(self.margins[k])):
+                elif early_exit and not bool(torch.isinf(self.margins[k]).any()):
                     stop = exit_decided(z, self.temperatures[k], self.center, self.margins[k])
+                    if stop.dim() > 1:  # several risks: every one's decision settled
+                        stop = stop.all(dim=1)
                     leave = stop.nonzero().squeeze(1)
                     if leave.size(0) > 0:
                         done = rows[leave]
@@ -338,7 +366,9 @@ def reference(
             logits, where = model.forward_early_exit(batch)
         else:
             logits = model(batch)
-            where = torch.full(logits.shape, model.n_exits - 1, dtype=torch.long)
+            if model.n_heads > 1:
+                logits = model.head_logits
+            where = torch.full(logits.shape[:1], model.n_exits - 1, dtype=torch.long)
         return torch.sigmoid(model.calibrated(logits, where)).double().numpy(), where.numpy()
     z = model(batch).double().numpy()
     return 1.0 / (1.0 + np.exp(-z / float(temperature))), np.zeros(len(z), dtype=np.int64)
@@ -376,10 +406,10 @@ def config_pbtxt(
         return ", ".join(str(d) for d in shape)
 
     inputs = ",\n".join(
-        f'  {{ name: "{input_name(k)}", data_type: {triton_dtype(k)}, dims: [ {dims(row_shape(spec, k))} ] }}'
+        f'  {{ name: "{input_name(k)}", data_type: {triton_dtype(k, spec)}, dims: [ {dims(row_shape(spec, k))} ] }}'
         for k in batch_keys(spec)
     )
-    outputs = [f'  {{ name: "{PROBABILITY}", data_type: TYPE_FP32, dims: [ 1 ] }}']
+    outputs = [f'  {{ name: "{PROBABILITY}", data_type: TYPE_FP32, dims: [ {n_heads(spec)} ] }}']
     if student:
         outputs.append(f'  {{ name: "{EXIT}", data_type: TYPE_INT32, dims: [ 1 ] }}')
     what = (
@@ -459,13 +489,23 @@ def export_model(
         "check": check,
     }
     if student:
-        info["exit_temperatures"] = [float(t) for t in model.exit_temperatures]
-        info["exit_center"] = float(model.exit_center)
-        info["exit_margins"] = [None if math.isinf(float(m)) else float(m) for m in model.exit_margins]
+        info["heads"] = trained.card.get("heads", ["sepsis"])
+        info["thresholds"] = trained.card.get("thresholds", {"sepsis": trained.card.get("threshold")})
+        info["norm"] = trained.card.get("data", {}).get("meta", {}).get("norm")
+        info["exit_temperatures"] = model.exit_temperatures.tolist()
+        info["exit_center"] = model.exit_center.tolist()
+        info["exit_margins"] = _finite_or_none(model.exit_margins.tolist())
     else:
         info["temperature"] = temperature
     (version / PROVENANCE).write_text(json.dumps(info, indent=2) + "\n")
     return {**info, "dir": str(directory)}
+
+
+def _finite_or_none(values):
+    """Nested lists of floats with infinities as None (JSON has no infinity)."""
+    if isinstance(values, list):
+        return [_finite_or_none(v) for v in values]
+    return None if math.isinf(values) else values
 
 
 def trained_dirs(cohort: str, teacher: str = TEACHER) -> dict[str, Path]:

@@ -53,6 +53,30 @@ class Thresholds:
 RISK_FIELD: dict[schemas.AlertKind, str] = {"deterioration": "deterioration_risk", "sepsis": "sepsis_risk"}
 
 
+def thresholds_from(settings, model_thresholds: dict[str, float | None] | None = None) -> dict[str, Thresholds]:
+    """Per alert kind, the thresholds of ``settings`` (``<kind>_on``/``_off``, confirm, clear, quiet
+    periods); a kind ``model_thresholds`` names (the scoring model's card: the threshold chosen on
+    validation data) opens at that value instead and closes at it times the settings' off/on ratio,
+    unless the operator set that kind's ``_on`` explicitly (an explicit setting wins)."""
+    out: dict[str, Thresholds] = {}
+    explicit: set[str] = set(getattr(settings, "model_fields_set", ()))
+    for kind in RISK_FIELD:
+        on, off = float(getattr(settings, f"{kind}_on")), float(getattr(settings, f"{kind}_off"))
+        chosen = (model_thresholds or {}).get(kind)
+        if chosen is not None and f"{kind}_on" not in explicit:
+            ratio = off / on if on > 0 else 0.6
+            on, off = float(chosen), float(chosen) * ratio
+        out[kind] = Thresholds(
+            on,
+            off,
+            settings.alert_confirm,
+            settings.alert_clear,
+            settings.alert_refractory_s,
+            settings.alert_realert_after_resolve_s,
+        )
+    return out
+
+
 def new_alert_state() -> dict:
     return {
         "last_t": 0.0,

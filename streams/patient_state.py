@@ -17,6 +17,8 @@ Pure functions, no I/O. Event-time rules:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import bisect
 import math
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
@@ -24,6 +26,8 @@ from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 import numpy as np
 
 from icuwatch.core import features, schemas, topics
+from icuwatch.core.live_row import thumbnail
+from icuwatch.signals.cxr_image import png_to_array
 
 if TYPE_CHECKING:
     from icuwatch.streams.waveform_state import WaveformState
@@ -70,7 +74,8 @@ class PatientState(TypedDict):
     waveform_features: dict[str, History]
     """Per waveform feature (heart rate from ECG, pulse rate from PPG...), its newest values."""
     cxr: History
-    """The newest X-ray studies: ``[event_time, {"study_id", "report"}]``."""
+    """The newest X-ray studies: ``[event_time, {"study_id", "report", "thumbnail"}]`` (thumbnail:
+    :func:`cxr_thumbnail`; absent in states saved before it existed)."""
     adt: dict[str, Any]
     """Admission: newest event and its time, unit, bed, age, sex, admit and hospital admit times, and
     the ``seen`` events (``event@time``)."""
@@ -257,10 +262,22 @@ def touch_waveform(state: PatientState, t: float) -> None:
     _push(state["waveforms_t"], t, None)
 
 
+def cxr_thumbnail(image_b64: str) -> str | None:
+    """The study's 32 x 32 thumbnail (``core.live_row.thumbnail``) as base64 of its 1,024 bytes, what
+    the live student reads; None when the image does not decode (the study still counts, with its
+    report, but the student sees no image)."""
+    try:
+        image = png_to_array(base64.b64decode(image_b64, validate=False))
+    except (ValueError, OSError, binascii.Error):
+        return None
+    return base64.b64encode(thumbnail(image).tobytes()).decode("ascii")
+
+
 def apply_cxr(state: PatientState, msg: schemas.Cxr) -> bool:
     if any(h[1]["study_id"] == msg.study_id for h in state["cxr"]):
         return False
-    _push(state["cxr"], msg.event_time, {"study_id": msg.study_id, "report": msg.report})
+    study = {"study_id": msg.study_id, "report": msg.report, "thumbnail": cxr_thumbnail(msg.image_b64)}
+    _push(state["cxr"], msg.event_time, study)
     _pending(state, msg.event_time, "cxr")
     return True
 

@@ -185,79 +185,149 @@ def _contributions(arr: np.ndarray | None, n: int) -> np.ndarray | None:
     return arr
 
 
-STUDENT_INPUTS = ("vitals", "labs", "static", "present", "staleness_h")
-"""Batch keys of an exported PhysioNet model, in the order of its Triton inputs (upper-cased;
-``serving.export.batch_keys``, not imported here: it pulls in torch)."""
+PN_MODALITIES = ("vitals", "labs")
+"""Modalities of an exported PhysioNet model (``streams.student_row.MODALITIES``)."""
 PROBABILITY = "PROBABILITY"
 STUDENT_MAX_BATCH = 1024
-"""Rows per Triton request to an exported PhysioNet model: its ``max_batch_size``
+"""Rows per Triton request to an exported fusion model: its ``max_batch_size``
 (``serving.export.MAX_BATCH_SIZE``, not imported here: it pulls in torch). A larger batch is
 sent as several requests."""
 
 
-def load_norm(settings: Settings) -> dict:
-    """The normalisation (``data.meta.norm``) of ``settings.scoring_model`` from its model card."""
+def _from_export(info: dict) -> dict | None:
+    if not info.get("norm"):
+        return None  # exported before export.json carried the normalisation: use the model card
+    return {
+        "norm": info["norm"],
+        "heads": list(info.get("heads") or ["sepsis"]),
+        "thresholds": info.get("thresholds") or {"sepsis": info.get("threshold")},
+        "source": "export.json",
+    }
+
+
+def _from_card(card: dict) -> dict:
+    return {
+        "norm": card["data"]["meta"]["norm"],
+        "heads": list(card.get("heads") or ["sepsis"]),
+        "thresholds": card.get("thresholds") or {"sepsis": card.get("threshold")},
+        "source": "model_card.json",
+    }
+
+
+def served_model_info(settings: Settings) -> dict:
+    """What the worker needs to know about ``settings.scoring_model``: ``{"norm": the input
+    normalisation, "heads": risks in the order of its PROBABILITY columns, "thresholds": per risk the
+    alert threshold its card chose, "source", "dir": where that was read}``. From
+    ``scoring_model_dir`` (its ``export.json`` or ``model_card.json``), else the highest version's
+    ``export.json`` in the served repositories, else ``<state_dir>/models/<name with _ as ->/model_card.json``."""
     import json
 
-    directory = settings.scoring_model_dir or settings.state_dir / "models" / settings.scoring_model.replace("_", "-")
-    card = json.loads((directory / "model_card.json").read_text())
-    return card["data"]["meta"]["norm"]
+    from icuwatch.core.settings import model_repositories
+
+    name = settings.scoring_model
+    candidates = []
+    if settings.scoring_model_dir is not None:
+        candidates.append(settings.scoring_model_dir)
+    else:
+        for repo in model_repositories(settings):
+            model = repo / name
+            if model.is_dir():
+                versions = sorted((int(v.name) for v in model.iterdir() if v.name.isdigit()), reverse=True)
+                candidates += [model / str(v) for v in versions]
+        candidates.append(settings.state_dir / "models" / name.replace("_", "-"))
+    for directory in candidates:
+        if (directory / "export.json").is_file():
+            info = _from_export(json.loads((directory / "export.json").read_text()))
+            if info is not None:
+                return {**info, "dir": str(directory)}
+        if (directory / "model_card.json").is_file():
+            return {**_from_card(json.loads((directory / "model_card.json").read_text())), "dir": str(directory)}
+    raise FileNotFoundError(
+        f"scoring model {name}: no export.json or model_card.json in {', '.join(map(str, candidates))}"
+        " (ICUWATCH_SCORING_MODEL names a model; ICUWATCH_SCORING_MODEL= scores with the rules alone)"
+    )
+
+
+def load_norm(settings: Settings) -> dict:
+    """The normalisation of ``settings.scoring_model`` (:func:`served_model_info`)."""
+    return served_model_info(settings)["norm"]
+
+
+def is_live(info: dict) -> bool:
+    """Whether a served model reads the live layout (five modalities, ``streams.live_row``) rather
+    than the PhysioNet cohort's (``streams.student_row``)."""
+    return "waveforms" in info["norm"]
 
 
 class StudentScorer(TritonScorer):
-    """Sepsis risk from a PhysioNet-trained model in Triton (``settings.scoring_model``), everything
-    else from the rules in-process.
+    """Risks from a fusion model in Triton (``settings.scoring_model``), the rest from the rules.
 
-    Each batch: the rule scores of the feature rows (deterioration risk, NEWS2, qSOFA, their
-    contributions) are computed here, and the cohort rows (``streams.student_row.cohort_row``) go
-    to Triton in one call; its ``PROBABILITY`` replaces the rule sepsis risk.
+    Each batch: the rule scores of the feature rows (deterioration risk, sepsis risk, NEWS2, qSOFA,
+    their contributions) are computed here, and the cohort rows (``streams.live_row.row`` for the
+    live student, ``streams.student_row.cohort_row`` for a PhysioNet model) go to Triton in one call.
+    Its ``PROBABILITY`` columns replace the rule risks it answers (the live student: sepsis and
+    deterioration; a PhysioNet model: sepsis); NEWS2 and qSOFA stay the rules'.
 
-    The sepsis contributions are the student's own, leave-one-modality-out like the rules': the same
-    call carries, per row and present cohort modality (vitals, labs), a copy of the row with that
-    modality absent (``student_row.leave_one_out``: inputs zeroed, ``present`` False, as the
-    cohort gives an absent modality), so a batch of ``n`` rows sends up to ``3n`` (split into requests
-    of at most ``STUDENT_MAX_BATCH`` rows). Contribution of a modality = p(row) - p(row without it),
-    clipped to [-1, 1]; 0 for a modality absent from the row and for waveforms and X-rays (the student
-    reads neither). When Triton fails the batch is the rules' alone (``source`` fallback), with the
-    same retry as :class:`TritonScorer`.
+    The contributions of a risk the model answers are its own, leave-one-out like the rules': the
+    same call carries, per row and explanation modality (``core.features.MODALITIES``; an X-ray is
+    its image and its report together) that the row has, a copy of the row without it
+    (``student_row.leave_one_out``: inputs zeroed, ``present`` False, as the cohort gives an absent
+    modality), so a batch of ``n`` rows sends up to ``5n`` (requests of at most
+    ``STUDENT_MAX_BATCH`` rows). Contribution = p(row) - p(row without it), clipped to [-1, 1]; 0 for
+    a modality the row lacks or the model does not read. When Triton fails the batch is the rules'
+    alone (``source`` fallback), with the same retry as :class:`TritonScorer`.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, info: dict | None = None) -> None:
+        from icuwatch.core.live_row import FEATURE_MODALITY_GROUPS
+        from icuwatch.core.live_row import MODALITIES as LIVE_MODALITIES
+
         super().__init__(settings)
         self.model = settings.scoring_model
+        self.info = info if info is not None else served_model_info(settings)
+        self.heads: tuple[str, ...] = tuple(self.info["heads"])
+        self.modalities: tuple[str, ...] = LIVE_MODALITIES if is_live(self.info) else PN_MODALITIES
+        self.input_keys = (*self.modalities, "static", "present", "staleness_h")
+        """The Triton inputs, in lower case, in ``serving.export.batch_keys`` order."""
+        self.groups = {
+            fm: tuple(m for m in FEATURE_MODALITY_GROUPS[fm] if m in self.modalities) for fm in features.MODALITIES
+        }
+        self.groups = {fm: g for fm, g in self.groups.items() if g}
 
     @property
     def model_name(self) -> str:
-        return f"{self.model}+rules"
+        return self.model if "deterioration" in self.heads else f"{self.model}+rules"
 
     async def _score_triton(self, x: np.ndarray, rows: dict[str, np.ndarray] | None) -> Outputs:
         if rows is None:
             raise ValueError(f"{self.model} scores cohort rows; the worker sent none")
-        from icuwatch.streams.student_row import MODALITIES as COHORT_MODALITIES
         from icuwatch.streams.student_row import leave_one_out
 
         n = len(x)
         if len(rows["present"]) != n:
             raise ValueError(f"{n} feature rows but {len(rows['present'])} cohort rows")
         out: Outputs = dict(rules.score_explained(x))
-        extended, without = leave_one_out(rows)
+        extended, without = leave_one_out(rows, self.modalities, list(self.groups.values()))
         p, version = await self._infer_student(extended)
-        full = p[:n]
-        out["sepsis_risk"] = full
+        if p.shape[1] != len(self.heads):
+            raise RuntimeError(f"{self.model} answered {p.shape[1]} risks, its card names {len(self.heads)}")
         contributions = np.array(out["contributions"], dtype=np.float64)
-        sepsis = features.CONTRIBUTION_RISKS.index("sepsis")
-        contributions[:, sepsis, :] = 0.0  # the rules' explain another model
-        for j, modality in enumerate(COHORT_MODALITIES):
-            has = without[:, j] >= 0
-            delta = np.where(has, full - p[np.where(has, without[:, j], 0)], 0.0)
-            contributions[:, sepsis, features.MODALITIES.index(modality)] = np.clip(delta, -1.0, 1.0)
+        for r, risk in enumerate(self.heads):
+            full = p[:n, r]
+            out[f"{risk}_risk"] = full
+            k = features.CONTRIBUTION_RISKS.index(risk)
+            contributions[:, k, :] = 0.0  # the rules' explain another model
+            for g, modality in enumerate(self.groups):
+                has = without[:, g] >= 0
+                delta = np.where(has, full - p[np.where(has, without[:, g], 0), r], 0.0)
+                contributions[:, k, features.MODALITIES.index(modality)] = np.clip(delta, -1.0, 1.0)
         out["contributions"] = contributions
         out["model_version"] = version
         self._answered_by(version)
         return out
 
     async def _infer_student(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, str | None]:
-        """``PROBABILITY`` of every row of ``batch`` (float64, clipped to [0, 1]), in requests of at
+        """``PROBABILITY`` [rows, risks] of every row of ``batch`` (float64, clipped to [0, 1]), in requests of at
         most ``STUDENT_MAX_BATCH`` rows sent together, and the model version that answered them.
 
         Requests answered by two versions (the server switched versions between them) are sent
@@ -275,13 +345,13 @@ class StudentScorer(TritonScorer):
                 break
         else:
             raise RuntimeError(f"Triton answered one batch with versions {sorted(map(str, versions))} of {self.model}")
-        p = np.concatenate([q for q, _ in parts]) if parts else np.zeros(0)
+        p = np.concatenate([q for q, _ in parts]) if parts else np.zeros((0, len(self.heads)))
         return p, next(iter(versions), None)
 
     async def _infer_student_part(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, str | None]:
         n = len(batch["present"])
         inputs = []
-        for key in STUDENT_INPUTS:
+        for key in self.input_keys:
             arr = np.ascontiguousarray(batch[key])
             inp = self._grpc.InferInput(key.upper(), list(arr.shape), "BOOL" if key == "present" else "FP32")
             inp.set_data_from_numpy(arr)
@@ -295,7 +365,7 @@ class StudentScorer(TritonScorer):
         arr = result.as_numpy(PROBABILITY)
         if arr is None or arr.shape[0] != n:
             raise RuntimeError(f"Triton returned no/short {PROBABILITY}")
-        p = arr.reshape(-1).astype(np.float64)
+        p = arr.reshape(n, -1).astype(np.float64)
         if not np.isfinite(p).all():
             raise RuntimeError(f"Triton returned a non-finite {PROBABILITY}")
         return np.clip(p, 0.0, 1.0), response_version(result)

@@ -45,6 +45,8 @@ rest equal, row by row, on real PhysioNet replays):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from icuwatch.core.physionet_row import (
@@ -165,31 +167,40 @@ def cohort_row(state: patient_state.PatientState, t: float, norm: dict) -> dict:
 
 
 def stack_rows(rows: list[dict]) -> dict[str, np.ndarray]:
-    """Cohort rows as one batch ``{"vitals", "labs", "static", "present", "staleness_h"}`` (the
-    Triton inputs of an exported PhysioNet model, in lower case)."""
-    batch = {k: np.stack([r["inputs"][k] for r in rows]).astype(np.float32) for k in ("vitals", "labs", "static")}
+    """Cohort rows (this module's or ``streams.live_row``'s) as one batch: every input, ``present``,
+    ``staleness_h`` (the Triton inputs of an exported model, in lower case)."""
+    batch = {k: np.stack([r["inputs"][k] for r in rows]).astype(np.float32) for k in rows[0]["inputs"]}
     batch["present"] = np.stack([r["present"] for r in rows]).astype(bool)
     batch["staleness_h"] = np.stack([r["staleness_h"] for r in rows]).astype(np.float32)
     return batch
 
 
-def leave_one_out(batch: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """``batch`` (:func:`stack_rows`, ``n`` rows) followed by, per row and present modality, a copy of
-    the row with that modality absent as the cohort represents it (its input zeroed, its ``present``
-    flag False, its staleness 0), for leave-one-modality-out contributions.
+def leave_one_out(
+    batch: dict[str, np.ndarray],
+    modalities: Sequence[str] = MODALITIES,
+    groups: Sequence[Sequence[str]] | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``batch`` (:func:`stack_rows`, ``n`` rows, its ``present`` columns in ``modalities`` order)
+    followed by, per row and group of modalities (default: each modality alone) with one present, a
+    copy of the row with the group absent as the cohort represents it (inputs zeroed, ``present``
+    False, staleness 0), for leave-one-out contributions.
 
-    Returns (the extended batch: the ``n`` rows first, then the copies in row order, modalities in
-    ``MODALITIES`` order; ``without``: int [n, len(MODALITIES)], the index in the extended batch of
-    row ``i`` without modality ``j``, -1 where ``j`` is absent from row ``i``)."""
+    Returns (the extended batch: the ``n`` rows first, then the copies in row order, groups in order;
+    ``without``: int [n, len(groups)], the index in the extended batch of row ``i`` without group
+    ``g``, -1 where no modality of ``g`` is in row ``i``)."""
+    groups = [(m,) for m in modalities] if groups is None else [tuple(g) for g in groups]
     present = np.asarray(batch["present"], dtype=bool)
     n = len(present)
-    rows, mods = np.nonzero(present)  # row-major: per row, its present modalities in order
-    without = np.full(present.shape, -1, dtype=np.int64)
-    without[rows, mods] = n + np.arange(len(rows))
+    cols = [[modalities.index(m) for m in g] for g in groups]
+    has = np.stack([present[:, c].any(axis=1) for c in cols], axis=1) if groups else np.zeros((n, 0), bool)
+    rows, which = np.nonzero(has)  # row-major: per row, its groups in order
+    without = np.full(has.shape, -1, dtype=np.int64)
+    without[rows, which] = n + np.arange(len(rows))
     out = {k: np.concatenate([v, v[rows]]) for k, v in batch.items()}
-    for j, modality in enumerate(MODALITIES):
-        copies = n + np.flatnonzero(mods == j)
-        out[modality][copies] = 0
-        out["present"][copies, j] = False
-        out["staleness_h"][copies, j] = 0
+    for g, c in enumerate(cols):
+        copies = n + np.flatnonzero(which == g)
+        for j in c:
+            out[modalities[j]][copies] = 0
+            out["present"][copies, j] = False
+            out["staleness_h"][copies, j] = 0
     return out, without

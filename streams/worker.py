@@ -22,7 +22,7 @@ import time
 import faust
 
 from icuwatch.core import schemas, topics
-from icuwatch.streams import alerting, liveness, memory_profile, patient_state
+from icuwatch.streams import alerting, live_row, liveness, memory_profile, patient_state, student_row
 from icuwatch.streams import ingest as decisions
 from icuwatch.streams.app import (
     alerts_topic,
@@ -38,7 +38,8 @@ from icuwatch.streams.batcher import ScoreBatcher
 from icuwatch.streams.kafka.acks import PendingAcks
 from icuwatch.streams.kafka.producer import is_live
 from icuwatch.streams.patient_state import PatientState
-from icuwatch.streams.scoring import StudentScorer, TritonScorer, load_norm
+from icuwatch.streams.scoring import StudentScorer, TritonScorer, served_model_info
+from icuwatch.streams.scoring import is_live as is_live_model
 from icuwatch.streams.sink import DATA_BACK_REASON, StorageSink
 from icuwatch.streams.stats import stats_path
 from icuwatch.streams.waveform_state import WINDOW_S as WAVEFORM_WINDOW_S
@@ -74,24 +75,11 @@ the worker is in wall time, independent of the broker's end offsets."""
 waveforms = WaveformState(settings.waveform_feature_interval_s)
 clock_rule = decisions.ClockRule.of(settings)
 storage = StorageSink(settings.database_url)
-thresholds = {
-    "deterioration": alerting.Thresholds(
-        settings.deterioration_on,
-        settings.deterioration_off,
-        settings.alert_confirm,
-        settings.alert_clear,
-        settings.alert_refractory_s,
-        settings.alert_realert_after_resolve_s,
-    ),
-    "sepsis": alerting.Thresholds(
-        settings.sepsis_on,
-        settings.sepsis_off,
-        settings.alert_confirm,
-        settings.alert_clear,
-        settings.alert_refractory_s,
-        settings.alert_realert_after_resolve_s,
-    ),
-}
+served_model: dict | None = served_model_info(settings) if settings.scoring_model else None
+"""What the worker knows of ``scoring_model`` (``scoring.served_model_info``); None: the rules model."""
+thresholds = alerting.thresholds_from(
+    settings, served_model["thresholds"] if served_model and settings.alert_thresholds == "model" else None
+)
 liveness_rule = liveness.LivenessRule.of(settings)
 watches: dict[bytes, liveness.Watch] = {}
 """Each patient's data-liveness episode (``streams/liveness.py``)."""
@@ -100,24 +88,23 @@ feeds_written: liveness.FeedTimes = {}
 watch_start = time.time()
 """Silence is counted from no earlier than when this worker took its partitions."""
 _batcher: ScoreBatcher | None = None
-student_norm: dict | None = load_norm(settings) if settings.scoring_model else None
-"""Normalisation of the PhysioNet cohort rows sent to ``scoring_model`` (None: rules model)."""
 
 
 def batcher() -> ScoreBatcher:
     global _batcher
     if _batcher is None:
-        scorer = StudentScorer(settings) if settings.scoring_model else TritonScorer(settings)
+        scorer = StudentScorer(settings, served_model) if served_model else TritonScorer(settings)
         _batcher = ScoreBatcher(scorer, publish_score, settings.batch_max, settings.batch_wait_s)
     return _batcher
 
 
 def cohort_row(state: PatientState, t: float) -> dict | None:
-    if student_norm is None:
+    """The served model's row of the patient at ``t`` (None: the rules model scores the feature row)."""
+    if served_model is None:
         return None
-    from icuwatch.streams.student_row import cohort_row as row
-
-    return row(state, t, student_norm)
+    if is_live_model(served_model):
+        return live_row.row(state, t, served_model["norm"])
+    return student_row.cohort_row(state, t, served_model["norm"])
 
 
 async def publish_score(score: schemas.Score) -> None:

@@ -97,9 +97,9 @@ def check_exported(model: Path, torch_release: str, rows: int = 2) -> str:
         raise ValueError(
             f"{model.name}: {TORCHSCRIPT} does not answer its inputs: {type(exc).__name__}: {exc}"
         ) from exc
-    p = probability.detach().double().numpy().reshape(-1)
+    p = probability.detach().double().numpy().reshape(rows, -1)  # one column per risk
     e = exit_index.detach().numpy().reshape(-1)
-    if p.shape != (rows,) or e.shape != (rows,):
+    if len(p) != rows or e.shape != (rows,):
         raise ValueError(
             f"{model.name}: answered shapes {list(probability.shape)}, {list(exit_index.shape)} for {rows} rows"
         )

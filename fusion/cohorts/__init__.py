@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from icuwatch.fusion.cohorts.base import Cohort
 
-COHORTS = ("physionet", "sim")
+COHORTS = ("physionet", "sim", "live")
 
 
 def load(name: str, limit: int | None = None, progress: bool = True) -> Cohort:
@@ -18,4 +18,8 @@ def load(name: str, limit: int | None = None, progress: bool = True) -> Cohort:
         from icuwatch.fusion.cohorts import sim
 
         return sim.load_or_build(n_patients=limit or 1000, progress=progress)
+    if name == "live":
+        from icuwatch.fusion.cohorts import live
+
+        return live.load_or_build(sim_patients=1000, pn_limit=limit, progress=progress)
     raise ValueError(f"unknown cohort {name!r}; choose from {', '.join(COHORTS)}")

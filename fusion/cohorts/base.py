@@ -58,6 +58,9 @@ class Cohort:
     lookups: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
     """Data source, channel names, normalisation, how it was built (goes into model cards)."""
+    targets: dict[str, np.ndarray] = field(default_factory=dict)
+    """Labels beyond ``y`` for multi-risk models: per name float32 [N], 0/1, NaN where the source does
+    not know (``fusion.cohorts.live``: deterioration is unknown on PhysioNet stays)."""
 
     def __len__(self) -> int:
         return len(self.y)
@@ -83,6 +86,7 @@ class Cohort:
             group_ids=self.group_ids,
             lookups=self.lookups,
             meta=self.meta,
+            targets={k: v[idx] for k, v in self.targets.items()},
         )
 
     def dims(self) -> dict[str, tuple[int, ...]]:
@@ -99,6 +103,7 @@ class Cohort:
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {f"input__{k}": v for k, v in self.inputs.items()}
         arrays |= {f"lookup__{k}": v for k, v in self.lookups.items()}
+        arrays |= {f"target__{k}": v for k, v in self.targets.items()}
         header = {
             "name": self.name,
             "modalities": list(self.modalities),
@@ -139,6 +144,7 @@ class Cohort:
                 group_ids=list(header["group_ids"]),
                 lookups={k[len("lookup__") :]: z[k] for k in z.files if k.startswith("lookup__")},
                 meta=header["meta"],
+                targets={k[len("target__") :]: z[k] for k in z.files if k.startswith("target__")},
             )
 
     def validate(self) -> None:
@@ -146,9 +152,9 @@ class Cohort:
         n, m = len(self.y), len(self.modalities)
         if self.present.shape != (n, m) or self.staleness_h.shape != (n, m):
             raise ValueError(f"present/staleness_h must be [{n}, {m}]")
-        for arr in (self.group, self.hour, self.split):
+        for arr in (self.group, self.hour, self.split, *self.targets.values()):
             if arr.shape != (n,):
-                raise ValueError("group/hour/split must have one entry per row")
+                raise ValueError("group/hour/split/targets must have one entry per row")
         for name in (*self.modalities, "static"):
             if name not in self.inputs or len(self.inputs[name]) != n:
                 raise ValueError(f"input {name!r} missing or of the wrong length")

@@ -111,7 +111,7 @@ def to_tensors(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
             t = t.bool()
         elif t.dtype in (torch.float64, torch.float16):
             t = t.float()
-        elif k in ("report",):
+        elif k == "report" and not t.is_floating_point():  # token ids (a bag of words stays float)
             t = t.long()
         out[k] = t
     return out

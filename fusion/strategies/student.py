@@ -23,7 +23,10 @@ and margins existed (it holds the old confidence thresholds ``exit_thresholds``)
 margins ``logit(threshold)``: ``|z / T| >= logit(thr)`` is the old ``max(p, 1 - p) >= thr``.
 
 Spec options: ``n_exits`` (3), ``width`` of the residual stream, ``hidden`` (one size or one per
-block), ``activation`` (relu | gelu), ``dropout``, ``series`` (flat | gru | tcn | transformer).
+block), ``activation`` (relu | gelu), ``dropout``, ``series`` (flat | gru | tcn | transformer),
+``flat_inputs`` (modalities that get the one-layer encoder too, e.g. the live cohort's X-ray thumbnail
+and report bag), ``n_heads`` (1; the live student has 2, sepsis and deterioration: every exit head
+gives one logit per risk, ``forward`` returns the first and keeps all in ``head_logits``).
 The defaults (``strategies.DEFAULTS``: width 32, hidden 32/256/256) keep block 1 cheap and put the
 capacity in the blocks only the rows near the alert threshold reach. Timing (``icuwatch bench
 models``, PhysioNet test rows, exported TorchScript, 1,000 rows, one CPU thread of a 2-core machine,
@@ -115,7 +118,11 @@ class EarlyExitStudent(FusionModel):
             raise ValueError("hidden: one size, or one per block")
         series = opts.get("series", FLAT)
         act = opts.get("activation", "relu")
-        self.flat = {m: (m in encoders.TABULAR or (m in encoders.SERIES and series == FLAT)) for m in spec.modalities}
+        flat_inputs = set(opts.get("flat_inputs", ()))
+        self.flat = {
+            m: (m in encoders.TABULAR or (m in encoders.SERIES and series == FLAT) or m in flat_inputs)
+            for m in spec.modalities
+        }
         self.encoders = nn.ModuleDict(
             {
                 m: FlatEncoder(spec.dims[m], d, act) if self.flat[m] else encoders.build(m, spec.dims[m], d, series)
@@ -126,11 +133,16 @@ class EarlyExitStudent(FusionModel):
         self.stem = nn.Linear(n_mod * d + 2 * n_mod + spec.dims["static"][-1], width)
         self.act = ACTIVATIONS[act]
         self.blocks = nn.ModuleList(ResidualBlock(width, h, opts.get("dropout", 0.1), act) for h in hidden)
-        self.exits = nn.ModuleList(nn.Linear(width, 1) for _ in range(self.n_exits))
-        self.register_buffer("exit_temperatures", torch.ones(self.n_exits))
-        self.register_buffer("exit_center", torch.tensor(0.0))
-        self.register_buffer("exit_margins", torch.full((self.n_exits - 1,), math.inf))
+        self.n_heads = int(opts.get("n_heads", 1))
+        heads = () if self.n_heads == 1 else (self.n_heads,)
+        self.exits = nn.ModuleList(nn.Linear(width, self.n_heads) for _ in range(self.n_exits))
+        self.register_buffer("exit_temperatures", torch.ones((self.n_exits, *heads)))
+        self.register_buffer("exit_center", torch.zeros(heads))
+        self.register_buffer("exit_margins", torch.full((self.n_exits - 1, *heads), math.inf))
         self.exit_logits: torch.Tensor | None = None
+        """[B, n_exits] (one head) or [B, n_exits, n_heads]: every exit's raw logits of the last forward."""
+        self.head_logits: torch.Tensor | None = None
+        """[B, n_heads]: the last exit's raw logits of the last forward, every head."""
 
     def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """[B, width]: the stem's output (what block 1 reads)."""
@@ -151,8 +163,10 @@ class EarlyExitStudent(FusionModel):
         for block, head in zip(self.blocks, self.exits):
             h = block(h)
             logits.append(head(h))
-        self.exit_logits = torch.cat(logits, dim=1)
-        return logits[-1].squeeze(-1)
+        stacked = torch.stack(logits, dim=1)
+        self.exit_logits = stacked[:, :, 0] if self.n_heads == 1 else stacked
+        self.head_logits = logits[-1]
+        return logits[-1][:, 0]
 
     def forward_early_exit(
         self, batch: dict[str, torch.Tensor], margins: Sequence[float] | torch.Tensor | None = None
@@ -165,25 +179,33 @@ class EarlyExitStudent(FusionModel):
         on one scale."""
         if margins is None:
             margins = self.exit_margins
-        margins = torch.as_tensor(margins, dtype=torch.float32).reshape(-1)[: self.n_exits - 1]
+        margins = torch.as_tensor(margins, dtype=torch.float32).reshape(-1, self.n_heads)[: self.n_exits - 1]
         if len(margins) != self.n_exits - 1:
             raise ValueError(f"need {self.n_exits - 1} margins (one per early exit)")
+        temperatures = self.exit_temperatures.reshape(self.n_exits, self.n_heads)
+        center = self.exit_center.reshape(self.n_heads)
+        one = self.n_heads == 1
         last = self.n_exits - 1
         h = self.features(batch)
-        out = h.new_empty(h.shape[0])
+        out = h.new_empty((h.shape[0],) if one else (h.shape[0], self.n_heads))
         exit_index = torch.full((h.shape[0],), last, dtype=torch.long, device=h.device)
         rows = None  # original row numbers of h; None: all of them, in order
         for k in range(self.n_exits):
             h = self.blocks[k](h)
-            z = self.exits[k](h).squeeze(-1)
+            z = self.exits[k](h)
+            if one:
+                z = z.squeeze(-1)
             if k == last:
                 if rows is None:
                     return z, exit_index
                 out[rows] = z
                 break
-            if bool(torch.isinf(margins[k])):
+            if bool(torch.isinf(margins[k]).any()):
                 continue
-            stop = exit_decided(z, self.exit_temperatures[k], self.exit_center, margins[k])
+            if one:
+                stop = exit_decided(z, self.exit_temperatures[k], self.exit_center, margins[k, 0])
+            else:  # every head's alert decision must be settled
+                stop = exit_decided(z, temperatures[k], center, margins[k]).all(dim=1)
             leave = stop.nonzero().squeeze(1)
             if len(leave) == 0:
                 continue
@@ -215,7 +237,8 @@ class EarlyExitStudent(FusionModel):
         return out
 
     def calibrated(self, logits: torch.Tensor, exit_index: torch.Tensor) -> torch.Tensor:
-        """Logits divided by their exit's temperature: ``sigmoid`` of these are calibrated probabilities."""
+        """Logits divided by their exit's temperature: ``sigmoid`` of these are calibrated probabilities
+        ([B] or, with several heads, [B, n_heads])."""
         return logits / self.exit_temperatures[exit_index]
 
     def set_exits(
@@ -225,14 +248,18 @@ class EarlyExitStudent(FusionModel):
         center: float | None = None,
     ) -> None:
         """Set the exit buffers: per-exit temperatures, per-early-exit margins (inf: never), the
-        centre (calibrated logit of the alert threshold, ``logit(op)``)."""
+        centre (calibrated logit of the alert threshold, ``logit(op)``). With several heads: per exit
+        one temperature and one margin per head, one centre per head (a row leaves an early exit when
+        every head's decision is settled there)."""
         with torch.no_grad():
             if temperatures is not None:
-                self.exit_temperatures.copy_(torch.as_tensor(list(temperatures), dtype=torch.float32))
+                t = torch.as_tensor(temperatures, dtype=torch.float32)
+                self.exit_temperatures.copy_(t.reshape(self.exit_temperatures.shape))
             if margins is not None:
-                self.exit_margins.copy_(torch.as_tensor(list(margins), dtype=torch.float32)[: self.n_exits - 1])
+                m = torch.as_tensor(margins, dtype=torch.float32)[: self.n_exits - 1]
+                self.exit_margins.copy_(m.reshape(self.exit_margins.shape))
             if center is not None:
-                self.exit_center.fill_(float(center))
+                self.exit_center.copy_(torch.as_tensor(center, dtype=torch.float32).reshape(self.exit_center.shape))
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs

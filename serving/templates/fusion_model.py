@@ -3,7 +3,7 @@
 ``icuwatch export-triton`` (``serving/export.py``) copies this file to
 ``<repository>/<model>/1/model.py`` next to ``1/model.pt``; the inputs and outputs are whatever the
 generated ``config.pbtxt`` lists. ``model.pt`` is one TorchScript module,
-``module(batch: Dict[str, Tensor], early_exit: bool) -> (probability [B], exit [B])``, whose batch
+``module(batch: Dict[str, Tensor], early_exit: bool) -> (probability [B] or [B, risks], exit [B])``, whose batch
 keys are the input names in lower case (``VITALS`` -> ``vitals``, ``PRESENT`` -> ``present``,
 ``STALENESS_H`` -> ``staleness_h``). The teacher answers exit 0 for every row; the student runs its
 early exits inside the batch, or every block when a request carries the parameter
@@ -116,7 +116,7 @@ class TritonPythonModel:
     def _outputs(self, probability, exit_index, start, n):
         values = {"PROBABILITY": probability, "EXIT": exit_index}
         return [
-            pb_utils.Tensor.from_dlpack(name, to_dlpack(values[name][start : start + n].reshape(-1, 1)))
+            pb_utils.Tensor.from_dlpack(name, to_dlpack(values[name][start : start + n].reshape(n, -1)))
             for name in self.outputs
         ]
 

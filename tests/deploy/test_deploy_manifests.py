@@ -291,7 +291,7 @@ def test_compose_triton_serves_both_repositories():
     health = " ".join(triton["healthcheck"]["test"])
     assert "/v2/health/ready" in health and "/v2/models/$$m/ready" in health
     # the healthcheck also waits for the model the workers score with, when one is set
-    assert "${ICUWATCH_SCORING_MODEL:-}" in triton["environment"]["TRITON_REQUIRED_MODELS"].split()
+    assert "${ICUWATCH_SCORING_MODEL:-student_live}" in triton["environment"]["TRITON_REQUIRED_MODELS"].split()
 
 
 def test_k8s_triton_serves_both_repositories():
@@ -303,19 +303,24 @@ def test_k8s_triton_serves_both_repositories():
     assert triton["startupProbe"]["httpGet"]["path"] == "/v2/health/live"
 
 
-def test_student_scoring_is_optional_and_off_by_default():
-    from icuwatch.core.settings import Settings
+def test_the_live_student_scores_by_default_and_the_physionet_student_is_optional():
+    from icuwatch.core.settings import SHIPPED_MODEL_REPOSITORY, Settings
+    from icuwatch.serving import MODEL_REPOSITORY
     from icuwatch.serving import export as triton_export
 
     student = triton_export.triton_name(f"{triton_export.STUDENT}-physionet")
     assert student == "student_physionet"
-    assert Settings.model_fields["scoring_model"].default == ""
-    # Compose: an env-file variable, empty (rules) unless set
-    assert compose()["x-icuwatch-env"]["ICUWATCH_SCORING_MODEL"] == "${ICUWATCH_SCORING_MODEL:-}"
+    assert Settings.model_fields["scoring_model"].default == "student_live"
+    # the default is committed in the repository both the local and the production tritonserver serve
+    assert SHIPPED_MODEL_REPOSITORY == MODEL_REPOSITORY
+    assert (MODEL_REPOSITORY / "student_live" / "1" / "export.json").is_file()
+    assert "COPY serving/models /models" in TRITON_DOCKERFILE.read_text()
+    # Compose: an env-file variable, the live student unless set
+    assert compose()["x-icuwatch-env"]["ICUWATCH_SCORING_MODEL"] == "${ICUWATCH_SCORING_MODEL:-student_live}"
     assert "ICUWATCH_SCORING_MODEL=student_physionet" in COMPOSE.read_text()
-    # Kubernetes: documented in the ConfigMap, commented out
+    # Kubernetes: the live student in the ConfigMap, the PhysioNet student documented, commented out
     cm = _configmap()
-    assert not cm["data"].get("ICUWATCH_SCORING_MODEL")
+    assert cm["data"].get("ICUWATCH_SCORING_MODEL") == "student_live"
     assert re.search(rf"^\s*# ICUWATCH_SCORING_MODEL: {student}$", (K8S / "configmap.yaml").read_text(), re.M)
     # the student's card is mounted (optionally) where the worker looks for it by default:
     # <state dir>/models/<scoring model with _ as ->/model_card.json (streams/scoring.py load_norm)

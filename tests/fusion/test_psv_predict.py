@@ -93,6 +93,7 @@ def test_streaming_scores_agree_with_psv_predict(stack, tmp_path):
         messages += stay_messages(renamed, base)
     messages.sort(key=lambda m: m[0])
 
+    env = {**env, "ICUWATCH_SCORING_MODEL": ""}  # the rule model early_warning, whose scores rule_outputs gives
     with running_worker(settings, env, tmp_path / "worker.log"):
         producer = make_producer(settings)
         last = None

@@ -161,7 +161,8 @@ def _student_batch(n: int) -> dict[str, np.ndarray]:
 )
 def test_one_student_batch_is_one_versions(versions, expected):
     async def run():
-        scorer = StudentScorer(_settings(scoring_model="student_physionet"))
+        info = {"norm": {}, "heads": ["sepsis"], "thresholds": {"sepsis": 0.04}}
+        scorer = StudentScorer(_settings(scoring_model="student_physionet"), info)
         await scorer.client.close()
         scorer.client = _StudentClient(versions)
         return await scorer._infer_student(_student_batch(STUDENT_MAX_BATCH + 10))
@@ -171,4 +172,4 @@ def test_one_student_batch_is_one_versions(versions, expected):
             asyncio.run(run())
         return
     p, version = asyncio.run(run())
-    assert version == expected and p.shape == (STUDENT_MAX_BATCH + 10,) and np.allclose(p, 0.25)
+    assert version == expected and p.shape == (STUDENT_MAX_BATCH + 10, 1) and np.allclose(p, 0.25)

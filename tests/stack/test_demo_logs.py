@@ -38,7 +38,7 @@ def test_demo_run_logs_carry_no_patient_identifier(stack, tmp_path, monkeypatch)
     assert summary["scores"]["triton"] > 0, summary["scores"]
     # issue 19: scores per model version beside the source split; every alert names its model
     scores = summary["scores"]
-    assert scores["by_model"].get("early_warning/2", 0) == scores["triton"], scores
+    assert scores["by_model"].get("student_live/1", 0) == scores["triton"], scores  # the default: the live student
     assert sum(scores["by_model"].values()) == scores["triton"] + scores["fallback"]
     assert all(a["model"] and "model_version" in a for a in summary["alerts"]), summary["alerts"]
 

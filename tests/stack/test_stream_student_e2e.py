@@ -1,4 +1,6 @@
-"""The worker scoring with the distilled student (``ICUWATCH_SCORING_MODEL=student_physionet``):
+"""The worker scoring with a learned student: the default live student (``student_live``, committed,
+sepsis and deterioration; its stored risks and contributions equal the served TorchScript's on the
+rows the stream builds) and the distilled PhysioNet student (``ICUWATCH_SCORING_MODEL=student_physionet``):
 PhysioNet stays replayed through broker -> worker -> tritonserver, stored sepsis risks equal the
 student's own probabilities (in-process, early exit as served) on the rows the stream builds, and
 the stored sepsis contributions its leave-one-modality-out differences p(row) - p(row without the
@@ -121,28 +123,23 @@ def _expected(directory, stay: Stay, base: float) -> dict[float, tuple[float, di
     return out
 
 
-def test_stored_sepsis_risks_are_the_students(stack, served, student, tmp_path):
+def _replay(stack, env_overrides: dict, tmp_path, port: int):
+    """Two short PhysioNet test stays replayed through the session's broker into a worker of its own
+    (``env_overrides``: its scoring model); returns (the stays as renamed, the replay's base time, the
+    stored scores)."""
     from stack_fixtures import running_worker, wait_for, wait_for_scores
 
     from icuwatch.core import topics
-    from icuwatch.fusion.psv_predict import hour_times, rule_outputs
     from icuwatch.sources.psv import stay_messages
     from icuwatch.storage import db
-    from icuwatch.storage.repository import utc
     from icuwatch.streams.kafka.producer import make_producer
 
-    trained, directory = student
     base_settings, env = stack
     url = f"sqlite:///{tmp_path / 'student.db'}"
     settings = base_settings.model_copy(
-        update={"database_url": url, "app_id": f"student-{uuid.uuid4().hex[:6]}", "worker_web_port": 16068}
+        update={"database_url": url, "app_id": f"student-{uuid.uuid4().hex[:6]}", "worker_web_port": port}
     )
-    env = {
-        **env,
-        "ICUWATCH_TRITON_URL": served.triton_url,
-        "ICUWATCH_SCORING_MODEL": "student_physionet",
-        "ICUWATCH_SCORING_MODEL_DIR": str(directory),
-    }
+    env = {**env, **env_overrides}
     db.upgrade(url)
     chosen = _stays(2)
     base = 1_700_000_000.0 + (time.time() % 1_000_000)
@@ -190,7 +187,20 @@ def test_stored_sepsis_risks_are_the_students(stack, served, student, tmp_path):
         producer.flush()
         producer.close()
         rows = wait_for_scores(url, {s.patient_id for s in renamed})
+    return renamed, base, rows
 
+
+def test_stored_sepsis_risks_are_the_students(stack, served, student, tmp_path):
+    from icuwatch.fusion.psv_predict import hour_times, rule_outputs
+    from icuwatch.storage.repository import utc
+
+    _, directory = student
+    env = {
+        "ICUWATCH_TRITON_URL": served.triton_url,
+        "ICUWATCH_SCORING_MODEL": "student_physionet",
+        "ICUWATCH_SCORING_MODEL_DIR": str(directory),
+    }
+    renamed, base, rows = _replay(stack, env, tmp_path, 16068)
     compared = moved = 0
     for stay in renamed:
         expected = _expected(directory, stay, base)
@@ -208,4 +218,64 @@ def test_stored_sepsis_risks_are_the_students(stack, served, student, tmp_path):
             for field in ("deterioration_risk", "news2", "qsofa"):
                 assert getattr(row, field) == pytest.approx(float(offline[field][i]), abs=1e-5), (i, field)
             compared += 1
-    assert compared >= sum(len(s.values) for s in chosen) // 2 and moved > 0
+    assert compared >= sum(len(s.values) for s in renamed) // 2 and moved > 0
+
+
+def _expected_live(stay: Stay, base: float) -> dict[float, tuple[np.ndarray, np.ndarray]]:
+    """Per hour, what the served live student's TorchScript answers in process on the rows the worker
+    builds (``psv-predict --model student_live``'s path): (p [sepsis, deterioration], contributions
+    [2 risks, 4 explanation modalities], each p(row) - p(row without the modality group))."""
+    import torch
+
+    from icuwatch.core import features
+    from icuwatch.core.live_row import FEATURE_MODALITY_GROUPS, MODALITIES
+    from icuwatch.core.settings import Settings
+    from icuwatch.fusion.psv_predict import LiveStudentStayPredictor, hour_times, states_at_hours
+    from icuwatch.streams.live_row import row
+    from icuwatch.streams.student_row import leave_one_out, stack_rows
+
+    predictor = LiveStudentStayPredictor(Settings())
+    rows = [row(state, t, predictor.norm) for t, state in states_at_hours(stay, base)]
+    groups = list(FEATURE_MODALITY_GROUPS.values())
+    batch, without = leave_one_out(stack_rows(rows), MODALITIES, groups)
+    with torch.no_grad():
+        p, _ = predictor.module({k: torch.from_numpy(v) for k, v in batch.items()}, True)
+    p = p.double().numpy()
+    out = {}
+    for i, t in enumerate(hour_times(stay, base)):
+        contributions = np.zeros((2, len(features.MODALITIES)))
+        for g, name in enumerate(FEATURE_MODALITY_GROUPS):
+            if without[i, g] >= 0:
+                contributions[:, features.MODALITIES.index(name)] = p[i] - p[without[i, g]]
+        out[float(t)] = (p[i], contributions)
+    return out
+
+
+def test_stored_risks_are_the_served_live_students(stack, tmp_path):
+    """The default scoring model (``student_live``, committed, served by the session's tritonserver):
+    stored sepsis and deterioration risks and their contributions equal the served TorchScript's on
+    the rows the stream builds; NEWS2 and qSOFA are the rules'."""
+    from icuwatch.fusion.psv_predict import hour_times, rule_outputs
+    from icuwatch.storage.repository import utc
+
+    renamed, base, rows = _replay(stack, {"ICUWATCH_SCORING_MODEL": "student_live"}, tmp_path, 16069)
+    compared = 0
+    for stay in renamed:
+        expected = _expected_live(stay, base)
+        offline = rule_outputs(stay, base)
+        streamed = {r.event_time: r for r in rows if r.patient_id == stay.patient_id}
+        for i, t in enumerate(hour_times(stay, base)):
+            row = streamed.get(utc(float(t)))
+            if row is None:
+                continue
+            assert (row.source, row.model, row.model_version) == ("triton", "student_live", "1")
+            p, contributions = expected[float(t)]
+            assert row.sepsis_risk == pytest.approx(p[0], abs=1e-5), (stay.patient_id, i)
+            assert row.deterioration_risk == pytest.approx(p[1], abs=1e-5), (stay.patient_id, i)
+            for k, risk in enumerate(("deterioration", "sepsis")):
+                want = dict(zip(("vitals", "waveforms", "labs", "cxr"), contributions[1 - k]))
+                assert row.contributions[risk] == pytest.approx(want, abs=2e-5), (stay.patient_id, i, risk)
+            for field in ("news2", "qsofa"):
+                assert getattr(row, field) == pytest.approx(float(offline[field][i]), abs=1e-5), (i, field)
+            compared += 1
+    assert compared >= sum(len(s.values) for s in renamed) // 2

@@ -251,7 +251,8 @@ def _publish_batch(client, rows=None):
         scorer = StudentScorer(
             Settings(
                 triton_url="127.0.0.1:1", scoring_model="student_physionet", triton_timeout_s=0.5, triton_retry_s=60.0
-            )
+            ),
+            {"norm": NORM, "heads": ["sepsis"], "thresholds": {"sepsis": 0.04}},
         )
         await scorer.client.close()
         scorer.client = client

@@ -1,0 +1,171 @@
+"""Teachers for distillation, as what the student learns from: per row and risk, one logit.
+
+Any teacher reduces to a float32 array ``[N, n_heads]`` of logits over a cohort's rows (NaN where it
+has no answer for a risk: that row's soft term is left out). So a distillation never needs to know
+what the teacher is:
+
+* :func:`crossfit_lightgbm` — gradient-boosted trees (LightGBM, the field's strongest family on
+  PhysioNet 2019, see ``fusion.baselines.lightgbm_model``) on :func:`tabular_features` of the row,
+  one model per risk, **cross-fitted**: the rows are split by stay into ``folds`` groups and each
+  row's logit comes from the model that did not train on its stay. A teacher's answers on its own
+  training rows are overconfident; a student fitted to them learns that overconfidence.
+* :func:`model_logits` — a trained fusion model (``model_store``; one risk, the sepsis head).
+* :func:`ensemble` — the mean logit of several teachers (per risk, over those that answer it).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from icuwatch.fusion.cohorts.base import Cohort
+
+TEACHER_PARAMS: dict = {
+    "objective": "binary",
+    "learning_rate": 0.08,
+    "num_leaves": 31,
+    "min_child_samples": 200,
+    "feature_fraction": 0.5,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "lambda_l2": 1.0,
+    "metric": "binary_logloss",
+    "num_threads": 2,
+    "deterministic": True,
+    "force_row_wise": True,
+    "verbose": -1,
+}
+MAX_ROUNDS = 400
+"""Early stopping on the log loss of the inner split (AUC on a few hundred simulated patients stopped
+after 2-8 rounds: too noisy to stop on)."""
+EARLY_STOPPING_ROUNDS = 30
+INNER_VAL_SHARE = 0.1
+
+
+def _pooled(x: np.ndarray, size: int) -> np.ndarray:
+    """[n, H, W] -> [n, size * size] block means."""
+    n, h, w = x.shape
+    return x.reshape(n, size, h // size, size, w // size).mean(axis=(2, 4)).reshape(n, -1)
+
+
+def tabular_features(cohort: Cohort, idx: np.ndarray) -> np.ndarray:
+    """float32 [len(idx), F] of a live-cohort row for trees: the vitals window summarised (newest, mean,
+    min, max, change over 3 h, hours measured), the waveform, lab and static inputs, staleness and
+    present flags, the X-ray thumbnail pooled to 8 x 8, the report bag folded to 64. NaN where a
+    modality is absent or a lab never measured: trees route missing values, nothing is imputed."""
+    present = cohort.present[idx]
+    mods = cohort.modalities
+    parts = []
+    v = cohort.inputs["vitals"][idx]
+    c = v.shape[-1] // 2
+    z = v[:, :, :c]
+    parts += [z[:, -1], z.mean(1), z.min(1), z.max(1), z[:, -1] - z[:, -4], v[:, :, c:].sum(1)]
+    vit = np.concatenate(parts, axis=1)
+    vit[~present[:, mods.index("vitals")]] = np.nan
+    out = [vit]
+    if "waveforms" in mods:
+        w = cohort.inputs["waveforms"][idx]
+        k = w.shape[1] // 2
+        wz = np.where(w[:, k:] > 0, w[:, :k], np.nan)
+        wz[~present[:, mods.index("waveforms")]] = np.nan
+        out.append(wz)
+    labs = cohort.inputs["labs"][idx].reshape(len(idx), -1, 3).copy()
+    labs[:, :, 0] = np.where(labs[:, :, 1] > 0, labs[:, :, 0], np.nan)
+    labs = labs.reshape(len(idx), -1)
+    labs[~present[:, mods.index("labs")]] = np.nan
+    out += [labs, cohort.inputs["static"][idx], np.where(present, cohort.staleness_h[idx], np.nan), present]
+    for name, fold in (("cxr", None), ("report", 64)):
+        if name not in mods:
+            continue
+        rows = cohort.inputs[name][idx]
+        table = cohort.lookups[name]
+        got = table[np.where(rows >= 0, rows, 0)].astype(np.float32)
+        if name == "cxr":
+            got = _pooled(got / 255.0, 8)
+        else:
+            got = got.reshape(len(idx), -1, fold).max(axis=1)
+        got[rows < 0] = np.nan
+        out.append(got)
+    return np.concatenate([np.asarray(a, np.float32) for a in out], axis=1)
+
+
+def stay_folds(cohort: Cohort, folds: int, seed: int) -> np.ndarray:
+    """[N] fold number per row: stays (groups) shuffled and dealt into ``folds`` folds."""
+    rng = np.random.default_rng(seed)
+    groups = np.unique(cohort.group)
+    fold_of = np.empty(int(groups.max()) + 1, np.int64)
+    fold_of[rng.permutation(groups)] = np.arange(len(groups)) % folds
+    return fold_of[cohort.group]
+
+
+def crossfit_lightgbm(
+    cohort: Cohort,
+    labels: dict[str, np.ndarray],
+    folds: int = 3,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[np.ndarray, dict]:
+    """Cross-fitted LightGBM logits ``[N, len(labels)]`` (NaN where the label is unknown: a row gets
+    a teacher answer for a risk only if that risk is known in its source) and what was fitted.
+
+    ``labels``: per risk float [N] 0/1, NaN where unknown; fitted only on known rows. In each of the
+    ``folds`` rounds the trees learn on the other folds' stays, stop early on ``INNER_VAL_SHARE`` of
+    those stays, and answer for this fold's rows."""
+    import lightgbm as lgb
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    fold = stay_folds(cohort, folds, seed)
+    all_rows = np.arange(len(cohort))
+    x = tabular_features(cohort, all_rows)
+    out = np.full((len(cohort), len(labels)), np.nan, np.float32)
+    info: dict = {"kind": "lightgbm", "folds": folds, "features": int(x.shape[1]), "params": TEACHER_PARAMS}
+    rng = np.random.default_rng(seed + 1)
+    bar = tqdm(total=folds * len(labels), desc="teacher (cross-fitted LightGBM)", disable=not progress, file=sys.stderr)
+    for h, (risk, y) in enumerate(labels.items()):
+        known = np.isfinite(y)
+        rounds = []
+        for f in range(folds):
+            train = known & (fold != f)
+            groups = np.unique(cohort.group[train])
+            inner = np.isin(cohort.group, rng.choice(groups, max(1, int(INNER_VAL_SHARE * len(groups))), replace=False))
+            fit_rows, stop_rows = np.flatnonzero(train & ~inner), np.flatnonzero(train & inner)
+            train_set = lgb.Dataset(x[fit_rows], label=y[fit_rows], free_raw_data=True)
+            stop_set = lgb.Dataset(x[stop_rows], label=y[stop_rows], reference=train_set)
+            booster = lgb.train(
+                {**TEACHER_PARAMS, "seed": seed + f},
+                train_set,
+                num_boost_round=MAX_ROUNDS,
+                valid_sets=[stop_set],
+                callbacks=[lgb.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)],
+            )
+            best = int(booster.best_iteration or booster.current_iteration())
+            answer = np.flatnonzero(known & (fold == f))
+            out[answer, h] = booster.predict(x[answer], num_iteration=best, raw_score=True)
+            rounds.append(best)
+            bar.update(1)
+        info[risk] = {"rows": int(known.sum()), "rounds": rounds}
+    bar.close()
+    info["fit_s"] = round(time.perf_counter() - t0, 1)
+    return out, info
+
+
+def model_logits(directory, cohort: Cohort, n_heads: int) -> np.ndarray:
+    """A trained fusion model's logits ``[N, n_heads]`` (its one output in column 0, NaN elsewhere)."""
+    from icuwatch.fusion import model_store
+    from icuwatch.fusion.training import predict_logits
+
+    trained = model_store.load(directory)
+    out = np.full((len(cohort), n_heads), np.nan, np.float32)
+    out[:, 0] = predict_logits(trained.model, cohort, np.arange(len(cohort)))
+    return out
+
+
+def ensemble(members: list[np.ndarray]) -> np.ndarray:
+    """Mean logit per row and risk over the members that answer it (NaN where none does)."""
+    stack = np.stack(members)
+    counts = np.isfinite(stack).sum(axis=0)
+    total = np.nansum(stack, axis=0)
+    return np.where(counts > 0, total / np.maximum(counts, 1), np.nan).astype(np.float32)

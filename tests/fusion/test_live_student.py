@@ -1,0 +1,175 @@
+"""The live cohort (PhysioNet stays + simulated patients in one layout), the two-risk early-exit
+student distilled from a cross-fitted teacher, and its Triton export."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from icuwatch.core import live_row
+from icuwatch.fusion import teachers
+from icuwatch.fusion.cohorts import live, physionet, sim
+from icuwatch.fusion.cohorts.base import gather
+from icuwatch.fusion.live_student import (
+    SPEC,
+    LiveDistillConfig,
+    distill_live,
+    exit_logits,
+    held_out_report,
+    labels_of,
+    simulate_exits_multi,
+)
+from icuwatch.fusion.strategies import build
+from icuwatch.fusion.strategies.base import to_tensors
+from icuwatch.fusion.training import TrainConfig, model_spec
+from icuwatch.serving.export import example_batch, serving_module, verify
+from icuwatch.sources.physionet import default_data_dir
+
+needs_data = pytest.mark.skipif(not default_data_dir().is_dir(), reason="no PhysioNet stays")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread(one_torch_thread):
+    """CPU-heavy: one thread."""
+
+
+@pytest.fixture(scope="module")
+def cohorts(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    pn = physionet.load_or_build(cache_dir=cache, limit=120, progress=False)
+    sm = sim.build(n_patients=40, hours=12, seed=3, progress=False)
+    return pn, sm, live.build(pn, sm)
+
+
+@needs_data
+def test_live_cohort_puts_both_sources_in_one_layout(cohorts):
+    pn, sm, c = cohorts
+    c.validate()
+    assert c.modalities == live_row.MODALITIES
+    assert c.dims() == {
+        "vitals": (8, 14),
+        "waveforms": (4,),
+        "labs": (81,),
+        "cxr": (32, 32),
+        "report": (256,),
+        "static": (7,),
+    }
+    is_sim = live.source_of(c)
+    assert is_sim.sum() == len(sm) and (~is_sim).sum() == len(pn)
+    # PhysioNet stays: no waveform, X-ray or report; deterioration unknown; sepsis label as given
+    assert not c.present[~is_sim][:, [1, 3, 4]].any()
+    assert np.isnan(c.targets["deterioration"][~is_sim]).all()
+    assert np.array_equal(c.y[~is_sim], pn.y)
+    # simulated patients: sepsis only for septic ones, deterioration for every deteriorating one
+    conditions = np.array([p["condition"] for p in sm.meta["patients"]])[sm.group]
+    assert not c.y[is_sim][conditions != "sepsis"].any()
+    assert np.array_equal(c.targets["deterioration"][is_sim], sm.y.astype(np.float32))
+    # vitals re-expressed in PhysioNet's normalisation: the same raw values
+    v_live, v_sim = c.inputs["vitals"][is_sim], sm.inputs["vitals"]
+    measured = v_sim[:, :, 7:] > 0
+    raw = lambda z, stats: z * np.array(stats["std"]) + np.array(stats["mean"])  # noqa: E731
+    got, want = raw(v_live[:, :, :7], c.meta["norm"]["vitals"]), raw(v_sim[:, :, :7], sm.meta["norm"]["vitals"])
+    assert np.allclose(got[measured], want[measured], atol=1e-3)
+    assert np.array_equal(v_live[:, :, 7:], v_sim[:, :, 7:])
+    # a shared lab keeps its raw value; PaO2 (not a PhysioNet column) is gone
+    j, a = live.PN_LABS.index("lactate"), sm.meta["lab_channels"].index("lactate")
+    ever = sm.inputs["labs"][:, 3 * a + 1] > 0
+    lab_raw = (
+        c.inputs["labs"][is_sim][ever, 3 * j] * c.meta["norm"]["labs"]["std"][j] + c.meta["norm"]["labs"]["mean"][j]
+    )
+    sim_raw = sm.inputs["labs"][ever, 3 * a] * sm.meta["norm"]["labs"]["std"][a] + sm.meta["norm"]["labs"]["mean"][a]
+    assert ever.any() and np.allclose(lab_raw, sim_raw, atol=1e-3)
+    # the thumbnail of the shown study
+    rows = np.flatnonzero(c.inputs["cxr"] >= 0)
+    assert len(rows) and np.array_equal(
+        c.lookups["cxr"][c.inputs["cxr"][rows[0]]],
+        live_row.thumbnail(sm.lookups["cxr"][sm.inputs["cxr"][rows[0] - len(pn)]]),
+    )
+
+
+def _student(c, seed=0):
+    torch.manual_seed(seed)
+    return build("student", model_spec("student", c, TrainConfig(), SPEC)).eval()
+
+
+@needs_data
+def test_two_risk_student_masks_absent_modalities_and_exits_as_simulated(cohorts):
+    _, _, c = cohorts
+    student = _student(c)
+    idx = np.arange(0, len(c), 7)
+    batch = to_tensors(gather(c, idx))
+    with torch.no_grad():
+        student(batch)
+        assert student.head_logits.shape == (len(idx), 2) and student.exit_logits.shape == (len(idx), 3, 2)
+        noisy = {k: v.clone() for k, v in batch.items()}
+        for j, m in enumerate(c.modalities):
+            absent = ~batch["present"][:, j]
+            noisy[m][absent] = torch.randn_like(noisy[m][absent].float()).to(noisy[m].dtype)
+    with torch.no_grad():
+        a = student(batch).clone()
+        b = student(noisy)
+    assert torch.allclose(a, b), "an absent modality's input moved the score"
+
+    z = exit_logits(student, c, idx)
+    temps = np.full((3, 2), 1.5)
+    center = np.median(z[:, 0] / 1.5, axis=0)  # untrained logits: put the alert threshold in the middle
+    margins = np.stack([np.quantile(np.abs(z[:, k] / 1.5 - center), 0.3, axis=0) for k in range(2)])
+    student.set_exits(temperatures=temps, margins=margins, center=center)
+    where, p = simulate_exits_multi(z, temps, center, margins)
+    with torch.no_grad():
+        logits, exit_index = student.forward_early_exit(batch)
+        p_model = torch.sigmoid(student.calibrated(logits, exit_index)).double().numpy()
+    assert np.array_equal(exit_index.numpy(), where) and len(set(where)) > 1
+    assert np.allclose(p_model, p, atol=1e-6)
+
+
+def test_two_risk_student_exports_to_torchscript_that_matches_it():
+    from icuwatch.fusion.strategies.base import InputSpec
+
+    spec = InputSpec(
+        cohort="live",
+        modalities=live_row.MODALITIES,
+        dims={"vitals": (8, 14), "waveforms": (4,), "labs": (81,), "cxr": (32, 32), "report": (256,), "static": (7,)},
+        series_kind="tcn",
+        d_model=SPEC["d_model"],
+        options=SPEC["options"],
+    )
+    torch.manual_seed(1)
+    student = build("student", spec).eval()
+    student.set_exits(temperatures=np.full((3, 2), 1.2), margins=[[0.5, 0.5], [0.2, 0.3]], center=[-3.0, -2.0])
+    served = serving_module(student)
+    check = verify(served, student)
+    assert check["exits_equal"] and check["max_abs_probability_difference"] <= 1e-5
+    p, exits = served(example_batch(spec, 9, seed=4), True)
+    assert p.shape == (9, 2) and exits.shape == (9,)
+
+
+def test_ensemble_averages_the_teachers_that_answer():
+    a = np.array([[1.0, np.nan], [2.0, 4.0]], np.float32)
+    b = np.array([[3.0, np.nan], [np.nan, 0.0]], np.float32)
+    out = teachers.ensemble([a, b])
+    assert out[0, 0] == 2.0 and math.isnan(out[0, 1]) and out[1].tolist() == [2.0, 2.0]
+
+
+@needs_data
+def test_distill_live_end_to_end_on_a_small_cohort(cohorts):
+    _, _, c = cohorts
+    folds = teachers.stay_folds(c, 2, seed=0)
+    for g in np.unique(c.group)[:50]:
+        assert len(set(folds[c.group == g])) == 1  # a stay is in one fold: cross-fitting by stay
+    logits, info = teachers.crossfit_lightgbm(c, labels_of(c), folds=2, progress=False)
+    assert np.isfinite(logits[:, 0]).all()
+    assert np.isnan(logits[~live.source_of(c), 1]).all() and np.isfinite(logits[live.source_of(c), 1]).all()
+    cfg = LiveDistillConfig(epochs=1, rows_per_epoch=3000, batch_size=128, max_val_rows=5000, exit_grid=10)
+    student, card = distill_live(c, logits, info, cfg, progress=False)
+    assert card["heads"] == ["sepsis", "deterioration"]
+    assert set(card["thresholds"]) == {"sepsis", "deterioration"}
+    assert 0 < card["thresholds"]["sepsis"] < 1 and 0 < card["thresholds"]["deterioration"] < 1
+    assert student.exit_temperatures.shape == (3, 2) and student.exit_center.shape == (2,)
+    report = held_out_report(student, c, logits, card)
+    assert set(report) >= {"rows", "exit_shares", "physionet", "sim"}
+    assert abs(sum(report["exit_shares"]) - 1.0) < 1e-3
+    assert "deterioration" in report["sim"] and "deterioration" not in report["physionet"]
