@@ -58,4 +58,6 @@ RUN python3 /opt/icuwatch/check_triton_repository.py \
       --torch "${TORCH_VERSION}" /models /models-fusion
 
 # --strict-readiness: /v2/health/ready only once every model of both repositories is ready.
-CMD ["tritonserver", "--model-repository=/models", "--model-repository=/models-fusion", "--strict-readiness=true"]
+# Explicit model control, every model loaded at start: `icuwatch models promote|rollback` loads and
+# unloads versions on the running server (deploy/triton_models.py).
+CMD ["tritonserver", "--model-repository=/models", "--model-repository=/models-fusion", "--strict-readiness=true", "--model-control-mode=explicit", "--load-model=*"]

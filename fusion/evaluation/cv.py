@@ -36,7 +36,7 @@ import numpy as np
 
 from icuwatch.sources.physionet import Stay, list_stays, read_psv
 
-MODELS = ("lightgbm", "gbt")
+MODELS = ("lightgbm", "gbt", "student_live")
 INNER_VAL_FRACTION = 0.2
 N_THRESHOLDS = 400
 METRICS = (
@@ -244,6 +244,24 @@ def model_spec(model: str) -> tuple[Callable[[Stay], np.ndarray], Callable[..., 
                 "params": gbt.PARAMS,
                 "feature_version": features.FEATURE_VERSION,
                 "n_features": features.N_FEATURES,
+            },
+        )
+    if model == "student_live":
+        from functools import partial
+
+        from icuwatch.fusion.evaluation.cv_student import LiveRows, fit_live_student
+        from icuwatch.fusion.live_student import SPEC, LiveDistillConfig
+
+        rows = LiveRows()
+        return (
+            rows,
+            partial(fit_live_student, rows),
+            {
+                "estimator": "the live student's recipe (icuwatch distill-live): cross-fitted LightGBM teacher, "
+                "two-risk early-exit student, per fold on the training stays + simulated TRAIN/VAL patients",
+                "student": SPEC,
+                "config": {k: v for k, v in LiveDistillConfig().__dict__.items()},
+                "prediction": "sepsis column, early exit as served",
             },
         )
     raise ValueError(f"unknown model {model!r}: one of {', '.join(MODELS)}")

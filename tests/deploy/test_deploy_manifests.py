@@ -275,6 +275,7 @@ def test_triton_image_bakes_the_exported_repository():
     cmd = _dockerfile_cmd(text)
     assert cmd[0] == "tritonserver" and [a for a in cmd if a.startswith("--model-repository")] == REPOSITORY_FLAGS
     assert "--strict-readiness=true" in cmd
+    assert {"--model-control-mode=explicit", "--load-model=*"} <= set(cmd)  # `icuwatch models promote` works
 
 
 def test_compose_triton_serves_both_repositories():
@@ -283,6 +284,7 @@ def test_compose_triton_serves_both_repositories():
     cmd = triton["command"]
     assert [a for a in cmd if a.startswith("--model-repository")] == REPOSITORY_FLAGS
     assert "--strict-readiness=true" in cmd
+    assert {"--model-control-mode=explicit", "--load-model=*"} <= set(cmd)  # `icuwatch models promote` works
     arg = triton["build"]["args"]["FUSION_REPOSITORY"]
     m = re.fullmatch(r"\$\{\w+:-([^}]+)\}", arg)
     assert m and m.group(1) == _dockerfile_arg(TRITON_DOCKERFILE.read_text(), "FUSION_REPOSITORY")
@@ -299,6 +301,7 @@ def test_k8s_triton_serves_both_repositories():
     args = triton["args"]
     assert [a for a in args if a.startswith("--model-repository")] == REPOSITORY_FLAGS
     assert "--strict-readiness=true" in args
+    assert {"--model-control-mode=explicit", "--load-model=*"} <= set(args)
     assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert triton["startupProbe"]["httpGet"]["path"] == "/v2/health/live"
 

@@ -47,3 +47,19 @@ def test_the_reproduce_command_makes_the_committed_student(tmp_path):
             p_old, e_old = committed(batch, True)
             p_new, e_new = remade(batch, True)
         assert np.allclose(p_old.numpy(), p_new.numpy(), atol=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.skipif(not default_data_dir().is_dir(), reason="no PhysioNet stays")
+def test_the_live_students_recipe_cross_validates(tmp_path):
+    """``evaluate cv --model student_live`` on a few stays: the recipe runs inside each fold and the
+    held-out stays get one prediction per row."""
+    from icuwatch.fusion.evaluation.cv import cross_validate
+
+    summary = cross_validate(
+        "student_live", default_data_dir(), folds=2, patients=300, progress=False, out_dir=tmp_path
+    )
+    assert len(summary["per_fold"]) == 2
+    assert all(0.5 < f["auroc"] <= 1.0 and np.isfinite(f["utility"]) for f in summary["per_fold"])
+    assert (tmp_path / "report.md").is_file()

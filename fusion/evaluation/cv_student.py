@@ -1,0 +1,95 @@
+"""``icuwatch evaluate cv --model student_live``: the served live student's *recipe* cross-validated.
+
+The committed student was made once, on the fixed split. Here the whole recipe of
+``icuwatch distill-live`` (``fusion.live_student``) runs again inside every fold: the live cohort
+(``fusion.cohorts.live``) is cut to the fold's training PhysioNet stays (its fit and inner
+validation stays as TRAIN and VAL) plus the simulated patients' TRAIN and VAL rows; the cross-fitted
+LightGBM teacher and the student are fitted on that alone, the student's epoch, temperatures and
+exit rule chosen on the inner validation stays; the held-out fold's stays are only predicted (the
+student with early exit, its sepsis column). Threshold, calibration and the metrics then follow the
+protocol of ``fusion.evaluation.cv`` like every other model's.
+
+The feature "rows" ``cv`` reads per stay are the stay's row numbers in the live cohort (PhysioNet
+rows there are ``stay_inputs``' rows, one per PSV row, the rows the worker builds on a replay).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from icuwatch.sources.physionet import Stay
+
+EXCLUDED = 3
+"""Split code of the rows a fold may not touch (the held-out stays, the simulated TEST patients)."""
+
+
+class LiveRows:
+    """``cv``'s feature builder: a stay's rows in the live cohort, as one float column of row numbers."""
+
+    def __init__(self, sim_patients: int = 1000, progress: bool = True) -> None:
+        from icuwatch.fusion.cohorts import live
+
+        self.cohort = live.load_or_build(sim_patients=sim_patients, progress=progress)
+        first_sim = int(self.cohort.meta["first_sim_group"])
+        pn = self.cohort.group < first_sim
+        groups, starts, counts = np.unique(self.cohort.group[pn], return_index=True, return_counts=True)
+        self.rows_of = {self.cohort.group_ids[g]: (int(s), int(n)) for g, s, n in zip(groups, starts, counts)}
+
+    def __call__(self, stay: Stay) -> np.ndarray:
+        start, n = self.rows_of[stay.patient_id]
+        if n != len(stay.values):
+            raise ValueError(f"{stay.patient_id}: {n} live-cohort rows for {len(stay.values)} PSV rows")
+        return np.arange(start, start + n, dtype=np.float64)[:, None]
+
+
+def fit_live_student(rows: LiveRows, cohort, fit_stays: np.ndarray, val_stays: np.ndarray, seed: int, options: dict):
+    """The recipe on the fold's training stays (see the module doc); returns ``cv.Fitted``."""
+    import torch
+
+    from icuwatch.fusion import teachers
+    from icuwatch.fusion.cohorts.base import SPLIT_CODES
+    from icuwatch.fusion.cohorts.live import source_of
+    from icuwatch.fusion.evaluation.cv import Fitted
+    from icuwatch.fusion.live_student import (
+        LiveDistillConfig,
+        distill_live,
+        exit_logits,
+        labels_of,
+        simulate_exits_multi,
+    )
+
+    live = rows.cohort
+    split = np.full(len(live), EXCLUDED, np.uint8)
+    split[cohort.x[cohort.rows(fit_stays), 0].astype(np.int64)] = SPLIT_CODES["train"]
+    split[cohort.x[cohort.rows(val_stays), 0].astype(np.int64)] = SPLIT_CODES["val"]
+    sim = source_of(live)
+    keep_sim = sim & (live.split != SPLIT_CODES["test"])
+    split[keep_sim] = live.split[keep_sim]
+    used = np.flatnonzero(split != EXCLUDED)
+    fold_cohort = live.subset(used)
+    fold_cohort.split = split[used]
+    progress = bool(options.get("progress", False))
+    labels = labels_of(fold_cohort)
+    teacher, teacher_info = teachers.crossfit_lightgbm(fold_cohort, labels, seed=seed, progress=progress)
+    cfg = LiveDistillConfig(seed=seed)
+    student, card = distill_live(fold_cohort, teacher, teacher_info, cfg, progress=progress)
+    temperatures = student.exit_temperatures.reshape(student.n_exits, student.n_heads).numpy()
+    centers = student.exit_center.reshape(-1).numpy()
+    margins = student.exit_margins.reshape(student.n_exits - 1, student.n_heads).numpy()
+
+    def predict(features: np.ndarray) -> np.ndarray:
+        idx = features[:, 0].astype(np.int64)
+        if len(idx) == 0:
+            return np.zeros(0)
+        with torch.no_grad():
+            z = exit_logits(student, live, idx)
+        return simulate_exits_multi(z, temperatures, centers, margins)[1][:, 0]
+
+    info = {
+        "teacher": {k: v for k, v in teacher_info.items() if k != "params"},
+        "best_epoch": card["best_epoch"],
+        "student_thresholds": card["thresholds"],
+        "exit_shares_val": card["exit_shares_val"],
+        "rows": {"train": int((fold_cohort.split == 0).sum()), "val": int((fold_cohort.split == 1).sum())},
+    }
+    return Fitted(predict, info)
