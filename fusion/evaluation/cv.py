@@ -36,7 +36,7 @@ import numpy as np
 
 from icuwatch.sources.physionet import Stay, list_stays, read_psv
 
-MODELS = ("lightgbm", "gbt", "student_live")
+MODELS = ("lightgbm", "gbt", "student_live", "ensemble")
 INNER_VAL_FRACTION = 0.2
 N_THRESHOLDS = 400
 METRICS = (
@@ -262,6 +262,22 @@ def model_spec(model: str) -> tuple[Callable[[Stay], np.ndarray], Callable[..., 
                 "student": SPEC,
                 "config": {k: v for k, v in LiveDistillConfig().__dict__.items()},
                 "prediction": "sepsis column, early exit as served",
+            },
+        )
+    if model == "ensemble":
+        from functools import partial
+
+        from icuwatch.fusion.baselines import leader_features
+        from icuwatch.fusion.evaluation.cv_student import EnsembleRows, LiveRows, fit_ensemble
+
+        rows = LiveRows()
+        return (
+            EnsembleRows(rows),
+            partial(fit_ensemble, rows),
+            {
+                "estimator": "mean logit of lightgbm (leaders' features) and the student_live recipe, both fitted "
+                "per fold on the same stays",
+                "n_features": leader_features.N_FEATURES,
             },
         )
     raise ValueError(f"unknown model {model!r}: one of {', '.join(MODELS)}")

@@ -93,3 +93,44 @@ def fit_live_student(rows: LiveRows, cohort, fit_stays: np.ndarray, val_stays: n
         "rows": {"train": int((fold_cohort.split == 0).sum()), "val": int((fold_cohort.split == 1).sum())},
     }
     return Fitted(predict, info)
+
+
+class EnsembleRows:
+    """``cv``'s feature builder for the ensemble: the leaders' LightGBM features, then the live row
+    number (last column)."""
+
+    def __init__(self, rows: LiveRows) -> None:
+        from icuwatch.fusion.baselines import leader_features
+
+        self.rows = rows
+        self.leader = leader_features.stay_features
+
+    def __call__(self, stay: Stay) -> np.ndarray:
+        # float32 holds row numbers exactly up to 2^24
+        return np.concatenate([np.asarray(self.leader(stay), np.float32), self.rows(stay).astype(np.float32)], axis=1)
+
+
+def fit_ensemble(rows: LiveRows, cohort, fit_stays: np.ndarray, val_stays: np.ndarray, seed: int, options: dict):
+    """The mean logit of LightGBM on the leaders' features (``cv``'s ``lightgbm``) and the live
+    student's recipe, both fitted on the same fold's stays; ``cv`` then chooses the threshold and
+    calibration on the inner validation stays as for any model."""
+    import dataclasses
+
+    from icuwatch.fusion.evaluation.cv import Fitted, _fit_lightgbm
+
+    leader = dataclasses.replace(cohort, x=cohort.x[:, :-1])
+    live = dataclasses.replace(cohort, x=cohort.x[:, -1:])
+    lightgbm = _fit_lightgbm(leader, fit_stays, val_stays, seed, {})
+    student = fit_live_student(rows, live, fit_stays, val_stays, seed, options)
+
+    def logit(p: np.ndarray) -> np.ndarray:
+        p = np.clip(p, 1e-6, 1 - 1e-6)
+        return np.log(p / (1 - p))
+
+    def predict(features: np.ndarray) -> np.ndarray:
+        if len(features) == 0:
+            return np.zeros(0)
+        z = 0.5 * (logit(lightgbm.predict(features[:, :-1])) + logit(student.predict(features[:, -1:])))
+        return 1.0 / (1.0 + np.exp(-z))
+
+    return Fitted(predict, {"lightgbm": lightgbm.info, "student_live": student.info, "combine": "mean logit"})
