@@ -20,7 +20,12 @@ def _distill_live(args: argparse.Namespace) -> int:
     for name in args.teacher:
         if name == "lightgbm":
             logits, info = teachers.crossfit_lightgbm(
-                cohort, labels_of(cohort), folds=args.teacher_folds, seed=args.seed, progress=progress
+                cohort,
+                labels_of(cohort),
+                folds=args.teacher_folds,
+                seed=args.seed,
+                progress=progress,
+                fit_rows=cohort.rows("train"),
             )
         else:
             directory = model_store.model_dir(name)

@@ -212,8 +212,8 @@ def distill_live(
     drawn = np.concatenate([train_rows, *([sim_train] * (cfg.sim_repeat - 1))])
     vrows = val_rows(cohort, cfg, rng)
     y_val = np.stack([labels[h][vrows] for h in heads], axis=1)
-    teacher, weights_of_rows, prior = sepsis_prior_shift(cohort, teacher, train_rows)
-    view = _training_view(cohort, teacher, labels, weights_of_rows)
+    shifted, weights_of_rows, prior = sepsis_prior_shift(cohort, teacher, train_rows)
+    view = _training_view(cohort, shifted, labels, weights_of_rows)
     t, alpha = cfg.temperature, cfg.alpha
 
     def loss_fn(model: EarlyExitStudent, tensors: dict, _y: torch.Tensor) -> torch.Tensor:

@@ -6,9 +6,11 @@ what the teacher is:
 
 * :func:`crossfit_lightgbm` — gradient-boosted trees (LightGBM, the field's strongest family on
   PhysioNet 2019, see ``fusion.baselines.lightgbm_model``) on :func:`tabular_features` of the row,
-  one model per risk, **cross-fitted**: the rows are split by stay into ``folds`` groups and each
-  row's logit comes from the model that did not train on its stay. A teacher's answers on its own
-  training rows are overconfident; a student fitted to them learns that overconfidence.
+  one model per risk, **cross-fitted** on the TRAIN rows: they are split by stay into ``folds``
+  groups and each one's logit comes from the model that did not train on its stay (a teacher's
+  answers on its own training rows are overconfident; a student fitted to them learns that); VAL and
+  TEST rows get the folds' mean and never train a tree, so the choices made on VAL and the figures
+  reported on TEST do not see their labels through the teacher.
 * :func:`model_logits` — a trained fusion model (``model_store``; one risk, the sepsis head).
 * :func:`ensemble` — the mean logit of several teachers (per risk, over those that answer it).
 """
@@ -106,18 +108,25 @@ def crossfit_lightgbm(
     folds: int = 3,
     seed: int = 0,
     progress: bool = True,
+    fit_rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Cross-fitted LightGBM logits ``[N, len(labels)]`` (NaN where the label is unknown: a row gets
     a teacher answer for a risk only if that risk is known in its source) and what was fitted.
 
-    ``labels``: per risk float [N] 0/1, NaN where unknown; fitted only on known rows. In each of the
-    ``folds`` rounds the trees learn on the other folds' stays, stop early on ``INNER_VAL_SHARE`` of
-    those stays, and answer for this fold's rows."""
+    ``labels``: per risk float [N] 0/1, NaN where unknown. Only ``fit_rows`` (default: every row;
+    a distillation passes its TRAIN rows) ever train a tree. In each of the ``folds`` rounds the trees
+    learn on the other folds' stays among them, stop early on ``INNER_VAL_SHARE`` of those stays, and
+    answer for this fold's fit rows; every other row (VAL, TEST) gets the mean logit of the ``folds``
+    models, none of which saw a label outside ``fit_rows``."""
     import lightgbm as lgb
     from tqdm import tqdm
 
     t0 = time.perf_counter()
     fold = stay_folds(cohort, folds, seed)
+    may_fit = np.ones(len(cohort), bool)
+    if fit_rows is not None:
+        may_fit[:] = False
+        may_fit[fit_rows] = True
     all_rows = np.arange(len(cohort))
     x = tabular_features(cohort, all_rows)
     out = np.full((len(cohort), len(labels)), np.nan, np.float32)
@@ -126,9 +135,11 @@ def crossfit_lightgbm(
     bar = tqdm(total=folds * len(labels), desc="teacher (cross-fitted LightGBM)", disable=not progress, file=sys.stderr)
     for h, (risk, y) in enumerate(labels.items()):
         known = np.isfinite(y)
+        others = np.flatnonzero(known & ~may_fit)
+        mean_others = np.zeros(len(others))
         rounds = []
         for f in range(folds):
-            train = known & (fold != f)
+            train = known & may_fit & (fold != f)
             groups = np.unique(cohort.group[train])
             inner = np.isin(cohort.group, rng.choice(groups, max(1, int(INNER_VAL_SHARE * len(groups))), replace=False))
             fit_rows, stop_rows = np.flatnonzero(train & ~inner), np.flatnonzero(train & inner)
@@ -142,11 +153,14 @@ def crossfit_lightgbm(
                 callbacks=[lgb.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)],
             )
             best = int(booster.best_iteration or booster.current_iteration())
-            answer = np.flatnonzero(known & (fold == f))
+            answer = np.flatnonzero(known & may_fit & (fold == f))
             out[answer, h] = booster.predict(x[answer], num_iteration=best, raw_score=True)
+            if len(others):
+                mean_others += booster.predict(x[others], num_iteration=best, raw_score=True) / folds
             rounds.append(best)
             bar.update(1)
-        info[risk] = {"rows": int(known.sum()), "rounds": rounds}
+        out[others, h] = mean_others
+        info[risk] = {"fit_rows": int((known & may_fit).sum()), "other_rows": int(len(others)), "rounds": rounds}
     bar.close()
     info["fit_s"] = round(time.perf_counter() - t0, 1)
     return out, info

@@ -52,9 +52,11 @@ def row(state: patient_state.PatientState, t: float, norm: dict) -> dict:
     newest_t = None
     for name in live_row.WAVEFORM_CHANNELS:
         held = patient_state._at(state["waveform_features"].get(name) or [], t)
-        newest[name] = None if held is None else float(held[1])
-        if held is not None:
-            newest_t = held[0] if newest_t is None else max(newest_t, held[0])
+        if held is None or held[1] is None or not np.isfinite(held[1]):
+            newest[name] = None
+            continue
+        newest[name] = float(held[1])
+        newest_t = held[0] if newest_t is None else max(newest_t, held[0])  # staleness from a value used
     inputs["waveforms"] = live_row.waveform_input(newest, norm)
     if newest_t is not None and inputs["waveforms"][len(live_row.WAVEFORM_CHANNELS) :].any():
         j = live_row.MODALITIES.index("waveforms")

@@ -24,6 +24,7 @@ import math
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import numpy as np
+from PIL import Image
 
 from icuwatch.core import features, schemas, topics
 from icuwatch.core.live_row import thumbnail
@@ -268,7 +269,7 @@ def cxr_thumbnail(image_b64: str) -> str | None:
     report, but the student sees no image)."""
     try:
         image = png_to_array(base64.b64decode(image_b64, validate=False))
-    except (ValueError, OSError, binascii.Error):
+    except (ValueError, OSError, binascii.Error, Image.DecompressionBombError):
         return None
     return base64.b64encode(thumbnail(image).tobytes()).decode("ascii")
 

@@ -80,6 +80,9 @@ served_model: dict | None = served_model_info(settings) if settings.scoring_mode
 thresholds = alerting.thresholds_from(
     settings, served_model["thresholds"] if served_model and settings.alert_thresholds == "model" else None
 )
+"""What the scoring model's risks alert at (its card's thresholds, unless set explicitly)."""
+rule_thresholds = alerting.thresholds_from(settings)
+"""What the fallback's rule risks alert at: the settings' (the rules are not the model's scale)."""
 liveness_rule = liveness.LivenessRule.of(settings)
 watches: dict[bytes, liveness.Watch] = {}
 """Each patient's data-liveness episode (``streams/liveness.py``)."""
@@ -250,7 +253,9 @@ async def raise_alerts(stream: faust.StreamT) -> None:
         # The database is the truth about a nurse's resolve: an open episode without an open alert
         # there is closed, so a risk that stays high alerts again (alerting.py).
         resolved = await storage.store_score(score, alerting.open_kinds(state))
-        raised, closed = alerting.step(state, score, thresholds, resolved)
+        raised, closed = alerting.step(
+            state, score, rule_thresholds if score.source == "fallback" else thresholds, resolved
+        )
         stats["scores_taken"] += 1
         for alert in raised:
             await send_alert(alert)

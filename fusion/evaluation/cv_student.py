@@ -70,8 +70,10 @@ def fit_live_student(rows: LiveRows, cohort, fit_stays: np.ndarray, val_stays: n
     fold_cohort.split = split[used]
     progress = bool(options.get("progress", False))
     labels = labels_of(fold_cohort)
-    teacher, teacher_info = teachers.crossfit_lightgbm(fold_cohort, labels, seed=seed, progress=progress)
     cfg = LiveDistillConfig(seed=seed)
+    teacher, teacher_info = teachers.crossfit_lightgbm(
+        fold_cohort, labels, folds=cfg.teacher_folds, seed=seed, progress=progress, fit_rows=fold_cohort.rows("train")
+    )
     student, card = distill_live(fold_cohort, teacher, teacher_info, cfg, progress=progress)
     temperatures = student.exit_temperatures.reshape(student.n_exits, student.n_heads).numpy()
     centers = student.exit_center.reshape(-1).numpy()

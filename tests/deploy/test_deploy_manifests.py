@@ -293,7 +293,7 @@ def test_compose_triton_serves_both_repositories():
     health = " ".join(triton["healthcheck"]["test"])
     assert "/v2/health/ready" in health and "/v2/models/$$m/ready" in health
     # the healthcheck also waits for the model the workers score with, when one is set
-    assert "${ICUWATCH_SCORING_MODEL:-student_live}" in triton["environment"]["TRITON_REQUIRED_MODELS"].split()
+    assert "${ICUWATCH_SCORING_MODEL-student_live}" in triton["environment"]["TRITON_REQUIRED_MODELS"].split()
 
 
 def test_k8s_triton_serves_both_repositories():
@@ -318,8 +318,8 @@ def test_the_live_student_scores_by_default_and_the_physionet_student_is_optiona
     assert SHIPPED_MODEL_REPOSITORY == MODEL_REPOSITORY
     assert (MODEL_REPOSITORY / "student_live" / "1" / "export.json").is_file()
     assert "COPY serving/models /models" in TRITON_DOCKERFILE.read_text()
-    # Compose: an env-file variable, the live student unless set
-    assert compose()["x-icuwatch-env"]["ICUWATCH_SCORING_MODEL"] == "${ICUWATCH_SCORING_MODEL:-student_live}"
+    # Compose: an env-file variable, the live student unless set (set empty: the rules; no ":-")
+    assert compose()["x-icuwatch-env"]["ICUWATCH_SCORING_MODEL"] == "${ICUWATCH_SCORING_MODEL-student_live}"
     assert "ICUWATCH_SCORING_MODEL=student_physionet" in COMPOSE.read_text()
     # Kubernetes: the live student in the ConfigMap, the PhysioNet student documented, commented out
     cm = _configmap()

@@ -160,7 +160,13 @@ def test_distill_live_end_to_end_on_a_small_cohort(cohorts):
     folds = teachers.stay_folds(c, 2, seed=0)
     for g in np.unique(c.group)[:50]:
         assert len(set(folds[c.group == g])) == 1  # a stay is in one fold: cross-fitting by stay
-    logits, info = teachers.crossfit_lightgbm(c, labels_of(c), folds=2, progress=False)
+    # only TRAIN rows train trees: VAL/TEST labels cannot reach the teacher (flipping them changes nothing)
+    flipped = labels_of(c)
+    held = c.split != 0
+    flipped["sepsis"] = np.where(held, 1.0 - flipped["sepsis"], flipped["sepsis"])
+    logits, info = teachers.crossfit_lightgbm(c, labels_of(c), folds=2, progress=False, fit_rows=c.rows("train"))
+    same, _ = teachers.crossfit_lightgbm(c, flipped, folds=2, progress=False, fit_rows=c.rows("train"))
+    assert np.array_equal(logits[:, 0], same[:, 0]) and held.any()
     assert np.isfinite(logits[:, 0]).all()
     assert np.isnan(logits[~live.source_of(c), 1]).all() and np.isfinite(logits[live.source_of(c), 1]).all()
     cfg = LiveDistillConfig(epochs=1, rows_per_epoch=3000, batch_size=128, max_val_rows=5000, exit_grid=10)
