@@ -33,9 +33,22 @@ def test_worker_started_before_the_broker_connects_once_it_is_up(tmp_path):
         ICUWATCH_WORKER_WEB_PORT=str(free_port()),
     )
     env["ICUWATCH_BROKER"] = settings.broker
-    late = threading.Timer(4.0, broker.start, [settings])  # the worker starts first and finds nothing
-    late.start()
     log = tmp_path / "worker.log"
+    stop = threading.Event()
+
+    def start_broker_once_the_worker_waits() -> None:
+        """The broker comes up only after the worker has found nothing (not after a fixed delay: the
+        worker's start-up time varies with the machine's load)."""
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and time.monotonic() < deadline:
+            if log.exists() and "is not reachable; waiting for it" in log.read_text(errors="replace"):
+                break
+            time.sleep(0.1)
+        if not stop.is_set():
+            broker.start(settings)
+
+    late = threading.Thread(target=start_broker_once_the_worker_waits, daemon=True)
+    late.start()
     try:
         with running_worker(settings, env, log):
             text = log.read_text()
@@ -51,7 +64,7 @@ def test_worker_started_before_the_broker_connects_once_it_is_up(tmp_path):
 
             assert wait_for(processed, timeout_s=30), log.read_text()[-3000:]
     finally:
-        late.cancel()
+        stop.set()
         late.join()
         broker.stop(settings)
 
