@@ -41,8 +41,10 @@ from icuwatch.fusion.training import (
     data_card,
     fit_epochs,
     fit_temperature,
+    focal_loss,
     model_spec,
     set_seeds,
+    validation_rows,
 )
 
 MODEL_NAME = "student-live"
@@ -113,11 +115,8 @@ def val_rows(cohort: Cohort, cfg: LiveDistillConfig, rng: np.random.Generator) -
 
     rows = cohort.rows("val")
     sim = source_of(cohort)[rows]
-    pn_rows, sim_rows = rows[~sim], rows[sim]
-    if len(pn_rows) > cfg.max_val_rows:
-        groups = np.unique(cohort.group[pn_rows])
-        keep = rng.choice(groups, size=int(len(groups) * cfg.max_val_rows / len(pn_rows)), replace=False)
-        pn_rows = pn_rows[np.isin(cohort.group[pn_rows], keep)]
+    pn_rows = validation_rows(cohort, cfg, rng, rows[~sim])
+    sim_rows = rows[sim]
     return np.sort(np.concatenate([pn_rows, sim_rows]))
 
 
@@ -178,16 +177,6 @@ def sepsis_prior_shift(
     return shifted, weights, info
 
 
-def weighted_focal(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, cfg) -> torch.Tensor:
-    """``training.focal_loss`` with a weight per row (mean over the rows of weight x loss)."""
-    if len(y) == 0:
-        return logits.sum() * 0.0
-    ce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
-    p_true = torch.exp(-ce)
-    alpha = torch.where(y > 0.5, cfg.focal_alpha, 1.0 - cfg.focal_alpha)
-    return (weights * alpha * (1.0 - p_true) ** cfg.focal_gamma * ce).mean()
-
-
 def distill_live(
     cohort: Cohort,
     teacher: np.ndarray,
@@ -233,7 +222,7 @@ def distill_live(
                 zk = z[:, k, r]
                 kl = F.binary_cross_entropy_with_logits(zk / t, soft, reduction="none") - entropy
                 soft_term = (kl * soft_known).sum() / soft_known.sum().clamp(min=1)
-                hard = weighted_focal(zk[known], torch.nan_to_num(y)[known], row_w[known], cfg)
+                hard = focal_loss(zk[known], torch.nan_to_num(y)[known], cfg.focal_gamma, cfg.focal_alpha, row_w[known])
                 total = total + w * (alpha * t * t * soft_term + (1.0 - alpha) * hard)
         return total
 

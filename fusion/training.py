@@ -62,11 +62,16 @@ def modality_dropout(
     return kept, np.where(kept, staleness, 0.0).astype(np.float32)
 
 
-def focal_loss(logits: torch.Tensor, y: torch.Tensor, gamma: float, alpha: float) -> torch.Tensor:
-    """Focal loss (Lin et al. 2017): cross-entropy down-weighted on easy rows, ``alpha`` on positives."""
+def focal_loss(
+    logits: torch.Tensor, y: torch.Tensor, gamma: float, alpha: float, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Focal loss (Lin et al. 2017): cross-entropy down-weighted on easy rows, ``alpha`` on positives;
+    ``weights``: one more factor per row."""
     ce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
     p_true = torch.exp(-ce)
     weight = torch.where(y > 0.5, alpha, 1.0 - alpha)
+    if weights is not None:
+        weight = weights * weight
     return (weight * (1.0 - p_true) ** gamma * ce).mean()
 
 
@@ -129,10 +134,12 @@ def model_spec(strategy: str, cohort: Cohort, cfg: TrainConfig, spec_overrides: 
     )
 
 
-def validation_rows(cohort: Cohort, cfg: TrainConfig, rng: np.random.Generator) -> np.ndarray:
-    """The VAL rows models are selected and calibrated on: at most ``cfg.max_val_rows``, drawn as whole
-    groups so per-stay utility stays meaningful."""
-    val_rows = cohort.rows("val")
+def validation_rows(
+    cohort: Cohort, cfg: TrainConfig, rng: np.random.Generator, val_rows: np.ndarray | None = None
+) -> np.ndarray:
+    """The VAL rows models are selected and calibrated on (of ``val_rows``, default every VAL row): at
+    most ``cfg.max_val_rows``, drawn as whole groups so per-stay utility stays meaningful."""
+    val_rows = cohort.rows("val") if val_rows is None else val_rows
     if len(val_rows) > cfg.max_val_rows:
         groups = np.unique(cohort.group[val_rows])
         keep = rng.choice(groups, size=int(len(groups) * cfg.max_val_rows / len(val_rows)), replace=False)

@@ -27,14 +27,10 @@ import numpy as np
 
 from icuwatch.core import live_row
 from icuwatch.streams import patient_state
-from icuwatch.streams.student_row import cohort_row
+from icuwatch.streams.student_row import _hours, cohort_row
 
 EMPTY_CXR = np.zeros((1, live_row.THUMBNAIL, live_row.THUMBNAIL), np.float32)
 EMPTY_REPORT = np.zeros(live_row.REPORT_BUCKETS, np.float32)
-
-
-def _hours(seconds: float) -> float:
-    return max(round(seconds / 3600.0, 6), 0.0)
 
 
 def row(state: patient_state.PatientState, t: float, norm: dict) -> dict:

@@ -289,10 +289,9 @@ class StudentScorer(TritonScorer):
         self.modalities: tuple[str, ...] = LIVE_MODALITIES if is_live(self.info) else PN_MODALITIES
         self.input_keys = (*self.modalities, "static", "present", "staleness_h")
         """The Triton inputs, in lower case, in ``serving.export.batch_keys`` order."""
-        self.groups = {
-            fm: tuple(m for m in FEATURE_MODALITY_GROUPS[fm] if m in self.modalities) for fm in features.MODALITIES
-        }
-        self.groups = {fm: g for fm, g in self.groups.items() if g}
+        read = {fm: tuple(m for m in FEATURE_MODALITY_GROUPS[fm] if m in self.modalities) for fm in features.MODALITIES}
+        self.groups = {fm: g for fm, g in read.items() if g}
+        """Per explanation modality, the model's modalities it stands for (only those it reads)."""
 
     @property
     def model_name(self) -> str:

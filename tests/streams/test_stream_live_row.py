@@ -33,6 +33,17 @@ def _png(seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
+def _study(study_id: str, after_s: float, image: bytes, arrival_after_s: float | None = None) -> schemas.Cxr:
+    return schemas.Cxr(
+        patient_id="p1",
+        event_time=T0 + after_s,
+        arrival_time=T0 + (after_s if arrival_after_s is None else arrival_after_s),
+        study_id=study_id,
+        image_b64=base64.b64encode(image).decode(),
+        report=REPORT,
+    )
+
+
 def _state_with_vitals(minutes: int = 90):
     state = patient_state.new_state()
     patient_state.apply(state, schemas.Adt(patient_id="p1", event_time=T0, event="admit", unit="MICU", age=70, sex="F"))
@@ -56,15 +67,7 @@ def test_waveforms_xray_and_report_reach_the_row_causally():
     state = _state_with_vitals()
     patient_state.apply_waveform_features(state, T0 + 1800, {"ecg_hr": 115.0, "ppg_pr": 112.0})
     png = _png()
-    study = schemas.Cxr(
-        patient_id="p1",
-        event_time=T0 + 2400,
-        arrival_time=T0 + 2500,
-        study_id="s1",
-        image_b64=base64.b64encode(png).decode(),
-        report=REPORT,
-    )
-    assert patient_state.apply(state, study)
+    assert patient_state.apply(state, _study("s1", 2400, png, arrival_after_s=2500))
     json.dumps(state)  # the Faust table stores it as JSON
 
     before = live_row.row(state, T0 + 2300, NORM)  # after the waveform value, before the X-ray
@@ -83,32 +86,14 @@ def test_waveforms_xray_and_report_reach_the_row_causally():
 
 def test_an_undecodable_image_keeps_the_report_and_drops_only_the_image():
     state = _state_with_vitals()
-    bad = schemas.Cxr(
-        patient_id="p1",
-        event_time=T0 + 600,
-        arrival_time=T0 + 600,
-        study_id="s2",
-        image_b64=base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"broken" * 10).decode(),
-        report=REPORT,
-    )
-    assert patient_state.apply(state, bad)
+    assert patient_state.apply(state, _study("s2", 600, b"\x89PNG\r\n\x1a\n" + b"broken" * 10))
     row = live_row.row(state, T0 + 3600, NORM)
     assert row["present"].tolist()[3:] == [False, True] and not row["inputs"]["cxr"].any()
 
 
 def test_leave_one_out_takes_an_xray_out_with_its_report():
     state = _state_with_vitals()
-    patient_state.apply(
-        state,
-        schemas.Cxr(
-            patient_id="p1",
-            event_time=T0 + 60,
-            arrival_time=T0 + 60,
-            study_id="s3",
-            image_b64=base64.b64encode(_png(1)).decode(),
-            report=REPORT,
-        ),
-    )
+    patient_state.apply(state, _study("s3", 60, _png(1)))
     batch = stack_rows([live_row.row(state, T0 + 3600, NORM), live_row.row(_state_with_vitals(), T0 + 3600, NORM)])
     groups = [g for g in layout.FEATURE_MODALITY_GROUPS.values()]
     extended, without = leave_one_out(batch, layout.MODALITIES, groups)
