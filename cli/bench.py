@@ -10,16 +10,21 @@ import json
 
 def _bench(args: argparse.Namespace) -> int:
     if args.target == "models":
-        from icuwatch.benchmarks.models import run
-
         try:
-            summary = run(
-                args.cohort,
-                args.repository,
-                latency_rows=args.latency_rows,
-                teacher=args.teacher,
-                progress=not args.quiet,
-            )
+            if args.student == "live":
+                from icuwatch.benchmarks import live_models
+
+                summary = live_models.run(args.repository, latency_rows=args.latency_rows, progress=not args.quiet)
+            else:
+                from icuwatch.benchmarks.models import run
+
+                summary = run(
+                    args.cohort,
+                    args.repository,
+                    latency_rows=args.latency_rows,
+                    teacher=args.teacher,
+                    progress=not args.quiet,
+                )
         except FileNotFoundError as exc:
             raise SystemExit(str(exc)) from None
     elif args.target == "hl7":
@@ -58,7 +63,7 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "bench",
-        help="benchmarks, JSON out: `bench models` (teacher and student through "
+        help="benchmarks, JSON out: `bench models` (the served student_live and its teacher through "
         "tritonserver), `bench pipeline` (N simulated beds end to end), `bench hl7` (HL7 listener "
         "throughput), `bench encoders` (series encoder kinds compared)",
     )
@@ -67,11 +72,21 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="also write the summary (indented JSON) to this file")
     p.add_argument("--quiet", action="store_true")
     g = p.add_argument_group("bench models")
-    g.add_argument("--cohort", default="physionet", choices=COHORTS)
     g.add_argument(
-        "--repository", default=None, help="model repository to export to and serve (default var/triton/models)"
+        "--student",
+        default="live",
+        choices=["live", "cohort"],
+        help="live (default): the served student_live and its cross-fitted LightGBM teacher on the live cohort's "
+        "TEST rows; cohort: `icuwatch distill`'s student and its --teacher on --cohort",
     )
-    g.add_argument("--teacher", default="attention", choices=STRATEGIES)
+    g.add_argument("--cohort", default="physionet", choices=COHORTS, help="with --student cohort")
+    g.add_argument(
+        "--repository",
+        default=None,
+        help="live: the repository holding student_live (default the committed serving/models); cohort: the "
+        "repository to export to and serve (default var/triton/models)",
+    )
+    g.add_argument("--teacher", default="attention", choices=STRATEGIES, help="with --student cohort")
     g.add_argument("--latency-rows", type=int, default=20000, help="latency batches are drawn from this many test rows")
     g = p.add_argument_group("bench hl7")
     g.add_argument("--messages", type=int, default=400, help="messages per phase")

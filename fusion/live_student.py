@@ -339,11 +339,6 @@ def held_out_report(student: EarlyExitStudent, cohort: Cohort, teacher: np.ndarr
     patients) and risk: AUROC and normalized utility at the card's threshold of the teacher, the
     full student and the early-exit student, alert agreement of early exit with the full student,
     exit shares."""
-    from icuwatch.fusion.cohorts.live import source_of
-    from icuwatch.fusion.distill import alert_agreement
-    from icuwatch.fusion.evaluation.metrics import utility_vs_threshold
-    from icuwatch.fusion.training import per_group
-
     rows = cohort.rows("test")
     z = exit_logits(student, cohort, rows)
     temperatures = student.exit_temperatures.reshape(student.n_exits, student.n_heads).numpy()
@@ -351,12 +346,33 @@ def held_out_report(student: EarlyExitStudent, cohort: Cohort, teacher: np.ndarr
     margins = student.exit_margins.reshape(student.n_exits - 1, student.n_heads).numpy()
     where, p_early = simulate_exits_multi(z, temperatures, centers, margins)
     p_full = 1.0 / (1.0 + np.exp(-(z[:, -1] / temperatures[-1]).astype(np.float64)))
-    labels = labels_of(cohort)
-    sim = source_of(cohort)[rows]
-    out: dict = {
+    teacher_p = 1.0 / (1.0 + np.exp(-teacher[rows].astype(np.float64)))
+    return {
         "rows": int(len(rows)),
         "exit_shares": [round(float(s), 4) for s in np.bincount(where, minlength=student.n_exits) / max(1, len(rows))],
+        **figures_by_source(cohort, rows, teacher_p, p_full, p_early, card["thresholds"]),
     }
+
+
+def figures_by_source(
+    cohort: Cohort,
+    rows: np.ndarray,
+    teacher: np.ndarray,
+    full: np.ndarray,
+    early: np.ndarray,
+    thresholds: dict[str, float],
+) -> dict:
+    """Per source (``physionet``, ``sim``) and risk known there, from probabilities ``[len(rows), H]``:
+    AUROC of the teacher, the full and the early-exit student, their normalized utility at the risk's
+    alert threshold, and the early exit's alert agreement with the full student."""
+    from icuwatch.fusion.cohorts.live import source_of
+    from icuwatch.fusion.distill import alert_agreement
+    from icuwatch.fusion.evaluation.metrics import utility_vs_threshold
+    from icuwatch.fusion.training import per_group
+
+    labels = labels_of(cohort)
+    sim = source_of(cohort)[rows]
+    out: dict = {}
     for source, mask in (("physionet", ~sim), ("sim", sim)):
         out[source] = {}
         for r, risk in enumerate(live_row.HEADS):
@@ -364,19 +380,18 @@ def held_out_report(student: EarlyExitStudent, cohort: Cohort, teacher: np.ndarr
             keep = mask & np.isfinite(y)
             if not keep.any():
                 continue
-            yk, groups, thr = y[keep], cohort.group[rows][keep], card["thresholds"][risk]
-            teacher_p = 1.0 / (1.0 + np.exp(-teacher[rows][keep, r].astype(np.float64)))
+            yk, groups, thr = y[keep], cohort.group[rows][keep], thresholds[risk]
             entry = {"rows": int(keep.sum()), "stays": int(len(np.unique(groups)))}
             for name, p, t_ in (
-                ("teacher", teacher_p, None),
-                ("student_full", p_full[keep, r], thr),
-                ("student_early_exit", p_early[keep, r], thr),
+                ("teacher", teacher[keep, r], None),
+                ("student_full", full[keep, r], thr),
+                ("student_early_exit", early[keep, r], thr),
             ):
                 fig = {"auroc": round(_auroc(yk, p), 4)}
                 if t_ is not None:
                     u = utility_vs_threshold(per_group(p, groups), per_group(yk, groups), [t_])[0]
                     fig["utility"] = None if not np.isfinite(u) else round(float(u), 4)
                 entry[name] = fig
-            entry["alert_agreement_early_exit"] = round(alert_agreement(p_early[keep, r], p_full[keep, r], thr), 5)
+            entry["alert_agreement_early_exit"] = round(alert_agreement(early[keep, r], full[keep, r], thr), 5)
             out[source][risk] = entry
     return out

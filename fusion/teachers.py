@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from icuwatch.fusion.baselines import lightgbm_model
-from icuwatch.fusion.cohorts.base import Cohort
+from icuwatch.fusion.cohorts.base import Cohort, gather
 
 TEACHER_PARAMS: dict = {**lightgbm_model.PARAMS, "learning_rate": 0.08, "metric": "binary_logloss"}
 """``evaluate cv``'s LightGBM settings, a faster learning rate, early stopping on the log loss."""
@@ -40,44 +41,53 @@ def _pooled(x: np.ndarray, size: int) -> np.ndarray:
     return x.reshape(n, size, h // size, size, w // size).mean(axis=(2, 4)).reshape(n, -1)
 
 
-def tabular_features(cohort: Cohort, idx: np.ndarray) -> np.ndarray:
-    """float32 [len(idx), F] of a live-cohort row for trees: the vitals window summarised (newest, mean,
-    min, max, change over 3 h, hours measured), the waveform, lab and static inputs, staleness and
-    present flags, the X-ray thumbnail pooled to 8 x 8, the report bag folded to 64. NaN where a
-    modality is absent or a lab never measured: trees route missing values, nothing is imputed."""
-    present = cohort.present[idx]
-    mods = cohort.modalities
-    parts = []
-    v = cohort.inputs["vitals"][idx]
+def tabular_features(cohort: Cohort, idx: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """float32 [len(idx), F]: :func:`tabular_features_of` the cohort's rows (gathered in chunks)."""
+    idx = np.asarray(idx)
+    parts = [
+        tabular_features_of(gather(cohort, idx[s : s + chunk]), cohort.modalities)
+        for s in range(0, max(1, len(idx)), chunk)
+    ]
+    return np.concatenate(parts) if len(idx) else parts[0][:0]
+
+
+def tabular_features_of(batch: dict[str, np.ndarray], modalities: tuple[str, ...]) -> np.ndarray:
+    """float32 [B, F] of a live-layout batch for trees (``fusion.cohorts.base.gather``'s arrays, which
+    are also what the served student receives): the vitals window summarised (newest, mean, min, max,
+    change over 3 h, hours measured), the waveform, lab and static inputs, staleness and present flags,
+    the X-ray thumbnail pooled to 8 x 8, the report bag folded to 64. NaN where a modality is absent or
+    a lab never measured: trees route missing values, nothing is imputed. One function for training
+    and serving (``serving/templates/lightgbm_teacher.py``)."""
+    present = np.asarray(batch["present"], bool)
+    n = len(present)
+    mods = list(modalities)
+    v = np.asarray(batch["vitals"], np.float32)
     c = v.shape[-1] // 2
     z = v[:, :, :c]
-    parts += [z[:, -1], z.mean(1), z.min(1), z.max(1), z[:, -1] - z[:, -4], v[:, :, c:].sum(1)]
-    vit = np.concatenate(parts, axis=1)
+    vit = np.concatenate([z[:, -1], z.mean(1), z.min(1), z.max(1), z[:, -1] - z[:, -4], v[:, :, c:].sum(1)], axis=1)
     vit[~present[:, mods.index("vitals")]] = np.nan
     out = [vit]
     if "waveforms" in mods:
-        w = cohort.inputs["waveforms"][idx]
+        w = np.asarray(batch["waveforms"], np.float32)
         k = w.shape[1] // 2
         wz = np.where(w[:, k:] > 0, w[:, :k], np.nan)
         wz[~present[:, mods.index("waveforms")]] = np.nan
         out.append(wz)
-    labs = cohort.inputs["labs"][idx].reshape(len(idx), -1, 3).copy()
+    labs = np.asarray(batch["labs"], np.float32).reshape(n, -1, 3).copy()
     labs[:, :, 0] = np.where(labs[:, :, 1] > 0, labs[:, :, 0], np.nan)
-    labs = labs.reshape(len(idx), -1)
+    labs = labs.reshape(n, -1)
     labs[~present[:, mods.index("labs")]] = np.nan
-    out += [labs, cohort.inputs["static"][idx], np.where(present, cohort.staleness_h[idx], np.nan), present]
-    for name, fold in (("cxr", None), ("report", 64)):
-        if name not in mods:
-            continue
-        rows = cohort.inputs[name][idx]
-        table = cohort.lookups[name]
-        got = table[np.where(rows >= 0, rows, 0)].astype(np.float32)
-        if name == "cxr":
-            got = _pooled(got / 255.0, 8)
-        else:
-            got = got.reshape(len(idx), -1, fold).max(axis=1)
-        got[rows < 0] = np.nan
-        out.append(got)
+    staleness = np.where(present, np.asarray(batch["staleness_h"], np.float32), np.nan)
+    out += [labs, batch["static"], staleness, present]
+    if "cxr" in mods:
+        image = np.asarray(batch["cxr"], np.float32)
+        pooled = _pooled(image.reshape(n, *image.shape[-2:]), 8)
+        pooled[~present[:, mods.index("cxr")]] = np.nan
+        out.append(pooled)
+    if "report" in mods:
+        bag = np.asarray(batch["report"], np.float32).reshape(n, -1, 64).max(axis=1)
+        bag[~present[:, mods.index("report")]] = np.nan
+        out.append(bag)
     return np.concatenate([np.asarray(a, np.float32) for a in out], axis=1)
 
 
@@ -97,6 +107,7 @@ def crossfit_lightgbm(
     seed: int = 0,
     progress: bool = True,
     fit_rows: np.ndarray | None = None,
+    save_to: Path | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Cross-fitted LightGBM logits ``[N, len(labels)]`` (NaN where the label is unknown: a row gets
     a teacher answer for a risk only if that risk is known in its source) and what was fitted.
@@ -105,7 +116,9 @@ def crossfit_lightgbm(
     a distillation passes its TRAIN rows) ever train a tree. In each of the ``folds`` rounds the trees
     learn on the other folds' stays among them, stop early on ``INNER_VAL_SHARE`` of those stays, and
     answer for this fold's fit rows; every other row (VAL, TEST) gets the mean logit of the ``folds``
-    models, none of which saw a label outside ``fit_rows``."""
+    models, none of which saw a label outside ``fit_rows``. ``save_to``: a folder the boosters are
+    written to (``<risk>.fold<f>.txt``, LightGBM's text format, at their best round): what a VAL or TEST
+    row got is their mean logit, which ``serving/templates/lightgbm_teacher.py`` serves."""
     import lightgbm as lgb
     from tqdm import tqdm
 
@@ -146,6 +159,9 @@ def crossfit_lightgbm(
             if len(others):
                 mean_others += booster.predict(x[others], num_iteration=best, raw_score=True) / folds
             rounds.append(best)
+            if save_to is not None:
+                Path(save_to).mkdir(parents=True, exist_ok=True)
+                booster.save_model(str(Path(save_to) / f"{risk}.fold{f}.txt"), num_iteration=best)
             bar.update(1)
         out[others, h] = mean_others
         info[risk] = {"fit_rows": int((known & may_fit).sum()), "other_rows": int(len(others)), "rounds": rounds}

@@ -26,7 +26,8 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.first = config["input"][0]["name"]
         self.outputs = [
-            (o["name"], np.int32 if o["data_type"] == "TYPE_INT32" else np.float32) for o in config["output"]
+            (o["name"], tuple(int(d) for d in o["dims"]), np.int32 if o["data_type"] == "TYPE_INT32" else np.float32)
+            for o in config["output"]
         ]
 
     def execute(self, requests):
@@ -36,7 +37,7 @@ class TritonPythonModel:
             responses.append(
                 pb_utils.InferenceResponse(
                     output_tensors=[
-                        pb_utils.Tensor(name, np.zeros((n, 1), dtype=dtype)) for name, dtype in self.outputs
+                        pb_utils.Tensor(name, np.zeros((n, *dims), dtype=dtype)) for name, dims, dtype in self.outputs
                     ]
                 )
             )
