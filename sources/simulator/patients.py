@@ -14,12 +14,18 @@ from typing import Literal
 
 import numpy as np
 
+from .population import Drift, draw_baseline, draw_drift
+
 Condition = Literal["sepsis", "hemorrhage", "respiratory_failure", "stable"]
 SepsisSource = Literal["pneumonia", "urinary", "abdominal"]
 
 # Streams drawn from independent generators so that turning one modality off leaves the others
 # byte-identical.
-STREAM_SPEC, STREAM_VITALS, STREAM_WAVES, STREAM_LABS, STREAM_CXR = range(5)
+STREAM_SPEC, STREAM_VITALS, STREAM_WAVES, STREAM_LABS, STREAM_CXR, STREAM_POPULATION = range(6)
+Population = Literal["stylised", "icu"]
+POPULATIONS: tuple[str, ...] = ("stylised", "icu")
+"""``stylised``: narrow hand-set baselines, vitals move with severity only; ``icu``: baselines and
+slow drift fitted to real ICU stays (``population``)."""
 
 _FOLLOWER_CONDITIONS: tuple[Condition, ...] = (
     "respiratory_failure",
@@ -66,6 +72,8 @@ class PatientSpec:
     """Severity at which the patient responds only to voice ('V')."""
     lobe: Literal["right", "left"] = "right"
     """Lung first involved by pneumonia."""
+    drift: Drift | None = None
+    """Slow wander of the vitals around the baseline (``icu`` population); None: none."""
 
     @property
     def deteriorates(self) -> bool:
@@ -106,6 +114,12 @@ def _baseline(rng: np.random.Generator) -> Baseline:
     )
 
 
+def _icu_baseline(rng: np.random.Generator) -> Baseline:
+    b = draw_baseline(rng)
+    dbp = min(b["dbp"], b["sbp"] - 15.0)
+    return Baseline(hr=b["hr"], rr=b["rr"], spo2=b["spo2"], sbp=b["sbp"], dbp=dbp, temp=b["temp"])
+
+
 def draw_patients(
     n_patients: int,
     seed: int,
@@ -113,8 +127,12 @@ def draw_patients(
     deteriorating_fraction: float,
     onset_window_s: tuple[float, float],
     prefix: str,
+    population: Population = "stylised",
 ) -> list[PatientSpec]:
     """Draw every patient deterministically from ``seed``.
+
+    ``population``: ``stylised`` (the hand-set baselines) or ``icu`` (baselines and drift fitted to
+    real stays, drawn from their own generator, so every other draw is the same in both).
 
     The first deteriorating patient (in a seeded order) is always a fast pneumonia sepsis, strong
     enough to cross NEWS2 >= 7 and qSOFA >= 2 well within 90 minutes of onset; the others cycle
@@ -127,6 +145,8 @@ def draw_patients(
     lo, hi = onset_window_s
     if not lo <= hi:
         raise ValueError("onset_window_s must satisfy lo <= hi (lo < 0: admitted already deteriorating)")
+    if population not in POPULATIONS:
+        raise ValueError(f"population must be one of {POPULATIONS}, got {population!r}")
     if n_patients and not _ID_RE.match(prefix or "x"):
         raise ValueError(f"patient_prefix {prefix!r} is not a valid patient id prefix")
     hi = max(lo, min(hi, duration_s * 0.9))
@@ -141,7 +161,7 @@ def draw_patients(
     for i in range(n_patients):
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(i, STREAM_SPEC)))
         unit = "MICU" if rng.random() < 0.6 else "SICU"
-        common = dict(
+        common: dict = dict(
             index=i,
             patient_id=f"{prefix}{i:04d}",
             seed=seed,
@@ -151,6 +171,10 @@ def draw_patients(
             bed=f"{unit}-{i + 1:03d}",
             baseline=_baseline(rng),
         )
+        if population == "icu":
+            own = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(i, STREAM_POPULATION)))
+            common["baseline"] = _icu_baseline(own)
+            common["drift"] = draw_drift(own)
         onset = float(np.round(rng.uniform(lo, hi), 1))
         r = rank.get(i)
         if r is None:

@@ -89,6 +89,10 @@ class VitalsGenerator:
         self.state[name] = float(y[-1])
         return y
 
+    def _drift(self, name: str, t_rel: np.ndarray) -> np.ndarray | float:
+        """The patient's slow wander (``population.Drift``): a function of time, no random draw here."""
+        return 0.0 if self.p.drift is None else self.p.drift.at(name, t_rel)
+
     def block(self, t_rel: np.ndarray) -> dict[str, np.ndarray]:
         """Vitals for the seconds ``t_rel``; also returns the noise-free-of-monitor ``hr_true``,
         ``rr_true`` and the severity ``s`` used by the waveforms."""
@@ -96,13 +100,13 @@ class VitalsGenerator:
         s = p.severity(t_rel)
         o2 = o2_on(p, t_rel)
         s_bp = s**e.bp_exponent
-        hr_true = b.hr + e.hr * s + self._ar("hr", n)
-        rr_true = b.rr + e.rr * s + self._ar("rr", n)
-        sbp_ar = self._ar("sbp", n)
+        hr_true = b.hr + e.hr * s + self._ar("hr", n) + self._drift("hr", t_rel)
+        rr_true = b.rr + e.rr * s + self._ar("rr", n) + self._drift("rr", t_rel)
+        sbp_ar = self._ar("sbp", n) + self._drift("sbp", t_rel)
         sbp = b.sbp * (1.0 + e.sbp_frac * s_bp) + sbp_ar
-        dbp = b.dbp * (1.0 + e.dbp_frac * s_bp) + 0.5 * sbp_ar + self._ar("dbp", n)
-        spo2 = b.spo2 + e.spo2 * s + O2_BOOST * o2 + self._ar("spo2", n)
-        temp = b.temp + e.temp * s + self._ar("temp", n)
+        dbp = b.dbp * (1.0 + e.dbp_frac * s_bp) + 0.5 * sbp_ar + self._ar("dbp", n) + self._drift("dbp", t_rel)
+        spo2 = b.spo2 + e.spo2 * s + O2_BOOST * o2 + self._ar("spo2", n) + self._drift("spo2", t_rel)
+        temp = b.temp + e.temp * s + self._ar("temp", n) + self._drift("temp", t_rel)
 
         w = {k: self.rng.standard_normal(n) * sd for k, (_, _, sd) in _NOISE.items()}
         sbp_m = np.clip(sbp + w["sbp"], 40, 250)
@@ -114,7 +118,7 @@ class VitalsGenerator:
             "spo2": np.round(np.clip(spo2 + w["spo2"], 50, 100)),
             "sbp": np.round(sbp_m),
             "dbp": np.round(dbp_m),
-            "map": np.round((sbp_m + 2.0 * dbp_m) / 3.0),
+            "map": np.round(np.clip((sbp_m + 2.0 * dbp_m) / 3.0 + self._drift("map", t_rel), dbp_m, sbp_m)),
             "temp": np.round(np.clip(temp + w["temp"], 30, 43), 1),
             "o2_supplement": o2,
             "consciousness": consciousness,

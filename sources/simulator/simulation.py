@@ -20,6 +20,7 @@ from .patients import (
     STREAM_VITALS,
     STREAM_WAVES,
     PatientSpec,
+    Population,
     draw_patients,
 )
 from .physiology import VitalsGenerator
@@ -115,6 +116,7 @@ class Simulation:
     lower end admits some patients already deteriorating (onset before admission; the ground truth
     gives that earlier onset time). ``waveform_chunk_s`` is the seconds of signal per waveform
     message (1: a bedside monitor's stream; more: a gateway that batches), sent at the chunk's start.
+    ``population``: ``patients.POPULATIONS`` (``icu``: baselines and drift fitted to real stays).
     """
 
     def __init__(
@@ -129,6 +131,7 @@ class Simulation:
         cxr: bool = True,
         patient_prefix: str = "sim",
         waveform_chunk_s: int = 1,
+        population: Population = "stylised",
     ) -> None:
         if seed < 0:
             raise ValueError("seed must be >= 0")
@@ -146,8 +149,9 @@ class Simulation:
         self.waveform_chunk_s = waveform_chunk_s
         self.cxr = cxr
         self.patients: list[PatientSpec] = draw_patients(
-            n_patients, seed, self.duration_s, deteriorating_fraction, onset_window_s, patient_prefix
+            n_patients, seed, self.duration_s, deteriorating_fraction, onset_window_s, patient_prefix, population
         )
+        self.population = population
 
     @property
     def end_time(self) -> float:

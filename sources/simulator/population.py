@@ -1,0 +1,176 @@
+"""Who is in the simulated unit: baseline vital signs and how they drift, fitted to real ICU stays.
+
+The stylised simulator drew every baseline from narrow, clipped normals (heart rate 80 +- 9 within
+60-98, SBP 122 +- 11 within 102-148, ...) and let a vital move only with severity and a few
+seconds' noise, so a classifier told its charted hours from real ones at AUROC 0.975
+(``icuwatch simulate --realism-report``). The ``icu`` population draws both from what real stays do:
+
+* **baselines**: per stay, the median of each vital over its first ``FIT_HOURS`` hours; the six
+  medians are drawn jointly through a Gaussian copula (the correlation of their normal scores and
+  each median's empirical quantiles), so a tachycardic, hypotensive or COPD-like baseline comes
+  with its usual companions.
+* **drift**: the charted hourly values of a stay wander around its median (sd and 1-hour
+  autocorrelation per vital). The simulator adds, on top of its few-seconds noise, a stationary
+  process with that sd and an exponential autocorrelation of the same 1-hour value, sampled
+  spectrally (``DRIFT_TERMS`` cosines with Cauchy-distributed frequencies and uniform phases: the
+  random-Fourier-feature form of an Ornstein-Uhlenbeck process), so it is a deterministic function of
+  time per patient: no state across the streaming blocks, the same value for any block layout.
+
+The fitted numbers are aggregate statistics (quantiles, correlations, spreads) in ``population.json``
+next to this file, fitted on the PhysioNet 2019 set-B stays of the TRAIN split (``sources.physionet.
+split_of``) only, so the realism report can test against the other stays. Refit with
+``icuwatch simulate --fit-population``. Numpy and scipy only; the simulator runs without the data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+POPULATION_FILE = Path(__file__).with_name("population.json")
+VITALS: tuple[str, ...] = ("hr", "spo2", "sbp", "dbp", "rr", "temp")
+DRIFTING: tuple[str, ...] = (*VITALS, "map")
+"""``map`` drifts as the measured mean pressure's departure from (SBP + 2 DBP) / 3: a monitor measures
+MAP (oscillometry, an arterial line) rather than computing it, and real charts show it."""
+PSV_COLUMNS = {"hr": "HR", "spo2": "O2Sat", "sbp": "SBP", "dbp": "DBP", "rr": "Resp", "temp": "Temp", "map": "MAP"}
+FIT_HOURS = 24
+QUANTILES = 199
+TAIL = 0.005
+"""The copula's quantile grid runs from the 0.5th to the 99.5th percentile of the stay medians (the
+extremes of 8,000 real stays include charting errors: a median heart rate of 26, respiration 1)."""
+DRIFT_TERMS = 16
+MIN_DRIFT_PERIOD_S = 600.0
+"""Drift frequencies are capped at one cycle per 10 minutes: faster wander is the noise's job."""
+DRIFT_GRID_S = 10.0
+DBP_FROM_SBP = 0.5
+"""``physiology``: diastolic pressure moves with half the systolic wander; its own drift is what is left."""
+FAST_NOISE_SD = {"hr": 3.2, "spo2": 0.7, "sbp": 4.3, "dbp": 2.9, "rr": 1.5, "temp": 0.07, "map": 0.0}
+"""sd of the simulator's own seconds-scale noise (``physiology._NOISE``: AR and white, combined);
+the drift supplies the rest of a chart's hourly spread."""
+
+
+@dataclass(frozen=True)
+class Drift:
+    """One patient's slow wander per ``DRIFTING`` vital: ``sd`` and the cosines' angular frequencies
+    (rad/s) and phases."""
+
+    sd: tuple[float, ...]
+    omega: tuple[tuple[float, ...], ...]
+    phase: tuple[tuple[float, ...], ...]
+
+    def at(self, vital: str, t_rel: np.ndarray) -> np.ndarray:
+        """The wander at ``t_rel`` seconds: exact on a ``DRIFT_GRID_S`` grid, linear in between (its
+        fastest cycle is ``MIN_DRIFT_PERIOD_S``), which keeps a day at 1 Hz cheap."""
+        i = DRIFTING.index(vital)
+        t = np.asarray(t_rel, dtype=float)
+        if self.sd[i] == 0.0:
+            return np.zeros(t.shape)
+        knots = np.arange(np.floor(t.min() / DRIFT_GRID_S), np.floor(t.max() / DRIFT_GRID_S) + 2) * DRIFT_GRID_S
+        terms = np.cos(knots[:, None] * np.asarray(self.omega[i]) + np.asarray(self.phase[i]))
+        values = self.sd[i] * math.sqrt(2.0 / DRIFT_TERMS) * terms.sum(axis=1)
+        return np.interp(t, knots, values)
+
+
+@lru_cache(maxsize=1)
+def load(path: str | Path = POPULATION_FILE) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def draw_baseline(rng: np.random.Generator, population: dict | None = None) -> dict[str, float]:
+    """One patient's baseline per vital (``VITALS``), drawn through the fitted Gaussian copula."""
+    from scipy.stats import norm
+
+    pop = population or load()
+    z = rng.multivariate_normal(np.zeros(len(VITALS)), np.asarray(pop["baseline"]["normal_score_correlation"]))
+    u = norm.cdf(z)
+    grid = np.linspace(TAIL, 1.0 - TAIL, QUANTILES)
+    return {v: float(np.interp(u[i], grid, pop["baseline"]["quantiles"][v])) for i, v in enumerate(VITALS)}
+
+
+def draw_drift(rng: np.random.Generator, population: dict | None = None) -> Drift:
+    """One patient's drift: per vital the fitted sd beyond the simulator's own noise, and an
+    Ornstein-Uhlenbeck autocorrelation with the fitted 1-hour value."""
+    pop = population or load()
+    sds, omegas, phases = [], [], []
+    cap = 2.0 * math.pi / MIN_DRIFT_PERIOD_S
+    for v in DRIFTING:
+        d = pop["drift"][v]
+        shared = (DBP_FROM_SBP * sds[DRIFTING.index("sbp")]) ** 2 if v == "dbp" else 0.0
+        sds.append(math.sqrt(max(d["residual_sd"] ** 2 - FAST_NOISE_SD[v] ** 2 - shared, 0.0)))
+        rho = min(max(d["autocorrelation_1h"], 0.05), 0.98)
+        tau_s = -3600.0 / math.log(rho)
+        omega = np.minimum(np.abs(rng.standard_cauchy(DRIFT_TERMS)) / tau_s, cap)
+        omegas.append(tuple(float(w) for w in omega))
+        phases.append(tuple(float(p) for p in rng.uniform(0.0, 2.0 * math.pi, DRIFT_TERMS)))
+    return Drift(tuple(sds), tuple(omegas), tuple(phases))
+
+
+def fit(data_dir: str | Path, split: str = "train", limit: int | None = None, progress: bool = True) -> dict:
+    """The population's statistics from the PhysioNet stays of ``split`` (their first ``FIT_HOURS`` hours)."""
+    from scipy.stats import norm, rankdata
+
+    from icuwatch.sources.physionet import list_stays, read_psv
+
+    paths = list_stays(data_dir, split=split, limit=limit)
+    if not paths:
+        raise FileNotFoundError(f"no PhysioNet stays (*.psv) of split {split!r} under {data_dir}")
+    if progress:
+        import sys
+
+        from tqdm import tqdm
+
+        paths = tqdm(paths, desc="fit population", file=sys.stderr, mininterval=0.5)
+    medians, residuals, pairs = [], {v: [] for v in DRIFTING}, {v: [] for v in DRIFTING}
+    for path in paths:
+        stay = read_psv(path)
+        hours = stay.column("ICULOS") if "ICULOS" in stay.columns else np.arange(1, len(stay.values) + 1)
+        first = hours <= FIT_HOURS
+        row = []
+        for v in VITALS:
+            x = stay.column(PSV_COLUMNS[v])[first]
+            seen = x[np.isfinite(x)]
+            row.append(float(np.median(seen)) if len(seen) else np.nan)
+            if len(seen) >= 4:
+                r = x - row[-1]
+                residuals[v].append(r[np.isfinite(r)])
+                a, b = r[:-1], r[1:]
+                both = np.isfinite(a) & np.isfinite(b)
+                pairs[v].append(np.stack([a[both], b[both]], axis=1))
+        medians.append(row)
+        sbp, dbp, mean_bp = (stay.column(PSV_COLUMNS[v])[first] for v in ("sbp", "dbp", "map"))
+        r = mean_bp - (sbp + 2.0 * dbp) / 3.0
+        residuals["map"].append(r[np.isfinite(r)])
+        both = np.isfinite(r[:-1]) & np.isfinite(r[1:])
+        pairs["map"].append(np.stack([r[:-1][both], r[1:][both]], axis=1))
+    m = np.asarray(medians)
+    complete = np.isfinite(m).all(axis=1)
+    scores = norm.ppf((np.apply_along_axis(rankdata, 0, m[complete]) - 0.5) / complete.sum())
+    grid = np.linspace(TAIL, 1.0 - TAIL, QUANTILES)
+    drift = {}
+    for v in DRIFTING:
+        r = np.concatenate(residuals[v])
+        p = np.concatenate(pairs[v])
+        drift[v] = {
+            "residual_sd": round(float(np.std(r)), 4),
+            "autocorrelation_1h": round(float(np.corrcoef(p[:, 0], p[:, 1])[0, 1]), 4),
+        }
+    return {
+        "fitted_on": f"PhysioNet/CinC 2019 training set B, split {split!r}: {len(m)} stays, first {FIT_HOURS} h",
+        "refit": "icuwatch simulate --fit-population",
+        "vitals": list(VITALS),
+        "drifting": list(DRIFTING),
+        "baseline": {
+            "stays_with_every_vital": int(complete.sum()),
+            "quantiles": {
+                v: [round(float(q), 3) for q in np.quantile(m[np.isfinite(m[:, i]), i], grid)]
+                for i, v in enumerate(VITALS)
+            },
+            "normal_score_correlation": np.round(np.corrcoef(scores, rowvar=False), 4).tolist(),
+        },
+        "drift": drift,
+    }

@@ -1,0 +1,87 @@
+"""The ``icu`` population: baselines through a Gaussian copula and a slow drift, fitted to real stays
+(``sources/simulator/population.py``); the ``stylised`` one is what it was."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from icuwatch.sources.physionet import default_data_dir
+from icuwatch.sources.simulator import Simulation, population
+from icuwatch.sources.simulator.patients import draw_patients
+from icuwatch.sources.simulator.physiology import VitalsGenerator
+
+ARGS = (60, 3, 36 * 3600.0, 0.5, (4 * 3600.0, 30 * 3600.0), "sim")
+
+
+def test_the_icu_population_changes_baselines_and_drift_and_nothing_else():
+    stylised, icu = draw_patients(*ARGS), draw_patients(*ARGS, population="icu")
+    assert all(p.drift is None for p in stylised) and all(p.drift is not None for p in icu)
+    for a, b in zip(stylised, icu):
+        assert (a.condition, a.onset_s, a.peak, a.ramp_s, a.age, a.unit) == (
+            b.condition,
+            b.onset_s,
+            b.peak,
+            b.ramp_s,
+            b.age,
+            b.unit,
+        )
+    assert [p.baseline for p in icu] == [p.baseline for p in draw_patients(*ARGS, population="icu")]  # seeded
+    assert np.std([p.baseline.hr for p in icu]) > 1.3 * np.std([p.baseline.hr for p in stylised])
+    with pytest.raises(ValueError, match="population"):
+        draw_patients(*ARGS, population="ward")
+
+
+def test_baselines_follow_the_fitted_quantiles_and_correlation():
+    pop = population.load()
+    rng = np.random.default_rng(0)
+    draws = [population.draw_baseline(rng) for _ in range(4000)]
+    grid = np.linspace(population.TAIL, 1 - population.TAIL, population.QUANTILES)
+    for v in population.VITALS:
+        x = np.array([d[v] for d in draws])
+        q = pop["baseline"]["quantiles"][v]
+        assert abs(np.median(x) - np.interp(0.5, grid, q)) < 0.05 * (q[-1] - q[0]), v
+        assert q[0] <= x.min() and x.max() <= q[-1]
+    sbp, dbp = np.array([d["sbp"] for d in draws]), np.array([d["dbp"] for d in draws])
+    fitted = pop["baseline"]["normal_score_correlation"][2][3]
+    assert fitted > 0.3 and abs(np.corrcoef(sbp, dbp)[0, 1] - fitted) < 0.1
+
+
+def test_drift_has_the_fitted_spread_and_hour_to_hour_memory():
+    pop = population.load()
+    t = np.arange(0, 400 * 3600.0, 3600.0)
+    hourly = np.stack([population.draw_drift(np.random.default_rng(s)).at("hr", t) for s in range(40)])
+    want_sd = math.sqrt(pop["drift"]["hr"]["residual_sd"] ** 2 - population.FAST_NOISE_SD["hr"] ** 2)
+    assert 0.75 * want_sd < hourly.std() < 1.25 * want_sd
+    lag1 = np.mean([np.corrcoef(h[:-1], h[1:])[0, 1] for h in hourly])
+    assert abs(lag1 - pop["drift"]["hr"]["autocorrelation_1h"]) < 0.15
+    # a function of time: any block layout gives the same values
+    d = population.draw_drift(np.random.default_rng(1))
+    whole = d.at("sbp", np.arange(0.0, 600.0))
+    assert np.allclose(
+        np.concatenate([d.at("sbp", np.arange(0.0, 250.0)), d.at("sbp", np.arange(250.0, 600.0))]), whole
+    )
+
+
+def test_streamed_vitals_of_the_icu_population_wander_and_stay_plausible():
+    sim = Simulation(6, 5, 1_700_000_000.0, 6 * 3600.0, deteriorating_fraction=0.0, population="icu")
+    for p in sim.patients:
+        out = VitalsGenerator(p, p.rng(1)).block(np.arange(0.0, 6 * 3600.0))
+        assert np.all((out["map"] >= out["dbp"]) & (out["map"] <= out["sbp"]))
+        assert np.all(out["spo2"] <= 100) and np.all(out["hr"] >= 20)
+        hourly_sbp = out["sbp"].reshape(6, 3600).mean(axis=1)
+        assert np.ptp(hourly_sbp) > 3.0  # drifts hour to hour, not only with severity
+    assert Simulation(2, 5, 1_700_000_000.0, 600.0).population == "stylised"
+
+
+@pytest.mark.skipif(not default_data_dir().is_dir(), reason="no PhysioNet stays")
+def test_fit_reads_real_stays_of_the_train_split_only():
+    fitted = population.fit(default_data_dir(), limit=150, progress=False)
+    assert "split 'train': 150 stays" in fitted["fitted_on"]
+    assert set(fitted["drift"]) == set(population.DRIFTING)
+    for v in population.VITALS:
+        q = fitted["baseline"]["quantiles"][v]
+        assert len(q) == population.QUANTILES and q == sorted(q)
+    assert 2.0 < fitted["drift"]["map"]["residual_sd"] < 15.0  # measured MAP is not (SBP + 2 DBP) / 3
