@@ -101,7 +101,8 @@ def simulated_charts(
     n_patients: int, hours: int, seed: int = 0, progress: bool = True, population: str = "stylised"
 ) -> Charts:
     """The simulator cohort's patients (``fusion.cohorts.sim``'s population), charted: per hour the
-    1 Hz vitals at one seeded second, each lab at the hour it was collected."""
+    1 Hz vitals at one seeded second (the latest reading before it in that hour when the monitor did
+    not show that vital then; NaN when it showed none), each lab at the hour it was collected."""
     from icuwatch.fusion.cohorts import sim as sim_cohort
     from icuwatch.sources.simulator import labs as sim_labs
     from icuwatch.sources.simulator.patients import STREAM_LABS, draw_patients
@@ -125,7 +126,7 @@ def simulated_charts(
         at = np.arange(hours) * H + np.random.default_rng([seed, p.index, 77]).integers(0, H, hours)
         chart = np.full((hours, len(columns)), np.nan)
         for col, field in VITAL_COLUMNS.items():
-            chart[:, columns.index(col)] = np.asarray(v[field], float)[at]
+            chart[:, columns.index(col)] = _charted(np.asarray(v[field], float).reshape(hours, H), at % H)
         start = sim_cohort.START_TIME
         for lab in sim_labs.lab_messages(p, start, float(horizon_h * H), p.rng(STREAM_LABS)):
             h = int((lab.event_time - start) // H)
@@ -138,9 +139,20 @@ def simulated_charts(
     return Charts(columns, np.concatenate(values), np.concatenate(hour), np.concatenate(patient))
 
 
+def _charted(per_second: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Per hour ([hours, 3600] readings, NaN = none): the reading at second ``at`` of the hour, else
+    the hour's last reading before it, else NaN (nothing the monitor showed that hour)."""
+    out = np.full(len(per_second), np.nan)
+    for h, (row, s) in enumerate(zip(per_second, at)):
+        seen = np.flatnonzero(np.isfinite(row[: s + 1]))
+        if len(seen):
+            out[h] = row[seen[-1]]
+    return out
+
+
 def design(charts: Charts, test: str) -> tuple[np.ndarray, list[str], np.ndarray]:
     """(features [n, F], names, rows kept) of one test: ``vitals`` or ``all``. Hours before
-    ``FIRST_HOUR`` are left out on both sides."""
+    ``FIRST_HOUR`` are left out on both sides, from the measurement counts too."""
     charted = charts.hour >= FIRST_HOUR
     if test == "vitals":
         x = np.stack([charts.column(c) for c in GOAL_VITALS], axis=1)
@@ -148,14 +160,15 @@ def design(charts: Charts, test: str) -> tuple[np.ndarray, list[str], np.ndarray
         return np.column_stack([x[keep], charts.hour[keep]]), [*GOAL_VITALS, HOUR], np.flatnonzero(keep)
     if test != "all":
         raise ValueError(f"unknown test {test!r} (vitals, all)")
-    counts = np.zeros_like(charts.values)
+    values = np.where(charted[:, None], charts.values, np.nan)
+    counts = np.zeros_like(values)
     for k in np.unique(charts.patient):
         rows = np.flatnonzero(charts.patient == k)
         rows = rows[np.argsort(charts.hour[rows], kind="stable")]
-        counts[rows] = np.cumsum(np.isfinite(charts.values[rows]), axis=0)
+        counts[rows] = np.cumsum(np.isfinite(values[rows]), axis=0)
     names = [*charts.columns, *(f"{c}_count" for c in charts.columns), HOUR]
     keep = np.flatnonzero(charted)
-    return np.column_stack([charts.values, counts, charts.hour])[keep], names, keep
+    return np.column_stack([values, counts, charts.hour])[keep], names, keep
 
 
 def two_sample(

@@ -11,6 +11,7 @@ import numpy as np
 
 from icuwatch.core.schemas import LAB_UNITS, Lab
 
+from . import lab_orders, population
 from .patients import PatientSpec
 from .physiology import o2_on
 
@@ -149,17 +150,30 @@ def _shift(p: PatientSpec, base: dict[str, float], analyte: str, s: float) -> fl
     return d.get(analyte, 0.0)
 
 
-def _value(p: PatientSpec, base: dict[str, float], analyte: str, t_rel: float, rng: np.random.Generator) -> float:
+def _value(
+    p: PatientSpec,
+    base: dict[str, float],
+    analyte: str,
+    t_rel: float,
+    rng: np.random.Generator,
+    fitted: dict | None = None,
+) -> float:
+    """One result; ``fitted`` (``icu`` population): the real within-stay spread instead of analytical noise."""
     s = float(p.severity(t_rel))
     if analyte == "fio2":
         return round(0.28 + 0.35 * s, 2) if bool(o2_on(p, t_rel)) else 0.21
     v = base[analyte] + _shift(p, base, analyte, s)
     if analyte == "pao2" and bool(o2_on(p, t_rel)):
         v += 25.0
-    if analyte == "ph":
+    if fitted is not None and analyte in fitted["within_stay_sd"]:
+        v = lab_orders.vary(fitted, analyte, v, rng)
+        if analyte == "ph":
+            return round(float(np.clip(v, 6.8, 7.7)), 2)
+    elif analyte == "ph":
         v += rng.normal(0.0, 0.01)
         return round(float(np.clip(v, 6.8, 7.7)), 2)
-    v *= 1.0 + _CV[analyte] * rng.standard_normal()
+    else:
+        v *= 1.0 + _CV[analyte] * rng.standard_normal()
     return round(max(float(v), _FLOOR[analyte]), _DECIMALS[analyte])
 
 
@@ -193,12 +207,20 @@ def draws(p: PatientSpec, duration_s: float, rng: np.random.Generator) -> list[t
 
 
 def lab_messages(p: PatientSpec, start_time: float, duration_s: float, rng: np.random.Generator) -> list[Lab]:
-    """Every result the patient gets whose result time falls within the simulated span."""
+    """Every result the patient gets whose result time falls within the simulated span. The ``icu``
+    population's orders, baselines and spread are fitted to real stays (``lab_orders``)."""
     base = baseline_labs(p, rng)
+    fitted = None
+    if p.population == "icu":
+        fitted = population.load()["labs"]
+        base.update(lab_orders.draw_baseline(fitted, rng))
+        schedule = lab_orders.draw_orders(fitted, p.severity, duration_s, rng)
+    else:
+        schedule = draws(p, duration_s, rng)
     out = []
-    for t_rel, analytes in draws(p, duration_s, rng):
+    for t_rel, analytes in schedule:
         for analyte in analytes:
-            value = _value(p, base, analyte, t_rel, rng)
+            value = _value(p, base, analyte, t_rel, rng, fitted)
             result_rel = t_rel + rng.uniform(30.0, 90.0) * 60.0
             if result_rel > duration_s:
                 continue

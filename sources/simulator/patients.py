@@ -74,6 +74,7 @@ class PatientSpec:
     """Lung first involved by pneumonia."""
     drift: Drift | None = None
     """Slow wander of the vitals around the baseline (``icu`` population); None: none."""
+    population: Population = "stylised"
 
     @property
     def deteriorates(self) -> bool:
@@ -175,6 +176,7 @@ def draw_patients(
             own = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(i, STREAM_POPULATION)))
             common["baseline"] = _icu_baseline(own)
             common["drift"] = draw_drift(own)
+            common["population"] = "icu"
         onset = float(np.round(rng.uniform(lo, hi), 1))
         r = rank.get(i)
         if r is None:

@@ -13,6 +13,7 @@ import numpy as np
 from scipy.signal import lfilter
 
 from .patients import PatientSpec
+from .population import CHART_GROUPS, chart_mask
 
 O2_DELAY_S = 300.0
 """Nurses put the patient on oxygen this long after SpO2 would first fall below 92 %."""
@@ -95,7 +96,8 @@ class VitalsGenerator:
 
     def block(self, t_rel: np.ndarray) -> dict[str, np.ndarray]:
         """Vitals for the seconds ``t_rel``; also returns the noise-free-of-monitor ``hr_true``,
-        ``rr_true`` and the severity ``s`` used by the waveforms."""
+        ``rr_true`` and the severity ``s`` used by the waveforms. ``icu`` population: NaN where not
+        charted (``population.chart_mask``) and ``monitor_on``."""
         p, e, b, n = self.p, self.effect, self.p.baseline, len(t_rel)
         s = p.severity(t_rel)
         o2 = o2_on(p, t_rel)
@@ -112,7 +114,7 @@ class VitalsGenerator:
         sbp_m = np.clip(sbp + w["sbp"], 40, 250)
         dbp_m = np.clip(np.minimum(dbp + w["dbp"], sbp_m - 10), 20, 200)
         consciousness = np.where(s >= p.voice_at, "V", np.where(s >= p.confusion_at, "C", "A"))
-        return {
+        out = {
             "hr": np.round(np.clip(hr_true + w["hr"], 20, 250)),
             "rr": np.round(np.clip(rr_true + w["rr"], 4, 60)),
             "spo2": np.round(np.clip(spo2 + w["spo2"], 50, 100)),
@@ -126,3 +128,23 @@ class VitalsGenerator:
             "rr_true": np.clip(rr_true, 4, 60),
             "s": s,
         }
+        if p.population == "icu":
+            _apply_chart_mask(p, t_rel, out)
+        return out
+
+
+MASK_HOURS_STEP = 64
+
+
+def _apply_chart_mask(p: PatientSpec, t_rel: np.ndarray, out: dict[str, np.ndarray]) -> None:
+    """``icu`` population: NaN where the monitor is off or a group is not reported in that hour
+    (``population.chart_mask``); ``monitor_on`` per second."""
+    hour = (np.asarray(t_rel) // 3600.0).astype(int)
+    n = MASK_HOURS_STEP * (int(hour.max()) // MASK_HOURS_STEP + 1)
+    on, reported = chart_mask(p.seed, p.index, n)
+    out["monitor_on"] = on[hour]
+    out["hr"] = np.where(on[hour], out["hr"], np.nan)
+    for g, (_, members) in enumerate(CHART_GROUPS.items()):
+        keep = reported[hour, g]
+        for name in members:
+            out[name] = np.where(keep, out[name], np.nan)

@@ -16,6 +16,8 @@ seconds' noise, so a classifier told its charted hours from real ones at AUROC 0
   random-Fourier-feature form of an Ornstein-Uhlenbeck process), so it is a deterministic function of
   time per patient: no state across the streaming blocks, the same value for any block layout.
 
+Labs (ordering pattern, baselines, spread) are fitted alongside: ``lab_orders``.
+
 The fitted numbers are aggregate statistics (quantiles, correlations, spreads) in ``population.json``
 next to this file, fitted on the PhysioNet 2019 set-B stays of the TRAIN split (``sources.physionet.
 split_of``) only, so the realism report can test against the other stays. Refit with
@@ -46,6 +48,8 @@ extremes of 8,000 real stays include charting errors: a median heart rate of 26,
 DRIFT_TERMS = 16
 MIN_DRIFT_PERIOD_S = 600.0
 """Drift frequencies are capped at one cycle per 10 minutes: faster wander is the noise's job."""
+STREAM_CHARTING = 7
+"""Spawn-key stream of the charting mask (``patients`` uses 0..5 per patient)."""
 DRIFT_GRID_S = 10.0
 DBP_FROM_SBP = 0.5
 """``physiology``: diastolic pressure moves with half the systolic wander; its own drift is what is left."""
@@ -74,6 +78,43 @@ class Drift:
         terms = np.cos(knots[:, None] * np.asarray(self.omega[i]) + np.asarray(self.phase[i]))
         values = self.sd[i] * math.sqrt(2.0 / DRIFT_TERMS) * terms.sum(axis=1)
         return np.interp(t, knots, values)
+
+
+CHART_GROUPS: dict[str, tuple[str, ...]] = {
+    "spo2": ("spo2",),
+    "bp": ("sbp", "dbp", "map"),
+    "rr": ("rr",),
+    "temp": ("temp",),
+}
+"""Vitals charted (or not) together in an hour; heart rate stands for the monitor being on."""
+
+
+def chart_mask(seed: int, index: int, hours: int, population: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(monitor on [hours] bool, reported [hours, len(CHART_GROUPS)] bool) of one patient, hour by
+    hour from admission: the monitor's on/off a two-state Markov chain with the fitted hour-to-hour
+    transition probabilities (off = an hour with no vital sign: transport, procedures, gaps in
+    charting); each group reported in an hour the monitor is on with the patient's own probability,
+    drawn from the beta distribution fitted to real stays' shares (a temperature is measured every
+    few hours, not streamed; some patients' respiration is rarely charted). Deterministic in
+    (seed, index)."""
+    return _chart_mask(seed, index, hours, json.dumps((population or load())["charting"], sort_keys=True))
+
+
+@lru_cache(maxsize=4096)
+def _chart_mask(seed: int, index: int, hours: int, charting_json: str) -> tuple[np.ndarray, np.ndarray]:
+    fitted = json.loads(charting_json)
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, STREAM_CHARTING)))
+    p_group = np.array([rng.beta(*fitted["reported_share_beta"][g]) for g in CHART_GROUPS])
+    u = rng.random((hours, 1 + len(CHART_GROUPS)))
+    on = np.ones(hours, bool)
+    for h in range(1, hours):
+        p_off = fitted["off_after_off"] if not on[h - 1] else fitted["off_after_on"]
+        on[h] = u[h, 0] >= p_off
+    reported = (u[:, 1:] < p_group) & on[:, None]
+    reported[:, list(CHART_GROUPS).index("temp")] = _temperature_hours(fitted["temp"], hours, rng) & on
+    on.setflags(write=False)
+    reported.setflags(write=False)
+    return on, reported
 
 
 @lru_cache(maxsize=1)
@@ -110,11 +151,49 @@ def draw_drift(rng: np.random.Generator, population: dict | None = None) -> Drif
     return Drift(tuple(sds), tuple(omegas), tuple(phases))
 
 
+def _temperature_hours(fitted: dict, hours: int, rng: np.random.Generator) -> np.ndarray:
+    """[hours] bool: hours a temperature is taken. The first at an hour drawn from real stays' first
+    temperature hour, then intervals drawn from theirs, the previous interval kept with the fitted
+    probability (a patient on a probe is charted hourly, one on a q4h round every four hours)."""
+    out = np.zeros(hours, bool)
+    h = int(rng.choice(len(fitted["first_hour"]), p=_norm(fitted["first_hour"])))
+    gap = 0
+    while h < hours:
+        out[h - 1] = h >= 1  # hour h since admission (1 = first) is index h - 1
+        if gap == 0 or rng.random() >= fitted["repeat"]:
+            gap = int(rng.choice(len(fitted["interval"]), p=_norm(fitted["interval"])))
+        h += max(gap, 1)
+    return out
+
+
+def _norm(p: list[float]) -> np.ndarray:
+    a = np.asarray(p, float)
+    return a / a.sum()
+
+
+def _repeat_probability(equal_share: float, interval: np.ndarray) -> float:
+    """rho such that keeping the previous interval with probability rho, else drawing afresh from
+    ``interval``, gives consecutive intervals equal ``equal_share`` of the time."""
+    by_chance = float(np.sum(interval**2))
+    return round(float(np.clip((equal_share - by_chance) / max(1.0 - by_chance, 1e-6), 0.0, 1.0)), 4)
+
+
+def _beta_moments(x: np.ndarray) -> list[float]:
+    """(a, b) of the beta distribution with the mean and variance of shares ``x`` (method of moments)."""
+    m = float(np.clip(np.mean(x), 1e-3, 1 - 1e-3))
+    v = float(min(max(np.var(x), 1e-6), m * (1 - m) * 0.99))
+    common = m * (1 - m) / v - 1.0
+    return [round(m * common, 4), round((1 - m) * common, 4)]
+
+
 def fit(data_dir: str | Path, split: str = "train", limit: int | None = None, progress: bool = True) -> dict:
     """The population's statistics from the PhysioNet stays of ``split`` (their first ``FIT_HOURS`` hours)."""
     from scipy.stats import norm, rankdata
 
     from icuwatch.sources.physionet import list_stays, read_psv
+
+    from . import lab_orders
+    from .labs import FULL
 
     paths = list_stays(data_dir, split=split, limit=limit)
     if not paths:
@@ -126,8 +205,13 @@ def fit(data_dir: str | Path, split: str = "train", limit: int | None = None, pr
 
         paths = tqdm(paths, desc="fit population", file=sys.stderr, mininterval=0.5)
     medians, residuals, pairs = [], {v: [] for v in DRIFTING}, {v: [] for v in DRIFTING}
+    stays = []
+    transitions = np.zeros((2, 2))
+    group_shares: dict[str, list[float]] = {g: [] for g in CHART_GROUPS}
+    temp_first, temp_gaps, temp_repeats = np.zeros(FIT_HOURS + 1), np.zeros(FIT_HOURS + 1), []
     for path in paths:
         stay = read_psv(path)
+        stays.append(stay)
         hours = stay.column("ICULOS") if "ICULOS" in stay.columns else np.arange(1, len(stay.values) + 1)
         first = hours <= FIT_HOURS
         row = []
@@ -142,6 +226,20 @@ def fit(data_dir: str | Path, split: str = "train", limit: int | None = None, pr
                 both = np.isfinite(a) & np.isfinite(b)
                 pairs[v].append(np.stack([a[both], b[both]], axis=1))
         medians.append(row)
+        charted = hours[first] >= 2  # set B charts no vital in a stay's first hour
+        on = np.isfinite(stay.column("HR")[first][charted])
+        for a, b in zip(on[:-1], on[1:]):
+            transitions[int(a), int(b)] += 1
+        for g, members in CHART_GROUPS.items():
+            seen = np.isfinite(stay.column(PSV_COLUMNS[members[0]])[first][charted])[on]
+            if len(seen) >= 6:
+                group_shares[g].append(float(seen.mean()))
+        taken = hours[first][np.isfinite(stay.column("Temp")[first])]
+        if len(taken):
+            temp_first[int(min(taken[0], FIT_HOURS))] += 1
+            gaps = np.diff(taken).astype(int)
+            np.add.at(temp_gaps, np.minimum(gaps, FIT_HOURS), 1)
+            temp_repeats += list(gaps[1:] == gaps[:-1])
         sbp, dbp, mean_bp = (stay.column(PSV_COLUMNS[v])[first] for v in ("sbp", "dbp", "map"))
         r = mean_bp - (sbp + 2.0 * dbp) / 3.0
         residuals["map"].append(r[np.isfinite(r)])
@@ -173,4 +271,16 @@ def fit(data_dir: str | Path, split: str = "train", limit: int | None = None, pr
             "normal_score_correlation": np.round(np.corrcoef(scores, rowvar=False), 4).tolist(),
         },
         "drift": drift,
+        "charting": {
+            "hours": "from hour 2 (set B charts nothing in a stay's first hour); monitor on = heart rate charted",
+            "off_after_on": round(float(transitions[1, 0] / max(transitions[1].sum(), 1)), 4),
+            "off_after_off": round(float(transitions[0, 0] / max(transitions[0].sum(), 1)), 4),
+            "reported_share_beta": {g: _beta_moments(np.asarray(x)) for g, x in group_shares.items()},
+            "temp": {
+                "first_hour": np.round(temp_first / temp_first.sum(), 5).tolist(),
+                "interval": np.round(temp_gaps / temp_gaps.sum(), 5).tolist(),
+                "repeat": _repeat_probability(np.mean(temp_repeats), temp_gaps / temp_gaps.sum()),
+            },
+        },
+        "labs": lab_orders.fit(stays, FULL, FIT_HOURS),
     }

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from icuwatch.core import topics
-from icuwatch.core.schemas import EARLIEST_EVENT_TIME, Adt, Cxr, Message, Vitals, Waveform
+from icuwatch.core.schemas import EARLIEST_EVENT_TIME, VITAL_FIELDS, Adt, Cxr, Message, Vitals, Waveform
 
 from . import cxr as cxr_images
 from .labs import lab_messages
@@ -239,11 +239,17 @@ class Simulation:
                 name: v[name].tolist()
                 for name in ("hr", "spo2", "rr", "sbp", "dbp", "map", "temp", "o2_supplement", "consciousness")
             }
+            monitor_on = v["monitor_on"].tolist() if "monitor_on" in v else None
+            if monitor_on is not None:  # icu population: not charted = absent
+                for name in VITAL_FIELDS:
+                    cols[name] = [None if x != x else x for x in cols[name]]
             # Waveforms skip pydantic validation (WaveformGenerator checks the samples are finite,
             # all other fields are ours): the per-sample Python validator would triple the cost.
             chunks = waves.block(k0, v["hr_true"], v["rr_true"], v["s"]) if waves else None
             for j in range(len(k)):
                 t = self.start_time + k0 + j
+                if monitor_on is not None and not monitor_on[j]:
+                    continue  # monitor off: no numerics, no waveforms
                 yield (
                     t,
                     i,

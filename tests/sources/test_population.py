@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from icuwatch.sources.physionet import default_data_dir
-from icuwatch.sources.simulator import Simulation, population
+from icuwatch.sources.simulator import Simulation, lab_orders, population
 from icuwatch.sources.simulator.patients import draw_patients
 from icuwatch.sources.simulator.physiology import VitalsGenerator
 
+T0 = 1_700_000_000.0
 ARGS = (60, 3, 36 * 3600.0, 0.5, (4 * 3600.0, 30 * 3600.0), "sim")
 
 
@@ -69,11 +70,69 @@ def test_streamed_vitals_of_the_icu_population_wander_and_stay_plausible():
     sim = Simulation(6, 5, 1_700_000_000.0, 6 * 3600.0, deteriorating_fraction=0.0, population="icu")
     for p in sim.patients:
         out = VitalsGenerator(p, p.rng(1)).block(np.arange(0.0, 6 * 3600.0))
-        assert np.all((out["map"] >= out["dbp"]) & (out["map"] <= out["sbp"]))
-        assert np.all(out["spo2"] <= 100) and np.all(out["hr"] >= 20)
-        hourly_sbp = out["sbp"].reshape(6, 3600).mean(axis=1)
-        assert np.ptp(hourly_sbp) > 3.0  # drifts hour to hour, not only with severity
+        both = np.isfinite(out["map"]) & np.isfinite(out["sbp"])
+        assert np.all((out["map"][both] >= out["dbp"][both]) & (out["map"][both] <= out["sbp"][both]))
+        assert np.nanmax(out["spo2"]) <= 100 and np.nanmin(out["hr"]) >= 20
+        hourly_sbp = np.nanmean(out["sbp"].reshape(6, 3600), axis=1)
+        assert np.nanmax(hourly_sbp) - np.nanmin(hourly_sbp) > 3.0  # drifts hour to hour, not only with severity
     assert Simulation(2, 5, 1_700_000_000.0, 600.0).population == "stylised"
+
+
+def test_the_monitor_goes_off_and_groups_go_uncharted_as_in_real_charts():
+    pop = population.load()["charting"]
+    on, reported = zip(*(population.chart_mask(11, i, 64) for i in range(300)))
+    on, reported = np.array(on)[:, 1:24], np.array(reported)[:, 1:24]
+    a, b = pop["off_after_on"], pop["off_after_off"]
+    assert abs((1 - on.mean()) - a / (a + 1 - b)) < 0.03  # the chain's stationary off share
+    temp = reported[:, :, list(population.CHART_GROUPS).index("temp")]
+    assert 0.2 < temp.mean() < 0.5 and not (temp & ~on).any()
+    first, longer = population.chart_mask(11, 3, 64), population.chart_mask(11, 3, 128)
+    assert np.array_equal(first[0], longer[0][:64])  # a longer horizon extends, never redraws
+
+
+def test_an_icu_ward_streams_only_what_is_charted():
+    sim = Simulation(4, 9, 1_700_000_000.0, 5 * 3600.0, waveforms=False, cxr=False, population="icu")
+    vitals = [m for topic, m in sim.messages() if topic == "icu.vitals"]
+    assert all(
+        any(getattr(m, f) is not None for f in ("hr", "spo2", "rr", "sbp", "dbp", "map", "temp")) for m in vitals
+    )
+    assert len(vitals) < 4 * 5 * 3600  # monitor-off hours send nothing
+    temps = sum(m.temp is not None for m in vitals)
+    assert 0 < temps < 0.7 * len(vitals)
+
+
+def test_frailty_shape_reproduces_the_share_of_patients_never_tested():
+    rng = np.random.default_rng(0)
+    for k in (0.3, 2.0):
+        counts = rng.poisson(rng.gamma(k, 1.5 / k, 20000))
+        assert abs(lab_orders.frailty_shape(counts) - k) < 0.25 * k
+    assert lab_orders.frailty_shape(rng.poisson(2.0, 20000)) >= 10  # no excess zeros: Poisson
+
+
+def test_icu_labs_come_in_real_panels_at_real_rates_and_none_in_the_first_hour():
+    from icuwatch.sources.simulator.labs import lab_messages
+
+    fitted = population.load()["labs"]
+    patients = draw_patients(200, 4, 24 * 3600.0, 0.0, (0.0, 1.0), "sim", population="icu")
+    hours_with, first_hours, gas_patients = {}, [], 0
+    for p in patients:
+        labs = lab_messages(p, T0, 24 * 3600.0, p.rng(3))
+        first_hours += [(lab.event_time - T0) // 3600 for lab in labs]
+        by_hour = {}
+        for lab in labs:
+            by_hour.setdefault((lab.event_time - T0) // 3600, set()).add(lab.analyte)
+        for analytes in by_hour.values():
+            for a in analytes:
+                hours_with[a] = hours_with.get(a, 0) + 1
+        for hour, analytes in by_hour.items():  # (a result not back by the end is left out: not the last 2 h)
+            if "bun" in analytes and hour < 22:
+                assert {"creatinine", "potassium", "glucose"} <= analytes  # a basic panel, drawn together
+        gas_patients += any("ph" in a for a in by_hour.values())
+    assert min(first_hours) >= 1  # nothing in the first hour, as set B
+    share = {a: n / (200 * 23) for a, n in hours_with.items()}
+    assert 0.03 < share["bun"] < 0.10 and 0.12 < share["glucose"] < 0.30 and share.get("bicarbonate", 0) < 0.02
+    assert gas_patients < 0.6 * 200  # most patients never get a blood gas (frailty)
+    assert set(fitted["events"]) == set(lab_orders.EVENT_TYPES)
 
 
 @pytest.mark.skipif(not default_data_dir().is_dir(), reason="no PhysioNet stays")
