@@ -27,7 +27,7 @@ def _realism(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir) if args.out_dir else get_settings().state_dir / "realism"
     summary = realism.report(
         n_patients=args.patients,
-        hours=int(args.hours),
+        hours=max(1, round(args.hours)),
         real_stays=args.real_stays,
         seed=args.seed,
         data_dir=data_dir,
@@ -134,8 +134,13 @@ def register(subparsers) -> None:
         "(two-sample test, cross-validated by patient), per-column distances, plots; JSON on stdout and in "
         "--out-dir. Uses --patients (default there 120), --hours (24), --seed (0), --population.",
     )
-    g.add_argument("--realism-report", action="store_true")
-    g.add_argument("--fit-population", action="store_true", help="refit sources/simulator/population.json")
+    mode = g.add_mutually_exclusive_group()
+    mode.add_argument("--realism-report", action="store_true")
+    mode.add_argument(
+        "--fit-population",
+        action="store_true",
+        help="refit sources/simulator/population.json (a developer's step: writes into the source tree)",
+    )
     g.add_argument(
         "--population",
         default="stylised",

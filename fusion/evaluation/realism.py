@@ -22,7 +22,8 @@ Like with like, both sides as a chart has them:
 
 Two tests: ``vitals`` (the goal's: complete rows of HR, SpO2, SBP, MAP, DBP and respiration rate,
 and the hour) and ``all`` (every shared column, missing values and measurement counts included).
-The AUROC is of the out-of-fold predictions, pooled; its 95 % interval a bootstrap over patients.
+The AUROC is of the out-of-fold predictions, pooled; its 95 % interval a bootstrap over patients of
+those fixed predictions (the variation between folds' models is not in it; ``per_fold`` shows it).
 Data: PhysioNet/CinC 2019 training set B (the shared stays, real) and the icuwatch simulator.
 """
 
@@ -210,12 +211,13 @@ def two_sample(
 
 def distances(sim: Charts, real: Charts) -> dict:
     """Per shared column charted on both sides: mean, sd and quartiles of each, the Wasserstein
-    distance in units of the real sd, the two-sample Kolmogorov-Smirnov statistic, charted share."""
+    distance in units of the real sd, the two-sample Kolmogorov-Smirnov statistic, charted share
+    (hours from ``FIRST_HOUR`` on both sides)."""
     from scipy.stats import ks_2samp, wasserstein_distance
 
     out = {}
     for c in sim.columns:
-        a, b = sim.column(c), real.column(c)
+        a, b = sim.column(c)[sim.hour >= FIRST_HOUR], real.column(c)[real.hour >= FIRST_HOUR]
         a, b, charted = a[np.isfinite(a)], b[np.isfinite(b)], (np.isfinite(a).mean(), np.isfinite(b).mean())
         if len(a) < 2 or len(b) < 2:
             continue

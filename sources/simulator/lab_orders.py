@@ -117,7 +117,7 @@ def fit(stays, analytes: tuple[str, ...], hours: int) -> dict:
         "hour_bins": list(HOUR_BINS),
         "events": {
             t: {
-                "per_hour": [round(float(e["count"][b] / max(exposure[b], 1)), 5) for b in range(n_bins)],
+                "per_hour": [_rate(e["count"][b], exposure[b]) for b in range(n_bins)],
                 "frailty_shape": frailty_shape(np.asarray(e["per_stay"])),
                 "sets": _common_sets(e["sets"]),
             }
@@ -134,6 +134,13 @@ def fit(stays, analytes: tuple[str, ...], hours: int) -> dict:
     }
 
 
+def _rate(hours_with: float, hours: float) -> float:
+    """Poisson rate per hour that gives ``hours_with`` of ``hours`` at least one event: -log(1 - share)
+    (several events in one hour chart as one)."""
+    share = min(float(hours_with) / max(float(hours), 1.0), 0.999)
+    return round(-math.log(1.0 - share), 5)
+
+
 def _common_sets(counts: dict[str, int], top: int = SETS_KEPT) -> list[list]:
     """[[analytes joined by spaces, probability], ...]: the ``top`` most frequent sets of an event type."""
     kept = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
@@ -148,7 +155,10 @@ def hour_bin(iculos: np.ndarray) -> np.ndarray:
 
 def frailty_shape(counts: np.ndarray) -> float:
     """Shape k of a gamma(k, 1/k) multiplier on a Poisson rate that gives ``counts`` their share of
-    zeros: P(0) = (1 + mean / k) ** -k, solved by bisection on log k. 50 = as good as no frailty."""
+    zeros: P(0) = (1 + mean / k) ** -k, solved by bisection on log k. 50 = as good as no frailty.
+    Stays shorter than the fitted hours add zeros of their own, so k comes out somewhat small (more
+    heterogeneity than real), and each event type's frailty is drawn on its own (a patient's blood
+    gases and panels are not made to go together)."""
     mean, zeros = float(np.mean(counts)), float(np.mean(counts == 0))
     if mean <= 0 or zeros <= math.exp(-mean):
         return 50.0
@@ -171,22 +181,26 @@ def _nearest_correlation(c: np.ndarray) -> np.ndarray:
     return fixed / np.outer(d, d)
 
 
-def draw_baseline(fitted: dict, rng: np.random.Generator) -> dict[str, float]:
+def draw_baseline(fitted: dict, rng: np.random.Generator, comorbidities: tuple[str, ...] = ()) -> dict[str, float]:
+    """Baseline per analyte through the fitted copula (tilted by comorbidity, ``course.LAB_TILTS``)."""
     from scipy.stats import norm
+
+    from .course import LAB_TILTS, tilt
 
     present = fitted["analytes"]
     z = rng.multivariate_normal(np.zeros(len(present)), np.asarray(fitted["normal_score_correlation"]))
     grid = np.linspace(TAIL, 1.0 - TAIL, QUANTILES)
-    u = norm.cdf(z)
+    u = norm.cdf(tilt(z, present, comorbidities, LAB_TILTS))
     return {a: float(np.interp(u[j], grid, fitted["baseline_quantiles"][a])) for j, a in enumerate(present)}
 
 
 def vary(fitted: dict, analyte: str, value: float, rng: np.random.Generator) -> float:
-    """``value`` with the real within-stay spread of ``analyte`` (relative, pH absolute)."""
+    """``value`` with the real within-stay spread of ``analyte`` (relative, pH absolute), around it as
+    a median (the baseline is a stay's median)."""
     sd = float(fitted["within_stay_sd"].get(analyte, 0.0))
     if analyte in ABSOLUTE:
         return value + sd * float(rng.standard_normal())
-    return value * math.exp(sd * float(rng.standard_normal()) - sd * sd / 2.0)
+    return value * math.exp(sd * float(rng.standard_normal()))
 
 
 def draw_orders(

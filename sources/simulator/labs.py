@@ -213,7 +213,7 @@ def lab_messages(p: PatientSpec, start_time: float, duration_s: float, rng: np.r
     fitted = None
     if p.population == "icu":
         fitted = population.load()["labs"]
-        base.update(lab_orders.draw_baseline(fitted, rng))
+        base.update(lab_orders.draw_baseline(fitted, rng, p.comorbidities))
         schedule = lab_orders.draw_orders(fitted, p.severity, duration_s, rng)
     else:
         schedule = draws(p, duration_s, rng)

@@ -14,6 +14,7 @@ from typing import Literal
 
 import numpy as np
 
+from . import course
 from .population import Drift, draw_baseline, draw_drift
 
 Condition = Literal["sepsis", "hemorrhage", "respiratory_failure", "stable"]
@@ -75,6 +76,13 @@ class PatientSpec:
     drift: Drift | None = None
     """Slow wander of the vitals around the baseline (``icu`` population); None: none."""
     population: Population = "stylised"
+    treated_after_s: float | None = None
+    """``icu``: seconds from onset to treatment (``course``); None: never treated (stylised)."""
+    responds: bool = True
+    recovery_s: float = 0.0
+    comorbidities: tuple[str, ...] = ()
+    agitation: tuple[tuple[float, float, float], ...] = ()
+    """Episodes of pain or agitation: (start s, length s, size 0..1)."""
 
     @property
     def deteriorates(self) -> bool:
@@ -92,7 +100,8 @@ class PatientSpec:
         t = np.asarray(t_rel, dtype=float)
         if self.onset_s is None:
             return np.zeros_like(t)
-        return self.peak * (1.0 - np.exp(-3.0 * np.maximum(t - self.onset_s, 0.0) / self.ramp_s))
+        rising = self.peak * (1.0 - np.exp(-3.0 * np.maximum(t - self.onset_s, 0.0) / self.ramp_s))
+        return course.bend(self, t, rising) if self.treated_after_s is not None else rising
 
     def time_at_severity(self, level: float) -> float | None:
         """First time (seconds after start) severity reaches ``level``; None if it never does."""
@@ -100,7 +109,10 @@ class PatientSpec:
             return None
         if level <= 0:
             return self.onset_s
-        return self.onset_s - self.ramp_s / 3.0 * math.log(1.0 - level / self.peak)
+        t = self.onset_s - self.ramp_s / 3.0 * math.log(1.0 - level / self.peak)
+        if self.treated_after_s is not None and self.responds and t > self.onset_s + self.treated_after_s:
+            return None  # treated and recovering before it got there
+        return t
 
 
 def _baseline(rng: np.random.Generator) -> Baseline:
@@ -115,8 +127,8 @@ def _baseline(rng: np.random.Generator) -> Baseline:
     )
 
 
-def _icu_baseline(rng: np.random.Generator) -> Baseline:
-    b = draw_baseline(rng)
+def _icu_baseline(rng: np.random.Generator, comorbidities: tuple[str, ...]) -> Baseline:
+    b = draw_baseline(rng, comorbidities=comorbidities)
     dbp = min(b["dbp"], b["sbp"] - 15.0)
     return Baseline(hr=b["hr"], rr=b["rr"], spo2=b["spo2"], sbp=b["sbp"], dbp=dbp, temp=b["temp"])
 
@@ -132,12 +144,14 @@ def draw_patients(
 ) -> list[PatientSpec]:
     """Draw every patient deterministically from ``seed``.
 
-    ``population``: ``stylised`` (the hand-set baselines) or ``icu`` (baselines and drift fitted to
-    real stays, drawn from their own generator, so every other draw is the same in both).
+    ``population``: ``stylised`` (the hand-set baselines) or ``icu`` (baselines, drift, charting and
+    labs fitted to real stays, ``population``; conditions drawn, treatment, comorbidities and
+    confounders, ``course``; all from their own generator, so every other draw is the same in both).
 
     The first deteriorating patient (in a seeded order) is always a fast pneumonia sepsis, strong
     enough to cross NEWS2 >= 7 and qSOFA >= 2 well within 90 minutes of onset; the others cycle
-    through respiratory failure, sepsis and hemorrhage with drawn ramps and peaks.
+    through respiratory failure, sepsis and hemorrhage (``icu``: drawn at ``course.CONDITION_MIX``)
+    with drawn ramps and peaks.
     """
     if n_patients < 0:
         raise ValueError("n_patients must be >= 0")
@@ -172,11 +186,15 @@ def draw_patients(
             bed=f"{unit}-{i + 1:03d}",
             baseline=_baseline(rng),
         )
+        drawn_condition, treatment = None, {}
         if population == "icu":
             own = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(i, STREAM_POPULATION)))
-            common["baseline"] = _icu_baseline(own)
+            common |= course.draw_confounders(own, unit, duration_s)
+            common["baseline"] = _icu_baseline(own, common["comorbidities"])
             common["drift"] = draw_drift(own)
             common["population"] = "icu"
+            drawn_condition = course.draw_condition(own)
+            treatment = course.draw_course(own, drawn_condition)
         onset = float(np.round(rng.uniform(lo, hi), 1))
         r = rank.get(i)
         if r is None:
@@ -188,6 +206,7 @@ def draw_patients(
             patients.append(
                 PatientSpec(
                     **common,
+                    **({} if drawn_condition is None else course.draw_course(own, "sepsis")),
                     condition="sepsis",
                     onset_s=onset,
                     ramp_s=7200.0,
@@ -201,13 +220,14 @@ def draw_patients(
                 )
             )
             continue
-        condition = _FOLLOWER_CONDITIONS[(r - 1) % len(_FOLLOWER_CONDITIONS)]
+        condition = drawn_condition or _FOLLOWER_CONDITIONS[(r - 1) % len(_FOLLOWER_CONDITIONS)]
         source: SepsisSource | None = None
         if condition == "sepsis":
             source = ("pneumonia", "urinary", "abdominal")[int(rng.choice(3, p=[0.5, 0.3, 0.2]))]
         patients.append(
             PatientSpec(
                 **common,
+                **treatment,
                 condition=condition,
                 onset_s=onset,
                 ramp_s=float(np.round(rng.uniform(2.0, 6.0) * 3600.0, 0)),

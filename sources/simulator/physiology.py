@@ -7,17 +7,19 @@ the monitor's. Values are rounded the way monitors display them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.signal import lfilter
 
+from . import course
 from .patients import PatientSpec
 from .population import CHART_GROUPS, chart_mask
 
 O2_DELAY_S = 300.0
 """Nurses put the patient on oxygen this long after SpO2 would first fall below 92 %."""
 O2_BOOST = 4.0
+ICU_O2_FALL = 4.0
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,13 @@ class Effect:
 
 
 def effect(p: PatientSpec) -> Effect:
+    e = _condition_effect(p)
+    if "beta_blocker" in p.comorbidities:
+        return replace(e, hr=e.hr * 0.5)
+    return e
+
+
+def _condition_effect(p: PatientSpec) -> Effect:
     if p.condition == "sepsis":
         return Effect(
             hr=60.0,
@@ -57,7 +66,10 @@ def o2_on(p: PatientSpec, t_rel: np.ndarray | float) -> np.ndarray:
     t = np.asarray(t_rel, dtype=float)
     if e.spo2 >= 0:
         return np.zeros(t.shape, dtype=bool)
-    s_needed = (p.baseline.spo2 - 92.0) / -e.spo2
+    if p.population == "icu":  # baselines are charted values, O2 included: oxygen for a 4-point fall
+        s_needed = ICU_O2_FALL / -e.spo2
+    else:
+        s_needed = (p.baseline.spo2 - 92.0) / -e.spo2
     return p.severity(t - O2_DELAY_S) >= s_needed
 
 
@@ -102,13 +114,17 @@ class VitalsGenerator:
         s = p.severity(t_rel)
         o2 = o2_on(p, t_rel)
         s_bp = s**e.bp_exponent
-        hr_true = b.hr + e.hr * s + self._ar("hr", n) + self._drift("hr", t_rel)
-        rr_true = b.rr + e.rr * s + self._ar("rr", n) + self._drift("rr", t_rel)
-        sbp_ar = self._ar("sbp", n) + self._drift("sbp", t_rel)
+        c: dict = {"hr": 0.0, "rr": 0.0, "sbp": 0.0, "temp": 0.0}
+        if p.population == "icu":
+            c = course.confounding(p, t_rel)
+            s_bp = s_bp * np.where(course.on_pressors(p, t_rel), course.PRESSOR_BP_SHARE, 1.0)
+        hr_true = b.hr + e.hr * s + self._ar("hr", n) + self._drift("hr", t_rel) + c["hr"]
+        rr_true = b.rr + e.rr * s + self._ar("rr", n) + self._drift("rr", t_rel) + c["rr"]
+        sbp_ar = self._ar("sbp", n) + self._drift("sbp", t_rel) + c["sbp"]
         sbp = b.sbp * (1.0 + e.sbp_frac * s_bp) + sbp_ar
         dbp = b.dbp * (1.0 + e.dbp_frac * s_bp) + 0.5 * sbp_ar + self._ar("dbp", n) + self._drift("dbp", t_rel)
         spo2 = b.spo2 + e.spo2 * s + O2_BOOST * o2 + self._ar("spo2", n) + self._drift("spo2", t_rel)
-        temp = b.temp + e.temp * s + self._ar("temp", n) + self._drift("temp", t_rel)
+        temp = b.temp + e.temp * s + self._ar("temp", n) + self._drift("temp", t_rel) + c["temp"]
 
         w = {k: self.rng.standard_normal(n) * sd for k, (_, _, sd) in _NOISE.items()}
         sbp_m = np.clip(sbp + w["sbp"], 40, 250)

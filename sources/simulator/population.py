@@ -66,18 +66,21 @@ class Drift:
     sd: tuple[float, ...]
     omega: tuple[tuple[float, ...], ...]
     phase: tuple[tuple[float, ...], ...]
+    offset: tuple[float, ...] = ()
+    """A constant per vital (the measured MAP's own offset from (SBP + 2 DBP) / 3); empty: none."""
 
     def at(self, vital: str, t_rel: np.ndarray) -> np.ndarray:
         """The wander at ``t_rel`` seconds: exact on a ``DRIFT_GRID_S`` grid, linear in between (its
         fastest cycle is ``MIN_DRIFT_PERIOD_S``), which keeps a day at 1 Hz cheap."""
         i = DRIFTING.index(vital)
         t = np.asarray(t_rel, dtype=float)
+        offset = self.offset[i] if self.offset else 0.0
         if self.sd[i] == 0.0:
-            return np.zeros(t.shape)
+            return np.full(t.shape, offset)
         knots = np.arange(np.floor(t.min() / DRIFT_GRID_S), np.floor(t.max() / DRIFT_GRID_S) + 2) * DRIFT_GRID_S
         terms = np.cos(knots[:, None] * np.asarray(self.omega[i]) + np.asarray(self.phase[i]))
         values = self.sd[i] * math.sqrt(2.0 / DRIFT_TERMS) * terms.sum(axis=1)
-        return np.interp(t, knots, values)
+        return np.interp(t, knots, values) + offset
 
 
 CHART_GROUPS: dict[str, tuple[str, ...]] = {
@@ -89,29 +92,34 @@ CHART_GROUPS: dict[str, tuple[str, ...]] = {
 """Vitals charted (or not) together in an hour; heart rate stands for the monitor being on."""
 
 
-def chart_mask(seed: int, index: int, hours: int, population: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+def chart_mask(seed: int, index: int, hours: int) -> tuple[np.ndarray, np.ndarray]:
     """(monitor on [hours] bool, reported [hours, len(CHART_GROUPS)] bool) of one patient, hour by
     hour from admission: the monitor's on/off a two-state Markov chain with the fitted hour-to-hour
     transition probabilities (off = an hour with no vital sign: transport, procedures, gaps in
     charting); each group reported in an hour the monitor is on with the patient's own probability,
-    drawn from the beta distribution fitted to real stays' shares (a temperature is measured every
-    few hours, not streamed; some patients' respiration is rarely charted). Deterministic in
-    (seed, index)."""
-    return _chart_mask(seed, index, hours, json.dumps((population or load())["charting"], sort_keys=True))
+    drawn from the beta distribution fitted to real stays' shares (some patients' respiration is
+    rarely charted); temperatures at real stays' intervals (``_temperature_hours``). Deterministic
+    in (seed, index), and prefix-stable: a longer horizon extends the mask, never redraws it (each
+    part has its own generator, and hourly draws are made in hour order). Read-only arrays."""
+    return _chart_mask(seed, index, hours)
 
 
 @lru_cache(maxsize=4096)
-def _chart_mask(seed: int, index: int, hours: int, charting_json: str) -> tuple[np.ndarray, np.ndarray]:
-    fitted = json.loads(charting_json)
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, STREAM_CHARTING)))
-    p_group = np.array([rng.beta(*fitted["reported_share_beta"][g]) for g in CHART_GROUPS])
-    u = rng.random((hours, 1 + len(CHART_GROUPS)))
+def _chart_mask(seed: int, index: int, hours: int) -> tuple[np.ndarray, np.ndarray]:
+    fitted = load()["charting"]
+
+    def stream(part: int) -> np.random.Generator:
+        return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, STREAM_CHARTING, part)))
+
+    groups = stream(0)
+    p_group = np.array([groups.beta(*fitted["reported_share_beta"][g]) for g in CHART_GROUPS])
+    u = stream(1).random((hours, 1 + len(CHART_GROUPS)))
     on = np.ones(hours, bool)
     for h in range(1, hours):
         p_off = fitted["off_after_off"] if not on[h - 1] else fitted["off_after_on"]
         on[h] = u[h, 0] >= p_off
     reported = (u[:, 1:] < p_group) & on[:, None]
-    reported[:, list(CHART_GROUPS).index("temp")] = _temperature_hours(fitted["temp"], hours, rng) & on
+    reported[:, list(CHART_GROUPS).index("temp")] = _temperature_hours(fitted["temp"], hours, stream(2)) & on
     on.setflags(write=False)
     reported.setflags(write=False)
     return on, reported
@@ -119,16 +127,22 @@ def _chart_mask(seed: int, index: int, hours: int, charting_json: str) -> tuple[
 
 @lru_cache(maxsize=1)
 def load(path: str | Path = POPULATION_FILE) -> dict:
+    """The fitted population (cached: one shared dict, read it, do not change it)."""
     return json.loads(Path(path).read_text())
 
 
-def draw_baseline(rng: np.random.Generator, population: dict | None = None) -> dict[str, float]:
-    """One patient's baseline per vital (``VITALS``), drawn through the fitted Gaussian copula."""
+def draw_baseline(
+    rng: np.random.Generator, population: dict | None = None, comorbidities: tuple[str, ...] = ()
+) -> dict[str, float]:
+    """One patient's baseline per vital (``VITALS``), drawn through the fitted Gaussian copula (tilted
+    into a tail where a comorbidity says so, ``course.VITAL_TILTS``)."""
     from scipy.stats import norm
+
+    from .course import VITAL_TILTS, tilt
 
     pop = population or load()
     z = rng.multivariate_normal(np.zeros(len(VITALS)), np.asarray(pop["baseline"]["normal_score_correlation"]))
-    u = norm.cdf(z)
+    u = norm.cdf(tilt(z, VITALS, comorbidities, VITAL_TILTS))
     grid = np.linspace(TAIL, 1.0 - TAIL, QUANTILES)
     return {v: float(np.interp(u[i], grid, pop["baseline"]["quantiles"][v])) for i, v in enumerate(VITALS)}
 
@@ -139,16 +153,49 @@ def draw_drift(rng: np.random.Generator, population: dict | None = None) -> Drif
     pop = population or load()
     sds, omegas, phases = [], [], []
     cap = 2.0 * math.pi / MIN_DRIFT_PERIOD_S
+    offsets = []
+    sbp = pop["drift"]["sbp"]
+    sbp_within_var = max(sbp["residual_sd"] ** 2 - FAST_NOISE_SD["sbp"] ** 2, 0.0)
+    sbp_cov = sbp["autocorrelation_1h"] * sbp["residual_sd"] ** 2
     for v in DRIFTING:
         d = pop["drift"][v]
-        shared = (DBP_FROM_SBP * sds[DRIFTING.index("sbp")]) ** 2 if v == "dbp" else 0.0
-        sds.append(math.sqrt(max(d["residual_sd"] ** 2 - FAST_NOISE_SD[v] ** 2 - shared, 0.0)))
-        rho = min(max(d["autocorrelation_1h"], 0.05), 0.98)
+        carried = (DBP_FROM_SBP**2 * sbp_within_var, DBP_FROM_SBP**2 * sbp_cov) if v == "dbp" else (0.0, 0.0)
+        sd, rho = drift_process(d["residual_sd"], d["autocorrelation_1h"], v, carried)
+        sds.append(sd)
         tau_s = -3600.0 / math.log(rho)
         omega = np.minimum(np.abs(rng.standard_cauchy(DRIFT_TERMS)) / tau_s, cap)
         omegas.append(tuple(float(w) for w in omega))
         phases.append(tuple(float(p) for p in rng.uniform(0.0, 2.0 * math.pi, DRIFT_TERMS)))
-    return Drift(tuple(sds), tuple(omegas), tuple(phases))
+        offsets.append(float(rng.normal(0.0, d.get("between_stay_sd", 0.0))))
+    return Drift(tuple(sds), tuple(omegas), tuple(phases), tuple(offsets))
+
+
+def drift_process(
+    residual_sd: float, autocorrelation_1h: float, vital: str, carried: tuple[float, float] = (0.0, 0.0)
+) -> tuple[float, float]:
+    """(sd, 1-hour autocorrelation) of the drift process that reproduces a real chart's spread around
+    its stay median and its 1-hour autocorrelation, once the simulator's own noise is added:
+
+    * the noise (``FAST_NOISE_SD``) is uncorrelated an hour apart: it adds variance, no covariance;
+    * ``carried`` (variance, 1-hour covariance) is what the vital carries of another's drift (DBP:
+      half the SBP wander, ``physiology``), taken off both;
+    * a persistent process' spread around its own window median is smaller than its variance by the
+      window mean's share ``f`` (``window_share``, ``FIT_HOURS`` hourly values), so the process'
+      variance is the chart's divided by ``1 - f``."""
+    total = residual_sd**2
+    own_var = total - FAST_NOISE_SD[vital] ** 2 - carried[0]
+    if own_var <= 0:
+        return 0.0, 0.05
+    own_cov = autocorrelation_1h * total - carried[1]
+    rho = float(np.clip(own_cov / own_var, 0.05, 0.98))
+    return math.sqrt(own_var / (1.0 - window_share(rho, FIT_HOURS))), rho
+
+
+def window_share(rho: float, n: int) -> float:
+    """Share of an AR(1) process' variance (lag-1 correlation ``rho``) carried by the mean of ``n``
+    consecutive values: (1/n^2) sum_ij rho^|i-j|."""
+    lags = np.arange(1, n)
+    return float((n + 2.0 * np.sum((n - lags) * rho**lags)) / n**2)
 
 
 def _temperature_hours(fitted: dict, hours: int, rng: np.random.Generator) -> np.ndarray:
@@ -159,7 +206,8 @@ def _temperature_hours(fitted: dict, hours: int, rng: np.random.Generator) -> np
     h = int(rng.choice(len(fitted["first_hour"]), p=_norm(fitted["first_hour"])))
     gap = 0
     while h < hours:
-        out[h - 1] = h >= 1  # hour h since admission (1 = first) is index h - 1
+        if h >= 1:
+            out[h - 1] = True  # hour h since admission (1 = the first) is index h - 1
         if gap == 0 or rng.random() >= fitted["repeat"]:
             gap = int(rng.choice(len(fitted["interval"]), p=_norm(fitted["interval"])))
         h += max(gap, 1)
@@ -206,6 +254,7 @@ def fit(data_dir: str | Path, split: str = "train", limit: int | None = None, pr
         paths = tqdm(paths, desc="fit population", file=sys.stderr, mininterval=0.5)
     medians, residuals, pairs = [], {v: [] for v in DRIFTING}, {v: [] for v in DRIFTING}
     stays = []
+    map_offsets: list[float] = []
     transitions = np.zeros((2, 2))
     group_shares: dict[str, list[float]] = {g: [] for g in CHART_GROUPS}
     temp_first, temp_gaps, temp_repeats = np.zeros(FIT_HOURS + 1), np.zeros(FIT_HOURS + 1), []
@@ -242,6 +291,9 @@ def fit(data_dir: str | Path, split: str = "train", limit: int | None = None, pr
             temp_repeats += list(gaps[1:] == gaps[:-1])
         sbp, dbp, mean_bp = (stay.column(PSV_COLUMNS[v])[first] for v in ("sbp", "dbp", "map"))
         r = mean_bp - (sbp + 2.0 * dbp) / 3.0
+        if np.isfinite(r).sum() >= 4:
+            map_offsets.append(float(np.nanmedian(r)))
+            r = r - map_offsets[-1]
         residuals["map"].append(r[np.isfinite(r)])
         both = np.isfinite(r[:-1]) & np.isfinite(r[1:])
         pairs["map"].append(np.stack([r[:-1][both], r[1:][both]], axis=1))
@@ -257,6 +309,7 @@ def fit(data_dir: str | Path, split: str = "train", limit: int | None = None, pr
             "residual_sd": round(float(np.std(r)), 4),
             "autocorrelation_1h": round(float(np.corrcoef(p[:, 0], p[:, 1])[0, 1]), 4),
         }
+    drift["map"]["between_stay_sd"] = round(float(np.std(map_offsets)), 4)
     return {
         "fitted_on": f"PhysioNet/CinC 2019 training set B, split {split!r}: {len(m)} stays, first {FIT_HOURS} h",
         "refit": "icuwatch simulate --fit-population",

@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
 from icuwatch.sources.physionet import default_data_dir
-from icuwatch.sources.simulator import Simulation, lab_orders, population
+from icuwatch.sources.simulator import Simulation, course, lab_orders, population
 from icuwatch.sources.simulator.patients import draw_patients
 from icuwatch.sources.simulator.physiology import VitalsGenerator
 
@@ -17,22 +15,30 @@ T0 = 1_700_000_000.0
 ARGS = (60, 3, 36 * 3600.0, 0.5, (4 * 3600.0, 30 * 3600.0), "sim")
 
 
-def test_the_icu_population_changes_baselines_and_drift_and_nothing_else():
+def test_the_icu_population_keeps_who_deteriorates_and_when_and_draws_the_rest():
     stylised, icu = draw_patients(*ARGS), draw_patients(*ARGS, population="icu")
-    assert all(p.drift is None for p in stylised) and all(p.drift is not None for p in icu)
+    assert all(p.drift is None and not p.comorbidities for p in stylised) and all(p.drift is not None for p in icu)
     for a, b in zip(stylised, icu):
-        assert (a.condition, a.onset_s, a.peak, a.ramp_s, a.age, a.unit) == (
-            b.condition,
-            b.onset_s,
-            b.peak,
-            b.ramp_s,
-            b.age,
-            b.unit,
-        )
-    assert [p.baseline for p in icu] == [p.baseline for p in draw_patients(*ARGS, population="icu")]  # seeded
+        assert (a.deteriorates, a.onset_s, a.age, a.unit) == (b.deteriorates, b.onset_s, b.age, b.unit)
+    assert icu == draw_patients(*ARGS, population="icu")  # seeded
     assert np.std([p.baseline.hr for p in icu]) > 1.3 * np.std([p.baseline.hr for p in stylised])
     with pytest.raises(ValueError, match="population"):
         draw_patients(*ARGS, population="ward")
+
+
+def test_conditions_are_drawn_at_the_units_mix_and_treatment_bends_the_course():
+    patients = [p for p in draw_patients(600, 8, *ARGS[2:], population="icu") if p.deteriorates]
+    for condition, share in course.CONDITION_MIX.items():
+        assert abs(np.mean([p.condition == condition for p in patients]) - share) < 0.08, condition
+    responders = [p for p in patients if p.responds]
+    assert 0.6 < len(responders) / len(patients) < 0.95
+    for p in patients[:40]:
+        treated = p.onset_s + p.treated_after_s
+        before, later = float(p.severity(treated)), float(p.severity(treated + 12 * 3600))
+        assert (later < before) if p.responds else (later >= before)
+    assert any(course.on_pressors(p, p.onset_s + 30 * 3600) for p in patients if not p.responds)
+    stable = [p for p in draw_patients(300, 8, *ARGS[2:], population="icu") if not p.deteriorates]
+    assert any("post_op" in p.comorbidities for p in stable) and np.mean([len(p.agitation) > 0 for p in stable]) > 0.5
 
 
 def test_baselines_follow_the_fitted_quantiles_and_correlation():
@@ -50,14 +56,26 @@ def test_baselines_follow_the_fitted_quantiles_and_correlation():
     assert fitted > 0.3 and abs(np.corrcoef(sbp, dbp)[0, 1] - fitted) < 0.1
 
 
-def test_drift_has_the_fitted_spread_and_hour_to_hour_memory():
+def test_drift_plus_the_simulators_noise_charts_like_real_stays():
+    """Hourly charts of 24 h (drift + the fast noise), around each patient's own median: the fitted
+    spread and 1-hour autocorrelation come back (what ``drift_process`` solves for)."""
     pop = population.load()
-    t = np.arange(0, 400 * 3600.0, 3600.0)
-    hourly = np.stack([population.draw_drift(np.random.default_rng(s)).at("hr", t) for s in range(40)])
-    want_sd = math.sqrt(pop["drift"]["hr"]["residual_sd"] ** 2 - population.FAST_NOISE_SD["hr"] ** 2)
-    assert 0.75 * want_sd < hourly.std() < 1.25 * want_sd
-    lag1 = np.mean([np.corrcoef(h[:-1], h[1:])[0, 1] for h in hourly])
-    assert abs(lag1 - pop["drift"]["hr"]["autocorrelation_1h"]) < 0.15
+    t = np.arange(24) * 3600.0
+    rng = np.random.default_rng(5)
+    for vital in ("hr", "sbp", "temp"):
+        charts = np.stack(
+            [
+                population.draw_drift(np.random.default_rng(s)).at(vital, t)
+                + rng.normal(0, population.FAST_NOISE_SD[vital], len(t))
+                for s in range(400)
+            ]
+        )
+        residual = charts - np.median(charts, axis=1, keepdims=True)
+        fitted = pop["drift"][vital]
+        assert abs(residual.std() / fitted["residual_sd"] - 1) < 0.2, vital
+        lag1 = np.corrcoef(residual[:, :-1].ravel(), residual[:, 1:].ravel())[0, 1]
+        assert abs(lag1 - fitted["autocorrelation_1h"]) < 0.12, vital
+    d = population.draw_drift(np.random.default_rng(1))
     # a function of time: any block layout gives the same values
     d = population.draw_drift(np.random.default_rng(1))
     whole = d.at("sbp", np.arange(0.0, 600.0))
@@ -136,8 +154,14 @@ def test_icu_labs_come_in_real_panels_at_real_rates_and_none_in_the_first_hour()
 
 
 @pytest.mark.skipif(not default_data_dir().is_dir(), reason="no PhysioNet stays")
-def test_fit_reads_real_stays_of_the_train_split_only():
+def test_fit_reads_real_stays_of_the_train_split_only(monkeypatch):
+    from icuwatch.sources import physionet
+
+    read = []
+    real_read = physionet.read_psv
+    monkeypatch.setattr(physionet, "read_psv", lambda path: read.append(path) or real_read(path))
     fitted = population.fit(default_data_dir(), limit=150, progress=False)
+    assert len(read) == 150 and {physionet.split_of(p.stem) for p in read} == {"train"}
     assert "split 'train': 150 stays" in fitted["fitted_on"]
     assert set(fitted["drift"]) == set(population.DRIFTING)
     for v in population.VITALS:
