@@ -151,7 +151,13 @@ def describe(summary: dict) -> str:
 
 
 def run_demo(
-    settings: Settings, minutes: float, patients: int, speed: float, seed: int, keep_stack: bool = True
+    settings: Settings,
+    minutes: float,
+    patients: int,
+    speed: float,
+    seed: int,
+    keep_stack: bool = True,
+    population: str = "stylised",
 ) -> dict:
     from icuwatch.deploy import stack
     from icuwatch.deploy.worker_process import start_worker, stop_worker
@@ -176,6 +182,7 @@ def run_demo(
             start_time=time.time(),
             duration_s=minutes * 60.0 * max(speed, 1.0),
             patient_prefix=prefix,
+            population=population,  # type: ignore[arg-type]
         )
         truth_path = settings.state_dir / f"{prefix}truth.json"
         write_ground_truth(sim, truth_path)
@@ -219,6 +226,7 @@ def run_demo(
     return {
         "run": prefix.rstrip("-"),
         "data": "simulated patients (icuwatch simulator), not real data",
+        "population": sim.population,
         "produced": {**produced, "malformed": 2 * len(MALFORMED)},
         "processed": stats.get("processed", 0),
         "processed_by_topic": stats.get("processed_by_topic", {}),

@@ -19,6 +19,7 @@ def _demo(args: argparse.Namespace) -> int:
         speed=args.speed,
         seed=args.seed,
         keep_stack=not args.stop_stack,
+        population=args.population,
     )
     print(describe(summary), file=sys.stderr)
     print(json.dumps(summary) if args.json else json.dumps(summary, indent=2))
@@ -31,6 +32,13 @@ def register(subparsers) -> None:
     p.add_argument("--patients", type=int, default=8)
     p.add_argument("--speed", type=float, default=60.0)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--population",
+        default="stylised",
+        choices=["stylised", "icu"],
+        help="who is simulated: icu = baselines, charting, labs and courses fitted to real stays (false alarms "
+        "from stable patients with real baselines are counted in the summary)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     p.add_argument("--stop-stack", action="store_true", help="stop broker and tritonserver at the end")
     p.set_defaults(func=_demo)

@@ -75,9 +75,32 @@ def _evaluate_cv(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_ablation(args: argparse.Namespace) -> int:
+    from icuwatch.core.errors import OperatorError
+    from icuwatch.core.settings import get_settings
+    from icuwatch.fusion import cohorts
+    from icuwatch.fusion.evaluation.ablation import ablate, markdown
+
+    if args.cohort not in ("sim", "sim_icu"):
+        raise OperatorError(f"evaluate ablation: --cohort must be sim or sim_icu (every modality), not {args.cohort!r}")
+    if args.folds < 2:
+        raise OperatorError("evaluate ablation: --folds must be at least 2")
+    cohort = cohorts.load(args.cohort, limit=args.patients, progress=not args.quiet)
+    summary = ablate(cohort, folds=args.folds, seed=args.seed, progress=not args.quiet)
+    out = Path(args.out) if args.out else get_settings().state_dir / "reports" / f"ablation-{args.cohort}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablation.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "ablation.md").write_text(markdown(summary) + "\n")
+    summary["report"] = str(out / "ablation.md")
+    print(json.dumps(summary) if args.json else markdown(summary))
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     if args.pred_dir == "fusion" and args.label_dir is None:
         return _evaluate_fusion(args)
+    if args.pred_dir == "ablation" and args.label_dir is None:
+        return _evaluate_ablation(args)
     if args.pred_dir == "cv" and args.label_dir is None:
         return _evaluate_cv(args)
     if args.label_dir is None:
@@ -124,7 +147,8 @@ def register(subparsers) -> None:
         help="pNNNNNN.psv files: PredictedProbability|PredictedLabel; "
         "or `fusion`: compare every trained fusion model and the baselines on the cohorts' test splits "
         "with 0/30/50 %% of modalities missing; "
-        "or `cv`: patient-level K-fold cross-validation of --model over the PhysioNet stays",
+        "or `cv`: patient-level K-fold cross-validation of --model over the PhysioNet stays; "
+        "or `ablation`: modalities added one at a time on a simulated --cohort (LightGBM, K folds by patient)",
     )
     p.add_argument(
         "label_dir",
@@ -134,13 +158,19 @@ def register(subparsers) -> None:
         help="the challenge's pNNNNNN.psv stays (SepsisLabel)",
     )
     p.add_argument("--cohorts", default="physionet,sim", help="evaluate fusion: cohorts to compare on")
+    p.add_argument("--cohort", default="sim_icu", help="evaluate ablation: sim_icu (default) or sim")
     p.add_argument(
         "--out", default=None, help="output folder (default: reports/evaluate-<timestamp>; cv: var/reports/cv-<model>)"
     )
     p.add_argument("--model", default="lightgbm", help="evaluate cv: lightgbm or gbt")
-    p.add_argument("--folds", type=int, default=5, help="evaluate cv: number of folds")
+    p.add_argument("--folds", type=int, default=5, help="evaluate cv, ablation: number of folds")
     p.add_argument("--seed", type=int, default=0, help="evaluate cv: seed of folds, inner splits and models")
-    p.add_argument("--patients", type=int, default=None, help="evaluate cv: a seeded random N stays only")
+    p.add_argument(
+        "--patients",
+        type=int,
+        default=None,
+        help="evaluate cv: a seeded random N stays only; ablation: a cohort of N simulated patients (default 1000)",
+    )
     p.add_argument("--data", default=None, help="evaluate cv: folder of pNNNNNN.psv stays (default: the shared set B)")
     p.add_argument(
         "--weights",

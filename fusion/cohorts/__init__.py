@@ -1,11 +1,12 @@
-"""Cohort builders: ``physionet`` (real PhysioNet 2019 stays: vitals, labs) and ``sim`` (the
-simulator's multimodal patients: vitals, waveform features, labs, chest X-rays, reports)."""
+"""Cohort builders: ``physionet`` (real PhysioNet 2019 stays: vitals, labs), ``sim`` (the
+simulator's multimodal patients: vitals, waveform features, labs, chest X-rays, reports), ``sim_icu``
+(the same from the ``icu`` population: fitted to real stays, a real unit's prevalence) and ``live``."""
 
 from __future__ import annotations
 
 from icuwatch.fusion.cohorts.base import Cohort
 
-COHORTS = ("physionet", "sim", "live")
+COHORTS = ("physionet", "sim", "sim_icu", "live")
 
 
 def load(name: str, limit: int | None = None, progress: bool = True) -> Cohort:
@@ -18,6 +19,10 @@ def load(name: str, limit: int | None = None, progress: bool = True) -> Cohort:
         from icuwatch.fusion.cohorts import sim
 
         return sim.load_or_build(n_patients=limit or 1000, progress=progress)
+    if name == "sim_icu":
+        from icuwatch.fusion.cohorts import sim
+
+        return sim.load_or_build(n_patients=limit or 1000, progress=progress, population="icu")
     if name == "live":
         from icuwatch.fusion.cohorts import live
 

@@ -69,6 +69,7 @@ from icuwatch.fusion.cohorts.base import (
     step_windows,
 )
 from icuwatch.sources.physionet import split_of
+from icuwatch.sources.simulator import course
 from icuwatch.sources.simulator import cxr as cxr_images
 from icuwatch.sources.simulator import labs as sim_labs
 from icuwatch.sources.simulator import waveforms as sim_waves
@@ -84,6 +85,9 @@ from icuwatch.sources.simulator.physiology import VitalsGenerator
 from icuwatch.sources.simulator.simulation import BLOCK_S, Study, cxr_schedule
 
 COHORT_VERSION = "sim-cohort-v1"
+POPULATION_VERSION = "v1"
+"""Bump when the ``icu`` population's simulated world changes (``sources/simulator``: population,
+course, lab_orders); the stylised cohort is keyed by ``COHORT_VERSION`` alone."""
 NAME = "sim"
 SOURCE = "icuwatch bedside simulator (sources/simulator)"
 MODALITIES = ("vitals", "waveforms", "labs", "cxr", "report")
@@ -113,7 +117,10 @@ LABS_LAYOUT = tuple(n for c in LABS for n in (f"{c}_z", f"{c}_measured_ever", f"
 ONSET_WINDOW_H = (4.0, 30.0)
 """Onsets are uniform in this window (hours after admission); fixed, so shorter cohorts are prefixes."""
 MIN_HORIZON_H = 36
-DETERIORATING_FRACTION = 0.5
+DETERIORATING_FRACTION = {"stylised": 0.5, "icu": 0.15}
+"""Share of patients who deteriorate. ``icu``: a real unit's order (PhysioNet 2019 set B: about 6 % of
+stays septic; with ``course.CONDITION_MIX`` 45 % of 15 % are septic = 6.75 %, plus respiratory
+failure and haemorrhage, which set B does not label)."""
 NO_WAVEFORM_FRACTION = 0.15
 NO_REPORT_FRACTION = 0.30
 LABEL_LEAD_H = 6.0
@@ -237,6 +244,8 @@ def waveform_features(p: PatientSpec, v: dict[str, np.ndarray], hours: int, rng:
     t_ppg = (ends[:, None] - _SNIPPET_PPG_S + np.arange(_SNIPPET_PPG_S * fs_p) / fs_p).ravel()
     shock = p.condition in ("sepsis", "hemorrhage")
     perfusion = 1.0 - 0.5 * s[t_ppg.astype(np.int64)] * shock
+    if p.population == "icu":  # probe gain and vasomotion (sources.simulator.course)
+        perfusion = perfusion * course.amplitude_factors(p, t_ppg)["ppg"]
     ppg = perfusion * sim_waves._beat_sum(t_ppg, beats + gen.pat, beat_rr, sim_waves._PPG_WAVES)
     # Sample noise drawn hour by hour (ppg then resp), so a shorter cohort draws a prefix of it.
     n_ppg, n_resp = _SNIPPET_PPG_S * fs_p, _SNIPPET_RESP_S * fs_r
@@ -245,6 +254,8 @@ def waveform_features(p: PatientSpec, v: dict[str, np.ndarray], hours: int, rng:
 
     t_resp = (ends[:, None] - _SNIPPET_RESP_S + np.arange(_SNIPPET_RESP_S * fs_r) / fs_r).ravel()
     depth = 1.0 - 0.45 * s[t_resp.astype(np.int64)] * (p.condition == "respiratory_failure")
+    if p.population == "icu":
+        depth = depth * course.amplitude_factors(p, t_resp)["resp"]
     ph = phase_at(t_resp)
     resp = depth * (np.sin(ph) + 0.15 * np.sin(2 * ph + 0.7)) + 0.02 * noise[:, n_ppg:].ravel()
 
@@ -255,8 +266,10 @@ def waveform_features(p: PatientSpec, v: dict[str, np.ndarray], hours: int, rng:
 
 @dataclass
 class _Patient:
-    vitals: np.ndarray  # [hours, 7] hourly means
+    vitals: np.ndarray  # [hours, 7] hourly means of what the monitor showed (0 where nothing)
+    vitals_measured: np.ndarray  # [hours, 7] bool: the monitor showed the vital in that hour
     waves: np.ndarray | None  # [hours, C] or None (not monitored)
+    waves_measured: np.ndarray  # [hours] bool: the monitor was on (waveforms stream) in that hour
     labs: np.ndarray  # [L, 4]: collection h, result h, analyte index, value
     studies: list[Study]  # arrival <= hours
     images: list[np.ndarray]
@@ -270,7 +283,10 @@ def simulate_patient(p: PatientSpec, hours: int, horizon_h: int) -> _Patient:
     n_sec, horizon_s = hours * H, horizon_h * H
 
     v = stream_vitals(p, n_sec, horizon_s)
-    vitals = np.stack([v[c].astype(float).reshape(hours, H).mean(axis=1) for c in VITALS], axis=1)
+    vitals, vitals_measured = np.stack([_hourly(v[c], hours) for c in VITALS], axis=2)
+    vitals_measured = vitals_measured.astype(bool)
+    on = v.get("monitor_on")
+    waves_measured = np.ones(hours, bool) if on is None else np.asarray(on).reshape(hours, H).any(axis=1)
     waves = None
     if monitored:
         noise = np.random.default_rng(np.random.SeedSequence(p.seed, spawn_key=(p.index, _STREAM_COHORT + 1)))
@@ -297,7 +313,7 @@ def simulate_patient(p: PatientSpec, hours: int, horizon_h: int) -> _Patient:
         images.append(img)
         reports.append(cxr_images.report(st.severity, st.pattern, p.lobe, st.prior_severity))
         has_report.append(written)
-    return _Patient(vitals, waves, labs_arr, studies, images, reports, has_report)
+    return _Patient(vitals, vitals_measured, waves, waves_measured, labs_arr, studies, images, reports, has_report)
 
 
 # --- rows ------------------------------------------------------------------------------------------
@@ -313,13 +329,40 @@ def _fit(x: np.ndarray) -> dict:
     return {"mean": [float(m) for m in mean], "std": [float(s) for s in std], "count": int(len(x))}
 
 
+def _hourly(per_second: np.ndarray, hours: int) -> np.ndarray:
+    """[2, hours]: the mean of each hour's readings (NaN = none; 0 where the hour has none) and
+    whether it has any."""
+    x = np.asarray(per_second, float).reshape(hours, H)
+    seen = np.isfinite(x)
+    if seen.all():
+        return np.stack([x.mean(axis=1), np.ones(hours)])
+    count = seen.sum(axis=1)
+    return np.stack([np.where(seen, x, 0.0).sum(axis=1) / np.maximum(count, 1), count > 0])
+
+
+def _fit_measured(parts: list[tuple[np.ndarray, np.ndarray]], width: int) -> dict:
+    """:func:`_fit` per column over the measured values only (all of them for the stylised population)."""
+    if all(m.all() for _, m in parts):
+        return _fit(np.concatenate([x for x, _ in parts] or [np.zeros((0, width))]))
+    out: dict = {"mean": [], "std": [], "count": 0}
+    for c in range(width):
+        col = np.concatenate([x[m[:, c], c] for x, m in parts] or [np.zeros(0)])
+        f = _fit(col[:, None])
+        out["mean"] += f["mean"]
+        out["std"] += f["std"]
+        out["count"] = max(out["count"], f["count"])
+    return out
+
+
 def _z(x: np.ndarray, norm: dict) -> np.ndarray:
     return zscore(x, norm, Z_CLIP)
 
 
-def _windows(values_z: np.ndarray) -> np.ndarray:
-    """[hours, C] z-scored hourly values -> [hours, T, 2C] (values, flags), steps before admission zero."""
-    return step_windows(np.concatenate([values_z, np.ones_like(values_z)], axis=1), T)
+def _windows(values_z: np.ndarray, measured: np.ndarray) -> np.ndarray:
+    """[hours, C] z-scored hourly values and [hours, C] (or [hours]) measured flags -> [hours, T, 2C]
+    (values, flags; a value not measured is 0), steps before admission zero."""
+    flags = np.broadcast_to(np.asarray(measured, bool).reshape(len(values_z), -1), values_z.shape)
+    return step_windows(np.concatenate([np.where(flags, values_z, 0.0), flags], axis=1), T)
 
 
 def _lab_rows(labs: np.ndarray, hours: int, norm: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -340,9 +383,13 @@ def _lab_rows(labs: np.ndarray, hours: int, norm: dict) -> tuple[np.ndarray, np.
     return out, coll.max(axis=1)
 
 
-def build(n_patients: int = 1000, hours: int = 36, seed: int = 0, progress: bool = True) -> Cohort:
+def build(
+    n_patients: int = 1000, hours: int = 36, seed: int = 0, progress: bool = True, population: str = "stylised"
+) -> Cohort:
     """The cohort of ``n_patients`` simulated patients, rows at hours ``1 .. hours``. Deterministic in
-    ``seed``; a cohort with fewer hours (<= 36) is a prefix of a longer one (same raw values)."""
+    ``seed``; a cohort with fewer hours (<= 36) is a prefix of a longer one (same raw values).
+    ``population`` (``sources.simulator.patients.POPULATIONS``): ``icu`` draws patients fitted to real
+    stays at a real unit's share of deteriorating ones (``DETERIORATING_FRACTION[population]``)."""
     if n_patients < 1 or hours < 1:
         raise ValueError("n_patients and hours must be >= 1")
     started = time.perf_counter()
@@ -351,9 +398,10 @@ def build(n_patients: int = 1000, hours: int = 36, seed: int = 0, progress: bool
         n_patients,
         seed,
         float(horizon_h * H),
-        DETERIORATING_FRACTION,
+        DETERIORATING_FRACTION[population],
         (ONSET_WINDOW_H[0] * H, ONSET_WINDOW_H[1] * H),
         PATIENT_PREFIX,
+        population,  # type: ignore[arg-type]
     )
     sims = [
         simulate_patient(p, hours, horizon_h)
@@ -367,12 +415,13 @@ def build(n_patients: int = 1000, hours: int = 36, seed: int = 0, progress: bool
         "computed_on": "train",
         "n_train_patients": len(train),
         "z_clip": Z_CLIP,
-        "vitals": {"channels": list(VITALS), **_fit(np.concatenate([s.vitals for s in train] or [np.zeros((0, 7))]))},
+        "vitals": {"channels": list(VITALS), **_fit_measured([(s.vitals, s.vitals_measured) for s in train], 7)},
         "waveforms": {
             "channels": list(WAVEFORM_CHANNELS),
             **_fit(
                 np.concatenate(
-                    [s.waves for s in train if s.waves is not None] or [np.zeros((0, len(WAVEFORM_CHANNELS)))]
+                    [s.waves[s.waves_measured] for s in train if s.waves is not None]
+                    or [np.zeros((0, len(WAVEFORM_CHANNELS)))]
                 )
             ),
         },
@@ -403,11 +452,11 @@ def build(n_patients: int = 1000, hours: int = 36, seed: int = 0, progress: bool
     images, report_texts, studies_meta, patients_meta = [], [], [], []
     for i, (p, sim) in enumerate(zip(patients, sims)):
         rows = slice(i * hours, (i + 1) * hours)
-        inputs["vitals"][rows] = _windows(_z(sim.vitals, norm["vitals"]))
-        present[rows, 0] = True
+        inputs["vitals"][rows] = _windows(_z(sim.vitals, norm["vitals"]), sim.vitals_measured)
+        present[rows, 0] = inputs["vitals"][rows][:, :, len(VITALS) :].any(axis=(1, 2))
         if sim.waves is not None:
-            inputs["waveforms"][rows] = _windows(_z(sim.waves, norm["waveforms"]))
-            present[rows, 1] = True
+            inputs["waveforms"][rows] = _windows(_z(sim.waves, norm["waveforms"]), sim.waves_measured)
+            present[rows, 1] = inputs["waveforms"][rows][:, :, len(WAVEFORM_CHANNELS) :].any(axis=(1, 2))
         lab_x, newest = _lab_rows(sim.labs, hours, norm["labs"])
         inputs["labs"][rows] = lab_x
         present[rows, 2] = np.isfinite(newest)
@@ -484,14 +533,16 @@ def build(n_patients: int = 1000, hours: int = 36, seed: int = 0, progress: bool
         }
     meta = {
         "version": COHORT_VERSION,
-        "source": SOURCE,
+        "source": SOURCE if population == "stylised" else f"{SOURCE}, population {population!r}",
         "n_patients": n_patients,
         "hours": hours,
         "seed": seed,
         "horizon_h": horizon_h,
         "T": T,
         "onset_window_h": list(ONSET_WINDOW_H),
-        "deteriorating_fraction": DETERIORATING_FRACTION,
+        "deteriorating_fraction": DETERIORATING_FRACTION[population],
+        "population": population,
+        "population_version": "" if population == "stylised" else POPULATION_VERSION,
         "no_waveform_fraction": NO_WAVEFORM_FRACTION,
         "no_report_fraction": NO_REPORT_FRACTION,
         "label_rule": f"y = 1 from onset - {LABEL_LEAD_H:g} h on for deteriorating patients (PhysioNet 2019 rule)",
@@ -531,18 +582,34 @@ def build(n_patients: int = 1000, hours: int = 36, seed: int = 0, progress: bool
     )
 
 
-def cache_path(n_patients: int = 1000, hours: int = 36, seed: int = 0, cache_dir: str | Path | None = None) -> Path:
+def cache_path(
+    n_patients: int = 1000,
+    hours: int = 36,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    population: str = "stylised",
+) -> Path:
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return cache_dir / f"{COHORT_VERSION}-n{n_patients}-h{hours}-s{seed}.npz"
+    tag = "" if population == "stylised" else f"-{population}-{POPULATION_VERSION}"
+    return cache_dir / f"{COHORT_VERSION}{tag}-n{n_patients}-h{hours}-s{seed}.npz"
 
 
 def load_or_build(
-    n_patients: int = 1000, hours: int = 36, seed: int = 0, cache_dir: str | Path | None = None, progress: bool = True
+    n_patients: int = 1000,
+    hours: int = 36,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    population: str = "stylised",
 ) -> Cohort:
     """The cached cohort (``var/cache/sim-cohort-v1-n{n}-h{h}-s{seed}.npz``), built and saved when the
     cache is missing, unreadable or of another ``COHORT_VERSION``."""
     return load_or_build_cached(
-        cache_path(n_patients, hours, seed, cache_dir),
-        lambda: build(n_patients, hours, seed, progress=progress),
-        lambda c: c.meta.get("version") == COHORT_VERSION,
+        cache_path(n_patients, hours, seed, cache_dir, population),
+        lambda: build(n_patients, hours, seed, progress=progress, population=population),
+        lambda c: (
+            c.meta.get("version") == COHORT_VERSION
+            and c.meta.get("population", "stylised") == population
+            and c.meta.get("population_version", "") == ("" if population == "stylised" else POPULATION_VERSION)
+        ),
     )

@@ -115,7 +115,7 @@ def simulated_charts(
         n_patients,
         seed,
         float(horizon_h * H),
-        sim_cohort.DETERIORATING_FRACTION,
+        sim_cohort.DETERIORATING_FRACTION[population],
         (sim_cohort.ONSET_WINDOW_H[0] * H, sim_cohort.ONSET_WINDOW_H[1] * H),
         sim_cohort.PATIENT_PREFIX,
         population,  # type: ignore[arg-type]

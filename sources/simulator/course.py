@@ -14,6 +14,11 @@ The stylised population cycles through conditions and lets severity only rise. H
   at baseline: the baseline draw is tilted into the low or high quantiles, so the population's
   distributions stay the fitted ones), chronic kidney disease (high creatinine and BUN), beta
   blockade (half the heart-rate response);
+* **signal amplitude**: a PPG's pulse amplitude and a respiration trace's depth depend on the probe
+  site, the belt or electrode placement and vasomotor tone as much as on the patient's state, so
+  each patient gets a gain (lognormal, ``AMPLITUDE_GAIN_SD``) and a slow wander of it
+  (``AMPLITUDE_WANDER_SD``, ``AMPLITUDE_WANDER_TAU_S``), applied to the streamed samples and to the
+  cohort's waveform features alike (``amplitude_factors``);
 * **confounders**: post-operative SIRS in surgical patients (fever and tachycardia fading over
   ``POST_OP_FADE_H``), and episodes of pain or agitation (heart rate, respiration and blood pressure
   up for 20-60 minutes, ``AGITATION_PER_DAY``), in stable and deteriorating patients alike.
@@ -39,6 +44,11 @@ POST_OP_SHARE_OF_SICU = 0.6
 POST_OP_FADE_H = 12.0
 AGITATION_PER_DAY = 2.0
 AGITATION_MIN_S = (1200.0, 3600.0)
+AMPLITUDE_GAIN_SD = {"ppg": 0.4, "resp": 0.35}
+AMPLITUDE_WANDER_SD = {"ppg": 0.3, "resp": 0.25}
+AMPLITUDE_WANDER_TAU_S = 1800.0
+STREAM_AMPLITUDE = 8
+"""Spawn-key stream of the amplitude factors (``patients`` uses 0..5, ``population`` 7)."""
 VITAL_TILTS = {"copd": {"spo2": -1}}
 LAB_TILTS = {"copd": {"paco2": 1, "bicarbonate": 1}, "ckd": {"creatinine": 1, "bun": 1}}
 """Comorbidity -> {quantity: +1 (drawn from its upper tail) or -1 (lower)} of the baseline draw."""
@@ -122,3 +132,22 @@ def confounding(p, t: np.ndarray) -> dict[str, np.ndarray | float]:
             rr += 6.0 * bump
             sbp += 16.0 * bump
     return {"hr": hr, "rr": rr, "sbp": sbp, "temp": temp}
+
+
+def amplitude_factors(p, t: np.ndarray) -> dict[str, np.ndarray]:
+    """Multiplicative factors on the PPG pulse amplitude and the respiration depth at ``t`` (``icu``
+    population; 1 otherwise): a per-patient gain times exp of a slow Ornstein-Uhlenbeck-like wander
+    (``population.Drift``'s spectral form), deterministic in the patient and time."""
+    t = np.asarray(t, dtype=float)
+    if p.population != "icu":
+        return {"ppg": np.ones(t.shape), "resp": np.ones(t.shape)}
+    out = {}
+    for k, name in enumerate(("ppg", "resp")):
+        rng = np.random.default_rng(np.random.SeedSequence(p.seed, spawn_key=(p.index, STREAM_AMPLITUDE, k)))
+        gain = float(np.exp(rng.normal(0.0, AMPLITUDE_GAIN_SD[name])))
+        omega = np.minimum(np.abs(rng.standard_cauchy(16)) / AMPLITUDE_WANDER_TAU_S, 2 * np.pi / 60.0)
+        phase = rng.uniform(0.0, 2 * np.pi, 16)
+        grid = np.arange(np.floor(t.min() / 10.0), np.floor(t.max() / 10.0) + 2) * 10.0
+        wander = AMPLITUDE_WANDER_SD[name] * np.sqrt(2.0 / 16) * np.cos(grid[:, None] * omega + phase).sum(axis=1)
+        out[name] = gain * np.exp(np.interp(t, grid, wander))
+    return out

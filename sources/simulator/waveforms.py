@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import course
 from .patients import PatientSpec
 
 FS = {"ecg": 250, "ppg": 125, "resp": 25}
@@ -90,7 +91,10 @@ class WaveformGenerator:
         dphase = 2 * np.pi * np.repeat(rr, fs_r) / 60.0 / fs_r
         phase = self.resp_phase + np.cumsum(dphase) - dphase
         self.resp_phase = float((phase[-1] + dphase[-1]) % (2 * np.pi))
+        amplitude = course.amplitude_factors(self.p, np.arange(k0, k1, dtype=float))
         depth = 1.0 - 0.45 * np.repeat(s, fs_r) * (self.p.condition == "respiratory_failure")
+        if self.p.population == "icu":
+            depth = depth * np.repeat(amplitude["resp"], fs_r)
         resp = depth * (np.sin(phase) + 0.15 * np.sin(2 * phase + 0.7))
         resp += self.rng.normal(0.0, 0.02, resp.shape)
 
@@ -103,6 +107,8 @@ class WaveformGenerator:
         t_ppg = k0 + np.arange(n * fs_p) / fs_p
         shock = self.p.condition in ("sepsis", "hemorrhage")
         perfusion = 1.0 - 0.5 * np.repeat(s, fs_p) * shock
+        if self.p.population == "icu":
+            perfusion = perfusion * np.repeat(amplitude["ppg"], fs_p)
         ppg = perfusion * _beat_sum(t_ppg, beats + self.pat, beat_rr, _PPG_WAVES)
         ppg += 0.04 * np.sin(np.interp(t_ppg, t_resp, phase)) + self.rng.normal(0.0, 0.01, ppg.shape)
 

@@ -164,7 +164,7 @@ def test_labels_follow_the_onset_rule(cohort):
         N,
         SEED,
         36 * 3600.0,
-        sim.DETERIORATING_FRACTION,
+        sim.DETERIORATING_FRACTION["stylised"],
         (sim.ONSET_WINDOW_H[0] * 3600, sim.ONSET_WINDOW_H[1] * 3600),
         "sim",
     )
