@@ -157,7 +157,7 @@ def run_demo(
     speed: float,
     seed: int,
     keep_stack: bool = True,
-    population: str = "stylised",
+    population: str = "icu",
 ) -> dict:
     from icuwatch.deploy import stack
     from icuwatch.deploy.worker_process import start_worker, stop_worker

@@ -34,10 +34,10 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument(
         "--population",
-        default="stylised",
+        default="icu",
         choices=["stylised", "icu"],
-        help="who is simulated: icu = baselines, charting, labs and courses fitted to real stays (false alarms "
-        "from stable patients with real baselines are counted in the summary)",
+        help="who is simulated: icu (default) = baselines, charting, labs and courses fitted to real stays (false "
+        "alarms from stable patients with real baselines are counted in the summary); stylised = the hand-set ward",
     )
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     p.add_argument("--stop-stack", action="store_true", help="stop broker and tritonserver at the end")

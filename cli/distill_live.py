@@ -48,9 +48,13 @@ def _distill_live(args: argparse.Namespace) -> int:
     summary |= {"val": {r: {k: v for k, v in f.items() if k != "early_exit_val"} for r, f in card["per_risk"].items()}}
     summary |= {"teacher_s": teacher_info.get("fit_s"), "fit_s": card["fit_s"], "dir": str(directory)}
     if args.export_to:
-        from icuwatch.serving.export import export_model
+        import shutil
+        from pathlib import Path
+
+        from icuwatch.serving.export import VERSION, export_model
 
         info = export_model(model_store.load(directory), args.export_to, directory)
+        shutil.copy2(directory / model_store.CARD, Path(info["dir"]) / VERSION / model_store.CARD)  # ships beside it
         summary["exported"] = info["dir"]
     print(json.dumps(summary, default=float), flush=True)
     return 0

@@ -44,7 +44,7 @@ WAVEFORM_CHANNELS: tuple[str, ...] = ("ecg_hr", "ppg_pr")
 THUMBNAIL = 32
 IMAGE_SIZE = 224
 REPORT_BUCKETS = 256
-COHORT_VERSION = "live-cohort-v1"
+COHORT_VERSION = "live-cohort-v2"
 
 FEATURE_MODALITY_GROUPS: dict[str, tuple[str, ...]] = {
     "vitals": ("vitals",),

@@ -4,7 +4,8 @@
 * **PhysioNet rows** (``fusion.cohorts.physionet``, real stays): vitals, labs and static as that
   cohort has them; waveforms, X-ray and report absent (zeros, ``present`` False). Sepsis label:
   ``SepsisLabel``. Deterioration: unknown (NaN), the data has no other outcome.
-* **Simulated rows** (``fusion.cohorts.sim``): every modality. Vitals and labs are re-expressed in
+* **Simulated rows** (``fusion.cohorts.sim``, the ``icu`` population: ``SIM_POPULATION``): every
+  modality. Vitals and labs are re-expressed in
   the PhysioNet cohort's normalisation (the raw value back from the simulator cohort's z-score, then
   z-scored with PhysioNet's), its 14 analytes placed in PhysioNet's 27 (PaO2, which PhysioNet
   does not report, is dropped). Waveforms: the newest hour's ECG heart rate; the simulated PPG
@@ -31,6 +32,9 @@ from icuwatch.core.physionet_row import LAB_COLUMNS, LABS, Z_CLIP
 from icuwatch.fusion.cohorts.base import Cohort, default_cache_dir, load_or_build_cached
 
 NAME = "live"
+SIM_POPULATION = "icu"
+"""The simulated patients are the ``icu`` population (``sim_icu``: fitted to real stays, a real unit's
+share deteriorating), so the student learns from patients whose baselines and charts look real."""
 SOURCES = ("physionet", "sim")
 PN_LABS: tuple[str, ...] = tuple(LAB_COLUMNS[c] for c in LABS)
 
@@ -155,7 +159,13 @@ def build(pn: Cohort, sim: Cohort) -> Cohort:
             "real": "PhysioNet rows only",
             "sources": {
                 "physionet": {"rows": len(pn), "groups": n_pn_groups, "version": pn.meta.get("version")},
-                "sim": {"rows": len(sim), "groups": len(sim.group_ids), "version": sim.meta.get("version")},
+                "sim": {
+                    "rows": len(sim),
+                    "groups": len(sim.group_ids),
+                    "version": sim.meta.get("version"),
+                    "population": sim.meta.get("population", "stylised"),
+                    "population_version": sim.meta.get("population_version", ""),
+                },
             },
             "first_sim_group": n_pn_groups,
             "norm": {
@@ -179,9 +189,14 @@ def source_of(cohort: Cohort) -> np.ndarray:
 
 
 def cache_path(sim_patients: int, pn_limit: int | None, cache_dir: str | Path | None = None) -> Path:
+    """The cache of this layout, these sources' sizes and the simulated population's version."""
+    from icuwatch.fusion.cohorts import sim
+
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     pn = "all" if pn_limit is None else str(pn_limit)
-    return cache_dir / f"{live_row.COHORT_VERSION}-pn{pn}-sim{sim_patients}.npz"
+    return (
+        cache_dir / f"{live_row.COHORT_VERSION}-pn{pn}-sim{SIM_POPULATION}-{sim.POPULATION_VERSION}-{sim_patients}.npz"
+    )
 
 
 def load_or_build(
@@ -193,9 +208,14 @@ def load_or_build(
     def make() -> Cohort:
         return build(
             physionet.load_or_build(limit=pn_limit, progress=progress),
-            sim.load_or_build(n_patients=sim_patients, progress=progress),
+            sim.load_or_build(n_patients=sim_patients, progress=progress, population=SIM_POPULATION),
         )
 
     return load_or_build_cached(
-        cache_path(sim_patients, pn_limit, cache_dir), make, lambda c: c.meta.get("version") == live_row.COHORT_VERSION
+        cache_path(sim_patients, pn_limit, cache_dir),
+        make,
+        lambda c: (
+            c.meta.get("version") == live_row.COHORT_VERSION
+            and c.meta["sources"]["sim"].get("population_version") == sim.POPULATION_VERSION
+        ),
     )

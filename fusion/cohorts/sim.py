@@ -26,7 +26,9 @@ Modalities ``MODALITIES`` plus always-present ``static``:
 
 ``vitals``    float32 [N, T=8, 14]: steps are the hours ending at t-7 .. t, oldest first. Per step the
               hourly mean of the 7 ``VITALS`` (PhysioNet cohort order) z-scored, then 7 measured flags
-              (1 after admission: the monitor streams at 1 Hz). Steps before admission are zeros.
+              (stylised population: 1 after admission, the monitor streams at 1 Hz; ``icu``: 1 where
+              the monitor showed the vital in that hour, value 0 where it did not). Steps before
+              admission are zeros.
 ``waveforms`` float32 [N, T=8, 10]: same layout with the ``WAVEFORM_CHANNELS`` hourly features; all
               zeros (absent) for the ``NO_WAVEFORM_FRACTION`` of patients without waveform monitoring.
 ``labs``      float32 [N, 3 * 14]: per ``labs.FULL`` analyte: z-scored last value, measured-ever flag,
@@ -330,14 +332,22 @@ def _fit(x: np.ndarray) -> dict:
 
 
 def _hourly(per_second: np.ndarray, hours: int) -> np.ndarray:
-    """[2, hours]: the mean of each hour's readings (NaN = none; 0 where the hour has none) and
-    whether it has any."""
+    """[2, hours]: per hour the mean of its readings (NaN marks a second without one), 0 for an hour
+    without any; and whether it has any."""
     x = np.asarray(per_second, float).reshape(hours, H)
     seen = np.isfinite(x)
     if seen.all():
         return np.stack([x.mean(axis=1), np.ones(hours)])
     count = seen.sum(axis=1)
     return np.stack([np.where(seen, x, 0.0).sum(axis=1) / np.maximum(count, 1), count > 0])
+
+
+def _hours_since(measured: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """[hours] hours from each row's hour back to the newest measured hour (0: measured in it), 0
+    where the modality is not present (continuous streams: 0 throughout)."""
+    hours = np.arange(len(measured))
+    newest = np.maximum.accumulate(np.where(measured, hours, -1))
+    return np.where(present & (newest >= 0), hours - newest, 0).astype(float)
 
 
 def _fit_measured(parts: list[tuple[np.ndarray, np.ndarray]], width: int) -> dict:
@@ -454,9 +464,11 @@ def build(
         rows = slice(i * hours, (i + 1) * hours)
         inputs["vitals"][rows] = _windows(_z(sim.vitals, norm["vitals"]), sim.vitals_measured)
         present[rows, 0] = inputs["vitals"][rows][:, :, len(VITALS) :].any(axis=(1, 2))
+        staleness[rows, 0] = _hours_since(sim.vitals_measured.any(axis=1), present[rows, 0])
         if sim.waves is not None:
             inputs["waveforms"][rows] = _windows(_z(sim.waves, norm["waveforms"]), sim.waves_measured)
             present[rows, 1] = inputs["waveforms"][rows][:, :, len(WAVEFORM_CHANNELS) :].any(axis=(1, 2))
+            staleness[rows, 1] = _hours_since(sim.waves_measured, present[rows, 1])
         lab_x, newest = _lab_rows(sim.labs, hours, norm["labs"])
         inputs["labs"][rows] = lab_x
         present[rows, 2] = np.isfinite(newest)
@@ -555,7 +567,8 @@ def build(
         "labs_layout": list(LABS_LAYOUT),
         "causality": "row at hour t: vitals/waveform seconds < t, labs with result time <= t, X-rays with "
         "arrival time <= t; staleness / hours-since from collection/acquisition time",
-        "staleness": "vitals, waveforms 0 (continuous); labs: hours since the newest available collection; "
+        "staleness": "vitals, waveforms: hours since the newest hour the monitor showed them (0 when streaming); "
+        "labs: hours since the newest available collection; "
         "cxr/report: hours since the shown study's acquisition",
         "norm": norm,
         "per_split": per_split,
@@ -602,8 +615,8 @@ def load_or_build(
     progress: bool = True,
     population: str = "stylised",
 ) -> Cohort:
-    """The cached cohort (``var/cache/sim-cohort-v1-n{n}-h{h}-s{seed}.npz``), built and saved when the
-    cache is missing, unreadable or of another ``COHORT_VERSION``."""
+    """The cached cohort (``cache_path``: ``var/cache/sim-cohort-v1[-icu-v1]-n{n}-h{h}-s{seed}.npz``),
+    built and saved when the cache is missing, unreadable or of another version or population."""
     return load_or_build_cached(
         cache_path(n_patients, hours, seed, cache_dir, population),
         lambda: build(n_patients, hours, seed, progress=progress, population=population),

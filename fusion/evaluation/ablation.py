@@ -1,15 +1,19 @@
 """Which modalities earn their place: ``icuwatch evaluate ablation`` on a simulated cohort.
 
 Modalities are added one at a time — vitals only, + waveforms, + labs, + X-ray, + report — and at
-each step LightGBM learns deterioration from the tree features of the modalities used so far
-(:func:`modality_features`), cross-validated by patient (folds stratified on whether the patient
-deteriorates; early stopping and the alert threshold chosen on an inner split of the training
-folds). Each step reports AUROC, AUPRC and normalized utility (PhysioNet 2019 definition) per fold,
-their mean and a 95 % t-interval over the folds, and the change from the step before on the same
-folds (paired). Beside them, on the same folds: the rule scores (NEWS2, qSOFA, the rule sepsis
-score, ``fusion.evaluation.sim_baselines``) at their clinical thresholds, and an always-alarm model.
+each step LightGBM learns the target (sepsis, and any deterioration) from the tree features of the
+modalities used so far (:func:`modality_features`; the report's 256 buckets folded to 64 by max),
+cross-validated by patient (folds stratified on whether the patient is positive for the target;
+early stopping and the alert threshold chosen on an inner split of the training folds). Each step
+reports AUROC, AUPRC and normalized utility (PhysioNet 2019 definition) per fold, their mean and a
+95 % interval over the folds (t, with Nadeau and Bengio's correction for overlapping training
+sets), and the change from the step before on the same folds (paired: same folds, same inner
+splits); the threshold may be anything from "alarm on every row" to "never". ``VARIANTS`` add steps
+such as the X-ray's pixels without the film's timing. Beside them, on the same folds: the rule
+scores (NEWS2, qSOFA, the rule sepsis score, ``fusion.evaluation.sim_baselines``, which read the
+newest hour only) at their clinical thresholds, and an always-alarm model.
 
-Why LightGBM and not the fusion strategies: an ablation retrains at every step and fold (25 fits);
+Why LightGBM and not the fusion strategies: an ablation retrains at every step and fold (60 fits);
 the trees take minutes on two cores, the neural strategies hours. What a modality adds to trees on
 summary features is a floor on what it can add to a model that reads the raw signal.
 """
@@ -31,6 +35,13 @@ LADDER: tuple[tuple[str, ...], ...] = (
     ("vitals", "waveforms", "labs", "cxr"),
     ("vitals", "waveforms", "labs", "cxr", "report"),
 )
+VARIANTS: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("vitals", "waveforms", "labs", "cxr:image"): ("vitals", "waveforms", "labs"),
+}
+"""Extra steps, each against the step it extends: ``cxr:image`` is the X-ray's pixels without its
+present flag and age. The simulator orders a film when a patient starts to deteriorate (``simulation.
+cxr_schedule``), so that a film exists and how old it is say something before the image does; the
+image-only step separates what the picture adds from what its timing gives away."""
 PARAMS = {
     "objective": "binary",
     "learning_rate": 0.05,
@@ -72,9 +83,9 @@ class _quiet:
         return self._w.__exit__(*exc)
 
 
-def modality_features(cohort: Cohort, batch: dict[str, np.ndarray], modality: str) -> np.ndarray:
+def modality_features(cohort: Cohort, batch: dict[str, np.ndarray], modality: str, timing: bool = True) -> np.ndarray:
     """float32 [B, F] of one modality of a simulated cohort's batch (``gather``), with its present
-    flag and staleness; NaN where absent (trees route it)."""
+    flag and staleness unless ``timing`` is False; NaN where absent (trees route it)."""
     j = cohort.modality_index(modality)
     present = batch["present"][:, j]
     if modality in ("vitals", "waveforms"):
@@ -92,15 +103,22 @@ def modality_features(cohort: Cohort, batch: dict[str, np.ndarray], modality: st
         raise ValueError(f"no features for modality {modality!r}")
     out = np.asarray(out, np.float32)
     out[~present] = np.nan
+    if not timing:
+        return out
     return np.concatenate([out, present[:, None], batch["staleness_h"][:, j : j + 1]], axis=1).astype(np.float32)
 
 
 def features(cohort: Cohort, modalities: tuple[str, ...]) -> np.ndarray:
-    """[N, F]: static inputs, then each modality's features, over every row (in chunks)."""
+    """[N, F]: static inputs, then each modality's features, over every row (in chunks). A name
+    ``m:image`` takes the modality without its present flag and age."""
     parts = []
     for s in range(0, len(cohort), CHUNK):
         b = gather(cohort, np.arange(s, min(s + CHUNK, len(cohort))))
-        parts.append(np.concatenate([b["static"], *(modality_features(cohort, b, m) for m in modalities)], axis=1))
+        columns = [b["static"]]
+        for m in modalities:
+            name, _, only = m.partition(":")
+            columns.append(modality_features(cohort, b, name, timing=only != "image"))
+        parts.append(np.concatenate(columns, axis=1))
     return np.concatenate(parts).astype(np.float32)
 
 
@@ -135,10 +153,11 @@ def _best_threshold(cohort: Cohort, y: np.ndarray, rows: np.ndarray, p: np.ndarr
     from icuwatch.fusion.training import per_group
 
     g = cohort.group[rows]
-    grid = np.unique(np.quantile(p, np.linspace(0.5, 0.995, 60)))
+    # every row alarming (0) to none (inf) are candidates: under this utility alarming on everyone can pay
+    grid = np.unique(np.r_[0.0, np.quantile(p, np.linspace(0.0, 1.0, 101)), np.inf])
     u = np.asarray(utility_vs_threshold(per_group(p, g), per_group(y[rows].astype(float), g), list(grid)))
     if not np.isfinite(u).any():  # no positive patient in the inner split: never alarm
-        return 1.0
+        return float("inf")
     return float(grid[int(np.nanargmax(u))])
 
 
@@ -154,12 +173,20 @@ def _scores(cohort: Cohort, y_all: np.ndarray, rows: np.ndarray, p: np.ndarray, 
 
 
 def _fit_predict(x: np.ndarray, cohort: Cohort, y_all: np.ndarray, train: np.ndarray, test: np.ndarray, seed: int):
-    """(test probabilities, threshold chosen on the inner split) of one fold."""
+    """(test probabilities, threshold chosen on the inner split) of one fold. The inner split (a
+    fifth of the training folds' positive and negative patients) does both the early stopping and
+    the threshold choice; the test fold does neither."""
     import lightgbm as lgb
 
     rng = np.random.default_rng(seed)
-    groups = np.unique(cohort.group[train])
-    inner = np.isin(cohort.group[train], rng.choice(groups, max(2, len(groups) // 5), replace=False))
+    positive = np.zeros(int(cohort.group.max()) + 1, bool)
+    positive[cohort.group[train][y_all[train] > 0]] = True
+    held = []
+    for side in (True, False):  # a fifth of the positive and of the negative patients
+        groups = np.unique(cohort.group[train][positive[cohort.group[train]] == side])
+        if len(groups):
+            held.append(rng.choice(groups, max(1, len(groups) // 5), replace=False))
+    inner = np.isin(cohort.group[train], np.concatenate(held))
     fit, stop = train[~inner], train[inner]
     y = y_all.astype(float)
     booster = lgb.train(
@@ -174,13 +201,17 @@ def _fit_predict(x: np.ndarray, cohort: Cohort, y_all: np.ndarray, train: np.nda
 
 
 def _interval(values: list[float]) -> dict:
+    """Mean and 95 % interval over folds, with Nadeau and Bengio's (2003) corrected variance: the
+    folds' training sets overlap, so the naive t-interval is too narrow; the variance is scaled by
+    (1/k + n_test/n_train), n_test/n_train = 1/(k - 1) for k equal folds."""
     from scipy.stats import t
 
     a = np.asarray(values, float)
     a = a[np.isfinite(a)]
     if len(a) < 2:
-        return {"mean": float(a.mean()) if len(a) else None, "ci95": None}
-    half = float(t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / np.sqrt(len(a)))
+        return {"mean": round(float(a.mean()), 4) if len(a) else None, "ci95": None}
+    k = len(a)
+    half = float(t.ppf(0.975, k - 1) * np.sqrt(a.var(ddof=1) * (1.0 / k + 1.0 / (k - 1))))
     return {
         "mean": round(float(a.mean()), 4),
         "ci95": [round(float(a.mean()) - half, 4), round(float(a.mean()) + half, 4)],
@@ -191,7 +222,7 @@ def ablate(cohort: Cohort, folds: int = 5, seed: int = 0, progress: bool = True)
     """The ablation ladder and the references on ``folds`` patient folds of ``cohort``, per target."""
     started = time.perf_counter()
     matrices = {}
-    for modalities in LADDER:
+    for modalities in (*LADDER, *VARIANTS):
         _say(progress, f"ablation: features of {' + '.join(modalities)}")
         matrices[modalities] = features(cohort, modalities)
     by_target = {
@@ -224,26 +255,36 @@ def _ablate_target(cohort: Cohort, y: np.ndarray, matrices: dict, folds: int, se
     from icuwatch.fusion.evaluation.sim_baselines import RULE_THRESHOLDS, rule_probabilities
 
     split = _folds(cohort, y, folds, seed)
-    steps, per_fold = [], {}
+    runs, per_fold = {}, {}
     for modalities, x in matrices.items():
-        name = " + ".join(modalities)
-        _say(progress, f"ablation: {name}")
-        results = []
+        _say(progress, f"ablation: {' + '.join(modalities)}")
+        results, thresholds = [], []
         for f, (train, test) in enumerate(split):
             p, threshold = _fit_predict(x, cohort, y, train, test, seed + f)
             results.append(_scores(cohort, y, test, p, threshold))
-        per_fold[name] = results
-        steps.append({"modalities": list(modalities), "features": int(x.shape[1]), **_summary(results)})
-    for before, after in zip(steps, steps[1:]):
-        a, b = per_fold[" + ".join(before["modalities"])], per_fold[" + ".join(after["modalities"])]
-        after["added"] = after["modalities"][-1]
-        after["change"] = {m: _interval([q[m] - r[m] for r, q in zip(a, b)]) for m in ("auroc", "auprc", "utility")}
+            thresholds.append(threshold)
+        per_fold[modalities] = results
+        runs[modalities] = {
+            "modalities": list(modalities),
+            "features": int(x.shape[1]),
+            **_summary(results),
+            "thresholds_per_fold": [None if not np.isfinite(t) else round(float(t), 5) for t in thresholds],
+        }
+
+    def change(before: tuple[str, ...], after: tuple[str, ...]) -> dict:
+        a, b = per_fold[before], per_fold[after]
+        return {m: _interval([q[m] - r[m] for r, q in zip(a, b)]) for m in ("auroc", "auprc", "utility")}
+
+    steps = [runs[m] for m in LADDER]
+    for before, after in zip(LADDER, LADDER[1:]):
+        runs[after] |= {"added": after[-1], "change": change(before, after)}
+    variants = [{**runs[m], "compared_with": list(base), "change": change(base, m)} for m, base in VARIANTS.items()]
     references = {}
     rules = rule_probabilities(cohort, np.arange(len(cohort)), cohort.present)
     for name, (_, threshold) in RULE_THRESHOLDS.items():
         references[name] = _summary([_scores(cohort, y, test, rules[name][test], threshold) for _, test in split])
     references["always-alarm"] = _summary([_scores(cohort, y, test, np.ones(len(test)), 0.5) for _, test in split])
-    return {"positive_rows": int(y.sum()), "ladder": steps, "references": references}
+    return {"positive_rows": int(y.sum()), "ladder": steps, "variants": variants, "references": references}
 
 
 def _summary(results: list[dict]) -> dict:
@@ -278,6 +319,12 @@ def markdown(summary: dict) -> str:
             change = fmt(s["change"]["auroc"]) if "change" in s else ""
             name = " + ".join(s["modalities"])
             lines.append(f"| {name} | {fmt(s['auroc'])} | {fmt(s['auprc'])} | {fmt(s['utility'])} | {change} |")
+        for v in summary[target].get("variants", []):
+            name = " + ".join(v["modalities"]).replace("cxr:image", "X-ray image only (no film presence or age)")
+            lines.append(
+                f"| {name} | {fmt(v['auroc'])} | {fmt(v['auprc'])} | {fmt(v['utility'])} | "
+                f"{fmt(v['change']['auroc'])} (from {' + '.join(v['compared_with'])}) |"
+            )
         for name, r in summary[target]["references"].items():
             lines.append(f"| {name} | {fmt(r['auroc'])} | {fmt(r['auprc'])} | {fmt(r['utility'])} | |")
     return "\n".join(lines)

@@ -139,7 +139,7 @@ def amplitude_factors(p, t: np.ndarray) -> dict[str, np.ndarray]:
     population; 1 otherwise): a per-patient gain times exp of a slow Ornstein-Uhlenbeck-like wander
     (``population.Drift``'s spectral form), deterministic in the patient and time."""
     t = np.asarray(t, dtype=float)
-    if p.population != "icu":
+    if p.population != "icu" or t.size == 0:
         return {"ppg": np.ones(t.shape), "resp": np.ones(t.shape)}
     out = {}
     for k, name in enumerate(("ppg", "resp")):

@@ -55,3 +55,30 @@ def test_the_ladder_reports_paired_changes_and_references_on_the_same_folds(coho
         assert set(part["references"]) == {"news2", "qsofa", "rules", "always-alarm"}
     assert summary["sepsis"]["positive_rows"] <= summary["deterioration"]["positive_rows"]
     assert "| vitals + waveforms |" in ablation.markdown(summary)
+    variant = summary["deterioration"]["variants"][0]
+    labs_step = summary["deterioration"]["ladder"][2]
+    assert variant["compared_with"] == labs_step["modalities"]
+    assert variant["features"] == summary["deterioration"]["ladder"][3]["features"] - 2  # no flag, no age
+    assert "X-ray image only" in ablation.markdown(summary)
+
+
+def test_the_threshold_can_be_to_alarm_on_every_row_when_that_pays_most(cohort):
+    """Under the challenge's utility, alarming on everyone can beat any ranking (many positive
+    rows): the threshold search must be able to choose it."""
+    rows = np.arange(len(cohort))
+    y = np.zeros(len(cohort), np.int8)
+    y[cohort.hour >= 2] = 1  # everyone "deteriorates" from the second hour: alarming always is best
+    p = np.random.default_rng(0).random(len(cohort))  # a useless ranking
+    assert ablation._best_threshold(cohort, y, rows, p) == 0.0
+
+
+def test_the_test_fold_neither_stops_nor_sets_the_threshold(cohort):
+    """Poisoning the test fold's features changes its predictions but not the fitted model's threshold."""
+    y = ablation.targets(cohort)["deterioration"]
+    x = ablation.features(cohort, ("vitals",))
+    train, test = ablation._folds(cohort, y, 3, seed=2)[0]
+    _, threshold = ablation._fit_predict(x, cohort, y, train, test, seed=5)
+    poisoned = x.copy()
+    poisoned[test] = np.nan
+    _, again = ablation._fit_predict(poisoned, cohort, y, train, test, seed=5)
+    assert threshold == again
