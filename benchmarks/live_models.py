@@ -37,6 +37,8 @@ import numpy as np
 from icuwatch.benchmarks.models import (
     BATCH_SIZES,
     REPEATS,
+    _inputs,
+    _ratios,
     _say,
     _server_split,
     _server_stats,
@@ -52,41 +54,20 @@ FLOOR_MODEL = "student_live_floor"
 CHUNK = 1024
 
 
-def _requested(student: bool):
-    import tritonclient.grpc as grpcclient
-
-    from icuwatch.serving.export import EXIT, PROBABILITY
-
-    return [grpcclient.InferRequestedOutput(PROBABILITY)] + ([grpcclient.InferRequestedOutput(EXIT)] if student else [])
-
-
 def infer(client, model: str, inputs, early_exit: bool) -> tuple[np.ndarray, np.ndarray]:
     """(probability [B, H], exit [B]) of one request of prepared gRPC ``inputs``."""
+    import tritonclient.grpc as grpcclient
+
     from icuwatch.serving.export import EARLY_EXIT_PARAMETER, EXIT, PROBABILITY
 
     result = client.infer(
         model,
         inputs,
-        outputs=_requested(True),
+        outputs=[grpcclient.InferRequestedOutput(PROBABILITY), grpcclient.InferRequestedOutput(EXIT)],
         parameters=None if early_exit else {EARLY_EXIT_PARAMETER: False},
     )
     p = result.as_numpy(PROBABILITY)
     return p.reshape(len(p), -1), result.as_numpy(EXIT).reshape(-1)
-
-
-def grpc_inputs(batch: dict[str, np.ndarray], keys: list[str], spec):
-    import tritonclient.grpc as grpcclient
-    from tritonclient.utils import np_to_triton_dtype
-
-    from icuwatch.serving.export import input_name, numpy_dtype, row_shape
-
-    out = []
-    for key in keys:
-        x = np.ascontiguousarray(batch[key], dtype=numpy_dtype(key, spec)).reshape(-1, *row_shape(spec, key))
-        inp = grpcclient.InferInput(input_name(key), list(x.shape), np_to_triton_dtype(x.dtype))
-        inp.set_data_from_numpy(x)
-        out.append(inp)
-    return out
 
 
 def teacher_model(repository: Path, spec, boosters: Path, heads: tuple[str, ...], folds: int) -> str:
@@ -198,7 +179,7 @@ def run(
                 for s in range(0, len(test), CHUNK):
                     rows = test[s : s + CHUNK]
                     p[s : s + len(rows)], e[s : s + len(rows)] = infer(
-                        client, name, grpc_inputs(gather(cohort, rows), keys, spec), early
+                        client, name, _inputs(gather(cohort, rows), keys, spec), early
                     )
                 probabilities[variant] = p
                 results[variant] = {"triton_model": name, "early_exit": early if variant != "teacher" else None}
@@ -261,13 +242,13 @@ def run(
         "early_exit_vs_full_student": {
             "alert_agreement_all_risks": round(float(np.mean(((early >= decide) == (full >= decide)).all(axis=1))), 5),
             "exit_shares": results["student_early_exit"]["exit_shares"],
-            "speedup_triton_grpc": _ratios(results, "student_full", "student_early_exit", "triton_grpc"),
-            "speedup_in_process": _ratios(results, "student_full", "student_early_exit", "in_process_1_thread"),
+            "speedup_triton_grpc": _ratios(results, "student_full", "student_early_exit", ("triton_grpc",)),
+            "speedup_in_process": _ratios(results, "student_full", "student_early_exit", ("in_process_1_thread",)),
         },
         "student_vs_teacher": {
-            "speedup_triton_grpc": _ratios(results, "teacher", "student_full", "triton_grpc"),
-            "speedup_in_process": _ratios(results, "teacher", "student_full", "in_process_1_thread"),
-            "early_exit_speedup_triton_grpc": _ratios(results, "teacher", "student_early_exit", "triton_grpc"),
+            "speedup_triton_grpc": _ratios(results, "teacher", "student_full", ("triton_grpc",)),
+            "speedup_in_process": _ratios(results, "teacher", "student_full", ("in_process_1_thread",)),
+            "early_exit_speedup_triton_grpc": _ratios(results, "teacher", "student_early_exit", ("triton_grpc",)),
         },
         "fixed_cost": {"floor_model_triton_grpc": floor},
         "seconds": round(time.time() - started, 1),
@@ -309,7 +290,7 @@ def _grpc_latency(client, name: str, batches: dict, keys, spec, early: bool, rep
     for size, bs in batches.items():
 
         def request(b):
-            return infer(client, name, grpc_inputs(b, keys, spec), early)
+            return infer(client, name, _inputs(b, keys, spec), early)
 
         _timed(request, bs, 0)
         before = _server_stats(client, name)
@@ -317,10 +298,3 @@ def _grpc_latency(client, name: str, batches: dict, keys, spec, early: bool, rep
         after = _server_stats(client, name)
         out[str(size)] = {**_summary(times, size), "server": _server_split(before, after, times)}
     return out
-
-
-def _ratios(results: dict, num: str, den: str, where: str) -> dict:
-    return {
-        str(size): round(results[num][where][str(size)]["p50_ms"] / results[den][where][str(size)]["p50_ms"], 2)
-        for size in BATCH_SIZES
-    }

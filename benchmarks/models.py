@@ -94,7 +94,8 @@ def serving(repository: Path, models: list[str], timeout_s: float = 180.0, extra
             triton.stop(settings)
 
 
-def _inputs(batch: dict[str, np.ndarray], keys: list[str]):
+def _inputs(batch: dict[str, np.ndarray], keys: list[str], spec=None):
+    """gRPC inputs of ``batch``; ``spec`` where a model's input dtypes depend on it (a report as a bag)."""
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import np_to_triton_dtype
 
@@ -102,7 +103,7 @@ def _inputs(batch: dict[str, np.ndarray], keys: list[str]):
 
     out = []
     for key in keys:
-        x = np.ascontiguousarray(batch[key], dtype=numpy_dtype(key))
+        x = np.ascontiguousarray(batch[key], dtype=numpy_dtype(key, spec))
         inp = grpcclient.InferInput(input_name(key), list(x.shape), np_to_triton_dtype(x.dtype))
         inp.set_data_from_numpy(x)
         out.append(inp)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -66,21 +67,10 @@ def _series(x: np.ndarray) -> np.ndarray:
     steps measured; NaN where not measured."""
     c = x.shape[-1] // 2
     v = np.where(x[:, :, c:] > 0, x[:, :, :c], np.nan)
-    with np.errstate(all="ignore"), _quiet():
+    with warnings.catch_warnings():  # an all-NaN window (nothing measured) is NaN, said once here
+        warnings.simplefilter("ignore", RuntimeWarning)
         parts = [v[:, -1], np.nanmean(v, 1), np.nanmin(v, 1), np.nanmax(v, 1), v[:, -1] - v[:, -4]]
     return np.concatenate([*parts, (x[:, :, c:] > 0).sum(1)], axis=1)
-
-
-class _quiet:
-    def __enter__(self):
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        return self._w.__exit__(*exc)
 
 
 def modality_features(cohort: Cohort, batch: dict[str, np.ndarray], modality: str, timing: bool = True) -> np.ndarray:

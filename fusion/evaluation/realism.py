@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from icuwatch.core.physionet_row import LAB_COLUMNS, VITAL_COLUMNS
+from icuwatch.fusion.cohorts.base import progress_bar
 
 GOAL_VITALS: tuple[str, ...] = ("HR", "O2Sat", "SBP", "MAP", "DBP", "Resp")
 HOUR = "ICULOS"
@@ -88,7 +89,7 @@ def physionet_charts(data_dir: str | Path, stays: int, hours: int, seed: int = 0
         raise FileNotFoundError(f"no PhysioNet stays (*.psv) under {data_dir}")
     chosen = np.random.default_rng(seed).choice(len(paths), min(stays, len(paths)), replace=False)
     values, hour, patient = [], [], []
-    for k, i in enumerate(_bar(sorted(chosen), "real stays", progress)):
+    for k, i in enumerate(progress_bar(sorted(chosen), len(chosen), "real stays", "stay", progress)):
         stay = read_psv(paths[i])
         h = stay.column(HOUR) if HOUR in stay.columns else np.arange(1, len(stay.values) + 1)
         keep = h <= hours
@@ -122,7 +123,7 @@ def simulated_charts(
     )
     analyte_column = {analyte: col for col, analyte in LAB_COLUMNS.items() if col in columns}
     values, hour, patient = [], [], []
-    for k, p in enumerate(_bar(patients, "simulated patients", progress)):
+    for k, p in enumerate(progress_bar(patients, len(patients), "simulated patients", "patient", progress)):
         v = sim_cohort.stream_vitals(p, hours * H, horizon_h * H)
         at = np.arange(hours) * H + np.random.default_rng([seed, p.index, 77]).integers(0, H, hours)
         chart = np.full((hours, len(columns)), np.nan)
@@ -315,14 +316,6 @@ def plot(sim: Charts, real: Charts, directory: Path) -> list[str]:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return [str(path)]
-
-
-def _bar(items, desc: str, enabled: bool):
-    if not enabled:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, desc=desc, file=sys.stderr, mininterval=0.5)
 
 
 def _say(enabled: bool, text: str) -> None:

@@ -38,6 +38,8 @@ import numpy as np
 
 from icuwatch.core.physionet_row import LAB_COLUMNS
 
+from .population import QUANTILE_GRID, copula_draw
+
 EVENT_TYPES: tuple[str, ...] = ("blood_gas", "routine", "cbc", "glucose", "single")
 HOUR_BINS: tuple[int, ...] = (2, 3, 4, 7, 13)
 """Rates are fitted per bin of the hour since admission (PhysioNet's ICULOS: the first hour is 1):
@@ -46,8 +48,6 @@ SICK_GAIN = 2.0
 SETS_KEPT = 25
 """Per event type, the analyte sets real lab-hours show, the most frequent kept (the rest are rare
 combinations)."""
-QUANTILES = 199
-TAIL = 0.005
 ABSOLUTE = ("ph",)
 """Analytes whose within-stay spread is absolute (pH units), not relative."""
 
@@ -101,7 +101,7 @@ def fit(stays, analytes: tuple[str, ...], hours: int) -> dict:
                 m = medians[k, j]
                 relative = np.log(np.maximum(seen, 1e-3) / max(m, 1e-3))
                 spread[a].append(seen - m if a in ABSOLUTE else relative)
-    grid = np.linspace(TAIL, 1.0 - TAIL, QUANTILES)
+    grid = QUANTILE_GRID
     scores = np.full_like(medians, np.nan)
     for j in range(len(present)):
         ok = np.isfinite(medians[:, j])
@@ -183,15 +183,16 @@ def _nearest_correlation(c: np.ndarray) -> np.ndarray:
 
 def draw_baseline(fitted: dict, rng: np.random.Generator, comorbidities: tuple[str, ...] = ()) -> dict[str, float]:
     """Baseline per analyte through the fitted copula (tilted by comorbidity, ``course.LAB_TILTS``)."""
-    from scipy.stats import norm
+    from .course import LAB_TILTS
 
-    from .course import LAB_TILTS, tilt
-
-    present = fitted["analytes"]
-    z = rng.multivariate_normal(np.zeros(len(present)), np.asarray(fitted["normal_score_correlation"]))
-    grid = np.linspace(TAIL, 1.0 - TAIL, QUANTILES)
-    u = norm.cdf(tilt(z, present, comorbidities, LAB_TILTS))
-    return {a: float(np.interp(u[j], grid, fitted["baseline_quantiles"][a])) for j, a in enumerate(present)}
+    return copula_draw(
+        rng,
+        fitted["analytes"],
+        fitted["normal_score_correlation"],
+        fitted["baseline_quantiles"],
+        comorbidities,
+        LAB_TILTS,
+    )
 
 
 def vary(fitted: dict, analyte: str, value: float, rng: np.random.Generator) -> float:

@@ -45,6 +45,8 @@ QUANTILES = 199
 TAIL = 0.005
 """The copula's quantile grid runs from the 0.5th to the 99.5th percentile of the stay medians (the
 extremes of 8,000 real stays include charting errors: a median heart rate of 26, respiration 1)."""
+QUANTILE_GRID = np.linspace(TAIL, 1.0 - TAIL, QUANTILES)
+"""The probabilities at which fitted quantiles are stored (``population.json``; labs too)."""
 DRIFT_TERMS = 16
 MIN_DRIFT_PERIOD_S = 600.0
 """Drift frequencies are capped at one cycle per 10 minutes: faster wander is the noise's job."""
@@ -136,15 +138,30 @@ def draw_baseline(
 ) -> dict[str, float]:
     """One patient's baseline per vital (``VITALS``), drawn through the fitted Gaussian copula (tilted
     into a tail where a comorbidity says so, ``course.VITAL_TILTS``)."""
-    from scipy.stats import norm
-
-    from .course import VITAL_TILTS, tilt
+    from .course import VITAL_TILTS
 
     pop = population or load()
-    z = rng.multivariate_normal(np.zeros(len(VITALS)), np.asarray(pop["baseline"]["normal_score_correlation"]))
-    u = norm.cdf(tilt(z, VITALS, comorbidities, VITAL_TILTS))
-    grid = np.linspace(TAIL, 1.0 - TAIL, QUANTILES)
-    return {v: float(np.interp(u[i], grid, pop["baseline"]["quantiles"][v])) for i, v in enumerate(VITALS)}
+    base = pop["baseline"]
+    return copula_draw(rng, VITALS, base["normal_score_correlation"], base["quantiles"], comorbidities, VITAL_TILTS)
+
+
+def copula_draw(
+    rng: np.random.Generator,
+    names: tuple[str, ...] | list[str],
+    correlation: list,
+    quantiles: dict[str, list[float]],
+    comorbidities: tuple[str, ...] = (),
+    tilts: dict | None = None,
+) -> dict[str, float]:
+    """Values per name through a Gaussian copula: correlated normal scores (pushed into a tail where a
+    comorbidity says so, ``course.tilt``), each mapped through its fitted quantiles (``QUANTILE_GRID``)."""
+    from scipy.stats import norm
+
+    from .course import tilt
+
+    z = rng.multivariate_normal(np.zeros(len(names)), np.asarray(correlation))
+    u = norm.cdf(tilt(z, names, comorbidities, tilts or {}))
+    return {n: float(np.interp(u[i], QUANTILE_GRID, quantiles[n])) for i, n in enumerate(names)}
 
 
 def draw_drift(rng: np.random.Generator, population: dict | None = None) -> Drift:
@@ -300,7 +317,7 @@ def fit(data_dir: str | Path, split: str = "train", limit: int | None = None, pr
     m = np.asarray(medians)
     complete = np.isfinite(m).all(axis=1)
     scores = norm.ppf((np.apply_along_axis(rankdata, 0, m[complete]) - 0.5) / complete.sum())
-    grid = np.linspace(TAIL, 1.0 - TAIL, QUANTILES)
+    grid = QUANTILE_GRID
     drift = {}
     for v in DRIFTING:
         r = np.concatenate(residuals[v])
