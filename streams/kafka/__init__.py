@@ -10,9 +10,11 @@ from icuwatch.core.settings import Settings
 
 def install_patches(settings: Settings) -> None:
     """``fetch_wait``: the consumer's fetch wait; ``commit_guard``: no offset commit outside a group
-    generation; ``commit_floor``: never commit past an unacknowledged message."""
-    from icuwatch.streams.kafka import commit_floor, commit_guard, fetch_wait
+    generation; ``commit_floor``: never commit past an unacknowledged message; ``inline_delivery``:
+    no tasks per record when a stream's buffer has room."""
+    from icuwatch.streams.kafka import commit_floor, commit_guard, fetch_wait, inline_delivery
 
     fetch_wait.install(settings.consumer_fetch_max_wait_ms)
     commit_guard.install()
     commit_floor.install()
+    inline_delivery.install()
