@@ -11,19 +11,24 @@ Checked afterwards:
 
 Malformed kinds cover the transport (empty, not UTF-8, not JSON, truncated, no key, a key that is
 not the payload's patient) and the schema (wrong version, missing or mistyped fields, values out of
-range or NaN, unknown fields, unknown analytes and units, a waveform too slow to analyse).
+range or NaN, unknown fields, unknown analytes and units, a waveform too slow to analyse), and
+binary (v2) waveform chunks that are truncated, hold a partial sample, NaN, or too slow a rate.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import math
 import shutil
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+
+import msgspec
+import numpy as np
 
 from icuwatch.core import schemas, topics
 from icuwatch.core.settings import REPO_ROOT, Settings
@@ -42,6 +47,24 @@ def _with(**changes) -> Mutation:
 
 def _without(field: str) -> Mutation:
     return lambda i, d, key: (key, _json({k: v for k, v in d.items() if k != field}))
+
+
+def _v2(**changes) -> Mutation:
+    """The good (v1) waveform chunk as binary v2, with ``changes`` to its fields (a callable value is
+    applied to the field's good value)."""
+
+    def mutate(i: int, d: dict, key: bytes) -> tuple[bytes | None, bytes]:
+        good = schemas.WaveformV2.of(d["patient_id"], d["event_time"], d["signal"], d["fs"], d["samples"], d["units"])
+        fields = msgspec.structs.asdict(good)
+        fields.update({k: v(fields[k]) if callable(v) else v for k, v in changes.items()})
+        return key, msgspec.msgpack.encode(fields)
+
+    return mutate
+
+
+def _v2_truncated(i: int, d: dict, key: bytes) -> tuple[bytes | None, bytes]:
+    _, payload = _v2()(i, d, key)
+    return key, payload[: len(payload) // 2]
 
 
 MUTATIONS: dict[str, Mutation] = {
@@ -68,7 +91,15 @@ TOPIC_MUTATIONS: dict[str, dict[str, Mutation]] = {
             _json({k: v for k, v in d.items() if k in ("schema_version", "patient_id", "event_time")}),
         ),
     },
-    topics.WAVEFORMS: {"fs_too_low": _with(fs=2), "no_samples": _with(samples=[]), "sample_text": _with(samples=["x"])},
+    topics.WAVEFORMS: {
+        "fs_too_low": _with(fs=2),
+        "no_samples": _with(samples=[]),
+        "sample_text": _with(samples=["x"]),
+        "v2_truncated": _v2_truncated,
+        "v2_partial_sample": _v2(samples=lambda b: b[:-1]),
+        "v2_nan_float32": _v2(sample_format="float32", scale=1.0, samples=np.array([0.1, math.nan], "<f4").tobytes()),
+        "v2_fs_too_low": _v2(fs=2.0),
+    },
     topics.LABS: {
         "unknown_analyte": _with(analyte="unobtainium"),
         "wrong_unit": _with(unit="furlongs"),

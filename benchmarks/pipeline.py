@@ -297,6 +297,7 @@ def run(
     workers: int = 1,
     progress: bool = True,
     speed: float = 1.0,
+    waveform_payload: int = 2,
 ) -> dict:
     """``minutes`` of wall time; ``speed`` > 1 runs event time that much faster (``beds / speed`` beds
     then offer the messages/s of ``beds`` at speed 1, and their windows fill ``speed`` times sooner:
@@ -320,7 +321,7 @@ def run(
     broker.start(settings)
     procs = []
     try:
-        models = [settings.triton_model] + ([scoring_model] if scoring_model else [])
+        models = [settings.triton_model] + ([settings.scoring_model] if settings.scoring_model else [])
         triton.start(settings, ready_models=models, timeout_s=180)
         db.upgrade(settings.database_url)
         for i in range(workers):
@@ -341,6 +342,7 @@ def run(
             onset_window_s=ONSET_WINDOW_S,
             patient_prefix=PREFIX,
             waveform_chunk_s=chunk_s,
+            waveform_payload=waveform_payload,
         )
 
         say(f"generating {minutes:g} min of {beds} beds before the clock starts ...")
@@ -487,7 +489,8 @@ def summarise(
         "speed": speed,
         "workers": workers,
         "waveform_chunk_s": sim.waveform_chunk_s,
-        "scoring_model": scoring_model or settings.triton_model,
+        "waveform_payload": sim.waveform_payload,
+        "scoring_model": settings.scoring_model or settings.triton_model,
         "machine": _machine(),
         "messages": {
             "produced_acked": sum(produced.values()),

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from icuwatch.cli.options import add_waveform_payload
+
 
 def _bench(args: argparse.Namespace) -> int:
     if args.target == "models":
@@ -48,6 +50,7 @@ def _bench(args: argparse.Namespace) -> int:
             workers=args.workers,
             progress=not args.quiet,
             speed=args.speed,
+            waveform_payload=args.waveform_payload,
         )
     text = json.dumps(summary) if args.json else json.dumps(summary, indent=2)
     print(text)
@@ -101,9 +104,8 @@ def register(subparsers) -> None:
     g.add_argument(
         "--model",
         default="",
-        help="Triton model the worker scores with: empty for the rule model "
-        "early_warning, or student_physionet (after `icuwatch distill` and "
-        "`icuwatch export-triton`)",
+        help="Triton model the worker scores with (default: the worker's own, ICUWATCH_SCORING_MODEL: "
+        "student_live unless set); early_warning for the rule model",
     )
     g.add_argument("--database-url", default=None, help="default: a fresh SQLite file in var/bench/pipeline")
     g.add_argument("--seed", type=int, default=7)
@@ -121,4 +123,5 @@ def register(subparsers) -> None:
         default=1,
         help="seconds of ECG/PPG/respiration per waveform message (1: as a monitor streams; 2+: a batching gateway)",
     )
+    add_waveform_payload(g)
     p.set_defaults(func=_bench)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from icuwatch.cli.options import add_waveform_payload
+
 
 def _chaos(args: argparse.Namespace) -> int:
     from icuwatch.benchmarks.chaos import SCENARIOS, Config, run_chaos
@@ -26,6 +28,7 @@ def _chaos(args: argparse.Namespace) -> int:
         fault_at_s=args.fault_at_s,
         fault_s=args.fault_s,
         seed=args.seed,
+        waveform_payload=args.waveform_payload,
     )
     summary = run_chaos(args.scenario or list(SCENARIOS), cfg, progress=not args.quiet)
     _print(summary, args)
@@ -56,6 +59,7 @@ def register(subparsers) -> None:
     p.add_argument("--fault-at-s", type=float, default=40.0, help="wall seconds into the stream")
     p.add_argument("--fault-s", type=float, default=30.0, help="outage length (Triton, database, rebalance)")
     p.add_argument("--seed", type=int, default=3)
+    add_waveform_payload(p)
     p.add_argument(
         "--bad-input",
         type=int,

@@ -7,6 +7,7 @@ import json
 import sys
 
 from icuwatch.cli.errors import report_failed
+from icuwatch.cli.options import add_waveform_payload
 
 
 def _producer():
@@ -53,6 +54,7 @@ def _replay_wfdb(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             patient_id=args.patient_id,
             nan_policy=args.nan,
+            payload_version=args.waveform_payload,
         )
     finally:
         producer.close()
@@ -139,6 +141,7 @@ def register(subparsers) -> None:
         default="drop",
         help="chunks with NaN samples: drop them (default) or interpolate short gaps",
     )
+    add_waveform_payload(q)
     q.add_argument("--quiet", action="store_true")
     q.set_defaults(func=_replay_wfdb)
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import time
 
+from icuwatch.cli.options import add_waveform_payload
 from icuwatch.core.settings import get_settings
 
 
@@ -82,6 +83,7 @@ def _simulate(args: argparse.Namespace) -> int:
         waveforms=not args.no_waveforms and args.via != "hl7",
         patient_prefix=args.prefix,
         population=args.population,
+        waveform_payload=args.waveform_payload,
     )
     truth = args.truth or str(settings.state_dir / f"truth-seed{args.seed}.json")
     write_ground_truth(sim, truth)
@@ -119,6 +121,7 @@ def register(subparsers) -> None:
     p.add_argument("--prefix", default="sim", help="patient id prefix")
     p.add_argument("--truth", default=None, help="where to write the ground truth JSON")
     p.add_argument("--no-waveforms", action="store_true")
+    add_waveform_payload(p)
     p.add_argument(
         "--via",
         choices=["kafka", "hl7", "dicom"],

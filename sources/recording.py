@@ -2,7 +2,7 @@
 
 One line per message: ``topic``, ``partition``, ``offset``, ``key`` and ``value`` (base64, so any
 bytes survive, malformed ones included), ``timestamp`` (the Kafka timestamp, ms) and ``event_time``
-(from the v1 payload; null when the value is not a v1 message).
+(from the v1 payload or a v2 waveform chunk; null when the value is neither).
 
 "From now" and this Tansu: its ListOffsets "latest" answers the base offset of the last batch + 1,
 not the true end (shared/DESIGN.md), so ``seek_to_end`` can land *before* messages that were already
@@ -33,7 +33,7 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 from tqdm import tqdm
 
-from icuwatch.core import topics
+from icuwatch.core import schemas, topics
 from icuwatch.core.errors import BadFile, OperatorError
 from icuwatch.core.settings import Settings
 from icuwatch.sources.pacing import RawMessage, send_paced
@@ -43,6 +43,11 @@ from icuwatch.streams.kafka.security import kafka_python_config
 def _event_time(value: bytes | None) -> float | None:
     if not value:
         return None
+    if schemas.is_v2_payload(value):
+        try:
+            return schemas.decode(topics.WAVEFORMS, value).event_time
+        except schemas.SchemaError:
+            return None
     try:
         t = json.loads(value).get("event_time")
     except (ValueError, AttributeError, UnicodeDecodeError):

@@ -37,7 +37,7 @@ from pydantic import ValidationError
 
 from icuwatch.core import schemas, topics
 from icuwatch.core.errors import BadFile, OperatorError
-from icuwatch.core.schemas import EARLIEST_EVENT_TIME, Message, Vitals, Waveform
+from icuwatch.core.schemas import EARLIEST_EVENT_TIME, Message, Vitals, Waveform, WaveformV2
 from icuwatch.sources.pacing import send_paced
 
 DEFAULT_BASE_TIME = datetime(2020, 1, 1, tzinfo=timezone.utc).timestamp()
@@ -238,12 +238,14 @@ def record_messages(
     stats: Counter | None = None,
     patient_id: str | None = None,
     nan_policy: str = "drop",
-) -> Iterator[tuple[float, str, Message]]:
+    payload_version: int = 1,
+) -> Iterator[tuple[float, str, Message | WaveformV2]]:
     """``(publish_time, topic, message)`` of a WFDB record, in publish-time order (see the module doc).
 
     ``stats`` (optional) collects per-signal chunk counts (``chunks.ecg``...), ``nan_chunks`` (and
     per signal), segment counts, ``skipped_out_of_range`` and ``time_source`` ('record', 'given' or
-    'default': recorded as ``time_source.<which>`` = 1).
+    'default': recorded as ``time_source.<which>`` = 1). ``payload_version`` 2 sends the chunks as
+    binary :class:`~icuwatch.core.schemas.WaveformV2` (int16 at the chunk's own scale).
     """
     if nan_policy not in ("drop", "interpolate"):
         raise ValueError("nan_policy must be 'drop' or 'interpolate'")
@@ -314,14 +316,18 @@ def record_messages(
                         if chunk is None:
                             continue
                         stats["interpolated_chunks"] += 1
-                    msg = Waveform(
-                        patient_id=pid,
-                        event_time=t,
-                        signal=signal,
-                        fs=fs,
-                        samples=np.round(chunk, dec[signal]).tolist(),
-                        units=units[c] or "NU",
-                    )
+                    msg: Waveform | WaveformV2
+                    if payload_version == 2:
+                        msg = WaveformV2.of(pid, t, signal, fs, chunk, units[c] or "NU")
+                    else:
+                        msg = Waveform(
+                            patient_id=pid,
+                            event_time=t,
+                            signal=signal,
+                            fs=fs,
+                            samples=np.round(chunk, dec[signal]).tolist(),
+                            units=units[c] or "NU",
+                        )
                     stats[f"chunks.{signal}"] += 1
                     yield round(t + chunk.size / fs, 6), topics.WAVEFORMS, msg
 
@@ -335,6 +341,7 @@ def replay_wfdb(
     chunk_s: float = 1.0,
     patient_id: str | None = None,
     nan_policy: str = "drop",
+    payload_version: int = 1,
 ) -> dict[str, Any]:
     """Send a WFDB record's messages, paced by publish time. Returns produced counts and stats."""
     stats: Counter = Counter()
@@ -344,7 +351,7 @@ def replay_wfdb(
     duration = float(header.sig_len or 0) / float(header.fs)
     t0, _ = _start_time(header, duration, base_time)
     produced = send_paced(
-        record_messages(name, base_time, chunk_s, stats, pid, nan_policy),
+        record_messages(name, base_time, chunk_s, stats, pid, nan_policy, payload_version),
         producer,
         speed,
         start_time=t0,

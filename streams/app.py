@@ -11,6 +11,7 @@ import faust
 from icuwatch.core import topics
 from icuwatch.core.settings import get_settings
 from icuwatch.streams.kafka import install_patches
+from icuwatch.streams.kafka.lean_monitor import LeanMonitor
 from icuwatch.streams.kafka.security import faust_credentials
 
 settings = get_settings()
@@ -34,6 +35,7 @@ app = faust.App(
     stream_wait_empty=False,  # ingest holds acks until a checkpoint: a rebalance must not wait for them
     producer_max_batch_size=settings.worker_producer_max_batch_bytes,
     datadir=str(settings.state_dir / "faust"),
+    Monitor=LeanMonitor,
 )
 
 raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw", "partitions": settings.partitions}

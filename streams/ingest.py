@@ -60,7 +60,7 @@ def _span(s: float) -> str:
 
 
 def implausible_time(
-    state: PatientState, msg: schemas.Message, timestamp: float, live: bool, rule: ClockRule
+    state: PatientState, msg: schemas.Decoded, timestamp: float, live: bool, rule: ClockRule
 ) -> str | None:
     """Why ``msg``'s event time is implausible, or None.
 
@@ -98,7 +98,7 @@ def implausible_time(
 
 def apply_message(
     state: PatientState,
-    msg: schemas.Message,
+    msg: schemas.Decoded,
     where: Where,
     waveforms: WaveformState,
     clock: ClockRule | None = None,
@@ -108,7 +108,7 @@ def apply_message(
     tracked by offset (the waveform buffers recognise a repeated chunk themselves). With a ``clock``
     rule, raises :class:`Refused` before touching the state when the event time is implausible (a
     record already applied is recognised first, so a re-read one is never refused)."""
-    is_waveform = isinstance(msg, schemas.Waveform)
+    is_waveform = isinstance(msg, schemas.WAVEFORM_TYPES)
     redelivered = not is_waveform and patient_state.redelivered(state, *where)
     if not redelivered and clock is not None:
         reason = implausible_time(state, msg, where[3], live, clock)
@@ -128,7 +128,7 @@ def phase_s(key: bytes, period_s: float) -> float:
 
 
 def next_step(
-    state: PatientState, msg: schemas.Message, key: bytes, waveforms: WaveformState, score_interval_s: float
+    state: PatientState, msg: schemas.Decoded, key: bytes, waveforms: WaveformState, score_interval_s: float
 ) -> NextStep:
     """After :func:`apply_message` accepted ``msg``: score, checkpoint, or wait. A discharge drops the
     patient's waveform buffers first. A score due at the patient's clock refreshes the waveform
@@ -142,5 +142,5 @@ def next_step(
         state["revision"] = state.get("revision", 0) + 1 if reason == "revision" else 0
         state["last_scored"] = now
         return NextStep(score_reason=reason, score_time=now)
-    checkpoint = not isinstance(msg, (schemas.Vitals, schemas.Waveform)) or patient_state.checkpoint_due(state)
+    checkpoint = not isinstance(msg, (schemas.Vitals, *schemas.WAVEFORM_TYPES)) or patient_state.checkpoint_due(state)
     return NextStep(checkpoint=checkpoint)

@@ -305,12 +305,12 @@ def apply_adt(state: PatientState, msg: schemas.Adt) -> bool:
     return True
 
 
-def apply(state: PatientState, msg: schemas.Message, waveforms: "WaveformState | None" = None) -> bool:
+def apply(state: PatientState, msg: schemas.Decoded, waveforms: "WaveformState | None" = None) -> bool:
     """Apply one decoded message of any input topic; False for a duplicate. Shared by the worker and
     the offline paths (``psv-predict``) so both derive the same features from the same messages."""
     if isinstance(msg, schemas.Vitals):
         return apply_vitals(state, msg)
-    if isinstance(msg, schemas.Waveform):
+    if isinstance(msg, schemas.WAVEFORM_TYPES):
         if waveforms is None:
             raise ValueError("waveform messages need a WaveformState")
         accepted, t = waveforms.add(msg)

@@ -31,7 +31,7 @@ class WaveformState:
         self.buffers: dict[tuple[str, str], WaveformBuffer] = {}
         self.last_feature_t: dict[tuple[str, str], float] = {}
 
-    def add(self, msg: schemas.Waveform) -> tuple[bool, float]:
+    def add(self, msg: schemas.AnyWaveform) -> tuple[bool, float]:
         """Buffer a chunk; returns (accepted, time of the chunk's last sample)."""
         t_last = msg.end_time()
         if msg.signal not in FEATURE_NAME:
@@ -40,7 +40,7 @@ class WaveformState:
         buf = self.buffers.get(key)
         if buf is None:
             buf = self.buffers[key] = WaveformBuffer(window_s=WINDOW_S)
-        return buf.add(msg.event_time, msg.fs, msg.samples), t_last
+        return buf.add(msg.event_time, msg.fs, msg.values()), t_last
 
     def features_until(self, patient_id: str, t: float) -> list[tuple[float, dict[str, float | None]]]:
         """Per signal due for a new value, ``(time of the window's last sample, {feature: value})``

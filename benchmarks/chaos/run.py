@@ -89,6 +89,7 @@ def run_once(name: str, cfg: Config, progress: bool) -> dict:
             start_time=cfg.start_time,
             duration_s=cfg.hours * 3600.0,
             patient_prefix=PREFIX,
+            waveform_payload=cfg.waveform_payload,
         )
         producer = make_producer(settings)
         produced: dict = {}

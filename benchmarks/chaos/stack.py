@@ -43,6 +43,8 @@ class Config:
     fault_s: float = 30.0
     """How long Triton or the database stays away, or the second worker stays out of the group."""
     seed: int = 3
+    waveform_payload: int = 2
+    """How the simulated monitors send waveform chunks (1: JSON, 2: binary; core/schemas.py)."""
     start_time: float = field(default_factory=lambda: float(int(time.time()) - 6 * 3600))
     """Event time of the first message, the same for every run so that alert ids can match."""
 

@@ -19,7 +19,7 @@ def expected_states(sim) -> dict[str, dict]:
 
     states: dict[str, dict] = {}
     for _, _, msg in sim.timed_messages():
-        if not isinstance(msg, schemas.Waveform):
+        if not isinstance(msg, schemas.WAVEFORM_TYPES):
             patient_state.apply(states.setdefault(msg.patient_id, patient_state.new_state()), msg)
     return json.loads(json.dumps({p: {f: st[f] for f in STATE_FIELDS} for p, st in states.items()}))
 

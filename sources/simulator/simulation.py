@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from icuwatch.core import topics
-from icuwatch.core.schemas import EARLIEST_EVENT_TIME, VITAL_FIELDS, Adt, Cxr, Message, Vitals, Waveform
+from icuwatch.core.schemas import EARLIEST_EVENT_TIME, VITAL_FIELDS, Adt, Cxr, Message, Vitals, Waveform, WaveformV2
 
 from . import cxr as cxr_images
 from .labs import lab_messages
@@ -132,6 +132,7 @@ class Simulation:
         patient_prefix: str = "sim",
         waveform_chunk_s: int = 1,
         population: Population = "stylised",
+        waveform_payload: int = 1,
     ) -> None:
         if seed < 0:
             raise ValueError("seed must be >= 0")
@@ -145,8 +146,11 @@ class Simulation:
         self.duration_s = float(duration_s)
         if not 1 <= waveform_chunk_s <= BLOCK_S or BLOCK_S % waveform_chunk_s:
             raise ValueError(f"waveform_chunk_s must divide {BLOCK_S}")
+        if waveform_payload not in (1, 2):
+            raise ValueError("waveform_payload must be 1 (JSON) or 2 (binary, core/schemas.WaveformV2)")
         self.waveforms = waveforms
         self.waveform_chunk_s = waveform_chunk_s
+        self.waveform_payload = waveform_payload
         self.cxr = cxr
         self.patients: list[PatientSpec] = draw_patients(
             n_patients, seed, self.duration_s, deteriorating_fraction, onset_window_s, patient_prefix, population
@@ -279,7 +283,9 @@ class Simulation:
                             i,
                             _ORDER_WAVE[signal],
                             topics.WAVEFORMS,
-                            Waveform.model_construct(
+                            WaveformV2.of(pid, t, signal, FS[signal], piece, UNITS[signal])
+                            if self.waveform_payload == 2
+                            else Waveform.model_construct(
                                 patient_id=pid,
                                 event_time=t,
                                 signal=signal,

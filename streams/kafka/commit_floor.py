@@ -20,20 +20,63 @@ the committed offset itself is still held.
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import weakref
 from typing import Any
+from weakref import WeakSet
 
 from faust.transport.consumer import Consumer
 from faust.utils.functional import consecutive_numbers
 
 
+class HeldMessages(WeakSet):
+    """Faust's set of messages handed to a stream and not acknowledged (``_unacked_messages``, a
+    WeakSet) that also keeps, per partition, a heap of (offset, sequence, weak reference) of what
+    it was given, so that :func:`oldest_unacked` need not scan every held message. Faust's stream
+    iterator adds to the set directly (it inlines ``Consumer.track_message``), so the set is where
+    to hook."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heaps: dict[Any, list] = {}
+
+    def add(self, message: Any) -> None:
+        super().add(message)
+        heapq.heappush(self.heaps.setdefault(message.tp, []), (message.offset, next(_sequence), weakref.ref(message)))
+
+
+_sequence = itertools.count()
+
+
+def _counts(message: Any, generation: int | None) -> bool:
+    """Whether ``message`` (None: garbage-collected) still holds its partition's commits."""
+    if message is None or message.acked:
+        return False
+    return generation is None or message.generation_id in (None, generation)
+
+
 def oldest_unacked(consumer: Any) -> dict[Any, int]:
     """Per partition, the lowest offset of a message delivered to a stream and not acknowledged.
     Messages fetched in an earlier group generation do not count: a rebalance sends the partition
-    back to its committed offset, and they are read again (or by another worker)."""
+    back to its committed offset, and they are read again (or by another worker).
+
+    From the heaps :class:`HeldMessages` keeps, popping what was acknowledged since (each message
+    is pushed and popped once: the scan of every held message on every commit was 5 % of the
+    worker's busy time at 1,000 beds, with ~100,000 messages held for checkpoints); a consumer
+    without them (Faust's own books on a bare object) is scanned."""
     generation = getattr(getattr(consumer, "app", None), "consumer_generation_id", None)
+    heaps = getattr(consumer._unacked_messages, "heaps", None)
     floors: dict[Any, int] = {}
+    if heaps is not None:
+        for tp, heap in heaps.items():
+            while heap and not _counts(heap[0][2](), generation):
+                heapq.heappop(heap)
+            if heap:
+                floors[tp] = heap[0][0]
+        return floors
     for message in list(consumer._unacked_messages):
-        if not message.acked and (generation is None or message.generation_id in (None, generation)):
+        if _counts(message, generation):
             held = floors.get(message.tp)
             if held is None or message.offset < held:
                 floors[message.tp] = message.offset
@@ -86,3 +129,12 @@ def install() -> None:
             "re-check streams/kafka/commit_floor.py against the new commit logic"
         )
     Consumer._filter_committable_offsets = _filter_committable_offsets  # type: ignore[method-assign]
+    init = Consumer.__init__
+
+    def init_with_held_messages(self, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self._unacked_messages = HeldMessages()
+
+    if not getattr(init, "_held_messages", False):
+        init_with_held_messages._held_messages = True  # type: ignore[attr-defined]
+        Consumer.__init__ = init_with_held_messages  # type: ignore[method-assign]

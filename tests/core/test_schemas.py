@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from icuwatch.core import schemas, topics
@@ -104,3 +105,79 @@ def test_adt_hospital_admission_is_optional_and_not_after_the_event():
     for bad in (T + 0.001, float("nan"), 1.0):
         with pytest.raises(ValueError, match="hospital_admit_time"):
             schemas.Adt(patient_id="p1", event_time=T, event="admit", hospital_admit_time=bad)
+
+
+def v2_chunk(**changes) -> bytes:
+    """A valid v2 ECG chunk as msgpack, with ``changes`` to its fields."""
+    import msgspec
+
+    good = schemas.WaveformV2.of("p1", T, "ecg", 250.0, np.sin(np.arange(250) / 7.0) * 1.3)
+    return msgspec.msgpack.encode({**msgspec.structs.asdict(good), **changes})
+
+
+def test_v2_waveform_round_trips_at_a_third_of_the_bytes():
+    x = np.sin(np.arange(250) / 7.0) * 1.3
+    v1 = schemas.Waveform(patient_id="p1", event_time=T, signal="ecg", fs=250.0, samples=np.round(x, 4).tolist())
+    v2 = schemas.WaveformV2.of("p1", T, "ecg", 250.0, x, "mV")
+    raw = v2.to_bytes()
+    assert len(raw) < 0.4 * len(v1.to_bytes())
+    got = schemas.decode(topics.WAVEFORMS, raw, b"p1")
+    assert isinstance(got, schemas.WaveformV2) and got == v2 and got.schema_version == 2
+    assert np.max(np.abs(got.values() - x)) <= got.scale / 2 + 1e-12  # int16 at the chunk's own scale
+    assert got.scale == pytest.approx(1.3 * np.max(np.abs(np.sin(np.arange(250) / 7.0))) / 32767)
+    assert got.n_samples == 250 and got.end_time() == pytest.approx(v1.end_time())
+    f32 = schemas.decode(
+        topics.WAVEFORMS, schemas.WaveformV2.of("p1", T, "ecg", 250.0, x, sample_format="float32").to_bytes()
+    )
+    np.testing.assert_array_equal(f32.values(), x.astype(np.float32))
+    flat = schemas.WaveformV2.of("p1", T, "resp", 25.0, np.zeros(25))  # all zero: scale 1, not 0
+    assert flat.scale == 1.0 and not flat.values().any()
+
+
+def test_the_version_is_read_per_message():
+    v1 = schemas.Waveform(patient_id="p1", event_time=T, signal="ecg", fs=250.0, samples=[0.1] * 250)
+    assert isinstance(schemas.decode(topics.WAVEFORMS, v1.to_bytes()), schemas.Waveform)
+    assert isinstance(schemas.decode(topics.WAVEFORMS, b" \n" + v1.to_bytes()), schemas.Waveform)
+    assert isinstance(schemas.decode(topics.WAVEFORMS, v2_chunk()), schemas.WaveformV2)
+    assert np.array_equal(v1.values(), np.full(250, 0.1))
+    with pytest.raises(schemas.SchemaError, match="Input should be 1"):  # a v2 body in JSON is no v1
+        schemas.decode(topics.WAVEFORMS, json.dumps({**json.loads(v1.to_bytes()), "schema_version": 2}).encode())
+    with pytest.raises(schemas.SchemaError):  # binary is for waveforms only
+        schemas.decode(topics.VITALS, v2_chunk())
+
+
+@pytest.mark.parametrize(
+    "changes, reason",
+    [
+        (dict(fs=5000.0), "fs: Expected `float` <= 2000.0"),
+        (dict(fs=10.0), "ecg sampled at 10.0 Hz; at least 50.0 Hz needed"),
+        (dict(patient_id="a b"), "patient_id: Expected `str` matching regex"),
+        (dict(event_time=1_764_000_000_000.0), "event_time: Expected `float` < 4000000000.0"),
+        (dict(samples=b"\x01\x02\x03"), "3 bytes is not a whole number of int16 values"),
+        (dict(samples=b"\x00"), "samples: Expected `bytes` of length >= 2"),
+        (dict(samples=bytes(40002)), "20001 samples, at most 20000"),
+        (dict(sample_format="int8"), "sample_format: Invalid enum value 'int8'"),
+        (dict(schema_version=3), "schema_version: Invalid enum value 3"),
+        (dict(comment="x"), "message: Object contains unknown field `comment`"),
+        (dict(scale=float("nan")), "scale: Expected `float` > 0.0"),
+        (dict(scale=float("inf")), "scale: Expected `float` < 1e+30"),
+        (
+            dict(sample_format="float32", samples=np.array([0.1, np.inf], "<f4").tobytes()),
+            "samples must be finite",
+        ),
+        (dict(signal="eeg"), "signal: Invalid enum value 'eeg'"),
+    ],
+)
+def test_bad_v2_waveforms_raise_schema_error_naming_the_field(changes, reason):
+    with pytest.raises(schemas.SchemaError) as err:
+        schemas.decode(topics.WAVEFORMS, v2_chunk(**changes))
+    assert err.value.reason.startswith("icu.waveforms v2: ")
+    assert reason in err.value.reason
+
+
+def test_bad_v2_bytes_raise_schema_error():
+    for raw, reason in [(v2_chunk()[:-5], "not a msgpack map"), (b"\x80", "missing required field")]:
+        with pytest.raises(schemas.SchemaError, match=reason):
+            schemas.decode(topics.WAVEFORMS, raw)
+    with pytest.raises(schemas.SchemaError, match="key"):
+        schemas.decode(topics.WAVEFORMS, v2_chunk(), b"p2")

@@ -483,3 +483,25 @@ def test_record_then_replay_file_round_trip(stack, tmp_path):
     assert [r[4] for r in vit] == [m.to_bytes() for m in old + new + new]  # one partition per key, in order
     labs = _read_back(settings, [topics.LABS], lambda k: k == key, 10)
     assert [r[4] for r in labs] == [m.to_bytes() for m in new_labs + new_labs]
+
+
+@needs_wfdb
+def test_wfdb_replay_as_binary_waveforms():
+    v1 = _waves(list(record_messages(WFDB_DIR / "3000003_0003")))
+    items = list(record_messages(WFDB_DIR / "3000003_0003", payload_version=2))
+    v2 = _waves(items)
+    assert [t for t, _ in v1] == [t for t, _ in v2]
+    for (_, a), (_, b) in zip(v1, v2):
+        decoded = schemas.decode(topics.WAVEFORMS, b.to_bytes(), b.key())
+        assert isinstance(decoded, schemas.WaveformV2) and decoded.n_samples == len(a.samples)
+        assert (decoded.event_time, decoded.fs, decoded.units) == (a.event_time, a.fs, a.units)
+        # v1 rounds to the record's ADC resolution, v2 to 1/32767 of the chunk's peak
+        np.testing.assert_allclose(decoded.values(), a.samples, atol=decoded.scale / 2 + 0.5 * 10.0**-4)
+
+
+def test_a_recording_reads_the_event_time_of_binary_chunks():
+    from icuwatch.sources.recording import _event_time
+
+    chunk = schemas.WaveformV2.of("p1", 1.7e9, "ppg", 125.0, np.ones(125))
+    assert _event_time(chunk.to_bytes()) == 1.7e9
+    assert _event_time(chunk.to_bytes()[:-4]) is None

@@ -319,3 +319,26 @@ def test_waveform_chunks_of_several_seconds_carry_the_same_samples():
         assert max(d for _, d in chunks) <= 3.0
     with pytest.raises(ValueError):
         Simulation(**kw, waveform_chunk_s=7)
+
+
+def test_binary_waveform_payload_carries_the_same_chunks():
+    kw = dict(n_patients=2, seed=3, start_time=T0, duration_s=120)
+    v1, v2 = list(Simulation(**kw).messages()), list(Simulation(waveform_payload=2, **kw).messages())
+    assert [(t, m.to_bytes()) for t, m in v1 if t != topics.WAVEFORMS] == [
+        (t, m.to_bytes()) for t, m in v2 if t != topics.WAVEFORMS
+    ]
+    w1 = [m for t, m in v1 if t == topics.WAVEFORMS]
+    w2 = [schemas.decode(t, m.to_bytes(), m.key()) for t, m in v2 if t == topics.WAVEFORMS]
+    assert len(w1) == len(w2) and all(isinstance(m, schemas.WaveformV2) for m in w2)
+    for a, b in zip(w1, w2):
+        assert (a.patient_id, a.event_time, a.signal, a.fs, a.units) == (
+            b.patient_id,
+            b.event_time,
+            b.signal,
+            b.fs,
+            b.units,
+        )
+        assert np.max(np.abs(a.values() - b.values())) <= b.scale / 2 + 1e-9
+    assert sum(len(m.to_bytes()) for _, m in v2) < 0.6 * sum(len(m.to_bytes()) for _, m in v1)
+    with pytest.raises(ValueError, match="waveform_payload"):
+        Simulation(waveform_payload=3, **kw)

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from icuwatch.core import schemas
 from icuwatch.streams.waveform_state import WaveformState
@@ -47,3 +48,14 @@ def test_duplicate_chunk_is_rejected():
     chunk = next(ecg_chunks(hr=80, seconds=1))
     assert ws.add(chunk)[0]
     assert not ws.add(chunk)[0]
+
+
+def test_v2_chunks_give_the_v1_features():
+    """The binary payload (int16 at each chunk's scale) changes no feature the worker derives."""
+    v1, v2 = WaveformState(feature_every_s=0.0), WaveformState(feature_every_s=0.0)
+    for chunk in ecg_chunks(hr=72, seconds=10):
+        packed = schemas.WaveformV2.of(chunk.patient_id, chunk.event_time, chunk.signal, chunk.fs, chunk.samples)
+        assert v1.add(chunk) == v2.add(schemas.decode("icu.waveforms", packed.to_bytes()))
+    ((t1, f1),) = v1.features_until("p1", T + 9.9)
+    ((t2, f2),) = v2.features_until("p1", T + 9.9)
+    assert t1 == t2 and f1["ecg_hr"] == pytest.approx(f2["ecg_hr"], abs=0.05) and abs(f1["ecg_hr"] - 72) < 2

@@ -87,3 +87,54 @@ def test_messages_of_an_earlier_generation_do_not_hold_commits_back():
     assert oldest_unacked(c) == {}
     c._unacked_messages.add(Message(TP, 5, False, generation_id=2))
     assert oldest_unacked(c) == {TP: 5}
+
+
+def test_the_held_heaps_give_the_floor_a_scan_of_every_held_message_gives():
+    """``HeldMessages`` keeps a heap per partition; acknowledging in any order, forgetting messages
+    of an old generation, and messages garbage-collected unacknowledged (Faust's books are a
+    WeakSet), the floor is the scan's at every step."""
+    import random
+    import weakref
+
+    from icuwatch.streams.kafka import commit_floor
+
+    @dataclass(eq=False)
+    class Held:
+        tp: tuple
+        offset: int
+        acked: bool = False
+        generation_id: int | None = 1
+
+    rng = random.Random(7)
+    tps = [("icu.vitals", 0), ("icu.waveforms", 1)]
+    app = SimpleNamespace(consumer_generation_id=1)
+    held = commit_floor.HeldMessages()
+    consumer = SimpleNamespace(app=app, _unacked_messages=held)
+    scan = SimpleNamespace(app=app, _unacked_messages=weakref.WeakSet())  # Faust's own set: the scan
+    alive, next_offset, floors_seen = [], {tp: 0 for tp in tps}, 0
+    for step in range(3000):
+        tp = rng.choice(tps)
+        message = Held(tp, next_offset[tp], generation_id=app.consumer_generation_id)
+        next_offset[tp] += 1
+        alive.append(message)
+        held.add(message)  # as Faust's stream iterator does
+        scan._unacked_messages.add(message)
+        for m in alive:
+            m.acked = rng.random() < 0.05  # out of order, ~20 held at a time
+        if step == 1500:
+            app.consumer_generation_id = 2  # a rebalance: everything fetched before no longer counts
+        if step % 97 == 0 and alive:
+            alive.pop(rng.randrange(len(alive)))  # dropped unacknowledged (garbage-collected)
+        alive = [m for m in alive if not m.acked]
+        floors = commit_floor.oldest_unacked(consumer)
+        assert floors == commit_floor.oldest_unacked(scan), step
+        floors_seen += len(floors)
+    assert floors_seen > 3000  # most steps hold something on both partitions
+    assert sum(len(h) for h in held.heaps.values()) < 200  # popped as acknowledged
+
+
+def test_the_worker_s_consumer_holds_its_messages_in_the_heaped_set():
+    from icuwatch.streams.app import app
+    from icuwatch.streams.kafka.commit_floor import HeldMessages
+
+    assert isinstance(app.consumer._unacked_messages, HeldMessages)
