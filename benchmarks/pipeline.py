@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from icuwatch.benchmarks import worker_profile
 from icuwatch.core.settings import REPO_ROOT, Settings
 from icuwatch.streams.patient_state import WINDOW_MINUTES
 
@@ -298,6 +299,7 @@ def run(
     progress: bool = True,
     speed: float = 1.0,
     waveform_payload: int = 2,
+    profile_dir: Path | None = None,
 ) -> dict:
     """``minutes`` of wall time; ``speed`` > 1 runs event time that much faster (``beds / speed`` beds
     then offer the messages/s of ``beds`` at speed 1, and their windows fill ``speed`` times sooner:
@@ -357,6 +359,7 @@ def run(
                 yield t, topic, msg
 
         say(f"{beds} beds for {minutes:g} min at {speed:g}x ...")
+        spy = worker_profile.start(procs[0].pid, duration, profile_dir / "worker-0.raw") if profile_dir else None
         wall0, cpu0 = time.time(), time.process_time()
         workers_cpu0 = sum(cpu_s(p.pid) or 0.0 for p in procs)
         broker_cpu0 = cpu_s(processes.running_pid(settings, broker.NAME)) or 0.0
@@ -371,6 +374,8 @@ def run(
             unit="s",
         )
         wall_publish = time.time() - wall0
+        if spy is not None:
+            spy.wait(timeout=60)
         cpu = {
             "simulator_and_producer": round(time.process_time() - cpu0, 1),
             "workers": round(sum(cpu_s(p.pid) or 0.0 for p in procs) - workers_cpu0, 1),
@@ -409,6 +414,10 @@ def run(
         cpu,
         speed,
     )
+    if spy is not None and (profile_dir / "worker-0.raw").exists():
+        taken = out["messages"]["taken_by_worker"] or 1
+        cpu_us = cpu["workers"] / workers / (taken / workers) * 1e6
+        out["worker_profile"] = worker_profile.breakdown(profile_dir / "worker-0.raw", cpu_us)
     profiles = memory_profiles(settings, workers, sim.start_time)
     if profiles:
         out["worker_memory_profile"] = profiles

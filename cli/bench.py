@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from icuwatch.cli.options import add_waveform_payload
 
@@ -51,6 +52,7 @@ def _bench(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             speed=args.speed,
             waveform_payload=args.waveform_payload,
+            profile_dir=Path(args.profile) if args.profile else None,
         )
     text = json.dumps(summary) if args.json else json.dumps(summary, indent=2)
     print(text)
@@ -124,4 +126,11 @@ def register(subparsers) -> None:
         help="seconds of ECG/PPG/respiration per waveform message (1: as a monitor streams; 2+: a batching gateway)",
     )
     add_waveform_payload(g)
+    g.add_argument(
+        "--profile",
+        default=None,
+        metavar="DIR",
+        help="py-spy samples the first worker while publishing; raw samples in DIR and the per-part "
+        "breakdown of a message's cost in the JSON (worker_profile)",
+    )
     p.set_defaults(func=_bench)

@@ -149,7 +149,7 @@ class Waveform(Message):
         return np.asarray(self.samples, dtype=float)
 
 
-SAMPLE_FORMATS = {"int16": np.dtype("<i2"), "float32": np.dtype("<f4")}
+SAMPLE_FORMATS: dict[str, np.dtype] = {"int16": np.dtype("<i2"), "float32": np.dtype("<f4")}
 """v2 sample encodings: little-endian; int16 samples are multiplied by ``scale``."""
 INT16_FULL_SCALE = 32767
 

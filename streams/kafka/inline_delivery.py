@@ -74,7 +74,7 @@ def install() -> None:
     if getattr(original, _MARK, False):
         return
 
-    async def wait_first(self, *coros, timeout=None):  # type: ignore[no-untyped-def]
+    async def wait_first(self, *coros, timeout=None):
         if not _is_delivery(self, coros, timeout):
             return await original(self, *coros, timeout=timeout)
         delivery, suspended = coros
