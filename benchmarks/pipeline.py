@@ -155,6 +155,8 @@ def read_stats(paths: list[Path]) -> dict:
             elif key in ("processed_by_topic", "scorer"):
                 for k, v in value.items():
                     merged.setdefault(key, {})[k] = merged.get(key, {}).get(k, 0) + v
+            elif key == "gc_pause_max_s":
+                merged[key] = max(value, merged.get(key, 0.0))
             elif key == "done_offsets":
                 for topic, parts in value.items():
                     merged.setdefault(key, {}).setdefault(topic, {}).update(parts)
@@ -547,6 +549,11 @@ def summarise(
             },
         },
         "cpu_s_while_publishing": cpu,
+        "worker_gc": {
+            "full_collections": stats.get("gc_full_collections"),
+            "pause_total_s": stats.get("gc_pause_total_s"),
+            "pause_max_s": stats.get("gc_pause_max_s"),
+        },
         "worker_rss_mb_all_workers": {
             "first": rss[0] if rss else None,
             "last": rss[-1] if rss else None,

@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     checkpointed and acknowledged anyway (``streams/kafka/acks.py``)."""
     batch_max: int = 256
     batch_wait_s: float = 0.2
+    alert_batch_max: int = 500
+    """Scores the alert agent stores in one transaction at most."""
+    alert_batch_wait_s: float = 0.05
+    """How long the alert agent waits to fill a batch of scores."""
     live_max_future_s: float = 300.0
     """Live sources know the time: the HL7 listener refuses an event time more than this ahead of its
     clock (clock skew between systems), and the worker one more than this ahead of the timestamp of a

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from icuwatch.core import schemas
@@ -105,6 +105,15 @@ def update(
     return step(state, score, thresholds, resolved)[0]
 
 
+def applies(state: dict, score: schemas.Score) -> bool:
+    """Whether :func:`step` applies ``score`` (newer than the latest, or a higher revision of it)
+    rather than ignoring it."""
+    revision = getattr(score, "revision", 0)
+    if score.event_time == state["last_t"]:
+        return revision > state.get("last_revision", 0) and "before_last" in state
+    return score.event_time > state["last_t"]
+
+
 def step(
     state: dict, score: schemas.Score, thresholds: dict[str, Thresholds], resolved: Collection[str] = ()
 ) -> tuple[list[schemas.Alert], list[str]]:
@@ -118,10 +127,10 @@ def step(
     back to before that score and the revision is applied instead. Older scores are ignored.
     """
     revision = getattr(score, "revision", 0)
-    if score.event_time == state["last_t"] and revision > state.get("last_revision", 0) and "before_last" in state:
-        state["kinds"] = copy.deepcopy(state["before_last"])
-    elif score.event_time <= state["last_t"]:
+    if not applies(state, score):
         return [], []
+    if score.event_time == state["last_t"]:
+        state["kinds"] = copy.deepcopy(state["before_last"])
     else:
         state["before_last"] = copy.deepcopy(state["kinds"])
     state["last_t"] = score.event_time
@@ -169,3 +178,26 @@ def step(
             ks["open"] = None
             ks["closed_at"] = score.event_time
     return raised, closed
+
+
+def step_batch(
+    states: dict[bytes, dict],
+    scores: list[schemas.Score],
+    thresholds_of: Callable[[schemas.Score], dict[str, Thresholds]],
+    resolved: Mapping[str, Collection[str]],
+) -> list[tuple[list[schemas.Alert], list[str]]]:
+    """:func:`step` for a batch of scores, in order: per score, (alerts opened, episodes closed).
+
+    ``states``: each patient's episode state (updated in place); ``resolved``: per patient id, the
+    kinds a nurse resolved as the database said before the batch. That answer is used by the
+    patient's first score that applies, not again: a later score of the batch may have reopened the
+    kind, and that new episode is not resolved."""
+    left = {pid: set(kinds) for pid, kinds in resolved.items()}
+    out = []
+    for score in scores:
+        state = states[score.key()]
+        applied = applies(state, score)
+        out.append(step(state, score, thresholds_of(score), left.get(score.patient_id, ())))
+        if applied:
+            left.pop(score.patient_id, None)
+    return out

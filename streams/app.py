@@ -50,5 +50,7 @@ patients = app.Table("patient_state", key_type=bytes, partitions=settings.partit
 ingest stream (once a score is published, for idle patients), so the changelog partition comes from
 the key by the same murmur2 partitioner the producers use (tests/streams/kafka/test_acks.py checks
 they agree), not from the current event."""
-episodes = app.Table("alert_state", key_type=bytes, partitions=settings.partitions)
-"""Each patient's alert episodes (``alerting.new_alert_state``)."""
+episodes = app.Table("alert_state", key_type=bytes, partitions=settings.partitions, use_partitioner=True)
+"""Each patient's alert episodes (``alerting.new_alert_state``). ``use_partitioner`` as for
+``patients``: the alert agent takes scores in batches and writes after each batch, outside the
+iteration of any one event."""

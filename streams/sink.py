@@ -30,10 +30,19 @@ def _resolve_if_acknowledged(session, alert_id: str, reason: str = EPISODE_CLOSE
 
 
 def _store_score(session, score: schemas.Score, open_episodes: Collection[str]) -> tuple[int, set[str]]:
-    stored = repository.add_scores(session, [score])
-    if not open_episodes:
-        return stored, set()
-    return stored, set(open_episodes) - repository.open_alert_kinds(session, score.patient_id)
+    stored, resolved = _store_scores(session, [score], {score.patient_id: open_episodes})
+    return stored, resolved.get(score.patient_id, set())
+
+
+def _store_scores(
+    session, scores: list[schemas.Score], open_episodes: dict[str, Collection[str]]
+) -> tuple[int, dict[str, set[str]]]:
+    stored = repository.add_scores(session, scores)
+    resolved = {}
+    for patient_id, kinds in open_episodes.items():
+        if kinds:
+            resolved[patient_id] = set(kinds) - repository.open_alert_kinds(session, patient_id)
+    return stored, resolved
 
 
 class StorageSink:
@@ -83,6 +92,15 @@ class StorageSink:
         the same transaction (one indexed read), so no cache can go stale, and the answer comes
         from the database, which survives a worker restart."""
         stored, resolved = await self._durably("storing a score", _store_score, score, open_episodes)
+        self.scores_stored += stored
+        return resolved
+
+    async def store_scores(
+        self, scores: list[schemas.Score], open_episodes: dict[str, Collection[str]]
+    ) -> dict[str, set[str]]:
+        """:meth:`store_score` for a batch, in one transaction: per patient id of ``open_episodes``
+        (kinds of that patient's open episodes in the worker), those a nurse resolved."""
+        stored, resolved = await self._durably("storing scores", _store_scores, scores, open_episodes)
         self.scores_stored += stored
         return resolved
 

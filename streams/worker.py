@@ -242,25 +242,44 @@ async def forget_live_state(sender, revoked, **kwargs) -> None:
 
 @app.agent(scores_topic)
 async def raise_alerts(stream: faust.StreamT) -> None:
-    async for event in stream.events():
+    """Scores are taken in batches (``alert_batch_max`` or what came within ``alert_batch_wait_s``)
+    and stored in one transaction: one at a time, the database's round trip per score made the
+    alerts of a ward scored together wait seconds behind each other. Faust acknowledges a batch's
+    events once the batch is done."""
+    batches = stream.take_events(settings.alert_batch_max, within=settings.alert_batch_wait_s)  # type: ignore[attr-defined]
+    async for events in batches:
+        await take_scores(events)
+
+
+async def take_scores(events: list) -> None:
+    scores = []
+    for event in events:
         try:
-            score = schemas.decode_score(event.message.value, event.message.key)
+            scores.append(schemas.decode_score(event.message.value, event.message.key))
         except schemas.SchemaError as exc:
             await dead_letter(event, exc.reason)
-            continue
+    if not scores:
+        return
+    states = {}
+    for score in scores:
         key = score.key()
-        state = episodes.get(key) or alerting.new_alert_state()
-        # The database is the truth about a nurse's resolve: an open episode without an open alert
-        # there is closed, so a risk that stays high alerts again (alerting.py).
-        resolved = await storage.store_score(score, alerting.open_kinds(state))
-        raised, closed = alerting.step(
-            state, score, rule_thresholds if score.source == "fallback" else thresholds, resolved
-        )
+        if key not in states:
+            states[key] = episodes.get(key) or alerting.new_alert_state()
+    # The database is the truth about a nurse's resolve: an open episode without an open alert
+    # there is closed, so a risk that stays high alerts again (alerting.py).
+    resolved = await storage.store_scores(
+        scores, {key.decode(): alerting.open_kinds(state) for key, state in states.items()}
+    )
+    steps = alerting.step_batch(
+        states, scores, lambda s: rule_thresholds if s.source == "fallback" else thresholds, resolved
+    )
+    for raised, closed in steps:  # in score order: a closed episode frees its kind for the next alert
         stats["scores_taken"] += 1
         for alert in raised:
             await send_alert(alert)
         for closed_id in closed:
             await storage.close_episode(closed_id)
+    for key, state in states.items():
         episodes[key] = state
 
 
@@ -338,6 +357,7 @@ async def write_stats() -> None:
         "consumer_lag": consumer_lag(),
         "done_offsets": {t: {str(p): o for (tt, p), o in done_offsets.items() if tt == t} for t in topics.INPUTS},
         "record_age_s": {t: round(time.time() - ts, 3) for t, ts in last_record_ts.items()},
+        **{k: round(v, 4) for k, v in gc_stats.items()},
     }
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(snapshot))
@@ -396,3 +416,21 @@ def tune_garbage_collector() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+    gc.callbacks.append(_time_collection)
+
+
+gc_stats: dict[str, float] = {"gc_full_collections": 0, "gc_pause_total_s": 0.0, "gc_pause_max_s": 0.0}
+"""The collector's pauses in this worker (in its stats file): a full collection walks every live
+object, and at 1,000 beds a long one shows as a lag spike."""
+_gc_started = [0.0]
+
+
+def _time_collection(phase: str, info: dict) -> None:
+    if phase == "start":
+        _gc_started[0] = time.perf_counter()
+        return
+    pause = time.perf_counter() - _gc_started[0]
+    gc_stats["gc_pause_total_s"] += pause
+    gc_stats["gc_pause_max_s"] = max(gc_stats["gc_pause_max_s"], pause)
+    if info.get("generation") == 2:
+        gc_stats["gc_full_collections"] += 1

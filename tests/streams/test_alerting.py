@@ -270,3 +270,37 @@ def test_a_resolve_never_silences_a_patient_and_never_alerts_early(risks, resolv
     assert seen and len({a.alert_id for a in seen}) == len(seen)
     # The last resolve is followed by enough scores at 1.0 to alert again.
     assert last_resolve is None or seen[-1].event_time > last_resolve, "silenced after the resolve"
+
+
+def test_a_batch_uses_the_database_s_resolve_once_as_scores_one_at_a_time_do():
+    """The alert agent takes scores in batches and asks the database once per batch: the resolve
+    it reports closes the episode at the patient's first score that applies (a redelivered older
+    one does not), and the episode reopened later in the same batch stays open."""
+    per_score_state, per_score = run_with_resolves([1.0] * 30, resolve_at={5})
+    scores = [score(T + 60 * i, 1.0) for i in range(30)]
+    state = alerting.new_alert_state()
+    states = {b"p1": state}
+    first = alerting.step_batch(states, scores[:5], lambda s: REALERT, {})
+    told = {"p1": {"deterioration"} & alerting.open_kinds(state)}
+    rest = alerting.step_batch(states, [scores[4], *scores[5:]], lambda s: REALERT, told)
+    batched = [a for raised, _ in first + rest for a in raised]
+    assert [(a.alert_id, a.event_time, a.episode_start) for a in batched] == [
+        (a.alert_id, a.event_time, a.episode_start) for a in per_score
+    ]
+    assert [a.event_time for a in batched] == [T + 60, T + 300 + 600]
+    assert state["kinds"] == per_score_state["kinds"]
+    # were the answer used at every score of the batch, the reopened episode would close again
+    again = alerting.new_alert_state()
+    naive = []
+    for i, s in enumerate(scores):
+        naive += alerting.update(again, s, REALERT, {"deterioration"} if i >= 5 else set())
+    assert [a.event_time for a in naive] != [a.event_time for a in batched]
+
+
+def test_applies_is_what_step_applies():
+    state = alerting.new_alert_state()
+    alerting.step(state, score(T, 0.9), TH)
+    assert alerting.applies(state, score(T + 60, 0.9))
+    assert not alerting.applies(state, score(T, 0.9))  # the same score again
+    assert not alerting.applies(state, score(T - 60, 0.9))
+    assert alerting.applies(state, score(T, 0.9).model_copy(update={"revision": 1}))

@@ -70,3 +70,23 @@ def test_store_score_reports_the_open_episodes_a_nurse_resolved(url):
     with sink.sessions() as s:
         (event,) = s.query(AlertEvent).filter_by(alert_id=f"p1:deterioration:{T:.0f}", action="resolved").all()
     assert event.actor == "system:episode-closed" and event.detail["reason"]
+
+
+def test_store_scores_writes_a_batch_in_one_transaction_and_answers_per_patient(url):
+    db.upgrade(url)
+    sink = StorageSink(url)
+
+    def of(pid: str, t: float) -> schemas.Score:
+        return score(t).model_copy(update={"patient_id": pid})
+
+    async def scenario():
+        assert await sink.store_alert(alert("sepsis")) == "stored"  # p1's sepsis alert is open
+        batch = [of("p1", T + 60), of("p2", T + 60), of("p1", T + 120), of("p1", T + 120)]  # one redelivered
+        assert await sink.store_scores(batch, {"p1": {"sepsis"}, "p2": set()}) == {"p1": set()}
+        with sink.sessions.begin() as s:
+            repo.resolve(s, f"p1:sepsis:{T:.0f}", by="nurse.kim", reason="reviewed")
+        resolved = await sink.store_scores([of("p1", T + 180), of("p2", T + 180)], {"p1": {"sepsis"}, "p2": set()})
+        assert resolved == {"p1": {"sepsis"}}
+
+    asyncio.run(scenario())
+    assert sink.scores_stored == 5
