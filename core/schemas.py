@@ -152,6 +152,7 @@ class Waveform(Message):
 SAMPLE_FORMATS: dict[str, np.dtype] = {"int16": np.dtype("<i2"), "float32": np.dtype("<f4")}
 """v2 sample encodings: little-endian; int16 samples are multiplied by ``scale``."""
 INT16_FULL_SCALE = 32767
+_INT16 = SAMPLE_FORMATS["int16"]
 
 
 class WaveformV2(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -216,8 +217,9 @@ class WaveformV2(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
     def values(self) -> np.ndarray:
         """The samples as float64, in ``units``."""
-        raw = np.frombuffer(self.samples, dtype=SAMPLE_FORMATS[self.sample_format])
-        return raw * self.scale if self.sample_format == "int16" else raw.astype(float)
+        if self.sample_format == "int16":
+            return np.frombuffer(self.samples, dtype=_INT16) * self.scale
+        return np.frombuffer(self.samples, dtype=SAMPLE_FORMATS[self.sample_format]).astype(float)
 
     def key(self) -> bytes:
         return self.patient_id.encode()

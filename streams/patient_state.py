@@ -118,6 +118,11 @@ def new_state() -> PatientState:
 
 def _push(history: list, t: float, value) -> bool:
     """Insert ``[t, value]`` in time order, keeping the newest ``HISTORY``; False if ``t`` is held."""
+    if not history or t > history[-1][0]:  # the usual case, in order: no search (1 Hz, per message)
+        history.append([t, value])
+        if len(history) > HISTORY:
+            del history[0]
+        return True
     times = [h[0] for h in history]
     i = bisect.bisect_left(times, t)
     if i < len(times) and times[i] == t:

@@ -78,6 +78,9 @@ def test_a_short_bench_balances_its_books():
     msgs = out["messages"]
     assert msgs["produced_acked"] > 20 * 24 * 4 * 0.9
     assert msgs["lost"] == 0 and msgs["taken_by_worker"] == msgs["produced_acked"]
+    assert out["waveform_payload"] == 2 and msgs["deadlettered"] == 0  # binary chunks, every one accepted
+    assert msgs["by_topic"]["icu.waveforms"] > 0
+    assert out["worker_gc"]["pause_max_s"] is not None
     assert out["scores"]["lost"] == 0 and out["scores"]["published"] >= 20
     assert out["scores"]["scorer"]["triton_rows"] == out["scores"]["published"]
     assert out["alerts"]["lost"] == 0 and out["alerts"]["stored"] == out["alerts"]["published_to_topic"]
@@ -95,3 +98,24 @@ def test_rss_growth_is_the_slope_in_mb_per_minute():
     leak = [{"at": 1000.0 + i, "rss_mb": 400.0 + i / 30.0} for i in range(120)]  # 2 MB a minute
     assert rss_growth_per_min(leak) == pytest.approx(2.0, abs=0.01)
     assert rss_growth_per_min(flat[:5]) is None
+
+
+def test_a_profile_splits_busy_samples_into_the_parts_of_a_message_s_cost(tmp_path):
+    from icuwatch.benchmarks import worker_profile
+
+    raw = tmp_path / "worker-0.raw"
+    stacks = {
+        "main (x.py:1);ingest (streams/worker.py:170);decode (core/schemas.py:500);validate (p.py:1)": 30,
+        "main (x.py:1);ingest (streams/worker.py:180);apply_message (streams/ingest.py:117);add (w.py:2)": 50,
+        "main (x.py:1);Consumer._drain_messages (faust/transport/consumer.py:1220);wait (t.py:1)": 15,
+        "t (threading.py:1);StorageSink._run (streams/sink.py:50);do_execute (d.py:1)": 5,
+        "main (x.py:1);run_forever (b.py:1);EpollSelector.select (selectors.py:468)": 100,
+    }
+    raw.write_text("".join(f"{stack} {n}\n" for stack, n in stacks.items()))
+    out = worker_profile.breakdown(raw, cpu_us_per_message=200.0)
+    assert out["samples_busy"] == 100 and out["samples_idle"] == 100
+    parts = out["parts"]
+    assert parts["state update (vitals, labs, waveform buffers)"] == {"share": 0.5, "us_per_message": 100.0}
+    assert parts["decode and validation (pydantic v1, msgspec v2)"]["share"] == 0.3
+    assert parts["database thread (SQLAlchemy, SQLite/PostgreSQL)"]["share"] == 0.05
+    assert sum(p["share"] for p in parts.values()) == pytest.approx(1.0)
