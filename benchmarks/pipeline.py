@@ -550,6 +550,8 @@ def summarise(
         },
         "cpu_s_while_publishing": cpu,
         "worker_gc": {
+            "how": "CPU time of the collecting thread (time.thread_time), summed over workers; max: the longest",
+            "collections": stats.get("gc_collections"),
             "full_collections": stats.get("gc_full_collections"),
             "pause_total_s": stats.get("gc_pause_total_s"),
             "pause_max_s": stats.get("gc_pause_max_s"),

@@ -184,15 +184,18 @@ class WaveformV2(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         sample_format: str = "int16",
     ) -> "WaveformV2":
         """Pack float ``values``. int16 uses the chunk's own scale (its largest magnitude at full
-        scale), so the rounding error is at most 1/65,534 of that magnitude."""
+        scale), so the rounding error is at most 1/65,534 of that magnitude. Raises
+        :class:`SchemaError` for what the worker would dead-letter (NaN, a rate too low, ...)."""
         x = np.asarray(values, dtype=float)
+        if not np.isfinite(x).all():
+            raise SchemaError(f"{topics.WAVEFORMS} v2: samples must be finite")
         if sample_format == "int16":
             peak = float(np.max(np.abs(x))) if x.size else 0.0
             scale = peak / INT16_FULL_SCALE if peak > 0 else 1.0
             packed = np.round(x / scale).astype(SAMPLE_FORMATS["int16"]).tobytes()
         else:
             scale, packed = 1.0, x.astype(SAMPLE_FORMATS["float32"]).tobytes()
-        return cls(
+        chunk = cls(
             patient_id=patient_id,
             event_time=float(event_time),
             signal=signal,  # type: ignore[arg-type]
@@ -202,6 +205,7 @@ class WaveformV2(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
             scale=scale,
             samples=packed,
         )
+        return _decode_waveform_v2(chunk.to_bytes())  # msgspec checks its constraints only on decode
 
     @property
     def n_samples(self) -> int:
@@ -229,6 +233,8 @@ class WaveformV2(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
     def _check(self) -> None:
         """What msgspec's constraints cannot say; raises ValueError."""
+        if _PATIENT_ID_DISALLOWED.search(self.patient_id):  # msgspec's pattern lets a final newline by
+            raise ValueError("patient_id: only letters, digits, '_', '.', '-' are allowed")
         itemsize = SAMPLE_FORMATS[self.sample_format].itemsize
         if len(self.samples) % itemsize:
             raise ValueError(f"samples: {len(self.samples)} bytes is not a whole number of {self.sample_format} values")

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from kafka import KafkaConsumer, TopicPartition
 from tqdm import tqdm
 
@@ -43,14 +44,10 @@ from icuwatch.streams.kafka.security import kafka_python_config
 def _event_time(value: bytes | None) -> float | None:
     if not value:
         return None
-    if schemas.is_v2_payload(value):
-        try:
-            return schemas.decode(topics.WAVEFORMS, value).event_time
-        except schemas.SchemaError:
-            return None
     try:
-        t = json.loads(value).get("event_time")
-    except (ValueError, AttributeError, UnicodeDecodeError):
+        body = msgspec.msgpack.decode(value) if schemas.is_v2_payload(value) else json.loads(value)
+        t = body.get("event_time")
+    except (ValueError, AttributeError, UnicodeDecodeError, msgspec.DecodeError):
         return None
     return float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None
 

@@ -29,11 +29,6 @@ def _resolve_if_acknowledged(session, alert_id: str, reason: str = EPISODE_CLOSE
         repository.resolve(session, alert_id, by=EPISODE_CLOSED_BY, reason=reason)
 
 
-def _store_score(session, score: schemas.Score, open_episodes: Collection[str]) -> tuple[int, set[str]]:
-    stored, resolved = _store_scores(session, [score], {score.patient_id: open_episodes})
-    return stored, resolved.get(score.patient_id, set())
-
-
 def _store_scores(
     session, scores: list[schemas.Score], open_episodes: dict[str, Collection[str]]
 ) -> tuple[int, dict[str, set[str]]]:
@@ -83,23 +78,16 @@ class StorageSink:
         "suppressed" (another alert of this patient and kind is open)."""
         return await self._durably("storing an alert", repository.store_alert, alert)
 
-    async def store_score(self, score: schemas.Score, open_episodes: Collection[str] = ()) -> set[str]:
-        """One score, written before its event is acknowledged (scores come at most a few per
-        patient-minute, so a transaction each is cheap and nothing waits in memory).
-
-        Returns those of ``open_episodes`` (kinds of the patient's open episodes in the worker) that
-        have no open alert in the database any more: a nurse resolved it. Asked on every score in
-        the same transaction (one indexed read), so no cache can go stale, and the answer comes
-        from the database, which survives a worker restart."""
-        stored, resolved = await self._durably("storing a score", _store_score, score, open_episodes)
-        self.scores_stored += stored
-        return resolved
-
     async def store_scores(
         self, scores: list[schemas.Score], open_episodes: dict[str, Collection[str]]
     ) -> dict[str, set[str]]:
-        """:meth:`store_score` for a batch, in one transaction: per patient id of ``open_episodes``
-        (kinds of that patient's open episodes in the worker), those a nurse resolved."""
+        """A batch of scores in one transaction, written before their events are acknowledged.
+
+        Returns, per patient id of ``open_episodes`` (kinds of that patient's open episodes in the
+        worker), those that have no open alert in the database any more: a nurse resolved it.
+        Asked on every batch in the same transaction (one indexed read per patient with an open
+        episode), so no cache can go stale, and the answer comes from the database, which survives
+        a worker restart."""
         stored, resolved = await self._durably("storing scores", _store_scores, scores, open_episodes)
         self.scores_stored += stored
         return resolved

@@ -37,13 +37,44 @@ class HeldMessages(WeakSet):
     iterator adds to the set directly (it inlines ``Consumer.track_message``), so the set is where
     to hook."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, data: Any = None) -> None:
         self.heaps: dict[Any, list] = {}
+        self.entries = 0
+        super().__init__(data)  # adds ``data`` through :meth:`add`
 
     def add(self, message: Any) -> None:
         super().add(message)
         heapq.heappush(self.heaps.setdefault(message.tp, []), (message.offset, next(_sequence), weakref.ref(message)))
+        self.entries += 1
+        if self.entries > 2 * len(self) + REBUILD_SLACK:
+            self.rebuild()
+
+    def rebuild(self) -> None:
+        """Heaps of the messages still in the set only. Entries leave a heap from its top, so one
+        message held long (a checkpoint waiting for a score) kept every later, long-acknowledged one
+        in it: the heaps are rebuilt once they hold twice what the set does."""
+        heaps: dict[Any, list] = {}
+        for message in list(self):
+            if not message.acked:
+                heaps.setdefault(message.tp, []).append((message.offset, next(_sequence), weakref.ref(message)))
+        for heap in heaps.values():
+            heapq.heapify(heap)
+        self.heaps = heaps
+        self.entries = sum(len(h) for h in heaps.values())
+
+    def floors(self, generation: int | None) -> dict[Any, int]:
+        """Per partition, the lowest offset still held (see :func:`oldest_unacked`)."""
+        floors: dict[Any, int] = {}
+        for tp, heap in self.heaps.items():
+            while heap and not _counts(heap[0][2](), generation):
+                heapq.heappop(heap)
+                self.entries -= 1
+            if heap:
+                floors[tp] = heap[0][0]
+        return floors
+
+
+REBUILD_SLACK = 4096
 
 
 _sequence = itertools.count()
@@ -66,15 +97,9 @@ def oldest_unacked(consumer: Any) -> dict[Any, int]:
     worker's busy time at 1,000 beds, with ~100,000 messages held for checkpoints); a consumer
     without them (Faust's own books on a bare object) is scanned."""
     generation = getattr(getattr(consumer, "app", None), "consumer_generation_id", None)
-    heaps = getattr(consumer._unacked_messages, "heaps", None)
+    if isinstance(consumer._unacked_messages, HeldMessages):
+        return consumer._unacked_messages.floors(generation)
     floors: dict[Any, int] = {}
-    if heaps is not None:
-        for tp, heap in heaps.items():
-            while heap and not _counts(heap[0][2](), generation):
-                heapq.heappop(heap)
-            if heap:
-                floors[tp] = heap[0][0]
-        return floors
     for message in list(consumer._unacked_messages):
         if _counts(message, generation):
             held = floors.get(message.tp)

@@ -73,6 +73,12 @@ def install() -> None:
     original = Consumer.wait_first
     if getattr(original, _MARK, False):
         return
+    drain = inspect.getsource(Consumer._drain_messages)
+    if "self.wait_first(" not in drain or "self.suspend_flow.wait()" not in drain:
+        raise RuntimeError(
+            "faust-streaming changed: Consumer._drain_messages no longer delivers through "
+            "wait_first(callback(message), self.suspend_flow.wait()); re-check streams/kafka/inline_delivery.py"
+        )
 
     async def wait_first(self, *coros, timeout=None):
         if not _is_delivery(self, coros, timeout):

@@ -94,7 +94,8 @@ def decode_or_reason(topic: str, raw: bytes, key: bytes | None = None) -> schema
     except schemas.SchemaError as exc:
         assert exc.reason.strip(), "a dead letter needs a reason"
         return exc.reason
-    assert isinstance(msg, schemas.MESSAGE_TYPES[topic])
+    expected = schemas.WAVEFORM_TYPES if topic == topics.WAVEFORMS else schemas.MESSAGE_TYPES[topic]
+    assert isinstance(msg, expected)
     assert schemas.decode(topic, msg.to_bytes(), msg.key()) == msg
     return msg
 
@@ -154,3 +155,38 @@ def test_truncated_and_corrupted_valid_messages(topic, data):
 def test_valid_vitals_are_accepted_as_sent(pid, t, hr, spo2, temp):
     msg = schemas.Vitals(patient_id=pid, event_time=t, hr=hr, spo2=spo2, temp=temp)
     assert schemas.decode(topics.VITALS, msg.to_bytes(), pid.encode()) == msg
+
+
+V2_FIELDS = {  # a valid v2 waveform chunk's fields, to be broken one at a time
+    "schema_version": 2,
+    "patient_id": "p1",
+    "event_time": 1_764_000_000.0,
+    "signal": "ppg",
+    "fs": 125.0,
+    "units": "NU",
+    "sample_format": "int16",
+    "scale": 0.001,
+    "samples": bytes(250),
+}
+
+
+@FUZZ
+@given(data=st.data())
+def test_binary_waveform_chunks_broken_anywhere(data):
+    """v2 (msgpack) chunks with a field replaced by any msgpack value, removed, or the bytes cut
+    and flipped: a valid chunk or a SchemaError with a reason, never another exception."""
+    import msgspec
+
+    fields = dict(V2_FIELDS)
+    field = data.draw(st.sampled_from([*fields, "extra"]))
+    if data.draw(st.booleans()):
+        fields[field] = data.draw(JSON_VALUES | st.binary(max_size=40) | st.floats())
+    else:
+        fields.pop(field, None)
+    raw = msgspec.msgpack.encode(fields)
+    cut = data.draw(st.integers(1, len(raw)))
+    flips = data.draw(st.lists(st.tuples(st.integers(0, cut - 1), st.integers(0, 255)), max_size=3))
+    broken = bytearray(raw[:cut])
+    for i, b in flips:
+        broken[i] = b
+    decode_or_reason(topics.WAVEFORMS, bytes(broken), data.draw(st.sampled_from([None, b"p1"])))

@@ -166,6 +166,7 @@ def test_the_version_is_read_per_message():
             "samples must be finite",
         ),
         (dict(signal="eeg"), "signal: Invalid enum value 'eeg'"),
+        (dict(patient_id="p1\n"), "patient_id: only letters"),  # msgspec's pattern alone lets it by
     ],
 )
 def test_bad_v2_waveforms_raise_schema_error_naming_the_field(changes, reason):
@@ -181,3 +182,17 @@ def test_bad_v2_bytes_raise_schema_error():
             schemas.decode(topics.WAVEFORMS, raw)
     with pytest.raises(schemas.SchemaError, match="key"):
         schemas.decode(topics.WAVEFORMS, v2_chunk(), b"p2")
+
+
+def test_packing_refuses_what_the_worker_would_dead_letter():
+    """``WaveformV2.of`` validates as the worker decodes: NaN is not silently packed as zeros."""
+    for values, fs, reason in [
+        ([0.1, float("nan"), 0.2], 250.0, "samples must be finite"),
+        ([0.1, float("inf")], 250.0, "samples must be finite"),
+        ([0.1, 0.2], 10.0, "at least 50.0 Hz"),
+        (np.zeros(20001), 250.0, "at most 20000"),
+    ]:
+        with pytest.raises(schemas.SchemaError, match=reason):
+            schemas.WaveformV2.of("p1", T, "ecg", fs, values)
+    with pytest.raises(schemas.SchemaError, match="patient_id"):
+        schemas.WaveformV2.of("p1\n", T, "ecg", 250.0, np.ones(250))

@@ -500,8 +500,12 @@ def test_wfdb_replay_as_binary_waveforms():
 
 
 def test_a_recording_reads_the_event_time_of_binary_chunks():
+    import msgspec
+
     from icuwatch.sources.recording import _event_time
 
     chunk = schemas.WaveformV2.of("p1", 1.7e9, "ppg", 125.0, np.ones(125))
     assert _event_time(chunk.to_bytes()) == 1.7e9
     assert _event_time(chunk.to_bytes()[:-4]) is None
+    invalid = msgspec.msgpack.encode({**msgspec.structs.asdict(chunk), "fs": 1.0})  # dead-lettered, still timed
+    assert _event_time(invalid) == 1.7e9

@@ -45,25 +45,30 @@ def alert(kind: str) -> schemas.Alert:
     )
 
 
+async def store_one(sink: StorageSink, s: schemas.Score, open_kinds: set[str] | None = None) -> set[str]:
+    resolved = await sink.store_scores([s], {s.patient_id: open_kinds or set()})
+    return resolved.get(s.patient_id, set())
+
+
 def test_store_score_reports_the_open_episodes_a_nurse_resolved(url):
     db.upgrade(url)
     sink = StorageSink(url)
 
     async def scenario():
-        assert await sink.store_score(score(T)) == set()  # no open episode: nothing asked
+        assert await store_one(sink, score(T)) == set()  # no open episode: nothing asked
         assert await sink.store_alert(alert("deterioration")) == "stored"
         assert await sink.store_alert(alert("sepsis")) == "stored"
         both = {"deterioration", "sepsis"}
-        assert await sink.store_score(score(T + 60), both) == set()
+        assert await store_one(sink, score(T + 60), both) == set()
         with sink.sessions.begin() as s:
             repo.resolve(s, f"p1:sepsis:{T:.0f}", by="nurse.kim", reason="reviewed")
-        assert await sink.store_score(score(T + 120), both) == {"sepsis"}
-        assert await sink.store_score(score(T + 120), both) == {"sepsis"}  # redelivered: same answer
+        assert await store_one(sink, score(T + 120), both) == {"sepsis"}
+        assert await store_one(sink, score(T + 120), both) == {"sepsis"}  # redelivered: same answer
         # the episode end resolves an acknowledged alert, with its own reason
         with sink.sessions.begin() as s:
             repo.acknowledge(s, f"p1:deterioration:{T:.0f}", by="nurse.kim")
         await sink.close_episode(f"p1:deterioration:{T:.0f}")
-        assert await sink.store_score(score(T + 180), both) == both
+        assert await store_one(sink, score(T + 180), both) == both
 
     asyncio.run(scenario())
     assert sink.scores_stored == 4

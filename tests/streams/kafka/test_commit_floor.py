@@ -138,3 +138,31 @@ def test_the_worker_s_consumer_holds_its_messages_in_the_heaped_set():
     from icuwatch.streams.kafka.commit_floor import HeldMessages
 
     assert isinstance(app.consumer._unacked_messages, HeldMessages)
+
+
+def test_one_message_held_long_does_not_grow_the_heaps_without_bound():
+    """Entries leave a heap from its top: with one message held throughout, every later one stays
+    until the heaps are rebuilt from what the set still holds."""
+    from icuwatch.streams.kafka import commit_floor
+
+    @dataclass(eq=False)
+    class Held:
+        tp: tuple
+        offset: int
+        acked: bool = False
+        generation_id: int | None = None
+
+    held = commit_floor.HeldMessages()
+    consumer = SimpleNamespace(app=SimpleNamespace(consumer_generation_id=None), _unacked_messages=held)
+    first = Held(TP, 0)
+    held.add(first)
+    for offset in range(1, 50_000):
+        message = Held(TP, offset)
+        held.add(message)
+        message.acked = True  # acknowledged at once; it stays referenced nowhere else
+        if offset % 1000 == 0:
+            assert commit_floor.oldest_unacked(consumer) == {TP: 0}
+    assert sum(len(h) for h in held.heaps.values()) <= 2 * len(held) + commit_floor.REBUILD_SLACK + 1
+    first.acked = True
+    assert commit_floor.oldest_unacked(consumer) == {}
+    assert held.copy() is not None  # WeakSet's own methods still work on the subclass

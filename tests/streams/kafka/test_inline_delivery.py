@@ -149,3 +149,9 @@ async def test_other_waits_and_a_suspended_flow_take_faust_s_own_path():
     ready = asyncio.Event()
     ready.set()
     assert (await wait_first(c2, ready.wait())).results == [True]
+
+
+def test_faust_still_delivers_through_wait_first():
+    """The patch only pays while Faust's fetch loop delivers this way (install checks it too)."""
+    source = inspect.getsource(Consumer._drain_messages)
+    assert "self.wait_first(" in source and "callback(message), self.suspend_flow.wait()" in source
