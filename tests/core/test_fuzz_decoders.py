@@ -157,6 +157,16 @@ def test_valid_vitals_are_accepted_as_sent(pid, t, hr, spo2, temp):
     assert schemas.decode(topics.VITALS, msg.to_bytes(), pid.encode()) == msg
 
 
+MSGPACK_VALUES = st.recursive(  # what msgpack can carry (integers within 64 bits)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=30)
+    | st.binary(max_size=40),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+    max_leaves=20,
+)
 V2_FIELDS = {  # a valid v2 waveform chunk's fields, to be broken one at a time
     "schema_version": 2,
     "patient_id": "p1",
@@ -180,7 +190,7 @@ def test_binary_waveform_chunks_broken_anywhere(data):
     fields = dict(V2_FIELDS)
     field = data.draw(st.sampled_from([*fields, "extra"]))
     if data.draw(st.booleans()):
-        fields[field] = data.draw(JSON_VALUES | st.binary(max_size=40) | st.floats())
+        fields[field] = data.draw(MSGPACK_VALUES)
     else:
         fields.pop(field, None)
     raw = msgspec.msgpack.encode(fields)
