@@ -417,8 +417,7 @@ def run(
         speed,
     )
     if spy is not None and (profile_dir / "worker-0.raw").exists():
-        taken = out["messages"]["taken_by_worker"] or 1
-        cpu_us = cpu["workers"] / workers / (taken / workers) * 1e6
+        cpu_us = cpu["workers"] / (out["messages"]["taken_by_worker"] or 1) * 1e6
         out["worker_profile"] = worker_profile.breakdown(profile_dir / "worker-0.raw", cpu_us)
     profiles = memory_profiles(settings, workers, sim.start_time)
     if profiles:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -41,7 +42,7 @@ OTHER = "event loop and other"
 
 def start(pid: int, seconds: float, raw_path: Path, rate_hz: int = 50) -> subprocess.Popen | None:
     """Start py-spy on ``pid`` for ``seconds``; None (and a message) when py-spy is not installed."""
-    exe = shutil.which("py-spy") or str(Path(__import__("sys").executable).with_name("py-spy"))
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(exe).exists():
         print("bench pipeline: --profile needs py-spy (pip install py-spy)", flush=True)
         return None

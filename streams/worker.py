@@ -36,6 +36,7 @@ from icuwatch.streams.app import (
 )
 from icuwatch.streams.batcher import ScoreBatcher
 from icuwatch.streams.kafka.acks import PendingAcks
+from icuwatch.streams.kafka.commit_floor import fetched_in
 from icuwatch.streams.kafka.producer import is_live
 from icuwatch.streams.patient_state import PatientState
 from icuwatch.streams.scoring import StudentScorer, TritonScorer, served_model_info
@@ -255,10 +256,9 @@ async def take_scores(events: list) -> None:
     """One batch of ``icu.scores`` events. Events fetched before a rebalance that happened while
     they waited in the batch are left out: their partition may be another worker's now, and it
     reads them again from the committed offset."""
-    generation = app.consumer_generation_id
     scores = []
     for event in events:
-        if event.message.generation_id not in (None, generation):
+        if not fetched_in(event.message, app.consumer_generation_id):
             continue
         try:
             scores.append(schemas.decode_score(event.message.value, event.message.key))

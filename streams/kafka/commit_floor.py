@@ -80,11 +80,15 @@ REBUILD_SLACK = 4096
 _sequence = itertools.count()
 
 
+def fetched_in(message: Any, generation: int | None) -> bool:
+    """Whether ``message`` was fetched in the consumer group's ``generation`` (None: not known). One
+    fetched before a rebalance is read again from the committed offset, here or by another worker."""
+    return generation is None or message.generation_id in (None, generation)
+
+
 def _counts(message: Any, generation: int | None) -> bool:
     """Whether ``message`` (None: garbage-collected) still holds its partition's commits."""
-    if message is None or message.acked:
-        return False
-    return generation is None or message.generation_id in (None, generation)
+    return message is not None and not message.acked and fetched_in(message, generation)
 
 
 def oldest_unacked(consumer: Any) -> dict[Any, int]:
