@@ -310,6 +310,10 @@ def create_app(settings: Optional[Settings] = None, *, escalate: bool = True) ->
     def index() -> Response:
         return _page("index.html")
 
+    @app.get("/engineering", include_in_schema=False)
+    def engineering_page() -> Response:
+        return _page("engineering.html")  # live shadow and drift: its API calls need an engineer or admin token
+
     @app.get("/patients/{patient_id}", include_in_schema=False)
     def patient_page(patient_id: str) -> Response:
         return _page("patient.html")  # the page reads the id from its URL and fetches with a token

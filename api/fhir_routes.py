@@ -72,7 +72,7 @@ def _search(
         return _outcome(400, "the 'patient' search parameter is required")
     pid = patient.removeprefix("Patient/")
     with request.app.state.sessions.begin() as s:
-        q = select(AlertRow).where(AlertRow.patient_id == pid)
+        q = select(AlertRow).where(AlertRow.patient_id == pid, AlertRow.silent.is_(False))
         if state_in is not None:
             q = q.where(AlertRow.state.in_(state_in))
         if risk_only:  # a data-liveness alert assessed no risk

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 WORKER_STALE_S = 10.0
 """A worker whose stats file is older than this is reported down (it writes every second)."""
+DRIFT_CACHE_S = 60.0
+"""The drift report (hours of counts and scores) is computed at most once a minute for the scrapes."""
 
 
 def read_worker_stats(run_dir: Path) -> dict[str, dict[str, Any]]:
@@ -46,6 +48,7 @@ class PipelineCollector(Collector):
     def __init__(self, settings: Any, sessions: Any) -> None:
         self.settings = settings
         self.sessions = sessions
+        self._drift_cache: tuple[float, dict | None] = (0.0, None)
 
     def collect(self) -> Iterator[Metric]:
         yield from self._workers()
@@ -56,6 +59,11 @@ class PipelineCollector(Collector):
             up = GaugeMetricFamily("icuwatch_database_up", "1 if the database answered this scrape")
             up.add_metric([], 0)
             yield up
+            return
+        try:
+            yield from self._drift()
+        except Exception:
+            log.exception("drift metrics unavailable")
 
     # ---------------------------------------------------------------------------------- workers
 
@@ -209,6 +217,62 @@ class PipelineCollector(Collector):
         for kind, n in (quality.get("by_kind") or {}).items():
             kinds.add_metric([kind], n)
         yield kinds
+
+    # ------------------------------------------------------------------------------------ drift
+
+    def _drift(self) -> Iterator[Metric]:
+        """The drift report with its default windows (``storage/drift_report.py``): per unit, PSI per
+        input column and risk, absent-modality shares, feed rates, and the operations alarms."""
+        from icuwatch.storage import drift_report
+
+        cached_at, r = self._drift_cache
+        if r is None or time.monotonic() - cached_at > DRIFT_CACHE_S:
+            with self.sessions() as s:
+                r = drift_report.report(s)
+            self._drift_cache = (time.monotonic(), r)
+        psi = GaugeMetricFamily(
+            "icuwatch_drift_psi", "PSI, current window against reference, per unit", labels=["unit", "signal", "name"]
+        )
+        absent = GaugeMetricFamily(
+            "icuwatch_modality_absent_share",
+            "Share of scores without the modality (current window)",
+            labels=["unit", "modality"],
+        )
+        feeds = GaugeMetricFamily(
+            "icuwatch_feed_messages_per_patient_hour",
+            "Messages per patient-hour (current window)",
+            labels=["unit", "topic"],
+        )
+        volume = GaugeMetricFamily(
+            "icuwatch_alert_episodes_per_patient_day",
+            "Risk alert episodes per patient-day (current window)",
+            labels=["unit"],
+        )
+        out_of_band = GaugeMetricFamily(
+            "icuwatch_alert_volume_out_of_band",
+            "1: the unit's alert volume left its band (an operations alarm; clinical alerts are unchanged)",
+            labels=["unit"],
+        )
+        flagged = GaugeMetricFamily(
+            "icuwatch_drift_flagged", "1 per signal the drift report flags", labels=["unit", "signal", "name"]
+        )
+        for unit, entry in r["units"].items():
+            for group in ("inputs", "scores"):
+                for name, v in entry[group].items():
+                    if v["psi"] is not None:
+                        psi.add_metric([unit, group, name], v["psi"])
+            for modality, v in entry["modalities"].items():
+                absent.add_metric([unit, modality], v["absent_share"][1])
+            for topic, v in entry["feeds"].items():
+                if v["current_rate"] is not None:
+                    feeds.add_metric([unit, topic], v["current_rate"])
+            alerts = entry["alerts_per_patient_day"]
+            if alerts["current_rate"] is not None:
+                volume.add_metric([unit], alerts["current_rate"])
+            out_of_band.add_metric([unit], int(alerts["out_of_band"]))
+        for flag in r["flags"]:
+            flagged.add_metric([flag["unit"], flag["signal"], str(flag["name"])], 1)
+        yield from (psi, absent, feeds, volume, out_of_band, flagged)
 
 
 def _lag_entries(lag: Any) -> Iterator[tuple[str, str, float]]:

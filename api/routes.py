@@ -10,7 +10,7 @@ with its opening risk (``risk``, ``news2``: the score that raised it) and the pa
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated, Any, Iterable, Literal, Optional
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, status
@@ -18,7 +18,7 @@ from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from icuwatch.api.auth import CLINICAL_ROLES, Principal, current_user, require_roles
+from icuwatch.api.auth import CLINICAL_ROLES, OPERATOR_ROLES, Principal, current_user, require_roles
 from icuwatch.storage import lifecycle
 from icuwatch.storage import repository as repo
 from icuwatch.storage.models import Alert as AlertRow
@@ -187,6 +187,12 @@ class Quality(BaseModel):
 # ----------------------------------------------------------------------------------------- helpers
 
 
+def _shown(s, alert_id: str) -> None:
+    """Raise ``AlertNotFound`` for an alert the nurses cannot see (raised while its unit ran silent)."""
+    if s.scalar(select(AlertRow.silent).where(AlertRow.alert_id == alert_id)):
+        raise repo.AlertNotFound(f"no alert with id {alert_id!r}")
+
+
 def _session(request: Request):
     return request.app.state.sessions.begin()
 
@@ -243,7 +249,7 @@ def alerts_out(session: Session, alerts: list[AlertRow]) -> list[Alert]:
 
 def _one_alert(session: Session, alert_id: str) -> AlertRow:
     a = session.get(AlertRow, alert_id)
-    if a is None:
+    if a is None or a.silent:  # silent: raised while its unit ran silent, not for the nurses
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no alert {alert_id!r}")
     return a
 
@@ -292,6 +298,7 @@ def acknowledge(
     comment = body.comment if body is not None else None
     with _session(request) as s:
         try:
+            _shown(s, alert_id)
             a = repo.acknowledge(s, alert_id, who.user, comment=comment)
         except repo.AlertNotFound:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no alert {alert_id!r}") from None
@@ -321,6 +328,7 @@ def resolve(
     raises a new alert of this kind after ``ICUWATCH_ALERT_REALERT_AFTER_RESOLVE_S``."""
     with _session(request) as s:
         try:
+            _shown(s, alert_id)
             a = repo.resolve(s, alert_id, by=who.user, reason=body.reason)
         except repo.AlertNotFound:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no alert {alert_id!r}") from None
@@ -384,3 +392,45 @@ def quality(
     """Alerts per patient-day, time to acknowledge, and the other alert-burden figures."""
     with _session(request) as s:
         return Quality.model_validate(lifecycle.alert_quality(s, since=since))
+
+
+@router.get(
+    "/shadow",
+    response_model=dict[str, Any],
+    responses={**_AUTH_RESPONSES, 403: {"description": "Only engineer and admin tokens"}},
+    summary="Live shadow: the live model against the shadow (engineers)",
+)
+def shadow_report(
+    request: Request,
+    since: Optional[datetime] = Query(None, description="only scores and alerts from this event time on (ISO-8601)"),
+    _: Principal = Depends(require_roles(*OPERATOR_ROLES)),
+) -> dict[str, Any]:
+    """What ``icuwatch shadow report --json`` prints (``storage/shadow_report.py``). Engineers and
+    admins only: the shadow's would-be alerts are not for the nurses' screens."""
+    from icuwatch.storage.shadow_report import report
+
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=timezone.utc)
+    with _session(request) as s:
+        return report(s, since)
+
+
+@router.get(
+    "/drift",
+    response_model=dict[str, Any],
+    responses={**_AUTH_RESPONSES, 403: {"description": "Only engineer and admin tokens"}},
+    summary="Drift and alert-volume guards per unit (engineers)",
+)
+def drift_report(
+    request: Request,
+    current_h: float = Query(6.0, gt=0, le=24 * 90, description="current window, hours of event time"),
+    reference_h: float = Query(168.0, gt=0, le=24 * 365, description="reference window before it, hours"),
+    _: Principal = Depends(require_roles(*OPERATOR_ROLES)),
+) -> dict[str, Any]:
+    """What ``icuwatch drift report --json`` prints (``storage/drift_report.py``)."""
+    from datetime import timedelta
+
+    from icuwatch.storage.drift_report import report
+
+    with _session(request) as s:
+        return report(s, timedelta(hours=current_h), timedelta(hours=reference_h))

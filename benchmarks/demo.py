@@ -41,6 +41,9 @@ def wait_drained(settings: Settings, expected_inputs: int, timeout_s: float) -> 
         stats = worker_stats(settings)
         taken = stats.get("processed", 0) + stats.get("deadlettered", 0)
         settled = stats.get("scores_taken", -1) >= stats.get("scores_published", 0) > 0
+        shadow = stats.get("shadow")
+        if shadow:  # the shadow's scores (those it answered) stored too
+            settled = settled and stats.get("shadow_scores_taken", -1) >= shadow.get("shadow_rows", 0)
         if taken >= expected_inputs and settled:
             time.sleep(2.0)
             return worker_stats(settings)
@@ -114,6 +117,32 @@ def read_back(session, prefix: str) -> tuple[list[dict], dict]:
     return alerts, scores
 
 
+def read_back_shadow(session, prefix: str, sick: set[str]) -> dict | None:
+    """The shadow model's side of the run (``ICUWATCH_SHADOW_MODEL``): its scores by model and its
+    would-be alerts, None when no shadow scored. Never on the nurses' board."""
+    from sqlalchemy import func, select
+
+    from icuwatch.storage.models import ShadowAlert, ShadowScore
+
+    counts = session.execute(
+        select(ShadowScore.model, ShadowScore.model_version, func.count())
+        .where(ShadowScore.patient_id.startswith(prefix))
+        .group_by(ShadowScore.model, ShadowScore.model_version)
+    ).all()
+    if not counts:
+        return None
+    alerted = session.execute(
+        select(ShadowAlert.patient_id, ShadowAlert.kind).where(ShadowAlert.patient_id.startswith(prefix))
+    ).all()
+    patients = {pid for pid, _ in alerted}
+    return {
+        "by_model": {model_key(m, v): int(n) for m, v, n in counts},
+        "would_be_alerts": len(alerted),
+        "deteriorating_alerted": len(patients & sick),
+        "stable_alerted": len(patients - sick),
+    }
+
+
 def describe(summary: dict) -> str:
     """What happened and where to look, for a person (the JSON line is for machines)."""
     p = summary["patients"]
@@ -129,6 +158,13 @@ def describe(summary: dict) -> str:
         f"  patients: {p['total']}, deteriorating {p['deteriorating']}, of which alerted {p['deteriorating_alerted']}; "
         f"stable patients alerted: {p['stable_alerted']}",
     ]
+    if summary.get("shadow"):
+        sh = summary["shadow"]
+        lines.append(
+            f"  shadow ({', '.join(f'{k} {v}' for k, v in sh['by_model'].items())}): {sh['would_be_alerts']} would-be "
+            f"alerts, never shown; deteriorating alerted {sh['deteriorating_alerted']}, stable {sh['stable_alerted']}"
+            " -- `icuwatch shadow report` compares"
+        )
     for a in summary["alerts"]:
         lag = a["minutes_after_onset"]
         when = "no onset (stable)" if lag is None else f"{lag:+.1f} min after the simulated onset"
@@ -205,9 +241,12 @@ def run_demo(
         if not keep_stack:
             stack.down(settings)
 
+    truth = json.loads(truth_path.read_text())
+    sick = [t["patient_id"] for t in truth if t.get("onset_time") is not None]
     sessions = db.session_factory(db.make_engine(settings.database_url))
     with sessions() as session:
         alerts, scores = read_back(session, prefix)
+        shadow = read_back_shadow(session, prefix, set(sick))
     from icuwatch.deploy import api_server
     from icuwatch.storage.tokens import issue_token
 
@@ -220,9 +259,7 @@ def run_demo(
             "user": "demo-nurse",
             "role": "nurse",
         }
-    truth = json.loads(truth_path.read_text())
     alerted = {a["patient_id"] for a in alerts}
-    sick = [t["patient_id"] for t in truth if t.get("onset_time") is not None]
     return {
         "run": prefix.rstrip("-"),
         "data": "simulated patients (icuwatch simulator), not real data",
@@ -234,6 +271,7 @@ def run_demo(
         "duplicates_ignored": stats.get("duplicates", 0),
         "not_taken": max(0, produced_total - stats.get("processed", 0) - stats.get("deadlettered", 0)),
         "scores": scores,
+        "shadow": shadow,
         "patients": {
             "total": len(truth),
             "deteriorating": len(sick),

@@ -106,12 +106,12 @@ def run(
     from icuwatch.fusion.live_student import figures_by_source, labels_of
     from icuwatch.fusion.strategies.base import InputSpec, to_tensors
     from icuwatch.serving import MODEL_REPOSITORY
-    from icuwatch.serving.export import PROVENANCE, TORCHSCRIPT, VERSION, batch_keys, load_torchscript
+    from icuwatch.serving.export import PROVENANCE, TORCHSCRIPT, batch_keys, load_torchscript, newest_version_dir
 
     started = time.time()
     repeats = repeats or REPEATS
     repository = Path(repository) if repository is not None else MODEL_REPOSITORY
-    version_dir = repository / MODEL / VERSION
+    version_dir = newest_version_dir(repository / MODEL)
     if not (version_dir / TORCHSCRIPT).exists():
         raise FileNotFoundError(f"no {MODEL} in {repository}: run `icuwatch distill-live --export-to {repository}`")
     card = json.loads((version_dir / "model_card.json").read_text())

@@ -99,11 +99,11 @@ def _inputs(batch: dict[str, np.ndarray], keys: list[str], spec=None):
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import np_to_triton_dtype
 
-    from icuwatch.serving.export import input_name, numpy_dtype
+    from icuwatch.serving.export import input_name, to_wire
 
     out = []
     for key in keys:
-        x = np.ascontiguousarray(batch[key], dtype=numpy_dtype(key, spec))
+        x = to_wire(key, batch[key], spec)
         inp = grpcclient.InferInput(input_name(key), list(x.shape), np_to_triton_dtype(x.dtype))
         inp.set_data_from_numpy(x)
         out.append(inp)
@@ -364,7 +364,7 @@ def run(
         # in-process reference (eager, 1 thread): all test rows, and timings
         scripted = {
             role: triton_export.load_torchscript(
-                repository / names[role] / triton_export.VERSION / triton_export.TORCHSCRIPT
+                triton_export.newest_version_dir(repository / names[role]) / triton_export.TORCHSCRIPT
             )
             for role in dirs
         }

@@ -14,12 +14,17 @@ def _distill_live(args: argparse.Namespace) -> int:
     from icuwatch.fusion.cohorts import live
     from icuwatch.fusion.live_student import LiveDistillConfig, distill_live, held_out_report, labels_of
 
+    if args.sim_repeat < 1:
+        from icuwatch.core.errors import OperatorError
+
+        raise OperatorError(f"distill-live: --sim-repeat must be at least 1, not {args.sim_repeat}")
     progress = not args.quiet
     cohort = live.load_or_build(sim_patients=args.sim_patients, pn_limit=args.pn_limit, progress=progress)
     members, infos = [], []
     for name in args.teacher:
-        if name == "lightgbm":
-            logits, info = teachers.crossfit_lightgbm(
+        if name in ("lightgbm", "leaders"):
+            crossfit = teachers.crossfit_lightgbm if name == "lightgbm" else teachers.crossfit_leaders
+            logits, info = crossfit(
                 cohort,
                 labels_of(cohort),
                 folds=args.teacher_folds,
@@ -34,10 +39,20 @@ def _distill_live(args: argparse.Namespace) -> int:
             logits, info = teachers.model_logits(directory, cohort, 2), {"kind": "fusion model", "model": name}
         members.append(logits)
         infos.append(info)
-    teacher = members[0] if len(members) == 1 else teachers.ensemble(members)
-    teacher_info = infos[0] if len(infos) == 1 else {"kind": "ensemble (mean logit)", "members": infos}
+    if len(members) == 1:
+        teacher, teacher_info = members[0], infos[0]
+    elif args.combine == "first":
+        teacher = teachers.first_answer(members)
+        teacher_info = {"kind": "first teacher that answers, per row and risk", "members": infos}
+    else:
+        teacher, teacher_info = teachers.ensemble(members), {"kind": "ensemble (mean logit)", "members": infos}
     cfg = LiveDistillConfig(
-        epochs=args.epochs, rows_per_epoch=args.rows_per_epoch, seed=args.seed, teacher_folds=args.teacher_folds
+        epochs=args.epochs,
+        rows_per_epoch=args.rows_per_epoch,
+        seed=args.seed,
+        teacher_folds=args.teacher_folds,
+        sim_repeat=args.sim_repeat,
+        **({} if args.modality_dropout is None else {"modality_dropout": args.modality_dropout}),
     )
     student, card = distill_live(cohort, teacher, teacher_info, cfg, progress=progress)
     card["test"] = held_out_report(student, cohort, teacher, card)
@@ -51,11 +66,12 @@ def _distill_live(args: argparse.Namespace) -> int:
         import shutil
         from pathlib import Path
 
-        from icuwatch.serving.export import VERSION, export_model
+        from icuwatch.serving.export import export_model
 
         info = export_model(model_store.load(directory), args.export_to, directory)
-        shutil.copy2(directory / model_store.CARD, Path(info["dir"]) / VERSION / model_store.CARD)  # ships beside it
-        summary["exported"] = info["dir"]
+        version_dir = Path(info["dir"]) / str(info["version"])
+        shutil.copy2(directory / model_store.CARD, version_dir / model_store.CARD)  # ships beside it
+        summary["exported"] = str(version_dir)
     print(json.dumps(summary, default=float), flush=True)
     return 0
 
@@ -72,11 +88,28 @@ def register(subparsers) -> None:
         "--teacher",
         action="append",
         default=None,
-        help="lightgbm (cross-fitted, default) or a trained model name under var/models; repeat for an ensemble",
+        help="lightgbm (cross-fitted on the live row, default), leaders (cross-fitted on the 2019 leaders' "
+        "features of PhysioNet rows: sepsis on real stays only) or a trained model name under var/models; repeat "
+        "for several, combined by --combine",
+    )
+    p.add_argument(
+        "--combine",
+        choices=("mean", "first"),
+        default="mean",
+        help="several teachers: their mean logit (an ensemble), or per row and risk the first that answers",
     )
     p.add_argument("--teacher-folds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--rows-per-epoch", type=int, default=150_000)
+    p.add_argument(
+        "--sim-repeat", type=int, default=1, help="simulated TRAIN rows drawn this many times as often (default 1)"
+    )
+    p.add_argument(
+        "--modality-dropout",
+        type=float,
+        default=None,
+        help="probability that each present modality of a training row is dropped (default: the training default)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--export-to", default=None, help="also export as a Triton model into this repository")
     p.add_argument("--quiet", action="store_true")

@@ -1,11 +1,14 @@
 """``icuwatch models list|promote|rollback``: the model versions the running tritonserver serves,
-switched without restarting workers (``deploy/triton_models.py``)."""
+switched without restarting workers (``deploy/triton_models.py``). ``models shadow NAME``, ``models
+promote --shadow`` and ``models roles``: which served model is live and which is the shadow, set in
+the database and followed by every worker within ten seconds (``storage/model_roles.py``)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
+from icuwatch.core.errors import OperatorError
 from icuwatch.core.settings import get_settings
 
 
@@ -30,9 +33,77 @@ def _switched(result: dict, args: argparse.Namespace, verb: str) -> int:
 
 
 def _promote(args: argparse.Namespace) -> int:
+    if args.shadow:
+        return _promote_shadow(args)
+    if args.model is None or args.version is None:
+        raise OperatorError("give MODEL VERSION (a version of a served model), or --shadow --by WHO")
     from icuwatch.deploy import triton_models
 
     return _switched(triton_models.promote(get_settings(), args.model, args.version), args, "serving")
+
+
+def _roles_sessions():
+    from icuwatch.cli.shadow import require_current_schema
+    from icuwatch.storage import db
+
+    settings = get_settings()
+    require_current_schema(settings.database_url)
+    return db.session_factory(db.make_engine(settings.database_url))
+
+
+def _promote_shadow(args: argparse.Namespace) -> int:
+    """The shadow becomes the live model on every worker within ``MODEL_ROLES_REFRESH_S``."""
+    from icuwatch.storage import model_roles
+
+    if args.by is None:
+        raise OperatorError("--by WHO is required: a change of the live model is audited")
+    with _roles_sessions().begin() as s:
+        result = model_roles.promote_shadow(s, args.by, get_settings().shadow_model, args.reason)
+    print(
+        json.dumps(result)
+        if args.json
+        else f"{result['live']} is now the live model (was {result['was_live'] or 'the settings'}); no shadow"
+    )
+    return 0
+
+
+def _shadow(args: argparse.Namespace) -> int:
+    """Set (or with --off, end) the shadow every worker scores beside the live model."""
+    from icuwatch.storage import model_roles
+    from icuwatch.streams.shadow import shadow_info
+
+    if args.by is None:
+        raise OperatorError("--by WHO is required: a change of the shadow is audited")
+    if (args.model is None) == (not args.off):
+        raise OperatorError("give a served MODEL, or --off")
+    settings = get_settings()
+    name = "" if args.off else args.model
+    if name:
+        shadow_info(settings.model_copy(update={"shadow_model": name}))  # one line if no repository has it
+    with _roles_sessions().begin() as s:
+        result = model_roles.set_role(s, "shadow", name, args.by, args.reason)
+    print(
+        json.dumps(result)
+        if args.json
+        else f"shadow: {name or 'none'} (was {result['was'] if result['was'] is not None else 'the settings'})"
+    )
+    return 0
+
+
+def _roles(args: argparse.Namespace) -> int:
+    from icuwatch.storage import model_roles
+
+    with _roles_sessions()() as s:
+        current, history = model_roles.current(s), model_roles.history(s)
+    settings = get_settings()
+    result = {
+        "live": current.get("live", settings.scoring_model or settings.triton_model),
+        "shadow": current.get("shadow", settings.shadow_model),
+        "from": {r: ("roles table" if r in current else "settings") for r in ("live", "shadow")},
+        "history": history,
+    }
+    print(json.dumps(result, indent=None if args.json else 2))
+    return 0
 
 
 def _rollback(args: argparse.Namespace) -> int:
@@ -52,11 +123,27 @@ def register(subparsers) -> None:
     q = sub.add_parser("list", help="models, their versions and state, the version serving, policy and history")
     q.add_argument("--json", action="store_true", help="JSON instead of a table")
     q.set_defaults(func=_list)
-    q = sub.add_parser("promote", help="serve VERSION of MODEL: load it beside the old one, check it, switch")
-    q.add_argument("model")
-    q.add_argument("version", help="a version directory of the model (a positive whole number)")
+    q = sub.add_parser(
+        "promote",
+        help="serve VERSION of MODEL: load it beside the old one, check it, switch; --shadow: the shadow goes live",
+    )
+    q.add_argument("model", nargs="?")
+    q.add_argument("version", nargs="?", help="a version directory of the model (a positive whole number)")
+    q.add_argument("--shadow", action="store_true", help="make the shadow model the live one (audited, --by)")
+    q.add_argument("--by", default=None, help="who (with --shadow)")
+    q.add_argument("--reason", default=None)
     q.add_argument("--json", action="store_true", help="the result as JSON")
     q.set_defaults(func=_promote)
+    q = sub.add_parser("shadow", help="score every patient with MODEL beside the live one (--off: no shadow)")
+    q.add_argument("model", nargs="?")
+    q.add_argument("--off", action="store_true")
+    q.add_argument("--by", default=None, help="who (audited)")
+    q.add_argument("--reason", default=None)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=_shadow)
+    q = sub.add_parser("roles", help="the live and shadow models the workers follow, and their history")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=_roles)
     q = sub.add_parser("rollback", help="serve MODEL's previously promoted version again")
     q.add_argument("model")
     q.add_argument("--json", action="store_true", help="the result as JSON")

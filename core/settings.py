@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     """Directory with the ``export.json`` (an exported model version) or ``model_card.json`` (a trained
     model) that gives ``scoring_model``'s normalisation, risks and alert thresholds; unset: the highest
     version's ``export.json`` in the served repositories, else ``<state_dir>/models/<name with _ as ->``."""
+    shadow_model: str = ""
+    """A second served model the workers score every patient with, in the same batches as the live
+    one (``streams/shadow.py``): a student with an ``export.json`` (it gets its own rows) or a model
+    reading the feature row (``early_warning``). Its scores and would-be alerts go to their own
+    tables, never to nurses, ``icu.alerts`` or FHIR; ``icuwatch shadow report`` compares them with the
+    live model's. Empty: no shadow."""
     alert_thresholds: Literal["model", "settings"] = "model"
     """``model``: a risk the scoring model answers alerts at the threshold its card chose on validation
     data (the 'off' threshold keeps the settings' off/on ratio), unless that risk's ``*_on`` is set
@@ -150,6 +156,8 @@ class Settings(BaseSettings):
     """The same for lab results (shown, no alert). 0: not watched."""
     silence_cxr_s: float = 0.0
     """The same for chest X-rays (shown, no alert). 0: not watched (days apart is normal)."""
+    drift_flush_s: float = 30.0
+    """How often each worker writes its drift counts (``streams/drift.py``) to the database."""
     liveness_check_s: float = 15.0
     """How often the worker checks every patient's data liveness and stores when data last arrived."""
     alert_escalate_after_s: float = 300.0

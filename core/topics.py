@@ -8,12 +8,14 @@ ADT = "icu.adt"
 SCORES = "icu.scores"
 ALERTS = "icu.alerts"
 DEADLETTER = "icu.deadletter"
+SHADOW_SCORES = "icu.shadow-scores"
+"""The shadow model's scores (``Settings.shadow_model``): read by the shadow agent only."""
 
 INPUTS = (VITALS, WAVEFORMS, LABS, CXR, ADT)
-OUTPUTS = (SCORES, ALERTS, DEADLETTER)
+OUTPUTS = (SCORES, ALERTS, DEADLETTER, SHADOW_SCORES)
 ALL = INPUTS + OUTPUTS
 
-TABLES = ("patient_state", "alert_state")
+TABLES = ("patient_state", "alert_state", "shadow_alert_state")
 """The worker's Faust tables; each has a changelog topic, co-partitioned with the rest."""
 
 

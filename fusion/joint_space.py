@@ -5,18 +5,20 @@ a linear projection, text = :class:`~icuwatch.encoders.text.ReportEncoder` + a l
 Training minimises the symmetric InfoNCE loss (image->text and text->image cross-entropy over the
 batch's cosine similarities times a learned temperature ``exp(logit_scale)``).
 
-Many synthetic studies share the very same report text (the simulator's reports are templated by
-pattern, extent and side), so the targets are *soft*: an image's target is spread evenly over every
-text in the batch identical to its own report (and vice versa) instead of being its own pair alone,
-which would teach the model to tell apart images that differ only by noise.
+Synthetic studies may share the very same report text (few do since the films carry findings of
+their own and reports are worded per study; the stylised population's template reports repeat a
+lot), so the targets are *soft*: an image's target is spread evenly over every text in the batch
+identical to its own report (and vice versa) instead of being its own pair alone, which would teach
+the model to tell apart images that differ only by noise.
 
 Evaluation on held-out pairs (not trained on):
 
 * instance recall@k: the query's own pair is among the top k (text->image and image->text). With
   duplicated report texts this is capped: identical texts embed identically, so ties are arbitrary.
-* finding recall@k: some item among the top k has the query's finding (``pattern/extent``, e.g.
-  ``diffuse/moderate``, ``pneumonia/mild``, ``clear``), plus finding precision@5 (share of the top 5
-  with the query's finding) and chance (the share of the held-out set with the query's finding).
+* finding recall@k: some item among the top k has the query's finding (:func:`finding_label`, the
+  ground truth: ``diffuse/moderate``, ``pneumonia/mild``, ``edema``, ``clear``, ...), plus finding
+  precision@5 (share of the top 5 with the query's finding) and chance (the share of the held-out
+  set with the query's finding).
 
 Library: ``train_joint`` -> (model, card); ``embed_images`` / ``embed_texts``; ``model.save(dir)``
 / ``JointEmbedding.load(dir)`` (``model.pt`` state_dict + ``model_card.json``; default folder
@@ -29,7 +31,6 @@ import hashlib
 import io
 import json
 import math
-import re
 import time
 from pathlib import Path
 
@@ -51,6 +52,8 @@ FORMAT_VERSION = 1
 DEFAULT_PAIRS = 3200
 DEFAULT_EPOCHS = 20
 PATTERN_MIX = {"clear": 0.25, "pneumonia": 0.40, "diffuse": 0.35}
+STUDIES_VERSION = 2
+"""1: template reports on films with the opacity only; 2: films with findings, varied wording."""
 
 
 def default_model_dir() -> Path:
@@ -62,32 +65,32 @@ def default_model_dir() -> Path:
 # --------------------------------------------------------------------------------------- data
 
 
-def finding_from_report(text: str) -> str:
-    """``pattern/extent`` of a report written by ``sources.simulator.cxr.report`` ('clear',
-    'pneumonia/mild', 'diffuse/extensive', ...); 'other' for text it doesn't recognise."""
-    t = text.lower()
-    if "lungs clear" in t or "no acute cardiopulmonary" in t:
-        return "clear"
-    m = re.search(r"\b(mild|moderate|extensive)\b", t)
-    extent = m.group(1) if m else "unknown"
-    if "pneumonia" in t:
-        return f"pneumonia/{extent}"
-    if "edema" in t or "ards" in t or "diffuse" in t:
-        return f"diffuse/{extent}"
-    return "other"
+def finding_label(severity: float, pattern: str, edema: float = 0.0) -> str:
+    """The ground-truth finding a study is retrieved by: the opacity's ``pattern/extent``
+    ('pneumonia/mild', 'diffuse/extensive', ...) where a reader sees one (``cxr.report``'s cut-offs),
+    else 'edema' for a film with pulmonary edema, else 'clear' (lines, tubes, atelectasis and
+    effusions do not change it)."""
+    if pattern != "clear" and severity >= 0.15:
+        extent = "mild" if severity < 0.4 else "moderate" if severity < 0.7 else "extensive"
+        return f"{pattern}/{extent}"
+    return "edema" if edema > 0.0 else "clear"
 
 
 def simulate_studies(n: int, seed: int = 0, prior_fraction: float = 0.3) -> tuple[np.ndarray, list[dict]]:
-    """``n`` synthetic studies: (uint8 images [n, 224, 224], one dict per study with ``severity``,
-    ``pattern``, ``lobe``, ``prior_severity``, ``report``, ``finding``, ``png`` bytes).
+    """``n`` synthetic studies as an ICU's portable films look (the ``icu`` population's): (uint8
+    images [n, 224, 224], one dict per study with ``severity``, ``pattern``, ``lobe``,
+    ``prior_severity``, ``findings`` (``cxr_findings.as_dict``), ``report``, ``finding``
+    (:func:`finding_label`), ``png`` bytes).
 
     Patterns drawn from ``PATTERN_MIX``; severity uniform in [0.05, 1] for non-clear patterns (below
-    0.15 the simulator's report reads clear, as for a barely visible opacity); a prior study's
-    severity (for the comparison sentence) on ``prior_fraction`` of them. Seeded, reproducible.
+    0.15 a reader sees no opacity); every film also gets its own findings (atelectasis, effusion,
+    edema, lines and tubes: ``cxr_findings.film_findings``), and its report is worded from the
+    study's seed (``cxr_findings.describe``), so few reports repeat; a prior study (severity and
+    findings, for the comparison sentences) on ``prior_fraction`` of them. Seeded, reproducible.
     """
     from PIL import Image
 
-    from icuwatch.sources.simulator import cxr
+    from icuwatch.sources.simulator import cxr, cxr_findings
 
     rng = np.random.default_rng(seed)
     names = list(PATTERN_MIX)
@@ -98,18 +101,25 @@ def simulate_studies(n: int, seed: int = 0, prior_fraction: float = 0.3) -> tupl
         pattern = names[int(rng.choice(len(names), p=probs))]
         severity = 0.0 if pattern == "clear" else float(rng.uniform(0.05, 1.0))
         lobe = "right" if rng.random() < 0.6 else "left"
-        prior = float(np.clip(severity + rng.normal(0, 0.25), 0, 1)) if rng.random() < prior_fraction else None
-        png = cxr.render(severity, pattern, lobe, np.random.default_rng(int(rng.integers(2**63))))
+        has_prior = rng.random() < prior_fraction
+        prior = float(np.clip(severity + rng.normal(0, 0.25), 0, 1)) if has_prior else None
+        image_seed = int(rng.integers(2**63))
+        findings = cxr_findings.film_findings(rng, lung_disease=pattern == "diffuse")
+        prior_findings = cxr_findings.prior_film_findings(findings, rng) if has_prior else None
+        png = cxr.render(severity, pattern, lobe, np.random.default_rng(image_seed), findings=findings)
         images[i] = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
-        text = cxr.report(severity, pattern, lobe, prior)
+        text = cxr.report(
+            severity, pattern, lobe, prior, findings=findings, prior_findings=prior_findings, seed=image_seed
+        )
         studies.append(
             {
                 "severity": round(severity, 4),
                 "pattern": pattern,
                 "lobe": lobe,
                 "prior_severity": None if prior is None else round(prior, 4),
+                "findings": cxr_findings.as_dict(findings),
                 "report": text,
-                "finding": finding_from_report(text),
+                "finding": finding_label(severity, pattern, findings.edema),
                 "png": png,
             }
         )
@@ -436,7 +446,11 @@ def train_on_simulated(
     images, studies = simulate_studies(n, seed=seed)
     tokens = tokenizer.encode([s["report"] for s in studies])
     data = {
-        "source": "synthetic chest X-rays and reports (sources.simulator.cxr.render/report)",
+        "source": (
+            "synthetic chest X-rays with ICU findings and reports worded per study"
+            " (sources.simulator.cxr.render/report, cxr_findings.film_findings/describe)"
+        ),
+        "studies_version": STUDIES_VERSION,
         "simulate_seed": seed,
         "pattern_mix": PATTERN_MIX,
         "severity": "uniform [0.05, 1] (non-clear)",

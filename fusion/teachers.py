@@ -11,8 +11,15 @@ what the teacher is:
   answers on its own training rows are overconfident; a student fitted to them learns that); VAL and
   TEST rows get the folds' mean and never train a tree, so the choices made on VAL and the figures
   reported on TEST do not see their labels through the teacher.
+* :func:`crossfit_leaders` — the same cross-fitting on the 2019 leaders' features of a PhysioNet
+  row (``fusion.baselines.leader_features``: counts, 24-h windows, slopes, SOFA parts, what
+  ``evaluate cv --model lightgbm`` cross-validates best), sepsis only, PhysioNet rows only. A
+  *privileged* teacher: it reads a stay's whole history so far, which the student's live row (an
+  8-hour window) does not carry; the student learns what of it its own inputs can tell.
 * :func:`model_logits` — a trained fusion model (``model_store``; one risk, the sepsis head).
-* :func:`ensemble` — the mean logit of several teachers (per risk, over those that answer it).
+* :func:`ensemble` — the mean logit of several teachers (per risk, over those that answer it);
+  :func:`first_answer` — per row and risk, the first teacher that answers (a specialist where it
+  knows, a generalist elsewhere).
 """
 
 from __future__ import annotations
@@ -108,9 +115,11 @@ def crossfit_lightgbm(
     progress: bool = True,
     fit_rows: np.ndarray | None = None,
     save_to: Path | None = None,
+    features: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Cross-fitted LightGBM logits ``[N, len(labels)]`` (NaN where the label is unknown: a row gets
     a teacher answer for a risk only if that risk is known in its source) and what was fitted.
+    ``features``: float32 ``[N, F]`` the trees read (default :func:`tabular_features` of every row).
 
     ``labels``: per risk float [N] 0/1, NaN where unknown. Only ``fit_rows`` (default: every row;
     a distillation passes its TRAIN rows) ever train a tree. In each of the ``folds`` rounds the trees
@@ -128,14 +137,17 @@ def crossfit_lightgbm(
     if fit_rows is not None:
         may_fit[:] = False
         may_fit[fit_rows] = True
-    all_rows = np.arange(len(cohort))
-    x = tabular_features(cohort, all_rows)
+    x = tabular_features(cohort, np.arange(len(cohort))) if features is None else features
     out = np.full((len(cohort), len(labels)), np.nan, np.float32)
     info: dict = {"kind": "lightgbm", "folds": folds, "features": int(x.shape[1]), "params": TEACHER_PARAMS}
     rng = np.random.default_rng(seed + 1)
     bar = tqdm(total=folds * len(labels), desc="teacher (cross-fitted LightGBM)", disable=not progress, file=sys.stderr)
     for h, (risk, y) in enumerate(labels.items()):
         known = np.isfinite(y)
+        if not (known & may_fit).any():  # a risk this teacher does not answer (NaN throughout)
+            info[risk] = {"fit_rows": 0, "other_rows": 0, "rounds": []}
+            bar.update(folds)
+            continue
         others = np.flatnonzero(known & ~may_fit)
         mean_others = np.zeros(len(others))
         rounds = []
@@ -178,6 +190,62 @@ def model_logits(directory, cohort: Cohort, n_heads: int) -> np.ndarray:
     trained = model_store.load(directory)
     out = np.full((len(cohort), n_heads), np.nan, np.float32)
     out[:, 0] = predict_logits(trained.model, cohort, np.arange(len(cohort)))
+    return out
+
+
+def leader_features(cohort: Cohort, data_dir: Path | None = None, progress: bool = True) -> np.ndarray:
+    """float32 ``[N, leader_features.N_FEATURES]``: the PhysioNet rows of a live cohort
+    (``fusion.cohorts.live``) get their stay's leader features at that hour (read again from the
+    stay's ``.psv`` in ``data_dir``, default the shared data); simulated rows are NaN."""
+    from tqdm import tqdm
+
+    from icuwatch.fusion.baselines import leader_features as lf
+    from icuwatch.fusion.cohorts.physionet import read_stay
+    from icuwatch.sources.physionet import default_data_dir
+
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    out = np.full((len(cohort), lf.N_FEATURES), np.nan, np.float32)
+    first_sim = int(cohort.meta["first_sim_group"])
+    starts = np.searchsorted(cohort.group, np.arange(first_sim + 1))  # PhysioNet rows come first, stay by stay
+    for g in tqdm(range(first_sim), desc="leader features", unit="stay", disable=not progress, file=sys.stderr):
+        rows = slice(int(starts[g]), int(starts[g + 1]))
+        features = lf.stay_features(read_stay(data_dir / f"{cohort.group_ids[g]}.psv"))
+        if len(features) != rows.stop - rows.start:
+            raise ValueError(f"{cohort.group_ids[g]}: {len(features)} hours in the .psv, {rows.stop - rows.start} rows")
+        out[rows] = features
+    return out
+
+
+def crossfit_leaders(
+    cohort: Cohort,
+    labels: dict[str, np.ndarray],
+    folds: int = 3,
+    seed: int = 0,
+    progress: bool = True,
+    fit_rows: np.ndarray | None = None,
+    data_dir: Path | None = None,
+) -> tuple[np.ndarray, dict]:
+    """Cross-fitted LightGBM on the leaders' features (:func:`leader_features`), sepsis only, on
+    the PhysioNet rows of a live cohort: ``[N, len(labels)]`` logits, NaN on simulated rows and for
+    every other risk (:func:`first_answer` completes it with a teacher that answers those)."""
+    from icuwatch.fusion.baselines import leader_features as lf
+    from icuwatch.fusion.cohorts.live import source_of
+
+    real = ~source_of(cohort)
+    only_sepsis = {
+        risk: (np.where(real, y, np.nan) if risk == "sepsis" else np.full(len(y), np.nan)) for risk, y in labels.items()
+    }
+    x = leader_features(cohort, data_dir, progress)
+    logits, info = crossfit_lightgbm(cohort, only_sepsis, folds, seed, progress, fit_rows, features=x)
+    info |= {"kind": "lightgbm on the 2019 leaders' features", "feature_version": lf.FEATURE_VERSION}
+    return logits, info
+
+
+def first_answer(members: list[np.ndarray]) -> np.ndarray:
+    """Per row and risk, the first member's logit that is not NaN (NaN where none answers)."""
+    out = np.array(members[0], np.float32, copy=True)
+    for m in members[1:]:
+        out = np.where(np.isfinite(out), out, m).astype(np.float32)
     return out
 
 

@@ -6,6 +6,16 @@ per 10-s 250-Hz window). XQRS fails to learn at high sampling rates (0 beats on 
 so signals above :data:`MAX_DETECT_FS` are resampled to :data:`DETECT_FS` first and the peak indices
 mapped back. :func:`detect_r_peaks` (whole records) and :func:`ecg_heart_rate` (windows) share that
 one code path. PPG and respiration use ``scipy.signal`` band-pass filters and ``find_peaks``.
+
+Signal-quality guard: a bedside feed is often not a signal at all (a lead or probe off reads a flat
+line, amplifier overload pins it at an ADC rail, movement adds noise the size of the pulse). A rate
+computed from such a window is confidently wrong (a QRS detector finds motion "beats"; a flat
+window's few noise peaks make 30 or 200 bpm), and the worker would store it like any other value.
+So :func:`ecg_heart_rate`, :func:`ppg_pulse_rate` and :func:`resp_rate` return None (missing, as for
+a window too short) when :func:`window_quality` finds the window flat or clipped, or when fewer than
+:data:`MIN_PLAUSIBLE_FRACTION` of its beat intervals are plausible (:func:`rr_plausible_fraction`:
+atrial fibrillation's irregular intervals, a coefficient of variation up to ~0.25, stay above it).
+Movement within the PPG's pulse band that keeps intervals regular is not caught (an open limit).
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ __all__ = [
     "ppg_peaks",
     "resp_rate",
     "rr_plausible_fraction",
+    "window_quality",
 ]
 
 DETECT_FS = 250.0
@@ -42,6 +53,20 @@ MIN_ECG_S = 4.0  # XQRS learns its thresholds from the first seconds
 MIN_PPG_S = 4.0
 MIN_RESP_S = 10.0
 MIN_BEATS = 4  # at least 3 RR intervals for a median
+FLAT_RUN_S = 0.2
+"""Identical consecutive samples for this long are a flat line: a physiological signal does not
+hold a value to the last bit for 0.2 s, a lead-off trace or a saturated amplifier does. (Coarsely
+quantised real records do hold clipped R peaks for up to ~0.12 s: MIMIC 3000003, p000878.)"""
+MAX_FLAT_FRACTION = 0.5
+"""A window flat for up to half its length keeps its rate: the rest holds enough beats, and a
+mid-range flat stretch makes no false ones (MIMIC 3000003's V lead: 2.7 s flat in 8 s, HR right)."""
+MAX_CLIPPED_FRACTION = 0.1
+"""Flat runs at the window's maximum or minimum (pinned at a rail) count from 10 % on: the steps
+onto and off a rail are the size of a QRS and read as beats."""
+MIN_PLAUSIBLE_FRACTION = 0.7
+MIN_INTERVALS_FOR_PLAUSIBILITY = 5
+"""Below this many beat intervals the fraction is not applied: with 3 intervals one ectopic or
+missed beat (a good, slow window) would already fall under 0.7."""
 
 
 def find_local_peaks(sig, radius: int) -> np.ndarray:
@@ -86,6 +111,30 @@ def _clean(x, fs: float) -> np.ndarray:
     return x
 
 
+def window_quality(samples, fs: float) -> str | None:
+    """Why a window is not a usable signal (``"flat"``, ``"clipped"``), or None when it looks like one.
+
+    Runs of identical values at least :data:`FLAT_RUN_S` long are flat; ``clipped``: more than
+    :data:`MAX_CLIPPED_FRACTION` of the samples are in flat runs at the window's maximum or minimum;
+    ``flat``: more than :data:`MAX_FLAT_FRACTION` in flat runs anywhere. NaNs (gaps) are dropped
+    first; an empty or constant window is ``flat``.
+    """
+    x = np.asarray(samples, dtype=np.float64).ravel()
+    x = x[~np.isnan(x)]
+    if x.size == 0 or np.ptp(x) == 0:
+        return "flat"
+    same = np.concatenate([[False], np.diff(x) == 0, [False]])
+    edges = np.flatnonzero(np.diff(same.astype(np.int8)))
+    starts, runs = edges[::2], edges[1::2] - edges[::2] + 1  # first sample and length of each run
+    long = runs >= FLAT_RUN_S * fs
+    at_rail = (x[starts] == x.max()) | (x[starts] == x.min())
+    if runs[long & at_rail].sum() > MAX_CLIPPED_FRACTION * x.size:
+        return "clipped"
+    if runs[long].sum() > MAX_FLAT_FRACTION * x.size:
+        return "flat"
+    return None
+
+
 def detect_r_peaks(signal, fs: float) -> np.ndarray:
     """R-peak sample indices (into ``signal``, at ``fs``) found by wfdb's XQRS; works on whole records."""
     x = _clean(signal, fs)
@@ -111,6 +160,9 @@ def detect_r_peaks(signal, fs: float) -> np.ndarray:
 def _rate_from_peaks(peaks: np.ndarray, fs: float) -> float | None:
     if peaks.size < MIN_BEATS:
         return None
+    plausible = rr_plausible_fraction(peaks, fs)
+    if plausible is not None and peaks.size > MIN_INTERVALS_FOR_PLAUSIBILITY and plausible < MIN_PLAUSIBLE_FRACTION:
+        return None
     rate = 60.0 * fs / float(np.median(np.diff(peaks)))
     return rate if MIN_BPM <= rate <= MAX_BPM * 1.1 else None
 
@@ -118,11 +170,12 @@ def _rate_from_peaks(peaks: np.ndarray, fs: float) -> float | None:
 def ecg_heart_rate(samples, fs: float) -> tuple[float | None, np.ndarray]:
     """``(heart rate in bpm from the median RR interval, R-peak indices)``.
 
-    The rate is None when the window is shorter than :data:`MIN_ECG_S`, has fewer than
-    :data:`MIN_BEATS` beats, or gives a rate outside 30-242 bpm.
+    The rate is None when the window is shorter than :data:`MIN_ECG_S`, fails
+    :func:`window_quality` (no peaks are searched then), has fewer than :data:`MIN_BEATS` beats or too
+    few plausible R-R intervals, or gives a rate outside 30-242 bpm.
     """
     x = np.asarray(samples, dtype=np.float64)
-    if x.size < MIN_ECG_S * fs:
+    if x.size < MIN_ECG_S * fs or window_quality(x, fs) is not None:
         return None, np.empty(0, dtype=np.int64)
     peaks = detect_r_peaks(x, fs)
     return _rate_from_peaks(peaks, fs), peaks
@@ -162,7 +215,10 @@ def ppg_peaks(samples, fs: float) -> np.ndarray:
 
 
 def ppg_pulse_rate(samples, fs: float) -> float | None:
-    """Pulse rate (bpm) from the median peak-to-peak interval, or None."""
+    """Pulse rate (bpm) from the median peak-to-peak interval, or None (also when the window fails
+    :func:`window_quality` or too few intervals are plausible)."""
+    if window_quality(samples, fs) is not None:
+        return None
     return _rate_from_peaks(ppg_peaks(samples, fs), fs)
 
 
@@ -173,7 +229,7 @@ def resp_rate(samples, fs: float) -> float | None:
     should give respiration a longer buffer (30 s or more).
     """
     x = _clean(samples, fs)
-    if x.size < MIN_RESP_S * fs or np.ptp(x) == 0:
+    if x.size < MIN_RESP_S * fs or window_quality(samples, fs) is not None:  # gaps filled by _clean are not flat
         return None
     y = _bandpass(x, fs, 0.1, 1.0)
     peaks, _ = sps.find_peaks(y, distance=max(1, int(fs * 1.0)), prominence=0.5 * np.std(y))

@@ -13,11 +13,11 @@ import math
 from datetime import datetime, timedelta
 from typing import Any, Iterable, Optional
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, false, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from icuwatch.storage.models import ALERT_STATES, Alert, AlertEvent, Patient, Score
-from icuwatch.storage.repository import _now, record_event, utc
+from icuwatch.storage.models import ALERT_STATES, Alert, AlertEvent, Patient, Score, UnitMode
+from icuwatch.storage.repository import _now, _patient_is_silent, record_event, utc
 
 ALERT_KINDS = ("deterioration", "sepsis")
 SECONDS_PER_DAY = 86_400.0
@@ -40,7 +40,8 @@ def escalate_overdue(session: Session, *, after_s: float, now: float | datetime 
         update(Alert)
         .where(
             Alert.state == "raised",
-            Alert.raised_at < cutoff,
+            Alert.silent.is_(False),  # nobody sees it to acknowledge it (storage/units.py)
+            func.coalesce(Alert.shown_at, Alert.raised_at) < cutoff,
             or_(Alert.escalated_at.is_(None), Alert.escalated_at < cutoff),
         )
         .values(
@@ -86,7 +87,7 @@ def alerts_changed_since(
     re-poll with a small overlap (a few seconds) and drop the (alert_id, updated_at) pairs it has
     already sent.
     """
-    stmt = select(Alert)
+    stmt = select(Alert).where(Alert.silent.is_(False))
     if since is not None:
         s = utc(since)
         if after_id is None:
@@ -114,7 +115,9 @@ def patient_timeline(
     start = utc(since) if since is not None else None
 
     score_q = select(Score).where(Score.patient_id == patient_id)
-    alert_q = select(Alert).where(Alert.patient_id == patient_id)
+    alert_q = select(Alert).where(Alert.patient_id == patient_id, Alert.silent.is_(False))
+    if _patient_is_silent(session, patient_id):  # the unit runs silent: no risk on the patient page
+        score_q = score_q.where(false())
     if start is not None:
         score_q = score_q.where(Score.event_time >= start)
         alert_q = alert_q.where(Alert.event_time >= start)
@@ -131,8 +134,15 @@ def patient_timeline(
 
 def latest_scores(session: Session, patient_ids: Iterable[str]) -> dict[str, Score]:
     """Each patient's newest score (by event time; of any model, the latest stored at a tie), for the
-    board's current risk beside an alert's opening risk. Patients without scores are left out."""
+    board's current risk beside an alert's opening risk. Patients without scores, and patients of a
+    silent unit (``storage/units.py``: their risk is not for the nurses), are left out."""
     ids = sorted(set(patient_ids))
+    silent = set(
+        session.scalars(
+            select(Patient.patient_id).join(UnitMode, UnitMode.unit == Patient.unit).where(UnitMode.mode == "silent")
+        )
+    )
+    ids = [i for i in ids if i not in silent]
     latest: dict[str, Score] = {}
     for i in range(0, len(ids), 500):  # well under every driver's bound-parameter limit
         newest = (
@@ -205,7 +215,7 @@ def alert_quality(session: Session, since: float | datetime | None = None) -> di
     (alerts not stored because an episode of theirs was open, by their event time), ``since``.
     """
     start = utc(since) if since is not None else None
-    alert_filter = [Alert.event_time >= start] if start is not None else []
+    alert_filter = [Alert.silent.is_(False)] + ([Alert.event_time >= start] if start is not None else [])
 
     by_state = dict.fromkeys(ALERT_STATES, 0)
     for state, n in session.execute(select(Alert.state, func.count()).where(*alert_filter).group_by(Alert.state)):

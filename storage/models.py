@@ -15,6 +15,7 @@ from typing import Any, Optional
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Float,
@@ -25,6 +26,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -34,6 +36,7 @@ ALERT_STATES = ("raised", "acknowledged", "resolved")
 OPEN_ALERT_STATES = ("raised", "acknowledged")
 """States of an open episode: at most one open alert per patient and kind is stored."""
 ALERT_ACTIONS = ("raised", "acknowledged", "resolved", "escalated", "suppressed")
+UNIT_MODES = ("silent", "live")
 TOKEN_ROLES = ("nurse", "physician", "engineer", "admin")
 
 NAMING_CONVENTION = {
@@ -206,6 +209,12 @@ class Alert(Base):
     contributions: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON(none_as_null=True))
     """Per modality, the contributions to this alert's kind of risk from the score that opened it
     (``schemas.Alert.contributions``); NULL when it had none."""
+    silent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """Raised while the patient's unit ran silent (``storage/units.py``): recorded, but kept from
+    the nurses' board, live stream, escalation and FHIR; an open one is shown when the unit goes live."""
+    shown_at: Mapped[Optional[datetime]]
+    """When a silent alert was shown to the nurses (its unit went live); escalation counts from it.
+    NULL for an alert shown from the start."""
 
     def __repr__(self) -> str:
         return f"Alert({self.alert_id!r}, {self.kind!r}, state={self.state!r})"
@@ -258,3 +267,142 @@ class ApiToken(Base):
 
     def __repr__(self) -> str:
         return f"ApiToken({self.user!r}, {self.role!r}, revoked={self.revoked_at is not None})"
+
+
+class ShadowScore(Base):
+    """A score of the shadow model (``Settings.shadow_model``), from the same batch as the live
+    score of that patient and time. Kept apart from ``scores`` so no nurse-facing query can show it.
+    Unique per (patient, model, event time), the highest revision kept, as ``scores``."""
+
+    __tablename__ = "shadow_scores"
+    __table_args__ = (
+        UniqueConstraint("patient_id", "model", "event_time"),
+        Index("ix_shadow_scores_event_time", "event_time"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    patient_id: Mapped[str] = mapped_column(String(64))
+    event_time: Mapped[datetime]
+    model: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[Optional[str]] = mapped_column(String(64))
+    deterioration_risk: Mapped[float] = mapped_column(Float)
+    sepsis_risk: Mapped[float] = mapped_column(Float)
+    scored_at: Mapped[datetime]
+    revision: Mapped[int] = mapped_column(SmallInteger, default=0, server_default="0")
+
+
+class ShadowAlert(Base):
+    """An alert episode the shadow model would have raised (same hysteresis and quiet periods as
+    the live alerts, at the shadow model's thresholds). Never shown to nurses, never published."""
+
+    __tablename__ = "shadow_alerts"
+    __table_args__ = (Index("ix_shadow_alerts_event_time", "event_time"),)
+
+    alert_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    risk: Mapped[float] = mapped_column(Float)
+    model: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[Optional[str]] = mapped_column(String(64))
+    episode_start: Mapped[datetime]
+    event_time: Mapped[datetime]
+    """The score that confirmed the episode (when the live model would have paged)."""
+    raised_at: Mapped[datetime]
+    closed_at: Mapped[Optional[datetime]]
+    """Event time of the score that closed the episode; None while open."""
+
+
+class ServedModel(Base):
+    """What a worker scores with, written as it starts: the model, its role (``live`` or ``shadow``)
+    and the 'on' threshold per alert kind it alerts at, so a report can say whether two models'
+    scores agree on paging."""
+
+    __tablename__ = "served_models"
+
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    thresholds: Mapped[dict[str, Any]]
+    updated_at: Mapped[datetime]
+
+
+class DriftCount(Base):
+    """Counts of one worker (``writer``) for one unit, event-time hour and column
+    (``streams/drift.py``): a histogram of a feature-row column (``core/drift.py`` bins, missing
+    last), ``present:<modality>`` [absent, present], ``arrivals:<topic>`` [messages] or
+    ``patients`` [distinct patients]. Rewritten with the writer's cumulative counts at each flush."""
+
+    __tablename__ = "drift_counts"
+    __table_args__ = (Index("ix_drift_counts_bucket_start", "bucket_start"),)
+
+    bucket_start: Mapped[datetime] = mapped_column(primary_key=True)
+    unit: Mapped[str] = mapped_column(String(64), primary_key=True)
+    column: Mapped[str] = mapped_column(String(64), primary_key=True)
+    writer: Mapped[str] = mapped_column(String(128), primary_key=True)
+    counts: Mapped[list[int]] = mapped_column(JSON())
+
+
+class UnitMode(Base):
+    """A unit's mode (``storage/units.py``): ``silent`` records the model's scores and alerts
+    without showing them to the unit's nurses; ``live`` (also every unit without a row) shows them."""
+
+    __tablename__ = "unit_modes"
+    __table_args__ = (CheckConstraint("mode IN ('silent', 'live')", name="mode"),)
+
+    unit: Mapped[str] = mapped_column(String(64), primary_key=True)
+    mode: Mapped[str] = mapped_column(String(16))
+    changed_by: Mapped[str] = mapped_column(String(128))
+    changed_at: Mapped[datetime]
+    reason: Mapped[Optional[str]] = mapped_column(Text)
+
+
+class UnitModeEvent(Base):
+    """Audit log of unit mode changes: who, when, why, and the alerts shown when a unit went live."""
+
+    __tablename__ = "unit_mode_events"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    unit: Mapped[str] = mapped_column(String(64), index=True)
+    mode: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(128))
+    at: Mapped[datetime]
+    reason: Mapped[Optional[str]] = mapped_column(Text)
+    detail: Mapped[dict[str, Any]]
+
+
+class UnitThreshold(Base):
+    """A unit's own alert threshold for one kind and model (``icuwatch tune-thresholds --unit``),
+    versioned: each tuning adds a version and makes it the active one; a rollback makes the previous
+    version active again. The rows are the audit trail (who, when, on what figures)."""
+
+    __tablename__ = "unit_thresholds"
+    __table_args__ = (UniqueConstraint("unit", "kind", "model", "version"),)
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    unit: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int] = mapped_column(Integer)
+    threshold: Mapped[Optional[float]] = mapped_column(Float)
+    """None: back to the model's own threshold (a rollback past the first version)."""
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+    detail: Mapped[dict[str, Any]]
+    """The tuning's figures (data window, source, outcomes, sensitivity, episodes per patient-day),
+    or for a rollback the version it replaced."""
+
+
+class ModelRole(Base):
+    """Which served model is live and which is the shadow (``icuwatch models shadow``, ``models
+    promote --shadow``), append-only: the newest row per role is in force (model ``""``: no shadow),
+    the rows before it are the audit trail. Without a row the workers' settings decide."""
+
+    __tablename__ = "model_roles"
+    __table_args__ = (CheckConstraint("role IN ('live', 'shadow')", name="role"),)
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    role: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String(128))
+    set_by: Mapped[str] = mapped_column(String(128))
+    set_at: Mapped[datetime]
+    reason: Mapped[Optional[str]] = mapped_column(Text)

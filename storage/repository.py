@@ -12,7 +12,7 @@ import math
 from datetime import datetime, timezone
 from typing import Any, Iterable, Optional, Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -25,6 +25,7 @@ from icuwatch.storage.models import (
     AlertEvent,
     Patient,
     Score,
+    UnitMode,
 )
 
 _CHUNK_ROWS = 500
@@ -135,7 +136,34 @@ def upsert_patient(session: Session, adt: schemas.Adt) -> Patient:
         if adt.event == "admit" and p.admitted_at is None:
             p.admitted_at = t
     session.flush()
+    if p.unit is not None:  # wait for a unit going live right now (units.set_mode holds this row)
+        session.execute(select(UnitMode.unit).where(UnitMode.unit == p.unit).with_for_update(read=True))
+    if not _patient_is_silent(session, p.patient_id):
+        show_silent_alerts(session, [p.patient_id], reason=f"patient moved to {p.unit or 'no unit'}, not silent")
     return p
+
+
+def show_silent_alerts(session: Session, patient_ids: Sequence[str], reason: str) -> list[str]:
+    """Show these patients' open silent alerts to the nurses now (``silent = false``, ``shown_at`` =
+    ``updated_at`` = now; storage/units.py), with a 'raised' audit event saying why; their ids."""
+    if not patient_ids:
+        return []
+    now = _now()
+    shown = sorted(
+        session.scalars(
+            update(Alert)
+            .where(Alert.silent.is_(True), Alert.state.in_(OPEN_ALERT_STATES), Alert.patient_id.in_(patient_ids))
+            .values(silent=False, shown_at=now, updated_at=now)
+            .returning(Alert.alert_id)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    for alert_id in shown:
+        loaded = session.identity_map.get(session.identity_key(Alert, alert_id))
+        if loaded is not None:
+            session.expire(loaded)
+        record_event(session, alert_id, "raised", at=now, detail={"shown": True, "reason": reason})
+    return shown
 
 
 def _finite_or_none(v: Optional[float]) -> Optional[float]:
@@ -177,9 +205,10 @@ def add_scores(session: Session, scores: Sequence[schemas.Score]) -> int:
     return stored + _upsert_revisions(session, revised)
 
 
-def _upsert_revisions(session: Session, rows: list[dict[str, Any]]) -> int:
-    """Insert, or overwrite a stored score whose revision is lower. Order matters, so row by row."""
-    tbl = Score.__table__
+def _upsert_revisions(session: Session, rows: list[dict[str, Any]], table: Any = Score) -> int:
+    """Insert, or overwrite a stored score (of ``table``: ``scores`` or ``shadow_scores``) whose
+    revision is lower. Order matters, so row by row."""
+    tbl = table.__table__
     keys = ["patient_id", "model", "event_time"]
     changed = 0
     for row in rows:
@@ -274,8 +303,11 @@ def add_alert(session: Session, alert: schemas.Alert) -> bool:
 
 
 def store_alert(session: Session, alert: schemas.Alert) -> str:
-    """Store a newly raised alert and its 'raised' audit event: ``"stored"``, ``"duplicate"`` or
-    ``"suppressed"``.
+    """Store a newly raised alert and its 'raised' audit event: ``"stored"``, ``"duplicate"``,
+    ``"suppressed"`` or ``"silent"``.
+
+    ``"silent"``: stored with ``silent = true`` because the patient's unit runs silent
+    (``storage/units.py``), or a redelivery of such an alert: the worker does not publish it.
 
     ``"duplicate"``, with nothing written, if ``alert_id`` already exists: a redelivered alert never touches
     the stored one, so an acknowledgement survives redelivery.
@@ -290,8 +322,9 @@ def store_alert(session: Session, alert: schemas.Alert) -> str:
     """
     ensure_patient(session, alert.patient_id)
     _lock_patient(session, alert.patient_id)
-    if session.get(Alert, alert.alert_id) is not None:
-        return "duplicate"
+    stored = session.get(Alert, alert.alert_id)
+    if stored is not None:
+        return "silent" if stored.silent else "duplicate"
     now = _now()
     blocking = open_alert(session, alert.patient_id, alert.kind)
     if blocking is not None:
@@ -336,6 +369,8 @@ def store_alert(session: Session, alert: schemas.Alert) -> str:
         "escalation_level": 0,
         "updated_at": now,
         "contributions": alert.contributions,
+        # the model's alerts only: a monitor that went quiet is not the model's (streams/liveness.py)
+        "silent": alert.kind != "data_liveness" and _patient_is_silent(session, alert.patient_id),
     }
     if _insert_ignore(session, Alert, [row], ["alert_id"]) != 1:
         return "duplicate"
@@ -353,9 +388,18 @@ def store_alert(session: Session, alert: schemas.Alert) -> str:
             "source": alert.source,
             "episode_start": _iso(row["episode_start"]),
             "event_time": _iso(row["event_time"]),
+            "silent": row["silent"],
         },
     )
-    return "stored"
+    return "silent" if row["silent"] else "stored"
+
+
+def _patient_is_silent(session: Session, patient_id: str) -> bool:
+    """Whether the patient's current unit runs silent (``storage/units.py``)."""
+    mode = session.scalar(
+        select(UnitMode.mode).join(Patient, Patient.unit == UnitMode.unit).where(Patient.patient_id == patient_id)
+    )
+    return mode == "silent"
 
 
 def _locked_alert(session: Session, alert_id: str) -> Alert:
@@ -450,13 +494,14 @@ def list_alerts(
     limit: int = 100,
     unit: str | None = None,
 ) -> list[Alert]:
-    """Alerts matching all given filters, newest event time first (at most ``limit``).
+    """Alerts the nurses see (not silent, ``storage/units.py``) matching all given filters, newest
+    event time first (at most ``limit``).
 
     ``unit`` matches the patient's current unit (``patients.unit``).
     """
     if state is not None and state not in ALERT_STATES:
         raise ValueError(f"unknown alert state {state!r}; expected one of {ALERT_STATES}")
-    stmt = select(Alert)
+    stmt = select(Alert).where(Alert.silent.is_(False))
     if state is not None:
         stmt = stmt.where(Alert.state == state)
     if kind is not None:
@@ -470,8 +515,10 @@ def list_alerts(
 
 
 def count_alerts(session: Session) -> dict[str, int]:
-    """Number of alerts in each state; every state is present (0 when none)."""
+    """Number of alerts the nurses see (not silent) in each state; every state is present (0 when none)."""
     counts = dict.fromkeys(ALERT_STATES, 0)
-    for state, n in session.execute(select(Alert.state, func.count()).group_by(Alert.state)):
+    for state, n in session.execute(
+        select(Alert.state, func.count()).where(Alert.silent.is_(False)).group_by(Alert.state)
+    ):
         counts[state] = n
     return counts

@@ -17,6 +17,15 @@ quiet period ``realert_after_resolve_s`` (event time, from this score) and a new
 this score. A risk that stays high then opens a new episode, with a new id, once the period is over
 and the run is confirmed; one that comes down raises nothing.
 
+Scores from the in-process fallback rules (``source == "fallback"``, while Triton is unreachable) are
+on another scale with their own thresholds (the worker passes them). Each score is compared with its
+own scale's thresholds, so an 'above' run goes on across a change of source (high on both scales is
+high: a Triton that comes and goes must not keep a patient from alerting), while a change of source
+starts the 'below' run again. A fallback score never closes an episode
+the model opened: rules that read lower than the model during an outage would otherwise close it, and
+the model, back, would open a second episode (a second alert) for the same deterioration. The
+model's scores close any episode, a fallback-opened one included.
+
 An alert carries the contributions to its kind of risk from the score that opened it (None when
 that score had none).
 
@@ -77,6 +86,22 @@ def thresholds_from(settings, model_thresholds: dict[str, float | None] | None =
     return out
 
 
+def for_unit(
+    base: dict[str, Thresholds], overrides: Mapping[tuple[str, str], float], unit: str | None
+) -> dict[str, Thresholds]:
+    """``base`` with the unit's own 'on' thresholds (``icuwatch tune-thresholds --unit``) where it has
+    them; 'off' keeps each kind's off/on ratio."""
+    if unit is None or not overrides:
+        return base
+    out = dict(base)
+    for kind, th in base.items():
+        on = overrides.get((unit, kind))
+        if on is not None:
+            ratio = th.off / th.on if th.on > 0 else 0.6
+            out[kind] = Thresholds(on, on * ratio, th.confirm, th.clear, th.refractory_s, th.realert_after_resolve_s)
+    return out
+
+
 def new_alert_state() -> dict:
     return {
         "last_t": 0.0,
@@ -96,6 +121,13 @@ def open_kinds(state: dict) -> set[str]:
     before): the kinds whose alert the worker asks the database about."""
     kinds = {k for k, ks in state["kinds"].items() if ks["open"] is not None}
     return kinds | {k for k, ks in state.get("before_last", {}).items() if ks["open"] is not None}
+
+
+def open_alert_ids(state: dict, patient_id: str, kind: str) -> set[str]:
+    """The alert ids of ``kind``'s open episode, before or after the latest score (as
+    :func:`open_kinds`)."""
+    starts = [ks["open"] for ks in (state["kinds"].get(kind), state.get("before_last", {}).get(kind)) if ks]
+    return {alert_id(patient_id, kind, start) for start in starts if start is not None}
 
 
 def update(
@@ -136,11 +168,16 @@ def step(
     state["last_t"] = score.event_time
     state["last_revision"] = revision
     raised, closed = [], []
+    scale = score.source
     for kind, field in RISK_FIELD.items():
         th, ks = thresholds[kind], state["kinds"][kind]
         risk = getattr(score, field)
         if kind in resolved and ks["open"] is not None:
             ks.update(open=None, above=0, below=0, resolved_at=score.event_time)
+        # .get: states saved before the scales were told apart count as on this score's scale.
+        if ks.get("scale", scale) != scale:
+            ks["below"] = 0
+        ks["scale"] = scale
         if risk >= th.on:
             if ks["above"] == 0:
                 ks["run_start"] = score.event_time
@@ -156,6 +193,7 @@ def step(
         if ks["open"] is None and ks["above"] >= th.confirm and not refractory:
             start: float = ks["run_start"]
             ks["open"] = start
+            ks["opened_by"] = scale
             raised.append(
                 schemas.Alert(
                     patient_id=score.patient_id,
@@ -173,11 +211,17 @@ def step(
                     contributions=(score.contributions or {}).get(kind),
                 )
             )
-        elif ks["open"] is not None and ks["below"] >= th.clear:
+        elif ks["open"] is not None and ks["below"] >= th.clear and closes(scale, ks):
             closed.append(alert_id(score.patient_id, kind, ks["open"]))
             ks["open"] = None
             ks["closed_at"] = score.event_time
     return raised, closed
+
+
+def closes(scale: str, kind_state: dict) -> bool:
+    """Whether a score from ``scale`` may close the kind's open episode: the model's always, the
+    fallback's only an episode the fallback opened."""
+    return scale != "fallback" or kind_state.get("opened_by", "triton") == "fallback"
 
 
 def step_batch(

@@ -1,4 +1,4 @@
-"""The worker's Faust app (faust-streaming's ``app.py``): the app, its topics and its two tables,
+"""The worker's Faust app (faust-streaming's ``app.py``): the app, its topics and its tables,
 built from the settings once the Kafka client patches are in. The agents that run on it are in
 ``worker.py``; what they decide per message is in ``ingest.py``."""
 
@@ -43,6 +43,7 @@ inputs_topic = app.topic(*topics.INPUTS, **raw)
 scores_topic = app.topic(topics.SCORES, **raw)
 alerts_topic = app.topic(topics.ALERTS, **raw)
 deadletter_topic = app.topic(topics.DEADLETTER, **raw)
+shadow_scores_topic = app.topic(topics.SHADOW_SCORES, **raw)
 
 patients = app.Table("patient_state", key_type=bytes, partitions=settings.partitions, use_partitioner=True)
 """Checkpoints of each patient's state; the live copy is in ``worker.live_state`` (see
@@ -54,3 +55,6 @@ episodes = app.Table("alert_state", key_type=bytes, partitions=settings.partitio
 """Each patient's alert episodes (``alerting.new_alert_state``). ``use_partitioner`` as for
 ``patients``: the alert agent takes scores in batches and writes after each batch, outside the
 iteration of any one event."""
+shadow_episodes = app.Table("shadow_alert_state", key_type=bytes, partitions=settings.partitions, use_partitioner=True)
+"""The shadow models' would-be alert episodes (``streams/shadow.py``), per patient a state per shadow
+model name, kept like ``episodes``."""

@@ -7,13 +7,18 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from icuwatch.core import features, rules, schemas
-from icuwatch.streams.scoring import TritonScorer
+from icuwatch.streams.scoring import Outputs, TritonScorer
+from icuwatch.streams.shadow import ShadowScorer
 
 log = logging.getLogger(__name__)
+
+SHADOW_QUEUE = 4
+"""Shadow batches that may wait while the shadow scores one (more go without shadow scores)."""
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,13 @@ class Due:
     """The PhysioNet-cohort row (``streams.student_row.cohort_row``) when a student scores."""
     published: Callable[[], None] | None = None
     """Called once the score is handed to the producer (the worker then acknowledges its events)."""
+    shadow_row: dict | None = None
+    """The shadow model's row when it is a student (``streams/shadow.py``)."""
+    scorer: TritonScorer | None = None
+    """The live scorer this row was built for (the batcher's at submission: the live model can
+    change between submission and scoring, ``icuwatch models promote --shadow``)."""
+    shadow: ShadowScorer | None = None
+    """The shadow its ``shadow_row`` was built for, likewise."""
 
 
 class ScoreBatcher:
@@ -37,9 +49,16 @@ class ScoreBatcher:
         publish: Callable[[schemas.Score], Awaitable[None]],
         batch_max: int,
         batch_wait_s: float,
+        shadow: ShadowScorer | None = None,
+        publish_shadow: Callable[[schemas.Score], Awaitable[None]] | None = None,
     ) -> None:
         self.scorer = scorer
         self.publish = publish
+        self.shadow = shadow
+        """Scores every batch beside ``scorer``; its scores go to ``publish_shadow``."""
+        self.publish_shadow = publish_shadow
+        self._shadow_queue: asyncio.Queue | None = None
+        self._shadow_task: asyncio.Task | None = None
         self.batch_max = batch_max
         self.batch_wait_s = batch_wait_s
         self.pending: list[Due] = []
@@ -55,8 +74,23 @@ class ScoreBatcher:
         revision: int = 0,
         cohort: dict | None = None,
         published: Callable[[], None] | None = None,
+        shadow_row: dict | None = None,
     ) -> None:
-        self.pending.append(Due(patient_id, t, features, staleness, trigger, revision, cohort, published))
+        self.pending.append(
+            Due(
+                patient_id,
+                t,
+                features,
+                staleness,
+                trigger,
+                revision,
+                cohort,
+                published,
+                shadow_row,
+                self.scorer,
+                self.shadow,
+            )  # fmt: skip
+        )
         if len(self.pending) >= self.batch_max:
             self._wake.set()
 
@@ -77,43 +111,114 @@ class ScoreBatcher:
                     await asyncio.sleep(self.batch_wait_s)
 
     async def flush(self, batch: list[Due]) -> None:
-        x = np.concatenate([d.features for d in batch], axis=0)
-        rows = None
-        cohorts = [d.cohort for d in batch if d.cohort is not None]
-        if cohorts:
-            from icuwatch.streams.student_row import stack_rows
-
-            if len(cohorts) != len(batch):  # the worker gives every score a row or none (one model)
-                raise ValueError("a scoring batch mixes rows with and without a student row")
-            rows = stack_rows(cohorts)
-        out, source = await self.scorer.score(x, rows)
-        model = self.scorer.model_name if source == "triton" else rules.MODEL_NAME
-        version = out.get("model_version") if source == "triton" else None
-        c = out.get("contributions")
-        explained = features.contributions_as_dicts(c) if c is not None else [None] * len(batch)
-        now = time.time()
-        for i, due in enumerate(batch):
-            await self.publish(
-                schemas.Score(
-                    patient_id=due.patient_id,
-                    event_time=due.event_time,
-                    model=model,
-                    model_version=version,
-                    source=source,
-                    deterioration_risk=float(out["deterioration_risk"][i]),
-                    sepsis_risk=float(out["sepsis_risk"][i]),
-                    news2=int(out["news2"][i]),
-                    qsofa=int(out["qsofa"][i]),
-                    staleness_s=due.staleness,
-                    scored_at=now,
-                    trigger=due.trigger,
-                    revision=due.revision,
-                    contributions=explained[i],
-                )
-            )
+        """Score and publish ``batch``, then call each due's ``published``. Dues submitted before
+        the live model changed are scored by the model their rows were built for."""
+        self._start_shadow(batch)
+        groups: dict[int, tuple[TritonScorer, list[Due]]] = {}
+        for due in batch:
+            scorer = due.scorer or self.scorer
+            groups.setdefault(id(scorer), (scorer, []))[1].append(due)
+        for scorer, dues in groups.values():
+            await self._score_and_publish(scorer, dues)
         for due in batch:  # after the whole batch: a failing callback must not make it publish again
             if due.published is not None:
                 try:
                     due.published()
                 except Exception:
                     log.exception("after-publish callback failed")
+
+    async def _score_and_publish(self, scorer: TritonScorer, batch: list[Due]) -> None:
+        x = np.concatenate([d.features for d in batch], axis=0)
+        out, source = await scorer.score(x, _stacked([d.cohort for d in batch]))
+        model = scorer.model_name if source == "triton" else rules.MODEL_NAME
+        version = out.get("model_version") if source == "triton" else None
+        c = out.get("contributions")
+        explained = features.contributions_as_dicts(c) if c is not None else [None] * len(batch)
+        now = time.time()
+        for i, due in enumerate(batch):
+            await self.publish(_score(due, out, i, model, version, source, now, explained[i]))
+
+    def _start_shadow(self, batch: list[Due]) -> None:
+        """Queue ``batch`` for the shadow, scored in a task of its own beside the live call (the
+        same patients, times and rows) but never in its way: the live scores do not wait for it,
+        and anything the shadow raises stays in its task. One shadow call at a time, at most
+        ``SHADOW_QUEUE`` batches waiting; a batch that finds the queue full goes without shadow
+        scores (counted), so a slow shadow cannot pile up. Its scores are published when it
+        answers, so a worker killed before that loses them (the report pairs only the scores both
+        models have)."""
+        if self.shadow is None or self.publish_shadow is None:
+            return
+        # rows built for an earlier shadow are left out (a due not stamped by submit counts as current)
+        batch = [d for d in batch if d.shadow is None or d.shadow is self.shadow]
+        if not batch:
+            return
+        if self._shadow_queue is None:
+            self._shadow_queue = asyncio.Queue(maxsize=SHADOW_QUEUE)
+            self._shadow_task = asyncio.create_task(self._shadow_worker(self._shadow_queue), name="shadow-scoring")
+        x = np.concatenate([d.features for d in batch], axis=0)
+        try:
+            self._shadow_queue.put_nowait((self.shadow, batch, x))
+        except asyncio.QueueFull:
+            self.shadow.counts["shadow_skipped_rows"] += len(batch)
+
+    async def _shadow_worker(self, queue: asyncio.Queue) -> None:
+        while True:
+            shadow, batch, x = await queue.get()
+            try:
+                await self._shadow_batch(shadow, batch, x)
+            finally:
+                queue.task_done()
+
+    async def shadow_done(self) -> None:
+        """Wait until the queued shadow batches are scored (tests; a clean stop)."""
+        if self._shadow_queue is not None:
+            await self._shadow_queue.join()
+
+    async def _shadow_batch(self, shadow: ShadowScorer, batch: list[Due], x: np.ndarray) -> None:
+        assert self.publish_shadow is not None
+        try:
+            out = await shadow.score(x, _stacked([d.shadow_row for d in batch]))
+            if out is None:
+                return
+            now = time.time()
+            for i, due in enumerate(batch):
+                await self.publish_shadow(
+                    _score(due, out, i, shadow.model_name, out.get("model_version"), "triton", now, None)
+                )
+        except Exception as exc:  # the shadow never breaks scoring
+            shadow.counts["shadow_errors"] += 1
+            log.warning("shadow batch of %d not scored: %s", len(batch), type(exc).__name__)
+
+
+def _stacked(rows: list[dict | None]) -> dict[str, np.ndarray] | None:
+    """The batch of a student's rows (None when the model reads the feature row)."""
+    given = [r for r in rows if r is not None]
+    if not given:
+        return None
+    from icuwatch.streams.student_row import stack_rows
+
+    if len(given) != len(rows):  # the worker gives every score a row or none (one model)
+        raise ValueError("a scoring batch mixes rows with and without a student row")
+    return stack_rows(given)
+
+
+def _score(
+    due: Due, out: Outputs, i: int, model: str, version: str | None, source: str, now: float, contributions: Any
+) -> schemas.Score:
+    """Row ``i`` of a scored batch as the score of ``due``."""
+    return schemas.Score(
+        patient_id=due.patient_id,
+        event_time=due.event_time,
+        model=model,
+        model_version=version,
+        source=source,  # type: ignore[arg-type]
+        deterioration_risk=float(out["deterioration_risk"][i]),
+        sepsis_risk=float(out["sepsis_risk"][i]),
+        news2=int(out["news2"][i]),
+        qsofa=int(out["qsofa"][i]),
+        staleness_s=due.staleness,
+        scored_at=now,
+        trigger=due.trigger,
+        revision=due.revision,
+        contributions=contributions,
+    )

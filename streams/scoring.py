@@ -19,13 +19,16 @@ so, with no extra round trip and no worker restart. The fallback's batches have 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from icuwatch.core import features, rules, schemas
+from icuwatch.core.live_row import to_wire_uint8
 from icuwatch.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,8 +50,9 @@ class TritonScorer:
         self.settings = settings
         self.model = settings.triton_model
         self.client = self._connect()
-        self._model_outputs: set[str] | None = None
-        """Output names the served model declares (from its metadata); None: not read yet."""
+        self._meta: dict | None = None
+        """The served model's metadata (inputs, outputs, their types), read at the first call and
+        again after a reconnect or a version change; None: not read yet."""
         self.served_version: str | None = None
         """The model version that answered the last Triton call (None: none yet)."""
         self.down_until = 0.0
@@ -98,7 +102,7 @@ class TritonScorer:
             return
         if self.served_version is not None:
             log.info("Triton model %s now answers at version %s (was %s)", self.model, version, self.served_version)
-            self._model_outputs = None
+            self._meta = None
         self.served_version = version
 
     async def _score_triton(self, x: np.ndarray, rows: dict[str, np.ndarray] | None) -> Outputs:
@@ -112,20 +116,22 @@ class TritonScorer:
         )
 
     async def _reconnect(self) -> None:
-        self._model_outputs = None  # the server (and its model version) may change
+        self._meta = None  # the server (and its model version) may change
         try:
             await self.client.close()
         except Exception:
             pass
         self.client = self._connect()
 
-    async def _outputs(self) -> set[str]:
-        if self._model_outputs is None:
-            meta = await self.client.get_model_metadata(
+    async def _metadata(self) -> dict:
+        if self._meta is None:
+            self._meta = await self.client.get_model_metadata(
                 self.model, as_json=True, client_timeout=self.settings.triton_timeout_s
             )
-            self._model_outputs = {o["name"] for o in meta.get("outputs", [])}
-        return self._model_outputs
+        return self._meta
+
+    async def _outputs(self) -> set[str]:
+        return {o["name"] for o in (await self._metadata()).get("outputs", [])}
 
     async def _infer(self, x: np.ndarray) -> Outputs:
         explained = features.CONTRIBUTIONS_OUTPUT in await self._outputs()
@@ -253,6 +259,21 @@ def load_norm(settings: Settings) -> dict:
     return served_model_info(settings)["norm"]
 
 
+def version_card_thresholds(read_dir: Path, version: str) -> dict | None:
+    """The alert thresholds in ``export.json`` of ``version`` beside ``read_dir`` (the version
+    directory whose card the worker read at start); None when that is the same version, or when the
+    card cannot be read (logged: the start's thresholds then apply)."""
+    if read_dir.name == version or not read_dir.name.isdigit() or not version.isdigit():
+        return None
+    path = read_dir.parent / version / "export.json"
+    try:
+        thresholds = json.loads(path.read_text())["thresholds"]
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("thresholds of version %s not read (%s): the start's apply", version, type(exc).__name__)
+        return None
+    return thresholds if isinstance(thresholds, dict) else None
+
+
 def is_live(info: dict) -> bool:
     """Whether a served model reads the live layout (five modalities, ``streams.live_row``) rather
     than the PhysioNet cohort's (``streams.student_row``)."""
@@ -349,10 +370,12 @@ class StudentScorer(TritonScorer):
 
     async def _infer_student_part(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, str | None]:
         n = len(batch["present"])
+        declared = {i["name"]: i["datatype"] for i in (await self._metadata()).get("inputs", [])}
         inputs = []
         for key in self.input_keys:
-            arr = np.ascontiguousarray(batch[key])
-            inp = self._grpc.InferInput(key.upper(), list(arr.shape), "BOOL" if key == "present" else "FP32")
+            dtype = declared.get(key.upper()) or ("BOOL" if key == "present" else "FP32")
+            arr = to_wire_uint8(key, batch[key]) if dtype == "UINT8" else np.ascontiguousarray(batch[key])
+            inp = self._grpc.InferInput(key.upper(), list(arr.shape), dtype)
             inp.set_data_from_numpy(arr)
             inputs.append(inp)
         result = await self.client.infer(

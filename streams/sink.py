@@ -6,27 +6,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from icuwatch.core import schemas
-from icuwatch.storage import data_feeds, db, repository
+from icuwatch.storage import data_feeds, db, drift_counts, model_roles, repository, shadow, unit_thresholds
 from icuwatch.storage.models import Alert
+from icuwatch.streams.alerting import Thresholds
 
 log = logging.getLogger(__name__)
 EPISODE_CLOSED_BY = "system:episode-closed"
 EPISODE_CLOSED_REASON = "risk back below the alert threshold after acknowledgement"
 DATA_BACK_REASON = "data arriving again after acknowledgement"
+SILENT_EPISODE_CLOSED_REASON = "risk back below the alert threshold while the unit ran silent"
 
 
 def _resolve_if_acknowledged(session, alert_id: str, reason: str = EPISODE_CLOSED_REASON) -> None:
     """An alert nobody has acknowledged stays on the board (and escalates) even if the patient
-    recovered: an unseen alert must not vanish on its own."""
+    recovered: an unseen alert must not vanish on its own. A silent one (its unit runs silent,
+    ``storage/units.py``) is resolved when its episode closes: nobody can see it to acknowledge it,
+    and left open it would be shown, stale, when the unit goes live."""
     alert = session.get(Alert, alert_id)
-    if alert is not None and alert.state == "acknowledged":
+    if alert is None:
+        return
+    if alert.state == "acknowledged":
         repository.resolve(session, alert_id, by=EPISODE_CLOSED_BY, reason=reason)
+    elif alert.silent and alert.state == "raised":
+        repository.resolve(session, alert_id, by=EPISODE_CLOSED_BY, reason=SILENT_EPISODE_CLOSED_REASON)
 
 
 def _store_scores(
@@ -74,8 +82,9 @@ class StorageSink:
         await self._durably("storing an ADT event", repository.upsert_patient, adt)
 
     async def store_alert(self, alert: schemas.Alert) -> str:
-        """ "stored", "duplicate" (already stored: republish, the worker may have died before) or
-        "suppressed" (another alert of this patient and kind is open)."""
+        """ "stored", "duplicate" (already stored: republish, the worker may have died before),
+        "suppressed" (another alert of this patient and kind is open) or "silent" (stored, its unit
+        runs silent: not published)."""
         return await self._durably("storing an alert", repository.store_alert, alert)
 
     async def store_scores(
@@ -103,6 +112,30 @@ class StorageSink:
     async def open_alert_ids(self, alert_ids: Collection[str]) -> set[str]:
         """Those of ``alert_ids`` still open in the database (the others were resolved)."""
         return await self._durably("reading open alerts", repository.open_alert_ids, alert_ids)
+
+    async def store_shadow_batch(
+        self, scores: list[schemas.Score], alerts: list[schemas.Alert], closed: dict[str, float]
+    ) -> None:
+        """The shadow agent's batch: its scores, the episodes it opened and closed (one transaction)."""
+        await self._durably("storing shadow scores", shadow.store_batch, scores, alerts, closed)
+
+    async def record_served_model(self, model: str, role: str, thresholds: Mapping[str, Thresholds]) -> None:
+        """What ``model`` alerts at (per kind, the 'on' threshold), for the shadow report."""
+        ons = {kind: th.on for kind, th in thresholds.items()}
+        await self._durably("recording the served model", shadow.record_served_model, model, role, ons)
+
+    async def record_drift(self, rows: list[dict]) -> None:
+        """The worker's drift counts (``streams/drift.py``), one transaction per flush."""
+        if rows:
+            await self._durably("storing drift counts", drift_counts.record, rows)
+
+    async def unit_thresholds(self, model: str) -> dict[tuple[str, str], float]:
+        """Per (unit, kind), the active unit threshold for ``model``."""
+        return await self._durably("reading unit thresholds", unit_thresholds.active, model)
+
+    async def model_roles(self) -> dict[str, str]:
+        """The live and shadow models the roles table sets (``storage/model_roles.py``)."""
+        return await self._durably("reading model roles", model_roles.current)
 
     async def record_feeds(self, feeds: data_feeds.FeedTimes) -> None:
         """When each patient's data last arrived (``storage/data_feeds.py``), one statement a chunk."""

@@ -29,7 +29,15 @@ from pathlib import Path
 TORCHSCRIPT = "model.pt"
 PROVENANCE = "export.json"
 INPUT = re.compile(r'\{\s*name:\s*"(\w+)",\s*data_type:\s*(TYPE_\w+),\s*dims:\s*\[([\d,\s-]*)\]\s*\}')
-DTYPES = {"TYPE_FP32": "float32", "TYPE_BOOL": "bool", "TYPE_INT64": "int64", "TYPE_INT32": "int32"}
+DTYPES = {
+    "TYPE_FP32": "float32",
+    "TYPE_BOOL": "bool",
+    "TYPE_INT64": "int64",
+    "TYPE_INT32": "int32",
+    "TYPE_UINT8": "uint8",
+}
+WIRE = re.compile(r'key:\s*"wire_uint8",\s*value:\s*\{\s*string_value:\s*"([^"]*)"')
+"""The UINT8 inputs the python backend turns back into float32 for the TorchScript (``CXR:255``)."""
 
 
 def release(version: str) -> str:
@@ -80,10 +88,12 @@ def check_exported(model: Path, torch_release: str, rows: int = 2) -> str:
     inputs = config_inputs(config)
     if not inputs:
         raise ValueError(f"{model.name}: no inputs found in config.pbtxt")
+    wire = WIRE.search(config)
+    to_float = {part.partition(":")[0] for part in (wire.group(1) if wire else "").split(",") if part}
     batch = {}
     for name, dtype, dims in inputs:
         x = np.ones((rows, *dims), dtype=dtype) if dtype == "bool" else np.zeros((rows, *dims), dtype=dtype)
-        batch[name.lower()] = torch.from_numpy(x)
+        batch[name.lower()] = torch.from_numpy(x.astype(np.float32) if name in to_float else x)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)

@@ -75,6 +75,7 @@ from icuwatch.sources.simulator import course
 from icuwatch.sources.simulator import cxr as cxr_images
 from icuwatch.sources.simulator import labs as sim_labs
 from icuwatch.sources.simulator import waveforms as sim_waves
+from icuwatch.sources.simulator.cxr_findings import as_dict
 from icuwatch.sources.simulator.patients import (
     STREAM_CXR,
     STREAM_LABS,
@@ -84,12 +85,14 @@ from icuwatch.sources.simulator.patients import (
     draw_patients,
 )
 from icuwatch.sources.simulator.physiology import VitalsGenerator
-from icuwatch.sources.simulator.simulation import BLOCK_S, Study, cxr_schedule
+from icuwatch.sources.simulator.simulation import BLOCK_S, Study, cxr_schedule, study_report
 
 COHORT_VERSION = "sim-cohort-v1"
-POPULATION_VERSION = "v1"
+POPULATION_VERSION = "v2"
 """Bump when the ``icu`` population's simulated world changes (``sources/simulator``: population,
-course, lab_orders); the stylised cohort is keyed by ``COHORT_VERSION`` alone."""
+course, lab_orders, cxr_findings); the stylised cohort is keyed by ``COHORT_VERSION`` alone.
+v2: chest films with findings of their own and reports in varied wording (``cxr_findings``), and a
+monitor's faults (``monitor_faults``: vital-sign spikes and gaps, AF beat timing)."""
 NAME = "sim"
 SOURCE = "icuwatch bedside simulator (sources/simulator)"
 MODALITIES = ("vitals", "waveforms", "labs", "cxr", "report")
@@ -307,13 +310,15 @@ def simulate_patient(p: PatientSpec, hours: int, horizon_h: int) -> _Patient:
         written = bool(own.random() >= NO_REPORT_FRACTION)  # drawn for every study: prefix-stable
         if st.arrival_rel > n_sec:
             continue
-        png = cxr_images.render(st.severity, st.pattern, p.lobe, np.random.default_rng(st.image_seed))
+        png = cxr_images.render(
+            st.severity, st.pattern, p.lobe, np.random.default_rng(st.image_seed), findings=st.findings
+        )
         img = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.uint8)
         if img.shape != (IMAGE_SIZE, IMAGE_SIZE):
             raise ValueError(f"simulated study is {img.shape}, expected {IMAGE_SIZE}x{IMAGE_SIZE}")
         studies.append(st)
         images.append(img)
-        reports.append(cxr_images.report(st.severity, st.pattern, p.lobe, st.prior_severity))
+        reports.append(study_report(p, st))
         has_report.append(written)
     return _Patient(vitals, vitals_measured, waves, waves_measured, labs_arr, studies, images, reports, has_report)
 
@@ -492,6 +497,7 @@ def build(
                     "lobe": p.lobe,
                     "prior_severity": None if st.prior_severity is None else round(st.prior_severity, 4),
                     "has_report": sim.has_report[k],
+                    **({} if st.findings is None else {"findings": as_dict(st.findings)}),
                 }
             )
             report_texts.append(sim.reports[k] if sim.has_report[k] else None)

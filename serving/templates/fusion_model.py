@@ -89,6 +89,7 @@ class TritonPythonModel:
             warnings.simplefilter("ignore", DeprecationWarning)
             self.module = torch.jit.load(path, map_location="cpu").eval()
         self.inputs = [(i["name"], i["name"].lower(), tuple(int(d) for d in i["dims"])) for i in config["input"]]
+        self.wire = wire_divisors(params.get("wire_uint8", ""))
         self.outputs = [o["name"] for o in config["output"]]
         self.name = config["name"]
 
@@ -138,6 +139,9 @@ class TritonPythonModel:
                 batch = {
                     key: torch.from_numpy(np.concatenate([b[key] for _, b in members])) for _, key, _ in self.inputs
                 }
+            for name, key, _ in self.inputs:
+                if name in self.wire:
+                    batch[key] = from_wire(batch[key], self.wire[name])
             try:
                 with torch.inference_mode(), torch.jit.optimized_execution(False):
                     probability, exit_index = self.module(batch, early)
@@ -156,6 +160,17 @@ class TritonPythonModel:
                 )
                 start += n
         return responses
+
+
+def wire_divisors(text):
+    """``{"CXR": 255, "REPORT": 1}`` from the config's ``wire_uint8`` parameter (``CXR:255,REPORT:1``)."""
+    return {name: int(d) for name, _, d in (part.partition(":") for part in text.split(",") if part)}
+
+
+def from_wire(x, divisor):
+    """A UINT8 input as the float32 the TorchScript was traced on: ``x / divisor`` computed in float64
+    and rounded once, as the row builders compute it (``core.live_row.from_wire_uint8``)."""
+    return x.to(torch.float32) if divisor == 1 else x.to(torch.float64).div_(divisor).to(torch.float32)
 
 
 def _tensor(x):

@@ -25,6 +25,7 @@ import lightgbm as lgb  # noqa: E402
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
+from icuwatch.core.live_row import from_wire, wire_divisors  # noqa: E402
 from icuwatch.fusion.teachers import tabular_features_of  # noqa: E402
 
 
@@ -40,12 +41,17 @@ class TritonPythonModel:
             for risk in card["heads"]
         ]
         self.inputs = [(i["name"], i["name"].lower()) for i in config["input"]]
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        self.wire = wire_divisors(params.get("wire_uint8", ""))
         self.outputs = [o["name"] for o in config["output"]]
 
     def execute(self, requests):
         responses = []
         for request in requests:
             batch = {key: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name, key in self.inputs}
+            for name, key in self.inputs:
+                if name in self.wire:  # UINT8 on the wire (serving/export.py to_wire)
+                    batch[key] = from_wire(batch[key], self.wire[name])
             x = tabular_features_of(batch, self.modalities)
             logits = np.stack(
                 [sum(b.predict(x, raw_score=True) for b in folds) / len(folds) for folds in self.boosters], axis=1

@@ -3,6 +3,8 @@ helpers to feed real PNG/JPEG studies instead.
 
 The anatomy (dark lung fields, bright mediastinum, heart, spine, ribs, clavicles, diaphragm) is
 drawn once and cached; a study only adds opacities inside the lung fields plus acquisition noise.
+With ``findings`` (the ``icu`` population, ``cxr_findings``) a film also shows atelectasis, pleural
+effusion, pulmonary edema and lines and tubes, and its report is worded from the study's seed.
 Image convention is radiological: the patient's right lung is on the image's left.
 """
 
@@ -16,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
+
+from .cxr_findings import Findings, describe, opacity_change, opacity_sentence, paint
 
 SIZE = 224
 
@@ -77,9 +81,12 @@ def lung_field_mean(png: bytes) -> float:
     return float(img[mask].mean())
 
 
-def render(severity: float, pattern: str, lobe: str, rng: np.random.Generator) -> bytes:
+def render(
+    severity: float, pattern: str, lobe: str, rng: np.random.Generator, *, findings: Findings | None = None
+) -> bytes:
     """PNG bytes of one study. ``pattern``: 'clear', 'pneumonia' (focal, spreading to both lungs as
-    severity grows) or 'diffuse' (bilateral, basal and perihilar: edema/ARDS)."""
+    severity grows) or 'diffuse' (bilateral, basal and perihilar: edema/ARDS). ``findings``: drawn
+    over the opacity (None: the film is exactly what it was before findings existed)."""
     base, mask, right_half = _anatomy()
     img = base.copy()
     if pattern != "clear" and severity > 0.05:
@@ -96,14 +103,31 @@ def render(severity: float, pattern: str, lobe: str, rng: np.random.Generator) -
         patches = np.clip((field - (0.9 - 1.9 * severity)) / 0.7, 0.0, 1.0)
         opacity = gaussian_filter(patches * np.clip(zone, 0, 1) * mask, 1.5) * 0.9 * severity**0.3
         img += (0.58 - img) * opacity
+    if findings is not None:
+        img = paint(img, mask, findings, rng)
     img = img * rng.uniform(0.95, 1.05) + rng.normal(0.0, 0.015, img.shape)
     out = io.BytesIO()
     Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(out, format="PNG")
     return out.getvalue()
 
 
-def report(severity: float, pattern: str, lobe: str, prior_severity: float | None) -> str:
-    """A short radiology report consistent with what :func:`render` draws."""
+def report(
+    severity: float,
+    pattern: str,
+    lobe: str,
+    prior_severity: float | None,
+    *,
+    findings: Findings | None = None,
+    prior_findings: Findings | None = None,
+    seed: int = 0,
+) -> str:
+    """A short radiology report consistent with what :func:`render` draws. Without ``findings`` the
+    fixed template; with them (``prior_findings``: the previous film's, None for a first film) a
+    report in wording drawn from ``seed`` (the study's image seed), ``cxr_findings.describe``."""
+    if findings is not None:
+        opacity = opacity_sentence(severity, pattern, lobe, seed)
+        change = opacity_change(severity, prior_severity, seed) if opacity is not None else None
+        return describe(opacity, change, findings, prior_findings, seed)
     head = "Portable AP chest radiograph. Heart size is normal. "
     if pattern == "clear" or severity < 0.15:
         return head + "Lungs clear. No pleural effusion or pneumothorax. Impression: No acute cardiopulmonary process."

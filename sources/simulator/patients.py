@@ -21,8 +21,16 @@ Condition = Literal["sepsis", "hemorrhage", "respiratory_failure", "stable"]
 SepsisSource = Literal["pneumonia", "urinary", "abdominal"]
 
 # Streams drawn from independent generators so that turning one modality off leaves the others
-# byte-identical.
-STREAM_SPEC, STREAM_VITALS, STREAM_WAVES, STREAM_LABS, STREAM_CXR, STREAM_POPULATION = range(6)
+# byte-identical. New streams go at the end (``population`` uses 7, ``course`` 8).
+(
+    STREAM_SPEC,
+    STREAM_VITALS,
+    STREAM_WAVES,
+    STREAM_LABS,
+    STREAM_CXR,
+    STREAM_POPULATION,
+    STREAM_MONITOR_FAULTS,
+) = range(7)
 Population = Literal["stylised", "icu"]
 POPULATIONS: tuple[str, ...] = ("stylised", "icu")
 """``stylised``: narrow hand-set baselines, vitals move with severity only; ``icu``: baselines and

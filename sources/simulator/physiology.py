@@ -13,6 +13,7 @@ import numpy as np
 from scipy.signal import lfilter
 
 from . import course
+from .monitor_faults import MonitorFaults
 from .patients import PatientSpec
 from .population import CHART_GROUPS, chart_mask
 
@@ -93,6 +94,7 @@ class VitalsGenerator:
         self.effect = effect(p)
         self.coef = {k: np.exp(-1.0 / tau) for k, (tau, _, _) in _NOISE.items()}
         self.state = {k: float(rng.normal(0.0, sd)) for k, (_, sd, _) in _NOISE.items()}
+        self.faults = MonitorFaults.for_patient(p) if p.population == "icu" else None
 
     def _ar(self, name: str, n: int) -> np.ndarray:
         a = self.coef[name]
@@ -109,7 +111,8 @@ class VitalsGenerator:
     def block(self, t_rel: np.ndarray) -> dict[str, np.ndarray]:
         """Vitals for the seconds ``t_rel``; also returns the noise-free-of-monitor ``hr_true``,
         ``rr_true`` and the severity ``s`` used by the waveforms. ``icu`` population: NaN where not
-        charted (``population.chart_mask``) and ``monitor_on``."""
+        charted (``population.chart_mask``) and ``monitor_on``, with the monitor's spikes and probe-
+        or lead-off gaps (``monitor_faults``)."""
         p, e, b, n = self.p, self.effect, self.p.baseline, len(t_rel)
         s = p.severity(t_rel)
         o2 = o2_on(p, t_rel)
@@ -144,6 +147,8 @@ class VitalsGenerator:
             "rr_true": np.clip(rr_true, 4, 60),
             "s": s,
         }
+        if self.faults is not None:
+            self.faults.apply_vitals(np.asarray(t_rel, dtype=float), out)
         if p.population == "icu":
             _apply_chart_mask(p, t_rel, out)
         return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +13,8 @@ from icuwatch.core import topics
 from icuwatch.core.schemas import EARLIEST_EVENT_TIME, VITAL_FIELDS, Adt, Cxr, Message, Vitals, Waveform, WaveformV2
 
 from . import cxr as cxr_images
+from .cxr_findings import Findings, course_for
+from .drift import Injection, inject
 from .labs import lab_messages
 from .patients import (
     STREAM_CXR,
@@ -49,11 +51,18 @@ class Study:
     pattern: str
     prior_severity: float | None
     image_seed: int
+    findings: Findings | None = None
+    """``icu`` population: atelectasis, effusion, edema, lines and tubes (``cxr_findings``); None:
+    the stylised film with the opacity alone."""
+    prior_findings: Findings | None = None
 
 
 def cxr_schedule(p: PatientSpec, duration_s: float, rng: np.random.Generator) -> list[Study]:
     """Admission film, routine films every 24-48 h, and extra films when the lungs get worse
-    (pneumonia or respiratory failure) or as part of a sepsis work-up from another source."""
+    (pneumonia or respiratory failure) or as part of a sepsis work-up from another source.
+
+    ``icu`` patients' studies also carry the findings of ``cxr_findings.course_for`` at each film's
+    time, drawn from the patient's own generator (``rng``'s draws are the same in both populations)."""
     times = [rng.uniform(5.0, 30.0) * 60.0]
     while True:
         t = times[-1] + rng.uniform(24.0, 48.0) * 3600.0
@@ -76,23 +85,39 @@ def cxr_schedule(p: PatientSpec, duration_s: float, rng: np.random.Generator) ->
         if p.sepsis_source == "pneumonia"
         else ("diffuse" if p.condition == "respiratory_failure" else "clear")
     )
+    findings = course_for(p, duration_s) if p.population == "icu" else None
     studies: list[Study] = []
     prior: float | None = None
+    prior_findings: Findings | None = None
     for t in sorted(t for t in times if t >= 0.0):
         arrival = t + rng.uniform(10.0, 40.0) * 60.0
         seed = int(rng.integers(2**63))
         if arrival > duration_s:
             continue
         sev = float(p.severity(t)) if pattern != "clear" else 0.0
-        studies.append(Study(len(studies) + 1, t, arrival, sev, pattern, prior, seed))
-        prior = sev
+        now = None if findings is None else findings.at(t)
+        studies.append(Study(len(studies) + 1, t, arrival, sev, pattern, prior, seed, now, prior_findings))
+        prior, prior_findings = sev, now
     return studies
+
+
+def study_report(p: PatientSpec, study: Study) -> str:
+    """The report of ``study`` (varied wording from its seed where it carries findings)."""
+    return cxr_images.report(
+        study.severity,
+        study.pattern,
+        p.lobe,
+        study.prior_severity,
+        findings=study.findings,
+        prior_findings=study.prior_findings,
+        seed=study.image_seed,
+    )
 
 
 def _cxr_thunk(p: PatientSpec, study: Study, start_time: float) -> Callable[[], Message]:
     def make() -> Message:
         rng = np.random.default_rng(study.image_seed)
-        png = cxr_images.render(study.severity, study.pattern, p.lobe, rng)
+        png = cxr_images.render(study.severity, study.pattern, p.lobe, rng, findings=study.findings)
         return Cxr(
             patient_id=p.patient_id,
             event_time=round(start_time + study.t_rel, 3),
@@ -101,7 +126,7 @@ def _cxr_thunk(p: PatientSpec, study: Study, start_time: float) -> Callable[[], 
             image_b64=cxr_images.to_b64(png),
             image_format="png",
             view="AP",
-            report=cxr_images.report(study.severity, study.pattern, p.lobe, study.prior_severity),
+            report=study_report(p, study),
         )
 
     return make
@@ -133,6 +158,7 @@ class Simulation:
         waveform_chunk_s: int = 1,
         population: Population = "stylised",
         waveform_payload: int = 1,
+        drift: Sequence[Injection] = (),
     ) -> None:
         if seed < 0:
             raise ValueError("seed must be >= 0")
@@ -156,6 +182,8 @@ class Simulation:
             n_patients, seed, self.duration_s, deteriorating_fraction, onset_window_s, patient_prefix, population
         )
         self.population = population
+        self.drift = tuple(drift)
+        """Faults injected into a unit's feeds (``sources/simulator/drift.py``)."""
 
     @property
     def end_time(self) -> float:
@@ -195,8 +223,12 @@ class Simulation:
         """Like :meth:`messages` with the publish time first (what a paced publisher waits for)."""
         streams: list[Iterator[Item]] = [self._dense(p) for p in self.patients]
         streams.append(iter(sorted(self._sparse(), key=lambda it: it[:3])))
-        for t, _, _, topic, payload in heapq.merge(*streams):
-            yield t, topic, payload() if callable(payload) else payload
+        out = (
+            (t, topic, payload() if callable(payload) else payload) for t, _, _, topic, payload in heapq.merge(*streams)
+        )
+        if self.drift:
+            out = inject(out, self.drift, {p.patient_id: p.unit for p in self.patients}, self.start_time)
+        yield from out
 
     def _sparse(self) -> Iterator[Item]:
         t0, t1 = self.start_time, self.end_time

@@ -11,10 +11,19 @@ from icuwatch.core.settings import Settings
 def install_patches(settings: Settings) -> None:
     """``fetch_wait``: the consumer's fetch wait; ``commit_guard``: no offset commit outside a group
     generation; ``commit_floor``: never commit past an unacknowledged message; ``inline_delivery``:
-    no tasks per record when a stream's buffer has room."""
-    from icuwatch.streams.kafka import commit_floor, commit_guard, fetch_wait, inline_delivery
+    no tasks per record when a stream's buffer has room; ``rewind_uncommitted``: a seek to the
+    committed offsets also rewinds the stream partitions that have none yet."""
+    from icuwatch.core import topics
+    from icuwatch.streams.kafka import (
+        commit_floor,
+        commit_guard,
+        fetch_wait,
+        inline_delivery,
+        rewind_uncommitted,
+    )
 
     fetch_wait.install(settings.consumer_fetch_max_wait_ms)
     commit_guard.install()
     commit_floor.install()
     inline_delivery.install()
+    rewind_uncommitted.install(lambda topic: topic in topics.ALL)

@@ -66,6 +66,8 @@ ROUTE_ROLES = {
     ("GET", "/fhir/Flag"): ALL_ROLES,
     ("GET", "/fhir/DetectedIssue"): ALL_ROLES,
     ("GET", "/metrics"): ("engineer", "admin"),
+    ("GET", "/api/shadow"): ("engineer", "admin"),
+    ("GET", "/api/drift"): ("engineer", "admin"),
 }
 """Every documented route but ``/healthz``, and the roles that may call it."""
 
@@ -866,3 +868,85 @@ def test_docs_need_a_token_and_can_be_switched_off(settings, client, tokens):
     with TestClient(create_app(off, escalate=False)) as c:
         for path in DOCS:
             assert c.get(path, headers=bearer(tokens["admin"])).status_code == 404, path
+
+
+def test_shadow_report_for_engineers_and_its_page(client, sessions, tokens):
+    """The live shadow's report (``storage/shadow_report.py``, tested there): engineers read it; its
+    page is served like the board's."""
+    from icuwatch.storage import shadow
+
+    def scored(model: str, t: float, risk: float) -> schemas.Score:
+        return schemas.Score(
+            patient_id="p1", event_time=t, model=model, source="triton", deterioration_risk=risk,
+            sepsis_risk=0.0, news2=1, qsofa=0, staleness_s={}, scored_at=t,
+        )  # fmt: skip
+
+    admit(sessions, "p1", "MICU", "3")
+    with sessions.begin() as s:
+        repo.add_scores(s, [scored("student_live", NOW - 3600, 0.4), scored("student_live", NOW - 60, 0.4)])
+        shadow.add_scores(s, [scored("early_warning", NOW - 3600, 0.1), scored("early_warning", NOW - 60, 0.6)])
+        shadow.record_served_model(s, "student_live", "live", {"deterioration": 0.3, "sepsis": 0.3})
+        shadow.record_served_model(s, "early_warning", "shadow", {"deterioration": 0.5, "sepsis": 0.5})
+    r = client.get("/api/shadow", headers=bearer(tokens["engineer"]))
+    assert r.status_code == 200
+    body = r.json()
+    assert (body["live"]["model"], body["shadow"]["model"]) == ("student_live", "early_warning")
+    assert body["paired_scores"] == 2 and body["agreement"] == 0.5 and set(body["per_unit"]) == {"MICU"}
+    since = datetime.fromtimestamp(NOW - 600, timezone.utc).replace(tzinfo=None).isoformat()  # naive: UTC
+    assert (
+        client.get("/api/shadow", params={"since": since}, headers=bearer(tokens["admin"])).json()["paired_scores"] == 1
+    )
+    page = client.get("/engineering")
+    assert page.status_code == 200 and "engineering.js" in page.text
+
+
+def test_drift_metrics_and_report_for_engineers(client, sessions, tokens):
+    """The drift guards' gauges (``storage/drift_report.py``, tested there) come with the scrape, and
+    ``/api/drift`` gives the report; a unit whose feed stopped shows its rate and its flag."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from icuwatch.storage import drift_counts
+    from icuwatch.streams.drift import DriftCounts
+
+    counts = DriftCounts("w1")
+    t0 = NOW - NOW % 3600 - 12 * 3600
+    for h in range(12):
+        for p in range(4):
+            for k in range(60):
+                counts.arrived("MICU", f"m{p}", t0 + 3600 * h + 60 * k, "icu.vitals" if h < 6 else "icu.labs")
+    with sessions.begin() as s:
+        drift_counts.record(s, counts.take())
+    r = client.get("/api/drift", params={"current_h": 6, "reference_h": 6}, headers=bearer(tokens["engineer"]))
+    assert r.status_code == 200
+    flags = {(f["unit"], f["signal"], f["name"]) for f in r.json()["flags"]}
+    assert flags == {("MICU", "feeds", "icu.vitals"), ("MICU", "feeds", "icu.labs")}
+    text = client.get("/metrics", headers=bearer(tokens["engineer"])).text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+    # the metrics use the default windows (current 6 h, reference 7 d): the same drop
+    assert samples[("icuwatch_feed_messages_per_patient_hour", (("topic", "icu.vitals"), ("unit", "MICU")))] == 0
+    assert samples[("icuwatch_drift_flagged", (("name", "icu.vitals"), ("signal", "feeds"), ("unit", "MICU")))] == 1
+    assert samples[("icuwatch_alert_volume_out_of_band", (("unit", "MICU"),))] == 0
+
+
+def test_a_silent_unit_s_alert_is_not_found_by_the_nurses(client, sessions, tokens):
+    """Silent mode (``storage/units.py``): the alert is in the database, the API answers as if not."""
+    from icuwatch.storage import units
+
+    admit(sessions, "p1", "MICU", "3")
+    with sessions.begin() as s:
+        units.set_mode(s, "MICU", "silent", "eng.ito")
+    a = raise_alert(sessions, "p1")
+    nurse = bearer(tokens["nurse"])
+    assert client.get("/api/alerts", headers=nurse).json() == []
+    assert client.post(f"/api/alerts/{a}/acknowledge", headers=nurse).status_code == 404
+    assert client.post(f"/api/alerts/{a}/resolve", headers=nurse, json=REASON).status_code == 404
+    assert client.get(f"/api/alerts/{a}/events", headers=nurse).status_code == 404
+    assert client.get("/fhir/Flag", params={"patient": "p1"}, headers=nurse).json()["total"] == 0
+    with sessions.begin() as s:
+        units.set_mode(s, "MICU", "live", "eng.ito")
+    assert [x["alert_id"] for x in client.get("/api/alerts", headers=nurse).json()] == [a]
+    assert client.post(f"/api/alerts/{a}/acknowledge", headers=nurse).status_code == 200

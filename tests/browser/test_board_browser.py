@@ -187,6 +187,9 @@ def test_alert_appears_live_and_nurse_acknowledges_it(browser_page, board):
     assert conn.get_attribute("data-snapshots") == "1", "the stream reconnected instead of pushing the alert"
     assert int(conn.get_attribute("data-events") or 0) >= 1
     alert_id = row.get_attribute("data-alert-id")
+    # Pin the row by its id: a second alert of the patient (the other kind) may sort first later,
+    # and `.first` would then point the clicks at it.
+    row = page.locator(f"tr.alert[data-alert-id='{alert_id}']")
     patient_id = alert_id.split(":")[0]
     assert row.get_attribute("data-state") == "raised"
     expect(row.locator("a.patient-link")).to_have_text(patient_id)
@@ -195,7 +198,7 @@ def test_alert_appears_live_and_nurse_acknowledges_it(browser_page, board):
     clicked = datetime.now(timezone.utc)
     row.locator("button.ack").click()
     acked = page.locator(f"tr.alert[data-alert-id='{alert_id}']")
-    expect(acked).to_have_attribute("data-state", "acknowledged")
+    expect(acked).to_have_attribute("data-state", "acknowledged", timeout=15_000)  # a loaded 2-core CI machine
     expect(acked.locator(".ack-by")).to_contain_text(NURSE)
     expect(acked.locator("button.ack")).to_have_count(0)
 

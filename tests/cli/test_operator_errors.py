@@ -141,7 +141,10 @@ def test_psv_predict_of_a_missing_folder(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "argv",
-    [["shadow", "--a", "rules", "--b", "news2", "{}", "--quiet"], ["tune-thresholds", "--data", "{}", "--quiet"]],
+    [
+        ["shadow", "offline", "--a", "rules", "--b", "news2", "{}", "--quiet"],
+        ["tune-thresholds", "--data", "{}", "--quiet"],
+    ],
 )
 def test_other_stay_commands_of_a_missing_folder(tmp_path, capsys, argv):
     missing = str(tmp_path / "nowhere")

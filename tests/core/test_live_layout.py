@@ -35,3 +35,31 @@ def test_waveform_input_z_scores_and_flags_what_was_measured():
     assert out.tolist() == [2.0, 0.0, 1.0, 0.0]
     assert live_row.waveform_input({"ecg_hr": 500.0, "ppg_pr": 60.0}, norm).tolist() == [3.0, -2.0, 1.0, 1.0]
     assert not live_row.waveform_input({"ecg_hr": float("nan")}, norm).any()
+
+
+def test_the_uint8_wire_carries_the_thumbnail_and_the_report_bag_exactly():
+    pixels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
+    thumb = (pixels / 255.0).astype(np.float32)  # as streams.live_row and the cohort give it
+    wire = live_row.to_wire_uint8("cxr", thumb)
+    assert wire.dtype == np.uint8 and np.array_equal(wire, pixels)
+    assert np.array_equal(live_row.from_wire_uint8("cxr", wire), thumb)
+    bag = live_row.report_text_bag("Right lower lobe opacity; no effusion.")
+    assert np.array_equal(live_row.from_wire_uint8("report", live_row.to_wire_uint8("report", bag)), bag)
+
+
+def test_the_python_backend_decodes_the_wire_as_the_row_builders_compute(monkeypatch):
+    torch = pytest.importorskip("torch")
+    import importlib.util
+    import sys
+    import types
+
+    from icuwatch.serving import TEMPLATES
+
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", types.ModuleType("triton_python_backend_utils"))
+    spec = importlib.util.spec_from_file_location("fusion_model_template", TEMPLATES / "fusion_model.py")
+    template = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(template)
+    assert template.wire_divisors("CXR:255,REPORT:1") == {"CXR": 255, "REPORT": 1}
+    pixels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
+    decoded = template.from_wire(torch.from_numpy(pixels), 255).numpy()
+    assert decoded.dtype == np.float32 and np.array_equal(decoded, (pixels / 255.0).astype(np.float32))

@@ -154,6 +154,39 @@ def test_ensemble_averages_the_teachers_that_answer():
     assert out[0, 0] == 2.0 and math.isnan(out[0, 1]) and out[1].tolist() == [2.0, 2.0]
 
 
+def test_first_answer_takes_the_first_teacher_that_answers():
+    a = np.array([[1.0, np.nan], [np.nan, np.nan]], np.float32)
+    b = np.array([[3.0, 5.0], [np.nan, 0.0]], np.float32)
+    out = teachers.first_answer([a, b])
+    assert out[0].tolist() == [1.0, 5.0] and math.isnan(out[1, 0]) and out[1, 1] == 0.0
+
+
+@needs_data
+def test_leaders_teacher_reads_each_real_stays_history_and_answers_sepsis_there_only(cohorts):
+    """The privileged teacher: the leaders' features of a PhysioNet row are its stay's features at
+    that hour (the row order of the live cohort), simulated rows have none, and only sepsis on real
+    stays gets an answer; cross-fitted like the live-row teacher (held-out labels cannot reach it)."""
+    from icuwatch.fusion.baselines import leader_features
+    from icuwatch.fusion.cohorts.physionet import read_stay
+
+    pn, _, c = cohorts
+    x = teachers.leader_features(c, progress=False)
+    real = ~live.source_of(c)
+    assert np.isnan(x[~real]).all() and np.isfinite(x[real]).any(axis=1).all()
+    g = 7
+    rows = np.flatnonzero(c.group == g)
+    want = leader_features.stay_features(read_stay(default_data_dir() / f"{c.group_ids[g]}.psv"))
+    assert np.array_equal(x[rows], want, equal_nan=True)
+
+    labels = labels_of(c)
+    logits, info = teachers.crossfit_leaders(c, labels, folds=2, progress=False, fit_rows=c.rows("train"))
+    assert np.isfinite(logits[real, 0]).all() and np.isnan(logits[~real]).all() and np.isnan(logits[:, 1]).all()
+    assert info["feature_version"] == leader_features.FEATURE_VERSION
+    flipped = dict(labels, sepsis=np.where(c.split != 0, 1.0 - labels["sepsis"], labels["sepsis"]))
+    same, _ = teachers.crossfit_leaders(c, flipped, folds=2, progress=False, fit_rows=c.rows("train"))
+    assert np.array_equal(logits, same, equal_nan=True)
+
+
 @needs_data
 def test_distill_live_end_to_end_on_a_small_cohort(cohorts):
     _, _, c = cohorts

@@ -5,6 +5,7 @@ Fake Triton clients here; ``tests/stack/test_model_rollout.py`` switches version
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from types import SimpleNamespace
 
@@ -128,10 +129,14 @@ def test_a_result_that_names_no_version():
 class _StudentClient:
     """``PROBABILITY`` 0.25 for every row; request k answered by ``versions[k]`` (the last repeats)."""
 
-    def __init__(self, versions):
-        self.versions, self.calls = list(versions), 0
+    def __init__(self, versions, declared=None):
+        self.versions, self.calls, self.declared, self.sent = list(versions), 0, declared or {}, []
+
+    async def get_model_metadata(self, model, as_json=False, client_timeout=None):
+        return {"name": model, "inputs": [{"name": k, "datatype": v} for k, v in self.declared.items()]}
 
     async def infer(self, model, inputs, outputs=None, client_timeout=None):
+        self.sent.append({i.name(): (i.datatype(), i._get_content()) for i in inputs})
         n = inputs[0].shape()[0]
         version = self.versions[min(self.calls, len(self.versions) - 1)]
         self.calls += 1
@@ -173,3 +178,50 @@ def test_one_student_batch_is_one_versions(versions, expected):
         return
     p, version = asyncio.run(run())
     assert version == expected and p.shape == (STUDENT_MAX_BATCH + 10, 1) and np.allclose(p, 0.25)
+
+
+@pytest.mark.parametrize("wire", ["UINT8", "FP32"])
+def test_the_live_students_thumbnail_and_report_go_as_the_served_config_declares(wire):
+    """Triton's metadata decides: UINT8 for an export with the ``wire_uint8`` config, FP32 for an
+    older one (``serving/export.py``); the UINT8 bytes are the pixels and the bag exactly."""
+    n = 3
+    pixels = np.random.default_rng(0).integers(0, 256, size=(n, 1, 32, 32), dtype=np.uint8)
+    batch = {
+        "vitals": np.zeros((n, 8, 14), np.float32),
+        "waveforms": np.zeros((n, 4), np.float32),
+        "labs": np.zeros((n, 81), np.float32),
+        "cxr": (pixels / 255.0).astype(np.float32),
+        "report": (np.arange(n * 256).reshape(n, 256) % 7 == 0).astype(np.float32),
+        "static": np.zeros((n, 7), np.float32),
+        "present": np.ones((n, 5), bool),
+        "staleness_h": np.zeros((n, 5), np.float32),
+    }
+    client = _StudentClient(["2"], {"CXR": wire, "REPORT": wire, "PRESENT": "BOOL"})
+
+    async def run():
+        info = {"norm": {"waveforms": {}}, "heads": ["sepsis", "deterioration"], "thresholds": {}}
+        scorer = StudentScorer(_settings(scoring_model="student_live"), info)
+        await scorer.client.close()
+        scorer.client = client
+        return await scorer._infer_student(batch)
+
+    asyncio.run(run())
+    (sent,) = client.sent
+    assert sent["CXR"][0] == wire and sent["REPORT"][0] == wire and sent["VITALS"][0] == "FP32"
+    if wire == "UINT8":
+        assert sent["CXR"][1] == pixels.tobytes()
+        assert sent["REPORT"][1] == batch["report"].astype(np.uint8).tobytes()
+    else:
+        assert sent["CXR"][1] == batch["cxr"].tobytes()
+
+
+def test_a_rolled_back_version_alerts_at_its_own_cards_thresholds(tmp_path):
+    from icuwatch.streams.scoring import version_card_thresholds
+
+    for version, th in (("1", 0.0225), ("2", 0.0264)):
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "export.json").write_text(json.dumps({"thresholds": {"sepsis": th}}))
+    read_at_start = tmp_path / "2"
+    assert version_card_thresholds(read_at_start, "1") == {"sepsis": 0.0225}
+    assert version_card_thresholds(read_at_start, "2") is None  # the start's own
+    assert version_card_thresholds(read_at_start, "3") is None  # no card: the start's apply

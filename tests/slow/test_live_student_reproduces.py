@@ -17,10 +17,11 @@ import torch
 
 from icuwatch.fusion.strategies.base import InputSpec
 from icuwatch.serving import MODEL_REPOSITORY
-from icuwatch.serving.export import example_batch, load_torchscript
+from icuwatch.serving.export import example_batch, load_torchscript, newest_version_dir
 from icuwatch.sources.physionet import default_data_dir
 
-COMMITTED = MODEL_REPOSITORY / "student_live" / "1"
+COMMITTED = newest_version_dir(MODEL_REPOSITORY / "student_live")
+"""The version served (``latest: 1``); the one before stays for ``icuwatch models rollback``."""
 
 
 @pytest.mark.slow
@@ -33,7 +34,7 @@ def test_the_reproduce_command_makes_the_committed_student(tmp_path):
     args = [a if a != "serving/models" else str(tmp_path / "repo") for a in args[2:]]
     env = {**os.environ, "ICUWATCH_STATE_DIR": str(tmp_path / "state")}
     subprocess.run([sys.executable, "-m", "icuwatch.cli", "distill-live", *args, "--quiet"], env=env, check=True)
-    new_dir = tmp_path / "repo" / "student_live" / "1"
+    new_dir = newest_version_dir(tmp_path / "repo" / "student_live")
     new_card = json.loads((tmp_path / "state" / "models" / "student-live" / "model_card.json").read_text())
     assert new_card["thresholds"] == pytest.approx(card["thresholds"], rel=1e-4)
     assert new_card["test"]["physionet"]["sepsis"]["student_full"]["auroc"] == pytest.approx(

@@ -37,10 +37,10 @@ def _deterioration_threshold() -> float:
     import json
 
     from icuwatch.serving import MODEL_REPOSITORY
+    from icuwatch.serving.export import newest_version_dir
 
-    return float(
-        json.loads((MODEL_REPOSITORY / "student_live" / "1" / "export.json").read_text())["thresholds"]["deterioration"]
-    )
+    served = newest_version_dir(MODEL_REPOSITORY / "student_live")  # what latest: 1 serves
+    return float(json.loads((served / "export.json").read_text())["thresholds"]["deterioration"])
 
 
 REALERT_S = 600.0

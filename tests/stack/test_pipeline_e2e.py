@@ -16,9 +16,13 @@ from icuwatch.benchmarks.bad_input import read_deadletters
 from icuwatch.core import schemas, topics
 from icuwatch.core.features import MODALITIES
 from icuwatch.deploy import triton
+from icuwatch.serving import MODEL_REPOSITORY
 from icuwatch.storage import db
 from icuwatch.storage.models import Alert, Score
 from icuwatch.streams.kafka.producer import make_producer
+
+STUDENT_VERSION = str(max(int(p.name) for p in (MODEL_REPOSITORY / "student_live").iterdir() if p.name.isdigit()))
+"""The version ``latest: 1`` serves (the one before stays for ``icuwatch models rollback``)."""
 
 pytestmark = pytest.mark.stack
 
@@ -98,7 +102,7 @@ def test_simulated_deterioration_alert_lands_in_database(pipeline, worker_log):
         assert alert.event_time.timestamp() >= gt["onset_time"] - 3600, "alert long before onset"
         assert alert.state == "raised" and alert.source == "triton"
         # the default scoring model, the committed live student, at the version that answered
-        assert (alert.model, alert.model_version) == ("student_live", "1")
+        assert (alert.model, alert.model_version) == ("student_live", STUDENT_VERSION)
         # per-modality contributions of the alert's risk: the student's leave-one-out differences
         assert alert.contributions is not None and set(alert.contributions) == set(MODALITIES)
         assert all(math.isfinite(v) and -1 <= v <= 1 for v in alert.contributions.values())
@@ -106,7 +110,7 @@ def test_simulated_deterioration_alert_lands_in_database(pipeline, worker_log):
     with factory() as s:
         scores = s.scalars(select(Score).where(Score.patient_id.startswith(prefix))).all()
     assert scores and all(sc.source == "triton" for sc in scores)
-    assert {(sc.model, sc.model_version) for sc in scores} == {("student_live", "1")}
+    assert {(sc.model, sc.model_version) for sc in scores} == {("student_live", STUDENT_VERSION)}
     # the X-rays the simulation sends reach the student: some score is moved by one
     assert any(sc.contributions["deterioration"]["cxr"] != 0.0 for sc in scores)
     assert all(
@@ -236,5 +240,10 @@ def test_worker_falls_back_to_rules_when_triton_is_down_and_returns(stack, pipel
     fb, tr = fallback[-1], served[-1]
     assert (fb.news2, fb.qsofa) == (tr.news2, tr.qsofa)
     assert fb.contributions is not None and tr.contributions is not None
-    assert (fb.model, fb.model_version, tr.model, tr.model_version) == ("rules_v1", None, "student_live", "1")
+    assert (fb.model, fb.model_version, tr.model, tr.model_version) == (
+        "rules_v1",
+        None,
+        "student_live",
+        STUDENT_VERSION,
+    )
     assert fb.contributions["sepsis"]["vitals"] > 0 and fb.contributions["sepsis"]["labs"] == 0.0

@@ -256,8 +256,11 @@ def test_stored_risks_are_the_served_live_students(stack, tmp_path):
     stored sepsis and deterioration risks and their contributions equal the served TorchScript's on
     the rows the stream builds; NEWS2 and qSOFA are the rules'."""
     from icuwatch.fusion.psv_predict import hour_times, rule_outputs
+    from icuwatch.serving import MODEL_REPOSITORY
+    from icuwatch.serving.export import newest_version_dir
     from icuwatch.storage.repository import utc
 
+    served = newest_version_dir(MODEL_REPOSITORY / "student_live").name  # latest: 1
     renamed, base, rows = _replay(stack, {"ICUWATCH_SCORING_MODEL": "student_live"}, tmp_path, 16069)
     compared = 0
     for stay in renamed:
@@ -268,7 +271,7 @@ def test_stored_risks_are_the_served_live_students(stack, tmp_path):
             row = streamed.get(utc(float(t)))
             if row is None:
                 continue
-            assert (row.source, row.model, row.model_version) == ("triton", "student_live", "1")
+            assert (row.source, row.model, row.model_version) == ("triton", "student_live", served)
             p, contributions = expected[float(t)]
             assert row.sepsis_risk == pytest.approx(p[0], abs=1e-5), (stay.patient_id, i)
             assert row.deterioration_risk == pytest.approx(p[1], abs=1e-5), (stay.patient_id, i)

@@ -84,6 +84,25 @@ def history(settings, patient_ids: set[str]) -> str:
     return "\n".join(json.dumps(line) for line in lines)
 
 
+def summary(differences: dict) -> str:
+    """One line per differing patient and field: hourly aggregates as (hour, checkpointed rows,
+    expected rows) where they differ, labs as the analytes missing or extra, the rest abridged."""
+    lines = []
+    for patient, fields in differences.items():
+        for field, d in fields.items():
+            if field == "hourly":
+                got = {row[0]: row[1] for row in d["checkpointed"] or []}
+                want = {row[0]: row[1] for row in d["expected"] or []}
+                rows = [(h, got.get(h), want.get(h)) for h in sorted(set(got) | set(want)) if got.get(h) != want.get(h)]
+                lines.append(f"{patient} hourly (hour, checkpointed rows, expected rows): {rows}")
+            elif field == "labs":
+                got, want = set(d["checkpointed"] or {}), set(d["expected"] or {})
+                lines.append(f"{patient} labs missing {sorted(want - got)}, extra {sorted(got - want)}")
+            else:
+                lines.append(f"{patient} {field}: {str(d)[:300]}")
+    return "\n".join(lines)
+
+
 def stored_alerts(sessions, prefix: str) -> list[Alert]:
     with sessions() as s:
         return s.scalars(select(Alert).where(Alert.patient_id.startswith(prefix))).all()
@@ -147,7 +166,8 @@ def test_sigkill_mid_stream_then_restart_keeps_every_patient_whole(stack, tmp_pa
     states, expected = checkpointed_states(settings), expected_states(sim)
     differences = state_differences(states, expected)
     assert differences == {}, (
-        "each differing patient's checkpoints and lab records, in order:\n"
+        summary(differences)
+        + "\neach differing patient's checkpoints and lab records, in order:\n"
         + history(settings, set(differences))[-8000:]
     )
 

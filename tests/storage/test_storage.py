@@ -84,7 +84,7 @@ def test_upgrade_creates_schema_and_is_idempotent(url: str) -> None:
     assert db.current_revision(url) is None
     db.upgrade(url)
     head = db.head_revision()
-    assert head == "0007"
+    assert head == "0012"
     assert db.current_revision(url) == head
     db.upgrade(url)  # a second run is a no-op
     assert db.current_revision(url) == head
@@ -94,6 +94,16 @@ def test_upgrade_creates_schema_and_is_idempotent(url: str) -> None:
     finally:
         eng.dispose()
     assert {"patients", "scores", "alerts", "alert_events", "api_tokens", "data_feeds", "alembic_version"} <= names
+    assert {
+        "shadow_scores",
+        "shadow_alerts",
+        "served_models",
+        "drift_counts",
+        "unit_modes",
+        "unit_mode_events",
+        "unit_thresholds",
+        "model_roles",
+    } <= names
 
 
 def test_models_match_migrations(engine: Engine) -> None:

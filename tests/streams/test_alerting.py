@@ -304,3 +304,67 @@ def test_applies_is_what_step_applies():
     assert not alerting.applies(state, score(T, 0.9))  # the same score again
     assert not alerting.applies(state, score(T - 60, 0.9))
     assert alerting.applies(state, score(T, 0.9).model_copy(update={"revision": 1}))
+
+
+def scored_by(source, t, risk):
+    return score(t, risk).model_copy(update={"source": source})
+
+
+def run_sources(steps, state=None):
+    """``steps``: (source, deterioration risk) per minute; returns (state, alerts, closed ids)."""
+    state = state or alerting.new_alert_state()
+    alerts, closed = [], []
+    for i, (source, risk) in enumerate(steps):
+        raised, shut = alerting.step(state, scored_by(source, T + 60 * i, risk), TH)
+        alerts += raised
+        closed += shut
+    return state, alerts, closed
+
+
+def test_fallback_scores_do_not_close_the_model_s_episode_so_triton_back_raises_nothing_new():
+    steps = [("triton", 0.9)] * 3 + [("fallback", 0.1)] * 10 + [("triton", 0.9)] * 3
+    state, alerts, closed = run_sources(steps)
+    assert len(alerts) == 1 and closed == []
+    assert state["kinds"]["deterioration"]["open"] == T
+
+
+def test_the_model_closes_an_episode_the_fallback_opened():
+    steps = [("fallback", 0.9)] * 2 + [("triton", 0.1)] * 3
+    state, alerts, closed = run_sources(steps)
+    assert [a.source for a in alerts] == ["fallback"]
+    assert closed == [alerts[0].alert_id]
+    assert state["kinds"]["deterioration"]["open"] is None
+
+
+def test_the_fallback_closes_its_own_episode():
+    _, alerts, closed = run_sources([("fallback", 0.9)] * 2 + [("fallback", 0.1)] * 3)
+    assert closed == [alerts[0].alert_id]
+
+
+def test_a_run_above_both_scales_confirms_across_a_source_change_and_below_runs_restart():
+    _, alerts, _ = run_sources([("triton", 0.9), ("fallback", 0.9)])  # Triton flapping: still alerts
+    assert len(alerts) == 1 and alerts[0].source == "fallback"
+    _, alerts, _ = run_sources([("triton", 0.9), ("fallback", 0.1), ("triton", 0.9)])
+    assert alerts == []  # the run was broken in between
+    # an episode the fallback opened: two model scores below plus one fallback below do not close it
+    _, _, closed = run_sources([("fallback", 0.9)] * 2 + [("triton", 0.1)] * 2 + [("fallback", 0.1)])
+    assert closed == []
+
+
+def test_state_saved_before_the_scales_were_told_apart_still_works():
+    state, _, _ = run_sources([("triton", 0.9)] * 2)
+    for ks in state["kinds"].values():
+        ks.pop("scale"), ks.pop("opened_by", None)
+    _, _, closed = run_sources([("fallback", 0.1)] * 4, state=state)
+    assert closed == []
+
+
+def test_open_alert_ids_name_the_open_episode_before_and_after_the_latest_score():
+    state = alerting.new_alert_state()
+    assert alerting.open_alert_ids(state, "p1", "sepsis") == set()
+    state["kinds"]["sepsis"]["open"] = 1000.0
+    state["before_last"] = {"sepsis": {**state["kinds"]["sepsis"], "open": 900.0}}
+    assert alerting.open_alert_ids(state, "p1", "sepsis") == {
+        alerting.alert_id("p1", "sepsis", 1000.0),
+        alerting.alert_id("p1", "sepsis", 900.0),
+    }

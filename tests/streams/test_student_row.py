@@ -196,6 +196,9 @@ class _StudentClient:
     def __init__(self, fail=False):
         self.fail, self.calls = fail, []
 
+    async def get_model_metadata(self, model, as_json=False, client_timeout=None):
+        return {"name": model, "inputs": [{"name": "PRESENT", "datatype": "BOOL"}]}
+
     async def infer(self, model, inputs, outputs=None, client_timeout=None):
         if self.fail:
             raise ConnectionError("down")

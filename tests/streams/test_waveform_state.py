@@ -11,6 +11,9 @@ def ecg_chunks(hr: float, seconds: int, fs: float = 250.0):
     t = np.arange(int(seconds * fs)) / fs
     beats = np.arange(0.3, seconds, 60.0 / hr)
     sig = sum(np.exp(-((t - b) ** 2) / (2 * 0.01**2)) for b in beats) * 1.2
+    # a monitor's noise floor: a trace exactly 0 between beats reads as a flat line (lead off) to
+    # the signal-quality guard (signals/waveform_features.window_quality)
+    sig = sig + np.random.default_rng(int(hr * 1000) + seconds).normal(0.0, 0.01, sig.shape)
     for s in range(seconds):
         chunk = sig[int(s * fs) : int((s + 1) * fs)]
         yield schemas.Waveform(
