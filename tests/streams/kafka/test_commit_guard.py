@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.errors import CommitFailedError
+from kafka_clients import group_consumer, send_records
 from stack_fixtures import free_port
 
 from icuwatch.core.settings import Settings
@@ -23,20 +24,8 @@ TOPIC = "icu.vitals"
 
 async def _commits(settings: Settings) -> tuple[int | None, int | None]:
     """(committed offset after a commit attempted outside a generation, after one within the next)."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.broker)
-    await producer.start()
-    for _ in range(10):
-        await producer.send_and_wait(TOPIC, b"{}", key=b"p1", partition=0)
-    await producer.stop()
-    consumer = AIOKafkaConsumer(
-        TOPIC,
-        bootstrap_servers=settings.broker,
-        group_id="guard-test",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        session_timeout_ms=6000,
-        heartbeat_interval_ms=1000,
-    )
+    await send_records(settings, TOPIC, 10)
+    consumer = group_consumer(settings, TOPIC, "guard-test")
     await consumer.start()
     try:
         tp = TopicPartition(TOPIC, 0)

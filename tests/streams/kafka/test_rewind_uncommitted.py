@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from kafka_clients import group_consumer, send_records
 from stack_fixtures import free_port
 
 from icuwatch.core.settings import Settings
@@ -17,20 +18,8 @@ from icuwatch.streams.kafka import rewind_uncommitted
 
 async def _positions_after_a_seek(settings: Settings, topic: str, patched: bool) -> tuple[int, int]:
     """(position after reading 5 uncommitted records, position after seek_to_committed)."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.broker)
-    await producer.start()
-    for _ in range(5):
-        await producer.send_and_wait(topic, b"{}", key=b"p1", partition=0)
-    await producer.stop()
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=settings.broker,
-        group_id=f"{topic}-group",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        session_timeout_ms=6000,
-        heartbeat_interval_ms=1000,
-    )
+    await send_records(settings, topic, 5)
+    consumer = group_consumer(settings, topic, f"{topic}-group")
     await consumer.start()
     try:
         tp = TopicPartition(topic, 0)
