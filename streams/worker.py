@@ -405,7 +405,7 @@ async def ingest(stream: faust.StreamT) -> None:
             stats["scores_submitted"] += 1
             pending_acks.score_submitted(key)
             row = patient_state.features_at(state, t)
-            drift_counts.scored(state["adt"].get("unit"), t, row)
+            drift_counts.scored(state["adt"].get("unit"), t, row, msg.patient_id)
             batcher().submit(
                 msg.patient_id,
                 t,

@@ -17,15 +17,14 @@ is drift too. So the other unit must not be flagged for the same signal *within 
 later it may be (CI once saw MICU's SpO2 at PSI 0.28 over 7 h, its deteriorating patients'
 desaturation; how many scores each hour gets varies with how the worker interleaves the topics).
 
-The admissions go out first and the rest once the worker has read them: a message of a patient
-whose admission the worker has not read yet counts under the unit "unknown" (``streams/drift.py``),
-and at full replay speed the worker may read an hour of vitals before the ADT topic's first records
-(CI once saw MICU's admission-hour films and scores under "unknown": X-rays stopped went unflagged).
+The whole simulation goes out at once, so the worker may read an hour of a patient's vitals, films
+and labs before the ADT topic's admission: those counts are held until the patient's unit is known
+(``streams/drift.py``). Before they were, CI once saw MICU's admission-hour films and scores under
+the unit "unknown" (its reference window then expected too few films: X-rays stopped went unflagged).
 """
 
 from __future__ import annotations
 
-import itertools
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -33,10 +32,9 @@ import pytest
 from sqlalchemy import select
 from stack_fixtures import free_port, running_worker, wait_for
 
-from icuwatch.core import topics
-from icuwatch.sources.pacing import send_paced
 from icuwatch.sources.simulator import Simulation
 from icuwatch.sources.simulator.drift import Injection
+from icuwatch.sources.simulator.producer import publish
 from icuwatch.storage import db
 from icuwatch.storage.drift_report import report
 from icuwatch.storage.models import DriftCount
@@ -68,14 +66,6 @@ def test_injected_drift_is_flagged_for_its_unit_within_the_stated_time(stack, tm
     sessions = db.session_factory(db.make_engine(url))
     last_hour = START + timedelta(hours=HOURS - 1)
 
-    def admissions_counted() -> bool:
-        with sessions() as s:
-            rows = s.scalars(select(DriftCount.counts).where(DriftCount.column == f"arrivals:{topics.ADT}"))
-            return sum(c[0] for c in rows) >= len(sim.patients)
-
-    def is_admission(item: tuple) -> bool:
-        return item[1] == topics.ADT and item[2].event == "admit"
-
     def last_hour_counted() -> bool:
         """Every patient seen in the last hour (partitions are consumed independently)."""
         with sessions() as s:
@@ -87,10 +77,7 @@ def test_injected_drift_is_flagged_for_its_unit_within_the_stated_time(stack, tm
     log = tmp_path / "worker.log"
     with running_worker(settings, {**env, "ICUWATCH_DRIFT_FLUSH_S": "1"}, log):
         producer = make_producer(settings)
-        at_start = itertools.takewhile(lambda item: item[0] == sim.start_time, sim.timed_messages())
-        send_paced(filter(is_admission, at_start), producer, 0)
-        assert wait_for(admissions_counted, timeout_s=120, interval_s=1.0), f"log:\n{log.read_text()[-3000:]}"
-        send_paced(itertools.filterfalse(is_admission, sim.timed_messages()), producer, 0)
+        publish(sim, producer, speed=0)
         producer.close()
         assert wait_for(last_hour_counted, timeout_s=300, interval_s=2.0), f"log:\n{log.read_text()[-3000:]}"
         wait_for(lambda: False, timeout_s=3.0)  # the last flush of the newest hour
