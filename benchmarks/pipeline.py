@@ -155,7 +155,7 @@ def read_stats(paths: list[Path]) -> dict:
             elif key in ("processed_by_topic", "scorer"):
                 for k, v in value.items():
                     merged.setdefault(key, {})[k] = merged.get(key, {}).get(k, 0) + v
-            elif key == "gc_pause_max_s":
+            elif key.startswith("gc_pause_max_s"):
                 merged[key] = max(value, merged.get(key, 0.0))
             elif key == "done_offsets":
                 for topic, parts in value.items():
@@ -554,6 +554,7 @@ def summarise(
             "full_collections": stats.get("gc_full_collections"),
             "pause_total_s": stats.get("gc_pause_total_s"),
             "pause_max_s": stats.get("gc_pause_max_s"),
+            "pause_max_s_by_generation": {str(g): stats.get(f"gc_pause_max_s_gen{g}") for g in range(3)},
         },
         "worker_rss_mb_all_workers": {
             "first": rss[0] if rss else None,

@@ -787,6 +787,7 @@ gc_stats: dict[str, float] = {
     "gc_full_collections": 0,
     "gc_pause_total_s": 0.0,
     "gc_pause_max_s": 0.0,
+    **{f"gc_pause_max_s_gen{g}": 0.0 for g in range(3)},
 }
 """The collector's work in this worker (in its stats file), as CPU time of the thread that ran it
 (wall time would count the process waiting for a core): a full collection walks every live object,
@@ -802,5 +803,7 @@ def _time_collection(phase: str, info: dict) -> None:
     gc_stats["gc_collections"] += 1
     gc_stats["gc_pause_total_s"] += pause
     gc_stats["gc_pause_max_s"] = max(gc_stats["gc_pause_max_s"], pause)
+    by_generation = f"gc_pause_max_s_gen{info.get('generation', 2)}"
+    gc_stats[by_generation] = max(gc_stats.get(by_generation, 0.0), pause)
     if info.get("generation") == 2:
         gc_stats["gc_full_collections"] += 1

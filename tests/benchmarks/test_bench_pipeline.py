@@ -132,3 +132,4 @@ def test_the_worker_times_each_collection_as_cpu_time():
     assert worker.gc_stats["gc_full_collections"] == before["gc_full_collections"] + 1
     assert worker.gc_stats["gc_pause_total_s"] > before["gc_pause_total_s"]
     assert worker.gc_stats["gc_pause_max_s"] > 0
+    assert worker.gc_stats["gc_pause_max_s_gen2"] > 0  # the longest pause per generation too
