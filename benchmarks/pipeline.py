@@ -136,6 +136,7 @@ class Sampler(threading.Thread):
                     "lag_records": records,
                     "lag_s": seconds,
                     "rss_mb": sum(rss_mb(pid) or 0.0 for pid in self.worker_pids) or None,
+                    "gc_pause_total_s": stats.get("gc_pause_total_s"),
                 }
             )
 
@@ -573,6 +574,7 @@ def summarise(
             "lag_records": [x["lag_records"] for x in samples],
             "taken": [x["processed"] for x in samples],
             "rss_mb": [None if x["rss_mb"] is None else round(x["rss_mb"], 1) for x in samples],
+            "gc_pause_total_s": [x.get("gc_pause_total_s") for x in samples],  # cumulative, all workers
         },
     }
 

@@ -782,6 +782,28 @@ def tune_garbage_collector() -> None:
     gc.callbacks.append(_time_collection)
 
 
+_last_full_collection = [time.monotonic()]
+
+
+def freeze_survivors() -> None:
+    """``Settings.worker_gc_freeze_s`` and ``worker_gc_full_s``: what survived goes out of the
+    collector's sight; once per full period, everything comes back for one full collection first."""
+    import gc
+
+    if time.monotonic() - _last_full_collection[0] >= settings.worker_gc_full_s:
+        gc.unfreeze()
+        gc.collect()
+        _last_full_collection[0] = time.monotonic()
+    gc.freeze()
+
+
+if settings.worker_gc_freeze_s > 0:
+
+    @app.timer(interval=settings.worker_gc_freeze_s)
+    async def freeze_survivors_periodically() -> None:
+        freeze_survivors()
+
+
 gc_stats: dict[str, float] = {
     "gc_collections": 0,
     "gc_full_collections": 0,

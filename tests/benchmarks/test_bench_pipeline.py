@@ -81,6 +81,9 @@ def test_a_short_bench_balances_its_books():
     assert out["waveform_payload"] == 2 and msgs["deadlettered"] == 0  # binary chunks, every one accepted
     assert msgs["by_topic"]["icu.waveforms"] > 0
     assert out["worker_gc"]["collections"] is not None  # the worker reports its collector (may be 0 here)
+    assert set(out["worker_gc"]["pause_max_s_by_generation"]) == {"0", "1", "2"}
+    pauses = [p for p in out["timeline"]["gc_pause_total_s"] if p is not None]
+    assert len(out["timeline"]["gc_pause_total_s"]) == len(out["timeline"]["t_s"]) and pauses == sorted(pauses)
     assert out["scores"]["lost"] == 0 and out["scores"]["published"] >= 20
     assert out["scores"]["scorer"]["triton_rows"] == out["scores"]["published"]
     assert out["alerts"]["lost"] == 0 and out["alerts"]["stored"] == out["alerts"]["published_to_topic"]
