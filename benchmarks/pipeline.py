@@ -226,10 +226,9 @@ def _stored(settings: Settings) -> tuple[list[tuple[float, float]], list[dict]]:
 
     engine = db.make_engine(settings.database_url)
     with db.session_factory(engine)() as session:
-        scores = [
-            (s.event_time.timestamp(), s.scored_at.timestamp())
-            for s in session.execute(select(Score).where(Score.patient_id.startswith(PREFIX))).scalars()
-        ]
+        stored_scores = session.execute(select(Score).where(Score.patient_id.startswith(PREFIX))).scalars().all()
+        scores = [(s.event_time.timestamp(), s.scored_at.timestamp()) for s in stored_scores]
+        scored_at = {(s.patient_id, s.event_time.timestamp()): s.scored_at.timestamp() for s in stored_scores}
         alerts = [
             {
                 "alert_id": a.alert_id,
@@ -237,6 +236,7 @@ def _stored(settings: Settings) -> tuple[list[tuple[float, float]], list[dict]]:
                 "kind": a.kind,
                 "event_time": a.event_time.timestamp(),
                 "stored_at": a.stored_at.timestamp(),
+                "scored_at": scored_at.get((a.patient_id, a.event_time.timestamp())),
             }
             for a in session.execute(
                 select(Alert).where(Alert.patient_id.startswith(PREFIX), Alert.kind != "data_liveness")
@@ -483,6 +483,7 @@ def summarise(
     warm_from = sim.start_time + min(60.0, 0.2 * minutes * 60.0)
     """Samples, scores and alerts after the first minute (at most a fifth of the run), when every
     bed's first score and first minute of waveform windows have gone through."""
+    warm_alerts = [a for a in alerts if a["event_time"] >= warm_from]
     warm = [s for s in steady if s["at"] >= warm_from]
     rate = None
     if len(warm) >= 2:
@@ -541,6 +542,16 @@ def summarise(
             "event_to_stored_s_after_warmup": latency(
                 [a["stored_at"] - a["event_time"] for a in alerts if a["event_time"] >= warm_from]
             ),
+            "stages_after_warmup": {
+                "how": "alerts whose score is stored (same patient and event time): event -> scored (the "
+                "worker's scored_at) and scored -> stored (the alert agent)",
+                "event_to_scored_s": latency(
+                    [a["scored_at"] - a["event_time"] for a in warm_alerts if a["scored_at"] is not None]
+                ),
+                "scored_to_stored_s": latency(
+                    [a["stored_at"] - a["scored_at"] for a in warm_alerts if a["scored_at"] is not None]
+                ),
+            },
             "patients_alerted": {
                 "deteriorating": len(alerted & sick),
                 "of_deteriorating": len(sick),

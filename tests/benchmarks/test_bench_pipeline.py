@@ -82,6 +82,8 @@ def test_a_short_bench_balances_its_books():
     assert msgs["by_topic"]["icu.waveforms"] > 0
     assert out["worker_gc"]["collections"] is not None  # the worker reports its collector (may be 0 here)
     assert set(out["worker_gc"]["pause_max_s_by_generation"]) == {"0", "1", "2"}
+    stages = out["alerts"]["stages_after_warmup"]
+    assert set(stages) == {"how", "event_to_scored_s", "scored_to_stored_s"}
     pauses = [p for p in out["timeline"]["gc_pause_total_s"] if p is not None]
     assert len(out["timeline"]["gc_pause_total_s"]) == len(out["timeline"]["t_s"]) and pauses == sorted(pauses)
     assert out["scores"]["lost"] == 0 and out["scores"]["published"] >= 20
