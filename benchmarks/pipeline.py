@@ -539,9 +539,7 @@ def summarise(
             "lost": len(set(published_alerts) - alert_ids) + max(0, stats.get("alerts_raised", 0) - len(alerts)),
             "duplicated": len(published_alerts) - len(set(published_alerts)) - stats.get("alerts_republished", 0),
             "event_to_stored_s": latency([a["stored_at"] - a["event_time"] for a in alerts]),
-            "event_to_stored_s_after_warmup": latency(
-                [a["stored_at"] - a["event_time"] for a in alerts if a["event_time"] >= warm_from]
-            ),
+            "event_to_stored_s_after_warmup": latency([a["stored_at"] - a["event_time"] for a in warm_alerts]),
             "stages_after_warmup": {
                 "how": "alerts whose score is stored (same patient and event time): event -> scored (the "
                 "worker's scored_at) and scored -> stored (the alert agent)",
