@@ -57,8 +57,8 @@ def _fit_population(args: argparse.Namespace) -> int:
     return 0
 
 
-REALISM_DEFAULTS = {"patients": 120, "hours": 24.0, "seed": 0}
-STREAM_DEFAULTS = {"patients": 8, "hours": 3.0, "seed": 7}
+REALISM_DEFAULTS = {"patients": 120, "hours": 24.0, "seed": 0, "population": "icu"}
+STREAM_DEFAULTS = {"patients": 8, "hours": 3.0, "seed": 7, "population": "stylised"}
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -135,7 +135,7 @@ def register(subparsers) -> None:
         "realism (no broker needed)",
         "--realism-report: a classifier told to separate simulated from real PhysioNet 2019 patient-hours "
         "(two-sample test, cross-validated by patient), per-column distances, plots; JSON on stdout and in "
-        "--out-dir. Uses --patients (default there 120), --hours (24), --seed (0), --population.",
+        "--out-dir. Uses --patients (default there 120), --hours (24), --seed (0), --population (icu).",
     )
     mode = g.add_mutually_exclusive_group()
     mode.add_argument("--realism-report", action="store_true")
@@ -146,10 +146,11 @@ def register(subparsers) -> None:
     )
     g.add_argument(
         "--population",
-        default="stylised",
+        default=None,
         choices=["stylised", "icu"],
         help="who is simulated (also when streaming): stylised hand-set baselines, or icu: baselines and drift "
-        "fitted to real stays (sources/simulator/population.py)",
+        "fitted to real stays (sources/simulator/population.py); default stylised when streaming, icu for "
+        "--realism-report",
     )
     g.add_argument("--real-stays", type=int, default=1500)
     g.add_argument("--data-dir", default=None, help="PhysioNet stays (default ../shared/data/physionet2019/...)")

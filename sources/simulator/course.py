@@ -33,7 +33,7 @@ import math
 
 import numpy as np
 
-CONDITION_MIX = {"sepsis": 0.45, "respiratory_failure": 0.30, "hemorrhage": 0.25}
+CONDITION_MIX = {"sepsis": 0.60, "respiratory_failure": 0.25, "hemorrhage": 0.15}
 RESPONDS = {"sepsis": 0.75, "respiratory_failure": 0.70, "hemorrhage": 0.85}
 TREATMENT_DELAY_H = (1.0, 4.0)
 RECOVERY_H = (6.0, 18.0)

@@ -10,7 +10,7 @@ Frequencies per ``icu`` patient (illustrative judgments from the portable ICU fi
 
 * **endotracheal tube** (``ETT_*``): 30 % ventilated on admission, 45 % of post-operative surgical
   patients; extubated after 12-96 h (post-operative: 4-16 h). Intubated later at treatment:
-  respiratory failure 60 %, sepsis or haemorrhage not responding to treatment 30 %.
+  respiratory failure 60 %, sepsis or haemorrhage not responding to treatment 30 % (2-6 h after).
 * **nasogastric tube** (``NGT_*``): placed with 70 % of intubations, out 0-24 h after extubation;
   8 % of other patients have one from admission.
 * **central venous catheter** (``CVC_*``): 45 % on admission (post-operative 65 %); 50 % of septic or
@@ -52,7 +52,10 @@ FINDINGS: tuple[str, ...] = ("atelectasis", "effusion", "edema", "ett", "cvc", "
 ETT_ON_ADMISSION, ETT_POST_OP = 0.30, 0.45
 ETT_EXTUBATION_H, ETT_EXTUBATION_POST_OP_H = (12.0, 96.0), (4.0, 16.0)
 ETT_AT_TREATMENT = {"respiratory_failure": 0.60, "sepsis": 0.30, "hemorrhage": 0.30}
-"""Share intubated when treated (sepsis, haemorrhage: non-responders only, an hour later)."""
+"""Share intubated when treated (sepsis, haemorrhage: non-responders only, ``ETT_NON_RESPONDER_H`` later)."""
+ETT_NON_RESPONDER_H = (2.0, 6.0)
+"""A non-responder is intubated this long after treatment, once the failure to respond shows (at a
+fixed hour after treatment the tube told responders from non-responders before their courses did)."""
 NGT_WITH_ETT, NGT_ALONE = 0.70, 0.08
 CVC_ON_ADMISSION, CVC_POST_OP, CVC_AT_TREATMENT = 0.45, 0.65, 0.50
 CVC_SITES = {"right_ij": 0.60, "right_subclavian": 0.25, "left_ij": 0.15}
@@ -172,7 +175,7 @@ def course_for(p, duration_s: float) -> FindingsCourse:
     elif u[1] < NGT_ALONE:
         ngt.append((-_H, end))
     if treated is not None and u[2] < ETT_AT_TREATMENT.get(p.condition, 0.0):
-        at = treated + (0.0 if p.condition == "respiratory_failure" else _H)
+        at = treated + (0.0 if p.condition == "respiratory_failure" else rng.uniform(*ETT_NON_RESPONDER_H) * _H)
         if (p.condition == "respiratory_failure" or not p.responds) and not any(a <= at < b for a, b, _ in ett):
             intubate(at, end)
             if rng.random() < ATELECTASIS_AT_INTUBATION:

@@ -5,11 +5,14 @@ bicarbonate in 22 % of hours; PhysioNet 2019 set B charts one in 0.3 %, a BUN in
 22 % (fingersticks). Real orders come as panels, and the panels are what a chart shows: in set B
 BUN, creatinine, potassium and glucose are always drawn together, a blood count mostly with them, a
 blood gas with its lactate, potassium and glucose. So orders are drawn as **events** of a few types,
-each a Poisson process whose hourly rate is fitted per bin of the hour since admission
-(``HOUR_BINS``: admission work-ups come early), times a per-patient frailty (gamma, shape fitted to
-how many real stays get none: most stays never see a blood gas, a ventilated one sees many), each
-event drawing its analytes as one of the sets real events of that type show (BUN never without its
-creatinine), with their frequencies:
+each a renewal process hour by hour: the chance of a type's first event at each hour since
+admission, and of the next one each number of hours after the last, are the discrete-time hazards
+of real stays (``hazards``: a stay that ends leaves the risk set, so short stays do not read as
+"never tested"), so rounds come at real intervals (a basic panel every 12-24 h, fingersticks every
+1-6 h) where a Poisson process would cluster them; a per-patient frailty (gamma, shape fitted to
+how unevenly real stays are tested, ``frailty_for_counts``: most stays never see a blood gas, a
+ventilated one sees many) scales each hour's chance. Each event draws its analytes as one of the
+sets real events of that type show (BUN never without its creatinine), with their frequencies:
 
 ==========  =================================================================
 event       what makes a real lab-hour this type (first rule that matches)
@@ -21,9 +24,9 @@ glucose     glucose alone (a fingerstick)
 single      anything else alone (a lactate, a potassium)
 ==========  =================================================================
 
-Sicker patients are tested more: the blood-gas and routine rates are multiplied by
-``1 + SICK_GAIN * severity`` (a judgment, not fitted: set B records no severity). PaO2, which
-set B does not report, joins every simulated blood gas.
+Sicker patients are tested more: the blood-gas and routine chances are raised to
+``1 - (1 - p) ** (frailty * (1 + SICK_GAIN * severity))`` (a judgment, not fitted: set B records
+no severity). PaO2, which set B does not report, joins every simulated blood gas.
 
 Values: each analyte's baseline is drawn from the quantiles of real stays' 24-hour medians through a
 Gaussian copula (pairwise normal-score correlations, e.g. BUN with creatinine), and each result
@@ -41,10 +44,10 @@ from icuwatch.core.physionet_row import LAB_COLUMNS
 from .population import QUANTILE_GRID, copula_draw
 
 EVENT_TYPES: tuple[str, ...] = ("blood_gas", "routine", "cbc", "glucose", "single")
-HOUR_BINS: tuple[int, ...] = (2, 3, 4, 7, 13)
-"""Rates are fitted per bin of the hour since admission (PhysioNet's ICULOS: the first hour is 1):
-[2], [3], [4, 6], [7, 12], [13, ...). Set B records nothing in hour 1, so neither does the simulator."""
+FIRST_HOUR = 2
+"""Set B records no lab in a stay's first hour (ICULOS 1), so neither does the simulator."""
 SICK_GAIN = 2.0
+MIN_AT_RISK = 30
 SETS_KEPT = 25
 """Per event type, the analyte sets real lab-hours show, the most frequent kept (the rest are rare
 combinations)."""
@@ -71,28 +74,25 @@ def fit(stays, analytes: tuple[str, ...], hours: int) -> dict:
 
     column = {a: c for c, a in LAB_COLUMNS.items() if a in analytes}
     present = [a for a in analytes if a in column]
-    n_bins = len(HOUR_BINS)
-    events: dict = {t: {"count": np.zeros(n_bins), "sets": {}, "per_stay": []} for t in EVENT_TYPES}
-    exposure = np.zeros(n_bins)
+    events: dict = {t: {"sets": {}} for t in EVENT_TYPES}
+    at_hours: dict[str, list[tuple[list[int], int]]] = {t: [] for t in EVENT_TYPES}
     medians = np.full((len(stays), len(present)), np.nan)
     spread: dict[str, list[np.ndarray]] = {a: [] for a in present}
     for k, stay in enumerate(stays):
         h = stay.column("ICULOS") if "ICULOS" in stay.columns else np.arange(1, len(stay.values) + 1)
         keep = h <= hours
         x = np.stack([stay.column(column[a])[keep] for a in present], axis=1)
-        bins = hour_bin(h[keep])
-        exposure += np.bincount(bins[bins >= 0], minlength=n_bins)
-        stay_counts = dict.fromkeys(EVENT_TYPES, 0)
-        for row, b in zip(np.isfinite(x), bins):
+        stay_hours: dict[str, list[int]] = {t: [] for t in EVENT_TYPES}
+        for row, hour in zip(np.isfinite(x), h[keep]):
             measured = {a for a, m in zip(present, row) if m}
             kind = event_type(measured)
-            if kind is not None and b >= 0:
-                events[kind]["count"][b] += 1
-                stay_counts[kind] += 1
+            if kind is not None and hour >= FIRST_HOUR:
+                stay_hours[kind].append(int(hour))
                 key = " ".join(sorted(measured))
                 events[kind]["sets"][key] = events[kind]["sets"].get(key, 0) + 1
-        for kind, n in stay_counts.items():
-            events[kind]["per_stay"].append(n)
+        for kind in EVENT_TYPES:
+            if keep.any():
+                at_hours[kind].append((stay_hours[kind], int(h[keep].max())))
         for j, a in enumerate(present):
             seen = x[np.isfinite(x[:, j]), j]
             if len(seen):
@@ -114,11 +114,10 @@ def fit(stays, analytes: tuple[str, ...], hours: int) -> dict:
                 corr[i, j] = corr[j, i] = np.corrcoef(scores[both, i], scores[both, j])[0, 1]
     return {
         "analytes": present,
-        "hour_bins": list(HOUR_BINS),
         "events": {
             t: {
-                "per_hour": [_rate(e["count"][b], exposure[b]) for b in range(n_bins)],
-                "frailty_shape": frailty_shape(np.asarray(e["per_stay"])),
+                **hazards(at_hours[t], hours),
+                "frailty_shape": frailty_for_counts(hazards(at_hours[t], hours), at_hours[t], hours),
                 "sets": _common_sets(e["sets"]),
             }
             for t, e in events.items()
@@ -134,13 +133,6 @@ def fit(stays, analytes: tuple[str, ...], hours: int) -> dict:
     }
 
 
-def _rate(hours_with: float, hours: float) -> float:
-    """Poisson rate per hour that gives ``hours_with`` of ``hours`` at least one event: -log(1 - share)
-    (several events in one hour chart as one)."""
-    share = min(float(hours_with) / max(float(hours), 1.0), 0.999)
-    return round(-math.log(1.0 - share), 5)
-
-
 def _common_sets(counts: dict[str, int], top: int = SETS_KEPT) -> list[list]:
     """[[analytes joined by spaces, probability], ...]: the ``top`` most frequent sets of an event type."""
     kept = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
@@ -148,28 +140,67 @@ def _common_sets(counts: dict[str, int], top: int = SETS_KEPT) -> list[list]:
     return [[k, round(n / total, 5)] for k, n in kept]
 
 
-def hour_bin(iculos: np.ndarray) -> np.ndarray:
-    """Index into ``HOUR_BINS`` of each hour since admission (1 = the first); -1 before the first bin."""
-    return np.searchsorted(np.asarray(HOUR_BINS), np.asarray(iculos), side="right") - 1
+def hazards(stays: list[tuple[list[int], int]], hours: int) -> dict:
+    """Discrete-time hazards of one event type from real stays (each: the hours since admission with
+    an event, the stay's last hour within ``hours``): ``first_hazard[h - 1]``, the chance of the first
+    event at hour h when none came before; ``gap_hazard[g - 1]``, the chance of the next event g hours
+    after the last when none came between. Censoring (a stay that ends) takes a stay out of the risk
+    set, so short stays do not read as "never tested". An hour with fewer than ``MIN_AT_RISK`` stays
+    at risk takes the previous hour's hazard."""
+    first = np.zeros((2, hours))  # events, at risk
+    gap = np.zeros((2, hours))
+    for at, last in stays:
+        end = min(last, hours)
+        stop = at[0] if at else end
+        first[1, :stop] += 1
+        if at:
+            first[0, at[0] - 1] += 1
+        for e, nxt in zip(at, [*at[1:], None]):
+            reach = (nxt if nxt is not None else end) - e
+            gap[1, : max(reach, 0)] += 1
+            if nxt is not None:
+                gap[0, nxt - e - 1] += 1
+    return {"first_hazard": _ratio(first), "gap_hazard": _ratio(gap)}
 
 
-def frailty_shape(counts: np.ndarray) -> float:
-    """Shape k of a gamma(k, 1/k) multiplier on a Poisson rate that gives ``counts`` their share of
-    zeros: P(0) = (1 + mean / k) ** -k, solved by bisection on log k. 50 = as good as no frailty.
-    Stays shorter than the fitted hours add zeros of their own, so k comes out somewhat small (more
-    heterogeneity than real), and each event type's frailty is drawn on its own (a patient's blood
-    gases and panels are not made to go together)."""
-    mean, zeros = float(np.mean(counts)), float(np.mean(counts == 0))
-    if mean <= 0 or zeros <= math.exp(-mean):
+def frailty_for_counts(fitted: dict, stays: list[tuple[list[int], int]], hours: int, n: int = 4000) -> float:
+    """Shape k of the per-patient gamma(k, 1/k) frailty ``f`` (an hour's chance ``1 - (1 - p) ** f``)
+    whose simulated counts over ``hours`` spread like real stays' that lasted them (variance to mean):
+    the hazards alone give every patient the average habit, while a real unit has patients on hourly
+    fingersticks and others never tested. Searched on a grid, seeded (the same fit every time)."""
+    real = np.array([len(at) for at, last in stays if last >= hours], float)
+    if len(real) < MIN_AT_RISK or real.mean() <= 0:
         return 50.0
-    lo, hi = math.log(1e-3), math.log(50.0)
-    for _ in range(60):
-        k = math.exp((lo + hi) / 2)
-        if (1 + mean / k) ** -k > zeros:  # too many zeros: P(0) falls as k grows
-            lo = math.log(k)
-        else:
-            hi = math.log(k)
-    return round(math.exp((lo + hi) / 2), 4)
+    target = real.var() / real.mean()
+    rng = np.random.default_rng(0)
+    u = rng.random((hours, n))
+    best, best_k = np.inf, 50.0
+    for k in np.exp(np.linspace(np.log(0.1), np.log(50.0), 25)):
+        counts = _simulated_counts(fitted, rng.gamma(k, 1.0 / k, n), u)
+        gap = abs(np.log(max(counts.var() / max(counts.mean(), 1e-9), 1e-9) / max(target, 1e-9)))
+        if gap < best:
+            best, best_k = gap, float(k)
+    return round(best_k, 4)
+
+
+def _simulated_counts(fitted: dict, frailty: np.ndarray, u: np.ndarray) -> np.ndarray:
+    first, gap = np.asarray(fitted["first_hazard"]), np.asarray(fitted["gap_hazard"])
+    counts = np.zeros(len(frailty))
+    last = np.zeros(len(frailty), int)
+    for h in range(1, len(u) + 1):
+        p = np.where(last == 0, first[min(h, len(first)) - 1], gap[np.minimum(h - last, len(gap)) - 1])
+        hit = u[h - 1] < 1.0 - (1.0 - p) ** frailty
+        counts += hit
+        last = np.where(hit, h, last)
+    return counts
+
+
+def _ratio(counts: np.ndarray) -> list[float]:
+    out, previous = [], 0.0
+    for events, at_risk in counts.T:
+        previous = float(events / at_risk) if at_risk >= MIN_AT_RISK else previous
+        out.append(round(previous, 5))
+    return out
 
 
 def _nearest_correlation(c: np.ndarray) -> np.ndarray:
@@ -207,31 +238,36 @@ def vary(fitted: dict, analyte: str, value: float, rng: np.random.Generator) -> 
 def draw_orders(
     fitted: dict, severity, duration_s: float, rng: np.random.Generator, own_analytes: tuple[str, ...] = ("pao2",)
 ) -> list[tuple[float, tuple[str, ...]]]:
-    """(collection time s, analytes) of every order within ``duration_s``: per event type a Poisson
-    process at the fitted rate of the hour's bin times the patient's frailty, the sick types' rate
-    raised with ``severity(t)`` (by thinning), its analytes one of the type's fitted sets;
-    ``own_analytes`` (the simulator's, not in the data) join every blood gas."""
+    """(collection time s, analytes) of every order within ``duration_s``: per event type, hour by
+    hour, an event with the fitted hazard (of a first event, or of the next one the hours since the
+    last; past the fitted hours the last fitted value), the sick types' chance raised with
+    ``severity`` (``1 - (1 - p) ** (1 + SICK_GAIN * severity)``), at a uniform second of the hour,
+    its analytes one of the type's fitted sets; ``own_analytes`` (the simulator's, not in the data)
+    join every blood gas. A renewal process: real panels come at rounds (a basic panel every 12-24 h,
+    a fingerstick every 1-6 h), which a Poisson process would cluster."""
     out = []
+    n_hours = int(math.ceil(duration_s / 3600.0))
     for kind in EVENT_TYPES:
         spec = fitted["events"][kind]
+        first, gap = np.asarray(spec["first_hazard"]), np.asarray(spec["gap_hazard"])
+        gain = SICK_GAIN if kind in ("blood_gas", "routine") else 0.0
         shape = float(spec["frailty_shape"])
         frailty = float(rng.gamma(shape, 1.0 / shape))
-        gain = SICK_GAIN if kind in ("blood_gas", "routine") else 0.0
-        per_hour = np.asarray(spec["per_hour"]) * frailty
-        top = float(per_hour.max()) * (1.0 + gain) / 3600.0
-        if top <= 0:
-            continue
-        t = 0.0
-        while True:
-            t += float(rng.exponential(1.0 / top))
+        sets, probs = zip(*spec["sets"])
+        weights = np.asarray(probs) / sum(probs)
+        u = rng.random((n_hours, 3))
+        last = None
+        for h in range(1, n_hours + 1):
+            t = (h - 1 + float(u[h - 1, 1])) * 3600.0
             if t >= duration_s:
                 break
-            b = int(hour_bin(np.array([t // 3600.0 + 1]))[0])
-            rate = 0.0 if b < 0 else per_hour[b] * (1.0 + gain * float(severity(t))) / 3600.0
-            if rng.random() * top >= rate:
+            p = first[min(h, len(first)) - 1] if last is None else gap[min(h - last, len(gap)) - 1]
+            p = 1.0 - (1.0 - p) ** (frailty * (1.0 + gain * float(severity(t))))
+            if u[h - 1, 0] >= p:
                 continue
-            sets, probs = zip(*spec["sets"])
-            analytes = tuple(sets[int(rng.choice(len(sets), p=np.asarray(probs) / sum(probs)))].split())
+            last = h
+            pick = min(int(np.searchsorted(np.cumsum(weights), u[h - 1, 2])), len(sets) - 1)
+            analytes = tuple(sets[pick].split())
             if kind == "blood_gas":
                 analytes += own_analytes
             if analytes:

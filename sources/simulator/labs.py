@@ -160,6 +160,8 @@ def _value(
 ) -> float:
     """One result; ``fitted`` (``icu`` population): the real within-stay spread instead of analytical noise."""
     s = float(p.severity(t_rel))
+    if analyte == "fio2" and fitted is not None:
+        return fio2_setting(base["fio2"] + 0.35 * s * bool(o2_on(p, t_rel)))
     if analyte == "fio2":
         return round(0.28 + 0.35 * s, 2) if bool(o2_on(p, t_rel)) else 0.21
     v = base[analyte] + _shift(p, base, analyte, s)
@@ -175,6 +177,12 @@ def _value(
     else:
         v *= 1.0 + _CV[analyte] * rng.standard_normal()
     return round(max(float(v), _FLOOR[analyte]), _DECIMALS[analyte])
+
+
+def fio2_setting(fraction: float) -> float:
+    """An FiO2 as charted (``icu``): the patient's fitted level, set in steps of 0.05 within 0.21-1.0.
+    Set B charts FiO2 mostly for ventilated patients (median 0.40), never a fixed room air."""
+    return round(float(np.clip(round(fraction / 0.05) * 0.05, 0.21, 1.0)), 2)
 
 
 def _follow_up(p: PatientSpec) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ from scipy.signal import lfilter
 from . import course
 from .monitor_faults import MonitorFaults
 from .patients import PatientSpec
-from .population import CHART_GROUPS, chart_mask
+from .population import CHART_GROUPS, chart_mask, counted_hours
 
 O2_DELAY_S = 300.0
 """Nurses put the patient on oxygen this long after SpO2 would first fall below 92 %."""
@@ -159,10 +159,12 @@ MASK_HOURS_STEP = 64
 
 def _apply_chart_mask(p: PatientSpec, t_rel: np.ndarray, out: dict[str, np.ndarray]) -> None:
     """``icu`` population: NaN where the monitor is off or a group is not reported in that hour
-    (``population.chart_mask``); ``monitor_on`` per second."""
+    (``population.chart_mask``); ``monitor_on`` per second; a respiration rate a nurse counted
+    that hour is even (``population.counted_hours``)."""
     hour = (np.asarray(t_rel) // 3600.0).astype(int)
     n = MASK_HOURS_STEP * (int(hour.max()) // MASK_HOURS_STEP + 1)
     on, reported = chart_mask(p.seed, p.index, n)
+    out["rr"] = np.where(counted_hours(p.seed, p.index, n)[hour], 2.0 * np.round(out["rr"] / 2.0), out["rr"])
     out["monitor_on"] = on[hour]
     out["hr"] = np.where(on[hour], out["hr"], np.nan)
     for g, (_, members) in enumerate(CHART_GROUPS.items()):

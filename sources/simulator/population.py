@@ -53,6 +53,9 @@ MIN_DRIFT_PERIOD_S = 600.0
 STREAM_CHARTING = 7
 """Spawn-key stream of the charting mask (``patients`` uses 0..5 per patient)."""
 DRIFT_GRID_S = 10.0
+MIN_CHARTED_HOURS = 10
+OFF_RATE_PRIOR = (0.0677, 4.0)
+"""(pooled rate, hours): the pseudo-hours a stay's own monitor-off rate is shrunk with (``_off_rate``)."""
 DBP_FROM_SBP = 0.5
 """``physiology``: diastolic pressure moves with half the systolic wander; its own drift is what is left."""
 FAST_NOISE_SD = {"hr": 3.2, "spo2": 0.7, "sbp": 4.3, "dbp": 2.9, "rr": 1.5, "temp": 0.07, "map": 0.0}
@@ -96,13 +99,15 @@ CHART_GROUPS: dict[str, tuple[str, ...]] = {
 
 def chart_mask(seed: int, index: int, hours: int) -> tuple[np.ndarray, np.ndarray]:
     """(monitor on [hours] bool, reported [hours, len(CHART_GROUPS)] bool) of one patient, hour by
-    hour from admission: the monitor's on/off a two-state Markov chain with the fitted hour-to-hour
-    transition probabilities (off = an hour with no vital sign: transport, procedures, gaps in
-    charting); each group reported in an hour the monitor is on with the patient's own probability,
-    drawn from the beta distribution fitted to real stays' shares (some patients' respiration is
-    rarely charted); temperatures at real stays' intervals (``_temperature_hours``). Deterministic
-    in (seed, index), and prefix-stable: a longer horizon extends the mask, never redraws it (each
-    part has its own generator, and hourly draws are made in hour order). Read-only arrays."""
+    hour from admission: the monitor's on/off a two-state Markov chain (off = an hour with no vital
+    sign: transport, procedures, gaps in charting) whose chance of going off is the patient's own,
+    drawn from the quantiles of real stays' (``_off_rate``: most are charted every hour, a few have
+    many gaps), and of staying off the pooled one; each group reported in an hour the monitor is on
+    with the patient's own probability, drawn from the beta distribution fitted to real stays'
+    shares (some patients' respiration is rarely charted); temperatures at real stays' intervals
+    (``_temperature_hours``). Deterministic in (seed, index), and prefix-stable: a longer horizon
+    extends the mask, never redraws it (each part has its own generator, and hourly draws are made
+    in hour order). Read-only arrays."""
     return _chart_mask(seed, index, hours)
 
 
@@ -116,9 +121,10 @@ def _chart_mask(seed: int, index: int, hours: int) -> tuple[np.ndarray, np.ndarr
     groups = stream(0)
     p_group = np.array([groups.beta(*fitted["reported_share_beta"][g]) for g in CHART_GROUPS])
     u = stream(1).random((hours, 1 + len(CHART_GROUPS)))
+    off_after_on = float(np.interp(stream(3).random(), QUANTILE_GRID, fitted["off_after_on_quantiles"]))
     on = np.ones(hours, bool)
     for h in range(1, hours):
-        p_off = fitted["off_after_off"] if not on[h - 1] else fitted["off_after_on"]
+        p_off = fitted["off_after_off"] if not on[h - 1] else off_after_on
         on[h] = u[h, 0] >= p_off
     reported = (u[:, 1:] < p_group) & on[:, None]
     reported[:, list(CHART_GROUPS).index("temp")] = _temperature_hours(fitted["temp"], hours, stream(2)) & on
@@ -215,19 +221,34 @@ def window_share(rho: float, n: int) -> float:
     return float((n + 2.0 * np.sum((n - lags) * rho**lags)) / n**2)
 
 
+def counted_hours(seed: int, index: int, hours: int) -> np.ndarray:
+    """[hours] bool: hours whose charted respiration rate a nurse counted (breaths in 30 s, doubled: an
+    even number), at the fitted share of real charts (set B's rates are even far more often than odd).
+    Deterministic in (seed, index) and prefix-stable, like ``chart_mask``. Read-only."""
+    return _counted_hours(seed, index, hours)
+
+
+@lru_cache(maxsize=4096)
+def _counted_hours(seed: int, index: int, hours: int) -> np.ndarray:
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, STREAM_CHARTING, 4)))
+    out = rng.random(hours) < load()["charting"]["rr_counted_share"]
+    out.setflags(write=False)
+    return out
+
+
 def _temperature_hours(fitted: dict, hours: int, rng: np.random.Generator) -> np.ndarray:
     """[hours] bool: hours a temperature is taken. The first at an hour drawn from real stays' first
-    temperature hour, then intervals drawn from theirs, the previous interval kept with the fitted
-    probability (a patient on a probe is charted hourly, one on a q4h round every four hours)."""
+    temperature hour; then each interval is an hour with the patient's own chance (drawn from the
+    quantiles of real stays' share of hourly intervals: most stays have none, a patient on a probe
+    nearly all), else drawn from real stays' longer intervals (a q4h round)."""
     out = np.zeros(hours, bool)
     h = int(rng.choice(len(fitted["first_hour"]), p=_norm(fitted["first_hour"])))
-    gap = 0
+    hourly = float(np.interp(rng.random(), QUANTILE_GRID, fitted["hourly_share_quantiles"]))
+    longer = _norm(fitted["interval_over_1h"])
     while h < hours:
         if h >= 1:
             out[h - 1] = True  # hour h since admission (1 = the first) is index h - 1
-        if gap == 0 or rng.random() >= fitted["repeat"]:
-            gap = int(rng.choice(len(fitted["interval"]), p=_norm(fitted["interval"])))
-        h += max(gap, 1)
+        h += 1 if rng.random() < hourly else max(int(rng.choice(len(longer), p=longer)), 2)
     return out
 
 
@@ -236,11 +257,11 @@ def _norm(p: list[float]) -> np.ndarray:
     return a / a.sum()
 
 
-def _repeat_probability(equal_share: float, interval: np.ndarray) -> float:
-    """rho such that keeping the previous interval with probability rho, else drawing afresh from
-    ``interval``, gives consecutive intervals equal ``equal_share`` of the time."""
-    by_chance = float(np.sum(interval**2))
-    return round(float(np.clip((equal_share - by_chance) / max(1.0 - by_chance, 1e-6), 0.0, 1.0)), 4)
+def _off_rate(on: np.ndarray) -> float:
+    """A stay's chance of an hour without vitals after one with them, shrunk towards the pooled rate
+    by ``OFF_RATE_PRIOR`` hours' worth (a stay's few transitions alone would overstate the spread)."""
+    a, b = on[:-1], on[1:]
+    return float(((a & ~b).sum() + OFF_RATE_PRIOR[0] * OFF_RATE_PRIOR[1]) / (a.sum() + OFF_RATE_PRIOR[1]))
 
 
 def _beta_moments(x: np.ndarray) -> list[float]:
@@ -274,7 +295,9 @@ def fit(data_dir: str | Path, split: str = "train", limit: int | None = None, pr
     map_offsets: list[float] = []
     transitions = np.zeros((2, 2))
     group_shares: dict[str, list[float]] = {g: [] for g in CHART_GROUPS}
-    temp_first, temp_gaps, temp_repeats = np.zeros(FIT_HOURS + 1), np.zeros(FIT_HOURS + 1), []
+    temp_first, temp_gaps, temp_hourly = np.zeros(FIT_HOURS + 1), np.zeros(FIT_HOURS + 1), []
+    rr_whole = np.zeros(2)  # whole-number respiration rates charted: [even, odd]
+    off_rates: list[float] = []
     for path in paths:
         stay = read_psv(path)
         stays.append(stay)
@@ -296,16 +319,22 @@ def fit(data_dir: str | Path, split: str = "train", limit: int | None = None, pr
         on = np.isfinite(stay.column("HR")[first][charted])
         for a, b in zip(on[:-1], on[1:]):
             transitions[int(a), int(b)] += 1
+        if len(on) >= MIN_CHARTED_HOURS:
+            off_rates.append(_off_rate(on))
         for g, members in CHART_GROUPS.items():
             seen = np.isfinite(stay.column(PSV_COLUMNS[members[0]])[first][charted])[on]
             if len(seen) >= 6:
                 group_shares[g].append(float(seen.mean()))
+        rr = stay.column("Resp")[first]
+        rr = rr[np.isfinite(rr) & (rr == np.round(rr))]
+        rr_whole += [np.sum(rr % 2 == 0), np.sum(rr % 2 == 1)]
         taken = hours[first][np.isfinite(stay.column("Temp")[first])]
         if len(taken):
             temp_first[int(min(taken[0], FIT_HOURS))] += 1
             gaps = np.diff(taken).astype(int)
             np.add.at(temp_gaps, np.minimum(gaps, FIT_HOURS), 1)
-            temp_repeats += list(gaps[1:] == gaps[:-1])
+            if len(gaps) >= 3:
+                temp_hourly.append(float(np.mean(gaps == 1)))
         sbp, dbp, mean_bp = (stay.column(PSV_COLUMNS[v])[first] for v in ("sbp", "dbp", "map"))
         r = mean_bp - (sbp + 2.0 * dbp) / 3.0
         if np.isfinite(r).sum() >= 4:
@@ -327,6 +356,7 @@ def fit(data_dir: str | Path, split: str = "train", limit: int | None = None, pr
             "autocorrelation_1h": round(float(np.corrcoef(p[:, 0], p[:, 1])[0, 1]), 4),
         }
     drift["map"]["between_stay_sd"] = round(float(np.std(map_offsets)), 4)
+    longer_gaps = np.where(np.arange(FIT_HOURS + 1) >= 2, temp_gaps, 0.0)
     return {
         "fitted_on": f"PhysioNet/CinC 2019 training set B, split {split!r}: {len(m)} stays, first {FIT_HOURS} h",
         "refit": "icuwatch simulate --fit-population",
@@ -344,12 +374,15 @@ def fit(data_dir: str | Path, split: str = "train", limit: int | None = None, pr
         "charting": {
             "hours": "from hour 2 (set B charts nothing in a stay's first hour); monitor on = heart rate charted",
             "off_after_on": round(float(transitions[1, 0] / max(transitions[1].sum(), 1)), 4),
+            "off_after_on_quantiles": [round(float(q), 4) for q in np.quantile(off_rates, grid)],
             "off_after_off": round(float(transitions[0, 0] / max(transitions[0].sum(), 1)), 4),
+            "rr_counted_share": round(float(max(0.0, 1.0 - 2.0 * rr_whole[1] / max(rr_whole.sum(), 1))), 4),
             "reported_share_beta": {g: _beta_moments(np.asarray(x)) for g, x in group_shares.items()},
             "temp": {
                 "first_hour": np.round(temp_first / temp_first.sum(), 5).tolist(),
                 "interval": np.round(temp_gaps / temp_gaps.sum(), 5).tolist(),
-                "repeat": _repeat_probability(np.mean(temp_repeats), temp_gaps / temp_gaps.sum()),
+                "interval_over_1h": np.round(longer_gaps / longer_gaps.sum(), 5).tolist(),
+                "hourly_share_quantiles": [round(float(q), 4) for q in np.quantile(temp_hourly, grid)],
             },
         },
         "labs": lab_orders.fit(stays, FULL, FIT_HOURS),
