@@ -189,9 +189,10 @@ def beat_times(
     gen: sim_waves.WaveformGenerator, hr: np.ndarray, until: float, chunk: int = 4096
 ) -> tuple[np.ndarray, np.ndarray]:
     """``gen._extend_beats(0, until, hr)`` solved vectorised: the same recursion
-    ``t += max(60 / hr[int(t)] * (1 + 0.015 z), 0.25)`` on the same jitter draws, by fixed-point
-    iteration chunk by chunk (each pass makes at least one more beat exact). Returns (beat times,
-    their R-R values), initial beats included."""
+    ``t += max(60 / hr[int(t)] * (1 + 0.015 z) * af(t), 0.25)`` on the same jitter draws (``af``: the
+    monitor's atrial fibrillation factor, ``icu``; 1 in sinus rhythm), by fixed-point iteration chunk
+    by chunk (each pass makes at least one more beat exact). Returns (beat times, their R-R values),
+    initial beats included."""
     beats, rrs = [np.asarray(gen.beats, float)], [np.asarray(gen.beat_rr, float)]
     t0 = float(gen.beats[-1])
     last = len(hr) - 1
@@ -199,8 +200,11 @@ def beat_times(
         z = gen.rng.standard_normal(chunk)
         guess = t0 + np.arange(chunk, dtype=float) * 60.0 / hr[min(max(int(t0), 0), last)]
         for _ in range(chunk + 1):
-            idx = np.clip(np.floor(np.concatenate([[t0], guess[:-1]])), 0, last).astype(np.int64)
+            previous = np.concatenate([[t0], guess[:-1]])
+            idx = np.clip(np.floor(previous), 0, last).astype(np.int64)
             rr = 60.0 / hr[idx] * (1.0 + 0.015 * z)
+            if gen.faults is not None:
+                rr = rr * gen.faults.af_factors(previous)
             new = np.cumsum(np.concatenate([[t0], np.maximum(rr, 0.25)]))[1:]
             if np.array_equal(new, guess):
                 break

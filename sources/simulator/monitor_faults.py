@@ -175,12 +175,28 @@ class MonitorFaults:
         if not eps or not eps[-1].start <= t < eps[-1].end:
             return None
         e = eps[-1]
+        return float(self._af_grid(e)[int((t - e.start) / AF_GRID_S)])
+
+    def af_factors(self, t: np.ndarray) -> np.ndarray:
+        """``af_factor`` of every time in ``t`` at once, 1.0 in sinus rhythm (the sim cohort's
+        vectorised beat recursion): the same values, bit for bit."""
+        t = np.asarray(t, dtype=float)
+        out = np.ones(t.shape)
+        if not self.af_prone or not t.size:
+            return out
+        for e in self.processes["af"].until(float(t.max()) + 1e-9):
+            inside = (t >= e.start) & (t < e.end)
+            if inside.any():
+                out[inside] = self._af_grid(e)[((t[inside] - e.start) / AF_GRID_S).astype(np.int64)]
+        return out
+
+    def _af_grid(self, e: Episode) -> np.ndarray:
         if self._af_cache is None or self._af_cache[0] != e.seed:
             rng = np.random.default_rng(e.seed)
             sigma = float(np.sqrt(np.log1p(rng.uniform(*AF_CV) ** 2)))
             z = rng.standard_normal(int(np.ceil((e.end - e.start) / AF_GRID_S)) + 1)
             self._af_cache = (e.seed, sigma, np.exp(sigma * z - 0.5 * sigma**2))
-        return float(self._af_cache[2][int((t - e.start) / AF_GRID_S)])
+        return self._af_cache[2]
 
     def apply(self, signal: str, t: np.ndarray, x: np.ndarray) -> np.ndarray:
         """``x`` (samples of ``signal`` at the sorted times ``t``) with the monitor's faults: baseline

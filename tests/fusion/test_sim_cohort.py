@@ -10,6 +10,7 @@ from icuwatch.fusion.cohorts import sim
 from icuwatch.fusion.cohorts.base import SPLIT_CODES, Cohort
 from icuwatch.sources.physionet import split_of
 from icuwatch.sources.simulator import cxr as cxr_images
+from icuwatch.sources.simulator.monitor_faults import MonitorFaults
 from icuwatch.sources.simulator.patients import STREAM_VITALS, STREAM_WAVES, draw_patients
 from icuwatch.sources.simulator.physiology import VitalsGenerator
 from icuwatch.sources.simulator.simulation import BLOCK_S
@@ -244,3 +245,27 @@ def test_load_or_build_caches(tmp_path):
     np.testing.assert_array_equal(a.inputs["vitals"], b.inputs["vitals"])
     np.testing.assert_array_equal(a.lookups["cxr"], b.lookups["cxr"])
     assert b.meta["reports"] == a.meta["reports"] and b.meta["built_at"] == a.meta["built_at"]
+
+
+def test_beat_times_match_the_waveform_generator_in_atrial_fibrillation():
+    patients = draw_patients(60, 3, 36 * 3600.0, 0.1, (4 * 3600.0, 30 * 3600.0), "sim", population="icu")
+    p, episode = next(
+        (p, e)
+        for p in patients
+        for e in MonitorFaults.for_patient(p).episodes("af", 0.0, 24 * 3600.0)
+        if e.end < 24 * 3600.0
+    )
+    until = episode.end + 600.0
+    hr = sim.stream_vitals(p, int(until) + 1, 36 * 3600)["hr_true"]
+    ref = WaveformGenerator(p, p.rng(STREAM_WAVES))
+    ref._extend_beats(0, until, hr)
+    beats, rr = sim.beat_times(WaveformGenerator(p, p.rng(STREAM_WAVES)), hr, until, chunk=512)
+    np.testing.assert_array_equal(beats, ref.beats)
+    np.testing.assert_array_equal(rr, ref.beat_rr)
+    at, intervals = beats[:-1], rr[1:]  # each R-R interval is drawn at the beat before it
+
+    def successive_cv(keep: np.ndarray) -> float:
+        return float(np.std(np.diff(intervals[keep])) / np.mean(intervals[keep]))
+
+    in_af = (at >= episode.start) & (at < episode.end)
+    assert successive_cv(in_af) > 3 * successive_cv(at < episode.start)  # AF: an irregular rhythm

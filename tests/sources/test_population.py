@@ -181,4 +181,4 @@ def test_fit_reads_real_stays_of_the_train_split_only(monkeypatch):
     for v in population.VITALS:
         q = fitted["baseline"]["quantiles"][v]
         assert len(q) == population.QUANTILES and q == sorted(q)
-    assert 2.0 < fitted["drift"]["map"]["residual_sd"] < 15.0  # measured MAP is not (SBP + 2 DBP) / 3
+    assert 1.0 < fitted["drift"]["map"]["residual_sd"] < 15.0  # measured MAP is not (SBP + 2 DBP) / 3 (rounding: ~0.3)
