@@ -184,7 +184,7 @@ class MonitorFaults:
         out = np.ones(t.shape)
         if not self.af_prone or not t.size:
             return out
-        for e in self.processes["af"].until(float(t.max()) + 1e-9):
+        for e in self.processes["af"].overlapping(float(t.min()), float(t.max()) + 1e-9):
             inside = (t >= e.start) & (t < e.end)
             if inside.any():
                 out[inside] = self._af_grid(e)[((t[inside] - e.start) / AF_GRID_S).astype(np.int64)]
