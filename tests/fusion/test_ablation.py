@@ -24,7 +24,10 @@ def test_the_icu_cohort_marks_uncharted_hours_as_unmeasured(cohort):
     assert not cohort.inputs["vitals"][:, -1, :c][flags == 0].any()  # an unmeasured value is 0, not made up
     temp = sim.VITALS.index("temp")
     assert flags[:, temp].mean() < flags[:, 0].mean() - 0.2
-    assert cohort.meta["population"] == "icu" and cohort.meta["deteriorating_fraction"] == 0.15
+    assert (
+        cohort.meta["population"] == "icu"
+        and cohort.meta["deteriorating_fraction"] == sim.DETERIORATING_FRACTION["icu"] == 0.10
+    )
     assert sim.cache_path(population="icu") != sim.cache_path()
 
 
