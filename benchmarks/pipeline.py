@@ -35,6 +35,7 @@ BENCH_ENV = {
     "ICUWATCH_TRITON_METRICS_PORT": "28002",
     "ICUWATCH_WORKER_WEB_PORT": "26066",
     "ICUWATCH_APP_ID": "icuwatch-bench",
+    "ICUWATCH_WORKER_STAGE_TIMES": "1",
 }
 PREFIX = "bench"
 ONSET_WINDOW_S = (-4 * 3600.0, 3600.0)
@@ -531,6 +532,7 @@ def summarise(
             "scorer": stats.get("scorer", {}),
             "event_to_scored_s": latency([b - a for a, b in scores]),
             "event_to_scored_s_after_warmup": latency([b - a for a, b in scores if a >= warm_from]),
+            "worker_stages_after_warmup": worker_stages(settings, workers, warm_from) if speed == 1.0 else None,
         },
         "alerts": {
             "stored": len(alerts),
@@ -586,6 +588,26 @@ def summarise(
             "gc_pause_total_s": [x.get("gc_pause_total_s") for x in samples],  # cumulative, all workers
         },
     }
+
+
+def worker_stages(settings: Settings, workers: int, warm_from: float) -> dict:
+    """Each score's time inside the workers, by hand-off (``streams/stage_times.py``), for scores whose
+    event time is after warm-up (revisions left out: their event time is old by design)."""
+    from icuwatch.streams import stage_times
+
+    paths = [
+        stage_times.path_for(settings.run_dir, worker_settings(settings, i).worker_web_port) for i in range(workers)
+    ]
+    kept = np.concatenate([stage_times.read(p) for p in paths])
+    kept = kept[kept[:, 0] >= warm_from]
+    out: dict = {
+        "how": "per score, wall times at the worker's hand-offs: the event, the broker's append of the message "
+        "that triggered the score, the ingest agent taking it, the row handed to the batcher, Triton's answer, "
+        "the score handed to the producer"
+    }
+    for name, seconds in stage_times.durations(kept).items():
+        out[name] = percentiles([float(x) for x in seconds[np.isfinite(seconds)]])
+    return out
 
 
 def rss_growth_per_min(samples: list[dict]) -> float | None:

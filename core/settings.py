@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     ack_idle_s: float = 10.0
     """Wall seconds after a patient's last message before its unacknowledged messages are
     checkpointed and acknowledged anyway (``streams/kafka/acks.py``)."""
+    worker_stage_times: bool = False
+    """Keep each score's hand-off times inside the worker (``streams/stage_times.py``), appended to
+    ``run_dir/worker-PORT-stages.f64`` once a second (``icuwatch bench pipeline`` turns it on)."""
     batch_max: int = 256
     batch_wait_s: float = 0.2
     alert_batch_max: int = 500

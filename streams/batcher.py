@@ -14,6 +14,7 @@ import numpy as np
 from icuwatch.core import features, rules, schemas
 from icuwatch.streams.scoring import Outputs, TritonScorer
 from icuwatch.streams.shadow import ShadowScorer
+from icuwatch.streams.stage_times import StageTimes
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ class Due:
     change between submission and scoring, ``icuwatch models promote --shadow``)."""
     shadow: ShadowScorer | None = None
     """The shadow its ``shadow_row`` was built for, likewise."""
+    timing: tuple[float | None, float, float] | None = None
+    """(broker append, taken by the worker, submitted here) wall times for ``StageTimes``; None: not kept."""
 
 
 class ScoreBatcher:
@@ -51,8 +54,11 @@ class ScoreBatcher:
         batch_wait_s: float,
         shadow: ShadowScorer | None = None,
         publish_shadow: Callable[[schemas.Score], Awaitable[None]] | None = None,
+        stage_times: StageTimes | None = None,
     ) -> None:
         self.scorer = scorer
+        self.stage_times = stage_times
+        """Where each score's time went (``streams/stage_times.py``); None: not kept."""
         self.publish = publish
         self.shadow = shadow
         """Scores every batch beside ``scorer``; its scores go to ``publish_shadow``."""
@@ -75,7 +81,11 @@ class ScoreBatcher:
         cohort: dict | None = None,
         published: Callable[[], None] | None = None,
         shadow_row: dict | None = None,
+        taken: tuple[float | None, float] | None = None,
     ) -> None:
+        """``taken``: (broker append, taken by the worker) wall times of the message that triggered the
+        score, kept with the score's own stages when ``stage_times`` is on."""
+        timing = None if taken is None or self.stage_times is None else (*taken, time.time())
         self.pending.append(
             Due(
                 patient_id,
@@ -89,6 +99,7 @@ class ScoreBatcher:
                 shadow_row,
                 self.scorer,
                 self.shadow,
+                timing,
             )  # fmt: skip
         )
         if len(self.pending) >= self.batch_max:
@@ -137,6 +148,8 @@ class ScoreBatcher:
         now = time.time()
         for i, due in enumerate(batch):
             await self.publish(_score(due, out, i, model, version, source, now, explained[i]))
+            if due.timing is not None and self.stage_times is not None and due.trigger != "revision":
+                self.stage_times.record(due.event_time, *due.timing, now, time.time())
 
     def _start_shadow(self, batch: list[Due]) -> None:
         """Queue ``batch`` for the shadow, scored in a task of its own beside the live call (the

@@ -29,7 +29,7 @@ import faust
 import msgspec
 
 from icuwatch.core import schemas, topics
-from icuwatch.streams import alerting, live_row, liveness, memory_profile, patient_state, student_row
+from icuwatch.streams import alerting, live_row, liveness, memory_profile, patient_state, stage_times, student_row
 from icuwatch.streams import ingest as decisions
 from icuwatch.streams.app import (
     alerts_topic,
@@ -165,7 +165,13 @@ def batcher() -> ScoreBatcher:
         if shadow is not None:
             shadow_thresholds[shadow.model_name] = shadow.thresholds
         _batcher = ScoreBatcher(
-            scorer, publish_score, settings.batch_max, settings.batch_wait_s, shadow, publish_shadow_score
+            scorer,
+            publish_score,
+            settings.batch_max,
+            settings.batch_wait_s,
+            shadow,
+            publish_shadow_score,
+            stage_times.StageTimes() if settings.worker_stage_times else None,
         )
     return _batcher
 
@@ -356,6 +362,7 @@ def score_published(key: bytes):
 @app.agent(inputs_topic)
 async def ingest(stream: faust.StreamT) -> None:
     async for event in stream.noack().events():  # type: ignore[attr-defined]
+        taken_at = time.time()
         topic = event.message.topic
         if event.message.timestamp:
             last_record_ts[topic] = float(event.message.timestamp)
@@ -416,6 +423,7 @@ async def ingest(stream: faust.StreamT) -> None:
                 cohort_row(state, t),
                 published=score_published(key),
                 shadow_row=shadow_row(state, t),
+                taken=(event.message.timestamp or None, taken_at),
             )
         elif step.checkpoint:
             checkpoint(key)
@@ -725,6 +733,9 @@ async def write_stats() -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(snapshot))
     tmp.replace(path)
+    kept = batcher().stage_times
+    if kept is not None:
+        kept.flush(stage_times.path_for(settings.run_dir, settings.worker_web_port))
 
 
 if settings.worker_memory_profile_s > 0:
