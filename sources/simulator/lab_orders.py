@@ -48,6 +48,9 @@ FIRST_HOUR = 2
 """Set B records no lab in a stay's first hour (ICULOS 1), so neither does the simulator."""
 SICK_GAIN = 2.0
 MIN_AT_RISK = 30
+HAZARD_HOURS = 72
+"""Hours since admission the order hazards are fitted over (values and sets: ``population.FIT_HOURS``):
+a basic panel's daily round only shows in gaps of up to a day, which a 24-h window cannot hold."""
 SETS_KEPT = 25
 """Per event type, the analyte sets real lab-hours show, the most frequent kept (the rest are rare
 combinations)."""
@@ -68,31 +71,35 @@ def event_type(measured: set[str]) -> str | None:
 
 
 def fit(stays, analytes: tuple[str, ...], hours: int) -> dict:
-    """Ordering rates, inclusion probabilities, baseline quantiles, copula and spread of ``analytes``
-    (simulator names) from ``stays`` (``sources.physionet.Stay``), their first ``hours`` hours."""
+    """Ordering hazards and frailty, analyte sets, baseline quantiles, copula and spread of ``analytes``
+    (simulator names) from ``stays`` (``sources.physionet.Stay``): values and sets from their first
+    ``hours`` hours, the hazards from their first ``HAZARD_HOURS`` (a daily round needs more than a
+    day to be seen)."""
     from scipy.stats import norm, rankdata
 
     column = {a: c for c, a in LAB_COLUMNS.items() if a in analytes}
     present = [a for a in analytes if a in column]
     events: dict = {t: {"sets": {}} for t in EVENT_TYPES}
-    at_hours: dict[str, list[tuple[list[int], int]]] = {t: [] for t in EVENT_TYPES}
+    at_hours: dict[str, list[tuple[list[int], int, int]]] = {t: [] for t in EVENT_TYPES}
     medians = np.full((len(stays), len(present)), np.nan)
     spread: dict[str, list[np.ndarray]] = {a: [] for a in present}
     for k, stay in enumerate(stays):
         h = stay.column("ICULOS") if "ICULOS" in stay.columns else np.arange(1, len(stay.values) + 1)
-        keep = h <= hours
+        keep, watched = h <= hours, h <= HAZARD_HOURS
         x = np.stack([stay.column(column[a])[keep] for a in present], axis=1)
+        measured_at = np.isfinite(np.stack([stay.column(column[a])[watched] for a in present], axis=1))
         stay_hours: dict[str, list[int]] = {t: [] for t in EVENT_TYPES}
-        for row, hour in zip(np.isfinite(x), h[keep]):
+        for row, hour in zip(measured_at, h[watched]):
             measured = {a for a, m in zip(present, row) if m}
             kind = event_type(measured)
             if kind is not None and hour >= FIRST_HOUR:
                 stay_hours[kind].append(int(hour))
-                key = " ".join(sorted(measured))
-                events[kind]["sets"][key] = events[kind]["sets"].get(key, 0) + 1
-        for kind in EVENT_TYPES:
-            if keep.any():
-                at_hours[kind].append((stay_hours[kind], int(h[keep].max())))
+                if hour <= hours:
+                    key = " ".join(sorted(measured))
+                    events[kind]["sets"][key] = events[kind]["sets"].get(key, 0) + 1
+        if watched.any():
+            for kind in EVENT_TYPES:
+                at_hours[kind].append((stay_hours[kind], int(h[watched].min()), int(h[watched].max())))
         for j, a in enumerate(present):
             seen = x[np.isfinite(x[:, j]), j]
             if len(seen):
@@ -112,12 +119,14 @@ def fit(stays, analytes: tuple[str, ...], hours: int) -> dict:
             both = np.isfinite(scores[:, i]) & np.isfinite(scores[:, j])
             if both.sum() >= 30:
                 corr[i, j] = corr[j, i] = np.corrcoef(scores[both, i], scores[both, j])[0, 1]
+    fitted_hazards = {t: hazards(at_hours[t], HAZARD_HOURS) for t in EVENT_TYPES}
     return {
         "analytes": present,
+        "hazard_hours": HAZARD_HOURS,
         "events": {
             t: {
-                **hazards(at_hours[t], hours),
-                "frailty_shape": frailty_for_counts(hazards(at_hours[t], hours), at_hours[t], hours),
+                **fitted_hazards[t],
+                "frailty_shape": frailty_for_counts(fitted_hazards[t], at_hours[t], hours),
                 "sets": _common_sets(e["sets"]),
             }
             for t, e in events.items()
@@ -140,19 +149,20 @@ def _common_sets(counts: dict[str, int], top: int = SETS_KEPT) -> list[list]:
     return [[k, round(n / total, 5)] for k, n in kept]
 
 
-def hazards(stays: list[tuple[list[int], int]], hours: int) -> dict:
+def hazards(stays: list[tuple[list[int], int, int]], hours: int) -> dict:
     """Discrete-time hazards of one event type from real stays (each: the hours since admission with
-    an event, the stay's last hour within ``hours``): ``first_hazard[h - 1]``, the chance of the first
-    event at hour h when none came before; ``gap_hazard[g - 1]``, the chance of the next event g hours
-    after the last when none came between. Censoring (a stay that ends) takes a stay out of the risk
-    set, so short stays do not read as "never tested". An hour with fewer than ``MIN_AT_RISK`` stays
-    at risk takes the previous hour's hazard."""
+    an event, the stay's first and last charted hour within ``hours``): ``first_hazard[h - 1]``, the
+    chance of the first event at hour h when none came before; ``gap_hazard[g - 1]``, the chance of
+    the next event g hours after the last when none came between. A stay is at risk only while it is
+    charted: one that ends leaves the risk set (short stays do not read as "never tested"), one whose
+    chart starts late joins it then. An hour with fewer than ``MIN_AT_RISK`` stays at risk takes the
+    previous hour's hazard."""
     first = np.zeros((2, hours))  # events, at risk
     gap = np.zeros((2, hours))
-    for at, last in stays:
+    for at, start, last in stays:
         end = min(last, hours)
         stop = at[0] if at else end
-        first[1, :stop] += 1
+        first[1, max(start, 1) - 1 : stop] += 1
         if at:
             first[0, at[0] - 1] += 1
         for e, nxt in zip(at, [*at[1:], None]):
@@ -163,12 +173,12 @@ def hazards(stays: list[tuple[list[int], int]], hours: int) -> dict:
     return {"first_hazard": _ratio(first), "gap_hazard": _ratio(gap)}
 
 
-def frailty_for_counts(fitted: dict, stays: list[tuple[list[int], int]], hours: int, n: int = 4000) -> float:
+def frailty_for_counts(fitted: dict, stays: list[tuple[list[int], int, int]], hours: int, n: int = 4000) -> float:
     """Shape k of the per-patient gamma(k, 1/k) frailty ``f`` (an hour's chance ``1 - (1 - p) ** f``)
     whose simulated counts over ``hours`` spread like real stays' that lasted them (variance to mean):
     the hazards alone give every patient the average habit, while a real unit has patients on hourly
     fingersticks and others never tested. Searched on a grid, seeded (the same fit every time)."""
-    real = np.array([len(at) for at, last in stays if last >= hours], float)
+    real = np.array([sum(e <= hours for e in at) for at, start, last in stays if start <= 2 <= hours <= last], float)
     if len(real) < MIN_AT_RISK or real.mean() <= 0:
         return 50.0
     target = real.var() / real.mean()
@@ -240,17 +250,20 @@ def draw_orders(
 ) -> list[tuple[float, tuple[str, ...]]]:
     """(collection time s, analytes) of every order within ``duration_s``: per event type, hour by
     hour, an event with the fitted hazard (of a first event, or of the next one the hours since the
-    last; past the fitted hours the last fitted value), the sick types' chance raised with
-    ``severity`` (``1 - (1 - p) ** (1 + SICK_GAIN * severity)``), at a uniform second of the hour,
-    its analytes one of the type's fitted sets; ``own_analytes`` (the simulator's, not in the data)
-    join every blood gas. A renewal process: real panels come at rounds (a basic panel every 12-24 h,
-    a fingerstick every 1-6 h), which a Poisson process would cluster."""
+    last; past the fitted hours the last fitted value), scaled by the patient's frailty and, for the
+    sick types, raised with ``severity`` (``1 - (1 - p) ** (frailty * (1 + SICK_GAIN * severity))``),
+    at a uniform second of the hour, its analytes one of the type's fitted sets; ``own_analytes``
+    (the simulator's, not in the data) join every blood gas. A renewal process: real panels come at
+    rounds (a basic panel every 12-24 h, a fingerstick every 1-6 h), which a Poisson process would
+    cluster."""
     out = []
     n_hours = int(math.ceil(duration_s / 3600.0))
     for kind in EVENT_TYPES:
         spec = fitted["events"][kind]
         first, gap = np.asarray(spec["first_hazard"]), np.asarray(spec["gap_hazard"])
         gain = SICK_GAIN if kind in ("blood_gas", "routine") else 0.0
+        if not spec["sets"]:  # a type the fitted stays never showed
+            continue
         shape = float(spec["frailty_shape"])
         frailty = float(rng.gamma(shape, 1.0 / shape))
         sets, probs = zip(*spec["sets"])

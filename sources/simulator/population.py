@@ -60,8 +60,10 @@ DRIFT_GRID_S = 10.0
 ROBUST_SD = 1.4826
 """A normal distribution's sd per unit of median absolute deviation."""
 MIN_CHARTED_HOURS = 10
-OFF_RATE_PRIOR = (0.0677, 4.0)
-"""(pooled rate, hours): the pseudo-hours a stay's own monitor-off rate is shrunk with (``_off_rate``)."""
+OFF_RATE_PRIOR_HOURS = 4.0
+"""Pseudo-hours at the pooled rate a stay's own monitor-off rate is shrunk with (``_off_rate``)."""
+RESOLUTION = {"temp": 0.1}
+"""Charted steps (1 elsewhere): residuals are spread over their step before the robust sd (``_robust_sd``)."""
 DBP_FROM_SBP = 0.5
 """``physiology``: diastolic pressure moves with half the systolic wander; its own drift is what is left."""
 FAST_NOISE_SD = {"hr": 3.2, "spo2": 0.7, "sbp": 4.3, "dbp": 2.9, "rr": 1.5, "temp": 0.07, "map": 0.0}
@@ -263,11 +265,19 @@ def _norm(p: list[float]) -> np.ndarray:
     return a / a.sum()
 
 
-def _off_rate(on: np.ndarray) -> float:
-    """A stay's chance of an hour without vitals after one with them, shrunk towards the pooled rate
-    by ``OFF_RATE_PRIOR`` hours' worth (a stay's few transitions alone would overstate the spread)."""
-    a, b = on[:-1], on[1:]
-    return float(((a & ~b).sum() + OFF_RATE_PRIOR[0] * OFF_RATE_PRIOR[1]) / (a.sum() + OFF_RATE_PRIOR[1]))
+def _off_rate(offs: float, ons: float, pooled: float) -> float:
+    """A stay's chance of an hour without vitals after one with them (``offs`` of ``ons``), shrunk
+    towards the ``pooled`` rate by ``OFF_RATE_PRIOR_HOURS`` (a stay's few transitions alone would
+    overstate the spread)."""
+    return float((offs + pooled * OFF_RATE_PRIOR_HOURS) / (ons + OFF_RATE_PRIOR_HOURS))
+
+
+def _robust_sd(residuals: np.ndarray, step: float) -> float:
+    """1.4826 x the median absolute residual, the residuals first spread uniformly over their charted
+    ``step`` (seeded): whole-number charts would otherwise give a median absolute residual of exactly
+    1 or 2, a robust sd quantised to 1.48 or 2.97 (SpO2's is 1.23, respiration's 2.49)."""
+    r = residuals + np.random.default_rng(0).uniform(-step / 2.0, step / 2.0, len(residuals))
+    return float(ROBUST_SD * np.median(np.abs(r - np.median(r))))
 
 
 def _beta_moments(x: np.ndarray) -> list[float]:
@@ -303,7 +313,7 @@ def fit(data_dir: str | Path, split: str = "train", limit: int | None = None, pr
     group_shares: dict[str, list[float]] = {g: [] for g in CHART_GROUPS}
     temp_first, temp_gaps, temp_hourly = np.zeros(FIT_HOURS + 1), np.zeros(FIT_HOURS + 1), []
     rr_whole = np.zeros(2)  # whole-number respiration rates charted: [even, odd]
-    off_rates: list[float] = []
+    stay_transitions: list[tuple[float, float]] = []
     for path in paths:
         stay = read_psv(path)
         stays.append(stay)
@@ -326,7 +336,7 @@ def fit(data_dir: str | Path, split: str = "train", limit: int | None = None, pr
         for a, b in zip(on[:-1], on[1:]):
             transitions[int(a), int(b)] += 1
         if len(on) >= MIN_CHARTED_HOURS:
-            off_rates.append(_off_rate(on))
+            stay_transitions.append((float((on[:-1] & ~on[1:]).sum()), float(on[:-1].sum())))
         for g, members in CHART_GROUPS.items():
             seen = np.isfinite(stay.column(PSV_COLUMNS[members[0]])[first][charted])[on]
             if len(seen) >= 6:
@@ -339,7 +349,7 @@ def fit(data_dir: str | Path, split: str = "train", limit: int | None = None, pr
             temp_first[int(min(taken[0], FIT_HOURS))] += 1
             gaps = np.diff(taken).astype(int)
             np.add.at(temp_gaps, np.minimum(gaps, FIT_HOURS), 1)
-            if len(gaps) >= 3:
+            if len(gaps) >= 2:  # (one interval alone says little of a habit)
                 temp_hourly.append(float(np.mean(gaps == 1)))
         sbp, dbp, mean_bp = (stay.column(PSV_COLUMNS[v])[first] for v in ("sbp", "dbp", "map"))
         r = mean_bp - (sbp + 2.0 * dbp) / 3.0
@@ -358,11 +368,13 @@ def fit(data_dir: str | Path, split: str = "train", limit: int | None = None, pr
         r = np.concatenate(residuals[v])
         p = np.concatenate(pairs[v])
         drift[v] = {
-            "residual_sd": round(float(ROBUST_SD * np.median(np.abs(r - np.median(r)))), 4),
+            "residual_sd": round(_robust_sd(r, RESOLUTION.get(v, 1.0)), 4),
             "autocorrelation_1h": round(float(np.corrcoef(p[:, 0], p[:, 1])[0, 1]), 4),
         }
     drift["map"]["between_stay_sd"] = round(float(np.std(map_offsets)), 4)
     longer_gaps = np.where(np.arange(FIT_HOURS + 1) >= 2, temp_gaps, 0.0)
+    pooled_off = float(transitions[1, 0] / max(transitions[1].sum(), 1))
+    off_rates = [_off_rate(offs, ons, pooled_off) for offs, ons in stay_transitions]
     return {
         "fitted_on": f"PhysioNet/CinC 2019 training set B, split {split!r}: {len(m)} stays, first {FIT_HOURS} h",
         "refit": "icuwatch simulate --fit-population",
@@ -386,7 +398,6 @@ def fit(data_dir: str | Path, split: str = "train", limit: int | None = None, pr
             "reported_share_beta": {g: _beta_moments(np.asarray(x)) for g, x in group_shares.items()},
             "temp": {
                 "first_hour": np.round(temp_first / temp_first.sum(), 5).tolist(),
-                "interval": np.round(temp_gaps / temp_gaps.sum(), 5).tolist(),
                 "interval_over_1h": np.round(longer_gaps / longer_gaps.sum(), 5).tolist(),
                 "hourly_share_quantiles": [round(float(q), 4) for q in np.quantile(temp_hourly, grid)],
             },
