@@ -68,7 +68,8 @@ def read(path: Path) -> np.ndarray:
 
 
 def durations(rows: np.ndarray) -> dict[str, np.ndarray]:
-    """Per stage, its seconds per score: event -> appended -> taken -> submitted -> scored -> published."""
+    """Per stage, its seconds per score: event -> appended -> taken -> submitted -> scored -> published;
+    and appended -> published, what the worker's side owns (its consumer's lag included)."""
     c = {name: rows[:, i] for i, name in enumerate(COLUMNS)}
     return {
         "event_to_appended_s": c["appended"] - c["event_time"],
@@ -76,5 +77,6 @@ def durations(rows: np.ndarray) -> dict[str, np.ndarray]:
         "taken_to_submitted_s": c["submitted"] - c["taken"],
         "submitted_to_scored_s": c["scored"] - c["submitted"],
         "scored_to_published_s": c["published"] - c["scored"],
+        "appended_to_published_s": c["published"] - c["appended"],
         "event_to_published_s": c["published"] - c["event_time"],
     }

@@ -23,6 +23,7 @@ def test_rows_are_appended_once_and_read_back_in_order(tmp_path):
     spent = stage_times.durations(rows)
     np.testing.assert_allclose(spent["submitted_to_scored_s"][[0, 1, 3, 4]], 0.3)
     np.testing.assert_allclose(spent["event_to_published_s"][:5], 1.5)
+    np.testing.assert_allclose(spent["appended_to_published_s"][:5], 1.0)
 
 
 def test_a_ring_not_flushed_in_time_keeps_the_newest_rows(tmp_path):
