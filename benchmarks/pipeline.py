@@ -532,6 +532,7 @@ def summarise(
             "scorer": stats.get("scorer", {}),
             "event_to_scored_s": latency([b - a for a, b in scores]),
             "event_to_scored_s_after_warmup": latency([b - a for a, b in scores if a >= warm_from]),
+            "worker_stages": worker_stages(settings, workers, -np.inf) if speed == 1.0 else None,
             "worker_stages_after_warmup": worker_stages(settings, workers, warm_from) if speed == 1.0 else None,
         },
         "alerts": {
