@@ -165,6 +165,7 @@ def build(pn: Cohort, sim: Cohort) -> Cohort:
                     "version": sim.meta.get("version"),
                     "population": sim.meta.get("population", "stylised"),
                     "population_version": sim.meta.get("population_version", ""),
+                    "simulator_fingerprint": sim.meta.get("simulator_fingerprint"),
                 },
             },
             "first_sim_group": n_pn_groups,
@@ -217,5 +218,6 @@ def load_or_build(
         lambda c: (
             c.meta.get("version") == live_row.COHORT_VERSION
             and c.meta["sources"]["sim"].get("population_version") == sim.POPULATION_VERSION
+            and c.meta["sources"]["sim"].get("simulator_fingerprint") == sim.simulator_fingerprint()
         ),
     )

@@ -49,11 +49,13 @@ Changing a layout, a channel or the simulated world is a model interface change:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -572,6 +574,7 @@ def build(
         "deteriorating_fraction": DETERIORATING_FRACTION[population],
         "population": population,
         "population_version": "" if population == "stylised" else POPULATION_VERSION,
+        "simulator_fingerprint": simulator_fingerprint(),
         "no_waveform_fraction": NO_WAVEFORM_FRACTION,
         "no_report_fraction": NO_REPORT_FRACTION,
         "label_rule": f"y = 1 from onset - {LABEL_LEAD_H:g} h on for deteriorating patients (PhysioNet 2019 rule)",
@@ -641,5 +644,22 @@ def load_or_build(
             c.meta.get("version") == COHORT_VERSION
             and c.meta.get("population", "stylised") == population
             and c.meta.get("population_version", "") == ("" if population == "stylised" else POPULATION_VERSION)
+            and c.meta.get("simulator_fingerprint") == simulator_fingerprint()
         ),
     )
+
+
+@lru_cache(maxsize=1)
+def simulator_fingerprint() -> str:
+    """A hash of what makes the simulated patients and their rows: the simulator's sources, its fitted
+    ``population.json`` and this module. A cached cohort built by other code is rebuilt: the version
+    tags only change when someone remembers to bump them (a cohort built while a version was being
+    made, or a refit ``population.json``, would otherwise be read back)."""
+    from icuwatch.sources import simulator
+
+    folder = Path(simulator.__file__).parent
+    digest = hashlib.sha256()
+    for path in [*sorted(folder.glob("*.py")), folder / "population.json", Path(__file__)]:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]

@@ -85,3 +85,20 @@ def test_the_test_fold_neither_stops_nor_sets_the_threshold(cohort):
     poisoned[test] = np.nan
     _, again = ablation._fit_predict(poisoned, cohort, y, train, test, seed=5)
     assert threshold == again
+
+
+def test_a_cached_cohort_built_by_another_simulator_is_rebuilt(tmp_path, monkeypatch):
+    built, real_build = [], sim.build
+
+    def build(*args, **kwargs):
+        built.append(1)
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(sim, "build", build)
+    first = sim.load_or_build(4, 12, 1, cache_dir=tmp_path, progress=False)
+    assert first.meta["simulator_fingerprint"] == sim.simulator_fingerprint()
+    sim.load_or_build(4, 12, 1, cache_dir=tmp_path, progress=False)
+    assert len(built) == 1  # the cache is read back
+    monkeypatch.setattr(sim, "simulator_fingerprint", lambda: "another simulator")
+    sim.load_or_build(4, 12, 1, cache_dir=tmp_path, progress=False)
+    assert len(built) == 2  # a simulator edit (same version tags) rebuilds
