@@ -485,6 +485,7 @@ def summarise(
     """Samples, scores and alerts after the first minute (at most a fifth of the run), when every
     bed's first score and first minute of waveform windows have gone through."""
     warm_alerts = [a for a in alerts if a["event_time"] >= warm_from]
+    stage_rows = read_worker_stages(settings, workers)
     warm = [s for s in steady if s["at"] >= warm_from]
     rate = None
     if len(warm) >= 2:
@@ -532,8 +533,8 @@ def summarise(
             "scorer": stats.get("scorer", {}),
             "event_to_scored_s": latency([b - a for a, b in scores]),
             "event_to_scored_s_after_warmup": latency([b - a for a, b in scores if a >= warm_from]),
-            "worker_stages": worker_stages(settings, workers, -np.inf) if speed == 1.0 else None,
-            "worker_stages_after_warmup": worker_stages(settings, workers, warm_from) if speed == 1.0 else None,
+            "worker_stages": worker_stages(stage_rows, -np.inf) if speed == 1.0 else None,
+            "worker_stages_after_warmup": worker_stages(stage_rows, warm_from) if speed == 1.0 else None,
         },
         "alerts": {
             "stored": len(alerts),
@@ -591,16 +592,23 @@ def summarise(
     }
 
 
-def worker_stages(settings: Settings, workers: int, warm_from: float) -> dict:
-    """Each score's time inside the workers, by hand-off (``streams/stage_times.py``), for scores whose
-    event time is after warm-up (revisions left out: their event time is old by design)."""
+def read_worker_stages(settings: Settings, workers: int) -> np.ndarray:
+    """Every worker's score rows (``streams/stage_times.py``; revisions are not recorded: their event
+    time is old by design)."""
     from icuwatch.streams import stage_times
 
     paths = [
         stage_times.path_for(settings.run_dir, worker_settings(settings, i).worker_web_port) for i in range(workers)
     ]
-    kept = np.concatenate([stage_times.read(p) for p in paths])
-    kept = kept[kept[:, 0] >= warm_from]
+    return np.concatenate([stage_times.read(p) for p in paths])
+
+
+def worker_stages(rows: np.ndarray, warm_from: float) -> dict:
+    """Each score's time inside the workers, by hand-off, for scores whose event time is ``warm_from``
+    or later."""
+    from icuwatch.streams import stage_times
+
+    kept = rows[rows[:, 0] >= warm_from]
     out: dict = {
         "how": "per score, wall times at the worker's hand-offs: the event, the broker's append of the message "
         "that triggered the score, the ingest agent taking it, the row handed to the batcher, Triton's answer, "

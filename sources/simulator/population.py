@@ -391,7 +391,7 @@ def fit(data_dir: str | Path, split: str = "train", limit: int | None = None, pr
         "drift": drift,
         "charting": {
             "hours": "from hour 2 (set B charts nothing in a stay's first hour); monitor on = heart rate charted",
-            "off_after_on": round(float(transitions[1, 0] / max(transitions[1].sum(), 1)), 4),
+            "off_after_on": round(pooled_off, 4),
             "off_after_on_quantiles": [round(float(q), 4) for q in np.quantile(off_rates, grid)],
             "off_after_off": round(float(transitions[0, 0] / max(transitions[0].sum(), 1)), 4),
             "rr_counted_share": round(float(max(0.0, 1.0 - 2.0 * rr_whole[1] / max(rr_whole.sum(), 1))), 4),
