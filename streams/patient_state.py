@@ -452,11 +452,17 @@ def red_flag(msg: schemas.Vitals) -> bool:
 
 
 def _next_period(last: float, now: float, period_s: float, phase_s: float) -> bool:
-    """Whether ``now`` is at least half a period after ``last`` and in a later period of the
-    patient's own grid (periods shifted by ``phase_s``)."""
-    return now - last >= period_s / 2 and math.floor((now + phase_s) / period_s) > math.floor(
-        (last + phase_s) / period_s
-    )
+    """Whether ``now`` has reached the patient's next time on its own grid (periods shifted by
+    ``phase_s``): the first boundary after ``last``, or, when that is less than half a period after
+    ``last``, half a period after the boundary. Gaps stay between half a period and a period, and
+    patients scored in the same second spread over the second half of the period: the rule this
+    replaced (fire at ``last`` + half a period) put every patient whose boundary fell in the first
+    half, half of a ward scored together, into the same second.
+    """
+    boundary = math.floor((last + phase_s) / period_s) * period_s - phase_s + period_s
+    if boundary - last < period_s / 2:
+        boundary += period_s / 2
+    return now >= boundary
 
 
 def scoring_trigger(state: PatientState, interval_s: float, phase_s: float = 0.0) -> str | None:
@@ -465,8 +471,8 @@ def scoring_trigger(state: PatientState, interval_s: float, phase_s: float = 0.0
     Pending important events whose event time the clock has reached fire first (a red flag at most
     once a minute); otherwise the cadence fires once per ``interval_s`` of event time. Both run on
     the patient's own grid, shifted by ``phase_s`` (the worker derives it from the patient id): a
-    red flag or the cadence fires in a later minute (interval) of that grid than the last score,
-    and at least half a minute (interval) after it. Without the grid a ward admitted together was
+    red flag or the cadence fires at the next minute (interval) of that grid, at least half a
+    minute (interval) after the last score (``_next_period``). Without the grid a ward admitted together was
     rescored all in the same second every minute; a 1,000-bed bench's alerts waited behind those
     bursts. A lab, X-ray or admission that arrives after its time was already scored gives a
     "revision": the latest score is recomputed at the same time with the late data in it.

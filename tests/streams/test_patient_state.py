@@ -204,5 +204,31 @@ def test_rescoring_runs_on_each_patients_own_grid():
         fired[phase] = times
         assert all(b - a >= 30 for a, b in zip([0] + times, times))
         assert 2 <= len(times) <= 3
-    assert fired[0.0][0] == 60 and fired[17.0][0] == 43 and fired[45.0][0] == 30
+    # phase 45: its boundary at 15 s is too close to the last score, so 30 s after that boundary
+    assert fired[0.0][0] == 60 and fired[17.0][0] == 43 and fired[45.0][0] == 45
     assert len({tuple(v) for v in fired.values()}) == 3
+
+
+def test_a_ward_scored_together_is_rescored_spread_over_the_minute():
+    """1,000 patients scored in the same second with red flags pending: their next scores fall on
+    their own grids, spread over the second half-minute (the old rule put every patient whose
+    boundary fell in the first half-minute at exactly +30 s)."""
+    from collections import Counter
+
+    from icuwatch.streams.ingest import phase_s
+
+    base = 1_800_000_000.0
+    first_rescore = Counter()
+    for i in range(1000):
+        phase = phase_s(f"sim{i:04d}".encode(), ps.RED_FLAG_DELAY_S)
+        s = ps.new_state()
+        ps.apply_vitals(s, vitals(base, hr=80))
+        s["last_scored"] = base
+        for k in range(1, 91):
+            ps.apply_vitals(s, vitals(base + k, rr=30))
+            if ps.scoring_trigger(s, 300, phase_s=phase) == "red_flag":
+                first_rescore[k] += 1
+                break
+    assert sum(first_rescore.values()) == 1000
+    assert min(first_rescore) >= 30 and max(first_rescore) <= 60
+    assert max(first_rescore.values()) <= 70  # ~33 a second over the second half-minute; was ~500 at +30 s
