@@ -303,6 +303,8 @@ def run(
     progress: bool = True,
     speed: float = 1.0,
     waveform_payload: int = 2,
+    aligned_monitors: bool = False,
+    producer_linger_ms: int = 10,
     profile_dir: Path | None = None,
 ) -> dict:
     """``minutes`` of wall time; ``speed`` > 1 runs event time that much faster (``beds / speed`` beds
@@ -334,7 +336,7 @@ def run(
             ws = worker_settings(settings, i)
             procs.append(start_worker(ws, settings.log_dir / f"worker-{i}.log", env))
         acks, clock = Acks(), {"t": 0.0, "worst": 0.0}
-        producer = AckingProducer(make_producer(settings), acks, clock)
+        producer = AckingProducer(make_producer(settings, linger_ms=producer_linger_ms), acks, clock)
         sampler = Sampler(stats_paths(settings, workers), acks, [p.pid for p in procs])
         sampler.start()
         duration = minutes * 60.0
@@ -349,6 +351,7 @@ def run(
             patient_prefix=PREFIX,
             waveform_chunk_s=chunk_s,
             waveform_payload=waveform_payload,
+            monitor_phases=not aligned_monitors,
         )
 
         say(f"generating {minutes:g} min of {beds} beds before the clock starts ...")
@@ -418,6 +421,7 @@ def run(
         cpu,
         speed,
     )
+    out["producer_linger_ms"] = producer_linger_ms
     if spy is not None and (profile_dir / "worker-0.raw").exists():
         cpu_us = cpu["workers"] / (out["messages"]["taken_by_worker"] or 1) * 1e6
         out["worker_profile"] = worker_profile.breakdown(profile_dir / "worker-0.raw", cpu_us)
@@ -504,6 +508,7 @@ def summarise(
         "workers": workers,
         "waveform_chunk_s": sim.waveform_chunk_s,
         "waveform_payload": sim.waveform_payload,
+        "monitor_clocks": "each bed at its own phase in the second" if sim.monitor_phases else "aligned on the second",
         "scoring_model": settings.scoring_model or settings.triton_model,
         "machine": _machine(),
         "messages": {

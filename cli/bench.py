@@ -52,6 +52,8 @@ def _bench(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             speed=args.speed,
             waveform_payload=args.waveform_payload,
+            aligned_monitors=args.aligned_monitors,
+            producer_linger_ms=args.producer_linger_ms,
             profile_dir=Path(args.profile) if args.profile else None,
         )
     text = json.dumps(summary) if args.json else json.dumps(summary, indent=2)
@@ -126,6 +128,20 @@ def register(subparsers) -> None:
         help="seconds of ECG/PPG/respiration per waveform message (1: as a monitor streams; 2+: a batching gateway)",
     )
     add_waveform_payload(g)
+    g.add_argument(
+        "--aligned-monitors",
+        action="store_true",
+        help="every bed's monitor sends on the whole second (a burst of all beds' messages each second: "
+        "the worst case for the worker); default: each bed at its own phase within the second, as "
+        "independent monitors do",
+    )
+    g.add_argument(
+        "--producer-linger-ms",
+        type=int,
+        default=10,
+        help="how long the bench's producer (standing for the bedside gateways) lets a record wait for others "
+        "to share its request (default: the product's producer, 10)",
+    )
     g.add_argument(
         "--profile",
         default=None,

@@ -21,7 +21,8 @@ Condition = Literal["sepsis", "hemorrhage", "respiratory_failure", "stable"]
 SepsisSource = Literal["pneumonia", "urinary", "abdominal"]
 
 # Streams drawn from independent generators so that turning one modality off leaves the others
-# byte-identical. New streams go at the end (``population`` uses 7, ``course`` 8).
+# byte-identical. New streams go at the end (``population`` uses 7, ``course`` 8, the monitor's
+# clock phase 9).
 (
     STREAM_SPEC,
     STREAM_VITALS,
@@ -31,6 +32,7 @@ SepsisSource = Literal["pneumonia", "urinary", "abdominal"]
     STREAM_POPULATION,
     STREAM_MONITOR_FAULTS,
 ) = range(7)
+STREAM_MONITOR_CLOCK = 9
 Population = Literal["stylised", "icu"]
 POPULATIONS: tuple[str, ...] = ("stylised", "icu")
 """``stylised``: narrow hand-set baselines, vitals move with severity only; ``icu``: baselines and

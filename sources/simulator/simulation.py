@@ -19,6 +19,7 @@ from .labs import lab_messages
 from .patients import (
     STREAM_CXR,
     STREAM_LABS,
+    STREAM_MONITOR_CLOCK,
     STREAM_VITALS,
     STREAM_WAVES,
     PatientSpec,
@@ -40,6 +41,11 @@ Item = tuple[float, int, int, str, "Message | Callable[[], Message]"]
 _ORDER_ADT, _ORDER_VITALS = 0, 1
 _ORDER_WAVE = {"ecg": 2, "ppg": 3, "resp": 4}
 _ORDER_LAB, _ORDER_CXR = 100, 100_000
+
+
+def monitor_phase_s(p: PatientSpec) -> float:
+    """Where in the second this bed's monitor sends (``Simulation(monitor_phases=True)``)."""
+    return round(float(p.rng(STREAM_MONITOR_CLOCK).random()), 3) % 1.0
 
 
 @dataclass(frozen=True)
@@ -142,6 +148,10 @@ class Simulation:
     gives that earlier onset time). ``waveform_chunk_s`` is the seconds of signal per waveform
     message (1: a bedside monitor's stream; more: a gateway that batches), sent at the chunk's start.
     ``population``: ``patients.POPULATIONS`` (``icu``: baselines and drift fitted to real stays).
+    ``monitor_phases``: each bed's monitor sends its 1-Hz numerics and waveform chunks at its own
+    phase within the second (uniform, per bed, in ms), as independent monitors do; off (the default,
+    which tests and cohorts are built on), every bed sends on the whole second: a burst of every
+    bed's messages each second, the worst case for a consumer.
     """
 
     def __init__(
@@ -159,6 +169,7 @@ class Simulation:
         population: Population = "stylised",
         waveform_payload: int = 1,
         drift: Sequence[Injection] = (),
+        monitor_phases: bool = False,
     ) -> None:
         if seed < 0:
             raise ValueError("seed must be >= 0")
@@ -184,6 +195,7 @@ class Simulation:
         self.population = population
         self.drift = tuple(drift)
         """Faults injected into a unit's feeds (``sources/simulator/drift.py``)."""
+        self.monitor_phases = monitor_phases
 
     @property
     def end_time(self) -> float:
@@ -266,6 +278,7 @@ class Simulation:
         vitals = VitalsGenerator(p, p.rng(STREAM_VITALS))
         waves = WaveformGenerator(p, p.rng(STREAM_WAVES)) if self.waveforms else None
         pid, i, n_sec = p.patient_id, p.index, math.ceil(self.duration_s)
+        t0 = self.start_time + (monitor_phase_s(p) if self.monitor_phases else 0.0)
         chunk_s = self.waveform_chunk_s
         first = 1 + (i * 7919) % BLOCK_S
         for k0 in [0, *range(first, n_sec, BLOCK_S)]:
@@ -283,7 +296,7 @@ class Simulation:
             # all other fields are ours): the per-sample Python validator would triple the cost.
             chunks = waves.block(k0, v["hr_true"], v["rr_true"], v["s"]) if waves else None
             for j in range(len(k)):
-                t = self.start_time + k0 + j
+                t = t0 + k0 + j
                 if monitor_on is not None and not monitor_on[j]:
                     continue  # monitor off: no numerics, no waveforms
                 yield (

@@ -28,14 +28,14 @@ def is_live(headers: Any) -> bool:
     return any((k, v) == LIVE_HEADER for k, v in pairs)
 
 
-def _kafka_producer(settings: Settings) -> KafkaProducer:
+def _kafka_producer(settings: Settings, linger_ms: int = 10) -> KafkaProducer:
     """Durable: waits for the broker's acknowledgement, retries for up to 10 minutes (a stalled
     broker delays messages rather than dropping them), keeps per-key order; idempotent (kafka-python's
     default), so its own retries write no duplicate."""
     return KafkaProducer(
         bootstrap_servers=settings.broker,
         acks="all",
-        linger_ms=10,
+        linger_ms=linger_ms,
         batch_size=512 * 1024,
         delivery_timeout_ms=600_000,
         request_timeout_ms=60_000,
@@ -58,10 +58,11 @@ class ResilientProducer:
     Everything else is the wrapped ``KafkaProducer``'s.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, linger_ms: int = 10) -> None:
         self.settings = settings
+        self.linger_ms = linger_ms
         self.replaced = 0
-        self._producer = _kafka_producer(settings)
+        self._producer = _kafka_producer(settings, linger_ms)
 
     def broken(self) -> bool:
         # kafka-python (pinned 3.0.12) exposes the fatal state only on its transaction manager.
@@ -89,7 +90,7 @@ class ResilientProducer:
         deadline, delay = time.monotonic() + RECREATE_TIMEOUT_S, 0.5
         while True:
             try:
-                self._producer = _kafka_producer(self.settings)
+                self._producer = _kafka_producer(self.settings, self.linger_ms)
                 break
             except Exception as exc:
                 if time.monotonic() > deadline:
@@ -109,8 +110,10 @@ class ResilientProducer:
         return getattr(self._producer, name)
 
 
-def make_producer(settings: Settings) -> ResilientProducer:
-    return ResilientProducer(settings)
+def make_producer(settings: Settings, linger_ms: int = 10) -> ResilientProducer:
+    """``linger_ms``: how long a record may wait for others to share its request (a gateway for many
+    beds sends fewer, larger requests with more)."""
+    return ResilientProducer(settings, linger_ms)
 
 
 class BrokerUnavailable(ConnectionError):

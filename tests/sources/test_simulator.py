@@ -342,3 +342,32 @@ def test_binary_waveform_payload_carries_the_same_chunks():
     assert sum(len(m.to_bytes()) for _, m in v2) < 0.6 * sum(len(m.to_bytes()) for _, m in v1)
     with pytest.raises(ValueError, match="waveform_payload"):
         Simulation(waveform_payload=3, **kw)
+
+
+def test_monitor_phases_shift_each_beds_dense_stream_within_the_second():
+    """``monitor_phases``: each bed sends at its own fraction of the second, the same readings; the
+    default sends every bed on the whole second."""
+    kw = dict(n_patients=20, seed=3, start_time=T0, duration_s=30)
+    aligned, phased = Simulation(**kw), Simulation(monitor_phases=True, **kw)
+    dense = (topics.VITALS, topics.WAVEFORMS)
+
+    def offsets(sim):
+        per_bed = defaultdict(set)
+        for t, topic, m in sim.timed_messages():
+            if topic in dense:
+                assert t == m.event_time
+                per_bed[m.patient_id].add(round((t - T0) % 1.0, 6))
+        return per_bed
+
+    assert all(o == {0.0} for o in offsets(aligned).values())
+    phases = offsets(phased)
+    assert all(len(o) == 1 for o in phases.values())  # one phase per bed, kept
+    assert len({next(iter(o)) for o in phases.values()}) >= 15  # beds spread over the second
+    shifted = [(m.patient_id, m.hr) for topic, m in phased.messages() if topic == topics.VITALS]
+    assert sorted(shifted, key=lambda x: x[0]) == sorted(
+        [(m.patient_id, m.hr) for topic, m in aligned.messages() if topic == topics.VITALS], key=lambda x: x[0]
+    )
+    sparse = [(topic, m.to_bytes()) for topic, m in phased.messages() if topic not in dense]
+    assert sparse == [(topic, m.to_bytes()) for topic, m in aligned.messages() if topic not in dense]
+    times = [t for t, _, _ in phased.timed_messages()]
+    assert times == sorted(times)
