@@ -304,7 +304,7 @@ def run(
     speed: float = 1.0,
     waveform_payload: int = 2,
     aligned_monitors: bool = False,
-    producer_linger_ms: int = 10,
+    producer_linger_ms: int = 50,
     profile_dir: Path | None = None,
 ) -> dict:
     """``minutes`` of wall time; ``speed`` > 1 runs event time that much faster (``beds / speed`` beds

@@ -125,7 +125,9 @@ class Settings(BaseSettings):
     """Keep each score's hand-off times inside the worker (``streams/stage_times.py``), appended to
     ``run_dir/worker-PORT-stages.f64`` once a second (``icuwatch bench pipeline`` turns it on)."""
     batch_max: int = 256
-    batch_wait_s: float = 0.2
+    batch_wait_s: float = 0.01
+    """How long the first row of a scoring batch waits for others (the rows that arrive while a batch
+    is being scored make the next batch: ``streams/batcher.py``)."""
     alert_batch_max: int = 500
     """Scores the alert agent stores in one transaction at most."""
     alert_batch_wait_s: float = 0.05

@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 SHADOW_QUEUE = 4
 """Shadow batches that may wait while the shadow scores one (more go without shadow scores)."""
+RETRY_S = 0.2
+"""Pause before a batch whose scoring or publishing raised is tried again."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,9 @@ class ScoreBatcher:
         self.batch_wait_s = batch_wait_s
         self.pending: list[Due] = []
         self._wake = asyncio.Event()
+        """Set by every submit: a batch is to be made."""
+        self._full = asyncio.Event()
+        """Set once ``batch_max`` rows wait: no reason to linger."""
 
     def submit(
         self,
@@ -102,16 +107,27 @@ class ScoreBatcher:
                 timing,
             )  # fmt: skip
         )
+        self._wake.set()
         if len(self.pending) >= self.batch_max:
-            self._wake.set()
+            self._full.set()
 
     async def run(self) -> None:
+        """Batches form on their own: the first row waits at most ``batch_wait_s`` for others, and
+        the rows submitted while a batch is being scored make the next one, sent as soon as that
+        call returns. A row waits for one Triton call at most, however busy the ward; the old
+        fixed tick (every ``batch_wait_s``, 0.2 s) kept each row ~0.1 s on average for batches of
+        a few rows at 1,000 beds."""
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.batch_wait_s)
-            except asyncio.TimeoutError:
-                pass
+            await self._wake.wait()
             self._wake.clear()
+            if not self.pending:
+                continue
+            if len(self.pending) < self.batch_max and self.batch_wait_s > 0:
+                self._full.clear()
+                try:
+                    await asyncio.wait_for(self._full.wait(), timeout=self.batch_wait_s)
+                except asyncio.TimeoutError:
+                    pass
             while self.pending:
                 batch, self.pending = self.pending[: self.batch_max], self.pending[self.batch_max :]
                 try:
@@ -119,7 +135,7 @@ class ScoreBatcher:
                 except Exception:
                     log.exception("scoring a batch of %d failed; retrying it", len(batch))
                     self.pending[:0] = batch
-                    await asyncio.sleep(self.batch_wait_s)
+                    await asyncio.sleep(RETRY_S)
 
     async def flush(self, batch: list[Due]) -> None:
         """Score and publish ``batch``, then call each due's ``published``. Dues submitted before
