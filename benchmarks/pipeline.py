@@ -508,7 +508,9 @@ def summarise(
         "workers": workers,
         "waveform_chunk_s": sim.waveform_chunk_s,
         "waveform_payload": sim.waveform_payload,
-        "monitor_clocks": "each bed at its own phase in the second" if sim.monitor_phases else "aligned on the second",
+        "monitor_clocks": (
+            "each bed at its own phase in the second" if sim.monitor_phases else "every bed at the same phase"
+        ),
         "scoring_model": settings.scoring_model or settings.triton_model,
         "machine": _machine(),
         "messages": {

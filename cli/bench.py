@@ -8,7 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-from icuwatch.cli.options import add_waveform_payload
+from icuwatch.cli.options import add_waveform_payload, non_negative_int
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -131,13 +131,13 @@ def register(subparsers) -> None:
     g.add_argument(
         "--aligned-monitors",
         action="store_true",
-        help="every bed's monitor sends on the whole second (a burst of all beds' messages each second: "
+        help="every bed's monitor sends at the same phase in the second (a burst of all beds' messages each second: "
         "the worst case for the worker); default: each bed at its own phase within the second, as "
         "independent monitors do",
     )
     g.add_argument(
         "--producer-linger-ms",
-        type=int,
+        type=non_negative_int,
         default=50,
         help="how long the bench's producer, standing for the bedside gateways, lets a record wait for others to "
         "share its request (default 50; the product's own producer uses 10). With every monitor at its own "

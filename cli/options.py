@@ -24,6 +24,14 @@ def add_waveform_payload(p: argparse.ArgumentParser | argparse._ArgumentGroup) -
     )
 
 
+def non_negative_int(text: str) -> int:
+    """An argparse ``type``: a whole number >= 0 (argparse turns the ValueError into one clear line)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {value}")
+    return value
+
+
 def parse_span(text: str, option: str) -> timedelta:
     """A length of time as ``90m``, ``12h`` or ``7d``."""
     span = SPAN.match(text.strip())

@@ -112,11 +112,10 @@ class ScoreBatcher:
             self._full.set()
 
     async def run(self) -> None:
-        """Batches form on their own: the first row waits at most ``batch_wait_s`` for others, and
-        the rows submitted while a batch is being scored make the next one, sent as soon as that
-        call returns. A row waits for one Triton call at most, however busy the ward; the old
-        fixed tick (every ``batch_wait_s``, 0.2 s) kept each row ~0.1 s on average for batches of
-        a few rows at 1,000 beds."""
+        """Batches form on their own: the first row waits at most ``batch_wait_s`` for others (from
+        that row on, not a fixed tick: an idle worker does not wake), and the rows submitted while a
+        batch is being scored make the next one, sent as soon as that call returns. While fewer
+        than ``batch_max`` rows wait, a row waits for the call in flight, if any, then its own."""
         while True:
             await self._wake.wait()
             self._wake.clear()

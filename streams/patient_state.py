@@ -469,12 +469,13 @@ def scoring_trigger(state: PatientState, interval_s: float, phase_s: float = 0.0
     """Why the patient should be scored now (at ``state['now']``), or None.
 
     Pending important events whose event time the clock has reached fire first (a red flag at most
-    once a minute); otherwise the cadence fires once per ``interval_s`` of event time. Both run on
-    the patient's own grid, shifted by ``phase_s`` (the worker derives it from the patient id): a
-    red flag or the cadence fires at the next minute (interval) of that grid, at least half a
-    minute (interval) after the last score (``_next_period``). Without the grid a ward admitted together was
-    rescored all in the same second every minute; a 1,000-bed bench's alerts waited behind those
-    bursts. A lab, X-ray or admission that arrives after its time was already scored gives a
+    once a minute, and kept until then); otherwise the cadence fires once per ``interval_s`` of
+    event time. Both run on the patient's own grid, shifted by ``phase_s`` (the worker derives it
+    from the patient id): the first boundary of that grid at least half a minute (interval) after
+    the last score, or half a minute (interval) after a boundary closer than that
+    (``_next_period``), so a red flag is rescored 30-60 s after the last score. Without the grid a
+    ward admitted together was rescored all in the same second every minute; a 1,000-bed bench's
+    alerts waited behind those bursts. A lab, X-ray or admission that arrives after its time was already scored gives a
     "revision": the latest score is recomputed at the same time with the late data in it.
     """
     now, last = state["now"], state["last_scored"]
@@ -497,4 +498,6 @@ def scoring_trigger(state: PatientState, interval_s: float, phase_s: float = 0.0
         return "red_flag"
     if _next_period(last, now, interval_s, phase_s):
         return "cadence"
+    if "red_flag" in events:  # not its time yet: the earliest waits, so one abnormal reading is rescored
+        state["pending"].append(min(p for p in due if p[1] == "red_flag"))
     return None

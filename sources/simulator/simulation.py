@@ -150,8 +150,8 @@ class Simulation:
     ``population``: ``patients.POPULATIONS`` (``icu``: baselines and drift fitted to real stays).
     ``monitor_phases``: each bed's monitor sends its 1-Hz numerics and waveform chunks at its own
     phase within the second (uniform, per bed, in ms), as independent monitors do; off (the default,
-    which tests and cohorts are built on), every bed sends on the whole second: a burst of every
-    bed's messages each second, the worst case for a consumer.
+    which tests and cohorts are built on), every bed sends at the same phase (``start_time`` + whole
+    seconds): a burst of every bed's messages each second, the worst case for a consumer.
     """
 
     def __init__(
@@ -297,6 +297,8 @@ class Simulation:
             chunks = waves.block(k0, v["hr_true"], v["rr_true"], v["s"]) if waves else None
             for j in range(len(k)):
                 t = t0 + k0 + j
+                if t >= self.end_time:
+                    break  # a phase past the last whole second of a fractional duration
                 if monitor_on is not None and not monitor_on[j]:
                     continue  # monitor off: no numerics, no waveforms
                 yield (

@@ -1,33 +1,44 @@
-"""How ``ScoreBatcher.run`` forms batches: the first row waits at most ``batch_wait_s``, rows that
-arrive while a batch is being scored make the next one, a full batch goes at once."""
+"""How ``ScoreBatcher.run`` forms batches: the first row lingers ``batch_wait_s`` (counted from that
+row, not a fixed tick), rows that arrive while a batch is being scored make the next one, a full
+batch goes at once, a failed batch is tried again. The scorer's call is held open by the test
+(an event), so the batches do not depend on how fast this machine is."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import numpy as np
+import pytest
 
 from icuwatch.core import features as F
 from icuwatch.core import rules, schemas
+from icuwatch.streams import batcher as batcher_module
 from icuwatch.streams.batcher import ScoreBatcher
 
 T0 = 1_764_000_000.0
-CALL_S = 0.05
-"""How long the scorer below takes per call (a Triton round trip)."""
 
 
-class SlowScorer:
-    """Scores with the rules in process after ``CALL_S``; records each call's size and start."""
+class GatedScorer:
+    """Scores with the rules in process once ``gate`` is open; records each call's size and start."""
 
     model_name = "early_warning"
 
-    def __init__(self) -> None:
+    def __init__(self, fail_first: bool = False) -> None:
         self.calls: list[tuple[float, int]] = []
+        self.started = asyncio.Event()
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.fail_first = fail_first
 
     async def score(self, batch, rows=None):
         self.calls.append((time.monotonic(), len(batch)))
-        await asyncio.sleep(CALL_S)
+        self.started.set()
+        await self.gate.wait()
+        if self.fail_first:
+            self.fail_first = False
+            raise ConnectionError("scorer down once")
         return rules.score(batch), "triton"
 
 
@@ -36,63 +47,115 @@ def submit(batcher: ScoreBatcher, i: int) -> None:
     batcher.submit(f"p{i}", T0 + i, x, {"vitals": 1.0, "waveforms": None, "labs": None, "cxr": None}, "cadence")
 
 
-def run_with(batch_max: int, batch_wait_s: float, scenario) -> tuple[SlowScorer, list[tuple[str, float]]]:
-    scorer = SlowScorer()
-    published: list[tuple[str, float]] = []
+async def until(condition, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+def run_with(scorer: GatedScorer, batch_max: int, batch_wait_s: float, scenario) -> list[str]:
+    """Run ``scenario(batcher, published)`` beside ``batcher.run()``; the patient ids published."""
+    published: list[str] = []
 
     async def publish(score: schemas.Score) -> None:
-        published.append((score.patient_id, time.monotonic()))
+        published.append(score.patient_id)
 
     async def main() -> None:
         batcher = ScoreBatcher(scorer, publish, batch_max=batch_max, batch_wait_s=batch_wait_s)
         task = asyncio.create_task(batcher.run())
         try:
-            await scenario(batcher)
+            await scenario(batcher, published)
         finally:
             task.cancel()
 
     asyncio.run(main())
-    return scorer, published
+    return published
 
 
-def test_a_lone_row_is_scored_after_the_linger_not_a_fixed_tick():
-    submitted: dict[str, float] = {}
+def test_the_linger_counts_from_the_first_row_not_a_tick():
+    """Two rows 0.1 s apart after the batcher idled 0.4 s go in one batch with a 0.5-s linger (a
+    0.5-s tick, as the loop before had, would have split them at 0.5 s)."""
+    scorer = GatedScorer()
+    first: dict[str, float] = {}
 
-    async def scenario(batcher):
-        await asyncio.sleep(0.3)  # the batcher idles: nothing is scored, no empty call
-        submitted["p0"] = time.monotonic()
+    async def scenario(batcher, published):
+        await asyncio.sleep(0.4)
+        first["at"] = time.monotonic()
         submit(batcher, 0)
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.1)
+        submit(batcher, 1)
+        await until(lambda: len(published) == 2)
 
-    scorer, published = run_with(256, 0.01, scenario)
-    assert [n for _, n in scorer.calls] == [1]
-    waited = published[0][1] - submitted["p0"]
-    assert CALL_S <= waited < CALL_S + 0.05
+    published = run_with(scorer, 256, 0.5, scenario)
+    assert [n for _, n in scorer.calls] == [2]
+    assert 0.5 <= scorer.calls[0][0] - first["at"] < 2.0
+    assert published == ["p0", "p1"]
 
 
 def test_rows_that_arrive_during_a_call_make_the_next_batch_sent_when_it_returns():
-    async def scenario(batcher):
+    scorer = GatedScorer()
+
+    async def scenario(batcher, published):
+        scorer.gate.clear()
         submit(batcher, 0)
-        await asyncio.sleep(0.02)  # the first call (p0) is in flight
+        await asyncio.wait_for(scorer.started.wait(), 5.0)  # p0's call is in flight, held open
         for i in range(1, 6):
             submit(batcher, i)
-            await asyncio.sleep(0.005)
-        await asyncio.sleep(0.3)
+        opened = time.monotonic()
+        scorer.gate.set()
+        await until(lambda: len(published) == 6)
+        assert scorer.calls[1][0] - opened < 0.25  # right away, not after another 0.5-s linger
 
-    scorer, published = run_with(256, 0.01, scenario)
+    published = run_with(scorer, 256, 0.5, scenario)
     assert [n for _, n in scorer.calls] == [1, 5]
-    (t0, _), (t1, _) = scorer.calls
-    assert t1 - t0 < CALL_S + 0.02  # right after the first call, not after another linger or tick
-    assert [p for p, _ in published] == [f"p{i}" for i in range(6)]
+    assert published == [f"p{i}" for i in range(6)]
 
 
 def test_a_full_batch_goes_without_lingering():
-    async def scenario(batcher):
+    scorer = GatedScorer()
+    began: dict[str, float] = {}
+
+    async def scenario(batcher, published):
+        began["at"] = time.monotonic()
         for i in range(4):
             submit(batcher, i)
-        await asyncio.sleep(0.1)
+        await until(lambda: len(published) == 4)
 
-    started = time.monotonic()
-    scorer, _ = run_with(4, 5.0, scenario)
+    run_with(scorer, 4, 5.0, scenario)
     assert [n for _, n in scorer.calls] == [4]
-    assert scorer.calls[0][0] - started < 0.05  # not the 5-s linger
+    assert scorer.calls[0][0] - began["at"] < 1.0  # not the 5-s linger
+
+
+def test_a_batch_that_fails_is_tried_again_after_the_retry_pause(monkeypatch, caplog):
+    monkeypatch.setattr(batcher_module, "RETRY_S", 0.05)
+    scorer = GatedScorer(fail_first=True)
+
+    async def scenario(batcher, published):
+        submit(batcher, 0)
+        submit(batcher, 1)
+        await until(lambda: len(published) == 2)
+
+    with caplog.at_level(logging.ERROR, logger="icuwatch.streams.batcher"):
+        published = run_with(scorer, 256, 0.01, scenario)
+    assert [n for _, n in scorer.calls] == [2, 2]
+    assert scorer.calls[1][0] - scorer.calls[0][0] >= 0.05
+    assert published == ["p0", "p1"]
+    assert [r.getMessage() for r in caplog.records] == ["scoring a batch of 2 failed; retrying it"]
+
+
+@pytest.mark.parametrize("batch_wait_s", [0.0, 0.01])
+def test_no_row_is_left_behind(batch_wait_s):
+    """Rows submitted in every phase of the loop (idle, lingering, in a call) are all scored once."""
+    scorer = GatedScorer()
+
+    async def scenario(batcher, published):
+        for i in range(50):
+            submit(batcher, i)
+            if i % 7 == 0:
+                await asyncio.sleep(0.003)
+        await until(lambda: len(published) == 50)
+
+    published = run_with(scorer, 8, batch_wait_s, scenario)
+    assert sorted(published, key=lambda p: int(p[1:])) == [f"p{i}" for i in range(50)]
+    assert all(n <= 8 for _, n in scorer.calls)

@@ -261,7 +261,7 @@ def noise(live: bool) -> st.SearchStrategy[tuple]:
 
 def check_scored_at_cadence(stream: Stream, steady_from: float) -> None:
     """Every score is at a current sample's time, and from ``steady_from`` on there is one at least
-    every interval (plus one sample: the cadence fires on the first sample of a later interval)."""
+    every interval (plus one sample: the cadence fires on the first sample at or after its time)."""
     scores = stream.feed.scores
     assert set(scores) <= stream.current, f"scored at a time no current sample had: {scores}"
     assert stream.feed.state["now"] == stream.newest

@@ -220,7 +220,7 @@ def test_a_ward_scored_together_is_rescored_spread_over_the_minute():
     base = 1_800_000_000.0
     first_rescore = Counter()
     for i in range(1000):
-        phase = phase_s(f"sim{i:04d}".encode(), ps.RED_FLAG_DELAY_S)
+        phase = phase_s(f"sim{i:04d}".encode(), 300.0)  # as the worker derives it (ingest.next_step)
         s = ps.new_state()
         ps.apply_vitals(s, vitals(base, hr=80))
         s["last_scored"] = base
@@ -232,3 +232,21 @@ def test_a_ward_scored_together_is_rescored_spread_over_the_minute():
     assert sum(first_rescore.values()) == 1000
     assert min(first_rescore) >= 30 and max(first_rescore) <= 60
     assert max(first_rescore.values()) <= 70  # ~33 a second over the second half-minute; was ~500 at +30 s
+
+
+def test_one_abnormal_reading_is_rescored_when_its_minute_comes():
+    """A red flag that comes before its time on the grid waits for it instead of being dropped."""
+    base = 1_800_000_000.0
+    s = ps.new_state()
+    ps.apply_vitals(s, vitals(base, hr=80))
+    s["last_scored"] = base
+    ps.apply_vitals(s, vitals(base + 5, rr=30))  # the one abnormal reading
+    assert ps.scoring_trigger(s, 300, phase_s=0.0) is None
+    fired = []
+    for k in range(6, 121):
+        ps.apply_vitals(s, vitals(base + k, hr=80, rr=16))
+        reason = ps.scoring_trigger(s, 300, phase_s=0.0)
+        if reason is not None:
+            fired.append((k, reason))
+            s["last_scored"] = base + k
+    assert fired == [(60, "red_flag")]
