@@ -223,8 +223,15 @@ def test_worker_falls_back_to_rules_when_triton_is_down_and_returns(stack, pipel
     after = wait_for(lambda: sources_after(t0 + 901), timeout_s=10)
     assert "triton" in after, f"worker never returned to Triton: {after}; log:\n{log_tail(worker_log)}"
     assert after[-1] == "triton"
-    with factory() as s:
-        all_scores = s.scalars(select(Score).where(Score.patient_id == pid).order_by(Score.event_time)).all()
+
+    def stored():
+        with factory() as s:
+            return s.scalars(select(Score).where(Score.patient_id == pid).order_by(Score.event_time)).all()
+
+    # the loop stops at the first Triton score; the last batch's own score (at most 300 s before its
+    # end) may still be on its way to the database
+    wait_for(lambda: stored()[-1].event_time.timestamp() - t0 >= start - 301, timeout_s=30)
+    all_scores = stored()
     times = sorted(round(sc.event_time.timestamp() - t0) for sc in all_scores)
     # rescored on the patient's own 300-s grid: never more than 300 s between two scores
     gaps = [b - a for a, b in zip(times, times[1:])]
