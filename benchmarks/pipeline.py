@@ -489,7 +489,7 @@ def summarise(
     """Samples, scores and alerts after the first minute (at most a fifth of the run), when every
     bed's first score and first minute of waveform windows have gone through."""
     warm_alerts = [a for a in alerts if a["event_time"] >= warm_from]
-    stage_rows = read_worker_stages(settings, workers)
+    stage_rows = read_worker_stages(settings, workers) if speed == 1.0 else None
     warm = [s for s in steady if s["at"] >= warm_from]
     rate = None
     if len(warm) >= 2:
@@ -540,8 +540,8 @@ def summarise(
             "scorer": stats.get("scorer", {}),
             "event_to_scored_s": latency([b - a for a, b in scores]),
             "event_to_scored_s_after_warmup": latency([b - a for a, b in scores if a >= warm_from]),
-            "worker_stages": worker_stages(stage_rows, -np.inf) if speed == 1.0 else None,
-            "worker_stages_after_warmup": worker_stages(stage_rows, warm_from) if speed == 1.0 else None,
+            "worker_stages": worker_stages(stage_rows, -np.inf) if stage_rows is not None else None,
+            "worker_stages_after_warmup": worker_stages(stage_rows, warm_from) if stage_rows is not None else None,
         },
         "alerts": {
             "stored": len(alerts),

@@ -475,8 +475,9 @@ def scoring_trigger(state: PatientState, interval_s: float, phase_s: float = 0.0
     the last score, or half a minute (interval) after a boundary closer than that
     (``_next_period``), so a red flag is rescored 30-60 s after the last score. Without the grid a
     ward admitted together was rescored all in the same second every minute; a 1,000-bed bench's
-    alerts waited behind those bursts. A lab, X-ray or admission that arrives after its time was already scored gives a
-    "revision": the latest score is recomputed at the same time with the late data in it.
+    alerts waited behind those bursts. A lab, X-ray or admission that arrives after its time was
+    already scored gives a "revision": the latest score is recomputed at the same time with the
+    late data in it.
     """
     now, last = state["now"], state["last_scored"]
     if now is None or discharged(state, now):
