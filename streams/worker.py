@@ -47,6 +47,7 @@ from icuwatch.streams.batch_retry import apply_until_done
 from icuwatch.streams.batcher import ScoreBatcher
 from icuwatch.streams.drift import DriftCounts
 from icuwatch.streams.kafka.acks import PendingAcks
+from icuwatch.streams.kafka.changelog_writes import ChangelogWrites
 from icuwatch.streams.kafka.commit_floor import fetched_in
 from icuwatch.streams.kafka.producer import is_live
 from icuwatch.streams.patient_state import PatientState
@@ -63,6 +64,7 @@ log = logging.getLogger(__name__)
 live_state: dict[bytes, PatientState] = {}
 """Each patient's live state; ``patients`` holds its last checkpoint."""
 pending_acks = PendingAcks(hold_s=WAVEFORM_WINDOW_S)
+changelog_writes = ChangelogWrites(patients)
 
 stats: dict[str, int] = {
     "processed": 0,
@@ -325,21 +327,17 @@ async def dead_letter(event: faust.EventT, reason: str, patient_id: str | None =
     stats["deadlettered"] += 1
 
 
-def _ack(events: list) -> None:
-    for event in events:
-        event.ack()
-
-
 def checkpoint(key: bytes, everything: bool = False) -> bool:
-    """Write the patient's live state to the table and acknowledge the events it covers; not while
-    one of the patient's scores waits to be published (see ``streams/kafka/acks.py``)."""
+    """Write the patient's live state to the table and acknowledge the events it covers once that
+    write is delivered; not while one of the patient's scores waits to be published (see
+    ``streams/kafka/acks.py``)."""
     state = live_state.get(key)
     if state is None or not pending_acks.can_checkpoint(key):
         return False
     patient_state.mark_checkpoint(state, decisions.phase_s(key, patient_state.CHECKPOINT_EVERY_S))
     patients[key] = state
     stats["checkpoints"] += 1
-    _ack(pending_acks.release(key, everything))
+    pending_acks.ack_once_written(pending_acks.release(key, everything), changelog_writes.take(key))
     return True
 
 

@@ -12,7 +12,8 @@ def install_patches(settings: Settings) -> None:
     """``fetch_wait``: the consumer's fetch wait; ``commit_guard``: no offset commit outside a group
     generation; ``commit_floor``: never commit past an unacknowledged message; ``inline_delivery``:
     no tasks per record when a stream's buffer has room; ``rewind_uncommitted``: a seek to the
-    committed offsets also rewinds the stream partitions that have none yet."""
+    committed offsets also rewinds the stream partitions that have none yet; ``true_end_offsets``:
+    table recovery reads each changelog partition to its true end."""
     from icuwatch.core import topics
     from icuwatch.streams.kafka import (
         commit_floor,
@@ -20,6 +21,7 @@ def install_patches(settings: Settings) -> None:
         fetch_wait,
         inline_delivery,
         rewind_uncommitted,
+        true_end_offsets,
     )
 
     fetch_wait.install(settings.consumer_fetch_max_wait_ms)
@@ -27,3 +29,4 @@ def install_patches(settings: Settings) -> None:
     commit_floor.install()
     inline_delivery.install()
     rewind_uncommitted.install(lambda topic: topic in topics.ALL)
+    true_end_offsets.install()

@@ -18,10 +18,14 @@ Pure bookkeeping: the worker passes in whatever it wants acknowledged (Faust eve
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,6 +45,8 @@ class PendingAcks:
         self.patients: dict[bytes, _Patient] = {}
         self.generation = 0
         """Bumped by :meth:`clear`: a score submitted before a rebalance reports to the old books."""
+        self.awaiting_write = 0
+        """Events released by a checkpoint whose changelog write is not delivered yet."""
 
     def add(self, key: bytes, event: Any, waveform_end_t: float | None = None) -> None:
         p = self.patients.setdefault(key, _Patient())
@@ -79,6 +85,26 @@ class PendingAcks:
         p.events = [(e, end_t) for e, end_t in p.events if end_t is not None and end_t > keep_after]
         return released
 
+    def ack_once_written(self, events: list[Any], written: asyncio.Future) -> None:
+        """Acknowledge ``events`` (released by a checkpoint) once ``written``, the checkpoint's
+        changelog write, is delivered; never when the write failed (they are read again after a
+        restart) or after a rebalance (whoever owns them now reads them again)."""
+        if not events:
+            return
+        generation = self.generation
+        self.awaiting_write += len(events)
+
+        def ack(future: asyncio.Future) -> None:
+            self.awaiting_write -= len(events)
+            if future.cancelled() or future.exception() is not None:
+                log.warning("a checkpoint was not delivered to the changelog: its messages stay unacknowledged")
+                return
+            if generation == self.generation:
+                for event in events:
+                    event.ack()
+
+        written.add_done_callback(ack)
+
     def idle(self, after_s: float) -> list[bytes]:
         """Patients with unacknowledged events and nothing new for ``after_s`` wall seconds (a monitor
         that stopped sending must not hold its partition's commits back for ever)."""
@@ -86,7 +112,7 @@ class PendingAcks:
         return [k for k, p in self.patients.items() if p.events and p.last_added <= cutoff]
 
     def unacknowledged(self) -> int:
-        return sum(len(p.events) for p in self.patients.values())
+        return sum(len(p.events) for p in self.patients.values()) + self.awaiting_write
 
     def clear(self) -> None:
         """Partitions were revoked: the events are re-read by whoever owns them next."""

@@ -1,3 +1,5 @@
+import asyncio
+
 from icuwatch.streams.kafka.acks import PendingAcks
 
 
@@ -75,3 +77,46 @@ def test_changelog_partitioner_agrees_with_the_producers():
     for i in range(500):
         key = f"sim-{i:04d}".encode()
         assert AioPartitioner()(key, parts, parts) == (murmur2(key) & 0x7FFFFFFF) % 4
+
+
+class Event:
+    def __init__(self, name: str, acked: list[str]) -> None:
+        self.name, self.acked = name, acked
+
+    def ack(self) -> None:
+        self.acked.append(self.name)
+
+
+def _written_and_events() -> tuple[PendingAcks, asyncio.Future, list[str]]:
+    acks, acked = PendingAcks(hold_s=10.0), []
+    acks.add(b"p", Event("e1", acked))
+    acks.add(b"p", Event("e2", acked))
+    written = asyncio.get_running_loop().create_future()
+    acks.ack_once_written(acks.release(b"p"), written)
+    return acks, written, acked
+
+
+def test_a_checkpoints_events_are_acknowledged_once_its_changelog_write_is_delivered():
+    async def run() -> tuple[list[str], int, list[str], int]:
+        acks, written, acked = _written_and_events()
+        before = (list(acked), acks.unacknowledged())
+        written.set_result("record metadata")
+        await asyncio.sleep(0)
+        return *before, acked, acks.unacknowledged()
+
+    assert asyncio.run(run()) == ([], 2, ["e1", "e2"], 0)
+
+
+def test_a_failed_changelog_write_or_a_rebalance_acknowledges_nothing():
+    async def run(outcome: str) -> tuple[list[str], int]:
+        acks, written, acked = _written_and_events()
+        if outcome == "rebalanced":
+            acks.clear()
+            written.set_result("record metadata")
+        else:
+            written.set_exception(RuntimeError("broker gone"))
+        await asyncio.sleep(0)
+        return acked, acks.unacknowledged()
+
+    assert asyncio.run(run("failed")) == ([], 0)
+    assert asyncio.run(run("rebalanced")) == ([], 0)
