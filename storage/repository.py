@@ -345,6 +345,7 @@ def store_alert(session: Session, alert: schemas.Alert) -> str:
                 at=now,
                 detail={
                     "suppressed_alert_id": alert.alert_id,
+                    "source": alert.source,
                     "risk": alert.risk,
                     "episode_start": _iso(utc(alert.episode_start)),
                     "event_time": _iso(utc(alert.event_time)),

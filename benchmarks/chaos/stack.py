@@ -128,7 +128,9 @@ def drop_database(url: str) -> None:
 
 
 def read_outcome(url: str) -> dict:
-    """Alerts (stored and suppressed ids) and scores of this run, read directly (not via the proxy)."""
+    """Alerts (stored and suppressed ids) and scores of this run, read directly (not via the proxy).
+    Episodes of the fallback rules refused because the model's alert was still open are kept apart
+    (``fallback_refused``): the rules' own opinion during an outage, not a re-raised episode."""
     from sqlalchemy import select
 
     from icuwatch.storage import db
@@ -140,16 +142,20 @@ def read_outcome(url: str) -> dict:
         # so a run and its fault-free reference need not agree on them.
         risk_alerts = select(Alert).where(Alert.kind != "data_liveness")
         alerts = {a.alert_id: (a.patient_id, a.kind) for a in s.scalars(risk_alerts)}
-        suppressed = {
-            (e.detail or {}).get("suppressed_alert_id")
-            for e in s.scalars(select(AlertEvent).where(AlertEvent.action == "suppressed"))
-        }
+        refusals = [e.detail or {} for e in s.scalars(select(AlertEvent).where(AlertEvent.action == "suppressed"))]
+        suppressed = {d.get("suppressed_alert_id") for d in refusals if d.get("source") != "fallback"}
+        fallback_refused = {d.get("suppressed_alert_id") for d in refusals if d.get("source") == "fallback"}
         scores = {
             (sc.patient_id, round(sc.event_time.timestamp())): (sc.news2, sc.qsofa, sc.source, sc.trigger)
             for sc in s.scalars(select(Score))
         }
     engine.dispose()
-    return {"alerts": alerts, "suppressed": sorted(i for i in suppressed if i), "scores": scores}
+    return {
+        "alerts": alerts,
+        "suppressed": sorted(i for i in suppressed if i),
+        "fallback_refused": sorted(i for i in fallback_refused if i),
+        "scores": scores,
+    }
 
 
 def score_count(url: str) -> int:

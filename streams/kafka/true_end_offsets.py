@@ -53,6 +53,9 @@ async def true_end_offsets(consumer: Any, reported: Mapping[Any, int]) -> dict[A
                 for tp in tps:
                     if tp.topic == topic and tp.partition == partition and error_code == 0:
                         ends[tp] = max(ends[tp] or 0, highwater)
+    short = {tp: (reported[tp], end) for tp, end in ends.items() if end != reported[tp]}
+    if short:
+        log.info("end offsets reported short, corrected from fetches: %s", short)
     return ends
 
 

@@ -109,10 +109,11 @@ def test_fault_proxy_makes_postgresql_unreachable_and_back():
         proxy.stop()
 
 
-def outcome(alerts: dict, suppressed=(), scores=None, whole=2) -> dict:
+def outcome(alerts: dict, suppressed=(), scores=None, whole=2, fallback_refused=()) -> dict:
     return {
         "alerts": alerts,
         "suppressed": list(suppressed),
+        "fallback_refused": list(fallback_refused),
         "scores": scores or {},
         "truth": [{"patient_id": "p1", "onset_time": 1.0}, {"patient_id": "p2", "onset_time": None}],
         "states_whole": whole,
@@ -143,6 +144,10 @@ def test_compare_counts_lost_and_duplicated_alerts_per_patient_and_kind():
     )
     assert dup["duplicated"] == 1 and dup["lost"] == 0
     assert dup["deteriorating_alerted"] == "1/1" and dup["stable_alerted"] == 0
+    rules = compare(outcome(dict(ref["alerts"]), fallback_refused=["p1:sepsis:160"]), ref)
+    assert (rules["duplicated"], rules["fallback_episodes_refused"]) == (0, 1), "the rules' opinion, not a re-raise"
+    stored = compare(outcome({**ref["alerts"], "p1:sepsis:160": ("p1", "sepsis")}, fallback_refused=["x"]), ref)
+    assert stored["duplicated"] == 1, "a second alert a nurse saw is a duplicate whatever its source"
 
 
 def test_vital_rows_missing_sums_what_the_hourly_aggregates_lack():

@@ -131,6 +131,7 @@ def test_one_open_episode_per_patient_and_kind(sessions: sessionmaker[Session]) 
         assert [e.detail["suppressed_alert_id"] for e in sup] == [second.alert_id, third.alert_id]
         assert sup[0].actor == "system"
         assert sup[0].detail["event_time"] == ts(T0 + 600).isoformat()
+        assert sup[0].detail["source"] == second.source
         assert lifecycle.alert_events(s, second.alert_id) == []
 
     with sessions.begin() as s:
