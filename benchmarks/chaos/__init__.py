@@ -9,10 +9,11 @@ id is patient, kind and episode start) and any difference is the fault's doing:
 * lost: an alert (patient and kind) of the fault-free run missing from the faulted one;
 * duplicated: more distinct alert ids for a patient and kind than the fault-free run has (stored
   or refused as "suppressed" because one was open: both mean a redelivered stream re-raised an
-  episode under another id). An episode of the fallback rules (scoring while Triton is down) that
-  was refused because the model's alert was still open is not one: no redelivery makes fallback
-  scores, and no nurse saw it. Those are counted apart (``fallback_episodes_refused``); a fallback
-  alert that was *stored* beyond the reference's still counts as duplicated.
+  episode under another id). A refused episode whose 'above' run began on the fallback rules'
+  scores (while Triton was down) is not one: no redelivery makes fallback scores, and no nurse saw
+  it. Those are counted apart (``fallback_episodes_refused``; ``refused_episodes`` lists every
+  refusal with the sources that opened it and began its run); an alert *stored* beyond the
+  reference's still counts as duplicated, whatever its source.
 
 Scores are compared too: a score time of the fault-free run missing after the fault, or one whose
 vital-sign scores (NEWS2, qSOFA) differ, means the patient's window did not come back whole.

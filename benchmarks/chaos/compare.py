@@ -53,6 +53,7 @@ def compare(run: dict, reference: dict) -> dict:
         "lost_alerts": lost,
         "alerts_stored": len(run["alerts"]),
         "fallback_episodes_refused": len(run.get("fallback_refused", ())),
+        "refused_episodes": run.get("refusals", []),
         "patient_states_whole": f"{run['states_whole']}/{run['states_total']}",
         "state_fields_differing": run["state_fields_differing"],
         "vital_rows_missing": run["vital_rows_missing"],

@@ -129,8 +129,9 @@ def drop_database(url: str) -> None:
 
 def read_outcome(url: str) -> dict:
     """Alerts (stored and suppressed ids) and scores of this run, read directly (not via the proxy).
-    Episodes of the fallback rules refused because the model's alert was still open are kept apart
-    (``fallback_refused``): the rules' own opinion during an outage, not a re-raised episode."""
+    Refused episodes whose 'above' run began on a fallback score (the rules, while Triton was down)
+    are kept apart (``fallback_refused``): the rules' opinion during an outage, not a re-raised
+    episode; ``refusals`` describes every refused episode."""
     from sqlalchemy import select
 
     from icuwatch.storage import db
@@ -142,20 +143,33 @@ def read_outcome(url: str) -> dict:
         # so a run and its fault-free reference need not agree on them.
         risk_alerts = select(Alert).where(Alert.kind != "data_liveness")
         alerts = {a.alert_id: (a.patient_id, a.kind) for a in s.scalars(risk_alerts)}
-        refusals = [e.detail or {} for e in s.scalars(select(AlertEvent).where(AlertEvent.action == "suppressed"))]
-        suppressed = {d.get("suppressed_alert_id") for d in refusals if d.get("source") != "fallback"}
-        fallback_refused = {d.get("suppressed_alert_id") for d in refusals if d.get("source") == "fallback"}
         scores = {
             (sc.patient_id, round(sc.event_time.timestamp())): (sc.news2, sc.qsofa, sc.source, sc.trigger)
             for sc in s.scalars(select(Score))
         }
+        refused = [e.detail or {} for e in s.scalars(select(AlertEvent).where(AlertEvent.action == "suppressed"))]
     engine.dispose()
+    refusals = [refusal(d, scores) for d in refused if d.get("suppressed_alert_id")]
     return {
         "alerts": alerts,
-        "suppressed": sorted(i for i in suppressed if i),
-        "fallback_refused": sorted(i for i in fallback_refused if i),
+        "suppressed": sorted(r["alert_id"] for r in refusals if r["run_began_on"] != "fallback"),
+        "fallback_refused": sorted(r["alert_id"] for r in refusals if r["run_began_on"] == "fallback"),
+        "refusals": refusals,
         "scores": scores,
     }
+
+
+def refusal(detail: dict, scores: dict) -> dict:
+    """A refused ('suppressed') episode: its id, the source of the score that opened it, and the
+    source of the score its 'above' run began on (the episode start; None if that score is not
+    stored)."""
+    from datetime import datetime
+
+    alert_id = detail["suppressed_alert_id"]
+    patient_id = alert_id.rsplit(":", 2)[0]
+    start = detail.get("episode_start")
+    began = scores.get((patient_id, round(datetime.fromisoformat(start).timestamp()))) if start else None
+    return {"alert_id": alert_id, "opened_by": detail.get("source"), "run_began_on": began[2] if began else None}
 
 
 def score_count(url: str) -> int:

@@ -163,3 +163,13 @@ def test_vital_rows_missing_sums_what_the_hourly_aggregates_lack():
         "p2": {"hourly": [[0, 5.0, 400.0]]},
     }  # p3: never checkpointed
     assert vital_rows_missing(states, expected) == 7 + 10 + 20
+
+
+def test_a_refused_episode_names_the_source_its_run_began_on():
+    from icuwatch.benchmarks.chaos.stack import refusal
+
+    scores = {("p1", 1000): (3, 1, "fallback", "interval"), ("p1", 1300): (3, 1, "triton", "interval")}
+    detail = {"suppressed_alert_id": "p1:sepsis:1000", "source": "triton", "episode_start": "1970-01-01T00:16:40+00:00"}
+    assert refusal(detail, scores) == {"alert_id": "p1:sepsis:1000", "opened_by": "triton", "run_began_on": "fallback"}
+    later = {**detail, "suppressed_alert_id": "p1:sepsis:1300", "episode_start": "1970-01-01T00:21:40+00:00"}
+    assert refusal(later, scores)["run_began_on"] == "triton"
