@@ -7,13 +7,15 @@ seeded patients at the same event times, so a fault-free pipeline raises the sam
 id is patient, kind and episode start) and any difference is the fault's doing:
 
 * lost: an alert (patient and kind) of the fault-free run missing from the faulted one;
-* duplicated: more distinct alert ids for a patient and kind than the fault-free run has (stored
-  or refused as "suppressed" because one was open: both mean a redelivered stream re-raised an
-  episode under another id). A refused episode whose 'above' run began on the fallback rules'
-  scores (while Triton was down) is not one: no redelivery makes fallback scores, and no nurse saw
-  it. Those are counted apart (``fallback_episodes_refused``; ``refused_episodes`` lists every
-  refusal with the sources that opened it and began its run); an alert *stored* beyond the
-  reference's still counts as duplicated, whatever its source.
+* duplicated: more distinct alert ids for a patient and kind than the fault-free run has: stored,
+  or, in a run where something reached the worker twice (``compare.redelivered``: a re-read record,
+  a score taken more often than published...), also refused as "suppressed" because one was open.
+  A redelivered stream re-raises an episode under another id, and an open alert would hide it from
+  the count of stored ones. In a run where nothing was delivered twice no episode can be re-raised;
+  its refused episodes beyond the reference's are another trajectory of the same patient (the
+  fault changed the scores: the rules scored during a Triton outage) and are reported, not counted
+  (``episodes_beyond_reference_with_refused``; ``refused_episodes`` lists each refusal with the
+  source of the score that opened it and of the one its 'above' run began on).
 
 Scores are compared too: a score time of the fault-free run missing after the fault, or one whose
 vital-sign scores (NEWS2, qSOFA) differ, means the patient's window did not come back whole.

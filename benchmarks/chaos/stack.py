@@ -128,10 +128,8 @@ def drop_database(url: str) -> None:
 
 
 def read_outcome(url: str) -> dict:
-    """Alerts (stored and suppressed ids) and scores of this run, read directly (not via the proxy).
-    Refused episodes whose 'above' run began on a fallback score (the rules, while Triton was down)
-    are kept apart (``fallback_refused``): the rules' opinion during an outage, not a re-raised
-    episode; ``refusals`` describes every refused episode."""
+    """Alerts (stored and suppressed ids) and scores of this run, read directly (not via the proxy);
+    ``refusals`` describes every refused episode (:func:`refusal`)."""
     from sqlalchemy import select
 
     from icuwatch.storage import db
@@ -152,8 +150,7 @@ def read_outcome(url: str) -> dict:
     refusals = [refusal(d, scores) for d in refused if d.get("suppressed_alert_id")]
     return {
         "alerts": alerts,
-        "suppressed": sorted(r["alert_id"] for r in refusals if r["run_began_on"] != "fallback"),
-        "fallback_refused": sorted(r["alert_id"] for r in refusals if r["run_began_on"] == "fallback"),
+        "suppressed": sorted(r["alert_id"] for r in refusals),
         "refusals": refusals,
         "scores": scores,
     }

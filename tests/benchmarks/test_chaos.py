@@ -109,11 +109,10 @@ def test_fault_proxy_makes_postgresql_unreachable_and_back():
         proxy.stop()
 
 
-def outcome(alerts: dict, suppressed=(), scores=None, whole=2, fallback_refused=()) -> dict:
+def outcome(alerts: dict, suppressed=(), scores=None, whole=2, worker=None) -> dict:
     return {
         "alerts": alerts,
         "suppressed": list(suppressed),
-        "fallback_refused": list(fallback_refused),
         "scores": scores or {},
         "truth": [{"patient_id": "p1", "onset_time": 1.0}, {"patient_id": "p2", "onset_time": None}],
         "states_whole": whole,
@@ -122,7 +121,7 @@ def outcome(alerts: dict, suppressed=(), scores=None, whole=2, fallback_refused=
         "vital_rows_missing": 0,
         "produced": 10,
         "settled": True,
-        "worker": {},
+        "worker": worker or {},
         "timeline": [],
         "patient_ids_in_logs": False,
     }
@@ -144,10 +143,15 @@ def test_compare_counts_lost_and_duplicated_alerts_per_patient_and_kind():
     )
     assert dup["duplicated"] == 1 and dup["lost"] == 0
     assert dup["deteriorating_alerted"] == "1/1" and dup["stable_alerted"] == 0
-    rules = compare(outcome(dict(ref["alerts"]), fallback_refused=["p1:sepsis:160"]), ref)
-    assert (rules["duplicated"], rules["fallback_episodes_refused"]) == (0, 1), "the rules' opinion, not a re-raise"
-    stored = compare(outcome({**ref["alerts"], "p1:sepsis:160": ("p1", "sepsis")}, fallback_refused=["x"]), ref)
-    assert stored["duplicated"] == 1, "a second alert a nurse saw is a duplicate whatever its source"
+    once = {"processed": 10, "duplicates": 0, "scores_taken": 5, "scores_published": 5, "alerts_republished": 0}
+    trajectory = compare(outcome(dict(ref["alerts"]), suppressed=["p1:sepsis:160"], worker=once), ref)
+    assert (trajectory["duplicated"], trajectory["episodes_beyond_reference_with_refused"]) == (0, 1)
+    assert not trajectory["redelivered"], "nothing twice: a refused episode is another trajectory, not a re-raise"
+    stored = compare(outcome({**ref["alerts"], "p1:sepsis:160": ("p1", "sepsis")}, worker=once), ref)
+    assert stored["duplicated"] == 1, "a second alert a nurse saw is a duplicate, redelivered or not"
+    for twice in ({"duplicates": 3}, {"processed": 12}, {"scores_taken": 6}, {"alerts_republished": 1}):
+        reread = compare(outcome(dict(ref["alerts"]), suppressed=["p1:sepsis:160"], worker=once | twice), ref)
+        assert reread["redelivered"] and reread["duplicated"] == 1, twice
 
 
 def test_vital_rows_missing_sums_what_the_hourly_aggregates_lack():

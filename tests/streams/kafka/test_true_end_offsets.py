@@ -59,7 +59,8 @@ async def _ends(settings: Settings) -> tuple[dict, dict, dict, dict]:
 
 
 @pytest.mark.timeout(120)
-def test_recovery_reads_to_the_true_end_of_each_changelog_partition(tmp_path):
+def test_recovery_reads_to_the_true_end_of_each_changelog_partition(tmp_path, caplog):
+    caplog.set_level("INFO", logger=true_end_offsets.__name__)
     settings = Settings(broker=f"127.0.0.1:{free_port()}", state_dir=tmp_path)
     broker.start(settings, create_topics=False)
     try:
@@ -72,3 +73,4 @@ def test_recovery_reads_to_the_true_end_of_each_changelog_partition(tmp_path):
     assert reported[p0] < truth[p0], "this Tansu reports the last batch's base offset + 1 (else the patch can go)"
     assert checked == truth
     assert through_faust == truth
+    assert "end offsets reported short" in caplog.text and "(4, 13)" in caplog.text
