@@ -22,6 +22,8 @@ SHADOW_QUEUE = 4
 """Shadow batches that may wait while the shadow scores one (more go without shadow scores)."""
 RETRY_S = 0.2
 """Pause before a batch whose scoring or publishing raised is tried again."""
+GIVE_UP_AFTER = 5
+"""Failures alone after which a row is given up, if other rows were scored meanwhile."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,11 @@ class ScoreBatcher:
         """Set by every submit: a batch is to be made."""
         self._full = asyncio.Event()
         """Set once ``batch_max`` rows wait: no reason to linger."""
+        self.scored_batches = 0
+        self.given_up = 0
+        """Rows given up (:meth:`_gives_up`)."""
+        self._failures: dict[int, tuple[int, int]] = {}
+        """Per failing row (by ``id``): failures alone, ``scored_batches`` at its first failure."""
 
     def submit(
         self,
@@ -131,10 +138,47 @@ class ScoreBatcher:
                 batch, self.pending = self.pending[: self.batch_max], self.pending[self.batch_max :]
                 try:
                     await self.flush(batch)
+                    self.scored_batches += 1
                 except Exception:
-                    log.exception("scoring a batch of %d failed; retrying it", len(batch))
-                    self.pending[:0] = batch
-                    await asyncio.sleep(RETRY_S)
+                    log.exception("scoring a batch of %d failed; retrying its rows alone", len(batch))
+                    failed = await self._each_alone(batch) if len(batch) > 1 else batch
+                    kept = [due for due in failed if not self._gives_up(due)]
+                    if kept:
+                        self.pending[:0] = kept
+                        await asyncio.sleep(RETRY_S)
+
+    async def _each_alone(self, batch: list[Due]) -> list[Due]:
+        """Score each row of a failed batch alone; the rows that fail again."""
+        failed = []
+        for due in batch:
+            try:
+                await self.flush([due])
+                self.scored_batches += 1
+            except Exception:
+                failed.append(due)
+        return failed
+
+    def _gives_up(self, due: Due) -> bool:
+        """Whether a row that failed alone is given up: after ``GIVE_UP_AFTER`` failures, and only if
+        other rows were scored since its first one. Then the failure is the row's own (no single
+        message may stop scoring: the rows behind it wait for its retries), not an outage of the
+        scorer or the broker, which fails every row and during which every row waits. A given-up row
+        is counted, logged without patient data, and reported published, so its patient's messages
+        are acknowledged once checkpointed: the data is kept, that one score is not."""
+        failures, scored_then = self._failures.get(id(due), (0, self.scored_batches))
+        failures += 1
+        if failures < GIVE_UP_AFTER or self.scored_batches == scored_then:
+            self._failures[id(due)] = (failures, scored_then)
+            return False
+        self._failures.pop(id(due), None)
+        self.given_up += 1
+        log.error("a score failed alone %d times while other rows were scored: given up", failures)
+        if due.published is not None:
+            try:
+                due.published()
+            except Exception:
+                log.exception("after-publish callback failed")
+        return True
 
     async def flush(self, batch: list[Due]) -> None:
         """Score and publish ``batch``, then call each due's ``published``. Dues submitted before

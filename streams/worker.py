@@ -721,6 +721,7 @@ async def write_stats() -> None:
         "shadow": shadow_stats(),
         "scores_stored": storage.scores_stored,
         "scores_pending": len(batcher().pending),
+        "scoring_rows_given_up": batcher().given_up,
         "unacknowledged": pending_acks.unacknowledged(),
         "in_recovery": int(app.tables.recovery.in_recovery),  # type: ignore[attr-defined]
         "consumer_lag": consumer_lag(),

@@ -1,6 +1,7 @@
 """How ``ScoreBatcher.run`` forms batches: the first row lingers ``batch_wait_s`` (counted from that
 row, not a fixed tick), rows that arrive while a batch is being scored make the next one, a full
-batch goes at once, a failed batch is tried again. The scorer's call is held open by the test
+batch goes at once, a failed batch is tried again row by row, and a row that keeps failing while
+others score is given up. The scorer's call is held open by the test
 (an event), so the batches do not depend on how fast this machine is."""
 
 from __future__ import annotations
@@ -127,8 +128,7 @@ def test_a_full_batch_goes_without_lingering():
     assert scorer.calls[0][0] - began["at"] < 1.0  # not the 5-s linger
 
 
-def test_a_batch_that_fails_is_tried_again_after_the_retry_pause(monkeypatch, caplog):
-    monkeypatch.setattr(batcher_module, "RETRY_S", 0.05)
+def test_a_batch_that_fails_is_tried_again_row_by_row(caplog):
     scorer = GatedScorer(fail_first=True)
 
     async def scenario(batcher, published):
@@ -138,10 +138,70 @@ def test_a_batch_that_fails_is_tried_again_after_the_retry_pause(monkeypatch, ca
 
     with caplog.at_level(logging.ERROR, logger="icuwatch.streams.batcher"):
         published = run_with(scorer, 256, 0.01, scenario)
-    assert [n for _, n in scorer.calls] == [2, 2]
-    assert scorer.calls[1][0] - scorer.calls[0][0] >= 0.05
+    assert [n for _, n in scorer.calls] == [2, 1, 1]
     assert published == ["p0", "p1"]
-    assert [r.getMessage() for r in caplog.records] == ["scoring a batch of 2 failed; retrying it"]
+    assert [r.getMessage() for r in caplog.records] == ["scoring a batch of 2 failed; retrying its rows alone"]
+
+
+POISON = 999.0
+
+
+class PoisonScorer(GatedScorer):
+    """Raises for any batch holding a row whose first feature is ``POISON``; for every call while
+    ``down`` is set (an outage)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    async def score(self, batch, rows=None):
+        self.calls.append((time.monotonic(), len(batch)))
+        if self.down or (batch[:, 0] == POISON).any():
+            raise ValueError("cannot score this")
+        return rules.score(batch), "triton"
+
+
+def submit_row(batcher: ScoreBatcher, name: str, t: float, value: float, published: list[str]) -> None:
+    x = np.full((1, F.N_FEATURES), np.nan, dtype=np.float32)
+    x[0, 0] = value
+    staleness = {"vitals": 1.0, "waveforms": None, "labs": None, "cxr": None}
+    batcher.submit(name, t, x, staleness, "cadence", published=lambda: published.append(name))
+
+
+def test_a_row_that_fails_alone_while_others_score_is_given_up_and_reported_published(monkeypatch):
+    monkeypatch.setattr(batcher_module, "RETRY_S", 0.01)
+    scorer, acknowledged, held = PoisonScorer(), [], {}
+
+    async def scenario(batcher, published):
+        held["batcher"] = batcher
+        submit_row(batcher, "poison", T0, POISON, acknowledged)
+        for i in range(batcher_module.GIVE_UP_AFTER + 2):
+            submit_row(batcher, f"p{i}", T0 + i, 80.0, acknowledged)
+            await asyncio.sleep(0.03)
+        await until(lambda: "poison" in acknowledged)
+
+    published = run_with(scorer, 256, 0.0, scenario)
+    assert "poison" not in published, "given up, not scored"
+    assert published == [f"p{i}" for i in range(batcher_module.GIVE_UP_AFTER + 2)], "the others all scored, in order"
+    assert held["batcher"].given_up == 1
+    assert sorted(acknowledged) == sorted([*published, "poison"]), "its patient's messages may be acknowledged"
+
+
+def test_an_outage_that_fails_every_row_gives_up_none(monkeypatch):
+    monkeypatch.setattr(batcher_module, "RETRY_S", 0.01)
+    scorer, acknowledged, held = PoisonScorer(), [], {}
+    scorer.down = True
+
+    async def scenario(batcher, published):
+        held["batcher"] = batcher
+        for i in range(3):
+            submit_row(batcher, f"p{i}", T0 + i, 80.0, acknowledged)
+        await until(lambda: len(scorer.calls) > 3 * 4 * batcher_module.GIVE_UP_AFTER)
+        scorer.down = False
+        await until(lambda: len(published) == 3)
+
+    published = run_with(scorer, 256, 0.0, scenario)
+    assert published == ["p0", "p1", "p2"] and held["batcher"].given_up == 0
 
 
 @pytest.mark.parametrize("batch_wait_s", [0.0, 0.01])
