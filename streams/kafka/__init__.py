@@ -13,13 +13,15 @@ def install_patches(settings: Settings) -> None:
     generation; ``commit_floor``: never commit past an unacknowledged message; ``inline_delivery``:
     no tasks per record when a stream's buffer has room; ``rewind_uncommitted``: a seek to the
     committed offsets also rewinds the stream partitions that have none yet; ``true_end_offsets``:
-    table recovery reads each changelog partition to its true end."""
+    table recovery reads each changelog partition to its true end; ``refetch_dropped``: records
+    fetched and not delivered are fetched again."""
     from icuwatch.core import topics
     from icuwatch.streams.kafka import (
         commit_floor,
         commit_guard,
         fetch_wait,
         inline_delivery,
+        refetch_dropped,
         rewind_uncommitted,
         true_end_offsets,
     )
@@ -30,3 +32,4 @@ def install_patches(settings: Settings) -> None:
     inline_delivery.install()
     rewind_uncommitted.install(lambda topic: topic in topics.ALL)
     true_end_offsets.install()
+    refetch_dropped.install()

@@ -1,0 +1,89 @@
+"""``streams/kafka/refetch_dropped.py``: the records of a fetched batch that Faust's ``getmany`` does
+not deliver (the flow suspended or the generation changed part-way, a partition not active) are
+sought back to, so the next fetch reads them; Faust's own getmany leaves the position past them."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+from faust.transport.utils import DefaultSchedulingStrategy
+from faust.types import TP
+
+from icuwatch.streams.kafka import refetch_dropped
+
+LABS_0, LABS_1, VITALS_0 = TP("icu.labs", 0), TP("icu.labs", 1), TP("icu.vitals", 0)
+
+
+class FakeConsumer:
+    """What ``getmany`` reads of Faust's consumer; ``suspend_after`` deliveries suspend the flow."""
+
+    def __init__(self, records: dict, active: set, suspend_after: int | None = None) -> None:
+        self.records, self.active, self.suspend_after = records, active, suspend_after
+        self.flow_active, self.should_stop, self._buffered_partitions = True, False, set()
+        self.app = SimpleNamespace(
+            consumer_generation_id=1, monitor=SimpleNamespace(track_tp_end_offset=lambda *a: None)
+        )
+        self.scheduler = DefaultSchedulingStrategy()
+        self.seeks: list[tuple] = []
+
+    async def _wait_next_records(self, timeout):
+        return self.records, self.active
+
+    def highwater(self, tp):
+        return 0
+
+    def _to_message(self, tp, record):
+        return record
+
+    def assignment(self):
+        return {LABS_0, LABS_1, VITALS_0}
+
+    async def seek(self, tp, offset):
+        self.seeks.append((tp, offset))
+
+
+def batch(offsets) -> list:
+    return [SimpleNamespace(offset=o) for o in offsets]
+
+
+def take(consumer: FakeConsumer) -> list[tuple]:
+    async def run():
+        out = []
+        async for tp, record in refetch_dropped.getmany(consumer, 1.0):
+            out.append((tp, record.offset))
+            if consumer.suspend_after is not None and len(out) == consumer.suspend_after:
+                consumer.flow_active = False
+        return out
+
+    return asyncio.run(run())
+
+
+def test_a_batch_cut_short_by_a_suspended_flow_is_sought_back_to_its_first_undelivered_record():
+    consumer = FakeConsumer({LABS_0: batch(range(7, 22)), VITALS_0: batch(range(100, 103))}, None, suspend_after=3)
+    delivered = take(consumer)
+    assert len(delivered) == 3
+    taken = {tp: [o for t, o in delivered if t == tp] for tp in (LABS_0, VITALS_0)}
+    assert taken[LABS_0] == list(range(7, 7 + len(taken[LABS_0]))), "in order, from the first"
+    expected = {LABS_0: 7 + len(taken[LABS_0]), VITALS_0: 100 + len(taken[VITALS_0])}
+    assert dict(consumer.seeks) == expected, "each partition back to its first undelivered record"
+
+
+def test_records_of_a_partition_not_active_are_sought_back_and_a_whole_batch_needs_no_seek():
+    consumer = FakeConsumer({LABS_0: batch([5, 6]), LABS_1: batch([9])}, {LABS_0})
+    assert take(consumer) == [(LABS_0, 5), (LABS_0, 6)]
+    assert consumer.seeks == [(LABS_1, 9)]
+    whole = FakeConsumer({LABS_0: batch([5, 6])}, {LABS_0})
+    assert take(whole) == [(LABS_0, 5), (LABS_0, 6)] and whole.seeks == []
+
+
+def test_a_partition_no_longer_assigned_is_left_to_the_rebalance():
+    consumer = FakeConsumer({TP("icu.cxr", 3): batch([1, 2])}, set())
+    assert take(consumer) == [] and consumer.seeks == []
+
+
+def test_the_patch_replaces_fausts_getmany_it_was_written_for():
+    from faust.transport.consumer import Consumer
+
+    refetch_dropped.install()
+    assert Consumer.getmany is refetch_dropped.getmany
