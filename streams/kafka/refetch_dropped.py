@@ -10,10 +10,13 @@ no checkpoint holds. Seen in the chaos drill's SIGKILL scenario: the restarted w
 result of a partition while it joined the group, dropped the next fourteen of the same fetch, and
 went on from the fifteenth: three patients' admission labs lost.
 
-Here every partition with records left over when ``getmany`` stops is sought back to the first of
-them (``Consumer.seek``, which also resets Faust's read offset), so the next fetch reads them. A
-partition no longer assigned is left to the rebalance, which seeks its new owner to the committed
-offset.
+Here every partition with records left over when ``getmany`` stops is sought back (``Consumer.seek``,
+which also resets Faust's read offset), so the next fetch reads them: to the first of them, or to
+the partition's committed offset if that is lower (the records between were delivered and are
+re-read as duplicates; the committed offset is also where a rebalance that suspended the flow seeks,
+so the two seeks agree whichever comes last). After a generation change nothing is sought: the
+rebalance seeks every partition to its committed offset, and a seek past it would skip what the
+revoked books held. A partition no longer assigned is left to the rebalance too.
 """
 
 from __future__ import annotations
@@ -58,12 +61,13 @@ async def getmany(self: Consumer, timeout: float) -> AsyncIterator[tuple[Any, An
             delivered[tp] = delivered.get(tp, 0) + 1
             yield tp, self._to_message(tp, record)
     left = undelivered(records, delivered)
-    if left:
+    if left and self.app.consumer_generation_id == generation_id:
         assigned = self.assignment()
         for tp, offset in left.items():
             if tp in assigned:
+                committed = self._committed_offset.get(tp)
                 try:
-                    await self.seek(tp, offset)
+                    await self.seek(tp, offset if committed is None else min(offset, committed))
                 except Exception as exc:  # a rebalance under way: it seeks to the committed offset
                     log.warning("records not delivered were not sought back (%s)", type(exc).__name__)
         log.info("records fetched and not delivered, sought back: %d partitions", len(left))

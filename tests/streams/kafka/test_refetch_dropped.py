@@ -26,6 +26,7 @@ class FakeConsumer:
         )
         self.scheduler = DefaultSchedulingStrategy()
         self.seeks: list[tuple] = []
+        self._committed_offset: dict = {}
 
     async def _wait_next_records(self, timeout):
         return self.records, self.active
@@ -80,6 +81,21 @@ def test_records_of_a_partition_not_active_are_sought_back_and_a_whole_batch_nee
 def test_a_partition_no_longer_assigned_is_left_to_the_rebalance():
     consumer = FakeConsumer({TP("icu.cxr", 3): batch([1, 2])}, set())
     assert take(consumer) == [] and consumer.seeks == []
+
+
+def test_the_seek_never_passes_the_committed_offset_and_a_new_generation_seeks_nothing():
+    consumer = FakeConsumer({LABS_0: batch([5, 6]), LABS_1: batch([9])}, {LABS_0})
+    consumer._committed_offset = {LABS_1: 4}
+    take(consumer)
+    assert consumer.seeks == [(LABS_1, 4)], "back to the committed offset, below the first dropped record"
+    rebalanced = FakeConsumer({LABS_0: batch(range(7, 22))}, None)
+
+    async def run():
+        async for _tp, _record in refetch_dropped.getmany(rebalanced, 1.0):
+            rebalanced.app.consumer_generation_id = 2
+
+    asyncio.run(run())
+    assert rebalanced.seeks == [], "the rebalance seeks to the committed offset; a seek past it would skip"
 
 
 def test_the_patch_replaces_fausts_getmany_it_was_written_for():
