@@ -80,7 +80,8 @@ class ScoreBatcher:
         self.given_up = 0
         """Rows given up (:meth:`_gives_up`)."""
         self._failures: dict[int, tuple[int, int]] = {}
-        """Per failing row (by ``id``): failures alone, ``scored_batches`` at its first failure."""
+        """Per row waiting to be retried (by ``id``; dropped once it scores or is given up): its
+        failures alone that came after another row scored, and ``scored_batches`` at its last one."""
 
     def submit(
         self,
@@ -138,7 +139,7 @@ class ScoreBatcher:
                 batch, self.pending = self.pending[: self.batch_max], self.pending[self.batch_max :]
                 try:
                     await self.flush(batch)
-                    self.scored_batches += 1
+                    self._scored(batch)
                 except Exception:
                     log.exception("scoring a batch of %d failed; retrying its rows alone", len(batch))
                     failed = await self._each_alone(batch) if len(batch) > 1 else batch
@@ -153,22 +154,30 @@ class ScoreBatcher:
         for due in batch:
             try:
                 await self.flush([due])
-                self.scored_batches += 1
+                self._scored([due])
             except Exception:
                 failed.append(due)
         return failed
 
+    def _scored(self, batch: list[Due]) -> None:
+        self.scored_batches += 1
+        for due in batch:
+            self._failures.pop(id(due), None)
+
     def _gives_up(self, due: Due) -> bool:
-        """Whether a row that failed alone is given up: after ``GIVE_UP_AFTER`` failures, and only if
-        other rows were scored since its first one. Then the failure is the row's own (no single
-        message may stop scoring: the rows behind it wait for its retries), not an outage of the
-        scorer or the broker, which fails every row and during which every row waits. A given-up row
-        is counted, logged without patient data, and reported published, so its patient's messages
-        are acknowledged once checkpointed: the data is kept, that one score is not."""
+        """Whether a row that failed alone is given up: once ``GIVE_UP_AFTER`` of its failures each
+        came after another row was scored (since its previous failure). Then the failure is the
+        row's own (no single message may stop scoring: the rows behind it wait for its retries), not
+        an outage of the scorer or the broker, which fails every row and during which every row
+        waits (its failures do not count). A given-up row is counted, logged without patient data,
+        and reported published, so its patient's messages are acknowledged once checkpointed: the
+        data is kept, that one score is not."""
+        first = id(due) not in self._failures
         failures, scored_then = self._failures.get(id(due), (0, self.scored_batches))
-        failures += 1
-        if failures < GIVE_UP_AFTER or self.scored_batches == scored_then:
-            self._failures[id(due)] = (failures, scored_then)
+        if first or self.scored_batches > scored_then:
+            failures += 1
+        if failures < GIVE_UP_AFTER:
+            self._failures[id(due)] = (failures, self.scored_batches)
             return False
         self._failures.pop(id(due), None)
         self.given_up += 1

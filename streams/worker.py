@@ -337,7 +337,7 @@ def checkpoint(key: bytes, everything: bool = False) -> bool:
     patient_state.mark_checkpoint(state, decisions.phase_s(key, patient_state.CHECKPOINT_EVERY_S))
     patients[key] = state
     stats["checkpoints"] += 1
-    pending_acks.ack_once_written(pending_acks.release(key, everything), changelog_writes.take(key))
+    pending_acks.ack_once_written(key, pending_acks.release(key, everything), changelog_writes.take(key))
     return True
 
 

@@ -85,10 +85,11 @@ class PendingAcks:
         p.events = [(e, end_t) for e, end_t in p.events if end_t is not None and end_t > keep_after]
         return released
 
-    def ack_once_written(self, events: list[Any], written: asyncio.Future) -> None:
-        """Acknowledge ``events`` (released by a checkpoint) once ``written``, the checkpoint's
-        changelog write, is delivered; never when the write failed (they are read again after a
-        restart) or after a rebalance (whoever owns them now reads them again)."""
+    def ack_once_written(self, key: bytes, events: list[Any], written: asyncio.Future) -> None:
+        """Acknowledge ``events`` (released by a checkpoint of ``key``) once ``written``, the
+        checkpoint's changelog write, is delivered. Never after a rebalance (whoever owns them now
+        reads them again); when the write failed they go back to the patient's books, to be
+        acknowledged by the next checkpoint that is delivered."""
         if not events:
             return
         generation = self.generation
@@ -96,12 +97,15 @@ class PendingAcks:
 
         def ack(future: asyncio.Future) -> None:
             self.awaiting_write -= len(events)
-            if future.cancelled() or future.exception() is not None:
-                log.warning("a checkpoint was not delivered to the changelog: its messages stay unacknowledged")
+            if generation != self.generation:
                 return
-            if generation == self.generation:
-                for event in events:
-                    event.ack()
+            if future.cancelled() or future.exception() is not None:
+                log.warning("a checkpoint was not delivered to the changelog: its messages wait for the next one")
+                held = self.patients.setdefault(key, _Patient())
+                held.events[:0] = [(event, None) for event in events]
+                return
+            for event in events:
+                event.ack()
 
         written.add_done_callback(ack)
 

@@ -10,13 +10,14 @@ no checkpoint holds. Seen in the chaos drill's SIGKILL scenario: the restarted w
 result of a partition while it joined the group, dropped the next fourteen of the same fetch, and
 went on from the fifteenth: three patients' admission labs lost.
 
-Here every partition with records left over when ``getmany`` stops is sought back (``Consumer.seek``,
-which also resets Faust's read offset), so the next fetch reads them: to the first of them, or to
-the partition's committed offset if that is lower (the records between were delivered and are
-re-read as duplicates; the committed offset is also where a rebalance that suspended the flow seeks,
-so the two seeks agree whichever comes last). After a generation change nothing is sought: the
-rebalance seeks every partition to its committed offset, and a seek past it would skip what the
-revoked books held. A partition no longer assigned is left to the rebalance too.
+Here every partition with records left over when ``getmany`` stops is sought back
+(``Consumer.seek_wait``, on the consumer's thread, which also resets Faust's read offset), so the
+next fetch reads them: to the first of them, or to the partition's committed offset if lower
+(the records between were delivered and are re-read as duplicates; the committed offset is also
+where a rebalance that suspended the flow seeks, so the two seeks agree whichever comes last).
+After a generation change nothing is sought: the rebalance seeks every partition to its committed
+offset, and a seek past it would skip what the revoked books held. A partition no longer assigned
+is left to the rebalance too.
 """
 
 from __future__ import annotations
@@ -63,14 +64,17 @@ async def getmany(self: Consumer, timeout: float) -> AsyncIterator[tuple[Any, An
     left = undelivered(records, delivered)
     if left and self.app.consumer_generation_id == generation_id:
         assigned = self.assignment()
+        targets = {}
         for tp, offset in left.items():
             if tp in assigned:
                 committed = self._committed_offset.get(tp)
-                try:
-                    await self.seek(tp, offset if committed is None else min(offset, committed))
-                except Exception as exc:  # a rebalance under way: it seeks to the committed offset
-                    log.warning("records not delivered were not sought back (%s)", type(exc).__name__)
-        log.info("records fetched and not delivered, sought back: %d partitions", len(left))
+                targets[tp] = offset if committed is None else min(offset, committed)
+        if targets:
+            try:  # seek_wait: on the consumer's own thread, and it resets Faust's read offsets
+                await self.seek_wait(targets)
+            except Exception as exc:  # a rebalance under way: it seeks to the committed offsets
+                log.warning("records not delivered were not sought back (%s)", type(exc).__name__)
+            log.info("records fetched and not delivered, sought back: %d partitions", len(targets))
 
 
 def install() -> None:

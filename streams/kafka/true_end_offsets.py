@@ -63,6 +63,8 @@ def install() -> None:
     from faust.transport.drivers import aiokafka as driver
 
     reported_ends = driver.AIOKafkaConsumerThread._highwaters
+    if hasattr(reported_ends, "_icuwatch_original"):
+        return
 
     async def checked_ends(self, partitions):
         ends = await reported_ends(self, partitions)

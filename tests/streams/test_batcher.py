@@ -202,6 +202,7 @@ def test_an_outage_that_fails_every_row_gives_up_none(monkeypatch):
 
     published = run_with(scorer, 256, 0.0, scenario)
     assert published == ["p0", "p1", "p2"] and held["batcher"].given_up == 0
+    assert held["batcher"]._failures == {}, "a row that scored leaves no count behind for a later row to inherit"
 
 
 @pytest.mark.parametrize("batch_wait_s", [0.0, 0.01])

@@ -92,7 +92,7 @@ def _written_and_events() -> tuple[PendingAcks, asyncio.Future, list[str]]:
     acks.add(b"p", Event("e1", acked))
     acks.add(b"p", Event("e2", acked))
     written = asyncio.get_running_loop().create_future()
-    acks.ack_once_written(acks.release(b"p"), written)
+    acks.ack_once_written(b"p", acks.release(b"p"), written)
     return acks, written, acked
 
 
@@ -107,8 +107,8 @@ def test_a_checkpoints_events_are_acknowledged_once_its_changelog_write_is_deliv
     assert asyncio.run(run()) == ([], 2, ["e1", "e2"], 0)
 
 
-def test_a_failed_changelog_write_or_a_rebalance_acknowledges_nothing():
-    async def run(outcome: str) -> tuple[list[str], int]:
+def test_a_failed_changelog_write_returns_the_events_to_the_books_and_a_rebalance_drops_them():
+    async def run(outcome: str) -> tuple[list[str], int, list[str]]:
         acks, written, acked = _written_and_events()
         if outcome == "rebalanced":
             acks.clear()
@@ -116,7 +116,7 @@ def test_a_failed_changelog_write_or_a_rebalance_acknowledges_nothing():
         else:
             written.set_exception(RuntimeError("broker gone"))
         await asyncio.sleep(0)
-        return acked, acks.unacknowledged()
+        return acked, acks.unacknowledged(), [e.name for e in acks.release(b"p")]
 
-    assert asyncio.run(run("failed")) == ([], 0)
-    assert asyncio.run(run("rebalanced")) == ([], 0)
+    assert asyncio.run(run("failed")) == ([], 2, ["e1", "e2"]), "back in the books, for the next checkpoint"
+    assert asyncio.run(run("rebalanced")) == ([], 0, []), "read again by the partition's next owner"

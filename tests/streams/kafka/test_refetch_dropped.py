@@ -40,8 +40,8 @@ class FakeConsumer:
     def assignment(self):
         return {LABS_0, LABS_1, VITALS_0}
 
-    async def seek(self, tp, offset):
-        self.seeks.append((tp, offset))
+    async def seek_wait(self, partitions):
+        self.seeks.extend(partitions.items())
 
 
 def batch(offsets) -> list:

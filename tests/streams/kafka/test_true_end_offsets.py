@@ -45,14 +45,17 @@ async def _ends(settings: Settings) -> tuple[dict, dict, dict, dict]:
         faust_thread = SimpleNamespace(
             consumer=SimpleNamespace(in_transaction=False), _ensure_consumer=lambda: consumer
         )
-        true_end_offsets.install()
         from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
+        before = AIOKafkaConsumerThread._highwaters
+        true_end_offsets.install()
+        true_end_offsets.install()  # a second install does not wrap twice
         patched = AIOKafkaConsumerThread._highwaters
         try:
+            assert patched._icuwatch_original is getattr(before, "_icuwatch_original", before)  # type: ignore[attr-defined]
             through_faust = await patched(faust_thread, tps)
         finally:
-            AIOKafkaConsumerThread._highwaters = patched._icuwatch_original  # type: ignore[attr-defined]
+            AIOKafkaConsumerThread._highwaters = before  # as it was (a worker imported earlier installs it too)
         return truth, dict(reported), checked, dict(through_faust)
     finally:
         await consumer.stop()
