@@ -182,11 +182,7 @@ class ScoreBatcher:
         self._failures.pop(id(due), None)
         self.given_up += 1
         log.error("a score failed alone %d times while other rows were scored: given up", failures)
-        if due.published is not None:
-            try:
-                due.published()
-            except Exception:
-                log.exception("after-publish callback failed")
+        _report_published(due)
         return True
 
     async def flush(self, batch: list[Due]) -> None:
@@ -200,11 +196,7 @@ class ScoreBatcher:
         for scorer, dues in groups.values():
             await self._score_and_publish(scorer, dues)
         for due in batch:  # after the whole batch: a failing callback must not make it publish again
-            if due.published is not None:
-                try:
-                    due.published()
-                except Exception:
-                    log.exception("after-publish callback failed")
+            _report_published(due)
 
     async def _score_and_publish(self, scorer: TritonScorer, batch: list[Due]) -> None:
         x = np.concatenate([d.features for d in batch], axis=0)
@@ -269,6 +261,15 @@ class ScoreBatcher:
         except Exception as exc:  # the shadow never breaks scoring
             shadow.counts["shadow_errors"] += 1
             log.warning("shadow batch of %d not scored: %s", len(batch), type(exc).__name__)
+
+
+def _report_published(due: Due) -> None:
+    """Call ``due.published``; a callback that raises is logged, never passed on."""
+    if due.published is not None:
+        try:
+            due.published()
+        except Exception:
+            log.exception("after-publish callback failed")
 
 
 def _stacked(rows: list[dict | None]) -> dict[str, np.ndarray] | None:
