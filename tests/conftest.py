@@ -8,11 +8,6 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-# Torch's generic CPU kernels, whatever the machine's vector unit (AVX2, AVX-512): the seeded
-# training in the tests then gives the same weights on every CI machine. With the AVX2 kernels of
-# one machine, test_joint_embedding's small model ranked "clear" films below chance where it had
-# passed on another. Set before anything imports torch (this conftest loads first).
-os.environ.setdefault("ATEN_CPU_CAPABILITY", "default")
 
 import pytest
 import sqlalchemy as sa
