@@ -8,7 +8,6 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url

@@ -22,8 +22,11 @@ class FakeConsumer:
         self.records, self.active, self.suspend_after = records, active, suspend_after
         self.flow_active, self.should_stop, self._buffered_partitions = True, False, set()
         self.app = SimpleNamespace(
-            consumer_generation_id=1, monitor=SimpleNamespace(track_tp_end_offset=lambda *a: None)
+            consumer_generation_id=1,
+            monitor=SimpleNamespace(track_tp_end_offset=lambda *a: None),
+            topics=SimpleNamespace(acks_enabled_for=lambda topic: not topic.endswith("-changelog")),
         )
+        self._read_offset: dict = {}
         self.scheduler = DefaultSchedulingStrategy()
         self.seeks: list[tuple] = []
         self._committed_offset: dict = {}
@@ -38,7 +41,7 @@ class FakeConsumer:
         return record
 
     def assignment(self):
-        return {LABS_0, LABS_1, VITALS_0}
+        return {LABS_0, LABS_1, VITALS_0, TP("icuwatch-patient_state-changelog", 0)}
 
     async def seek_wait(self, partitions):
         self.seeks.extend(partitions.items())
@@ -53,6 +56,7 @@ def take(consumer: FakeConsumer) -> list[tuple]:
         out = []
         async for tp, record in refetch_dropped.getmany(consumer, 1.0):
             out.append((tp, record.offset))
+            consumer._read_offset[tp] = record.offset  # as Faust's drain loop does after each delivery
             if consumer.suspend_after is not None and len(out) == consumer.suspend_after:
                 consumer.flow_active = False
         return out
@@ -103,3 +107,31 @@ def test_the_patch_replaces_fausts_getmany_it_was_written_for():
 
     refetch_dropped.install()
     assert Consumer.getmany is refetch_dropped.getmany
+
+
+def test_records_the_fetch_skipped_are_read_again_before_the_record_after_them():
+    """Seen after a SIGKILL restart: the committed record delivered, then one 16 offsets on. The jump
+    is not delivered (its offset, applied, would make the skipped records look like re-reads); the
+    partition goes back to the last offset read. Other partitions are not held up."""
+    consumer = FakeConsumer({LABS_0: batch([18, 34, 35]), VITALS_0: batch([100, 101])}, None)
+    consumer._read_offset = {LABS_0: 17}
+    delivered = take(consumer)
+    assert [o for tp, o in delivered if tp == LABS_0] == [18], "nothing after the jump"
+    assert [o for tp, o in delivered if tp == VITALS_0] == [100, 101]
+    assert consumer.seeks == [(LABS_0, 18)], "back to the last offset read"
+
+
+def test_the_same_jump_from_the_same_place_twice_is_a_real_hole_and_left_to_faust():
+    consumer = FakeConsumer({LABS_0: batch([40, 45])}, None)
+    consumer._read_offset = {LABS_0: 40}
+    assert [o for _, o in take(consumer)] == [40] and consumer.seeks == [(LABS_0, 40)], "the first time: read again"
+    consumer.seeks.clear()
+    consumer.records = {LABS_0: batch([40, 45, 46])}
+    assert [o for _, o in take(consumer)] == [40, 45, 46] and consumer.seeks == []
+
+
+def test_changelogs_and_a_partition_without_a_read_offset_are_not_checked_for_jumps():
+    changelog = TP("icuwatch-patient_state-changelog", 0)
+    consumer = FakeConsumer({changelog: batch([3, 9]), LABS_1: batch([7, 8])}, None)
+    consumer._read_offset = {changelog: 2}
+    assert sorted(o for _, o in take(consumer)) == [3, 7, 8, 9] and consumer.seeks == []
