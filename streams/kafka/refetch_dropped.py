@@ -88,6 +88,10 @@ async def getmany(self: Consumer, timeout: float) -> AsyncIterator[tuple[Any, An
                 reread[tp] = read
                 log.warning("a fetch skipped %d records of a partition: read again", record.offset - read - 1)
                 continue
+            if read and record.offset > read + 1 and jumps.get(tp) == (read, record.offset):
+                log.warning(
+                    "the same jump of %d records came twice: taken as a hole in the log", record.offset - read - 1
+                )
             self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
             delivered[tp] = delivered.get(tp, 0) + 1
             yield tp, self._to_message(tp, record)
