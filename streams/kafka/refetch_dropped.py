@@ -77,21 +77,15 @@ async def getmany(self: Consumer, timeout: float) -> AsyncIterator[tuple[Any, An
         if tp in reread:
             continue
         if active_partitions is None or tp in active_partitions or tp in self._buffered_partitions:
-            read = self._read_offset.get(tp)  # the last offset read (the committed one after a seek)
-            if (
-                read
-                and record.offset > read + 1
-                and jumps.get(tp) != (read, record.offset)
-                and self.app.topics.acks_enabled_for(tp.topic)  # as Faust's gaps: not the changelogs
-            ):
-                jumps[tp] = (read, record.offset)
-                reread[tp] = read
-                log.warning("a fetch skipped %d records of a partition: read again", record.offset - read - 1)
-                continue
-            if read and record.offset > read + 1 and jumps.get(tp) == (read, record.offset):
-                log.warning(
-                    "the same jump of %d records came twice: taken as a hole in the log", record.offset - read - 1
-                )
+            read = self._read_offset.get(tp) or 0  # the last offset read (the committed one after a seek)
+            skipped = record.offset - read - 1 if read else 0  # 0: nothing to compare with, as in Faust
+            if skipped > 0 and self.app.topics.acks_enabled_for(tp.topic):  # as Faust's gaps: not the changelogs
+                if jumps.get(tp) != (read, record.offset):
+                    jumps[tp] = (read, record.offset)
+                    reread[tp] = read
+                    log.warning("a fetch skipped %d records of a partition: read again", skipped)
+                    continue
+                log.warning("the same jump of %d records came twice: taken as a hole in the log", skipped)
             self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
             delivered[tp] = delivered.get(tp, 0) + 1
             yield tp, self._to_message(tp, record)
