@@ -23,6 +23,7 @@ class FakeConsumer:
         self.flow_active, self.should_stop, self._buffered_partitions = True, False, set()
         self.app = SimpleNamespace(
             consumer_generation_id=1,
+            rebalancing=False,
             monitor=SimpleNamespace(track_tp_end_offset=lambda *a: None),
             topics=SimpleNamespace(acks_enabled_for=lambda topic: not topic.endswith("-changelog")),
         )
@@ -135,3 +136,18 @@ def test_changelogs_and_a_partition_without_a_read_offset_are_not_checked_for_ju
     consumer = FakeConsumer({changelog: batch([3, 9]), LABS_1: batch([7, 8])}, None)
     consumer._read_offset = {changelog: 2}
     assert sorted(o for _, o in take(consumer)) == [3, 7, 8, 9] and consumer.seeks == []
+
+
+def test_input_records_wait_out_a_rebalance_while_the_changelogs_are_read():
+    """Faust resumes the stream partitions, seeks them to the committed offsets and only then resumes
+    its flow control, which empties the streams' buffers: input records delivered before that were
+    lost. They are sought back instead (to the committed offset where that is lower), changelog
+    records go on to the table recovery, and once the rebalance is over the inputs flow again."""
+    changelog = TP("icuwatch-patient_state-changelog", 0)
+    consumer = FakeConsumer({VITALS_0: batch(range(500, 790)), changelog: batch([3, 4]), LABS_0: batch([9])}, None)
+    consumer.app.rebalancing = True
+    consumer._committed_offset = {LABS_0: 7}
+    assert sorted(o for _, o in take(consumer)) == [3, 4]
+    assert dict(consumer.seeks) == {VITALS_0: 500, LABS_0: 7}
+    consumer.app.rebalancing, consumer.seeks = False, []
+    assert [o for tp, o in take(consumer) if tp == VITALS_0] == list(range(500, 790)) and consumer.seeks == []
