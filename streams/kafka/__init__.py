@@ -13,8 +13,9 @@ def install_patches(settings: Settings) -> None:
     generation; ``commit_floor``: never commit past an unacknowledged message; ``inline_delivery``:
     no tasks per record when a stream's buffer has room; ``rewind_uncommitted``: a seek to the
     committed offsets also rewinds the stream partitions that have none yet; ``true_end_offsets``:
-    table recovery reads each changelog partition to its true end; ``refetch_dropped``: records
-    fetched and not delivered are fetched again."""
+    table recovery reads each changelog partition to its true end; ``streams_ready``: which group
+    generation's streams are taking records again; ``refetch_dropped``: records fetched and not
+    delivered are fetched again."""
     from icuwatch.core import topics
     from icuwatch.streams.kafka import (
         commit_floor,
@@ -23,6 +24,7 @@ def install_patches(settings: Settings) -> None:
         inline_delivery,
         refetch_dropped,
         rewind_uncommitted,
+        streams_ready,
         true_end_offsets,
     )
 
@@ -32,4 +34,5 @@ def install_patches(settings: Settings) -> None:
     inline_delivery.install()
     rewind_uncommitted.install(lambda topic: topic in topics.ALL)
     true_end_offsets.install()
+    streams_ready.install()
     refetch_dropped.install()

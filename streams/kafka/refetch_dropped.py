@@ -19,14 +19,19 @@ After a generation change nothing is sought: the rebalance seeks every partition
 offset, and a seek past it would skip what the revoked books held. A partition no longer assigned
 is left to the rebalance too.
 
-Records of the input topics are not delivered at all while a rebalance is under way (from the
-revocation until Faust's recovery calls ``app.on_rebalance_end``); they are sought back like the
-rest. Faust resumes the stream partitions before it seeks them to their committed offsets, and only
-then resumes ``app.flow_control``, which empties every stream's buffer: what the fetcher delivered in
-between was counted as read but never reached the agents. Seen in the chaos drill's rebalance
-scenario with every delivery logged: the worker taking a partition over delivered 290 records in
-that window, the ingest agent saw 4 of them, and only the jump check below brought the rest back;
-where the next record delivered follows on from the emptied ones, nothing would.
+Records of the input topics are not delivered at all while a rebalance is under way, from the
+revocation until the current generation's recovery has resumed Faust's flow control
+(:mod:`.streams_ready`); they are sought back like the rest. Faust resumes the stream partitions
+before it seeks them to their committed offsets, and only then resumes ``app.flow_control``, which
+empties every stream's buffer: what the fetcher delivered in between was counted as read but never
+reached the agents. Seen in the chaos drill's rebalance scenario with every delivery logged: the
+worker taking a partition over delivered 290 records in that window, the ingest agent saw 4 of them,
+and only the jump check below brought the rest back; where the next record delivered follows on
+from the emptied ones, nothing would. The seek goes to the first held record: Faust forgets the
+committed offsets of revoked partitions, and aiokafka starts each newly assigned partition at its
+committed offset, which the position never passes while records are held, so this seek and the
+recovery's seek to the committed offsets agree whichever comes last (where Faust does know a
+committed offset, the lower of the two is taken, as above).
 
 Records the fetch skipped are read again too. Faust's drain loop takes a record more than one
 offset past the last one read as a hole in the log (compaction, transaction markers) and books the
@@ -51,6 +56,8 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from faust.transport.consumer import Consumer
+
+from icuwatch.streams.kafka import streams_ready
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +96,7 @@ async def getmany(self: Consumer, timeout: float) -> AsyncIterator[tuple[Any, An
             continue
         if active_partitions is None or tp in active_partitions or tp in self._buffered_partitions:
             acknowledged = self.app.topics.acks_enabled_for(tp.topic)  # the inputs; not the changelogs
-            if acknowledged and self.app.rebalancing:
+            if acknowledged and not streams_ready.ready(self.app):
                 held.add(tp)
                 continue
             read = self._read_offset.get(tp) or 0  # the last offset read (the committed one after a seek)

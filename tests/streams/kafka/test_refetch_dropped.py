@@ -24,6 +24,7 @@ class FakeConsumer:
         self.app = SimpleNamespace(
             consumer_generation_id=1,
             rebalancing=False,
+            _icuwatch_streams_ready_generation=1,
             monitor=SimpleNamespace(track_tp_end_offset=lambda *a: None),
             topics=SimpleNamespace(acks_enabled_for=lambda topic: not topic.endswith("-changelog")),
         )
@@ -151,3 +152,13 @@ def test_input_records_wait_out_a_rebalance_while_the_changelogs_are_read():
     assert dict(consumer.seeks) == {VITALS_0: 500, LABS_0: 7}
     consumer.app.rebalancing, consumer.seeks = False, []
     assert [o for tp, o in take(consumer) if tp == VITALS_0] == list(range(500, 790)) and consumer.seeks == []
+
+
+def test_input_records_wait_for_the_current_generations_recovery_not_just_the_flag():
+    """A recovery finishing generation 1 clears ``app.rebalancing`` although the next rebalance has
+    begun; once generation 2 is assigned its own recovery has to end before inputs flow."""
+    consumer = FakeConsumer({VITALS_0: batch([700, 701])}, None)
+    consumer.app.consumer_generation_id = 2  # assigned; its recovery has not resumed the streams yet
+    assert take(consumer) == [] and consumer.seeks == [(VITALS_0, 700)]
+    consumer.app._icuwatch_streams_ready_generation, consumer.seeks = 2, []
+    assert [o for _, o in take(consumer)] == [700, 701] and consumer.seeks == []
