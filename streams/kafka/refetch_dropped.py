@@ -19,19 +19,16 @@ After a generation change nothing is sought: the rebalance seeks every partition
 offset, and a seek past it would skip what the revoked books held. A partition no longer assigned
 is left to the rebalance too.
 
-Records of the input topics are not delivered at all while a rebalance is under way, from the
-revocation until the current generation's recovery has resumed Faust's flow control
-(:mod:`.streams_ready`); they are sought back like the rest. Faust resumes the stream partitions
-before it seeks them to their committed offsets, and only then resumes ``app.flow_control``, which
-empties every stream's buffer: what the fetcher delivered in between was counted as read but never
-reached the agents. Seen in the chaos drill's rebalance scenario with every delivery logged: the
-worker taking a partition over delivered 290 records in that window, the ingest agent saw 4 of them,
-and only the jump check below brought the rest back; where the next record delivered follows on
-from the emptied ones, nothing would. The seek goes to the first held record: Faust forgets the
-committed offsets of revoked partitions, and aiokafka starts each newly assigned partition at its
-committed offset, which the position never passes while records are held, so this seek and the
-recovery's seek to the committed offsets agree whichever comes last (where Faust does know a
-committed offset, the lower of the two is taken, as above).
+Records of the input topics are not delivered at all while a rebalance is under way (until
+:func:`.streams_ready.ready`, whose module says why: Faust empties the streams' buffers after its
+seek, so what was delivered before was lost); they are sought back like the rest. Seen in the chaos
+drill's rebalance scenario with every delivery logged: the worker taking a partition over delivered
+290 records in that window, the ingest agent saw 4 of them, and only the jump check below brought
+the rest back. The seek goes to the first held record: Faust forgets the committed offsets of
+revoked partitions, and aiokafka starts each newly assigned partition at its committed offset, which
+the position never passes while records are held, so this seek and the recovery's seek to the
+committed offsets agree whichever comes last (where Faust does know a committed offset, the lower
+of the two is taken, as above).
 
 Records the fetch skipped are read again too. Faust's drain loop takes a record more than one
 offset past the last one read as a hole in the log (compaction, transaction markers) and books the
