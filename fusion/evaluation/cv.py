@@ -36,7 +36,9 @@ import numpy as np
 
 from icuwatch.sources.physionet import Stay, list_stays, read_psv
 
-MODELS = ("lightgbm", "gbt", "student_live", "ensemble")
+FUSION_STRATEGIES = ("early", "late", "stacked", "attention")
+"""``fusion.evaluation.cv_fusion.STRATEGIES``, named here so listing the models loads no torch."""
+MODELS = ("lightgbm", "gbt", "student_live", "ensemble") + FUSION_STRATEGIES
 INNER_VAL_FRACTION = 0.2
 N_THRESHOLDS = 400
 METRICS = (
@@ -217,8 +219,11 @@ def _fit_gbt(cohort: Cohort, fit_stays: np.ndarray, val_stays: np.ndarray, seed:
     return Fitted(lambda features: clf.predict_proba(features)[:, 1] if len(features) else np.zeros(0), info)
 
 
-def model_spec(model: str) -> tuple[Callable[[Stay], np.ndarray], Callable[..., Fitted], dict]:
-    """(feature builder, fit function, description) of a ``--model``."""
+def model_spec(
+    model: str, data_dir: Path | None = None, progress: bool = True
+) -> tuple[Callable[[Stay], np.ndarray], Callable[..., Fitted], dict]:
+    """(feature builder, fit function, description) of a ``--model`` (``data_dir``: the stays a
+    cohort-based model builds its cohort from)."""
     if model == "lightgbm":
         from icuwatch.fusion.baselines import leader_features, lightgbm_model
 
@@ -278,6 +283,22 @@ def model_spec(model: str) -> tuple[Callable[[Stay], np.ndarray], Callable[..., 
                 "estimator": "mean logit of lightgbm (leaders' features) and the student_live recipe, both fitted "
                 "per fold on the same stays",
                 "n_features": leader_features.N_FEATURES,
+            },
+        )
+    if model in FUSION_STRATEGIES:
+        from functools import partial
+
+        from icuwatch.fusion.evaluation.cv_fusion import FusionRows, fit_fusion
+        from icuwatch.fusion.training import TrainConfig
+
+        fusion_rows = FusionRows(data_dir, progress=progress)
+        return (
+            fusion_rows,
+            partial(fit_fusion, model, fusion_rows),
+            {
+                "estimator": f"fusion strategy {model!r} as icuwatch train --cohort physionet fits it, per fold",
+                "train_config": {k: v for k, v in TrainConfig().__dict__.items()},
+                "prediction": "temperature-scaled probability",
             },
         )
     raise ValueError(f"unknown model {model!r}: one of {', '.join(MODELS)}")
@@ -416,7 +437,7 @@ def cross_validate(
     ``out_dir`` when given; returns the summary."""
     from tqdm import tqdm
 
-    featurise, fit, description = model_spec(model)
+    featurise, fit, description = model_spec(model, data_dir, progress)
     t0 = time.perf_counter()
     cohort = load_cohort(data_dir, featurise, patients=patients, seed=seed, progress=progress)
     featurise_s = time.perf_counter() - t0

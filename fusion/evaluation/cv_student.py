@@ -17,29 +17,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from icuwatch.fusion.evaluation.cohort_rows import CohortRows, fold_cohort
 from icuwatch.sources.physionet import Stay
 
-EXCLUDED = 3
-"""Split code of the rows a fold may not touch (the held-out stays, the simulated TEST patients)."""
 
-
-class LiveRows:
-    """``cv``'s feature builder: a stay's rows in the live cohort, as one float column of row numbers."""
+class LiveRows(CohortRows):
+    """``cv``'s feature builder: a stay's rows in the live cohort (its PhysioNet part)."""
 
     def __init__(self, sim_patients: int = 1000, progress: bool = True) -> None:
         from icuwatch.fusion.cohorts import live
 
-        self.cohort = live.load_or_build(sim_patients=sim_patients, progress=progress)
-        first_sim = int(self.cohort.meta["first_sim_group"])
-        pn = self.cohort.group < first_sim
-        groups, starts, counts = np.unique(self.cohort.group[pn], return_index=True, return_counts=True)
-        self.rows_of = {self.cohort.group_ids[g]: (int(s), int(n)) for g, s, n in zip(groups, starts, counts)}
-
-    def __call__(self, stay: Stay) -> np.ndarray:
-        start, n = self.rows_of[stay.patient_id]
-        if n != len(stay.values):
-            raise ValueError(f"{stay.patient_id}: {n} live-cohort rows for {len(stay.values)} PSV rows")
-        return np.arange(start, start + n, dtype=np.float64)[:, None]
+        cohort = live.load_or_build(sim_patients=sim_patients, progress=progress)
+        super().__init__(cohort, n_groups=int(cohort.meta["first_sim_group"]))
 
 
 def fit_live_student(rows: LiveRows, cohort, fit_stays: np.ndarray, val_stays: np.ndarray, seed: int, options: dict):
@@ -59,22 +48,20 @@ def fit_live_student(rows: LiveRows, cohort, fit_stays: np.ndarray, val_stays: n
     )
 
     live = rows.cohort
-    split = np.full(len(live), EXCLUDED, np.uint8)
-    split[cohort.x[cohort.rows(fit_stays), 0].astype(np.int64)] = SPLIT_CODES["train"]
-    split[cohort.x[cohort.rows(val_stays), 0].astype(np.int64)] = SPLIT_CODES["val"]
     sim = source_of(live)
-    keep_sim = sim & (live.split != SPLIT_CODES["test"])
-    split[keep_sim] = live.split[keep_sim]
-    used = np.flatnonzero(split != EXCLUDED)
-    fold_cohort = live.subset(used)
-    fold_cohort.split = split[used]
+    fold = fold_cohort(
+        live,
+        cohort.x[cohort.rows(fit_stays), 0].astype(np.int64),
+        cohort.x[cohort.rows(val_stays), 0].astype(np.int64),
+        keep=np.flatnonzero(sim & (live.split != SPLIT_CODES["test"])),
+    )
     progress = bool(options.get("progress", False))
-    labels = labels_of(fold_cohort)
+    labels = labels_of(fold)
     cfg = LiveDistillConfig(seed=seed)
     teacher, teacher_info = teachers.crossfit_lightgbm(
-        fold_cohort, labels, folds=cfg.teacher_folds, seed=seed, progress=progress, fit_rows=fold_cohort.rows("train")
+        fold, labels, folds=cfg.teacher_folds, seed=seed, progress=progress, fit_rows=fold.rows("train")
     )
-    student, card = distill_live(fold_cohort, teacher, teacher_info, cfg, progress=progress)
+    student, card = distill_live(fold, teacher, teacher_info, cfg, progress=progress)
     temperatures = student.exit_temperatures.reshape(student.n_exits, student.n_heads).numpy()
     centers = student.exit_center.reshape(-1).numpy()
     margins = student.exit_margins.reshape(student.n_exits - 1, student.n_heads).numpy()
@@ -92,7 +79,7 @@ def fit_live_student(rows: LiveRows, cohort, fit_stays: np.ndarray, val_stays: n
         "best_epoch": card["best_epoch"],
         "student_thresholds": card["thresholds"],
         "exit_shares_val": card["exit_shares_val"],
-        "rows": {"train": int((fold_cohort.split == 0).sum()), "val": int((fold_cohort.split == 1).sum())},
+        "rows": {"train": int((fold.split == 0).sum()), "val": int((fold.split == 1).sum())},
     }
     return Fitted(predict, info)
 
