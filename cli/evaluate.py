@@ -165,7 +165,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--model",
         default="lightgbm",
-        help="evaluate cv: lightgbm, gbt, student_live, ensemble, or a fusion strategy (early, late, stacked, attention)",
+        help="evaluate cv: lightgbm, gbt, student_live, ensemble, or a strategy: early, late, stacked, attention",
     )
     p.add_argument("--folds", type=int, default=5, help="evaluate cv, ablation: number of folds")
     p.add_argument("--seed", type=int, default=0, help="evaluate cv: seed of folds, inner splits and models")
