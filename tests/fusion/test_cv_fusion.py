@@ -56,6 +56,11 @@ def test_the_held_out_fold_cannot_reach_a_fusion_fit(rows):
     assert clean.info["strategy"] == "late" and clean.info["epochs"] == 2
     assert clean.info["rows"]["train"] + clean.info["rows"]["val"] == len(cohort.rows(train))
     assert np.isfinite(clean.test_scores).all() and ((clean.test_scores > 0) & (clean.test_scores < 1)).all()
+    # the robustness check on the held-out fold: same model, 30 % of modalities dropped per stay
+    assert 0.0 <= clean.metrics["auroc_missing_30"] <= 1.0
+    assert clean.metrics["auroc_loss_missing_30"] == pytest.approx(
+        clean.metrics["auroc"] - clean.metrics["auroc_missing_30"]
+    )
 
     fusion = rows.cohort
     held = cohort.x[cohort.rows(test), 0].astype(np.int64)
