@@ -57,8 +57,19 @@ def _evaluate_cv(args: argparse.Namespace) -> int:
         raise OperatorError("evaluate cv: --folds must be at least 2")
     if (args.weights != "none" or args.tune) and args.model != "lightgbm":
         raise OperatorError("evaluate cv: --weights and --tune apply to --model lightgbm only")
+    if args.teacher != "lightgbm" and args.model != "student_live":
+        raise OperatorError("evaluate cv: --teacher applies to --model student_live only")
     data = stay_folder(args.data or default_data_dir())
-    suffix = ("" if args.weights == "none" else f"-{args.weights}") + ("-tuned" if args.tune else "")
+    suffix = (
+        ("" if args.weights == "none" else f"-{args.weights}")
+        + ("-tuned" if args.tune else "")
+        + ("" if args.teacher == "lightgbm" else f"-{args.teacher}-teacher")
+    )
+    options: dict = {}
+    if args.model == "lightgbm":
+        options = {"weights": args.weights, "tune": args.tune}
+    elif args.model == "student_live":
+        options = {"teacher": args.teacher}
     out = Path(args.out) if args.out else get_settings().state_dir / "reports" / f"cv-{args.model}{suffix}"
     summary = cross_validate(
         args.model,
@@ -67,7 +78,7 @@ def _evaluate_cv(args: argparse.Namespace) -> int:
         seed=args.seed,
         patients=args.patients,
         progress=not args.quiet,
-        options={"weights": args.weights, "tune": args.tune} if args.model == "lightgbm" else {},
+        options=options,
         out_dir=out,
         figures=not args.no_figures,
     )
@@ -166,6 +177,14 @@ def register(subparsers) -> None:
         "--model",
         default="lightgbm",
         help="evaluate cv: lightgbm, gbt, student_live, ensemble, or a strategy: early, late, stacked, attention",
+    )
+    p.add_argument(
+        "--teacher",
+        default="lightgbm",
+        choices=("lightgbm", "leaders"),
+        help="evaluate cv --model student_live: the teacher distilled per fold (leaders: LightGBM on the 2019 "
+        "leaders' features where a PhysioNet stay has them, the live-row LightGBM elsewhere, as distill-live "
+        "--teacher leaders --teacher lightgbm --combine first)",
     )
     p.add_argument("--folds", type=int, default=5, help="evaluate cv, ablation: number of folds")
     p.add_argument("--seed", type=int, default=0, help="evaluate cv: seed of folds, inner splits and models")

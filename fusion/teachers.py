@@ -224,10 +224,12 @@ def crossfit_leaders(
     progress: bool = True,
     fit_rows: np.ndarray | None = None,
     data_dir: Path | None = None,
+    features: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Cross-fitted LightGBM on the leaders' features (:func:`leader_features`), sepsis only, on
     the PhysioNet rows of a live cohort: ``[N, len(labels)]`` logits, NaN on simulated rows and for
-    every other risk (:func:`first_answer` completes it with a teacher that answers those)."""
+    every other risk (:func:`first_answer` completes it with a teacher that answers those).
+    ``features``: those features already read (a subset cohort's rows of them)."""
     from icuwatch.fusion.baselines import leader_features as lf
     from icuwatch.fusion.cohorts.live import source_of
 
@@ -235,7 +237,7 @@ def crossfit_leaders(
     only_sepsis = {
         risk: (np.where(real, y, np.nan) if risk == "sepsis" else np.full(len(y), np.nan)) for risk, y in labels.items()
     }
-    x = leader_features(cohort, data_dir, progress)
+    x = leader_features(cohort, data_dir, progress) if features is None else features
     logits, info = crossfit_lightgbm(cohort, only_sepsis, folds, seed, progress, fit_rows, features=x)
     info |= {"kind": "lightgbm on the 2019 leaders' features", "feature_version": lf.FEATURE_VERSION}
     return logits, info

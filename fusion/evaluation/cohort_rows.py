@@ -36,9 +36,12 @@ class CohortRows:
         return np.arange(start, start + n, dtype=np.float64)[:, None]
 
 
-def fold_cohort(cohort: Cohort, fit_rows: np.ndarray, val_rows: np.ndarray, keep: np.ndarray | None = None) -> Cohort:
+def fold_cohort(
+    cohort: Cohort, fit_rows: np.ndarray, val_rows: np.ndarray, keep: np.ndarray | None = None
+) -> tuple[Cohort, np.ndarray]:
     """The rows a fold may train on: ``fit_rows`` as TRAIN, ``val_rows`` as VAL, plus ``keep`` rows
-    with their own split (a mixed cohort's simulated patients); the held-out stays are left out."""
+    with their own split (a mixed cohort's simulated patients); the held-out stays are left out.
+    Returns the fold's cohort and its rows' numbers in ``cohort``."""
     from icuwatch.fusion.cohorts.base import SPLIT_CODES
 
     excluded = np.uint8(255)
@@ -50,4 +53,4 @@ def fold_cohort(cohort: Cohort, fit_rows: np.ndarray, val_rows: np.ndarray, keep
     used = np.flatnonzero(split != excluded)
     out = cohort.subset(used)
     out.split = split[used]
-    return out
+    return out, used

@@ -44,7 +44,7 @@ def fit_fusion(
     from icuwatch.fusion.training import TrainConfig, predict_logits, train
 
     fusion_cohort = rows.cohort
-    fold = fold_cohort(
+    fold, _ = fold_cohort(
         fusion_cohort,
         cohort.x[cohort.rows(fit_stays), 0].astype(np.int64),
         cohort.x[cohort.rows(val_stays), 0].astype(np.int64),

@@ -29,6 +29,16 @@ class LiveRows(CohortRows):
 
         cohort = live.load_or_build(sim_patients=sim_patients, progress=progress)
         super().__init__(cohort, n_groups=int(cohort.meta["first_sim_group"]))
+        self.progress = progress
+        self._leader_features: np.ndarray | None = None
+
+    def leader_features(self) -> np.ndarray:
+        """The leaders' features of every live-cohort row (NaN on simulated rows), read once."""
+        from icuwatch.fusion import teachers
+
+        if self._leader_features is None:
+            self._leader_features = teachers.leader_features(self.cohort, progress=self.progress)
+        return self._leader_features
 
 
 def fit_live_student(rows: LiveRows, cohort, fit_stays: np.ndarray, val_stays: np.ndarray, seed: int, options: dict):
@@ -49,7 +59,7 @@ def fit_live_student(rows: LiveRows, cohort, fit_stays: np.ndarray, val_stays: n
 
     live = rows.cohort
     sim = source_of(live)
-    fold = fold_cohort(
+    fold, used = fold_cohort(
         live,
         cohort.x[cohort.rows(fit_stays), 0].astype(np.int64),
         cohort.x[cohort.rows(val_stays), 0].astype(np.int64),
@@ -58,9 +68,16 @@ def fit_live_student(rows: LiveRows, cohort, fit_stays: np.ndarray, val_stays: n
     progress = bool(options.get("progress", False))
     labels = labels_of(fold)
     cfg = LiveDistillConfig(seed=seed)
-    teacher, teacher_info = teachers.crossfit_lightgbm(
-        fold, labels, folds=cfg.teacher_folds, seed=seed, progress=progress, fit_rows=fold.rows("train")
-    )
+    crossfit = {"folds": cfg.teacher_folds, "seed": seed, "progress": progress, "fit_rows": fold.rows("train")}
+    teacher, teacher_info = teachers.crossfit_lightgbm(fold, labels, **crossfit)
+    if (
+        options.get("teacher", "lightgbm") == "leaders"
+    ):  # distill-live --teacher leaders --teacher lightgbm --combine first
+        leaders, leaders_info = teachers.crossfit_leaders(
+            fold, labels, **crossfit, features=rows.leader_features()[used]
+        )
+        teacher = teachers.first_answer([leaders, teacher])
+        teacher_info = {"kind": "first teacher that answers, per row and risk", "members": [leaders_info, teacher_info]}
     student, card = distill_live(fold, teacher, teacher_info, cfg, progress=progress)
     temperatures = student.exit_temperatures.reshape(student.n_exits, student.n_heads).numpy()
     centers = student.exit_center.reshape(-1).numpy()
@@ -75,7 +92,7 @@ def fit_live_student(rows: LiveRows, cohort, fit_stays: np.ndarray, val_stays: n
         return simulate_exits_multi(z, temperatures, centers, margins)[1][:, 0]
 
     info = {
-        "teacher": {k: v for k, v in teacher_info.items() if k != "params"},
+        "teacher": _without_params(teacher_info),
         "best_epoch": card["best_epoch"],
         "student_thresholds": card["thresholds"],
         "exit_shares_val": card["exit_shares_val"],
@@ -123,3 +140,10 @@ def fit_ensemble(rows: LiveRows, cohort, fit_stays: np.ndarray, val_stays: np.nd
         return 1.0 / (1.0 + np.exp(-z))
 
     return Fitted(predict, {"lightgbm": lightgbm.info, "student_live": student.info, "combine": "mean logit"})
+
+
+def _without_params(info: dict) -> dict:
+    out = {k: v for k, v in info.items() if k != "params"}
+    if "members" in out:
+        out["members"] = [_without_params(m) for m in out["members"]]
+    return out

@@ -38,7 +38,8 @@ def _cv_cohort(rows: CohortRows) -> cv.Cohort:
 def test_a_fold_cohort_holds_the_fit_and_inner_validation_rows_only(rows):
     fusion = rows.cohort
     fit, val = np.arange(0, 500), np.arange(800, 1000)
-    fold = fold_cohort(fusion, fit, val)
+    fold, used = fold_cohort(fusion, fit, val)
+    np.testing.assert_array_equal(used, np.r_[fit, val])
     assert len(fold) == 700
     assert (fold.split[:500] == SPLIT_CODES["train"]).all() and (fold.split[500:] == SPLIT_CODES["val"]).all()
     np.testing.assert_array_equal(fold.y, fusion.y[np.r_[fit, val]])
