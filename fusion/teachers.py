@@ -138,6 +138,8 @@ def crossfit_lightgbm(
         may_fit[:] = False
         may_fit[fit_rows] = True
     x = tabular_features(cohort, np.arange(len(cohort))) if features is None else features
+    if len(x) != len(cohort):
+        raise ValueError(f"{len(x)} feature rows for a cohort of {len(cohort)} rows")
     out = np.full((len(cohort), len(labels)), np.nan, np.float32)
     info: dict = {"kind": "lightgbm", "folds": folds, "features": int(x.shape[1]), "params": TEACHER_PARAMS}
     rng = np.random.default_rng(seed + 1)

@@ -7,7 +7,10 @@ validation stays as TRAIN and VAL) plus the simulated patients' TRAIN and VAL ro
 LightGBM teacher and the student are fitted on that alone, the student's epoch, temperatures and
 exit rule chosen on the inner validation stays; the held-out fold's stays are only predicted (the
 student with early exit, its sepsis column). Threshold, calibration and the metrics then follow the
-protocol of ``fusion.evaluation.cv`` like every other model's.
+protocol of ``fusion.evaluation.cv`` like every other model's. ``--teacher leaders`` distils from
+LightGBM on the 2019 leaders' features where a PhysioNet row has them and the live-row LightGBM
+elsewhere (``distill-live --teacher leaders --teacher lightgbm --combine first``), cross-fitted the
+same way on the fold's fit stays.
 
 The feature "rows" ``cv`` reads per stay are the stay's row numbers in the live cohort (PhysioNet
 rows there are ``stay_inputs``' rows, one per PSV row, the rows the worker builds on a replay).
@@ -70,9 +73,8 @@ def fit_live_student(rows: LiveRows, cohort, fit_stays: np.ndarray, val_stays: n
     cfg = LiveDistillConfig(seed=seed)
     crossfit = {"folds": cfg.teacher_folds, "seed": seed, "progress": progress, "fit_rows": fold.rows("train")}
     teacher, teacher_info = teachers.crossfit_lightgbm(fold, labels, **crossfit)
-    if (
-        options.get("teacher", "lightgbm") == "leaders"
-    ):  # distill-live --teacher leaders --teacher lightgbm --combine first
+    if options.get("teacher", "lightgbm") == "leaders":
+        # as distill-live --teacher leaders --teacher lightgbm --combine first
         leaders, leaders_info = teachers.crossfit_leaders(
             fold, labels, **crossfit, features=rows.leader_features()[used]
         )
