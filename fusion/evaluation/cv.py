@@ -38,7 +38,7 @@ from icuwatch.sources.physionet import Stay, list_stays, read_psv
 
 FUSION_STRATEGIES = ("early", "late", "stacked", "attention")
 """``fusion.evaluation.cv_fusion.STRATEGIES``, named here so listing the models loads no torch."""
-MODELS = ("lightgbm", "gbt", "student_live", "ensemble") + FUSION_STRATEGIES
+MODELS = ("lightgbm", "gbt", "student_live", "teacher_live", "ensemble") + FUSION_STRATEGIES
 INNER_VAL_FRACTION = 0.2
 N_THRESHOLDS = 400
 METRICS = (
@@ -279,6 +279,21 @@ def model_spec(
                 "student": SPEC,
                 "config": {k: v for k, v in LiveDistillConfig().__dict__.items()},
                 "prediction": "sepsis column, early exit as served",
+            },
+        )
+    if model == "teacher_live":
+        from functools import partial
+
+        from icuwatch.fusion.evaluation.cv_student import LiveRows, fit_live_teacher
+
+        rows = LiveRows(progress=progress)
+        return (
+            rows,
+            partial(fit_live_teacher, rows),
+            {
+                "estimator": "the live student's default teacher alone: LightGBM on the live row's tabular summary, "
+                "cross-fitted per fold as distill-live fits it (fit stays + simulated TRAIN patients)",
+                "prediction": "sepsis: mean logit of the cross-fit models",
             },
         )
     if model == "ensemble":

@@ -44,13 +44,66 @@ class LiveRows(CohortRows):
         return self._leader_features
 
 
+def _live_fold(rows: LiveRows, cohort, fit_stays: np.ndarray, val_stays: np.ndarray):
+    """The live cohort cut to the fold: its fit and inner-validation PhysioNet stays as TRAIN and VAL,
+    plus the simulated TRAIN and VAL patients (``fold_cohort``'s cohort and row numbers)."""
+    from icuwatch.fusion.cohorts.base import SPLIT_CODES
+    from icuwatch.fusion.cohorts.live import source_of
+
+    live = rows.cohort
+    return fold_cohort(
+        live,
+        cohort.x[cohort.rows(fit_stays), 0].astype(np.int64),
+        cohort.x[cohort.rows(val_stays), 0].astype(np.int64),
+        keep=np.flatnonzero(source_of(live) & (live.split != SPLIT_CODES["test"])),
+    )
+
+
+def fit_live_teacher(rows: LiveRows, cohort, fit_stays: np.ndarray, val_stays: np.ndarray, seed: int, options: dict):
+    """``--model teacher_live``: the live student's default teacher alone, answering rows it never
+    trained on. The cross-fitted LightGBM of ``distill-live`` is fitted on the fold as
+    :func:`fit_live_student` fits it (the fit stays and simulated TRAIN patients train trees); a
+    held-out or inner-validation row's sepsis logit is the mean of the cross-fit models', as VAL and
+    TEST rows get theirs in a distillation and as ``serving/templates/lightgbm_teacher.py`` serves it."""
+    import tempfile
+    from pathlib import Path
+
+    import lightgbm as lgb
+
+    from icuwatch.fusion import teachers
+    from icuwatch.fusion.evaluation.cv import Fitted
+    from icuwatch.fusion.live_student import LiveDistillConfig, labels_of
+
+    fold, _ = _live_fold(rows, cohort, fit_stays, val_stays)
+    cfg = LiveDistillConfig(seed=seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        _, info = teachers.crossfit_lightgbm(
+            fold,
+            labels_of(fold),
+            folds=cfg.teacher_folds,
+            seed=seed,
+            progress=bool(options.get("progress", False)),
+            fit_rows=fold.rows("train"),
+            save_to=Path(tmp),
+        )
+        boosters = [lgb.Booster(model_file=str(Path(tmp) / f"sepsis.fold{f}.txt")) for f in range(cfg.teacher_folds)]
+
+    def predict(features: np.ndarray) -> np.ndarray:
+        idx = features[:, 0].astype(np.int64)
+        if len(idx) == 0:
+            return np.zeros(0)
+        x = teachers.tabular_features(rows.cohort, idx)
+        z = np.mean([b.predict(x, raw_score=True) for b in boosters], axis=0)
+        return 1.0 / (1.0 + np.exp(-z))
+
+    return Fitted(predict, {"teacher": _without_params(info)})
+
+
 def fit_live_student(rows: LiveRows, cohort, fit_stays: np.ndarray, val_stays: np.ndarray, seed: int, options: dict):
     """The recipe on the fold's training stays (see the module doc); returns ``cv.Fitted``."""
     import torch
 
     from icuwatch.fusion import teachers
-    from icuwatch.fusion.cohorts.base import SPLIT_CODES
-    from icuwatch.fusion.cohorts.live import source_of
     from icuwatch.fusion.evaluation.cv import Fitted
     from icuwatch.fusion.live_student import (
         LiveDistillConfig,
@@ -61,13 +114,7 @@ def fit_live_student(rows: LiveRows, cohort, fit_stays: np.ndarray, val_stays: n
     )
 
     live = rows.cohort
-    sim = source_of(live)
-    fold, used = fold_cohort(
-        live,
-        cohort.x[cohort.rows(fit_stays), 0].astype(np.int64),
-        cohort.x[cohort.rows(val_stays), 0].astype(np.int64),
-        keep=np.flatnonzero(sim & (live.split != SPLIT_CODES["test"])),
-    )
+    fold, used = _live_fold(rows, cohort, fit_stays, val_stays)
     progress = bool(options.get("progress", False))
     labels = labels_of(fold)
     cfg = LiveDistillConfig(seed=seed)
