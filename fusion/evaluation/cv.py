@@ -37,7 +37,7 @@ import numpy as np
 from icuwatch.sources.physionet import Stay, list_stays, read_psv
 
 FUSION_STRATEGIES = ("early", "late", "stacked", "attention")
-"""``fusion.evaluation.cv_fusion.STRATEGIES``, named here so listing the models loads no torch."""
+"""The strategies ``fusion.evaluation.cv_fusion`` cross-validates (named here so listing the models loads no torch)."""
 MODELS = ("lightgbm", "gbt", "student_live", "teacher_live", "ensemble") + FUSION_STRATEGIES
 INNER_VAL_FRACTION = 0.2
 N_THRESHOLDS = 400

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from icuwatch.fusion.evaluation.cohort_rows import CohortRows, fold_cohort
+from icuwatch.fusion.evaluation.cv import FUSION_STRATEGIES, _split
 
-STRATEGIES = ("early", "late", "stacked", "attention")
+STRATEGIES = FUSION_STRATEGIES
 """The strategies that train on the PhysioNet cohort (``joint_embedding`` needs X-rays and reports)."""
 MISSING_RATE = 0.3
 """The issue's robustness check: AUROC lost when 30 % of modalities are missing (nominal rate)."""
@@ -104,7 +105,7 @@ def missing_modalities_metrics(
     available = available_modalities(cohort)
     keep = keep_mask(len(cohort.group_ids), len(cohort.modalities), MISSING_RATE, seed, available)
     z = logits_with(cohort.present[idx] & keep[groups])
-    missing = float(auroc(labels, np.split(z, np.cumsum([len(y) for y in labels])[:-1])))
+    missing = float(auroc(labels, _split(z, np.array([len(y) for y in labels]))))
     stays = np.unique(groups)
     dropped = 1.0 - (keep & available)[stays].sum() / max(int(available[stays].sum()), 1)
     return {
