@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from icuwatch.core import topics
 from icuwatch.core.settings import Settings
 from icuwatch.deploy.worker_process import start_worker, stop_worker
 
@@ -58,9 +59,58 @@ def postgres_database() -> Iterator[str]:
         admin.dispose()
 
 
+def start_at_log_end(settings: Settings) -> None:
+    """Commit the end of every icuwatch topic's log for the worker's consumer group
+    (``settings.app_id``), when that group has committed nothing yet.
+
+    The tests share one broker, and a group without a commit starts at the beginning of the log
+    (``consumer_auto_offset_reset="earliest"``): a test's new worker would first score every patient
+    the tests before it sent (~4,000 scores of 26 patients by the middle of the suite, about a minute
+    on a loaded CI machine), and a test waiting 60 s for its own patients failed. A group that has
+    committed (a restarted worker) keeps its offsets."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.broker, group_id=settings.app_id, enable_auto_commit=False)
+    try:
+        existing = consumer.topics()
+        parts = [
+            TopicPartition(topic, p)
+            for topic in topics.ALL
+            if topic in existing
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        if not parts or any(consumer.committed(tp) is not None for tp in parts):
+            return
+        ends = _true_log_ends(consumer, parts)
+        consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in ends.items()})
+    finally:
+        consumer.close()
+
+
+def _true_log_ends(consumer, parts) -> dict:
+    """The offset after each partition's last record. Tansu's ListOffsets "latest" answers the base
+    offset of the last record batch + 1 (``../shared/DESIGN.md``), so that batch is read to its end."""
+    ends = consumer.end_offsets(parts)
+    consumer.assign(parts)
+    for tp, reported in ends.items():
+        consumer.seek(tp, max(reported - 1, 0))
+    deadline = time.monotonic() + 30.0  # a bound in case something still writes to these topics
+    while (records := consumer.poll(timeout_ms=1000, max_records=10_000)) and time.monotonic() < deadline:
+        for tp, batch in records.items():
+            ends[tp] = max(ends[tp], batch[-1].offset + 1)
+    return ends
+
+
 @contextmanager
-def running_worker(settings: Settings, env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
-    """``icuwatch worker`` in a subprocess, ready (partitions assigned) before the body runs."""
+def running_worker(
+    settings: Settings, env: dict[str, str], log_path: Path, from_log_end: bool = True
+) -> Iterator[subprocess.Popen]:
+    """``icuwatch worker`` in a subprocess, ready (partitions assigned) before the body runs; a new
+    consumer group starts at the end of the shared broker's logs unless ``from_log_end`` is false
+    (``start_at_log_end``), so a test's worker reads only what the test sends."""
+    if from_log_end:
+        start_at_log_end(settings)
     proc = start_worker(settings, log_path, env)
     try:
         yield proc

@@ -50,7 +50,7 @@ def test_worker_started_before_the_broker_connects_once_it_is_up(tmp_path):
     late = threading.Thread(target=start_broker_once_the_worker_waits, daemon=True)
     late.start()
     try:
-        with running_worker(settings, env, log):
+        with running_worker(settings, env, log, from_log_end=False):  # the broker is not up yet
             text = log.read_text()
             assert text.count("is not reachable; waiting for it") == 1 and "Traceback" not in text
             producer = KafkaProducer(bootstrap_servers=settings.broker)

@@ -15,7 +15,7 @@ from collections import Counter
 
 import pytest
 from sqlalchemy import select
-from stack_fixtures import wait_for
+from stack_fixtures import start_at_log_end, wait_for
 
 from icuwatch.benchmarks.chaos import checkpointed_states, expected_states, state_differences
 from icuwatch.benchmarks.pipeline import read_stats
@@ -137,6 +137,7 @@ def test_sigkill_mid_stream_then_restart_keeps_every_patient_whole(stack, tmp_pa
             for edge, value in (("ON", "0"), ("OFF", "-1"))
         },
     }
+    start_at_log_end(settings)
     worker = start_worker(settings, log, env)
     producer = make_producer(settings)
     sent: dict = {}
