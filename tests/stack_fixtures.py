@@ -88,6 +88,32 @@ def start_at_log_end(settings: Settings) -> None:
         consumer.close()
 
 
+def read_to_log_end(settings: Settings, topic: str, match, timeout_s: float = 60.0) -> list:
+    """Every record of ``topic`` now in the log for which ``match(record)`` holds: read from the
+    beginning to each partition's true end, for a check that nothing else was sent. (A fixed read
+    time is not enough on the shared broker: by the end of the suite ``icu.vitals`` holds every earlier
+    test's records, more than ten seconds of polling reads.) Fails when the end is not reached in
+    ``timeout_s``."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.broker, enable_auto_commit=False, group_id=None, max_partition_fetch_bytes=8 << 20
+    )
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        ends = _true_log_ends(consumer, parts)
+        consumer.seek_to_beginning(*parts)
+        found: list = []
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < ends[tp] for tp in parts):
+            assert time.monotonic() < deadline, f"{topic}: the end of the log was not reached in {timeout_s:.0f} s"
+            for records in consumer.poll(timeout_ms=500, max_records=10_000).values():
+                found += [r for r in records if match(r)]
+        return found
+    finally:
+        consumer.close()
+
+
 def _true_log_ends(consumer, parts) -> dict:
     """The offset after each partition's last record. Tansu's ListOffsets "latest" answers the base
     offset of the last record batch + 1 (``../shared/DESIGN.md``), so that batch is read to its end."""

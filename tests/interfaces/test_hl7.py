@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 import hl7
 import hl7.mllp
 import pytest
+from stack_fixtures import read_to_log_end
 
 from icuwatch.core import topics
 from icuwatch.core.schemas import LAB_UNITS, Adt, Lab, Vitals
@@ -874,7 +875,7 @@ def test_never_admitted_patients_one_policy(stack, tmp_path):
     for i in (0, 2):
         assert str(acks[i].segment("ERR")[2]) == "PID^2^3" and str(acks[i].segment("ERR")[3]).startswith("204^")
 
-    keys = [r.key.decode() for r in _topic(settings, topics.VITALS, lambda r: tag.encode() in (r.key or b""))]
+    keys = [r.key.decode() for r in read_to_log_end(settings, topics.VITALS, lambda r: tag.encode() in (r.key or b""))]
     assert sorted(keys) == sorted([stranger, known, fresh]), keys  # nothing for the discharged patient
     dead = [
         json.loads(r.value)
