@@ -44,7 +44,14 @@ WAVEFORM_CHANNELS: tuple[str, ...] = ("ecg_hr", "ppg_pr")
 THUMBNAIL = 32
 IMAGE_SIZE = 224
 REPORT_BUCKETS = 256
-COHORT_VERSION = "live-cohort-v2"
+COHORT_VERSION = "live-cohort-v3"
+WAVEFORM_NORM: dict[str, list[float]] = {"mean": [84.90691465985321] * 2, "std": [19.6478575629511] * 2}
+"""The waveform channels' z-score (bpm), fixed by the layout like the PhysioNet channels' (fitted once on
+PhysioNet's TRAIN stays), not fitted to whichever simulated population a build draws. A fitted one
+moved with every population version (84.91 bpm at ``icu`` v2, 84.70 at v3); the served versions of a
+Triton model share one normalisation, so an export with another removed the versions that
+``icuwatch models rollback`` needs. These are the values ``student_live`` versions 1 and 2 were
+trained with (the ``icu`` v2 population's ECG heart rate)."""
 
 FEATURE_MODALITY_GROUPS: dict[str, tuple[str, ...]] = {
     "vitals": ("vitals",),

@@ -8,7 +8,8 @@
   modality. Vitals and labs are re-expressed in
   the PhysioNet cohort's normalisation (the raw value back from the simulator cohort's z-score, then
   z-scored with PhysioNet's), its 14 analytes placed in PhysioNet's 27 (PaO2, which PhysioNet
-  does not report, is dropped). Waveforms: the newest hour's ECG heart rate; the simulated PPG
+  does not report, is dropped). Waveforms: the newest hour's ECG heart rate, z-scored with the
+  layout's fixed ``core.live_row.WAVEFORM_NORM``; the simulated PPG
   pulses ride the same beat train, so its pulse rate is that same number. X-ray: the shown study's
   thumbnail; report: its bag of words (``core.live_row``). Static: age, sex, the unit (MICU/SICU
   flags, as the worker reads the simulator's ADT), no hospital admission time (the simulator sends
@@ -96,7 +97,9 @@ def _sim_part(sim: Cohort, pn_norm: dict) -> dict:
     waves = sim.inputs["waveforms"][:, -1, :]  # the newest hour
     ecg_z, ecg_measured = waves[:, 0], waves[:, len(sim.meta["waveform_channels"])] > 0
     waveforms = np.zeros((n, 4), np.float32)
-    waveforms[:, 0] = waveforms[:, 1] = np.where(ecg_measured, ecg_z, 0.0)
+    sim_ecg = {"mean": [sn["waveforms"]["mean"][0]], "std": [sn["waveforms"]["std"][0]]}
+    layout_ecg = {"mean": live_row.WAVEFORM_NORM["mean"][:1], "std": live_row.WAVEFORM_NORM["std"][:1]}
+    waveforms[:, 0] = waveforms[:, 1] = _renorm(ecg_z[:, None], ecg_measured[:, None], sim_ecg, layout_ecg, clip)[:, 0]
     waveforms[:, 2] = waveforms[:, 3] = ecg_measured
 
     patients = sim.meta["patients"]
@@ -124,7 +127,6 @@ def _sim_part(sim: Cohort, pn_norm: dict) -> dict:
         "staleness_h": staleness,
         "y": (sim.y.astype(bool) & (conditions == "sepsis")).astype(np.int8),
         "deterioration": sim.y.astype(np.float32),
-        "waveform_norm": {"mean": [sn["waveforms"]["mean"][0]] * 2, "std": [sn["waveforms"]["std"][0]] * 2},
     }
 
 
@@ -172,7 +174,7 @@ def build(pn: Cohort, sim: Cohort) -> Cohort:
             "norm": {
                 "vitals": pn_norm["vitals"],
                 "labs": pn_norm["labs"],
-                "waveforms": b["waveform_norm"],
+                "waveforms": live_row.WAVEFORM_NORM,
                 "z_clip": float(pn_norm.get("z_clip", Z_CLIP)),
             },
             "labels": {

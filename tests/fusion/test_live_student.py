@@ -3,6 +3,7 @@ student distilled from a cross-fitted teacher, and its Triton export."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -25,6 +26,7 @@ from icuwatch.fusion.live_student import (
 from icuwatch.fusion.strategies import build
 from icuwatch.fusion.strategies.base import to_tensors
 from icuwatch.fusion.training import TrainConfig, model_spec
+from icuwatch.serving import MODEL_REPOSITORY
 from icuwatch.serving.export import example_batch, serving_module, verify
 from icuwatch.sources.physionet import default_data_dir
 
@@ -82,6 +84,13 @@ def test_live_cohort_puts_both_sources_in_one_layout(cohorts):
     )
     sim_raw = sm.inputs["labs"][ever, 3 * a] * sm.meta["norm"]["labs"]["std"][a] + sm.meta["norm"]["labs"]["mean"][a]
     assert ever.any() and np.allclose(lab_raw, sim_raw, atol=1e-3)
+    # the newest ECG heart rate: the same bpm, z-scored with the layout's fixed normalisation
+    w_sim, w_live = sm.inputs["waveforms"][:, -1, :], c.inputs["waveforms"][is_sim]
+    heard = w_sim[:, len(sm.meta["waveform_channels"])] > 0
+    sim_bpm = w_sim[heard, 0] * sm.meta["norm"]["waveforms"]["std"][0] + sm.meta["norm"]["waveforms"]["mean"][0]
+    live_bpm = w_live[heard, 0] * live_row.WAVEFORM_NORM["std"][0] + live_row.WAVEFORM_NORM["mean"][0]
+    assert heard.any() and np.allclose(live_bpm, sim_bpm, atol=1e-2)
+    assert c.meta["norm"]["waveforms"] == live_row.WAVEFORM_NORM
     # the thumbnail of the shown study
     rows = np.flatnonzero(c.inputs["cxr"] >= 0)
     assert len(rows) and np.array_equal(
@@ -212,3 +221,14 @@ def test_distill_live_end_to_end_on_a_small_cohort(cohorts):
     assert set(report) >= {"rows", "exit_shares", "physionet", "sim"}
     assert abs(sum(report["exit_shares"]) - 1.0) < 1e-3
     assert "deterioration" in report["sim"] and "deterioration" not in report["physionet"]
+
+
+def test_the_live_layout_keeps_the_served_student_versions_normalisation():
+    """Every served ``student_live`` version was trained with the layout's fixed waveform normalisation
+    and PhysioNet's: a new export of the live student keeps them (``serving.export`` removes a version
+    whose normalisation differs), so ``icuwatch models rollback`` has a version to go back to."""
+    served = sorted(p for p in (MODEL_REPOSITORY / "student_live").iterdir() if p.name.isdigit())
+    assert served
+    for version in served:
+        norm = json.loads((version / "export.json").read_text())["norm"]
+        assert norm["waveforms"] == live_row.WAVEFORM_NORM, version.name
