@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from icuwatch.core.errors import OperatorError
 from icuwatch.core.settings import get_settings
@@ -112,6 +113,32 @@ def _rollback(args: argparse.Namespace) -> int:
     return _switched(triton_models.rollback(get_settings(), args.model), args, "serving again")
 
 
+def _test_figures(args: argparse.Namespace) -> int:
+    from icuwatch.fusion.cohorts import live
+    from icuwatch.serving import MODEL_REPOSITORY
+    from icuwatch.serving.version_figures import version_figures
+
+    model_dir = (args.repository or MODEL_REPOSITORY) / args.model
+    if not model_dir.is_dir():
+        raise OperatorError(f"no model {args.model!r} in {model_dir.parent}")
+    cohort = live.load_or_build(sim_patients=args.sim_patients, pn_limit=args.pn_limit, progress=not args.json)
+    figures = version_figures(model_dir, cohort, args.versions)
+    if args.json:
+        print(json.dumps(figures))
+        return 0
+    print(f"{args.model}: live cohort TEST rows ({figures['rows']:,}); AUROC / utility, full and early exit")
+    for version, f in figures["versions"].items():
+        for source in ("physionet", "sim"):
+            for risk, e in f[source].items():
+                full, early = e["student_full"], e["student_early_exit"]
+                print(
+                    f"  v{version} {source:9s} {risk:13s} {e['stays']:5d} stays  full {full['auroc']:.4f} / "
+                    f"{full['utility']}  early {early['auroc']:.4f} / {early['utility']}"
+                )
+        print(f"  v{version} exit shares {f['exit_shares']}")
+    return 0
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "models",
@@ -144,6 +171,19 @@ def register(subparsers) -> None:
     q = sub.add_parser("roles", help="the live and shadow models the workers follow, and their history")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=_roles)
+    q = sub.add_parser(
+        "test-figures",
+        help="every exported version of a live-layout MODEL on the live cohort's TEST rows as built now (offline)",
+        description="Each version's TorchScript on the same held-out rows, at its own thresholds: AUROC and "
+        "utility per source and risk, full and early exit, exit shares (serving/version_figures.py).",
+    )
+    q.add_argument("model", help="a model in the repository, e.g. student_live")
+    q.add_argument("--versions", type=int, nargs="+", default=None, help="these versions only (default: all)")
+    q.add_argument("--repository", type=Path, default=None, help="model repository (default: serving/models)")
+    q.add_argument("--sim-patients", type=int, default=1000, help="as distill-live (default 1000)")
+    q.add_argument("--pn-limit", type=int, default=None, help="PhysioNet stays (default: all shared stays)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=_test_figures)
     q = sub.add_parser("rollback", help="serve MODEL's previously promoted version again")
     q.add_argument("model")
     q.add_argument("--json", action="store_true", help="the result as JSON")

@@ -45,3 +45,10 @@ def test_a_version_is_a_positive_whole_number(no_triton, capsys, version):
     assert main(["models", "promote", "early_warning", version]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "a model version is a positive whole number" in err
+
+
+def test_test_figures_of_a_model_not_in_the_repository_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["models", "test-figures", "no_such_model", "--repository", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1
+    assert "no model 'no_such_model'" in err, err

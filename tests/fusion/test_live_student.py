@@ -232,3 +232,42 @@ def test_the_live_layout_keeps_the_served_student_versions_normalisation():
     for version in served:
         norm = json.loads((version / "export.json").read_text())["norm"]
         assert norm["waveforms"] == live_row.WAVEFORM_NORM, version.name
+
+
+@needs_data
+def test_an_exported_versions_test_figures_are_its_cards(cohorts, tmp_path):
+    """``icuwatch models test-figures``: the exported TorchScript on the cohort's TEST rows gives the
+    figures the card's held-out report computed in process; a version exported with another
+    normalisation is refused rather than scored on rows it cannot read."""
+    from icuwatch.core.errors import OperatorError
+    from icuwatch.fusion import model_store
+    from icuwatch.serving.export import export_model
+    from icuwatch.serving.version_figures import version_figures
+
+    _, _, c = cohorts
+    logits, info = teachers.crossfit_lightgbm(c, labels_of(c), folds=2, progress=False, fit_rows=c.rows("train"))
+    cfg = LiveDistillConfig(epochs=1, rows_per_epoch=3000, batch_size=128, max_val_rows=5000, exit_grid=10)
+    student, card = distill_live(c, logits, info, cfg, progress=False)
+    report = held_out_report(student, c, logits, card)
+    directory = model_store.save(student, card, tmp_path / "models" / card["model"])
+    exported = export_model(model_store.load(directory), tmp_path / "repo", directory)
+
+    figures = version_figures(tmp_path / "repo" / exported["triton_model"], c)
+    got = figures["versions"][1]
+    assert figures["rows"] == report["rows"] and got["exit_shares"] == pytest.approx(report["exit_shares"], abs=1e-3)
+    for source in ("physionet", "sim"):
+        assert set(got[source]) == set(report[source])
+        for risk, entry in got[source].items():
+            for kind in ("student_full", "student_early_exit"):
+                want = report[source][risk][kind]
+                assert entry[kind]["auroc"] == pytest.approx(want["auroc"], abs=2e-3), (source, risk, kind)
+                assert entry[kind]["utility"] == pytest.approx(want["utility"], abs=2e-3), (source, risk, kind)
+
+    provenance = tmp_path / "repo" / exported["triton_model"] / "1" / "export.json"
+    changed = json.loads(provenance.read_text())
+    changed["norm"]["waveforms"]["mean"] = [80.0, 80.0]
+    provenance.write_text(json.dumps(changed))
+    with pytest.raises(OperatorError, match="another input normalisation"):
+        version_figures(tmp_path / "repo" / exported["triton_model"], c)
+    with pytest.raises(OperatorError, match="no version 7"):
+        version_figures(tmp_path / "repo" / exported["triton_model"], c, [7])
