@@ -28,7 +28,14 @@ COMMITTED = newest_version_dir(MODEL_REPOSITORY / "student_live")
 @pytest.mark.timeout(1800)
 @pytest.mark.skipif(not default_data_dir().is_dir(), reason="no PhysioNet stays")
 def test_the_reproduce_command_makes_the_committed_student(tmp_path):
+    from icuwatch.fusion.cohorts import sim
+
     card = json.loads((COMMITTED / "model_card.json").read_text())
+    distilled_on = card["data"]["sources"]["sim"].get("population_version")
+    assert distilled_on == sim.POPULATION_VERSION, (
+        f"{COMMITTED} was distilled on the icu population {distilled_on}; the simulator now builds"
+        f" {sim.POPULATION_VERSION}, so its reproduce command cannot make it: distil and serve a new version"
+    )
     args = shlex.split(card["reproduce"])
     assert args[:2] == ["icuwatch", "distill-live"]
     args = [a if a != "serving/models" else str(tmp_path / "repo") for a in args[2:]]
