@@ -93,8 +93,7 @@ def test_a_monitor_that_stops_raises_a_data_liveness_alert_with_the_alert_lifecy
             )
 
     def silent_feeds() -> list[dict]:
-        """This test's patients' silent feeds (the shared broker holds other tests' patients too,
-        whose feeds are silent for this worker as well)."""
+        """This test's patients' silent feeds (only these two, should anything else reach the worker)."""
         feeds = api.get("/api/feeds/silent", params={"limit": 5000}, headers=auth).json()
         return [f for f in feeds if f["patient_id"] in (quiet, steady)]
 

@@ -160,7 +160,7 @@ def _replay(stack, env_overrides: dict, tmp_path, port: int):
             return None
 
     def settled() -> dict[str, int] | None:
-        """The worker's counts once it has drained what other tests left in the topics."""
+        """The worker's counts once they stop moving (anything left in the topics it reads drained)."""
         before = processed()
         time.sleep(2.5)  # the stats file is written every second
         return before if before is not None and before == processed() else None
