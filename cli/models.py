@@ -116,11 +116,13 @@ def _rollback(args: argparse.Namespace) -> int:
 def _test_figures(args: argparse.Namespace) -> int:
     from icuwatch.fusion.cohorts import live
     from icuwatch.serving import MODEL_REPOSITORY
-    from icuwatch.serving.version_figures import version_figures
+    from icuwatch.serving.version_figures import check_versions, version_figures
 
     model_dir = (args.repository or MODEL_REPOSITORY) / args.model
     if not model_dir.is_dir():
         raise OperatorError(f"no model {args.model!r} in {model_dir.parent}")
+    if args.versions:
+        check_versions(model_dir, args.versions)
     cohort = live.load_or_build(sim_patients=args.sim_patients, pn_limit=args.pn_limit, progress=not args.json)
     figures = version_figures(model_dir, cohort, args.versions)
     if args.json:

@@ -361,14 +361,15 @@ def held_out_report(student: EarlyExitStudent, cohort: Cohort, teacher: np.ndarr
 def figures_by_source(
     cohort: Cohort,
     rows: np.ndarray,
-    teacher: np.ndarray,
+    teacher: np.ndarray | None,
     full: np.ndarray,
     early: np.ndarray,
     thresholds: dict[str, float],
 ) -> dict:
     """Per source (``physionet``, ``sim``) and risk known there, from probabilities ``[len(rows), H]``:
     AUROC of the teacher, the full and the early-exit student, their normalized utility at the risk's
-    alert threshold, and the early exit's alert agreement with the full student."""
+    alert threshold, and the early exit's alert agreement with the full student (no teacher entry when
+    ``teacher`` is None)."""
     from icuwatch.fusion.cohorts.live import source_of
     from icuwatch.fusion.distill import alert_agreement
     from icuwatch.fusion.evaluation.metrics import utility_vs_threshold
@@ -386,11 +387,10 @@ def figures_by_source(
                 continue
             yk, groups, thr = y[keep], cohort.group[rows][keep], thresholds[risk]
             entry = {"rows": int(keep.sum()), "stays": int(len(np.unique(groups)))}
-            for name, p, t_ in (
-                ("teacher", teacher[keep, r], None),
-                ("student_full", full[keep, r], thr),
-                ("student_early_exit", early[keep, r], thr),
-            ):
+            scored = [("student_full", full[keep, r], thr), ("student_early_exit", early[keep, r], thr)]
+            if teacher is not None:
+                scored.insert(0, ("teacher", teacher[keep, r], None))
+            for name, p, t_ in scored:
                 fig = {"auroc": round(_auroc(yk, p), 4)}
                 if t_ is not None:
                     u = utility_vs_threshold(per_group(p, groups), per_group(yk, groups), [t_])[0]

@@ -35,17 +35,12 @@ def _probabilities(module, cohort: Cohort, rows: np.ndarray, early_exit: bool, b
     return np.concatenate(probs), np.concatenate(exits)
 
 
-def same_norm(a, b) -> bool:
-    """Whether two normalisations (nested dicts of numbers and lists) agree to float32 precision."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(same_norm(a[k], b[k]) for k in a)
-    if a is None or b is None:
-        return a is b
-    try:
-        x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    except (TypeError, ValueError):  # names, flags: equal or not
-        return a == b
-    return x.shape == y.shape and bool(np.allclose(x, y, rtol=1e-6, atol=1e-9))
+def check_versions(model_dir: Path, wanted: list[int]) -> None:
+    """Refuse (one line) versions ``model_dir`` does not hold, before anything slow is built."""
+    held = versions(model_dir)
+    missing = sorted(set(wanted) - set(held))
+    if missing:
+        raise OperatorError(f"{model_dir.name}: no version {', '.join(map(str, missing))} (held: {held})")
 
 
 def version_figures(model_dir: Path, cohort: Cohort, chosen: list[int] | None = None) -> dict:
@@ -53,15 +48,15 @@ def version_figures(model_dir: Path, cohort: Cohort, chosen: list[int] | None = 
     exported versions in ``model_dir`` (all, or ``chosen``) on ``cohort``'s TEST rows."""
     held = versions(model_dir)
     wanted = held if chosen is None else chosen
-    missing = sorted(set(wanted) - set(held))
-    if missing:
-        raise OperatorError(f"{model_dir.name}: no version {', '.join(map(str, missing))} (held: {held})")
+    check_versions(model_dir, wanted)
     rows = cohort.rows("test")
     out: dict = {"rows": int(len(rows)), "versions": {}}
     for version in wanted:
         directory = model_dir / str(version)
         info = json.loads((directory / PROVENANCE).read_text())
-        if not same_norm(info.get("norm"), cohort.meta.get("norm")):
+        if not info.get("norm") or not info.get("thresholds"):
+            raise OperatorError(f"{model_dir.name}/{version} is not a live-layout student (no norm or thresholds)")
+        if info["norm"] != cohort.meta.get("norm"):  # compared exactly, as serving.export compares versions
             raise OperatorError(
                 f"{model_dir.name}/{version} was exported with another input normalisation than this cohort's:"
                 " its figures here would be wrong"
@@ -69,10 +64,7 @@ def version_figures(model_dir: Path, cohort: Cohort, chosen: list[int] | None = 
         module = load_torchscript(directory / TORCHSCRIPT)
         full, _ = _probabilities(module, cohort, rows, early_exit=False)
         early, exits = _probabilities(module, cohort, rows, early_exit=True)
-        figures = figures_by_source(cohort, rows, full, full, early, info["thresholds"])
-        for by_risk in figures.values():
-            for entry in by_risk.values():
-                entry.pop("teacher", None)  # the teacher is not exported
-        shares = np.bincount(exits.astype(np.int64), minlength=len(info.get("exit_temperatures") or [0])) / len(rows)
+        figures = figures_by_source(cohort, rows, None, full, early, info["thresholds"])
+        shares = np.bincount(exits.astype(np.int64), minlength=len(info["exit_temperatures"])) / max(1, len(rows))
         out["versions"][version] = {"exit_shares": [round(float(s), 4) for s in shares], **figures}
     return out

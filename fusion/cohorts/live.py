@@ -24,6 +24,7 @@ patient is in two splits. The cache key names both sources' builds; a change to 
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -97,9 +98,9 @@ def _sim_part(sim: Cohort, pn_norm: dict) -> dict:
     waves = sim.inputs["waveforms"][:, -1, :]  # the newest hour
     ecg_z, ecg_measured = waves[:, 0], waves[:, len(sim.meta["waveform_channels"])] > 0
     waveforms = np.zeros((n, 4), np.float32)
-    sim_ecg = {"mean": [sn["waveforms"]["mean"][0]], "std": [sn["waveforms"]["std"][0]]}
-    layout_ecg = {"mean": live_row.WAVEFORM_NORM["mean"][:1], "std": live_row.WAVEFORM_NORM["std"][:1]}
-    waveforms[:, 0] = waveforms[:, 1] = _renorm(ecg_z[:, None], ecg_measured[:, None], sim_ecg, layout_ecg, clip)[:, 0]
+    sim_ecg = {"mean": [sn["waveforms"]["mean"][0]] * 2, "std": [sn["waveforms"]["std"][0]] * 2}
+    both = np.repeat(ecg_z[:, None], 2, axis=1)  # the PPG pulse rate is the ECG heart rate (above)
+    waveforms[:, :2] = _renorm(both, ecg_measured[:, None], sim_ecg, live_row.WAVEFORM_NORM, clip)
     waveforms[:, 2] = waveforms[:, 3] = ecg_measured
 
     patients = sim.meta["patients"]
@@ -174,7 +175,7 @@ def build(pn: Cohort, sim: Cohort) -> Cohort:
             "norm": {
                 "vitals": pn_norm["vitals"],
                 "labs": pn_norm["labs"],
-                "waveforms": live_row.WAVEFORM_NORM,
+                "waveforms": copy.deepcopy(live_row.WAVEFORM_NORM),
                 "z_clip": float(pn_norm.get("z_clip", Z_CLIP)),
             },
             "labels": {
