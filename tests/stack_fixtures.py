@@ -10,6 +10,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,9 @@ def true_log_ends(settings: Settings, parts: list) -> dict:
         finally:
             await consumer.stop()
 
-    found = asyncio.run(ends())
+    # Its own thread and loop: a test may hold an event loop open in this one (Playwright's sync API).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        found = pool.submit(asyncio.run, ends()).result()
     return {tp: found[AioPartition(tp.topic, tp.partition)] for tp in parts}
 
 
