@@ -117,6 +117,30 @@ def read_to_log_end(settings: Settings, topic: str, match: Callable[[Any], bool]
         consumer.close()
 
 
+def read_matching(
+    settings: Settings, topic: str, match: Callable[[Any], bool], expected: int, timeout_s: float = 30.0
+) -> list:
+    """Records of ``topic`` for which ``match(record)`` holds, read from the beginning of the log until
+    ``expected`` are found or ``timeout_s`` passes (the caller asserts on what came back)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.broker, enable_auto_commit=False, group_id=None, max_partition_fetch_bytes=8 << 20
+    )
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        found: list = []
+        deadline = time.monotonic() + timeout_s
+        while len(found) < expected and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500, max_records=10_000).values():
+                found += [r for r in records if match(r)]
+        return found
+    finally:
+        consumer.close()
+
+
 def true_log_ends(settings: Settings, parts: list) -> dict:
     """``{TopicPartition: the offset after its last record}``. Tansu's ListOffsets "latest" answers the
     base offset of the last record batch + 1 (``../shared/DESIGN.md``): corrected with the fetch's

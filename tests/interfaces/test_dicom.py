@@ -20,7 +20,7 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from stack_fixtures import free_port, read_to_log_end
+from stack_fixtures import free_port, read_matching, read_to_log_end
 
 from icuwatch.core import schemas, topics
 from icuwatch.interfaces import dicom_encode, dicom_scp
@@ -317,26 +317,6 @@ def corrupt_file(path, marker: bytes) -> None:
     path.write_bytes(buf.getvalue() + body)
 
 
-def read_topic(settings, topic: str, match, expected: int, timeout_s: float = 30.0) -> list:
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.broker, enable_auto_commit=False, group_id=None, consumer_timeout_ms=1000
-    )
-    parts = [TopicPartition(topic, p) for p in range(settings.partitions)]
-    consumer.assign(parts)
-    consumer.seek_to_beginning(*parts)
-    found = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline and len(found) < expected:
-            for records in consumer.poll(timeout_ms=500).values():
-                found += [r for r in records if match(r)]
-    finally:
-        consumer.close()
-    return found
-
-
 @pytest.mark.stack
 def test_scp_on_real_broker(stack, tmp_path):
     from pynetdicom import _config
@@ -406,7 +386,7 @@ def test_scp_on_real_broker(stack, tmp_path):
 
     cxrs = [
         schemas.decode(topics.CXR, r.value, r.key)
-        for r in read_topic(settings, topics.CXR, lambda r: r.key == pid.encode(), 3)
+        for r in read_matching(settings, topics.CXR, lambda r: r.key == pid.encode(), 3)
     ]
     assert len(cxrs) == 3
     via_encoder = next(m for m in cxrs if m.event_time == ACQ.timestamp() + 60)
@@ -431,7 +411,7 @@ def test_scp_on_real_broker(stack, tmp_path):
             or marker.decode() in base64.b64decode(v["original_b64"]).decode("latin-1")
         )
 
-    dead = [json.loads(r.value) for r in read_topic(settings, topics.DEADLETTER, ours, 6)]
+    dead = [json.loads(r.value) for r in read_matching(settings, topics.DEADLETTER, ours, 6)]
     reasons = sorted(d["reason"] for d in dead)
     assert len(dead) == 6, reasons
     assert any("storage class CT Image Storage" in r for r in reasons)

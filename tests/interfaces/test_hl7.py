@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import hl7
 import hl7.mllp
 import pytest
-from stack_fixtures import read_to_log_end
+from stack_fixtures import read_matching, read_to_log_end
 
 from icuwatch.core import topics
 from icuwatch.core.schemas import LAB_UNITS, Adt, Lab, Vitals
@@ -376,25 +376,9 @@ def test_broker_down_is_ae(tmp_path):
 
 
 def _consume(settings, topic: str, patient_id: str, n: int, timeout_s: float = 20.0) -> list[dict]:
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.broker, enable_auto_commit=False, group_id=None, consumer_timeout_ms=500
-    )
-    try:
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
-        found: list[dict] = []
-        deadline = time.monotonic() + timeout_s
-        while len(found) < n and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=500).values():
-                for r in records:
-                    if r.key == patient_id.encode():
-                        found.append(json.loads(r.value))
-        return found
-    finally:
-        consumer.close()
+    """The decoded values of ``topic``'s records keyed ``patient_id``, until ``n`` are found."""
+    ours = read_matching(settings, topic, lambda r: r.key == patient_id.encode(), n, timeout_s)
+    return [json.loads(r.value) for r in ours]
 
 
 async def _exchange(port: int, texts: list[str]) -> list[tuple[str, str]]:
@@ -756,28 +740,6 @@ class _Listening:
         self.thread.join(10)
 
 
-def _topic(settings, topic: str, match, timeout_s: float = 10.0, expected: int | None = None) -> list:
-    """Every record of ``topic`` for which ``match(record)`` holds (reads until ``expected`` are
-    found, or for ``timeout_s`` when no count is expected)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.broker, enable_auto_commit=False, group_id=None, consumer_timeout_ms=500
-    )
-    try:
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
-        found: list = []
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and (expected is None or len(found) < expected):
-            for records in consumer.poll(timeout_ms=500).values():
-                found += [r for r in records if match(r)]
-        return found
-    finally:
-        consumer.close()
-
-
 @pytest.mark.stack
 def test_patient_identity_through_the_listener_and_broker(stack):
     """Issue 18: ``MRN 1001`` and ``MRN/1001`` were both forwarded as ``MRN_1001`` (one patient of
@@ -812,16 +774,16 @@ def test_patient_identity_through_the_listener_and_broker(stack):
 
     keys = {
         r.key.decode()
-        for r in _topic(settings, topics.VITALS, lambda r: tag.encode() in (r.key or b""), expected=3, timeout_s=20)
+        for r in read_matching(settings, topics.VITALS, lambda r: tag.encode() in (r.key or b""), 3, timeout_s=20)
     }
     assert keys == {f"MRN-{tag}", f"MRN.{tag}", f"H{tag}"}  # two patients stay two; nothing as MRN_...
     dead = [
         json.loads(r.value)
-        for r in _topic(
+        for r in read_matching(
             settings,
             topics.DEADLETTER,
             lambda r: tag.encode() in base64.b64decode(json.loads(r.value).get("original_b64") or ""),
-            expected=4,
+            4,
             timeout_s=20,
         )
     ]
@@ -879,7 +841,7 @@ def test_never_admitted_patients_one_policy(stack, tmp_path):
     assert sorted(keys) == sorted([stranger, known, fresh]), keys  # nothing for the discharged patient
     dead = [
         json.loads(r.value)
-        for r in _topic(settings, topics.DEADLETTER, lambda r: r.key in (stranger.encode(), gone.encode()), expected=2)
+        for r in read_matching(settings, topics.DEADLETTER, lambda r: r.key in (stranger.encode(), gone.encode()), 2)
     ]
     assert sorted(d["reason"] for d in dead) == [
         "PID-3: patient discharged before the observation",
